@@ -1,0 +1,20 @@
+//! Types shared by the meshdoctor controller, agent and CLI.
+//!
+//! The data flows one way, and the modules follow it: a [`task`] spec becomes a round [`plan`]
+//! per agent, each agent answers with an [`agent_report`], and the controller joins those into a
+//! [`round`] report. [`stats`] holds the small numeric types every stage shares.
+
+pub mod agent_report;
+pub mod plan;
+pub mod round;
+pub mod stats;
+pub mod task;
+
+pub use agent_report::{AgentReport, AnsweredPath, ObserverStats, SentPath, Timestamping};
+pub use plan::{
+    AgentRegistration, Family, InterfaceInfo, PlannedTarget, Protocol, RoundPlan, probe_id,
+    probe_id_parts,
+};
+pub use round::{PathResult, PathState, ProbeSample, RoundReport, RoundStatus, RoundSummary};
+pub use stats::{Bitmap, RttStats};
+pub use task::{NetReach, TaskError};

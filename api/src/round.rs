@@ -1,0 +1,121 @@
+//! The controller's joined view of one round: every directed pair-path with both ends' data,
+//! judged against the task's `expect`.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Family, RttStats};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RoundStatus {
+    Succeed,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundReport {
+    pub task: String,
+    pub round: u32,
+    pub round_tag: u32,
+    pub status: RoundStatus,
+    /// Why the round failed, one sentence each; empty when it succeeded.
+    pub failure_reasons: Vec<String>,
+    /// Scheduled start, Unix milliseconds.
+    pub start_ms: u64,
+    /// When the controller closed the round, Unix milliseconds.
+    pub end_ms: u64,
+    /// Nodes that had a plan in this round.
+    pub expected_agents: Vec<String>,
+    /// Nodes whose report did not arrive by the deadline. Their paths are `notReported`, never
+    /// counted as loss; the other agents' data is kept.
+    pub not_reported: Vec<String>,
+    pub summary: RoundSummary,
+    pub paths: Vec<PathResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundSummary {
+    pub paths: u32,
+    pub lossy_paths: u32,
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    /// received / sent over the paths whose source reported.
+    pub success_rate: f64,
+    /// Mean user-space RTT over received probes, in ms (what an application sees).
+    pub mean_rtt_ms: Option<f64>,
+    /// Probe events the observers dropped (full ring buffer), summed over agents.
+    pub unobserved_events: u64,
+}
+
+/// Where a pair-path stands after the join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathState {
+    /// Every probe sent came back.
+    Ok,
+    /// Some probes were lost.
+    Lossy,
+    /// The source agent did not report: nothing is known.
+    NotReported,
+}
+
+/// One directed pair-path of the round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathResult {
+    pub path: u16,
+    pub src_node: String,
+    pub dst_node: String,
+    pub src_interface: String,
+    pub dst_interface: String,
+    pub network: String,
+    pub family: Family,
+    pub src_addr: IpAddr,
+    pub dst_addr: IpAddr,
+    pub state: PathState,
+    pub planned: u32,
+    pub sent: u32,
+    pub received: u32,
+    pub lost: u32,
+    pub loss_ratio: f64,
+    /// Whether the destination agent reported its side (dst hooks).
+    pub dst_reported: bool,
+    /// Probes seen at each hook: src egress, dst ingress, dst egress, src ingress.
+    pub hooks: HookCounts,
+    /// Kernel RTT: src ingress - src egress.
+    pub kernel_rtt: Option<RttStats>,
+    /// User-space RTT: socket receive - send.
+    pub user_rtt: Option<RttStats>,
+    /// Network RTT: kernel RTT minus the destination's stack time.
+    pub network_rtt: Option<RttStats>,
+    /// Destination stack time: dst egress - dst ingress.
+    pub dst_stack: Option<RttStats>,
+    /// Per-probe times, for probes that came back.
+    pub probes: Vec<ProbeSample>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookCounts {
+    pub src_egress: u32,
+    pub dst_ingress: u32,
+    pub dst_egress: u32,
+    pub src_ingress: u32,
+    pub delivered: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSample {
+    pub seq: u16,
+    /// 0 when a hook was not observed.
+    pub kernel_rtt_ns: u64,
+    pub user_rtt_ns: u64,
+    /// 0 when the destination's hooks were not observed.
+    pub dst_stack_ns: u64,
+}
