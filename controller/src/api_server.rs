@@ -1,0 +1,202 @@
+//! The HTTP API (axum): agent registration, plan long-polling and report intake for agents
+//! (bearer token when configured), plus read-only views of agents, tasks, reports and metrics.
+//!
+//! Request bodies are parsed by hand so that any malformed agent input is a 400 with a JSON
+//! message, whatever the content type, and never a panic.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use meshdoctor_api::{AgentRegistration, AgentReport, RoundPlan};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::json;
+use tracing::warn;
+
+use crate::{
+    rounds::{AgentView, Controller, ReportError, TaskView},
+    store::{RoundRef, StoreError},
+};
+
+/// Longest plan long-poll an agent may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Reports carry per-probe vectors: up to 65536 probes x a few vectors per path.
+const MAX_BODY: usize = 64 << 20;
+
+#[derive(Clone)]
+struct AppState {
+    ctl: Arc<Controller>,
+    token: Option<Arc<str>>,
+}
+
+/// An error answer: a status and a JSON `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API routes. `token`, when set, guards the agent endpoints.
+pub fn router(ctl: Arc<Controller>, token: Option<String>) -> Router {
+    let state = AppState {
+        ctl,
+        token: token.map(Arc::from),
+    };
+    Router::new()
+        .route("/v1/agents", post(register).get(agents))
+        .route("/v1/agents/{node}/plans", get(plans))
+        .route("/v1/reports", post(report))
+        .route("/v1/tasks", get(tasks))
+        .route("/v1/tasks/{name}/rounds/{round}", get(round_report))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ))
+    }
+}
+
+/// Compares without an early exit, so response timing does not leak the token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+async fn register(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&s, &headers)?;
+    let registration: AgentRegistration = parse(&body)?;
+    if registration.node.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "node must not be empty".into(),
+        ));
+    }
+    s.ctl.register(registration);
+    Ok(Json(json!({})))
+}
+
+async fn agents(State(s): State<AppState>) -> Json<Vec<AgentView>> {
+    Json(s.ctl.agents())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlansQuery {
+    #[serde(default)]
+    after: u32,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn plans(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    Query(q): Query<PlansQuery>,
+) -> ApiResult<Json<Vec<RoundPlan>>> {
+    authorize(&s, &headers)?;
+    let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
+    s.ctl
+        .wait_plans(&node, q.after, wait)
+        .await
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("agent {node:?} is not registered; POST /v1/agents first"),
+            )
+        })
+}
+
+async fn report(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&s, &headers)?;
+    let report: AgentReport = parse(&body)?;
+    let (node, tag) = (report.node.clone(), report.round_tag);
+    s.ctl.accept_report(report).map_err(|e| {
+        warn!(node, round_tag = tag, "report refused: {e}");
+        let status = match e {
+            ReportError::NoOpenRound(_) | ReportError::NotPlanned { .. } => StatusCode::NOT_FOUND,
+            ReportError::Mismatch { .. } => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    })?;
+    Ok(Json(json!({})))
+}
+
+async fn tasks(State(s): State<AppState>) -> Json<Vec<TaskView>> {
+    Json(s.ctl.tasks())
+}
+
+async fn round_report(
+    State(s): State<AppState>,
+    Path((name, round)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let round: RoundRef = round
+        .parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    match s.ctl.store().read(&name, round).await {
+        Ok(Some(json)) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
+        Ok(None) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no report for task {name:?} round {round:?}"),
+        )),
+        Err(StoreError::BadName(n)) => {
+            Err(ApiError(StatusCode::NOT_FOUND, format!("no task {n:?}")))
+        }
+        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
+    let text = s
+        .ctl
+        .metrics()
+        .encode()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
+}

@@ -1,0 +1,429 @@
+//! The join: both ends' reports of every planned pair-path, matched by path index and probe
+//! sequence number, into per-path results and a round summary.
+//!
+//! The plan is the authority on what should have happened (which paths, how many probes);
+//! agents' reports only say what did. Anything an agent reports beyond its plan is ignored,
+//! and a missing report makes its paths `notReported`, never loss.
+
+use std::collections::{BTreeMap, HashMap};
+
+use meshdoctor_api::{
+    AgentReport, AnsweredPath, Bitmap, PathResult, PathState, PlannedTarget, ProbeSample,
+    RoundPlan, RoundSummary, RttStats, SentPath, round::HookCounts,
+};
+
+/// The joined round, before judging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    pub paths: Vec<PathResult>,
+    pub summary: RoundSummary,
+    /// Nodes with a plan but no report, sorted.
+    pub not_reported: Vec<String>,
+}
+
+/// What is known of a path's source side.
+enum SrcSide<'a> {
+    /// The source agent did not report at all.
+    NotReported,
+    /// It reported; `None` when its report has no entry for this path (nothing sent).
+    Reported(Option<&'a SentPath>),
+}
+
+/// One agent's report indexed by path; the first entry wins when a path appears twice.
+struct Indexed<'a> {
+    sent: HashMap<u16, &'a SentPath>,
+    answered: HashMap<u16, &'a AnsweredPath>,
+}
+
+impl<'a> Indexed<'a> {
+    fn new(report: &'a AgentReport) -> Self {
+        let mut sent = HashMap::new();
+        for s in &report.sent {
+            sent.entry(s.path).or_insert(s);
+        }
+        let mut answered = HashMap::new();
+        for a in &report.answered {
+            answered.entry(a.path).or_insert(a);
+        }
+        Self { sent, answered }
+    }
+}
+
+/// Joins the plans of a round (by source node) with the reports that arrived (by node).
+pub fn join(
+    plans: &BTreeMap<String, RoundPlan>,
+    reports: &BTreeMap<String, AgentReport>,
+) -> Joined {
+    let index: HashMap<&str, Indexed<'_>> = reports
+        .iter()
+        .map(|(node, r)| (node.as_str(), Indexed::new(r)))
+        .collect();
+
+    let mut paths = Vec::new();
+    for (src, plan) in plans {
+        let planned = plan.probes_per_target();
+        let src_index = index.get(src.as_str());
+        for target in &plan.targets {
+            let src_side = match src_index {
+                None => SrcSide::NotReported,
+                Some(i) => SrcSide::Reported(i.sent.get(&target.path).copied()),
+            };
+            let dst_index = index.get(target.dst_node.as_str());
+            let dst = dst_index.and_then(|i| i.answered.get(&target.path).copied());
+            paths.push(join_path(
+                src,
+                target,
+                planned,
+                src_side,
+                dst,
+                dst_index.is_some(),
+            ));
+        }
+    }
+
+    let not_reported = plans
+        .keys()
+        .filter(|node| !reports.contains_key(*node))
+        .cloned()
+        .collect();
+    let unobserved = reports
+        .values()
+        .fold(0u64, |acc, r| acc.saturating_add(r.observer.ringbuf_drops));
+    Joined {
+        summary: summarize(&paths, unobserved),
+        paths,
+        not_reported,
+    }
+}
+
+fn join_path(
+    src: &str,
+    t: &PlannedTarget,
+    planned: u32,
+    src_side: SrcSide<'_>,
+    dst: Option<&AnsweredPath>,
+    dst_reported: bool,
+) -> PathResult {
+    let mut result = PathResult {
+        path: t.path,
+        src_node: src.to_string(),
+        dst_node: t.dst_node.clone(),
+        src_interface: t.src_interface.clone(),
+        dst_interface: t.dst_interface.clone(),
+        network: t.network.clone(),
+        family: t.family,
+        src_addr: t.src_addr,
+        dst_addr: t.dst_addr,
+        state: PathState::NotReported,
+        planned,
+        sent: 0,
+        received: 0,
+        lost: 0,
+        loss_ratio: 0.0,
+        dst_reported,
+        hooks: HookCounts::default(),
+        kernel_rtt: None,
+        user_rtt: None,
+        network_rtt: None,
+        dst_stack: None,
+        probes: Vec::new(),
+    };
+    let SrcSide::Reported(sent) = src_side else {
+        return result;
+    };
+    // Sequence numbers beyond the plan cannot belong to this round's probes.
+    let n = planned as usize;
+    let empty = Bitmap::default();
+    let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+    let (src_egress, src_ingress, delivered, kernel_v, user_v) = match sent {
+        Some(s) => (
+            &s.src_egress,
+            &s.src_ingress,
+            &s.delivered,
+            &s.kernel_rtt_ns[..],
+            &s.user_rtt_ns[..],
+        ),
+        None => (&empty, &empty, &empty, &[][..], &[][..]),
+    };
+    let (dst_ingress, dst_egress, stack_v) = match dst {
+        Some(d) => (&d.dst_ingress, &d.dst_egress, &d.stack_ns[..]),
+        None => (&empty, &empty, &[][..]),
+    };
+
+    let (mut kernel, mut user, mut stack, mut network) = (vec![], vec![], vec![], vec![]);
+    for i in 0..n {
+        let (k, u, s) = (at(kernel_v, i), at(user_v, i), at(stack_v, i));
+        if k > 0 {
+            kernel.push(k);
+        }
+        if u > 0 {
+            user.push(u);
+        }
+        if s > 0 {
+            stack.push(s);
+            if k > s {
+                network.push(k - s);
+            }
+        }
+        if delivered.get(i) || u > 0 {
+            result.probes.push(ProbeSample {
+                seq: i as u16,
+                kernel_rtt_ns: k,
+                user_rtt_ns: u,
+                dst_stack_ns: s,
+            });
+        }
+    }
+
+    let count = |b: &Bitmap| (0..n).filter(|&i| b.get(i)).count() as u32;
+    result.hooks = HookCounts {
+        src_egress: count(src_egress),
+        dst_ingress: count(dst_ingress),
+        dst_egress: count(dst_egress),
+        src_ingress: count(src_ingress),
+        delivered: count(delivered),
+    };
+    result.sent = sent.map_or(0, |s| s.sent);
+    // A report claiming more replies than requests is not trusted beyond `sent`.
+    result.received = sent.map_or(0, |s| s.received.min(s.sent));
+    result.lost = result.sent - result.received;
+    result.loss_ratio = ratio(result.lost.into(), result.sent.into());
+    result.state = if result.lost == 0 {
+        PathState::Ok
+    } else {
+        PathState::Lossy
+    };
+    result.kernel_rtt = RttStats::from_ns(kernel);
+    result.user_rtt = RttStats::from_ns(user);
+    result.dst_stack = RttStats::from_ns(stack);
+    result.network_rtt = RttStats::from_ns(network);
+    result
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Totals over the paths whose source reported. With nothing sent the success rate is 0, not
+/// 1: a round that proved nothing must not look healthy (the judge fails it with a reason).
+fn summarize(paths: &[PathResult], unobserved_events: u64) -> RoundSummary {
+    let reported = || paths.iter().filter(|p| p.state != PathState::NotReported);
+    let sent: u64 = reported().map(|p| u64::from(p.sent)).sum();
+    let received: u64 = reported().map(|p| u64::from(p.received)).sum();
+    let user: Vec<u64> = reported()
+        .flat_map(|p| &p.probes)
+        .filter(|s| s.user_rtt_ns > 0)
+        .map(|s| s.user_rtt_ns)
+        .collect();
+    let mean_rtt_ms = (!user.is_empty())
+        .then(|| user.iter().map(|&x| x as f64).sum::<f64>() / user.len() as f64 / 1e6);
+    RoundSummary {
+        paths: paths.len() as u32,
+        lossy_paths: paths.iter().filter(|p| p.state == PathState::Lossy).count() as u32,
+        sent,
+        received,
+        lost: sent - received,
+        success_rate: ratio(received, sent),
+        mean_rtt_ms,
+        unobserved_events,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use meshdoctor_api::{ObserverStats, Timestamping};
+
+    use super::*;
+    use crate::mesh::{
+        build_plans,
+        tests::{mk_agent, mk_meta, mk_task},
+    };
+
+    /// Plans of a 2-agent, eth0-only, IPv4 mesh: path 0 is node-1 -> node-2, path 1 the reverse.
+    pub(crate) fn mk_plans() -> BTreeMap<String, RoundPlan> {
+        let mut task = mk_task(", interfaces: [pod]");
+        task.spec.target.ipv6 = false;
+        build_plans(&task, &[mk_agent(1), mk_agent(2)], mk_meta()).unwrap()
+    }
+
+    /// A bitmap with bits `0..n` set except `missing`.
+    fn bits(n: usize, missing: &[usize]) -> Bitmap {
+        let mut b = Bitmap::with_len(n);
+        (0..n)
+            .filter(|i| !missing.contains(i))
+            .for_each(|i| b.set(i));
+        b
+    }
+
+    /// A report of `node` for `plans` where every probe of its paths made it except the
+    /// sequence numbers in `lost`, with 1 ms user RTT, 800 µs kernel RTT, 100 µs dst stack.
+    pub(crate) fn mk_report(
+        plans: &BTreeMap<String, RoundPlan>,
+        node: &str,
+        lost: &[usize],
+    ) -> AgentReport {
+        let plan = &plans[node];
+        let n = plan.probes_per_target() as usize;
+        let per_probe = |ns: u64| {
+            (0..n)
+                .map(|i| if lost.contains(&i) { 0 } else { ns })
+                .collect()
+        };
+        let sent = plan
+            .targets
+            .iter()
+            .map(|t| SentPath {
+                path: t.path,
+                planned: n as u32,
+                sent: n as u32,
+                received: (n - lost.len()) as u32,
+                send_errors: vec![],
+                src_egress: bits(n, &[]),
+                src_ingress: bits(n, lost),
+                delivered: bits(n, lost),
+                kernel_rtt_ns: per_probe(800_000),
+                user_rtt_ns: per_probe(1_000_000),
+            })
+            .collect();
+        let answered = plans
+            .values()
+            .flat_map(|p| &p.targets)
+            .filter(|t| t.dst_node == node)
+            .map(|t| AnsweredPath {
+                path: t.path,
+                dst_ingress: bits(n, &[]),
+                dst_egress: bits(n, &[]),
+                stack_ns: vec![100_000; n],
+                interfaces: vec![t.dst_interface.clone()],
+            })
+            .collect();
+        AgentReport {
+            node: node.into(),
+            task: plan.task.clone(),
+            round: plan.round,
+            round_tag: plan.round_tag,
+            timestamping: Timestamping::Ebpf,
+            sent,
+            answered,
+            observer: ObserverStats {
+                ringbuf_drops: 2,
+                events: 100,
+            },
+        }
+    }
+
+    pub(crate) fn mk_reports(reports: Vec<AgentReport>) -> BTreeMap<String, AgentReport> {
+        reports.into_iter().map(|r| (r.node.clone(), r)).collect()
+    }
+
+    #[test]
+    fn clean_round_has_stats_for_every_hook() {
+        let plans = mk_plans();
+        let reports = mk_reports(vec![
+            mk_report(&plans, "node-1", &[]),
+            mk_report(&plans, "node-2", &[]),
+        ]);
+        let j = join(&plans, &reports);
+        assert_eq!(j.paths.len(), 2);
+        assert!(j.not_reported.is_empty());
+        let p = &j.paths[0];
+        assert_eq!(
+            (p.state, p.planned, p.sent, p.received, p.lost),
+            (PathState::Ok, 20, 20, 20, 0)
+        );
+        assert_eq!(
+            p.hooks,
+            HookCounts {
+                src_egress: 20,
+                dst_ingress: 20,
+                dst_egress: 20,
+                src_ingress: 20,
+                delivered: 20
+            }
+        );
+        assert_eq!(p.user_rtt.unwrap().mean_us, 1000.0);
+        assert_eq!(p.kernel_rtt.unwrap().p99_us, 800.0);
+        assert_eq!(p.dst_stack.unwrap().count, 20);
+        assert_eq!(p.network_rtt.unwrap().max_us, 700.0);
+        assert_eq!(p.probes.len(), 20);
+        assert_eq!(j.summary.success_rate, 1.0);
+        assert_eq!(j.summary.mean_rtt_ms, Some(1.0));
+        assert_eq!(j.summary.unobserved_events, 4);
+    }
+
+    #[test]
+    fn loss_is_counted_per_path() {
+        let plans = mk_plans();
+        let reports = mk_reports(vec![
+            mk_report(&plans, "node-1", &[3, 4]),
+            mk_report(&plans, "node-2", &[]),
+        ]);
+        let j = join(&plans, &reports);
+        let p = &j.paths[0];
+        assert_eq!(
+            (p.state, p.sent, p.received, p.lost),
+            (PathState::Lossy, 20, 18, 2)
+        );
+        assert_eq!(p.loss_ratio, 0.1);
+        assert_eq!((p.hooks.src_ingress, p.hooks.delivered), (18, 18));
+        assert_eq!(p.user_rtt.unwrap().count, 18);
+        assert!(p.probes.iter().all(|s| s.seq != 3 && s.seq != 4));
+        assert_eq!(
+            (j.summary.sent, j.summary.lost, j.summary.lossy_paths),
+            (40, 2, 1)
+        );
+        assert_eq!(j.summary.success_rate, 38.0 / 40.0);
+    }
+
+    #[test]
+    fn silent_source_is_not_reported_not_loss() {
+        let plans = mk_plans();
+        let reports = mk_reports(vec![mk_report(&plans, "node-2", &[])]);
+        let j = join(&plans, &reports);
+        assert_eq!(j.not_reported, ["node-1"]);
+        let from_silent = &j.paths[0];
+        assert_eq!(from_silent.state, PathState::NotReported);
+        assert_eq!((from_silent.sent, from_silent.lost), (0, 0));
+        assert!(from_silent.dst_reported);
+        // The reverse path is known from node-2's side alone, minus node-1's hooks.
+        let reverse = &j.paths[1];
+        assert_eq!(reverse.state, PathState::Ok);
+        assert!(!reverse.dst_reported);
+        assert_eq!((reverse.hooks.dst_ingress, reverse.dst_stack), (0, None));
+        assert_eq!(reverse.network_rtt, None);
+        assert_eq!((j.summary.sent, j.summary.lost), (20, 0));
+    }
+
+    #[test]
+    fn missing_destination_entry_and_hostile_counts() {
+        let plans = mk_plans();
+        let mut r1 = mk_report(&plans, "node-1", &[]);
+        r1.sent[0].received = 99;
+        r1.sent[0].user_rtt_ns.resize(1000, 5);
+        let mut r2 = mk_report(&plans, "node-2", &[]);
+        r2.answered.clear();
+        r2.sent.clear();
+        let j = join(&plans, &mk_reports(vec![r1, r2]));
+        let p = &j.paths[0];
+        assert!(p.dst_reported);
+        assert_eq!((p.received, p.lost, p.hooks.dst_ingress), (20, 0, 0));
+        assert_eq!(p.user_rtt.unwrap().count, 20);
+        let unsent = &j.paths[1];
+        assert_eq!(
+            (unsent.state, unsent.planned, unsent.sent),
+            (PathState::Ok, 20, 0)
+        );
+    }
+
+    #[test]
+    fn nothing_sent_is_not_a_perfect_rate() {
+        let j = join(&mk_plans(), &BTreeMap::new());
+        assert_eq!(j.summary.success_rate, 0.0);
+        assert_eq!(j.summary.mean_rtt_ms, None);
+        assert_eq!(j.not_reported, ["node-1", "node-2"]);
+    }
+}

@@ -1,0 +1,25 @@
+//! meshdoctor-controller: tasks -> rounds -> plans -> reports -> judged round reports.
+//!
+//! The pure core ([`schedule`], [`mesh`], [`join`], [`judge`], [`status`]) knows nothing of
+//! HTTP, files or Kubernetes, so the Kubernetes backend can reuse it as is. The standalone
+//! backend's IO sits around it: [`tasks`] (task files), [`store`] (report files), [`rounds`]
+//! (the tokio round driver and shared state), [`api_server`] (axum routes) and [`metrics`].
+
+pub mod api_server;
+pub mod join;
+pub mod judge;
+pub mod mesh;
+pub mod metrics;
+pub mod rounds;
+pub mod schedule;
+pub mod status;
+pub mod store;
+pub mod tasks;
+
+/// Wall-clock now in Unix milliseconds; plans and reports carry wall-clock times because
+/// agents on different hosts only share that clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,251 @@
+//! Round planning: the full mesh of a NetReach task over a roster snapshot, one plan per agent.
+//!
+//! Every ordered pair of distinct agents is probed over every pair of their interfaces on the
+//! same network, in every enabled family both ends have an address for. Each such directed
+//! pair-path gets a round-unique 16-bit index that agents put in their probe ids, which is how
+//! both ends' reports are joined later.
+
+use std::collections::BTreeMap;
+
+use meshdoctor_api::{
+    AgentRegistration, Family, InterfaceInfo, NetReach, PlannedTarget, RoundPlan,
+    task::NetReachTarget,
+};
+
+/// Most pair-paths one round can carry: path indexes are 16 bits of the probe id.
+pub const MAX_PATHS: usize = 1 << 16;
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum MeshError {
+    #[error(
+        "the full mesh has {paths} pair-paths but a round carries at most {MAX_PATHS} \
+         (16-bit path index); narrow spec.target.interfaces or the families"
+    )]
+    TooManyPaths { paths: usize },
+}
+
+/// What all plans of one round share besides the task spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundMeta<'a> {
+    pub task: &'a str,
+    pub round: u32,
+    pub round_tag: u32,
+    pub start_at_ms: u64,
+    pub report_deadline_ms: u64,
+}
+
+/// Plans of one round by node. Every agent of the roster gets one, also without targets: the
+/// plan arms its observers so that it records the probes it answers.
+pub fn build_plans(
+    task: &NetReach,
+    roster: &[AgentRegistration],
+    meta: RoundMeta<'_>,
+) -> Result<BTreeMap<String, RoundPlan>, MeshError> {
+    let target = &task.spec.target;
+    // Sorted and de-duplicated by node, so path indexes are stable for a given roster.
+    let agents: BTreeMap<&str, &AgentRegistration> =
+        roster.iter().map(|a| (a.node.as_str(), a)).collect();
+    let families = families(target);
+
+    let mut per_src: BTreeMap<&str, Vec<PlannedTarget>> = BTreeMap::new();
+    let mut paths = 0usize;
+    for (&src, src_agent) in &agents {
+        let targets = per_src.entry(src).or_default();
+        for (&dst, dst_agent) in agents.iter().filter(|&(&dst, _)| dst != src) {
+            for si in src_agent.interfaces.iter().filter(|i| selected(target, i)) {
+                for di in dst_agent.interfaces.iter().filter(|i| selected(target, i)) {
+                    if si.network != di.network {
+                        continue;
+                    }
+                    for &family in &families {
+                        let (Some(src_addr), Some(dst_addr)) = (si.addr(family), di.addr(family))
+                        else {
+                            continue;
+                        };
+                        if paths < MAX_PATHS {
+                            targets.push(PlannedTarget {
+                                path: paths as u16,
+                                dst_node: dst.to_string(),
+                                src_interface: si.name.clone(),
+                                dst_interface: di.name.clone(),
+                                network: si.network.clone(),
+                                family,
+                                src_addr,
+                                dst_addr,
+                            });
+                        }
+                        paths += 1;
+                    }
+                }
+            }
+        }
+    }
+    if paths > MAX_PATHS {
+        return Err(MeshError::TooManyPaths { paths });
+    }
+
+    let rq = &task.spec.request;
+    Ok(per_src
+        .into_iter()
+        .map(|(node, targets)| {
+            let plan = RoundPlan {
+                task: meta.task.to_string(),
+                round: meta.round,
+                round_tag: meta.round_tag,
+                protocol: rq.protocol,
+                start_at_ms: meta.start_at_ms,
+                duration_ms: u64::from(rq.duration_in_second) * 1000,
+                qps: rq.qps,
+                timeout_ms: u64::from(rq.per_request_timeout_in_ms),
+                report_deadline_ms: meta.report_deadline_ms,
+                targets,
+            };
+            (node.to_string(), plan)
+        })
+        .collect())
+}
+
+fn families(target: &NetReachTarget) -> Vec<Family> {
+    [(target.ipv4, Family::Ipv4), (target.ipv6, Family::Ipv6)]
+        .into_iter()
+        .filter_map(|(on, family)| on.then_some(family))
+        .collect()
+}
+
+/// `spec.target.interfaces` names networks or interface names; omitted means all.
+fn selected(target: &NetReachTarget, iface: &InterfaceInfo) -> bool {
+    target.interfaces.as_ref().is_none_or(|names| {
+        names
+            .iter()
+            .any(|n| *n == iface.network || *n == iface.name)
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashSet;
+
+    use meshdoctor_api::Timestamping;
+
+    use super::*;
+
+    pub(crate) fn mk_task(extra_target: &str) -> NetReach {
+        let yaml = format!(
+            "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {{name: mesh}}\nspec:\n  \
+             schedule: {{schedule: '@every 10s'}}\n  request: {{qps: 10, durationInSecond: 2}}\n  \
+             target: {{ipv4: true, ipv6: true{extra_target}}}\n"
+        );
+        NetReach::from_yaml("mesh.yaml", &yaml).unwrap()
+    }
+
+    /// Agent `n` with `eth0` on network `pod` and `net1` on network `sec`, dual-stack.
+    pub(crate) fn mk_agent(n: u8) -> AgentRegistration {
+        let iface = |name: &str, network: &str, net: u8| InterfaceInfo {
+            name: name.into(),
+            network: network.into(),
+            ipv4: Some([10, net, 0, n].into()),
+            ipv6: Some(format!("fd00:{net}::{n}").parse().unwrap()),
+        };
+        AgentRegistration {
+            node: format!("node-{n}"),
+            interfaces: vec![iface("eth0", "pod", 1), iface("net1", "sec", 2)],
+            timestamping: Timestamping::Ebpf,
+        }
+    }
+
+    pub(crate) fn mk_meta() -> RoundMeta<'static> {
+        RoundMeta {
+            task: "mesh",
+            round: 1,
+            round_tag: 7,
+            start_at_ms: 1_000,
+            report_deadline_ms: 9_000,
+        }
+    }
+
+    fn all_targets(plans: &BTreeMap<String, RoundPlan>) -> Vec<&PlannedTarget> {
+        plans.values().flat_map(|p| &p.targets).collect()
+    }
+
+    #[test]
+    fn full_mesh_dual_stack_two_networks() {
+        let roster: Vec<_> = (1..=4).map(mk_agent).collect();
+        let plans = build_plans(&mk_task(""), &roster, mk_meta()).unwrap();
+        assert_eq!(plans.len(), 4);
+        let targets = all_targets(&plans);
+        // 4 x 3 ordered pairs x 2 same-network interface pairs x 2 families.
+        assert_eq!(targets.len(), 48);
+        let indexes: HashSet<u16> = targets.iter().map(|t| t.path).collect();
+        assert_eq!(indexes.len(), 48);
+        assert!(targets.iter().all(|t| t.src_interface == t.dst_interface));
+        let p = &plans["node-1"];
+        assert_eq!(
+            (p.round_tag, p.qps, p.duration_ms, p.timeout_ms),
+            (7, 10, 2000, 500)
+        );
+        assert!(p.targets.iter().all(|t| t.dst_node != "node-1"));
+        assert_eq!(p.targets.len(), 12);
+    }
+
+    #[test]
+    fn family_filter() {
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        let mut task = mk_task("");
+        task.spec.target.ipv6 = false;
+        let targets_v4 = build_plans(&task, &roster, mk_meta()).unwrap();
+        let t = all_targets(&targets_v4);
+        assert_eq!(t.len(), 12);
+        assert!(
+            t.iter()
+                .all(|t| t.family == Family::Ipv4 && t.dst_addr.is_ipv4())
+        );
+    }
+
+    #[test]
+    fn interfaces_filter_matches_network_or_name() {
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        for filter in [", interfaces: [sec]", ", interfaces: [net1]"] {
+            let plans = build_plans(&mk_task(filter), &roster, mk_meta()).unwrap();
+            let t = all_targets(&plans);
+            assert_eq!(t.len(), 12, "{filter}");
+            assert!(
+                t.iter()
+                    .all(|t| t.network == "sec" && t.src_interface == "net1")
+            );
+        }
+    }
+
+    #[test]
+    fn missing_addresses_are_skipped_and_empty_plans_kept() {
+        let mut a1 = mk_agent(1);
+        a1.interfaces[0].ipv6 = None;
+        a1.interfaces[1].ipv4 = None;
+        let mut lonely = mk_agent(3);
+        lonely.interfaces.clear();
+        let plans = build_plans(&mk_task(""), &[a1, mk_agent(2), lonely], mk_meta()).unwrap();
+        let t = all_targets(&plans);
+        // node-1 <-> node-2, both directions: eth0 v4 and net1 v6 only.
+        assert_eq!(t.len(), 4);
+        assert!(plans["node-3"].targets.is_empty());
+        assert!(t.iter().all(|t| t.dst_node != "node-3"));
+    }
+
+    #[test]
+    fn too_many_paths_is_an_error() {
+        let mut agent = mk_agent(1);
+        agent.interfaces = (0..200u16)
+            .map(|i| InterfaceInfo {
+                name: format!("if{i}"),
+                network: "pod".into(),
+                ipv4: Some([10, 0, (i >> 8) as u8, i as u8].into()),
+                ipv6: None,
+            })
+            .collect();
+        let mut other = agent.clone();
+        other.node = "node-2".into();
+        // 2 ordered pairs x 200 x 200 interface pairs.
+        let err = build_plans(&mk_task(""), &[agent, other], mk_meta()).unwrap_err();
+        assert_eq!(err, MeshError::TooManyPaths { paths: 80_000 });
+        assert!(err.to_string().contains("80000 pair-paths"));
+    }
+}

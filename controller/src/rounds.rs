@@ -1,0 +1,463 @@
+//! The standalone backend's shared state and round driver: the agent roster, the open rounds
+//! with their plans and reports, the tasks and their status.
+//!
+//! Each task runs a schedule loop that spawns one tokio task per round; a round publishes its
+//! plans `start_delay` before its start, collects reports until all agents reported or the
+//! deadline, then runs the pure join and judge and writes the report. Locks are std mutexes
+//! held only for short, await-free sections.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use meshdoctor_api::{
+    AgentRegistration, AgentReport, NetReach, RoundPlan, RoundReport, RoundStatus,
+};
+use serde::Serialize;
+use tokio::{
+    sync::{Notify, watch},
+    task::AbortHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    join::join,
+    judge::failure_reasons,
+    mesh::{RoundMeta, build_plans},
+    metrics::Metrics,
+    now_ms,
+    schedule::{effective_start_ms, report_deadline_ms, round_start_ms, round_wanted},
+    status::TaskStatus,
+    store::ReportStore,
+    tasks::TaskFile,
+};
+
+/// Round timing knobs (the controller's `--wait-agents`, `--start-delay`, `--report-grace`).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// A task's schedule clock starts once this many agents registered.
+    pub wait_agents: usize,
+    /// Plans are published this long before the round starts, so every agent is armed.
+    pub start_delay: Duration,
+    /// Extra time for reports after duration + per-request timeout.
+    pub report_grace: Duration,
+}
+
+/// A report the controller cannot take.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ReportError {
+    #[error("no open round with tag {0} (late report, or the round is unknown)")]
+    NoOpenRound(u32),
+    #[error("round tag {tag} belongs to task {task:?} round {round}, not to the report's")]
+    Mismatch { tag: u32, task: String, round: u32 },
+    #[error("node {node:?} has no plan in round tag {tag}")]
+    NotPlanned { tag: u32, node: String },
+}
+
+/// An agent of the roster, as `GET /v1/agents` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    #[serde(flatten)]
+    pub registration: AgentRegistration,
+    pub last_seen_ms: u64,
+}
+
+/// A task, as `GET /v1/tasks` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskView {
+    pub name: String,
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+}
+
+struct OpenRound {
+    task: String,
+    round: u32,
+    plans: BTreeMap<String, RoundPlan>,
+    reports: BTreeMap<String, AgentReport>,
+    all_reported: Arc<Notify>,
+}
+
+/// Open rounds by tag, and the next tag; one lock so that tags are published in order and an
+/// agent's `after` cursor never skips a round.
+struct Rounds {
+    next_tag: u32,
+    open: BTreeMap<u32, OpenRound>,
+}
+
+struct TaskEntry {
+    source: TaskFile,
+    /// Distinguishes this incarnation of the task from an earlier one with the same file, so
+    /// rounds of a replaced spec do not update the new one's status.
+    generation: u64,
+    status: Option<TaskStatus>,
+    runner: Option<AbortHandle>,
+}
+
+pub struct Controller {
+    settings: Settings,
+    store: ReportStore,
+    metrics: Metrics,
+    roster: Mutex<BTreeMap<String, AgentView>>,
+    /// Roster size, watched by schedule loops waiting for `wait_agents`.
+    roster_size: watch::Sender<usize>,
+    rounds: Mutex<Rounds>,
+    /// Latest published round tag, watched by long-polling agents.
+    published: watch::Sender<u32>,
+    /// Tasks by file.
+    tasks: Mutex<BTreeMap<String, TaskEntry>>,
+    generations: Mutex<u64>,
+}
+
+/// Locks without panicking: a poisoned lock still holds consistent data here, because no
+/// section leaves a structure half-updated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn sleep_until_ms(at_ms: u64) {
+    tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now_ms()))).await;
+}
+
+impl Controller {
+    pub fn new(settings: Settings, store: ReportStore) -> Arc<Self> {
+        // Round tags start at the Unix time in seconds so they keep growing across restarts.
+        let first_tag = (now_ms() / 1000) as u32;
+        Arc::new(Self {
+            settings,
+            store,
+            metrics: Metrics::default(),
+            roster: Mutex::default(),
+            roster_size: watch::Sender::new(0),
+            rounds: Mutex::new(Rounds {
+                next_tag: first_tag,
+                open: BTreeMap::new(),
+            }),
+            published: watch::Sender::new(0),
+            tasks: Mutex::default(),
+            generations: Mutex::new(0),
+        })
+    }
+
+    pub fn store(&self) -> &ReportStore {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Adds or replaces an agent (agents re-register on restart with their current interfaces).
+    pub fn register(&self, registration: AgentRegistration) {
+        let mut roster = lock(&self.roster);
+        info!(node = %registration.node, interfaces = registration.interfaces.len(), "agent registered");
+        let node = registration.node.clone();
+        roster.insert(
+            node,
+            AgentView {
+                registration,
+                last_seen_ms: now_ms(),
+            },
+        );
+        self.metrics.set_agents(roster.len());
+        self.roster_size.send_replace(roster.len());
+    }
+
+    pub fn agents(&self) -> Vec<AgentView> {
+        lock(&self.roster).values().cloned().collect()
+    }
+
+    /// Plans for `node` with a round tag above `after`, oldest first; `None` when the node is
+    /// not registered (the agent must register again, e.g. after a controller restart).
+    fn plans_after(&self, node: &str, after: u32) -> Option<Vec<RoundPlan>> {
+        if let Some(agent) = lock(&self.roster).get_mut(node) {
+            agent.last_seen_ms = now_ms();
+        } else {
+            return None;
+        }
+        let rounds = lock(&self.rounds);
+        Some(
+            rounds
+                .open
+                .range(after.saturating_add(1)..)
+                .filter_map(|(_, r)| r.plans.get(node).cloned())
+                .collect(),
+        )
+    }
+
+    /// Like [`Self::plans_after`], waiting up to `wait` for a plan when there is none yet.
+    pub async fn wait_plans(
+        &self,
+        node: &str,
+        after: u32,
+        wait: Duration,
+    ) -> Option<Vec<RoundPlan>> {
+        let mut published = self.published.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let plans = self.plans_after(node, after)?;
+            if !plans.is_empty() {
+                return Some(plans);
+            }
+            if tokio::time::timeout_at(deadline, published.changed())
+                .await
+                .is_err()
+            {
+                return Some(plans);
+            }
+        }
+    }
+
+    /// Takes an agent's report for an open round; a repeated report replaces the earlier one.
+    pub fn accept_report(&self, report: AgentReport) -> Result<(), ReportError> {
+        let mut rounds = lock(&self.rounds);
+        let tag = report.round_tag;
+        let Some(round) = rounds.open.get_mut(&tag) else {
+            self.metrics.late_report();
+            return Err(ReportError::NoOpenRound(tag));
+        };
+        if round.task != report.task || round.round != report.round {
+            return Err(ReportError::Mismatch {
+                tag,
+                task: round.task.clone(),
+                round: round.round,
+            });
+        }
+        if !round.plans.contains_key(&report.node) {
+            return Err(ReportError::NotPlanned {
+                tag,
+                node: report.node,
+            });
+        }
+        round.reports.insert(report.node.clone(), report);
+        if round.reports.len() == round.plans.len() {
+            round.all_reported.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn tasks(&self) -> Vec<TaskView> {
+        let tasks = lock(&self.tasks);
+        let mut views: Vec<TaskView> = tasks
+            .values()
+            .map(|t| TaskView {
+                name: t.source.name.clone(),
+                file: t.source.file.clone(),
+                error: t.source.task.as_ref().err().cloned(),
+                status: t.status.clone(),
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.file.cmp(&b.file)));
+        views
+    }
+
+    /// Makes the running tasks match the task files: new files start, changed files restart
+    /// (rounds already open finish under the old spec), removed files stop.
+    pub fn sync_tasks(self: &Arc<Self>, files: Vec<TaskFile>) {
+        let mut tasks = lock(&self.tasks);
+        let keep: std::collections::HashSet<&str> = files.iter().map(|f| f.file.as_str()).collect();
+        tasks.retain(|file, entry| {
+            let kept = keep.contains(file.as_str());
+            if !kept {
+                info!(file, "task file removed; stopping its schedule");
+                if let Some(r) = &entry.runner {
+                    r.abort();
+                }
+            }
+            kept
+        });
+        for source in files {
+            if tasks.get(&source.file).is_some_and(|e| e.source == source) {
+                continue;
+            }
+            if let Some(r) = tasks.get(&source.file).and_then(|e| e.runner.as_ref()) {
+                r.abort();
+            }
+            let generation = {
+                let mut g = lock(&self.generations);
+                *g += 1;
+                *g
+            };
+            let (status, runner) = match &source.task {
+                Err(e) => {
+                    warn!("skipping invalid task file: {e}");
+                    (None, None)
+                }
+                Ok(task) => {
+                    info!(task = task.name(), file = source.file, "task loaded");
+                    let runner = tokio::spawn(self.clone().run_task(
+                        source.file.clone(),
+                        generation,
+                        task.clone(),
+                    ));
+                    (
+                        Some(TaskStatus::new(task.spec.schedule.round_number)),
+                        Some(runner.abort_handle()),
+                    )
+                }
+            };
+            tasks.insert(
+                source.file.clone(),
+                TaskEntry {
+                    source,
+                    generation,
+                    status,
+                    runner,
+                },
+            );
+        }
+    }
+
+    /// A task's schedule loop: waits for the roster, then starts rounds on schedule.
+    async fn run_task(self: Arc<Self>, file: String, generation: u64, task: Arc<NetReach>) {
+        let mut size = self.roster_size.subscribe();
+        if size
+            .wait_for(|&n| n >= self.settings.wait_agents)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let offset = self
+            .store
+            .latest_round(task.name())
+            .await
+            .unwrap_or_else(|e| {
+                warn!(
+                    task = task.name(),
+                    "cannot read earlier reports, numbering rounds from 1: {e}"
+                );
+                None
+            });
+        let delay = self.settings.start_delay;
+        let clock_start = now_ms() + delay.as_millis() as u64;
+        let schedule = task.schedule();
+        for n in 1..=u32::MAX {
+            if !round_wanted(task.spec.schedule.round_number, n) {
+                break;
+            }
+            let scheduled = round_start_ms(&schedule, clock_start, n);
+            sleep_until_ms(scheduled.saturating_sub(delay.as_millis() as u64)).await;
+            let start = effective_start_ms(scheduled, now_ms(), delay);
+            let round = offset.unwrap_or(0).saturating_add(n);
+            tokio::spawn(self.clone().run_round(
+                file.clone(),
+                generation,
+                task.clone(),
+                round,
+                start,
+            ));
+        }
+    }
+
+    /// One round: publish plans, collect reports, join, judge, store, account.
+    async fn run_round(
+        self: Arc<Self>,
+        file: String,
+        generation: u64,
+        task: Arc<NetReach>,
+        round: u32,
+        start_ms: u64,
+    ) {
+        let name = task.name().to_string();
+        let deadline = report_deadline_ms(&task, start_ms, self.settings.report_grace);
+        let roster: Vec<AgentRegistration> = lock(&self.roster)
+            .values()
+            .map(|a| a.registration.clone())
+            .collect();
+        let expected_agents: Vec<String> = roster.iter().map(|a| a.node.clone()).collect();
+
+        let (round_tag, planned) = {
+            let mut rounds = lock(&self.rounds);
+            let round_tag = rounds.next_tag;
+            rounds.next_tag = rounds.next_tag.wrapping_add(1);
+            let meta = RoundMeta {
+                task: &name,
+                round,
+                round_tag,
+                start_at_ms: start_ms,
+                report_deadline_ms: deadline,
+            };
+            let planned = build_plans(&task, &roster, meta).map(|plans| {
+                let all_reported = Arc::new(Notify::new());
+                let open = OpenRound {
+                    task: name.clone(),
+                    round,
+                    plans,
+                    reports: BTreeMap::new(),
+                    all_reported: all_reported.clone(),
+                };
+                rounds.open.insert(round_tag, open);
+                all_reported
+            });
+            (round_tag, planned)
+        };
+
+        let (plans, reports, mut reasons) = match planned {
+            Ok(all_reported) => {
+                self.published.send_replace(round_tag);
+                info!(
+                    task = name,
+                    round,
+                    round_tag,
+                    agents = roster.len(),
+                    "round published"
+                );
+                tokio::select! {
+                    () = sleep_until_ms(deadline) => {}
+                    () = all_reported.notified() => {}
+                }
+                let open = lock(&self.rounds).open.remove(&round_tag);
+                open.map_or_else(Default::default, |o| (o.plans, o.reports, vec![]))
+            }
+            Err(e) => {
+                warn!(task = name, round, "cannot plan the round: {e}");
+                (BTreeMap::new(), BTreeMap::new(), vec![e.to_string()])
+            }
+        };
+
+        let joined = join(&plans, &reports);
+        reasons.extend(failure_reasons(&task.spec.expect, &joined));
+        let report = RoundReport {
+            task: name.clone(),
+            round,
+            round_tag,
+            status: if reasons.is_empty() {
+                RoundStatus::Succeed
+            } else {
+                RoundStatus::Fail
+            },
+            failure_reasons: reasons,
+            start_ms,
+            end_ms: now_ms(),
+            expected_agents,
+            not_reported: joined.not_reported,
+            summary: joined.summary,
+            paths: joined.paths,
+        };
+        match self.store.write(&report).await {
+            Ok(path) => info!(
+                task = name, round, status = ?report.status, reasons = ?report.failure_reasons,
+                path = %path.display(), "round closed"
+            ),
+            Err(e) => warn!(
+                task = name,
+                round, "round closed but its report was not stored: {e}"
+            ),
+        }
+        self.metrics.round_closed(&report);
+        let mut tasks = lock(&self.tasks);
+        if let Some(entry) = tasks.get_mut(&file).filter(|e| e.generation == generation)
+            && let Some(status) = &mut entry.status
+        {
+            status.record(&report);
+        }
+    }
+}
