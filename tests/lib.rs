@@ -1,1 +1,55 @@
-//! e2e helpers
+//! Helpers shared by the end-to-end tests: root detection and the statistics the loss
+//! assertions use.
+
+/// True when the test can run; prints why it is skipped otherwise. The lab needs root
+/// (network namespaces, eBPF, nftables).
+pub fn can_run(test: &str) -> bool {
+    let root = meshdoctor_lab::is_root();
+    if !root {
+        eprintln!("skipped {test}: needs root (network namespaces, eBPF)");
+    }
+    root
+}
+
+/// The central interval holding a Binomial(n, p) count with probability at least `conf`,
+/// as loss ratios: (lo, hi) with P(X < lo·n) <= (1-conf)/2 and P(X > hi·n) <= (1-conf)/2.
+///
+/// Exact (summed in log space), so the test's flake rate is what `conf` says, not what a normal
+/// approximation suggests.
+pub fn binomial_interval(n: u32, p: f64, conf: f64) -> (f64, f64) {
+    let tail = (1.0 - conf) / 2.0;
+    let ln_choose = |k: u32| -> f64 { ln_fact(n) - ln_fact(k) - ln_fact(n - k) };
+    let pmf = |k: u32| (ln_choose(k) + f64::from(k) * p.ln() + f64::from(n - k) * (1.0 - p).ln()).exp();
+    let mut lo = 0;
+    let mut acc = 0.0;
+    while lo < n && acc + pmf(lo) <= tail {
+        acc += pmf(lo);
+        lo += 1;
+    }
+    let mut hi = n;
+    let mut acc = 0.0;
+    while hi > 0 && acc + pmf(hi) <= tail {
+        acc += pmf(hi);
+        hi -= 1;
+    }
+    (f64::from(lo) / f64::from(n), f64::from(hi) / f64::from(n))
+}
+
+fn ln_fact(n: u32) -> f64 {
+    (2..=n).map(|i| f64::from(i).ln()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_brackets_the_mean_and_narrows_with_n() {
+        let (lo, hi) = binomial_interval(600, 0.2, 0.999);
+        assert!(lo < 0.2 && hi > 0.2);
+        // Normal approximation: 0.2 ± 3.29·sqrt(0.16/600) = [0.146, 0.254].
+        assert!((lo - 0.146).abs() < 0.01 && (hi - 0.254).abs() < 0.01, "{lo} {hi}");
+        let (lo2, hi2) = binomial_interval(6000, 0.2, 0.999);
+        assert!(lo2 > lo && hi2 < hi);
+    }
+}

@@ -1,1 +1,221 @@
-fn main() {}
+//! meshdoctor-agent: the per-node prober. It registers with the controller, runs the round
+//! plans it is given (paced echo probes over the planned interfaces, timestamped in the kernel
+//! by eBPF TC observers), and posts what it saw.
+
+mod caps;
+mod client;
+mod hooks;
+mod icmp;
+mod interfaces;
+mod metrics;
+mod observer;
+mod round;
+mod runtime;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use axum::{Router, extract::State, routing::get};
+use clap::Parser;
+use meshdoctor_api::RoundPlan;
+use tracing::{error, info, warn};
+
+use crate::{
+    client::{ClientError, ControllerClient},
+    interfaces::InterfaceArg,
+    observer::Observer,
+    runtime::Agent,
+};
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Node name this agent reports as (Kubernetes: the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Controller base URL, e.g. http://meshdoctor-controller:7070.
+    #[arg(long, env = "MESHDOCTOR_CONTROLLER")]
+    controller: String,
+    /// File holding the bearer token shared with the controller.
+    #[arg(long, env = "MESHDOCTOR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Interface to probe over, as NAME or NAME=NETWORK (repeatable; default: every interface
+    /// that is up and not loopback, its network named after it).
+    #[arg(long = "interface", value_name = "NAME[=NETWORK]")]
+    interfaces: Vec<InterfaceArg>,
+    /// Address of the health and metrics endpoint.
+    #[arg(long, default_value = "[::]:9090")]
+    listen: SocketAddr,
+    /// Do not load eBPF: user-space timestamps only, no per-hook loss attribution. Needs only
+    /// CAP_NET_RAW.
+    #[arg(long)]
+    no_ebpf: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Some(msg) = caps::missing(caps::effective().context("reading capabilities")?, !args.no_ebpf) {
+        bail!(msg);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let interfaces = interfaces::discover(&args.interfaces)?;
+    let token = args
+        .token_file
+        .as_ref()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|t| t.trim().to_string())
+                .with_context(|| format!("reading token file {}", f.display()))
+        })
+        .transpose()?;
+    let observer = if args.no_ebpf {
+        None
+    } else {
+        match load_observer(&interfaces) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                warn!(
+                    "eBPF observers unavailable, falling back to user-space timestamps \
+                     (reports say timestamping: socket): {e:#}"
+                );
+                None
+            }
+        }
+    };
+    let agent = Arc::new(Agent::new(args.node.clone(), interfaces, observer));
+    if let Some(events) = agent.take_events() {
+        tokio::spawn(agent.clone().dispatch_events(events));
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|State(a): State<Arc<Agent>>| async move { a.render_metrics() }))
+        .with_state(agent.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!("metrics endpoint stopped: {e}");
+        }
+    });
+    info!(
+        node = %agent.node,
+        interfaces = ?agent.interfaces.iter().map(|i| &i.info.name).collect::<Vec<_>>(),
+        timestamping = ?agent.timestamping,
+        "agent started"
+    );
+    let client = Arc::new(ControllerClient::new(&args.controller, token)?);
+    tokio::select! {
+        () = follow_plans(agent, client) => Ok(()),
+        r = shutdown_signal() => r,
+    }
+}
+
+fn load_observer(interfaces: &[interfaces::Interface]) -> anyhow::Result<Observer> {
+    let mut obs = Observer::load()?;
+    for i in interfaces {
+        let mode = obs.attach(&i.info.name)?;
+        info!(interface = %i.info.name, ?mode, "eBPF observers attached");
+    }
+    Ok(obs)
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    info!("shutting down");
+    Ok(())
+}
+
+/// Registers, then runs every plan the controller publishes, forever.
+async fn follow_plans(agent: Arc<Agent>, client: Arc<ControllerClient>) {
+    register(&agent, &client).await;
+    let mut after = 0;
+    loop {
+        match client.plans(&agent.node, after).await {
+            Ok(plans) => {
+                for plan in plans {
+                    after = after.max(plan.round_tag);
+                    tokio::spawn(run_plan(agent.clone(), client.clone(), plan));
+                }
+            }
+            Err(ClientError::NotRegistered) => register(&agent, &client).await,
+            Err(e) => {
+                warn!("polling plans: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn register(agent: &Agent, client: &ControllerClient) {
+    let reg = agent.registration();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.register(&reg).await {
+            Ok(()) => {
+                info!("registered with the controller");
+                return;
+            }
+            Err(e) => {
+                warn!("registering: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs one plan and posts its report, retrying until the controller's deadline for it.
+async fn run_plan(agent: Arc<Agent>, client: Arc<ControllerClient>, plan: RoundPlan) {
+    if now_ms() >= plan.report_deadline_ms {
+        warn!(task = %plan.task, round = plan.round, "plan arrived after its report deadline; skipped");
+        return;
+    }
+    info!(task = %plan.task, round = plan.round, targets = plan.targets.len(), "round starts");
+    let report = round::run(&agent, &plan).await;
+    agent.metrics.rounds.inc();
+    loop {
+        match client.report(&report).await {
+            Ok(()) => {
+                info!(task = %plan.task, round = plan.round, "report posted");
+                return;
+            }
+            Err(e) if now_ms() < plan.report_deadline_ms => {
+                warn!("posting report: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                error!(task = %plan.task, round = plan.round, "report not delivered before the deadline: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,170 @@
+//! Kernel hook times of the probes of one round, as the eBPF observers reported them.
+//!
+//! One agent sees two kinds of probe: its own (request leaving, reply arriving) and its peers'
+//! (request arriving, reply leaving). The (kind, hook) pair of an event says which of the four
+//! hooks of the loss-attribution model it is, so no other bookkeeping is needed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use meshdoctor_agent_common::{Hook, Kind, ProbeEvent};
+use meshdoctor_api::{AnsweredPath, Bitmap, probe_id_parts};
+
+/// Kernel times (CLOCK_MONOTONIC ns) of one probe at the hooks this agent can see; 0 = unseen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookTimes {
+    pub src_egress: u64,
+    pub src_ingress: u64,
+    pub dst_ingress: u64,
+    pub dst_egress: u64,
+    /// Interface the request arrived on, when this agent answered it.
+    pub dst_ifindex: u32,
+}
+
+impl HookTimes {
+    /// src ingress - src egress, when both were seen in order.
+    pub fn kernel_rtt(&self) -> Option<u64> {
+        positive_delta(self.src_egress, self.src_ingress)
+    }
+
+    /// dst egress - dst ingress: time the request and reply spent in this host's stack.
+    pub fn stack_time(&self) -> Option<u64> {
+        positive_delta(self.dst_ingress, self.dst_egress)
+    }
+}
+
+fn positive_delta(from: u64, to: u64) -> Option<u64> {
+    (from != 0 && to > from).then(|| to - from)
+}
+
+/// Hook times of every probe of one round seen by this agent's observers.
+#[derive(Debug, Default)]
+pub struct RoundHooks {
+    probes: HashMap<u64, HookTimes>,
+    events: u64,
+}
+
+impl RoundHooks {
+    /// Records one event. The first sighting at a hook wins: a packet that crosses the same
+    /// hook twice (it should not) keeps its earliest time.
+    pub fn record(&mut self, ev: &ProbeEvent) {
+        self.events += 1;
+        let t = self.probes.entry(ev.probe_id).or_default();
+        let slot = match (ev.kind, ev.hook) {
+            (k, h) if k == Kind::Request as u8 && h == Hook::Egress as u8 => &mut t.src_egress,
+            (k, h) if k == Kind::Reply as u8 && h == Hook::Ingress as u8 => &mut t.src_ingress,
+            (k, h) if k == Kind::Request as u8 && h == Hook::Ingress as u8 => {
+                if t.dst_ifindex == 0 {
+                    t.dst_ifindex = ev.ifindex;
+                }
+                &mut t.dst_ingress
+            }
+            (k, h) if k == Kind::Reply as u8 && h == Hook::Egress as u8 => &mut t.dst_egress,
+            _ => return,
+        };
+        if *slot == 0 {
+            *slot = ev.ktime_ns;
+        }
+    }
+
+    pub fn get(&self, probe_id: u64) -> HookTimes {
+        self.probes.get(&probe_id).copied().unwrap_or_default()
+    }
+
+    /// Events recorded so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The destination side of every path this agent answered, i.e. of probes whose path is not
+    /// one of `own_paths`. `ifname` names interfaces by index.
+    pub fn answered(
+        &self,
+        own_paths: &HashSet<u16>,
+        ifname: impl Fn(u32) -> String,
+    ) -> Vec<AnsweredPath> {
+        let mut by_path: BTreeMap<u16, Vec<(u16, &HookTimes)>> = BTreeMap::new();
+        for (&id, t) in &self.probes {
+            let (_, path, seq) = probe_id_parts(id);
+            if !own_paths.contains(&path) && (t.dst_ingress != 0 || t.dst_egress != 0) {
+                by_path.entry(path).or_default().push((seq, t));
+            }
+        }
+        by_path
+            .into_iter()
+            .map(|(path, probes)| {
+                let len = probes.iter().map(|(s, _)| usize::from(*s) + 1).max().unwrap_or(0);
+                let mut a = AnsweredPath {
+                    path,
+                    dst_ingress: Bitmap::with_len(len),
+                    dst_egress: Bitmap::with_len(len),
+                    stack_ns: vec![0; len],
+                    interfaces: Vec::new(),
+                };
+                let mut ifindexes = HashSet::new();
+                for (seq, t) in probes {
+                    let s = usize::from(seq);
+                    if t.dst_ingress != 0 {
+                        a.dst_ingress.set(s);
+                        ifindexes.insert(t.dst_ifindex);
+                    }
+                    if t.dst_egress != 0 {
+                        a.dst_egress.set(s);
+                    }
+                    a.stack_ns[s] = t.stack_time().unwrap_or(0);
+                }
+                a.interfaces = ifindexes.into_iter().map(&ifname).collect();
+                a.interfaces.sort();
+                a
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshdoctor_api::probe_id;
+
+    fn ev(id: u64, kind: Kind, hook: Hook, t: u64) -> ProbeEvent {
+        ProbeEvent {
+            probe_id: id,
+            ktime_ns: t,
+            netns: 1,
+            ifindex: 3,
+            hook: hook as u8,
+            kind: kind as u8,
+            family: 4,
+            _pad: [0; 5],
+        }
+    }
+
+    #[test]
+    fn own_probe_gives_kernel_rtt() {
+        let mut h = RoundHooks::default();
+        let id = probe_id(9, 1, 0);
+        h.record(&ev(id, Kind::Request, Hook::Egress, 1000));
+        h.record(&ev(id, Kind::Reply, Hook::Ingress, 1700));
+        h.record(&ev(id, Kind::Reply, Hook::Ingress, 9999)); // duplicate keeps the first
+        assert_eq!(h.get(id).kernel_rtt(), Some(700));
+        assert_eq!(h.get(probe_id(9, 1, 1)), HookTimes::default());
+        assert_eq!(h.events(), 3);
+    }
+
+    #[test]
+    fn answered_groups_peer_probes_by_path() {
+        let mut h = RoundHooks::default();
+        h.record(&ev(probe_id(9, 4, 0), Kind::Request, Hook::Ingress, 100));
+        h.record(&ev(probe_id(9, 4, 0), Kind::Reply, Hook::Egress, 130));
+        h.record(&ev(probe_id(9, 4, 2), Kind::Request, Hook::Ingress, 200));
+        h.record(&ev(probe_id(9, 1, 0), Kind::Request, Hook::Egress, 1)); // own path 1
+        let own = HashSet::from([1]);
+        let a = h.answered(&own, |i| format!("if{i}"));
+        assert_eq!(a.len(), 1);
+        let p = &a[0];
+        assert_eq!(p.path, 4);
+        assert!(p.dst_ingress.get(0) && p.dst_ingress.get(2) && !p.dst_ingress.get(1));
+        assert!(p.dst_egress.get(0) && !p.dst_egress.get(2));
+        assert_eq!(p.stack_ns, vec![30, 0, 0]);
+        assert_eq!(p.interfaces, vec!["if3".to_string()]);
+    }
+}

@@ -1,0 +1,121 @@
+//! The agent's Prometheus metrics. Series grow with interfaces x families, never with peers.
+
+use meshdoctor_api::Family;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family as MetricFamily},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub interface: String,
+    pub family: String,
+}
+
+/// Labels of the eBPF observers' per-interface packet counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub interface: String,
+    /// `ingress` or `egress`.
+    pub hook: String,
+    /// `request` or `reply`.
+    pub kind: String,
+    pub family: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    sent: MetricFamily<PathLabels, Counter>,
+    received: MetricFamily<PathLabels, Counter>,
+    observed: MetricFamily<HookLabels, Counter>,
+    pub rounds: Counter,
+    pub ringbuf_drops: Counter,
+    pub kernel_events: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("meshdoctor_agent");
+        let sent = MetricFamily::<PathLabels, Counter>::default();
+        let received = MetricFamily::<PathLabels, Counter>::default();
+        let observed = MetricFamily::<HookLabels, Counter>::default();
+        let rounds = Counter::default();
+        let ringbuf_drops = Counter::default();
+        let kernel_events = Counter::default();
+        registry.register("probes_sent", "Probes handed to the kernel, by source interface and family", sent.clone());
+        registry.register(
+            "probes_received",
+            "Probe replies received in time, by source interface and family",
+            received.clone(),
+        );
+        registry.register(
+            "observed_packets",
+            "Probe packets of armed rounds seen by the eBPF observers, by interface, hook, kind and family",
+            observed.clone(),
+        );
+        registry.register("rounds", "Rounds run", rounds.clone());
+        registry.register(
+            "ringbuf_drops",
+            "Probe events the eBPF observers could not queue (full ring buffer): unobserved, not lost",
+            ringbuf_drops.clone(),
+        );
+        registry.register("kernel_events", "Probe events read from the eBPF observers", kernel_events.clone());
+        Self {
+            registry,
+            sent,
+            received,
+            observed,
+            rounds,
+            ringbuf_drops,
+            kernel_events,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count_path(&self, interface: &str, family: Family, sent: u32, received: u32) {
+        let labels = PathLabels {
+            interface: interface.into(),
+            family: family.to_string(),
+        };
+        self.sent.get_or_create(&labels).inc_by(sent.into());
+        self.received.get_or_create(&labels).inc_by(received.into());
+    }
+
+    /// Sets the observers' packet counters to the kernel's totals (they are read from per-CPU
+    /// maps at scrape time rather than counted twice in user space).
+    pub fn set_observed(&self, labels: HookLabels, total: u64) {
+        self.observed
+            .get_or_create(&labels)
+            .inner()
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let m = Metrics::default();
+        m.count_path("net1", Family::Ipv6, 10, 8);
+        m.rounds.inc();
+        let text = m.render();
+        assert!(
+            text.contains(r#"meshdoctor_agent_probes_sent_total{interface="net1",family="ipv6"} 10"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"meshdoctor_agent_probes_received_total{interface="net1",family="ipv6"} 8"#));
+        assert!(text.contains("meshdoctor_agent_rounds_total 1"));
+    }
+}

@@ -1,0 +1,306 @@
+//! Runs one round plan: paced echo probes to every planned target, then the agent report.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use meshdoctor_api::{AgentReport, Bitmap, ObserverStats, PlannedTarget, RoundPlan, SentPath, probe_id};
+use tokio::{task::JoinSet, time::Instant};
+use tracing::{debug, warn};
+
+use crate::{
+    hooks::RoundHooks,
+    icmp::{EchoSocket, echo_request},
+    runtime::Agent,
+};
+
+/// What the sender and the receivers learn about one target's probes.
+#[derive(Debug, Clone)]
+struct TargetProbes {
+    send_ns: Vec<u64>,
+    recv_ns: Vec<u64>,
+    send_errors: BTreeMap<String, u32>,
+}
+
+impl TargetProbes {
+    fn new(n: usize) -> Self {
+        Self {
+            send_ns: vec![0; n],
+            recv_ns: vec![0; n],
+            send_errors: BTreeMap::new(),
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Vec<TargetProbes>>>;
+
+/// Runs `plan` and returns the report to post. Never fails: what could not be done (a socket
+/// that would not open, a send error) is counted in the report.
+pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
+    let tag = plan.round_tag;
+    let drops_before = agent.arm(tag);
+    let n = plan.probes_per_target() as usize;
+    let probes: Shared = Arc::new(Mutex::new(vec![TargetProbes::new(n); plan.targets.len()]));
+
+    wait_for_start(plan.start_at_ms).await;
+    let timeout = Duration::from_millis(plan.timeout_ms);
+
+    // One socket per source interface and address, shared by that source's targets.
+    let mut sockets: HashMap<(String, IpAddr), Arc<EchoSocket>> = HashMap::new();
+    let mut open_errors: HashMap<usize, String> = HashMap::new();
+    for (i, t) in plan.targets.iter().enumerate() {
+        let key = (t.src_interface.clone(), t.src_addr);
+        if sockets.contains_key(&key) {
+            continue;
+        }
+        match EchoSocket::open(&t.src_interface, t.src_addr) {
+            Ok(s) => {
+                sockets.insert(key, Arc::new(s));
+            }
+            Err(e) => {
+                warn!(interface = %t.src_interface, src = %t.src_addr, "cannot open probe socket: {e}");
+                open_errors.insert(i, format!("socket: {e}"));
+            }
+        }
+    }
+    let path_index: Arc<HashMap<u16, usize>> =
+        Arc::new(plan.targets.iter().enumerate().map(|(i, t)| (t.path, i)).collect());
+    let mut receivers = JoinSet::new();
+    for sock in sockets.values() {
+        receivers.spawn(receive(sock.clone(), tag, path_index.clone(), probes.clone(), timeout));
+    }
+
+    send_all(plan, &sockets, &open_errors, &probes, n).await;
+    tokio::time::sleep(timeout).await;
+    receivers.abort_all();
+    // Let the observers' last events drain from the ring buffer.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (hooks, ringbuf_drops) = agent.disarm(tag, drops_before);
+    let probes = probes.lock().map(|p| p.clone()).unwrap_or_default();
+    let report = build_report(agent, plan, &probes, &hooks, ringbuf_drops);
+    for (t, s) in plan.targets.iter().zip(&report.sent) {
+        agent.metrics.count_path(&t.src_interface, t.family, s.sent, s.received);
+    }
+    report
+}
+
+async fn wait_for_start(start_at_ms: u64) {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if let Some(wait) = start_at_ms.checked_sub(now_ms) {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// Sends `n` probes to every target, round-robin, evenly spread at `qps` per target.
+async fn send_all(
+    plan: &RoundPlan,
+    sockets: &HashMap<(String, IpAddr), Arc<EchoSocket>>,
+    open_errors: &HashMap<usize, String>,
+    probes: &Shared,
+    n: usize,
+) {
+    let targets = plan.targets.len();
+    if targets == 0 {
+        return;
+    }
+    let period = Duration::from_secs(1) / (plan.qps.max(1) * targets as u32);
+    let start = Instant::now();
+    let mut k = 0u32;
+    for seq in 0..n {
+        for (i, t) in plan.targets.iter().enumerate() {
+            tokio::time::sleep_until(start + period * k).await;
+            k += 1;
+            let result = match sockets.get(&(t.src_interface.clone(), t.src_addr)) {
+                Some(sock) => {
+                    let id = probe_id(plan.round_tag, t.path, seq as u16);
+                    let pkt = echo_request(t.family, t.path, seq as u16, id);
+                    sock.send(t.dst_addr, &pkt).await.map_err(|e| e.to_string())
+                }
+                None => Err(open_errors.get(&i).cloned().unwrap_or_else(|| "no socket".into())),
+            };
+            if let Ok(mut p) = probes.lock() {
+                match result {
+                    Ok(t_ns) => p[i].send_ns[seq] = t_ns,
+                    Err(e) => *p[i].send_errors.entry(e).or_default() += 1,
+                }
+            }
+        }
+    }
+}
+
+/// Records replies on one socket until aborted. A reply later than `timeout` is lost, as for
+/// an application waiting for it.
+async fn receive(
+    sock: Arc<EchoSocket>,
+    tag: u32,
+    path_index: Arc<HashMap<u16, usize>>,
+    probes: Shared,
+    timeout: Duration,
+) {
+    loop {
+        let (id, t) = match sock.recv().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("probe socket receive failed: {e}");
+                return;
+            }
+        };
+        let (rtag, path, seq) = meshdoctor_api::probe_id_parts(id);
+        let Some(&i) = path_index.get(&path).filter(|_| rtag == tag) else {
+            continue;
+        };
+        let Ok(mut p) = probes.lock() else { return };
+        let p = &mut p[i];
+        let seq = usize::from(seq);
+        if let (Some(&sent), Some(recv)) = (p.send_ns.get(seq), p.recv_ns.get_mut(seq))
+            && sent != 0
+            && *recv == 0
+            && t.saturating_sub(sent) <= timeout.as_nanos() as u64
+        {
+            *recv = t;
+        } else {
+            debug!(path, seq, "late, duplicate or unknown reply");
+        }
+    }
+}
+
+/// Turns what the sockets and the observers saw into the report (pure: tested below).
+fn build_report(
+    agent: &Agent,
+    plan: &RoundPlan,
+    probes: &[TargetProbes],
+    hooks: &RoundHooks,
+    ringbuf_drops: u64,
+) -> AgentReport {
+    let sent = plan
+        .targets
+        .iter()
+        .zip(probes)
+        .map(|(t, p)| sent_path(plan, t, p, hooks))
+        .collect();
+    let own: HashSet<u16> = plan.targets.iter().map(|t| t.path).collect();
+    AgentReport {
+        node: agent.node.clone(),
+        task: plan.task.clone(),
+        round: plan.round,
+        round_tag: plan.round_tag,
+        timestamping: agent.timestamping,
+        sent,
+        answered: hooks.answered(&own, |i| agent.interface_name(i)),
+        observer: ObserverStats {
+            ringbuf_drops,
+            events: hooks.events(),
+        },
+    }
+}
+
+fn sent_path(plan: &RoundPlan, t: &PlannedTarget, p: &TargetProbes, hooks: &RoundHooks) -> SentPath {
+    let n = p.send_ns.len();
+    let mut s = SentPath {
+        path: t.path,
+        planned: n as u32,
+        sent: 0,
+        received: 0,
+        send_errors: p.send_errors.iter().map(|(e, c)| (e.clone(), *c)).collect(),
+        src_egress: Bitmap::with_len(n),
+        src_ingress: Bitmap::with_len(n),
+        delivered: Bitmap::with_len(n),
+        kernel_rtt_ns: vec![0; n],
+        user_rtt_ns: vec![0; n],
+    };
+    for seq in 0..n {
+        let h = hooks.get(probe_id(plan.round_tag, t.path, seq as u16));
+        if h.src_egress != 0 {
+            s.src_egress.set(seq);
+        }
+        if h.src_ingress != 0 {
+            s.src_ingress.set(seq);
+        }
+        s.kernel_rtt_ns[seq] = h.kernel_rtt().unwrap_or(0);
+        if p.send_ns[seq] != 0 {
+            s.sent += 1;
+        }
+        if p.recv_ns[seq] != 0 {
+            s.received += 1;
+            s.delivered.set(seq);
+            s.user_rtt_ns[seq] = p.recv_ns[seq] - p.send_ns[seq];
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshdoctor_agent_common::{Hook, Kind, ProbeEvent};
+    use meshdoctor_api::{Family, Protocol};
+
+    fn mk_plan() -> RoundPlan {
+        RoundPlan {
+            task: "mesh".into(),
+            round: 1,
+            round_tag: 77,
+            protocol: Protocol::Icmp,
+            start_at_ms: 0,
+            duration_ms: 1000,
+            qps: 3,
+            timeout_ms: 100,
+            report_deadline_ms: 0,
+            targets: vec![PlannedTarget {
+                path: 5,
+                dst_node: "node-2".into(),
+                src_interface: "eth0".into(),
+                dst_interface: "eth0".into(),
+                network: "default".into(),
+                family: Family::Ipv4,
+                src_addr: "192.0.2.1".parse().unwrap(),
+                dst_addr: "192.0.2.2".parse().unwrap(),
+            }],
+        }
+    }
+
+    fn ev(id: u64, kind: Kind, hook: Hook, t: u64) -> ProbeEvent {
+        ProbeEvent {
+            probe_id: id,
+            ktime_ns: t,
+            netns: 1,
+            ifindex: 2,
+            hook: hook as u8,
+            kind: kind as u8,
+            family: 4,
+            _pad: [0; 5],
+        }
+    }
+
+    #[test]
+    fn report_joins_socket_and_kernel_times() {
+        let plan = mk_plan();
+        let agent = Agent::for_test("node-1");
+        let mut p = TargetProbes::new(3);
+        p.send_ns = vec![1_000, 2_000, 0];
+        p.recv_ns = vec![1_900, 0, 0];
+        p.send_errors.insert("Network is unreachable".into(), 1);
+        let mut h = RoundHooks::default();
+        h.record(&ev(probe_id(77, 5, 0), Kind::Request, Hook::Egress, 1_100));
+        h.record(&ev(probe_id(77, 5, 0), Kind::Reply, Hook::Ingress, 1_800));
+        h.record(&ev(probe_id(77, 5, 1), Kind::Request, Hook::Egress, 2_100));
+        h.record(&ev(probe_id(77, 9, 0), Kind::Request, Hook::Ingress, 50)); // a peer's probe
+        let r = build_report(&agent, &plan, &[p], &h, 4);
+        let s = &r.sent[0];
+        assert_eq!((s.planned, s.sent, s.received), (3, 2, 1));
+        assert_eq!(s.kernel_rtt_ns, vec![700, 0, 0]);
+        assert_eq!(s.user_rtt_ns, vec![900, 0, 0]);
+        assert!(s.src_egress.get(1) && !s.src_ingress.get(1) && !s.delivered.get(1));
+        assert_eq!(s.send_errors, vec![("Network is unreachable".to_string(), 1)]);
+        assert_eq!(r.answered.len(), 1);
+        assert_eq!(r.answered[0].path, 9);
+        assert_eq!(r.observer, ObserverStats { ringbuf_drops: 4, events: 4 });
+    }
+}

@@ -1,0 +1,143 @@
+//! State the agent shares across rounds: its identity, its interfaces, the eBPF observers, and
+//! the hook times of the rounds in flight.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use meshdoctor_agent_common::{Hook, IpFamily, Kind};
+use meshdoctor_api::{AgentRegistration, Timestamping};
+use tracing::warn;
+
+use crate::{
+    hooks::RoundHooks,
+    interfaces::Interface,
+    metrics::{HookLabels, Metrics},
+    observer::{EventStream, Observer},
+};
+
+pub struct Agent {
+    pub node: String,
+    pub interfaces: Vec<Interface>,
+    pub timestamping: Timestamping,
+    pub metrics: Metrics,
+    /// `None` when eBPF is off: reports then carry user-space times only.
+    observer: Option<Mutex<Observer>>,
+    /// Hook times per armed round tag. Events of other round tags are ignored.
+    rounds: Mutex<HashMap<u32, RoundHooks>>,
+}
+
+impl Agent {
+    pub fn new(node: String, interfaces: Vec<Interface>, observer: Option<Observer>) -> Self {
+        let timestamping = if observer.is_some() {
+            Timestamping::Ebpf
+        } else {
+            Timestamping::Socket
+        };
+        Self {
+            node,
+            interfaces,
+            timestamping,
+            metrics: Metrics::default(),
+            observer: observer.map(Mutex::new),
+            rounds: Mutex::default(),
+        }
+    }
+
+    pub fn registration(&self) -> AgentRegistration {
+        AgentRegistration {
+            node: self.node.clone(),
+            interfaces: self.interfaces.iter().map(|i| i.info.clone()).collect(),
+            timestamping: self.timestamping,
+        }
+    }
+
+    pub fn interface_name(&self, ifindex: u32) -> String {
+        self.interfaces
+            .iter()
+            .find(|i| i.ifindex == ifindex)
+            .map_or_else(|| format!("ifindex-{ifindex}"), |i| i.info.name.clone())
+    }
+
+    /// Starts recording the probes of round `tag`; returns the ring-buffer drop count so far.
+    pub fn arm(&self, tag: u32) -> u64 {
+        if let Ok(mut r) = self.rounds.lock() {
+            r.insert(tag, RoundHooks::default());
+        }
+        self.with_observer(|o| {
+            o.arm(tag)?;
+            o.ringbuf_drops()
+        })
+        .unwrap_or(0)
+    }
+
+    /// Stops recording round `tag`; returns its hook times and the ring-buffer drops since
+    /// `drops_before`.
+    pub fn disarm(&self, tag: u32, drops_before: u64) -> (RoundHooks, u64) {
+        let drops = self
+            .with_observer(|o| {
+                o.disarm(tag)?;
+                o.ringbuf_drops()
+            })
+            .map_or(0, |now| now.saturating_sub(drops_before));
+        self.metrics.ringbuf_drops.inc_by(drops);
+        let hooks = self
+            .rounds
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(&tag))
+            .unwrap_or_default();
+        (hooks, drops)
+    }
+
+    fn with_observer<T>(
+        &self,
+        f: impl FnOnce(&mut Observer) -> Result<T, crate::observer::ObserverError>,
+    ) -> Option<T> {
+        let obs = self.observer.as_ref()?;
+        let mut guard = obs.lock().ok()?;
+        f(&mut guard)
+            .map_err(|e| warn!("eBPF observer: {e}"))
+            .ok()
+    }
+
+    /// The metrics text, with the observers' kernel counters brought up to date.
+    pub fn render_metrics(&self) -> String {
+        let counters = self.with_observer(|o| o.counters()).unwrap_or_default();
+        for (key, total) in counters {
+            let labels = HookLabels {
+                interface: self.interface_name(key.ifindex),
+                hook: if key.hook == Hook::Ingress as u8 { "ingress" } else { "egress" }.into(),
+                kind: if key.kind == Kind::Request as u8 { "request" } else { "reply" }.into(),
+                family: if key.family == IpFamily::V6 as u8 { "ipv6" } else { "ipv4" }.into(),
+            };
+            self.metrics.set_observed(labels, total);
+        }
+        self.metrics.render()
+    }
+
+    /// Takes the observers' event stream, if eBPF is on.
+    pub fn take_events(&self) -> Option<EventStream> {
+        self.with_observer(|o| o.events())
+    }
+
+    /// Routes kernel events to the round they belong to, until the stream ends.
+    pub async fn dispatch_events(self: Arc<Self>, mut events: EventStream) {
+        while let Some(ev) = events.next().await {
+            self.metrics.kernel_events.inc();
+            let tag = (ev.probe_id >> 32) as u32;
+            if let Ok(mut rounds) = self.rounds.lock()
+                && let Some(r) = rounds.get_mut(&tag)
+            {
+                r.record(&ev);
+            }
+        }
+        warn!("eBPF event stream ended; further rounds carry no kernel timestamps");
+    }
+
+    #[cfg(test)]
+    pub fn for_test(node: &str) -> Self {
+        Self::new(node.into(), Vec::new(), None)
+    }
+}

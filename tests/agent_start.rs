@@ -1,0 +1,73 @@
+//! The agent refuses to start without the capabilities it needs, at once, naming them.
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use meshdoctor_e2e::can_run;
+
+/// Runs the agent under `setpriv` with the given privilege options; it must exit by itself
+/// within a few seconds.
+fn agent_under(setpriv: &[&str], extra: &[&str]) -> (Output, Duration) {
+    let agent = meshdoctor_lab::default_bin_dir().join("meshdoctor-agent");
+    assert!(agent.exists(), "{} not built (cargo xtask test builds it)", agent.display());
+    let start = Instant::now();
+    let mut child = Command::new("setpriv")
+        .args(setpriv)
+        .arg(&agent)
+        .args(["--node", "node-x", "--controller", "http://127.0.0.1:9"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv runs");
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("agent did not stop by itself within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child.wait_with_output().expect("output"), start.elapsed())
+}
+
+#[test]
+fn agent_without_root_names_every_missing_capability() {
+    if !can_run("agent_without_root_names_every_missing_capability") {
+        return;
+    }
+    let (out, took) = agent_under(&["--reuid=65534", "--regid=65534", "--clear-groups"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    for cap in ["CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON"] {
+        assert!(err.contains(cap), "{cap} not named in: {err}");
+    }
+}
+
+#[test]
+fn agent_with_only_net_raw_names_the_ebpf_capabilities() {
+    if !can_run("agent_with_only_net_raw_names_the_ebpf_capabilities") {
+        return;
+    }
+    // Root, but the bounding set leaves only CAP_NET_RAW.
+    let (out, _) = agent_under(&["--bounding-set=-all,+net_raw", "--inh-caps=-all"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for cap in ["CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON"] {
+        assert!(err.contains(cap), "{cap} not named in: {err}");
+    }
+    assert!(!err.contains("CAP_NET_RAW ("), "NET_RAW is present: {err}");
+}
+
+#[test]
+fn agent_rejects_a_malformed_interface_flag() {
+    if !can_run("agent_rejects_a_malformed_interface_flag") {
+        return;
+    }
+    let (out, _) = agent_under(&[], &["--interface", "eth0="]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--interface") && err.contains("INTERFACE=NETWORK"), "{err}");
+}
