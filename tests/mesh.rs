@@ -1,0 +1,1 @@
+//! Full-mesh ICMP rounds over the lab (filled in below as the lab API lands).
