@@ -1,1 +1,23 @@
-//! lab
+//! The network-namespace lab: N "nodes" and a controller "pod" on one machine.
+//!
+//! Two layers:
+//! - [`Network`] builds the namespaces, bridges, veths and addresses (the fixed [address
+//!   plan](crate::plan)) and removes them on drop. It needs root and nothing else.
+//! - [`Lab`] adds the processes: `meshdoctor-controller` in `mdlab-ctl` and one
+//!   `meshdoctor-agent` per node, with a lab directory for tasks, data, logs and the token.
+//!
+//! The namespace names are fixed (the agent and controller tests rely on them), so only one lab
+//! can exist per machine: building one first removes the leftovers of a crashed run, and inside
+//! one process a lock makes concurrent tests take turns instead of tearing each other down.
+
+mod error;
+mod http;
+mod lab;
+mod net;
+pub mod plan;
+mod report;
+
+pub use error::LabError;
+pub use lab::{Lab, LabConfig, default_bin_dir};
+pub use net::{Network, cleanup_leftovers, in_netns, is_root};
+pub use report::{default_task_yaml, render_table};

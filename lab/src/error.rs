@@ -1,0 +1,74 @@
+use std::{io, path::PathBuf, time::Duration};
+
+/// Why the lab could not be built, driven or queried. Every message names what was being done
+/// (the command line, the file, the HTTP path) and what the system said.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The lab manipulates namespaces and starts privileged daemons.
+    #[error("the lab needs root (run as root, e.g. `sudo -E cargo xtask lab`)")]
+    NotRoot,
+    /// The address plan has one /24 per network, with .254 taken by the controller.
+    #[error("a lab has 1..={max} nodes, not {nodes}")]
+    NodeCount { nodes: usize, max: usize },
+    #[error("no node {node} in a lab of {nodes} nodes (nodes are numbered from 1)")]
+    NoSuchNode { node: usize, nodes: usize },
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot enter network namespace {ns}: {source}")]
+    Netns {
+        ns: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path} not found: build it with `cargo build -p {package}` or point MESHDOCTOR_BIN_DIR at its directory"
+    )]
+    MissingBinary { path: PathBuf, package: String },
+    /// An HTTP exchange with the controller failed or was answered with an error status.
+    #[error("controller GET {path}: {reason}")]
+    Http {
+        path: String,
+        /// The response status, when there was a response.
+        status: Option<u16>,
+        reason: String,
+    },
+    /// A lab process died while the lab needed it.
+    #[error("{process} exited ({status}); last lines of {log}:\n{tail}")]
+    ProcessExited {
+        process: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("{what} did not happen within {timeout:?} ({last}); see the logs in {logs}")]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        /// The last thing observed while waiting, e.g. the last HTTP answer.
+        last: String,
+        logs: PathBuf,
+    },
+}
+
+impl LabError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}

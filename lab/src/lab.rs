@@ -1,0 +1,414 @@
+//! The lab with its processes: the controller in `mdlab-ctl` and one agent per node.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Read,
+    net::{Ipv6Addr, SocketAddr},
+    os::unix::{fs::OpenOptionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use meshdoctor_api::RoundReport;
+
+use crate::{
+    LabError, Network, http, in_netns,
+    net::{TERM_GRACE, is_running},
+    plan::{CONTROLLER_NS, CONTROLLER_PORT, CONTROLLER_URL, INTERFACES, node_name, node_ns},
+    report::default_task_yaml,
+};
+
+const CONTROLLER_BIN: &str = "meshdoctor-controller";
+const AGENT_BIN: &str = "meshdoctor-agent";
+const POLL: Duration = Duration::from_millis(200);
+/// Lines of a dead process's log quoted in the error.
+const TAIL_LINES: usize = 20;
+
+/// The directory holding the agent and controller binaries: `$MESHDOCTOR_BIN_DIR`, else the
+/// debug profile of the cargo target directory (`$CARGO_TARGET_DIR` or `<workspace>/target`),
+/// which is what `cargo build` and the tests use.
+pub fn default_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHDOCTOR_BIN_DIR") {
+        return dir.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    target.join("debug")
+}
+
+/// What lab to build.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Number of nodes (agents), `1..=plan::MAX_NODES`.
+    pub nodes: usize,
+    /// Lab directory: `tasks/`, `data/`, `logs/` and `token` are (re)created in it.
+    pub dir: PathBuf,
+    /// Where `meshdoctor-controller` and `meshdoctor-agent` are.
+    pub bin_dir: PathBuf,
+    /// Task files written to `tasks/` before the controller starts: (file name, YAML).
+    pub tasks: Vec<(String, String)>,
+    /// How long to wait for the controller to list every agent.
+    pub ready_timeout: Duration,
+}
+
+impl LabConfig {
+    /// `nodes` nodes in /run/meshdoctor-lab, binaries from [`default_bin_dir`], and the default
+    /// task `mesh`.
+    pub fn new(nodes: usize) -> Self {
+        Self {
+            nodes,
+            dir: PathBuf::from("/run/meshdoctor-lab"),
+            bin_dir: default_bin_dir(),
+            tasks: vec![("mesh.yaml".into(), default_task_yaml("mesh"))],
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A started lab process.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// `Some(status)` once the process has exited.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown status: {e}")),
+        }
+    }
+
+    fn exited_error(&self, status: String) -> LabError {
+        LabError::ProcessExited {
+            process: self.name.clone(),
+            status,
+            log: self.log.clone(),
+            tail: log_tail(&self.log),
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Err(e) = File::open(path).and_then(|mut f| f.read_to_string(&mut text)) {
+        return format!("(cannot read: {e})");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+/// A running lab: the [`Network`], the controller and the agents.
+///
+/// Dropping it (also while unwinding from a panic) stops the processes and removes the
+/// network; the lab directory with its logs stays for inspection until the next lab.
+pub struct Lab {
+    procs: Vec<Proc>,
+    dir: PathBuf,
+    token: String,
+    // Declared last: dropped after `Drop::drop` has stopped the processes.
+    net: Network,
+}
+
+impl Lab {
+    /// Builds the network (removing leftovers of a crashed run first), starts the controller and
+    /// then the agents, and waits until the controller lists all of them.
+    pub fn up(cfg: LabConfig) -> Result<Lab, LabError> {
+        let binaries = [
+            (CONTROLLER_BIN, "meshdoctor-controller"),
+            (AGENT_BIN, "meshdoctor-agent"),
+        ];
+        for (bin, package) in binaries {
+            let path = cfg.bin_dir.join(bin);
+            if !path.is_file() {
+                return Err(LabError::MissingBinary {
+                    path,
+                    package: package.into(),
+                });
+            }
+        }
+        let net = Network::build(cfg.nodes)?;
+        let token = prepare_dir(&cfg)?;
+        let mut lab = Lab {
+            procs: Vec::new(),
+            dir: cfg.dir.clone(),
+            token,
+            net,
+        };
+        let dir = cfg.dir.display().to_string();
+        let nodes = cfg.nodes.to_string();
+        lab.spawn(
+            "controller",
+            CONTROLLER_NS,
+            &cfg.bin_dir.join(CONTROLLER_BIN),
+            &[
+                "--tasks-dir",
+                &format!("{dir}/tasks"),
+                "--data-dir",
+                &format!("{dir}/data"),
+                "--listen",
+                &format!("[::]:{CONTROLLER_PORT}"),
+                "--token-file",
+                &format!("{dir}/token"),
+                "--wait-agents",
+                &nodes,
+            ],
+        )?;
+        let interfaces: Vec<String> = INTERFACES
+            .iter()
+            .map(|i| format!("{}={}", i.name, i.network))
+            .collect();
+        for i in 1..=cfg.nodes {
+            let node = node_name(i);
+            let mut args = vec![
+                "--node",
+                &node,
+                "--controller",
+                CONTROLLER_URL,
+                "--token-file",
+            ];
+            let token_file = format!("{dir}/token");
+            args.push(&token_file);
+            for iface in &interfaces {
+                args.extend(["--interface", iface]);
+            }
+            let listen = format!("[::]:{}", crate::plan::AGENT_PORT);
+            args.extend(["--listen", &listen]);
+            lab.spawn(&node, &node_ns(i), &cfg.bin_dir.join(AGENT_BIN), &args)?;
+        }
+        lab.wait_agents(cfg.nodes, cfg.ready_timeout)?;
+        Ok(lab)
+    }
+
+    /// The lab directory (tasks/, data/, logs/, token).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.net.nodes()
+    }
+
+    /// Log file of a process: `controller` or a node name (`node-1`).
+    pub fn log_path(&self, process: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{process}.log"))
+    }
+
+    /// Runs a command inside node `node`'s namespace, e.g. `nft`; a non-zero exit is an error.
+    pub fn exec(&self, node: usize, args: &[&str]) -> Result<Output, LabError> {
+        self.net.exec(node, args)
+    }
+
+    /// GET on the controller's API, from inside its namespace; any status but 2xx is an error
+    /// ([`LabError::Http`] with the status).
+    pub fn controller_get(&self, path: &str) -> Result<serde_json::Value, LabError> {
+        let response = self.get(path)?;
+        let http_error = |status, reason| LabError::Http {
+            path: path.into(),
+            status,
+            reason,
+        };
+        if !(200..300).contains(&response.status) {
+            return Err(http_error(Some(response.status), response.body));
+        }
+        serde_json::from_str(&response.body).map_err(|e| {
+            http_error(
+                Some(response.status),
+                format!("not JSON ({e}): {}", excerpt(&response.body)),
+            )
+        })
+    }
+
+    /// Polls `GET /v1/tasks/{task}/rounds/{round}` until the report is there (404 and
+    /// connection errors mean "not yet"), failing early if the controller dies.
+    pub fn wait_round(
+        &self,
+        task: &str,
+        round: u32,
+        timeout: Duration,
+    ) -> Result<RoundReport, LabError> {
+        let path = format!("/v1/tasks/{task}/rounds/{round}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.get(&path) {
+                Ok(r) if r.status == 200 => {
+                    return serde_json::from_str(&r.body).map_err(|e| LabError::Http {
+                        path: path.clone(),
+                        status: Some(200),
+                        reason: format!("not a round report ({e}): {}", excerpt(&r.body)),
+                    });
+                }
+                Ok(r) => format!("last answer: {} {}", r.status, excerpt(&r.body)),
+                Err(e) => format!("last error: {e}"),
+            };
+            self.check_controller()?;
+            if Instant::now() >= deadline {
+                return Err(self.timeout(format!("round {round} of task {task}"), timeout, last));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Stops the processes and removes the network (what dropping the lab does).
+    pub fn down(self) {}
+
+    fn get(&self, path: &str) -> Result<http::Response, LabError> {
+        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, CONTROLLER_PORT));
+        in_netns(CONTROLLER_NS, || http::get(addr, path, &self.token))?.map_err(|reason| {
+            LabError::Http {
+                path: path.into(),
+                status: None,
+                reason,
+            }
+        })
+    }
+
+    fn spawn(&mut self, name: &str, ns: &str, bin: &Path, args: &[&str]) -> Result<(), LabError> {
+        let log = self.log_path(name);
+        let out = File::create(&log).map_err(LabError::io(&log))?;
+        let err = out.try_clone().map_err(LabError::io(&log))?;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own process group: a Ctrl-C in the terminal reaches the xtask, which tears
+            // the lab down in order, instead of killing the daemons mid-round.
+            .process_group(0);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info");
+        }
+        let child = command.spawn().map_err(|source| LabError::Spawn {
+            command: format!("ip netns exec {ns} {} {}", bin.display(), args.join(" ")),
+            source,
+        })?;
+        self.procs.push(Proc {
+            name: name.into(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    fn check_controller(&self) -> Result<(), LabError> {
+        // The controller is spawned first. Reading /proc instead of `try_wait` keeps this
+        // `&self`; an exited child stays a zombie until the drop reaps it, and counts as dead.
+        let Some(p) = self.procs.first() else {
+            return Ok(());
+        };
+        if !is_running(p.child.id() as i32) {
+            return Err(p.exited_error("exited".into()));
+        }
+        Ok(())
+    }
+
+    fn wait_agents(&mut self, nodes: usize, timeout: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for p in &mut self.procs {
+                if let Some(status) = p.exited() {
+                    return Err(p.exited_error(status));
+                }
+            }
+            let last = match self.controller_get("/v1/agents") {
+                Ok(serde_json::Value::Array(agents)) if agents.len() >= nodes => return Ok(()),
+                Ok(serde_json::Value::Array(agents)) => {
+                    format!("{} of {nodes} agents registered", agents.len())
+                }
+                Ok(other) => format!(
+                    "/v1/agents is not an array: {}",
+                    excerpt(&other.to_string())
+                ),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(self.timeout(format!("registration of {nodes} agents"), timeout, last));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn timeout(&self, what: String, timeout: Duration, last: String) -> LabError {
+        LabError::Timeout {
+            what,
+            timeout,
+            last,
+            logs: self.dir.join("logs"),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for p in &self.procs {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child,
+            // so it cannot have been reused.
+            unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + TERM_GRACE;
+        for p in &mut self.procs {
+            while p.exited().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            if p.exited().is_none() {
+                // Already gone is fine; wait() then reaps it either way.
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+        // `net` drops next and removes the namespaces.
+    }
+}
+
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 300;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Recreates the lab directory's contents and returns the fresh token.
+///
+/// Old tasks, data and logs are removed: a controller finding the previous run's data would
+/// resume it instead of running the task afresh.
+fn prepare_dir(cfg: &LabConfig) -> Result<String, LabError> {
+    for sub in ["tasks", "data", "logs"] {
+        let path = cfg.dir.join(sub);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LabError::io(path)(e)),
+        }
+        fs::create_dir_all(&path).map_err(LabError::io(&path))?;
+    }
+    for (name, yaml) in &cfg.tasks {
+        let path = cfg.dir.join("tasks").join(name);
+        fs::write(&path, yaml).map_err(LabError::io(&path))?;
+    }
+    let mut bytes = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(LabError::io("/dev/urandom"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = cfg.dir.join("token");
+    let _ = fs::remove_file(&path);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()))
+        .map_err(LabError::io(&path))?;
+    Ok(token)
+}

@@ -1,0 +1,243 @@
+//! The lab's default task and the human view of a round report.
+
+use std::cmp::Ordering;
+
+use meshdoctor_api::{PathResult, PathState, RoundReport, RttStats};
+
+/// The full-mesh ICMP NetReach task the lab runs by default: one round, starting at once,
+/// 10 probes/s for 5 s on every pair, interface and family, expecting no loss.
+pub fn default_task_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: meshdoctor.io/v1beta1
+kind: NetReach
+metadata:
+  name: {name}
+spec:
+  schedule:
+    schedule: \"0 1\"
+    roundNumber: 1
+  request:
+    protocol: icmp
+    qps: 10
+    durationInSecond: 5
+    perRequestTimeoutInMS: 1000
+  expect:
+    successRate: 1
+  target:
+    ipv4: true
+    ipv6: true
+"
+    )
+}
+
+/// Orders `node-2` before `node-10`: names compare by their text, then by a trailing number.
+fn natural_cmp(a: &str, b: &str) -> Ordering {
+    fn split(s: &str) -> (&str, Option<u64>) {
+        let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let (text, num) = s.split_at(s.len() - digits);
+        (text, num.parse().ok())
+    }
+    split(a).cmp(&split(b)).then_with(|| a.cmp(b))
+}
+
+fn path_order(a: &PathResult, b: &PathResult) -> Ordering {
+    natural_cmp(&a.src_node, &b.src_node)
+        .then_with(|| natural_cmp(&a.dst_node, &b.dst_node))
+        .then_with(|| a.src_interface.cmp(&b.src_interface))
+        .then_with(|| a.dst_interface.cmp(&b.dst_interface))
+        .then_with(|| a.family.cmp(&b.family))
+}
+
+fn us(stats: Option<&RttStats>, pick: fn(&RttStats) -> f64) -> String {
+    stats.map_or_else(|| "-".into(), |s| format!("{:.1}", pick(s)))
+}
+
+/// One row per pair-path, sorted by source, destination, interface and family: counts, loss and
+/// the kernel (hook to hook) and user-space RTT percentiles in microseconds.
+pub fn render_table(report: &RoundReport) -> String {
+    const HEADER: [&str; 12] = [
+        "SRC",
+        "DST",
+        "IFACE",
+        "FAMILY",
+        "STATE",
+        "SENT",
+        "LOST",
+        "LOSS%",
+        "KRTT50µs",
+        "KRTT99µs",
+        "URTT50µs",
+        "URTT99µs",
+    ];
+    /// Columns from SENT on are numbers, right-aligned.
+    const FIRST_NUMERIC: usize = 5;
+
+    let mut paths: Vec<&PathResult> = report.paths.iter().collect();
+    paths.sort_by(|a, b| path_order(a, b));
+    let rows: Vec<[String; 12]> = paths
+        .into_iter()
+        .map(|p| {
+            let iface = if p.src_interface == p.dst_interface {
+                p.src_interface.clone()
+            } else {
+                format!("{}>{}", p.src_interface, p.dst_interface)
+            };
+            let state = match p.state {
+                PathState::Ok => "ok",
+                PathState::Lossy => "lossy",
+                PathState::NotReported => "not-reported",
+            };
+            [
+                p.src_node.clone(),
+                p.dst_node.clone(),
+                iface,
+                p.family.to_string(),
+                state.into(),
+                p.sent.to_string(),
+                p.lost.to_string(),
+                format!("{:.1}", p.loss_ratio * 100.0),
+                us(p.kernel_rtt.as_ref(), |s| s.p50_us),
+                us(p.kernel_rtt.as_ref(), |s| s.p99_us),
+                us(p.user_rtt.as_ref(), |s| s.p50_us),
+                us(p.user_rtt.as_ref(), |s| s.p99_us),
+            ]
+        })
+        .collect();
+
+    let mut widths = HEADER.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String; 12]| {
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            let pad = " ".repeat(width - cell.chars().count());
+            if i > 0 {
+                out.push_str("  ");
+            }
+            if i >= FIRST_NUMERIC {
+                out.push_str(&pad);
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.push_str(&pad);
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&HEADER.map(String::from));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use meshdoctor_api::{Family, NetReach, RoundStatus, RoundSummary, round::HookCounts};
+
+    use super::*;
+
+    #[test]
+    fn default_task_parses_as_specified() {
+        let task = NetReach::from_yaml("mesh.yaml", &default_task_yaml("mesh")).unwrap();
+        assert_eq!(task.name(), "mesh");
+        let spec = &task.spec;
+        assert_eq!(spec.schedule.schedule, "0 1");
+        assert_eq!(spec.schedule.round_number, 1);
+        assert_eq!(spec.request.qps, 10);
+        assert_eq!(spec.request.duration_in_second, 5);
+        assert_eq!(spec.request.per_request_timeout_in_ms, 1000);
+        assert_eq!(spec.expect.success_rate, 1.0);
+        assert!(spec.target.ipv4 && spec.target.ipv6);
+        assert!(spec.target.interfaces.is_none());
+    }
+
+    #[test]
+    fn natural_order_of_node_names() {
+        let mut names = ["node-10", "node-2", "node-1", "a"];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(names, ["a", "node-1", "node-2", "node-10"]);
+    }
+
+    fn path(src: &str, dst: &str, iface: &str, family: Family, sent: u32, lost: u32) -> PathResult {
+        let (src_addr, dst_addr) = match family {
+            Family::Ipv4 => ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()),
+            Family::Ipv6 => (
+                "2001:db8:0:1::1".parse().unwrap(),
+                "2001:db8:0:1::2".parse().unwrap(),
+            ),
+        };
+        let rtt = RttStats::from_ns([40_000, 50_000, 120_000]);
+        PathResult {
+            path: 0,
+            src_node: src.into(),
+            dst_node: dst.into(),
+            src_interface: iface.into(),
+            dst_interface: iface.into(),
+            network: iface.into(),
+            family,
+            src_addr,
+            dst_addr,
+            state: if lost == 0 {
+                PathState::Ok
+            } else {
+                PathState::Lossy
+            },
+            planned: sent,
+            sent,
+            received: sent - lost,
+            lost,
+            loss_ratio: f64::from(lost) / f64::from(sent),
+            dst_reported: true,
+            hooks: HookCounts::default(),
+            kernel_rtt: rtt,
+            user_rtt: None,
+            network_rtt: None,
+            dst_stack: None,
+            probes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn table_rows_are_sorted_and_aligned() {
+        let report = RoundReport {
+            task: "mesh".into(),
+            round: 1,
+            round_tag: 1,
+            status: RoundStatus::Fail,
+            failure_reasons: vec!["loss".into()],
+            start_ms: 0,
+            end_ms: 1,
+            expected_agents: vec!["node-1".into(), "node-2".into(), "node-10".into()],
+            not_reported: Vec::new(),
+            summary: RoundSummary {
+                paths: 3,
+                lossy_paths: 1,
+                sent: 150,
+                received: 145,
+                lost: 5,
+                success_rate: 145.0 / 150.0,
+                mean_rtt_ms: None,
+                unobserved_events: 0,
+            },
+            paths: vec![
+                path("node-10", "node-1", "eth0", Family::Ipv4, 50, 0),
+                path("node-2", "node-1", "net1", Family::Ipv6, 50, 5),
+                path("node-2", "node-1", "eth0", Family::Ipv6, 50, 0),
+            ],
+        };
+        let table = render_table(&report);
+        let expected = "\
+SRC      DST     IFACE  FAMILY  STATE  SENT  LOST  LOSS%  KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
+node-2   node-1  eth0   ipv6    ok       50     0    0.0      50.0     120.0         -         -
+node-2   node-1  net1   ipv6    lossy    50     5   10.0      50.0     120.0         -         -
+node-10  node-1  eth0   ipv4    ok       50     0    0.0      50.0     120.0         -         -
+";
+        assert_eq!(table, expected);
+    }
+}
