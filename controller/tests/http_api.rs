@@ -1,0 +1,323 @@
+//! The standalone controller end to end over HTTP, in process: two fake agents register,
+//! long-poll their plans, post reports built from them, and read back the judged round.
+
+use std::{path::PathBuf, time::Duration};
+
+use meshdoctor_api::{
+    AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, ObserverStats, RoundPlan,
+    RoundReport, RoundStatus, SentPath, Timestamping,
+};
+use meshdoctor_controller::{
+    api_server, now_ms,
+    rounds::{Controller, Settings},
+    store::ReportStore,
+    tasks,
+};
+use serde_json::Value;
+
+const TOKEN: &str = "s3cret";
+const TASK: &str = "apiVersion: meshdoctor.io/v1beta1
+kind: NetReach
+metadata: {name: mesh}
+spec:
+  schedule: {schedule: '@every 5s', roundNumber: 1}
+  request: {qps: 5, durationInSecond: 1, perRequestTimeoutInMS: 200}
+  target: {ipv4: true}
+";
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "meshdoctor-http-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(dir.join("tasks")).unwrap();
+    dir
+}
+
+fn mk_agent(n: u8) -> AgentRegistration {
+    AgentRegistration {
+        node: format!("node-{n}"),
+        interfaces: vec![InterfaceInfo {
+            name: "eth0".into(),
+            network: "pod".into(),
+            ipv4: Some([10, 1, 0, n].into()),
+            ipv6: None,
+        }],
+        timestamping: Timestamping::Ebpf,
+    }
+}
+
+/// A report where every probe of `plan` came back, and `answered` answered in full.
+fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
+    let n = plan.probes_per_target() as usize;
+    let all = || {
+        let mut b = Bitmap::with_len(n);
+        (0..n).for_each(|i| b.set(i));
+        b
+    };
+    AgentReport {
+        node: node.into(),
+        task: plan.task.clone(),
+        round: plan.round,
+        round_tag: plan.round_tag,
+        timestamping: Timestamping::Ebpf,
+        sent: plan
+            .targets
+            .iter()
+            .map(|t| SentPath {
+                path: t.path,
+                planned: n as u32,
+                sent: n as u32,
+                received: n as u32,
+                send_errors: vec![],
+                src_egress: all(),
+                src_ingress: all(),
+                delivered: all(),
+                kernel_rtt_ns: vec![300_000; n],
+                user_rtt_ns: vec![400_000; n],
+            })
+            .collect(),
+        answered: answered
+            .iter()
+            .map(|&path| AnsweredPath {
+                path,
+                dst_ingress: all(),
+                dst_egress: all(),
+                stack_ns: vec![50_000; n],
+                interfaces: vec!["eth0".into()],
+            })
+            .collect(),
+        observer: ObserverStats::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_run_a_round_over_http() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("tasks/mesh.yaml"), TASK).unwrap();
+    std::fs::write(
+        dir.join("tasks/broken.yaml"),
+        TASK.replace("qps: 5", "qps: lots"),
+    )
+    .unwrap();
+    let settings = Settings {
+        wait_agents: 2,
+        start_delay: Duration::from_millis(300),
+        report_grace: Duration::from_secs(1),
+    };
+    let ctl = Controller::new(settings, ReportStore::new(&dir));
+    ctl.sync_tasks(tasks::load_dir(&dir.join("tasks")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, api_server::router(ctl, Some(TOKEN.into()))).await
+    });
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{base}{p}");
+
+    // Agent endpoints need the token; bad JSON is a 400 with a message.
+    let r = http
+        .post(url("/v1/agents"))
+        .json(&mk_agent(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(url("/v1/reports"))
+        .bearer_auth(TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid request body")
+    );
+    let r = http
+        .get(url("/v1/agents/node-9/plans"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    for n in [1, 2] {
+        let r = http
+            .post(url("/v1/agents"))
+            .bearer_auth(TOKEN)
+            .json(&mk_agent(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let agents: Value = http
+        .get(url("/v1/agents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agents[1]["node"], "node-2");
+    assert!(agents[1]["lastSeenMs"].as_u64().unwrap() > 0);
+
+    // Long-poll the plans; the round is published once both agents registered.
+    let mut plans = Vec::new();
+    for n in [1, 2] {
+        let got: Vec<RoundPlan> = http
+            .get(url(&format!(
+                "/v1/agents/node-{n}/plans?after=0&waitMs=10000"
+            )))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "node-{n}");
+        assert_eq!(got[0].targets.len(), 1);
+        assert!(got[0].start_at_ms > now_ms().saturating_sub(1000));
+        plans.push(got.into_iter().next().unwrap());
+    }
+    let tag = plans[0].round_tag;
+    let empty: Vec<RoundPlan> = http
+        .get(url(&format!(
+            "/v1/agents/node-1/plans?after={tag}&waitMs=100"
+        )))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
+
+    let reports = [
+        mk_report("node-1", &plans[0], &[plans[1].targets[0].path]),
+        mk_report("node-2", &plans[1], &[plans[0].targets[0].path]),
+    ];
+    for report in &reports {
+        let r = http
+            .post(url("/v1/reports"))
+            .bearer_auth(TOKEN)
+            .json(report)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // Both reported: the round closes without waiting for its deadline.
+    let mut tasks = Value::Null;
+    for _ in 0..50 {
+        tasks = http
+            .get(url("/v1/tasks"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if tasks[1]["status"]["doneRound"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tasks[0]["name"], "broken");
+    assert!(
+        tasks[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("spec.request.qps"),
+        "{tasks}"
+    );
+    let status = &tasks[1]["status"];
+    assert_eq!(tasks[1]["name"], "mesh");
+    assert_eq!(
+        (status["finish"].as_bool(), status["expectedRound"].as_i64()),
+        (Some(true), Some(1))
+    );
+    assert_eq!(status["lastRoundStatus"], "succeed", "{tasks}");
+    assert_eq!(status["history"][0]["expectedAgents"], 2);
+
+    let report: RoundReport = http
+        .get(url("/v1/tasks/mesh/rounds/latest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        report.status,
+        RoundStatus::Succeed,
+        "{:?}",
+        report.failure_reasons
+    );
+    assert_eq!(
+        (
+            report.summary.paths,
+            report.summary.sent,
+            report.summary.lost
+        ),
+        (2, 10, 0)
+    );
+    assert_eq!(report.summary.mean_rtt_ms, Some(0.4));
+    assert_eq!(report.paths[0].network_rtt.unwrap().mean_us, 250.0);
+    assert!(
+        dir.join(format!("reports/mesh/{}.json", report.round))
+            .exists()
+    );
+    let r = http
+        .get(url("/v1/tasks/mesh/rounds/99"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A report for the closed round is late: refused and counted.
+    let r = http
+        .post(url("/v1/reports"))
+        .bearer_auth(TOKEN)
+        .json(&reports[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let metrics = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "meshdoctor_rounds_total{task=\"mesh\",status=\"succeed\"} 1",
+        "meshdoctor_probes_sent_total{task=\"mesh\"} 10",
+        "meshdoctor_probes_lost_total{task=\"mesh\"} 0",
+        "meshdoctor_agents 2",
+        "meshdoctor_reports_late_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert_eq!(
+        http.get(url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
