@@ -288,6 +288,9 @@ impl Observer {
     /// spawn. Must be called inside a tokio runtime (the fd is registered with its reactor),
     /// and only once.
     pub fn events(&mut self) -> Result<EventStream, ObserverError> {
+        if self.events.is_none() {
+            return Err(ObserverError::EventsTaken);
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ObserverError::NoRuntime);
         }
@@ -469,5 +472,449 @@ fn bump_memlock_rlimit() {
             error = %io::Error::last_os_error(),
             "could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Root tests: two network namespaces joined by a veth pair, the observer attached on one
+    //! side, raw-socket echo probes to the other side. Skipped when not root.
+
+    use std::{
+        collections::HashSet,
+        fs::File,
+        net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+        os::fd::AsRawFd as _,
+        process::Command,
+        sync::atomic::{AtomicU32, Ordering},
+        time::{Duration, Instant},
+    };
+
+    use meshdoctor_agent_common::{Hook, IpFamily, Kind, PROBE_MAGIC};
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+    use super::*;
+
+    const ADDR_A4: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
+    const ADDR_B4: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 2);
+    const ADDR_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x231, 0, 0, 0, 0, 0, 1);
+    const ADDR_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x231, 0, 0, 0, 0, 0, 2);
+
+    fn skip_unless_root() -> bool {
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: needs root");
+            return true;
+        }
+        false
+    }
+
+    fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Netns A (observer side) and B (responder) joined by veth `veth_a` <-> `veth_b`; both
+    /// namespaces (and with them the veths) are deleted on drop, also when a test panics.
+    struct Pair {
+        ns_a: String,
+        ns_b: String,
+        veth_a: String,
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let id = format!(
+                "{}x{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let pair = Self {
+                ns_a: format!("mdobs-a-{id}"),
+                ns_b: format!("mdobs-b-{id}"),
+                veth_a: format!("oa{id}"),
+            };
+            let veth_b = format!("ob{id}");
+            assert!(veth_b.len() <= 15, "interface name {veth_b} too long");
+            ip(&["netns", "add", &pair.ns_a]);
+            ip(&["netns", "add", &pair.ns_b]);
+            ip(&[
+                "link",
+                "add",
+                &pair.veth_a,
+                "netns",
+                &pair.ns_a,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &veth_b,
+                "netns",
+                &pair.ns_b,
+            ]);
+            for (ns, dev, a4, a6) in [
+                (&pair.ns_a, &pair.veth_a, ADDR_A4, ADDR_A6),
+                (&pair.ns_b, &veth_b, ADDR_B4, ADDR_B6),
+            ] {
+                ip(&["-n", ns, "addr", "add", &format!("{a4}/24"), "dev", dev]);
+                // nodad: no 1-2 s wait for duplicate address detection.
+                ip(&[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{a6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]);
+                ip(&["-n", ns, "link", "set", dev, "up"]);
+                ip(&["-n", ns, "link", "set", "lo", "up"]);
+            }
+            pair
+        }
+
+        /// Runs `f` on a fresh thread that first joins netns `ns`; sockets, links and maps
+        /// created there keep that netns.
+        fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let file = File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+                    // SAFETY: valid fd; only this thread's netns changes.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns {ns}: {}", io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("netns thread panicked")
+            })
+        }
+    }
+
+    impl Drop for Pair {
+        fn drop(&mut self) {
+            for ns in [&self.ns_a, &self.ns_b] {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+
+    fn probe_id(round_tag: u32, seq: u16) -> u64 {
+        (u64::from(round_tag) << 32) | (1 << 16) | u64::from(seq)
+    }
+
+    fn cookie(probe_id: u64) -> Vec<u8> {
+        let mut payload = PROBE_MAGIC.to_be_bytes().to_vec();
+        payload.extend_from_slice(&probe_id.to_be_bytes());
+        payload
+    }
+
+    /// Raw ICMP/ICMPv6 echo socket of the calling thread's netns.
+    struct Pinger {
+        sock: Socket,
+        dst: SockAddr,
+        v6: bool,
+    }
+
+    impl Pinger {
+        fn new(dst: IpAddr) -> Self {
+            let sock = match dst {
+                IpAddr::V4(_) => Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)),
+                IpAddr::V6(_) => Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)),
+            }
+            .expect("raw socket");
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            Self {
+                sock,
+                dst: SocketAddr::new(dst, 0).into(),
+                v6: dst.is_ipv6(),
+            }
+        }
+
+        /// Sends an echo request with id 0x4d44, sequence `seq` and `payload` after the
+        /// 8-byte ICMP header (so a cookie sits at COOKIE_OFFSET).
+        fn send(&self, seq: u16, payload: &[u8]) {
+            let mut pkt = vec![if self.v6 { 128 } else { 8 }, 0, 0, 0, 0x4d, 0x44];
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(payload);
+            if !self.v6 {
+                // The kernel computes ICMPv6 checksums of raw sockets itself, not ICMPv4 ones.
+                let csum = checksum(&pkt);
+                pkt[2..4].copy_from_slice(&csum.to_be_bytes());
+            }
+            self.sock.send_to(&pkt, &self.dst).expect("send echo");
+        }
+
+        /// Collects the sequence numbers of echo replies until `want` are in or `timeout`.
+        fn replies(&self, want: usize, timeout: Duration) -> HashSet<u16> {
+            let deadline = Instant::now() + timeout;
+            let mut seen = HashSet::new();
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+            while seen.len() < want && Instant::now() < deadline {
+                let Ok(n) = self.sock.recv(&mut buf) else {
+                    continue;
+                };
+                // SAFETY: recv initialised the first n bytes.
+                let data: Vec<u8> = buf[..n]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
+                let icmp = if self.v6 {
+                    &data[..]
+                } else {
+                    &data[usize::from(data[0] & 0x0f) * 4..]
+                };
+                let reply_type = if self.v6 { 129 } else { 0 };
+                if icmp.len() >= 8 && icmp[0] == reply_type && icmp[4..6] == [0x4d, 0x44] {
+                    seen.insert(u16::from_be_bytes([icmp[6], icmp[7]]));
+                }
+            }
+            seen
+        }
+    }
+
+    fn checksum(data: &[u8]) -> u16 {
+        let mut sum: u32 = data
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// Reads events until `want` arrived, then keeps listening briefly so that unexpected
+    /// extra events are caught too.
+    fn collect(
+        rt: &tokio::runtime::Runtime,
+        stream: &mut EventStream,
+        want: usize,
+    ) -> Vec<ProbeEvent> {
+        rt.block_on(async {
+            let mut events = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while events.len() < want {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(ev)) => events.push(ev),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            while let Ok(Some(ev)) =
+                tokio::time::timeout(Duration::from_millis(300), stream.next()).await
+            {
+                events.push(ev);
+            }
+            events
+        })
+    }
+
+    fn scenario(v6: bool) {
+        let pair = Pair::new();
+        let (dst, family) = if v6 {
+            (IpAddr::V6(ADDR_B6), IpFamily::V6)
+        } else {
+            (IpAddr::V4(ADDR_B4), IpFamily::V4)
+        };
+        let veth = pair.veth_a.clone();
+        Pair::run_in(&pair.ns_a, move || {
+            let netns = current_netns_id().unwrap();
+            let ifindex = ifindex(&veth).unwrap();
+            let mut obs = Observer::load().unwrap();
+            let mode = obs.attach(&veth).unwrap();
+            assert_eq!(obs.attach(&veth).unwrap(), mode, "second attach is a no-op");
+            println!("attached to {veth} with {mode:?}");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut stream = {
+                let _rt = rt.enter();
+                obs.events().unwrap()
+            };
+            assert!(matches!(obs.events(), Err(ObserverError::EventsTaken)));
+
+            let armed: u32 = 0x00c0_ffee;
+            let unarmed = armed + 1;
+            obs.arm(armed).unwrap();
+            let pinger = Pinger::new(dst);
+            // seq 0..5: armed probes; 5..8: probes of a round that is not armed;
+            // 8..11: ordinary pings (no cookie, same length).
+            for seq in 0..5 {
+                pinger.send(seq, &cookie(probe_id(armed, seq)));
+            }
+            for seq in 5..8 {
+                pinger.send(seq, &cookie(probe_id(unarmed, seq)));
+            }
+            for seq in 8..11 {
+                pinger.send(seq, b"plain ping..");
+            }
+            let replies = pinger.replies(11, Duration::from_secs(3));
+            assert_eq!(replies, (0..11).collect(), "every echo was answered");
+
+            let events = collect(&rt, &mut stream, 10);
+            assert_eq!(events.len(), 10, "5 requests + 5 replies: {events:#?}");
+            for seq in 0..5 {
+                let id = probe_id(armed, seq);
+                let of = |hook: Hook, kind: Kind| {
+                    let matching: Vec<_> = events
+                        .iter()
+                        .filter(|e| e.probe_id == id && e.hook == hook as u8)
+                        .collect();
+                    assert_eq!(matching.len(), 1, "probe {id:#x} at {hook:?}: {events:#?}");
+                    let e = *matching[0];
+                    assert_eq!(e.kind, kind as u8);
+                    assert_eq!(e.family, family as u8);
+                    assert_eq!(e.ifindex, ifindex);
+                    assert_eq!(e.netns, netns);
+                    e
+                };
+                let request = of(Hook::Egress, Kind::Request);
+                let reply = of(Hook::Ingress, Kind::Reply);
+                assert!(
+                    reply.ktime_ns > request.ktime_ns,
+                    "kernel RTT of probe {id:#x} must be positive"
+                );
+                println!(
+                    "probe {id:#x}: kernel RTT {} ns",
+                    reply.ktime_ns - request.ktime_ns
+                );
+            }
+
+            let mut counters = obs.counters().unwrap();
+            counters.sort_by_key(|(k, _)| k.hook);
+            let key = |hook: Hook, kind: Kind| CounterKey {
+                ifindex,
+                hook: hook as u8,
+                kind: kind as u8,
+                family: family as u8,
+                _pad: 0,
+            };
+            assert_eq!(
+                counters,
+                vec![
+                    (key(Hook::Ingress, Kind::Reply), 5),
+                    (key(Hook::Egress, Kind::Request), 5),
+                ]
+            );
+            assert_eq!(obs.ringbuf_drops().unwrap(), 0);
+
+            // Disarmed: the same round's probes are no longer reported.
+            obs.disarm(armed).unwrap();
+            obs.disarm(armed).unwrap();
+            pinger.send(20, &cookie(probe_id(armed, 20)));
+            assert_eq!(
+                pinger.replies(1, Duration::from_secs(3)),
+                HashSet::from([20])
+            );
+            let late = collect(&rt, &mut stream, 0);
+            assert!(late.is_empty(), "disarmed round reported: {late:#?}");
+        });
+    }
+
+    /// Cumulative (run count, run time ns) of both programs of `obs`: [ingress, egress].
+    fn run_stats(obs: &Observer) -> [(u64, u64); 2] {
+        [PROG_INGRESS, PROG_EGRESS].map(|name| {
+            let info = obs.ebpf.program(name).unwrap().info().unwrap();
+            (info.run_count(), info.run_time().as_nanos() as u64)
+        })
+    }
+
+    fn print_cost(what: &str, before: [(u64, u64); 2], after: [(u64, u64); 2]) {
+        for (i, name) in [PROG_INGRESS, PROG_EGRESS].iter().enumerate() {
+            let runs = after[i].0 - before[i].0;
+            let ns = after[i].1 - before[i].1;
+            let per = if runs == 0 {
+                0.0
+            } else {
+                ns as f64 / runs as f64
+            };
+            println!("eBPF cost, {what:<22} {name:<16} runs {runs:>6}  {per:>7.1} ns/packet");
+        }
+    }
+
+    /// Prints the observers' cost per packet (kernel run-time statistics) for probe packets
+    /// and for packets they reject: ordinary pings and UDP. No timing assertions.
+    #[test]
+    fn measures_per_packet_cost() {
+        if skip_unless_root() {
+            return;
+        }
+        const N: u16 = 2000;
+        let pair = Pair::new();
+        // A UDP sink in B, so the datagrams are consumed without ICMP errors coming back.
+        let sink = Pair::run_in(&pair.ns_b, || UdpSocket::bind((ADDR_B4, 0)).unwrap());
+        let sink_addr = sink.local_addr().unwrap();
+        let veth = pair.veth_a.clone();
+        Pair::run_in(&pair.ns_a, move || {
+            let mut obs = Observer::load().unwrap();
+            obs.attach(&veth).unwrap();
+            let tag = 0x0bad_cafe;
+            obs.arm(tag).unwrap();
+            // Statistics are on while this fd is open (same as kernel.bpf_stats_enabled=1).
+            let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+            let pinger = Pinger::new(IpAddr::V4(ADDR_B4));
+            let udp = UdpSocket::bind((ADDR_A4, 0)).unwrap();
+
+            // Batches of 50 so that neither the veth backlog nor the socket buffer overflow.
+            let s0 = run_stats(&obs);
+            for batch in (0..N).step_by(50) {
+                for seq in batch..batch + 50 {
+                    pinger.send(seq, &cookie(probe_id(tag, seq)));
+                }
+                pinger.replies(50, Duration::from_millis(500));
+            }
+            let s1 = run_stats(&obs);
+            for batch in (0..N).step_by(50) {
+                for seq in batch..batch + 50 {
+                    pinger.send(seq, b"plain ping..");
+                }
+                pinger.replies(50, Duration::from_millis(500));
+            }
+            let s2 = run_stats(&obs);
+            for _ in 0..N {
+                udp.send_to(b"not a probe", sink_addr).unwrap();
+            }
+            let s3 = run_stats(&obs);
+            print_cost("probe echo (v4)", s0, s1);
+            print_cost("plain echo (v4)", s1, s2);
+            print_cost("UDP (v4)", s2, s3);
+            let probes: u64 = obs.counters().unwrap().iter().map(|(_, n)| n).sum();
+            println!(
+                "probe packets counted: {probes}, ring buffer drops: {}",
+                obs.ringbuf_drops().unwrap()
+            );
+        });
+        drop(sink);
+    }
+
+    #[test]
+    fn observer_and_stream_are_send() {
+        fn send<T: Send>() {}
+        send::<Observer>();
+        send::<EventStream>();
+    }
+
+    #[test]
+    fn observes_ipv4_echo_probes() {
+        if skip_unless_root() {
+            return;
+        }
+        scenario(false);
+    }
+
+    #[test]
+    fn observes_ipv6_echo_probes() {
+        if skip_unless_root() {
+            return;
+        }
+        scenario(true);
     }
 }
