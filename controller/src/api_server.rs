@@ -182,7 +182,7 @@ async fn round_report(
         Ok(Some(json)) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
         Ok(None) => Err(ApiError(
             StatusCode::NOT_FOUND,
-            format!("no report for task {name:?} round {round:?}"),
+            format!("no report for task {name:?} round {round}"),
         )),
         Err(StoreError::BadName(n)) => {
             Err(ApiError(StatusCode::NOT_FOUND, format!("no task {n:?}")))

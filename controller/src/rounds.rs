@@ -387,6 +387,10 @@ impl Controller {
             };
             let planned = build_plans(&task, &roster, meta).map(|plans| {
                 let all_reported = Arc::new(Notify::new());
+                // With no agent there is nothing to wait for.
+                if plans.is_empty() {
+                    all_reported.notify_one();
+                }
                 let open = OpenRound {
                     task: name.clone(),
                     round,

@@ -46,6 +46,15 @@ impl FromStr for RoundRef {
     }
 }
 
+impl std::fmt::Display for RoundRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Latest => f.write_str("latest"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ReportStore {
     root: PathBuf,
