@@ -895,6 +895,69 @@ mod tests {
         drop(sink);
     }
 
+    /// Names of our filters on one hook of `dev` in the calling thread's netns.
+    fn our_filters(dev: &str, hook: &str) -> usize {
+        let out = Command::new("tc")
+            .args(["filter", "show", "dev", dev, hook])
+            .output()
+            .expect("run tc");
+        // One line per filter: "filter protocol all pref 1 bpf chain 0 handle 0x1
+        // observe_ingress direct-action not_in_hw id 42 name observe_ingress tag ...".
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" bpf ") && l.contains("observe_"))
+            .count()
+    }
+
+    /// The legacy path (kernels < 6.6): clsact + netlink filters. A crashed agent's filters are
+    /// replaced, not doubled, and ours are removed when the observer is dropped.
+    #[test]
+    fn netlink_mode_replaces_stale_filters() {
+        if skip_unless_root() {
+            return;
+        }
+        let pair = Pair::new();
+        let veth = pair.veth_a.clone();
+        Pair::run_in(&pair.ns_a, move || {
+            let mut crashed = Observer::load().unwrap();
+            crashed.tcx_supported = false;
+            assert_eq!(crashed.attach(&veth).unwrap(), AttachMode::Netlink);
+            // A crash: the process dies without detaching, the kernel keeps the filters.
+            std::mem::forget(crashed);
+            assert_eq!(our_filters(&veth, "ingress"), 1);
+            assert_eq!(our_filters(&veth, "egress"), 1);
+
+            let mut obs = Observer::load().unwrap();
+            obs.tcx_supported = false;
+            assert_eq!(obs.attach(&veth).unwrap(), AttachMode::Netlink);
+            assert_eq!(our_filters(&veth, "ingress"), 1);
+            assert_eq!(our_filters(&veth, "egress"), 1);
+
+            let tag = 0x00ab_cdef;
+            obs.arm(tag).unwrap();
+            let pinger = Pinger::new(IpAddr::V4(ADDR_B4));
+            pinger.send(1, &cookie(probe_id(tag, 1)));
+            assert_eq!(
+                pinger.replies(1, Duration::from_secs(3)),
+                HashSet::from([1])
+            );
+            let mut counters = obs.counters().unwrap();
+            counters.sort_by_key(|(k, _)| k.hook);
+            let hooks: Vec<_> = counters.iter().map(|(k, n)| (k.hook, k.kind, *n)).collect();
+            assert_eq!(
+                hooks,
+                vec![
+                    (Hook::Ingress as u8, Kind::Reply as u8, 1),
+                    (Hook::Egress as u8, Kind::Request as u8, 1)
+                ]
+            );
+
+            drop(obs);
+            assert_eq!(our_filters(&veth, "ingress"), 0);
+            assert_eq!(our_filters(&veth, "egress"), 0);
+        });
+    }
+
     #[test]
     fn observer_and_stream_are_send() {
         fn send<T: Send>() {}
