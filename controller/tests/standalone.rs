@@ -1,16 +1,18 @@
-//! The standalone controller end to end over HTTP, in process: two fake agents register,
-//! long-poll their plans, post reports built from them, and read back the judged round.
+//! The standalone controller end to end, in process: fake agents register, long-poll their
+//! plans, post reports built from them, and read back the judged round, over HTTP and through
+//! the controller's own API (deadline and task reload).
 
 use std::{path::PathBuf, time::Duration};
 
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, ObserverStats, RoundPlan,
-    RoundReport, RoundStatus, SentPath, Timestamping,
+    AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, ObserverStats, PathState,
+    RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
     api_server, now_ms,
-    rounds::{Controller, Settings},
-    store::ReportStore,
+    rounds::{Controller, ReportError, Settings},
+    status::LastRoundStatus,
+    store::{ReportStore, RoundRef},
     tasks,
 };
 use serde_json::Value;
@@ -25,7 +27,7 @@ spec:
   target: {ipv4: true}
 ";
 
-fn temp_dir() -> PathBuf {
+fn temp_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "meshdoctor-http-{}-{}",
         std::process::id(),
@@ -94,7 +96,7 @@ fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_run_a_round_over_http() {
-    let dir = temp_dir();
+    let dir = temp_dir("http");
     std::fs::write(dir.join("tasks/mesh.yaml"), TASK).unwrap();
     std::fs::write(
         dir.join("tasks/broken.yaml"),
@@ -319,5 +321,75 @@ async fn agents_run_a_round_over_http() {
             .unwrap(),
         "ok"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files() {
+    let dir = temp_dir("deadline");
+    let tasks_dir = dir.join("tasks");
+    std::fs::write(tasks_dir.join("mesh.yaml"), TASK).unwrap();
+    let settings = Settings {
+        wait_agents: 2,
+        start_delay: Duration::from_millis(100),
+        report_grace: Duration::from_millis(200),
+    };
+    let ctl = Controller::new(settings, ReportStore::new(&dir));
+    ctl.sync_tasks(tasks::load_dir(&tasks_dir).unwrap());
+    ctl.register(mk_agent(1));
+    ctl.register(mk_agent(2));
+    let wait = Duration::from_secs(5);
+    let plan = ctl.wait_plans("node-1", 0, wait).await.unwrap().remove(0);
+    let dst_plan = ctl.wait_plans("node-2", 0, wait).await.unwrap().remove(0);
+    // node-1 answered node-2's probes, but node-2 never reports.
+    ctl.accept_report(mk_report("node-1", &plan, &[dst_plan.targets[0].path]))
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    while ctl.tasks()[0].status.as_ref().unwrap().done_round == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "round never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // start + 1 s duration + 200 ms timeout + 200 ms grace.
+    assert!(now_ms() >= plan.report_deadline_ms);
+    assert_eq!(plan.report_deadline_ms, plan.start_at_ms + 1_400);
+    let status = ctl.tasks()[0].status.clone().unwrap();
+    assert_eq!(status.last_round_status, LastRoundStatus::Fail);
+    assert_eq!(
+        status.history[0].failure_reasons,
+        ["agents did not report: node-2"]
+    );
+
+    let json = ctl
+        .store()
+        .read("mesh", RoundRef::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    let report: RoundReport = serde_json::from_slice(&json).unwrap();
+    assert_eq!(report.not_reported, ["node-2"]);
+    let by_src = |src: &str| report.paths.iter().find(|p| p.src_node == src).unwrap();
+    assert_eq!(
+        (by_src("node-1").state, by_src("node-1").dst_reported),
+        (PathState::Ok, false)
+    );
+    assert_eq!(by_src("node-2").state, PathState::NotReported);
+    assert_eq!((report.summary.sent, report.summary.lost), (5, 0));
+
+    let late = ctl.accept_report(mk_report("node-2", &dst_plan, &[]));
+    assert_eq!(late, Err(ReportError::NoOpenRound(plan.round_tag)));
+
+    std::fs::remove_file(tasks_dir.join("mesh.yaml")).unwrap();
+    std::fs::write(
+        tasks_dir.join("other.yaml"),
+        TASK.replace("name: mesh", "name: other"),
+    )
+    .unwrap();
+    ctl.sync_tasks(tasks::load_dir(&tasks_dir).unwrap());
+    let names: Vec<String> = ctl.tasks().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["other"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
