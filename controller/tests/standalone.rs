@@ -29,7 +29,7 @@ spec:
 
 fn temp_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
-        "meshdoctor-http-{}-{}",
+        "meshdoctor-{test}-{}-{}",
         std::process::id(),
         now_ms()
     ));
