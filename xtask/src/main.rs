@@ -1,1 +1,130 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands, so a fresh machine needs nothing but cargo.
+//!
+//! - `setup` installs what the build and the lab need (idempotent, quick when done);
+//! - `lab` builds the network-namespace lab, runs a full-mesh task and prints the report;
+//! - `test` builds everything and runs every test, the root end-to-end tests included.
+
+mod lab;
+mod setup;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "meshdoctor's development commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install rust-src, a bpf-linker matching rustc's LLVM, and the system tools the lab uses.
+    Setup,
+    /// Build the lab, run a full-mesh task, print its round report and tear the lab down.
+    Lab(lab::LabArgs),
+    /// Build the workspace and run every test (the end-to-end tests need root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter, `-- --nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Lab(args) => lab::run(args),
+        Cmd::Test { args } => test(&args),
+    }
+}
+
+/// `setup`, `cargo build`, `cargo test`, each under a header; the first failure stops it.
+fn test(args: &[String]) -> Result<()> {
+    teardown_on_signal()?;
+    step("setup");
+    setup::run()?;
+    step("cargo build");
+    sh(cargo().arg("build"))?;
+    step("cargo test");
+    sh(cargo()
+        .arg("test")
+        .args(args)
+        .env("MESHDOCTOR_BIN_DIR", meshdoctor_lab::default_bin_dir()))
+}
+
+/// On Ctrl-C or SIGTERM, remove whatever lab exists and exit: the lab's daemons run in their
+/// own process group, so nothing else would stop them.
+fn teardown_on_signal() -> Result<()> {
+    ctrlc::set_handler(|| {
+        eprintln!("\ninterrupted: tearing the lab down");
+        if let Err(e) = meshdoctor_lab::cleanup_leftovers() {
+            eprintln!("teardown failed: {e}");
+        }
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// The cargo that runs us (`$CARGO`), in the workspace root.
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn step(title: &str) {
+    eprintln!("\n==> {title}");
+}
+
+/// Runs a command with inherited stdio, echoing it first; a non-zero exit is an error.
+fn sh(cmd: &mut Command) -> Result<()> {
+    let line = command_line(cmd);
+    eprintln!("$ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command quietly and returns its stdout; a non-zero exit is an error with its stderr.
+fn output(cmd: &mut Command) -> Result<String> {
+    let line = command_line(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
