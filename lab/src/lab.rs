@@ -53,6 +53,9 @@ pub struct LabConfig {
     pub tasks: Vec<(String, String)>,
     /// How long to wait for the controller to list every agent.
     pub ready_timeout: Duration,
+    /// nft rulesets loaded into nodes (by number) before any agent starts: faults in place
+    /// before the first probe.
+    pub nft: Vec<(usize, String)>,
 }
 
 impl LabConfig {
@@ -65,6 +68,7 @@ impl LabConfig {
             bin_dir: default_bin_dir(),
             tasks: vec![("mesh.yaml".into(), default_task_yaml("mesh"))],
             ready_timeout: Duration::from_secs(30),
+            nft: Vec::new(),
         }
     }
 }
@@ -142,6 +146,11 @@ impl Lab {
             token,
             net,
         };
+        for (n, (node, ruleset)) in cfg.nft.iter().enumerate() {
+            let file = cfg.dir.join(format!("node-{node}-{n}.nft"));
+            std::fs::write(&file, ruleset).map_err(LabError::io(&file))?;
+            lab.exec(*node, &["nft", "-f", &file.display().to_string()])?;
+        }
         let dir = cfg.dir.display().to_string();
         let nodes = cfg.nodes.to_string();
         lab.spawn(
@@ -258,6 +267,15 @@ impl Lab {
 
     /// Stops the processes and removes the network (what dropping the lab does).
     pub fn down(self) {}
+
+    /// Leaves the lab running after this process exits, for `cargo xtask lab --keep`;
+    /// [`cleanup_leftovers`](crate::cleanup_leftovers) stops it later. No other lab can be
+    /// built in this process afterwards.
+    pub fn keep(self) {
+        // The daemons run in their own process group and outlive us; dropping the Child
+        // handles would not stop them, but dropping the network would.
+        std::mem::forget(self);
+    }
 
     fn get(&self, path: &str) -> Result<http::Response, LabError> {
         let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, CONTROLLER_PORT));
