@@ -26,6 +26,7 @@ struct Args {
     /// Round reports are stored as DIR/reports/<task>/<round>.json.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Address of the HTTP API (agents, reports, status, metrics).
     #[arg(long, default_value = "[::]:7070")]
     listen: SocketAddr,
     /// File holding the bearer token agents must present (overrides MESHDOCTOR_TOKEN).
