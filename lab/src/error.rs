@@ -10,6 +10,9 @@ pub enum LabError {
     /// The address plan has one /24 per network, with .254 taken by the controller.
     #[error("a lab has 1..={max} nodes, not {nodes}")]
     NodeCount { nodes: usize, max: usize },
+    /// Another live process is using the lab (the namespace names are per machine).
+    #[error("another process is using the lab ({lock} is locked); wait for it to finish")]
+    Busy { lock: PathBuf },
     #[error("no node {node} in a lab of {nodes} nodes (nodes are numbered from 1)")]
     NoSuchNode { node: usize, nodes: usize },
     #[error("cannot run `{command}`: {source}")]

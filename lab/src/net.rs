@@ -1,11 +1,14 @@
 //! Namespaces, bridges, veths and addresses, built with `ip` and torn down on drop.
 
 use std::{
-    fs::File,
+    fs::{File, OpenOptions},
     os::fd::AsRawFd,
     path::Path,
     process::{Command, Output},
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -28,6 +31,69 @@ pub(crate) const TERM_GRACE: Duration = Duration::from_secs(3);
 /// One lab per process at a time: the namespace names are fixed, so a second lab would tear the
 /// first one down. Tests in one binary run in parallel threads and take turns on this.
 static LAB_LOCK: Mutex<()> = Mutex::new(());
+/// The same across processes (a `cargo xtask lab` next to a test run, two test binaries): an
+/// flock held for as long as a lab exists, released by the kernel when its holder dies.
+const MACHINE_LOCK: &str = "/run/meshdoctor-lab.lock";
+/// How long [`Network::build`] waits for another process's lab to go away.
+const MACHINE_LOCK_WAIT: Duration = Duration::from_secs(600);
+/// Whether this process holds [`MACHINE_LOCK`], i.e. the existing lab is ours to remove.
+static HOLDS_MACHINE_LOCK: AtomicBool = AtomicBool::new(false);
+
+/// This process's hold on [`MACHINE_LOCK`]; dropping it closes the file, which unlocks.
+struct MachineLock {
+    _file: File,
+}
+
+impl MachineLock {
+    /// Takes the lock if no other process holds it.
+    fn try_take() -> Result<Option<Self>, LabError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(MACHINE_LOCK)
+            .map_err(LabError::io(MACHINE_LOCK))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(LabError::io(MACHINE_LOCK)(e));
+        }
+        HOLDS_MACHINE_LOCK.store(true, Ordering::SeqCst);
+        Ok(Some(Self { _file: file }))
+    }
+
+    /// Takes the lock, waiting (bounded) while another process's lab exists.
+    fn take() -> Result<Self, LabError> {
+        let deadline = Instant::now() + MACHINE_LOCK_WAIT;
+        let mut said = false;
+        loop {
+            if let Some(lock) = Self::try_take()? {
+                return Ok(lock);
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Busy {
+                    lock: MACHINE_LOCK.into(),
+                });
+            }
+            if !said {
+                eprintln!(
+                    "meshdoctor-lab: another process runs a lab ({MACHINE_LOCK} is locked); waiting"
+                );
+                said = true;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for MachineLock {
+    fn drop(&mut self) {
+        HOLDS_MACHINE_LOCK.store(false, Ordering::SeqCst);
+    }
+}
 
 /// Whether the process runs as root; the lab and the end-to-end tests need it.
 pub fn is_root() -> bool {
@@ -144,9 +210,22 @@ pub(crate) fn terminate(pids: &[i32]) {
 /// Removes everything a lab may have left behind: stops every process running in a `mdlab-*`
 /// namespace and deletes those namespaces (their veths and bridges go with them).
 ///
-/// Safe to call at any time, also from a signal handler thread while a lab is being used: it is
-/// what a crashed or interrupted run needs before the next one.
+/// Safe to call at any time, also from a signal handler thread while this process uses a lab:
+/// it is what a crashed or interrupted run needs before the next one. A lab that another live
+/// process is using is left alone ([`LabError::Busy`]).
 pub fn cleanup_leftovers() -> Result<(), LabError> {
+    if HOLDS_MACHINE_LOCK.load(Ordering::SeqCst) {
+        return remove_all();
+    }
+    match MachineLock::try_take()? {
+        Some(_lock) => remove_all(),
+        None => Err(LabError::Busy {
+            lock: MACHINE_LOCK.into(),
+        }),
+    }
+}
+
+fn remove_all() -> Result<(), LabError> {
     let names = lab_namespaces()?;
     let mut pids = Vec::new();
     for ns in &names {
@@ -173,6 +252,8 @@ pub fn cleanup_leftovers() -> Result<(), LabError> {
 /// there is no default route anywhere.
 pub struct Network {
     nodes: usize,
+    // Released in this order, after `Drop::drop` removed the namespaces.
+    _machine: MachineLock,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -192,9 +273,14 @@ impl Network {
         // A test that panicked while holding the lock poisons it; its lab was torn down by the
         // unwinding drop, so the next one can go ahead.
         let turn = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        cleanup_leftovers()?;
+        let machine = MachineLock::take()?;
+        remove_all()?;
         // From here on, dropping `net` removes whatever part was built.
-        let net = Self { nodes, _turn: turn };
+        let net = Self {
+            nodes,
+            _machine: machine,
+            _turn: turn,
+        };
         net.build_switch()?;
         for i in 1..=nodes {
             let owner = format!("n{i}");
@@ -306,7 +392,7 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        if let Err(e) = cleanup_leftovers() {
+        if let Err(e) = remove_all() {
             eprintln!("meshdoctor-lab: teardown incomplete: {e}");
         }
     }

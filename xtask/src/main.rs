@@ -64,8 +64,10 @@ fn test(args: &[String]) -> Result<()> {
 fn teardown_on_signal() -> Result<()> {
     ctrlc::set_handler(|| {
         eprintln!("\ninterrupted: tearing the lab down");
-        if let Err(e) = meshdoctor_lab::cleanup_leftovers() {
-            eprintln!("teardown failed: {e}");
+        match meshdoctor_lab::cleanup_leftovers() {
+            // Another process's lab, not ours: leave it.
+            Ok(()) | Err(meshdoctor_lab::LabError::Busy { .. }) => {}
+            Err(e) => eprintln!("teardown failed: {e}"),
         }
         std::process::exit(130);
     })
