@@ -102,7 +102,7 @@ fn check_bpf_linker() -> Result<(), String> {
         })?;
     if !out.status.success() {
         return Err(format!(
-            "`{} --version` failed ({}): {}; run `cargo xtask setup` to reinstall it",
+            "`{} --version` failed ({}) {}; run `cargo xtask setup` to reinstall it",
             linker.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()

@@ -958,6 +958,72 @@ mod tests {
         });
     }
 
+    /// Sets a sticky IPv6 extension header (`opt` = IPV6_HOPOPTS or IPV6_DSTOPTS) holding
+    /// one PadN option on `sock`, so every packet sent carries that header.
+    fn set_ext_header(sock: &Socket, opt: libc::c_int) {
+        // next header (filled by the kernel), length 0 (= 8 bytes), PadN with 4 zero bytes.
+        let hdr: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+        // SAFETY: valid fd and an 8-byte buffer of the advertised length.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                opt,
+                hdr.as_ptr().cast(),
+                hdr.len() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt {opt}: {}", io::Error::last_os_error());
+    }
+
+    /// ICMPv6 probes behind hop-by-hop and destination-options headers are still recognised.
+    #[test]
+    fn observes_ipv6_probe_behind_extension_headers() {
+        if skip_unless_root() {
+            return;
+        }
+        let pair = Pair::new();
+        let veth = pair.veth_a.clone();
+        Pair::run_in(&pair.ns_a, move || {
+            let mut obs = Observer::load().unwrap();
+            obs.attach(&veth).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut stream = {
+                let _rt = rt.enter();
+                obs.events().unwrap()
+            };
+            let tag = 0x0006_0e47;
+            obs.arm(tag).unwrap();
+            let pinger = Pinger::new(IpAddr::V6(ADDR_B6));
+            set_ext_header(&pinger.sock, libc::IPV6_HOPOPTS);
+            set_ext_header(&pinger.sock, libc::IPV6_DSTOPTS);
+            pinger.send(7, &cookie(probe_id(tag, 7)));
+            assert_eq!(
+                pinger.replies(1, Duration::from_secs(3)),
+                HashSet::from([7])
+            );
+            // The request carries both headers; the reply from the peer carries none.
+            let events = collect(&rt, &mut stream, 2);
+            let mut seen: Vec<_> = events
+                .iter()
+                .map(|e| (e.probe_id, e.hook, e.kind, e.family))
+                .collect();
+            seen.sort_unstable();
+            let id = probe_id(tag, 7);
+            let v6 = IpFamily::V6 as u8;
+            assert_eq!(
+                seen,
+                vec![
+                    (id, Hook::Ingress as u8, Kind::Reply as u8, v6),
+                    (id, Hook::Egress as u8, Kind::Request as u8, v6),
+                ]
+            );
+        });
+    }
+
     #[test]
     fn observer_and_stream_are_send() {
         fn send<T: Send>() {}
