@@ -11,7 +11,11 @@ use meshdoctor_e2e::can_run;
 /// within a few seconds.
 fn agent_under(setpriv: &[&str], extra: &[&str]) -> (Output, Duration) {
     let agent = meshdoctor_lab::default_bin_dir().join("meshdoctor-agent");
-    assert!(agent.exists(), "{} not built (cargo xtask test builds it)", agent.display());
+    assert!(
+        agent.exists(),
+        "{} not built (cargo xtask test builds it)",
+        agent.display()
+    );
     let start = Instant::now();
     let mut child = Command::new("setpriv")
         .args(setpriv)
@@ -69,5 +73,8 @@ fn agent_rejects_a_malformed_interface_flag() {
     let (out, _) = agent_under(&[], &["--interface", "eth0="]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("--interface") && err.contains("INTERFACE=NETWORK"), "{err}");
+    assert!(
+        err.contains("--interface") && err.contains("INTERFACE=NETWORK"),
+        "{err}"
+    );
 }

@@ -19,7 +19,8 @@ pub fn can_run(test: &str) -> bool {
 pub fn binomial_interval(n: u32, p: f64, conf: f64) -> (f64, f64) {
     let tail = (1.0 - conf) / 2.0;
     let ln_choose = |k: u32| -> f64 { ln_fact(n) - ln_fact(k) - ln_fact(n - k) };
-    let pmf = |k: u32| (ln_choose(k) + f64::from(k) * p.ln() + f64::from(n - k) * (1.0 - p).ln()).exp();
+    let pmf =
+        |k: u32| (ln_choose(k) + f64::from(k) * p.ln() + f64::from(n - k) * (1.0 - p).ln()).exp();
     let mut lo = 0;
     let mut acc = 0.0;
     while lo < n && acc + pmf(lo) <= tail {
@@ -48,7 +49,10 @@ mod tests {
         let (lo, hi) = binomial_interval(600, 0.2, 0.999);
         assert!(lo < 0.2 && hi > 0.2);
         // Normal approximation: 0.2 ± 3.29·sqrt(0.16/600) = [0.146, 0.254].
-        assert!((lo - 0.146).abs() < 0.01 && (hi - 0.254).abs() < 0.01, "{lo} {hi}");
+        assert!(
+            (lo - 0.146).abs() < 0.01 && (hi - 0.254).abs() < 0.01,
+            "{lo} {hi}"
+        );
         let (lo2, hi2) = binomial_interval(6000, 0.2, 0.999);
         assert!(lo2 > lo && hi2 < hi);
     }

@@ -57,7 +57,11 @@ pub fn missing(cap_eff: u64, ebpf: bool) -> Option<String> {
             "meshdoctor-agent is missing capabilities: {}. Run it as root, or grant them \
              (Kubernetes: securityContext.capabilities.add){}",
             lacking.join(", "),
-            if ebpf { "; --no-ebpf needs only CAP_NET_RAW" } else { "" }
+            if ebpf {
+                "; --no-ebpf needs only CAP_NET_RAW"
+            } else {
+                ""
+            }
         )
     })
 }
@@ -89,7 +93,10 @@ mod tests {
         }
         let only_raw = 1 << CAP_NET_RAW;
         let e = missing(only_raw, true).unwrap();
-        assert!(!e.contains("CAP_NET_RAW (") && e.contains("CAP_BPF ("), "{e}");
+        assert!(
+            !e.contains("CAP_NET_RAW (") && e.contains("CAP_BPF ("),
+            "{e}"
+        );
         assert_eq!(missing(only_raw, false), None);
     }
 

@@ -59,12 +59,19 @@ impl ControllerClient {
         }
     }
 
-    async fn send(&self, url: String, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+    async fn send(
+        &self,
+        url: String,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         let resp = self
             .auth(rb)
             .send()
             .await
-            .map_err(|source| ClientError::Http { url: url.clone(), source })?;
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND if url.contains("/plans") => Err(ClientError::NotRegistered),
@@ -78,7 +85,8 @@ impl ControllerClient {
 
     pub async fn register(&self, reg: &AgentRegistration) -> Result<(), ClientError> {
         let url = format!("{}/v1/agents", self.base);
-        self.send(url.clone(), self.http.post(&url).json(reg)).await?;
+        self.send(url.clone(), self.http.post(&url).json(reg))
+            .await?;
         Ok(())
     }
 
@@ -97,7 +105,8 @@ impl ControllerClient {
 
     pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
         let url = format!("{}/v1/reports", self.base);
-        self.send(url.clone(), self.http.post(&url).json(report)).await?;
+        self.send(url.clone(), self.http.post(&url).json(report))
+            .await?;
         Ok(())
     }
 }

@@ -92,7 +92,11 @@ impl RoundHooks {
         by_path
             .into_iter()
             .map(|(path, probes)| {
-                let len = probes.iter().map(|(s, _)| usize::from(*s) + 1).max().unwrap_or(0);
+                let len = probes
+                    .iter()
+                    .map(|(s, _)| usize::from(*s) + 1)
+                    .max()
+                    .unwrap_or(0);
                 let mut a = AnsweredPath {
                     path,
                     dst_ingress: Bitmap::with_len(len),

@@ -57,8 +57,7 @@ pub fn parse_echo_reply(family: Family, datagram: &[u8]) -> Option<u64> {
             let icmp = datagram.get(hlen..)?;
             (IcmpPacket::new(icmp)?.get_icmp_type() == IcmpTypes::EchoReply).then_some(icmp)?
         }
-        Family::Ipv6 => (Icmpv6Packet::new(datagram)?.get_icmpv6_type()
-            == Icmpv6Types::EchoReply)
+        Family::Ipv6 => (Icmpv6Packet::new(datagram)?.get_icmpv6_type() == Icmpv6Types::EchoReply)
             .then_some(datagram)?,
     };
     let cookie = icmp.get(COOKIE_OFFSET..COOKIE_OFFSET + COOKIE_LEN)?;
@@ -101,19 +100,20 @@ impl EchoSocket {
             only_echo_replies_v6(&sock)?;
         }
         // SAFETY: the socket owns its fd and keeps it open until the AsyncFd drops it.
-        let fd = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::WRITABLE) }
-            .map_err(io::Error::from)?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::WRITABLE)
+        }
+        .map_err(io::Error::from)?;
         Ok(Self { fd, family })
     }
 
-    /// Sends one probe; returns the monotonic time taken just before handing it to the kernel.
-    pub async fn send(&self, dst: IpAddr, packet: &[u8]) -> io::Result<u64> {
+    /// Sends one probe.
+    pub async fn send(&self, dst: IpAddr, packet: &[u8]) -> io::Result<()> {
         let addr = SockAddr::from(SocketAddr::new(dst, 0));
         loop {
             let mut guard = self.fd.writable().await?;
-            let t = monotonic_ns();
             match guard.try_io(|s| s.get_ref().send_to(packet, &addr)) {
-                Ok(res) => return res.map(|_| t),
+                Ok(res) => return res.map(|_| ()),
                 Err(_would_block) => continue,
             }
         }
@@ -193,7 +193,9 @@ mod tests {
     #[test]
     fn parses_v4_reply_after_ip_header_and_v6_without() {
         let icmp = as_reply(echo_request(Family::Ipv4, 1, 2, 42), Family::Ipv4);
-        let mut dgram = vec![0x45, 0, 0, 52, 0, 0, 0, 0, 64, 1, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2];
+        let mut dgram = vec![
+            0x45, 0, 0, 52, 0, 0, 0, 0, 64, 1, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2,
+        ];
         dgram.extend_from_slice(&icmp);
         assert_eq!(parse_echo_reply(Family::Ipv4, &dgram), Some(42));
         let v6 = as_reply(echo_request(Family::Ipv6, 1, 2, 43), Family::Ipv6);

@@ -65,7 +65,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if let Some(msg) = caps::missing(caps::effective().context("reading capabilities")?, !args.no_ebpf) {
+    if let Some(msg) = caps::missing(
+        caps::effective().context("reading capabilities")?,
+        !args.no_ebpf,
+    ) {
         bail!(msg);
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -109,7 +112,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(|State(a): State<Arc<Agent>>| async move { a.render_metrics() }))
+        .route(
+            "/metrics",
+            get(|State(a): State<Arc<Agent>>| async move { a.render_metrics() }),
+        )
         .with_state(agent.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -43,7 +43,11 @@ impl Default for Metrics {
         let rounds = Counter::default();
         let ringbuf_drops = Counter::default();
         let kernel_events = Counter::default();
-        registry.register("probes_sent", "Probes handed to the kernel, by source interface and family", sent.clone());
+        registry.register(
+            "probes_sent",
+            "Probes handed to the kernel, by source interface and family",
+            sent.clone(),
+        );
         registry.register(
             "probes_received",
             "Probe replies received in time, by source interface and family",
@@ -60,7 +64,11 @@ impl Default for Metrics {
             "Probe events the eBPF observers could not queue (full ring buffer): unobserved, not lost",
             ringbuf_drops.clone(),
         );
-        registry.register("kernel_events", "Probe events read from the eBPF observers", kernel_events.clone());
+        registry.register(
+            "kernel_events",
+            "Probe events read from the eBPF observers",
+            kernel_events.clone(),
+        );
         Self {
             registry,
             sent,
@@ -112,10 +120,14 @@ mod tests {
         m.rounds.inc();
         let text = m.render();
         assert!(
-            text.contains(r#"meshdoctor_agent_probes_sent_total{interface="net1",family="ipv6"} 10"#),
+            text.contains(
+                r#"meshdoctor_agent_probes_sent_total{interface="net1",family="ipv6"} 10"#
+            ),
             "{text}"
         );
-        assert!(text.contains(r#"meshdoctor_agent_probes_received_total{interface="net1",family="ipv6"} 8"#));
+        assert!(text.contains(
+            r#"meshdoctor_agent_probes_received_total{interface="net1",family="ipv6"} 8"#
+        ));
         assert!(text.contains("meshdoctor_agent_rounds_total 1"));
     }
 }

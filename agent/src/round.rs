@@ -7,13 +7,15 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use meshdoctor_api::{AgentReport, Bitmap, ObserverStats, PlannedTarget, RoundPlan, SentPath, probe_id};
+use meshdoctor_api::{
+    AgentReport, Bitmap, ObserverStats, PlannedTarget, RoundPlan, SentPath, probe_id,
+};
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{debug, warn};
 
 use crate::{
     hooks::RoundHooks,
-    icmp::{EchoSocket, echo_request},
+    icmp::{EchoSocket, echo_request, monotonic_ns},
     runtime::Agent,
 };
 
@@ -66,11 +68,22 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
             }
         }
     }
-    let path_index: Arc<HashMap<u16, usize>> =
-        Arc::new(plan.targets.iter().enumerate().map(|(i, t)| (t.path, i)).collect());
+    let path_index: Arc<HashMap<u16, usize>> = Arc::new(
+        plan.targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.path, i))
+            .collect(),
+    );
     let mut receivers = JoinSet::new();
     for sock in sockets.values() {
-        receivers.spawn(receive(sock.clone(), tag, path_index.clone(), probes.clone(), timeout));
+        receivers.spawn(receive(
+            sock.clone(),
+            tag,
+            path_index.clone(),
+            probes.clone(),
+            timeout,
+        ));
     }
 
     send_all(plan, &sockets, &open_errors, &probes, n).await;
@@ -83,7 +96,9 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     let probes = probes.lock().map(|p| p.clone()).unwrap_or_default();
     let report = build_report(agent, plan, &probes, &hooks, ringbuf_drops);
     for (t, s) in plan.targets.iter().zip(&report.sent) {
-        agent.metrics.count_path(&t.src_interface, t.family, s.sent, s.received);
+        agent
+            .metrics
+            .count_path(&t.src_interface, t.family, s.sent, s.received);
     }
     report
 }
@@ -117,21 +132,33 @@ async fn send_all(
         for (i, t) in plan.targets.iter().enumerate() {
             tokio::time::sleep_until(start + period * k).await;
             k += 1;
-            let result = match sockets.get(&(t.src_interface.clone(), t.src_addr)) {
-                Some(sock) => {
-                    let id = probe_id(plan.round_tag, t.path, seq as u16);
-                    let pkt = echo_request(t.family, t.path, seq as u16, id);
-                    sock.send(t.dst_addr, &pkt).await.map_err(|e| e.to_string())
-                }
-                None => Err(open_errors.get(&i).cloned().unwrap_or_else(|| "no socket".into())),
+            let Some(sock) = sockets.get(&(t.src_interface.clone(), t.src_addr)) else {
+                let e = open_errors
+                    .get(&i)
+                    .cloned()
+                    .unwrap_or_else(|| "no socket".into());
+                record(probes, i, |p| *p.send_errors.entry(e).or_default() += 1);
+                continue;
             };
-            if let Ok(mut p) = probes.lock() {
-                match result {
-                    Ok(t_ns) => p[i].send_ns[seq] = t_ns,
-                    Err(e) => *p[i].send_errors.entry(e).or_default() += 1,
-                }
+            let id = probe_id(plan.round_tag, t.path, seq as u16);
+            let pkt = echo_request(t.family, t.path, seq as u16, id);
+            // The send time is stored before the send: the reply can come back (and be read
+            // on another thread) before `send` returns.
+            let sent_at = monotonic_ns();
+            record(probes, i, |p| p.send_ns[seq] = sent_at);
+            if let Err(e) = sock.send(t.dst_addr, &pkt).await {
+                record(probes, i, |p| {
+                    p.send_ns[seq] = 0;
+                    *p.send_errors.entry(e.to_string()).or_default() += 1;
+                });
             }
         }
+    }
+}
+
+fn record(probes: &Shared, i: usize, f: impl FnOnce(&mut TargetProbes)) {
+    if let Ok(mut p) = probes.lock() {
+        f(&mut p[i]);
     }
 }
 
@@ -201,7 +228,12 @@ fn build_report(
     }
 }
 
-fn sent_path(plan: &RoundPlan, t: &PlannedTarget, p: &TargetProbes, hooks: &RoundHooks) -> SentPath {
+fn sent_path(
+    plan: &RoundPlan,
+    t: &PlannedTarget,
+    p: &TargetProbes,
+    hooks: &RoundHooks,
+) -> SentPath {
     let n = p.send_ns.len();
     let mut s = SentPath {
         path: t.path,
@@ -298,9 +330,18 @@ mod tests {
         assert_eq!(s.kernel_rtt_ns, vec![700, 0, 0]);
         assert_eq!(s.user_rtt_ns, vec![900, 0, 0]);
         assert!(s.src_egress.get(1) && !s.src_ingress.get(1) && !s.delivered.get(1));
-        assert_eq!(s.send_errors, vec![("Network is unreachable".to_string(), 1)]);
+        assert_eq!(
+            s.send_errors,
+            vec![("Network is unreachable".to_string(), 1)]
+        );
         assert_eq!(r.answered.len(), 1);
         assert_eq!(r.answered[0].path, 9);
-        assert_eq!(r.observer, ObserverStats { ringbuf_drops: 4, events: 4 });
+        assert_eq!(
+            r.observer,
+            ObserverStats {
+                ringbuf_drops: 4,
+                events: 4
+            }
+        );
     }
 }

@@ -97,9 +97,7 @@ impl Agent {
     ) -> Option<T> {
         let obs = self.observer.as_ref()?;
         let mut guard = obs.lock().ok()?;
-        f(&mut guard)
-            .map_err(|e| warn!("eBPF observer: {e}"))
-            .ok()
+        f(&mut guard).map_err(|e| warn!("eBPF observer: {e}")).ok()
     }
 
     /// The metrics text, with the observers' kernel counters brought up to date.
@@ -108,9 +106,24 @@ impl Agent {
         for (key, total) in counters {
             let labels = HookLabels {
                 interface: self.interface_name(key.ifindex),
-                hook: if key.hook == Hook::Ingress as u8 { "ingress" } else { "egress" }.into(),
-                kind: if key.kind == Kind::Request as u8 { "request" } else { "reply" }.into(),
-                family: if key.family == IpFamily::V6 as u8 { "ipv6" } else { "ipv4" }.into(),
+                hook: if key.hook == Hook::Ingress as u8 {
+                    "ingress"
+                } else {
+                    "egress"
+                }
+                .into(),
+                kind: if key.kind == Kind::Request as u8 {
+                    "request"
+                } else {
+                    "reply"
+                }
+                .into(),
+                family: if key.family == IpFamily::V6 as u8 {
+                    "ipv6"
+                } else {
+                    "ipv4"
+                }
+                .into(),
             };
             self.metrics.set_observed(labels, total);
         }

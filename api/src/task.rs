@@ -240,7 +240,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("unknown duration unit {unit:?} in {s:?}; use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?} in {s:?}; use ms, s, m or h"
+            ));
+        }
     };
     if d.is_zero() {
         return Err(format!("duration {s:?} must be above zero"));
@@ -278,11 +282,12 @@ impl NetReach {
                 reason,
             }
         })?;
-        task.validate().map_err(|(field, reason)| TaskError::Invalid {
-            file: file.into(),
-            field: field.into(),
-            reason,
-        })?;
+        task.validate()
+            .map_err(|(field, reason)| TaskError::Invalid {
+                file: file.into(),
+                field: field.into(),
+                reason,
+            })?;
         Ok(task)
     }
 
@@ -314,7 +319,10 @@ impl NetReach {
             ));
         }
         if self.kind != "NetReach" {
-            return Err(("kind", format!("expected \"NetReach\", got {:?}", self.kind)));
+            return Err((
+                "kind",
+                format!("expected \"NetReach\", got {:?}", self.kind),
+            ));
         }
         let name = &self.metadata.name;
         let name_ok = !name.is_empty()
@@ -326,31 +334,46 @@ impl NetReach {
         if !name_ok {
             return Err((
                 "metadata.name",
-                format!("{name:?} is not a DNS subdomain name (lowercase letters, digits, '-', '.')"),
+                format!(
+                    "{name:?} is not a DNS subdomain name (lowercase letters, digits, '-', '.')"
+                ),
             ));
         }
         let sp = &self.spec;
-        let schedule = Schedule::parse(&sp.schedule.schedule).map_err(|e| ("spec.schedule.schedule", e))?;
+        let schedule =
+            Schedule::parse(&sp.schedule.schedule).map_err(|e| ("spec.schedule.schedule", e))?;
         if let Some(t) = sp.schedule.round_timeout_minute {
             if t == 0 {
-                return Err(("spec.schedule.roundTimeoutMinute", "must be at least 1".into()));
+                return Err((
+                    "spec.schedule.roundTimeoutMinute",
+                    "must be at least 1".into(),
+                ));
             }
             if Duration::from_secs(t * 60) > schedule.every {
                 return Err((
                     "spec.schedule.roundTimeoutMinute",
-                    format!("{t} min is longer than the {}s between rounds", schedule.every.as_secs()),
+                    format!(
+                        "{t} min is longer than the {}s between rounds",
+                        schedule.every.as_secs()
+                    ),
                 ));
             }
         }
         if sp.schedule.round_number == 0 || sp.schedule.round_number < -1 {
             return Err((
                 "spec.schedule.roundNumber",
-                format!("must be -1 (forever) or at least 1, got {}", sp.schedule.round_number),
+                format!(
+                    "must be -1 (forever) or at least 1, got {}",
+                    sp.schedule.round_number
+                ),
             ));
         }
         let rq = &sp.request;
         if rq.qps == 0 || rq.qps > MAX_QPS {
-            return Err(("spec.request.qps", format!("must be 1..={MAX_QPS}, got {}", rq.qps)));
+            return Err((
+                "spec.request.qps",
+                format!("must be 1..={MAX_QPS}, got {}", rq.qps),
+            ));
         }
         if rq.duration_in_second == 0 || rq.duration_in_second > 3600 {
             return Err((
@@ -387,16 +410,28 @@ impl NetReach {
         }
         let ex = &sp.expect;
         if !(0.0..=1.0).contains(&ex.success_rate) {
-            return Err(("spec.expect.successRate", format!("must be within 0..=1, got {}", ex.success_rate)));
+            return Err((
+                "spec.expect.successRate",
+                format!("must be within 0..=1, got {}", ex.success_rate),
+            ));
         }
         if ex.mean_access_delay_in_ms == 0 {
-            return Err(("spec.expect.meanAccessDelayInMs", "must be at least 1".into()));
+            return Err((
+                "spec.expect.meanAccessDelayInMs",
+                "must be at least 1".into(),
+            ));
         }
         if !sp.target.ipv4 && !sp.target.ipv6 {
-            return Err(("spec.target", "at least one of ipv4 and ipv6 must be true".into()));
+            return Err((
+                "spec.target",
+                "at least one of ipv4 and ipv6 must be true".into(),
+            ));
         }
         if sp.target.interfaces.as_ref().is_some_and(|i| i.is_empty()) {
-            return Err(("spec.target.interfaces", "must name at least one network when given".into()));
+            return Err((
+                "spec.target.interfaces",
+                "must name at least one network when given".into(),
+            ));
         }
         Ok(())
     }
@@ -427,7 +462,9 @@ spec:
 ";
 
     fn err(yaml: &str) -> String {
-        NetReach::from_yaml("tasks/mesh.yaml", yaml).unwrap_err().to_string()
+        NetReach::from_yaml("tasks/mesh.yaml", yaml)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -438,7 +475,8 @@ spec:
         assert_eq!(t.spec.expect.mean_access_delay_in_ms, 5000);
         assert_eq!(t.schedule().every, Duration::from_secs(10));
         assert_eq!(t.round_timeout(), Duration::from_secs(10));
-        let minimal = "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {name: m}\nspec: {}\n";
+        let minimal =
+            "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {name: m}\nspec: {}\n";
         let t = NetReach::from_yaml("f", minimal).unwrap();
         assert_eq!(t.spec.request.per_request_timeout_in_ms, 500);
         assert_eq!(t.round_timeout(), Duration::from_secs(60));
@@ -447,7 +485,10 @@ spec:
     #[test]
     fn wrong_type_names_file_and_field() {
         let e = err(&GOOD.replace("qps: 20", "qps: fast"));
-        assert!(e.starts_with("tasks/mesh.yaml: spec.request.qps: invalid type"), "{e}");
+        assert!(
+            e.starts_with("tasks/mesh.yaml: spec.request.qps: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -468,15 +509,34 @@ spec:
     fn out_of_range_values_are_rejected() {
         for (from, to, field) in [
             ("qps: 20", "qps: 5000", "spec.request.qps"),
-            ("roundNumber: -1", "roundNumber: 0", "spec.schedule.roundNumber"),
-            ("successRate: 0.99", "successRate: 1.5", "spec.expect.successRate"),
+            (
+                "roundNumber: -1",
+                "roundNumber: 0",
+                "spec.schedule.roundNumber",
+            ),
+            (
+                "successRate: 0.99",
+                "successRate: 1.5",
+                "spec.expect.successRate",
+            ),
             ("'@every 10s'", "'every 10s'", "spec.schedule.schedule"),
-            ("'@every 10s'", "'0 1'\n    roundTimeoutMinute: 2", "spec.schedule.roundTimeoutMinute"),
+            (
+                "'@every 10s'",
+                "'0 1'\n    roundTimeoutMinute: 2",
+                "spec.schedule.roundTimeoutMinute",
+            ),
             ("ipv4: true\n    ipv6: true", "ipv4: false", "spec.target"),
-            ("durationInSecond: 3", "durationInSecond: 30", "spec.request.durationInSecond"),
+            (
+                "durationInSecond: 3",
+                "durationInSecond: 30",
+                "spec.request.durationInSecond",
+            ),
         ] {
             let e = err(&GOOD.replace(from, to));
-            assert!(e.starts_with(&format!("tasks/mesh.yaml: {field}: ")), "{to}: {e}");
+            assert!(
+                e.starts_with(&format!("tasks/mesh.yaml: {field}: ")),
+                "{to}: {e}"
+            );
         }
     }
 
@@ -484,9 +544,15 @@ spec:
     fn schedule_forms() {
         assert_eq!(
             Schedule::parse("2 5").unwrap(),
-            Schedule { first_after: Duration::from_secs(120), every: Duration::from_secs(300) }
+            Schedule {
+                first_after: Duration::from_secs(120),
+                every: Duration::from_secs(300)
+            }
         );
-        assert_eq!(Schedule::parse("@every 500ms").unwrap().every, Duration::from_millis(500));
+        assert_eq!(
+            Schedule::parse("@every 500ms").unwrap().every,
+            Duration::from_millis(500)
+        );
         assert!(Schedule::parse("1 0").is_err());
         assert!(Schedule::parse("@every 10x").is_err());
         assert!(Schedule::parse("* * * * *").is_err());
