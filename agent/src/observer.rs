@@ -118,8 +118,9 @@ pub enum AttachMode {
 
 /// The loaded observer programs and maps of one network namespace.
 ///
-/// `Send` (checked by a test), not `Sync` by need: keep it behind a `std::sync::Mutex` (all
-/// methods are quick syscalls, never held across an await) or in one task.
+/// `Send` (checked by a test). The methods take `&mut self`: share it behind a
+/// `std::sync::Mutex` (every method is a few quick syscalls, so the lock is never held long
+/// and never across an await).
 pub struct Observer {
     /// Owns the programs and therefore their attachments.
     ebpf: Ebpf,
@@ -187,7 +188,7 @@ impl Observer {
     }
 
     /// Attaches ingress+egress to the interface `ifname`, resolved in the calling thread's
-    /// netns (setns there first). Uses TCX with `LinkOrder::first()` when the kernel has it,
+    /// netns, which must be the one the observer was loaded in (its events carry that netns id). Uses TCX with `LinkOrder::first()` when the kernel has it,
     /// else a clsact qdisc and netlink filters at priority 1. Stale netlink filters of ours (a
     /// crashed agent's) are removed first in both modes, since they would report every probe a
     /// second time. Attaching an interface again is a no-op returning the mode used before.
