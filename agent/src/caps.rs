@@ -49,7 +49,7 @@ pub fn missing(cap_eff: u64, ebpf: bool) -> Option<String> {
     let has = |bit: u32| cap_eff & (1 << bit) != 0;
     let needs = std::iter::once(&RAW).chain(EBPF.iter().filter(|_| ebpf));
     let lacking: Vec<String> = needs
-        .filter(|n| !has(n.bit) && !(n.sys_admin_covers && has(CAP_SYS_ADMIN)))
+        .filter(|n| !(has(n.bit) || n.sys_admin_covers && has(CAP_SYS_ADMIN)))
         .map(|n| format!("{} ({})", n.name, n.why))
         .collect();
     (!lacking.is_empty()).then(|| {

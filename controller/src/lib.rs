@@ -6,6 +6,8 @@
 //! (the tokio round driver and shared state), [`api_server`] (axum routes) and [`metrics`].
 
 pub mod api_server;
+#[cfg(test)]
+mod fixtures;
 pub mod join;
 pub mod judge;
 pub mod mesh;

@@ -76,33 +76,11 @@ impl TaskStatus {
 
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::RoundSummary;
-
     use super::*;
+    use crate::fixtures::mk_round as mk;
 
     fn mk_round(round: u32, status: RoundStatus) -> RoundReport {
-        RoundReport {
-            task: "t".into(),
-            round,
-            round_tag: round,
-            status,
-            failure_reasons: vec![],
-            start_ms: u64::from(round) * 1000,
-            end_ms: u64::from(round) * 1000 + 500,
-            expected_agents: vec!["a".into(), "b".into()],
-            not_reported: vec![],
-            summary: RoundSummary {
-                paths: 0,
-                lossy_paths: 0,
-                sent: 0,
-                received: 0,
-                lost: 0,
-                success_rate: 0.0,
-                mean_rtt_ms: None,
-                unobserved_events: 0,
-            },
-            paths: vec![],
-        }
+        mk("t", round, status)
     }
 
     #[test]

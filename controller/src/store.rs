@@ -143,7 +143,7 @@ impl ReportStore {
 
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::{RoundStatus, RoundSummary};
+    use meshdoctor_api::RoundStatus;
 
     use super::*;
 
@@ -158,28 +158,7 @@ mod tests {
     }
 
     fn mk_round(round: u32) -> RoundReport {
-        RoundReport {
-            task: "mesh".into(),
-            round,
-            round_tag: 1,
-            status: RoundStatus::Succeed,
-            failure_reasons: vec![],
-            start_ms: 0,
-            end_ms: 0,
-            expected_agents: vec![],
-            not_reported: vec![],
-            summary: RoundSummary {
-                paths: 0,
-                lossy_paths: 0,
-                sent: 0,
-                received: 0,
-                lost: 0,
-                success_rate: 0.0,
-                mean_rtt_ms: None,
-                unobserved_events: 0,
-            },
-            paths: vec![],
-        }
+        crate::fixtures::mk_round("mesh", round, RoundStatus::Succeed)
     }
 
     #[tokio::test]
