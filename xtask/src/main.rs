@@ -17,7 +17,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "meshdoctor's development commands")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "meshdoctor's development commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
