@@ -65,12 +65,14 @@ fn bpf_linker() -> Result<()> {
             .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
     }
     eprintln!(
-        "bpf-linker: missing, building it against rustc's LLVM {major} ({})",
+        "bpf-linker: missing or not working, building it against rustc's LLVM {major} ({})",
         libllvm.display()
     );
     sh(cargo()
         .args([
             "install",
+            // A bpf-linker that is installed but no longer runs (its LLVM gone) is rebuilt.
+            "--force",
             "bpf-linker",
             "--no-default-features",
             "--features",
