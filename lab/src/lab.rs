@@ -45,7 +45,8 @@ pub fn default_bin_dir() -> PathBuf {
 pub struct LabConfig {
     /// Number of nodes (agents), `1..=plan::MAX_NODES`.
     pub nodes: usize,
-    /// Lab directory: `tasks/`, `data/`, `logs/` and `token` are (re)created in it.
+    /// Lab directory: `tasks/`, `data/`, `logs/`, `faults/` (the nft rulesets) and `token` are
+    /// (re)created in it.
     pub dir: PathBuf,
     /// Where `meshdoctor-controller` and `meshdoctor-agent` are.
     pub bin_dir: PathBuf,
@@ -147,8 +148,8 @@ impl Lab {
             net,
         };
         for (n, (node, ruleset)) in cfg.nft.iter().enumerate() {
-            let file = cfg.dir.join(format!("node-{node}-{n}.nft"));
-            std::fs::write(&file, ruleset).map_err(LabError::io(&file))?;
+            let file = cfg.dir.join("faults").join(format!("node-{node}-{n}.nft"));
+            fs::write(&file, ruleset).map_err(LabError::io(&file))?;
             lab.exec(*node, &["nft", "-f", &file.display().to_string()])?;
         }
         let dir = cfg.dir.display().to_string();
@@ -401,7 +402,7 @@ fn excerpt(text: &str) -> String {
 /// Old tasks, data and logs are removed: a controller finding the previous run's data would
 /// resume it instead of running the task afresh.
 fn prepare_dir(cfg: &LabConfig) -> Result<String, LabError> {
-    for sub in ["tasks", "data", "logs"] {
+    for sub in ["tasks", "data", "logs", "faults"] {
         let path = cfg.dir.join(sub);
         match fs::remove_dir_all(&path) {
             Ok(()) => {}
