@@ -11,6 +11,7 @@ use std::{
     ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -68,10 +69,20 @@ fn test(args: &[String]) -> Result<()> {
 fn teardown_on_signal() -> Result<()> {
     ctrlc::set_handler(|| {
         eprintln!("\ninterrupted: tearing the lab down");
-        match meshdoctor_lab::cleanup_leftovers() {
-            // Another process's lab, not ours: leave it.
-            Ok(()) | Err(meshdoctor_lab::LabError::Busy { .. }) => {}
-            Err(e) => eprintln!("teardown failed: {e}"),
+        // A lab of a child (a test binary) stays locked until the signal has ended that child:
+        // give it a moment. A lab of an unrelated process is left alone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match meshdoctor_lab::cleanup_leftovers() {
+                Err(meshdoctor_lab::LabError::Busy { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Ok(()) | Err(meshdoctor_lab::LabError::Busy { .. }) => break,
+                Err(e) => {
+                    eprintln!("teardown failed: {e}");
+                    break;
+                }
+            }
         }
         std::process::exit(130);
     })
