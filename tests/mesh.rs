@@ -6,36 +6,14 @@ use meshdoctor_api::{Family, PathResult, PathState, RoundReport, RoundStatus};
 use meshdoctor_e2e::{binomial_interval, can_run};
 use meshdoctor_lab::{Lab, LabConfig};
 
-/// A NetReach task for the lab: full mesh, both families, `qps` x `secs` probes per path.
-fn task(qps: u32, secs: u32) -> String {
-    format!(
-        "apiVersion: meshdoctor.io/v1beta1
-kind: NetReach
-metadata:
-  name: mesh
-spec:
-  schedule:
-    schedule: '0 1'
-    roundNumber: 1
-  request:
-    protocol: icmp
-    qps: {qps}
-    durationInSecond: {secs}
-    perRequestTimeoutInMS: 1000
-  expect:
-    successRate: 1
-  target:
-    ipv4: true
-    ipv6: true
-"
-    )
-}
-
 /// Brings a lab up with `nft` rules loaded on some nodes before any agent starts, and returns
 /// round 1 of the `mesh` task.
 fn run_round(nodes: usize, qps: u32, secs: u32, faults: &[(usize, &str)]) -> RoundReport {
     let mut cfg = LabConfig::new(nodes);
-    cfg.tasks = vec![("mesh.yaml".into(), task(qps, secs))];
+    cfg.tasks = vec![(
+        "mesh.yaml".into(),
+        meshdoctor_lab::task_yaml("mesh", qps, secs),
+    )];
     cfg.nft = faults
         .iter()
         .map(|(node, rules)| (*node, (*rules).to_string()))
@@ -44,7 +22,7 @@ fn run_round(nodes: usize, qps: u32, secs: u32, faults: &[(usize, &str)]) -> Rou
     let report = lab
         .wait_round("mesh", 1, Duration::from_secs(u64::from(secs) + 60))
         .expect("round 1 report");
-    eprintln!("{}", meshdoctor_lab::render_table(&report));
+    eprintln!("{}", meshdoctor_api::table::render_table(&report));
     report
 }
 
@@ -201,4 +179,45 @@ fn random_loss_estimate_lies_in_the_binomial_interval() {
             assert_eq!(p.lost, 0, "{name}");
         }
     }
+}
+
+#[test]
+fn an_agent_dying_mid_round_is_named_and_the_others_data_is_kept() {
+    if !can_run("an_agent_dying_mid_round_is_named_and_the_others_data_is_kept") {
+        return;
+    }
+    let mut cfg = LabConfig::new(4);
+    cfg.tasks = vec![("mesh.yaml".into(), meshdoctor_lab::task_yaml("mesh", 10, 5))];
+    let mut lab = Lab::up(cfg).expect("lab up");
+    // The round starts about a second after the last agent registered; kill node-3's agent
+    // while it is probing.
+    std::thread::sleep(Duration::from_millis(2500));
+    lab.kill("node-3").expect("kill node-3");
+    let r = lab
+        .wait_round("mesh", 1, Duration::from_secs(60))
+        .expect("round 1 report");
+    eprintln!("{}", meshdoctor_api::table::render_table(&r));
+    assert_eq!(r.status, RoundStatus::Fail);
+    assert_eq!(r.not_reported, vec!["node-3".to_string()]);
+    assert!(
+        r.failure_reasons.iter().any(|f| f.contains("node-3")),
+        "{:?}",
+        r.failure_reasons
+    );
+    assert_eq!(r.paths.len(), 48);
+    for p in &r.paths {
+        let name = format!(
+            "{} -> {} {} {}",
+            p.src_node, p.dst_node, p.src_interface, p.family
+        );
+        if p.src_node == "node-3" {
+            // Nothing is known of what node-3 sent: not reported, never loss.
+            assert_eq!((p.state, p.lost), (PathState::NotReported, 0), "{name}");
+        } else {
+            // node-3's kernel still answers; only its own hooks are missing.
+            assert_eq!((p.state, p.sent, p.lost), (PathState::Ok, 50, 0), "{name}");
+            assert_eq!(p.dst_reported, p.dst_node != "node-3", "{name}");
+        }
+    }
+    assert_eq!(r.summary.lost, 0);
 }

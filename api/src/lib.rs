@@ -8,6 +8,7 @@ pub mod agent_report;
 pub mod plan;
 pub mod round;
 pub mod stats;
+pub mod table;
 pub mod task;
 
 pub use agent_report::{AgentReport, AnsweredPath, ObserverStats, SentPath, Timestamping};

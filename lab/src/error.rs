@@ -15,6 +15,8 @@ pub enum LabError {
     Busy { lock: PathBuf },
     #[error("no node {node} in a lab of {nodes} nodes (nodes are numbered from 1)")]
     NoSuchNode { node: usize, nodes: usize },
+    #[error("no lab process named {0:?} (processes are \"controller\" and \"node-N\")")]
+    NoSuchProcess(String),
     #[error("cannot run `{command}`: {source}")]
     Spawn {
         command: String,

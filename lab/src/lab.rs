@@ -17,7 +17,7 @@ use crate::{
     LabError, Network, http, in_netns,
     net::{TERM_GRACE, is_running},
     plan::{CONTROLLER_NS, CONTROLLER_PORT, CONTROLLER_URL, INTERFACES, node_name, node_ns},
-    report::default_task_yaml,
+    task::default_task_yaml,
 };
 
 const CONTROLLER_BIN: &str = "meshdoctor-controller";
@@ -264,6 +264,19 @@ impl Lab {
             }
             thread::sleep(POLL);
         }
+    }
+
+    /// Kills one lab process at once (SIGKILL), as a crash would: `controller` or a node name.
+    pub fn kill(&mut self, process: &str) -> Result<(), LabError> {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == process)
+            .ok_or_else(|| LabError::NoSuchProcess(process.into()))?;
+        // Already gone is fine: the point is that it no longer runs.
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        Ok(())
     }
 
     /// Stops the processes and removes the network (what dropping the lab does).

@@ -15,9 +15,9 @@ mod http;
 mod lab;
 mod net;
 pub mod plan;
-mod report;
+mod task;
 
 pub use error::LabError;
 pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
-pub use report::{default_task_yaml, render_table};
+pub use task::{default_task_yaml, task_yaml};

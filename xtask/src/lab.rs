@@ -8,8 +8,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use meshdoctor_api::{NetReach, RoundReport, RoundStatus};
-use meshdoctor_lab::{Lab, LabConfig, cleanup_leftovers, default_task_yaml, render_table};
+use meshdoctor_api::{NetReach, RoundReport, RoundStatus, table};
+use meshdoctor_lab::{Lab, LabConfig, cleanup_leftovers, default_task_yaml};
 
 use crate::{cargo, setup, sh, step, teardown_on_signal};
 
@@ -101,7 +101,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render_table(&report));
+        print!("{}", table::render_table(&report));
     }
     eprintln!("{}", summary(&report, up_after, report_after));
 
@@ -124,41 +124,15 @@ pub fn run(args: LabArgs) -> Result<()> {
     Ok(())
 }
 
-/// One line: verdict, paths, loss, latency and timing; then the failure reasons, if any.
+/// The round's verdict line with the lab's timing added.
 fn summary(report: &RoundReport, up_after: Duration, report_after: Duration) -> String {
-    let s = &report.summary;
-    let status = match report.status {
-        RoundStatus::Succeed => "succeeded",
-        RoundStatus::Fail => "FAILED",
-    };
-    let loss = if s.sent == 0 {
-        0.0
-    } else {
-        s.lost as f64 / s.sent as f64 * 100.0
-    };
-    let rtt = s
-        .mean_rtt_ms
-        .map_or_else(String::new, |ms| format!(", mean RTT {ms:.3} ms"));
-    let mut line = format!(
-        "{} round {} {status}: {} paths ({} lossy), {} sent, {} lost ({loss:.2}%){rtt}; \
-         lab up in {:.1} s, report {:.1} s after start",
-        report.task,
-        report.round,
-        s.paths,
-        s.lossy_paths,
-        s.sent,
-        s.lost,
+    let mut lines = table::summary_line(report);
+    let timing = format!(
+        "; lab up in {:.1} s, report {:.1} s after start",
         up_after.as_secs_f64(),
-        report_after.as_secs_f64(),
+        report_after.as_secs_f64()
     );
-    if !report.not_reported.is_empty() {
-        line.push_str(&format!(
-            "\nnot reported: {}",
-            report.not_reported.join(", ")
-        ));
-    }
-    for reason in &report.failure_reasons {
-        line.push_str(&format!("\n  - {reason}"));
-    }
-    line
+    let first_end = lines.find('\n').unwrap_or(lines.len());
+    lines.insert_str(first_end, &timing);
+    lines
 }

@@ -1,34 +1,9 @@
-//! The lab's default task and the human view of a round report.
+//! The human view of a round report: one row per pair-path, then a one-line verdict. Shared by
+//! the CLI and the lab so that both print the same table.
 
 use std::cmp::Ordering;
 
-use meshdoctor_api::{PathResult, PathState, RoundReport, RttStats};
-
-/// The full-mesh ICMP NetReach task the lab runs by default: one round, starting at once,
-/// 10 probes/s for 5 s on every pair, interface and family, expecting no loss.
-pub fn default_task_yaml(name: &str) -> String {
-    format!(
-        "apiVersion: meshdoctor.io/v1beta1
-kind: NetReach
-metadata:
-  name: {name}
-spec:
-  schedule:
-    schedule: \"0 1\"
-    roundNumber: 1
-  request:
-    protocol: icmp
-    qps: 10
-    durationInSecond: 5
-    perRequestTimeoutInMS: 1000
-  expect:
-    successRate: 1
-  target:
-    ipv4: true
-    ipv6: true
-"
-    )
-}
+use crate::{PathResult, PathState, RoundReport, RoundStatus, RttStats};
 
 /// Orders `node-2` before `node-10`: names compare by their text, then by a trailing number.
 fn natural_cmp(a: &str, b: &str) -> Ordering {
@@ -136,26 +111,42 @@ pub fn render_table(report: &RoundReport) -> String {
     out
 }
 
+/// One line: verdict, paths, loss and mean RTT; then who did not report and why the round
+/// failed, one line each.
+pub fn summary_line(report: &RoundReport) -> String {
+    let s = &report.summary;
+    let status = match report.status {
+        RoundStatus::Succeed => "succeeded",
+        RoundStatus::Fail => "FAILED",
+    };
+    let loss = if s.sent == 0 {
+        0.0
+    } else {
+        s.lost as f64 / s.sent as f64 * 100.0
+    };
+    let rtt = s
+        .mean_rtt_ms
+        .map_or_else(String::new, |ms| format!(", mean RTT {ms:.3} ms"));
+    let mut line = format!(
+        "{} round {} {status}: {} paths ({} lossy), {} sent, {} lost ({loss:.2}%){rtt}",
+        report.task, report.round, s.paths, s.lossy_paths, s.sent, s.lost,
+    );
+    if !report.not_reported.is_empty() {
+        line.push_str(&format!(
+            "\nnot reported: {}",
+            report.not_reported.join(", ")
+        ));
+    }
+    for reason in &report.failure_reasons {
+        line.push_str(&format!("\n  - {reason}"));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::{Family, NetReach, RoundStatus, RoundSummary, round::HookCounts};
-
     use super::*;
-
-    #[test]
-    fn default_task_parses_as_specified() {
-        let task = NetReach::from_yaml("mesh.yaml", &default_task_yaml("mesh")).unwrap();
-        assert_eq!(task.name(), "mesh");
-        let spec = &task.spec;
-        assert_eq!(spec.schedule.schedule, "0 1");
-        assert_eq!(spec.schedule.round_number, 1);
-        assert_eq!(spec.request.qps, 10);
-        assert_eq!(spec.request.duration_in_second, 5);
-        assert_eq!(spec.request.per_request_timeout_in_ms, 1000);
-        assert_eq!(spec.expect.success_rate, 1.0);
-        assert!(spec.target.ipv4 && spec.target.ipv6);
-        assert!(spec.target.interfaces.is_none());
-    }
+    use crate::{Family, RoundStatus, RoundSummary, round::HookCounts};
 
     #[test]
     fn natural_order_of_node_names() {

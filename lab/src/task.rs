@@ -1,0 +1,55 @@
+//! The tasks the lab runs.
+
+/// The full-mesh ICMP NetReach task the lab runs by default: one round, starting at once,
+/// 10 probes/s for 5 s on every pair, interface and family, expecting no loss.
+pub fn default_task_yaml(name: &str) -> String {
+    task_yaml(name, 10, 5)
+}
+
+/// A one-round full-mesh ICMP NetReach task over both families: `qps` x `secs` probes per
+/// pair-path, 1 s per-probe timeout, expecting no loss.
+pub fn task_yaml(name: &str, qps: u32, secs: u32) -> String {
+    format!(
+        "apiVersion: meshdoctor.io/v1beta1
+kind: NetReach
+metadata:
+  name: {name}
+spec:
+  schedule:
+    schedule: \"0 1\"
+    roundNumber: 1
+  request:
+    protocol: icmp
+    qps: {qps}
+    durationInSecond: {secs}
+    perRequestTimeoutInMS: 1000
+  expect:
+    successRate: 1
+  target:
+    ipv4: true
+    ipv6: true
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use meshdoctor_api::NetReach;
+
+    use super::*;
+
+    #[test]
+    fn default_task_parses_as_specified() {
+        let task = NetReach::from_yaml("mesh.yaml", &default_task_yaml("mesh")).unwrap();
+        assert_eq!(task.name(), "mesh");
+        let spec = &task.spec;
+        assert_eq!(spec.schedule.schedule, "0 1");
+        assert_eq!(spec.schedule.round_number, 1);
+        assert_eq!(spec.request.qps, 10);
+        assert_eq!(spec.request.duration_in_second, 5);
+        assert_eq!(spec.request.per_request_timeout_in_ms, 1000);
+        assert_eq!(spec.expect.success_rate, 1.0);
+        assert!(spec.target.ipv4 && spec.target.ipv6);
+        assert!(spec.target.interfaces.is_none());
+    }
+}
