@@ -131,6 +131,22 @@ pub fn summary_line(report: &RoundReport) -> String {
         "{} round {} {status}: {} paths ({} lossy), {} sent, {} lost ({loss:.2}%){rtt}",
         report.task, report.round, s.paths, s.lossy_paths, s.sent, s.lost,
     );
+    let all = |pick: fn(&crate::ProbeSample) -> u64| {
+        RttStats::from_ns(
+            report
+                .paths
+                .iter()
+                .flat_map(|p| &p.probes)
+                .map(pick)
+                .filter(|&ns| ns > 0),
+        )
+    };
+    if let (Some(k), Some(u)) = (all(|p| p.kernel_rtt_ns), all(|p| p.user_rtt_ns)) {
+        line.push_str(&format!(
+            "\nRTT over {} probes, p50/p99 µs: kernel {:.1}/{:.1}, user space {:.1}/{:.1}",
+            u.count, k.p50_us, k.p99_us, u.p50_us, u.p99_us
+        ));
+    }
     if !report.not_reported.is_empty() {
         line.push_str(&format!(
             "\nnot reported: {}",
@@ -223,6 +239,26 @@ mod tests {
             ],
         };
         let table = render_table(&report);
+        let mut with_probes = report.clone();
+        with_probes.paths[0].probes = vec![
+            crate::ProbeSample {
+                seq: 0,
+                kernel_rtt_ns: 40_000,
+                user_rtt_ns: 90_000,
+                dst_stack_ns: 1,
+            },
+            crate::ProbeSample {
+                seq: 1,
+                kernel_rtt_ns: 60_000,
+                user_rtt_ns: 110_000,
+                dst_stack_ns: 1,
+            },
+        ];
+        assert_eq!(
+            summary_line(&with_probes),
+            "mesh round 1 FAILED: 3 paths (1 lossy), 150 sent, 5 lost (3.33%)\n\
+             RTT over 2 probes, p50/p99 µs: kernel 40.0/60.0, user space 90.0/110.0\n  - loss"
+        );
         let expected = "\
 SRC      DST     IFACE  FAMILY  STATE  SENT  LOST  LOSS%  KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
 node-2   node-1  eth0   ipv6    ok       50     0    0.0      50.0     120.0         -         -
