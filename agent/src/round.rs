@@ -87,7 +87,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     }
 
     send_all(plan, &sockets, &open_errors, &probes, n).await;
-    tokio::time::sleep(timeout).await;
+    wait_for_replies(&probes, timeout).await;
     receivers.abort_all();
     // Let the observers' last events drain from the ring buffer.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -110,6 +110,25 @@ async fn wait_for_start(start_at_ms: u64) {
         .unwrap_or(0);
     if let Some(wait) = start_at_ms.checked_sub(now_ms) {
         tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// Waits until every sent probe has its reply, or the per-request timeout of the last one has
+/// passed: a clean round reports a timeout sooner.
+async fn wait_for_replies(probes: &Shared, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let all_answered = || {
+        probes.lock().is_ok_and(|p| {
+            p.iter().all(|t| {
+                t.send_ns
+                    .iter()
+                    .zip(&t.recv_ns)
+                    .all(|(s, r)| *s == 0 || *r != 0)
+            })
+        })
+    };
+    while Instant::now() < deadline && !all_answered() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
