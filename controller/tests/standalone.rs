@@ -27,6 +27,17 @@ spec:
   target: {ipv4: true}
 ";
 
+/// GET `url` and decode the JSON answer, with the agents' token when `auth`.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+    auth: bool,
+) -> T {
+    let rb = http.get(url);
+    let rb = if auth { rb.bearer_auth(TOKEN) } else { rb };
+    rb.send().await.unwrap().json().await.unwrap()
+}
+
 fn temp_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "meshdoctor-{test}-{}-{}",
@@ -158,48 +169,31 @@ async fn agents_run_a_round_over_http() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let agents: Value = http
-        .get(url("/v1/agents"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let agents: Value = get_json(&http, url("/v1/agents"), false).await;
     assert_eq!(agents[1]["node"], "node-2");
     assert!(agents[1]["lastSeenMs"].as_u64().unwrap() > 0);
 
     // Long-poll the plans; the round is published once both agents registered.
     let mut plans = Vec::new();
     for n in [1, 2] {
-        let got: Vec<RoundPlan> = http
-            .get(url(&format!(
-                "/v1/agents/node-{n}/plans?after=0&waitMs=10000"
-            )))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got: Vec<RoundPlan> = get_json(
+            &http,
+            url(&format!("/v1/agents/node-{n}/plans?after=0&waitMs=10000")),
+            true,
+        )
+        .await;
         assert_eq!(got.len(), 1, "node-{n}");
         assert_eq!(got[0].targets.len(), 1);
         assert!(got[0].start_at_ms > now_ms().saturating_sub(1000));
         plans.push(got.into_iter().next().unwrap());
     }
     let tag = plans[0].round_tag;
-    let empty: Vec<RoundPlan> = http
-        .get(url(&format!(
-            "/v1/agents/node-1/plans?after={tag}&waitMs=100"
-        )))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let empty: Vec<RoundPlan> = get_json(
+        &http,
+        url(&format!("/v1/agents/node-1/plans?after={tag}&waitMs=100")),
+        true,
+    )
+    .await;
     assert!(empty.is_empty());
 
     let reports = [
@@ -220,14 +214,7 @@ async fn agents_run_a_round_over_http() {
     // Both reported: the round closes without waiting for its deadline.
     let mut tasks = Value::Null;
     for _ in 0..50 {
-        tasks = http
-            .get(url("/v1/tasks"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        tasks = get_json(&http, url("/v1/tasks"), false).await;
         if tasks[1]["status"]["doneRound"] == 1 {
             break;
         }
@@ -250,14 +237,7 @@ async fn agents_run_a_round_over_http() {
     assert_eq!(status["lastRoundStatus"], "succeed", "{tasks}");
     assert_eq!(status["history"][0]["expectedAgents"], 2);
 
-    let report: RoundReport = http
-        .get(url("/v1/tasks/mesh/rounds/latest"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: RoundReport = get_json(&http, url("/v1/tasks/mesh/rounds/latest"), false).await;
     assert_eq!(
         report.status,
         RoundStatus::Succeed,
