@@ -260,6 +260,7 @@ fn sent_path(
         sent: 0,
         received: 0,
         send_errors: p.send_errors.iter().map(|(e, c)| (e.clone(), *c)).collect(),
+        sent_mask: Bitmap::with_len(n),
         src_egress: Bitmap::with_len(n),
         src_ingress: Bitmap::with_len(n),
         delivered: Bitmap::with_len(n),
@@ -277,6 +278,7 @@ fn sent_path(
         s.kernel_rtt_ns[seq] = h.kernel_rtt().unwrap_or(0);
         if p.send_ns[seq] != 0 {
             s.sent += 1;
+            s.sent_mask.set(seq);
         }
         if p.recv_ns[seq] != 0 {
             s.received += 1;
@@ -349,6 +351,7 @@ mod tests {
         assert_eq!(s.kernel_rtt_ns, vec![700, 0, 0]);
         assert_eq!(s.user_rtt_ns, vec![900, 0, 0]);
         assert!(s.src_egress.get(1) && !s.src_ingress.get(1) && !s.delivered.get(1));
+        assert!(s.sent_mask.get(0) && s.sent_mask.get(1) && !s.sent_mask.get(2));
         assert_eq!(
             s.send_errors,
             vec![("Network is unreachable".to_string(), 1)]

@@ -45,6 +45,9 @@ pub struct SentPath {
     /// Send errors by message (e.g. "Network is unreachable"), counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub send_errors: Vec<(String, u32)>,
+    /// Probes handed to the kernel (`sendto` succeeded).
+    #[serde(default)]
+    pub sent_mask: Bitmap,
     /// Request seen leaving at TC egress on the source interface.
     pub src_egress: Bitmap,
     /// Reply seen arriving at TC ingress on the source interface.

@@ -16,6 +16,8 @@ pub use plan::{
     AgentRegistration, Family, InterfaceInfo, PlannedTarget, Protocol, RoundPlan, probe_id,
     probe_id_parts,
 };
-pub use round::{PathResult, PathState, ProbeSample, RoundReport, RoundStatus, RoundSummary};
+pub use round::{
+    LossSegments, PathResult, PathState, ProbeSample, RoundReport, RoundStatus, RoundSummary,
+};
 pub use stats::{Bitmap, RttStats};
 pub use task::{NetReach, TaskError};

@@ -87,6 +87,9 @@ pub struct PathResult {
     pub dst_reported: bool,
     /// Probes seen at each hook: src egress, dst ingress, dst egress, src ingress.
     pub hooks: HookCounts,
+    /// Where the lost probes were lost: the first hook that did not see each one.
+    #[serde(default)]
+    pub segments: LossSegments,
     /// Kernel RTT: src ingress - src egress.
     pub kernel_rtt: Option<RttStats>,
     /// User-space RTT: socket receive - send.
@@ -107,6 +110,43 @@ pub struct HookCounts {
     pub dst_egress: u32,
     pub src_ingress: u32,
     pub delivered: u32,
+}
+
+/// Lost probes of a path by the segment that lost them (design.md, "Loss attribution").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LossSegments {
+    /// Never seen at the source's egress hook: the source host's send path.
+    pub src_send: u32,
+    /// Left the source, never reached the destination's ingress hook.
+    pub forward: u32,
+    /// Reached the destination, no reply left it: the destination host's stack.
+    pub dst_stack: u32,
+    /// The reply left the destination, never reached the source's ingress hook.
+    pub reply: u32,
+    /// The reply reached the source's ingress hook, never the socket: the source's receive path.
+    pub src_receive: u32,
+    /// Cannot be placed: a hook that would decide it may have missed its event (ring buffer
+    /// full, destination not reporting, no eBPF). Lost, but not blamed on a segment.
+    pub unobserved: u32,
+}
+
+impl LossSegments {
+    /// The segment that lost most probes, named as in the report; `None` without loss.
+    pub fn dominant(&self) -> Option<&'static str> {
+        [
+            (self.src_send, "srcSend"),
+            (self.forward, "forward"),
+            (self.dst_stack, "dstStack"),
+            (self.reply, "reply"),
+            (self.src_receive, "srcReceive"),
+            (self.unobserved, "unobserved"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, name)| name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

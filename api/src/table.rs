@@ -30,7 +30,7 @@ fn us(stats: Option<&RttStats>, pick: fn(&RttStats) -> f64) -> String {
 /// One row per pair-path, sorted by source, destination, interface and family: counts, loss and
 /// the kernel (hook to hook) and user-space RTT percentiles in microseconds.
 pub fn render_table(report: &RoundReport) -> String {
-    const HEADER: [&str; 12] = [
+    const HEADER: [&str; 13] = [
         "SRC",
         "DST",
         "IFACE",
@@ -39,6 +39,7 @@ pub fn render_table(report: &RoundReport) -> String {
         "SENT",
         "LOST",
         "LOSS%",
+        "SEGMENT",
         "KRTT50µs",
         "KRTT99µs",
         "URTT50µs",
@@ -46,10 +47,12 @@ pub fn render_table(report: &RoundReport) -> String {
     ];
     /// Columns from SENT on are numbers, right-aligned.
     const FIRST_NUMERIC: usize = 5;
+    /// The text column among the numbers: where the lost probes were lost.
+    const SEGMENT: usize = 8;
 
     let mut paths: Vec<&PathResult> = report.paths.iter().collect();
     paths.sort_by(|a, b| path_order(a, b));
-    let rows: Vec<[String; 12]> = paths
+    let rows: Vec<[String; 13]> = paths
         .into_iter()
         .map(|p| {
             let iface = if p.src_interface == p.dst_interface {
@@ -71,6 +74,7 @@ pub fn render_table(report: &RoundReport) -> String {
                 p.sent.to_string(),
                 p.lost.to_string(),
                 format!("{:.1}", p.loss_ratio * 100.0),
+                p.segments.dominant().unwrap_or("-").into(),
                 us(p.kernel_rtt.as_ref(), |s| s.p50_us),
                 us(p.kernel_rtt.as_ref(), |s| s.p99_us),
                 us(p.user_rtt.as_ref(), |s| s.p50_us),
@@ -85,14 +89,14 @@ pub fn render_table(report: &RoundReport) -> String {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: &[String; 12]| {
+    let line = |cells: &[String; 13]| {
         let mut out = String::new();
         for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
             let pad = " ".repeat(width - cell.chars().count());
             if i > 0 {
                 out.push_str("  ");
             }
-            if i >= FIRST_NUMERIC {
+            if i >= FIRST_NUMERIC && i != SEGMENT {
                 out.push_str(&pad);
                 out.push_str(cell);
             } else {
@@ -202,6 +206,10 @@ mod tests {
             loss_ratio: f64::from(lost) / f64::from(sent),
             dst_reported: true,
             hooks: HookCounts::default(),
+            segments: crate::LossSegments {
+                dst_stack: lost,
+                ..Default::default()
+            },
             kernel_rtt: rtt,
             user_rtt: None,
             network_rtt: None,
@@ -260,10 +268,10 @@ mod tests {
              RTT over 2 probes, p50/p99 µs: kernel 40.0/60.0, user space 90.0/110.0\n  - loss"
         );
         let expected = "\
-SRC      DST     IFACE  FAMILY  STATE  SENT  LOST  LOSS%  KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
-node-2   node-1  eth0   ipv6    ok       50     0    0.0      50.0     120.0         -         -
-node-2   node-1  net1   ipv6    lossy    50     5   10.0      50.0     120.0         -         -
-node-10  node-1  eth0   ipv4    ok       50     0    0.0      50.0     120.0         -         -
+SRC      DST     IFACE  FAMILY  STATE  SENT  LOST  LOSS%  SEGMENT   KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
+node-2   node-1  eth0   ipv6    ok       50     0    0.0  -             50.0     120.0         -         -
+node-2   node-1  net1   ipv6    lossy    50     5   10.0  dstStack      50.0     120.0         -         -
+node-10  node-1  eth0   ipv4    ok       50     0    0.0  -             50.0     120.0         -         -
 ";
         assert_eq!(table, expected);
     }

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use meshdoctor_api::{
-    AgentReport, AnsweredPath, Bitmap, PathResult, PathState, PlannedTarget, ProbeSample,
-    RoundPlan, RoundSummary, RttStats, SentPath, round::HookCounts,
+    AgentReport, AnsweredPath, Bitmap, LossSegments, PathResult, PathState, PlannedTarget,
+    ProbeSample, RoundPlan, RoundSummary, RttStats, SentPath, Timestamping, round::HookCounts,
 };
 
 /// The joined round, before judging.
@@ -33,6 +33,9 @@ enum SrcSide<'a> {
 struct Indexed<'a> {
     sent: HashMap<u16, &'a SentPath>,
     answered: HashMap<u16, &'a AnsweredPath>,
+    /// Its eBPF observers ran and lost no event: a hook it did not report really did not see
+    /// the packet.
+    observed_all: bool,
 }
 
 impl<'a> Indexed<'a> {
@@ -45,7 +48,12 @@ impl<'a> Indexed<'a> {
         for a in &report.answered {
             answered.entry(a.path).or_insert(a);
         }
-        Self { sent, answered }
+        Self {
+            sent,
+            answered,
+            observed_all: report.timestamping == Timestamping::Ebpf
+                && report.observer.ringbuf_drops == 0,
+        }
     }
 }
 
@@ -70,6 +78,10 @@ pub fn join(
             };
             let dst_index = index.get(target.dst_node.as_str());
             let dst = dst_index.and_then(|i| i.answered.get(&target.path).copied());
+            let observed = Observed {
+                src: src_index.is_some_and(|i| i.observed_all),
+                dst: dst_index.is_some_and(|i| i.observed_all),
+            };
             paths.push(join_path(
                 src,
                 target,
@@ -77,6 +89,7 @@ pub fn join(
                 src_side,
                 dst,
                 dst_index.is_some(),
+                observed,
             ));
         }
     }
@@ -96,6 +109,29 @@ pub fn join(
     }
 }
 
+/// Whether each end's hooks can be trusted to have seen every packet that passed them.
+#[derive(Debug, Clone, Copy)]
+struct Observed {
+    src: bool,
+    dst: bool,
+}
+
+/// The segment of one lost probe: the first hook that did not see it (design.md, "Loss
+/// attribution"), unless the end owning that hook may have missed the event.
+fn classify(seen: [bool; 4], observed: Observed, segments: &mut LossSegments) {
+    let [src_egress, dst_ingress, dst_egress, src_ingress] = seen;
+    let slot = match () {
+        () if !observed.src => &mut segments.unobserved,
+        () if !src_egress => &mut segments.src_send,
+        () if !observed.dst => &mut segments.unobserved,
+        () if !dst_ingress => &mut segments.forward,
+        () if !dst_egress => &mut segments.dst_stack,
+        () if !src_ingress => &mut segments.reply,
+        () => &mut segments.src_receive,
+    };
+    *slot += 1;
+}
+
 fn join_path(
     src: &str,
     t: &PlannedTarget,
@@ -103,6 +139,7 @@ fn join_path(
     src_side: SrcSide<'_>,
     dst: Option<&AnsweredPath>,
     dst_reported: bool,
+    observed: Observed,
 ) -> PathResult {
     let mut result = PathResult {
         path: t.path,
@@ -122,6 +159,7 @@ fn join_path(
         loss_ratio: 0.0,
         dst_reported,
         hooks: HookCounts::default(),
+        segments: LossSegments::default(),
         kernel_rtt: None,
         user_rtt: None,
         network_rtt: None,
@@ -135,15 +173,16 @@ fn join_path(
     let n = planned as usize;
     let empty = Bitmap::default();
     let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
-    let (src_egress, src_ingress, delivered, kernel_v, user_v) = match sent {
+    let (sent_mask, src_egress, src_ingress, delivered, kernel_v, user_v) = match sent {
         Some(s) => (
+            &s.sent_mask,
             &s.src_egress,
             &s.src_ingress,
             &s.delivered,
             &s.kernel_rtt_ns[..],
             &s.user_rtt_ns[..],
         ),
-        None => (&empty, &empty, &empty, &[][..], &[][..]),
+        None => (&empty, &empty, &empty, &empty, &[][..], &[][..]),
     };
     let (dst_ingress, dst_egress, stack_v) = match dst {
         Some(d) => (&d.dst_ingress, &d.dst_egress, &d.stack_ns[..]),
@@ -164,6 +203,10 @@ fn join_path(
             if k > s {
                 network.push(k - s);
             }
+        }
+        if sent_mask.get(i) && !delivered.get(i) {
+            let seen = [src_egress, dst_ingress, dst_egress, src_ingress].map(|b| b.get(i));
+            classify(seen, observed, &mut result.segments);
         }
         if delivered.get(i) || u > 0 {
             result.probes.push(ProbeSample {
@@ -282,6 +325,7 @@ pub(crate) mod tests {
                 sent: n as u32,
                 received: (n - lost.len()) as u32,
                 send_errors: vec![],
+                sent_mask: bits(n, &[]),
                 src_egress: bits(n, &[]),
                 src_ingress: bits(n, lost),
                 delivered: bits(n, lost),
@@ -353,6 +397,74 @@ pub(crate) mod tests {
         assert_eq!(j.summary.success_rate, 1.0);
         assert_eq!(j.summary.mean_rtt_ms, Some(1.0));
         assert_eq!(j.summary.unobserved_events, 4);
+    }
+
+    #[test]
+    fn a_lost_probe_is_placed_at_the_first_hook_that_missed_it() {
+        let clean = Observed {
+            src: true,
+            dst: true,
+        };
+        let place = |seen, observed| {
+            let mut s = LossSegments::default();
+            classify(seen, observed, &mut s);
+            s.dominant()
+        };
+        assert_eq!(place([false, false, false, false], clean), Some("srcSend"));
+        assert_eq!(place([true, false, false, false], clean), Some("forward"));
+        assert_eq!(place([true, true, false, false], clean), Some("dstStack"));
+        assert_eq!(place([true, true, true, false], clean), Some("reply"));
+        assert_eq!(place([true, true, true, true], clean), Some("srcReceive"));
+        // A destination that may have missed events cannot be blamed, nor cleared.
+        let dst_blind = Observed {
+            src: true,
+            dst: false,
+        };
+        assert_eq!(
+            place([true, false, false, false], dst_blind),
+            Some("unobserved")
+        );
+        assert_eq!(
+            place([false, false, false, false], dst_blind),
+            Some("srcSend")
+        );
+        let src_blind = Observed {
+            src: false,
+            dst: true,
+        };
+        assert_eq!(
+            place([false, false, false, false], src_blind),
+            Some("unobserved")
+        );
+    }
+
+    #[test]
+    fn lost_replies_are_unobserved_unless_both_ends_saw_every_event() {
+        let plans = mk_plans();
+        let mut reports = mk_reports(vec![
+            mk_report(&plans, "node-1", &[3, 4]),
+            mk_report(&plans, "node-2", &[]),
+        ]);
+        // mk_report's observers dropped events: the two lost replies cannot be placed.
+        let seg = |r: &BTreeMap<String, AgentReport>| join(&plans, r).paths[0].segments;
+        assert_eq!(
+            seg(&reports),
+            LossSegments {
+                unobserved: 2,
+                ..Default::default()
+            }
+        );
+        for r in reports.values_mut() {
+            r.observer.ringbuf_drops = 0;
+        }
+        // Seen at every hook but the source's ingress: lost on the way back.
+        assert_eq!(
+            seg(&reports),
+            LossSegments {
+                reply: 2,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
                 sent: n as u32,
                 received: n as u32,
                 send_errors: vec![],
+                sent_mask: all(),
                 src_egress: all(),
                 src_ingress: all(),
                 delivered: all(),
