@@ -24,18 +24,25 @@ use tokio::io::{Interest, unix::AsyncFd};
 /// Total ICMP payload: the cookie, padded to a round 32 bytes like a small ping.
 const PAYLOAD_LEN: usize = 32 - COOKIE_OFFSET;
 
-/// Builds an echo request carrying `probe_id` (checksum filled for IPv4; the kernel computes
-/// it for ICMPv6 raw sockets).
+/// Builds an echo request carrying `probe_id` in its cookie.
 pub fn echo_request(family: Family, ident: u16, seq: u16, probe_id: u64) -> Vec<u8> {
-    let mut buf = vec![0u8; COOKIE_OFFSET + PAYLOAD_LEN];
+    let mut payload = [0u8; PAYLOAD_LEN];
+    payload[..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
+    payload[4..COOKIE_LEN].copy_from_slice(&probe_id.to_be_bytes());
+    echo(family, ident, seq, &payload)
+}
+
+/// Builds an echo request with any payload after the 8-byte header (checksum filled for IPv4;
+/// the kernel computes it for ICMPv6 raw sockets).
+pub fn echo(family: Family, ident: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; COOKIE_OFFSET];
     buf[0] = match family {
         Family::Ipv4 => IcmpTypes::EchoRequest.0,
         Family::Ipv6 => Icmpv6Types::EchoRequest.0,
     };
     buf[4..6].copy_from_slice(&ident.to_be_bytes());
     buf[6..8].copy_from_slice(&seq.to_be_bytes());
-    buf[COOKIE_OFFSET..COOKIE_OFFSET + 4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
-    buf[COOKIE_OFFSET + 4..COOKIE_OFFSET + COOKIE_LEN].copy_from_slice(&probe_id.to_be_bytes());
+    buf.extend_from_slice(payload);
     if family == Family::Ipv4
         && let Some(mut pkt) = MutableEchoRequestPacket::new(&mut buf)
     {

@@ -491,15 +491,20 @@ mod tests {
         time::{Duration, Instant},
     };
 
-    use meshdoctor_agent_common::{Hook, IpFamily, Kind, PROBE_MAGIC};
+    use meshdoctor_agent_common::{Hook, IpFamily, Kind};
+    use meshdoctor_api::{Family, probe_id};
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
     use super::*;
+    use crate::icmp::{echo, echo_request};
 
-    const ADDR_A4: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
-    const ADDR_B4: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 2);
-    const ADDR_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x231, 0, 0, 0, 0, 0, 1);
-    const ADDR_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x231, 0, 0, 0, 0, 0, 2);
+    /// ICMP ident of the test's echo requests, to tell their replies from others.
+    const IDENT: u16 = 0x4d44;
+
+    const ADDR_A4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+    const ADDR_B4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+    const ADDR_A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x231, 0, 0, 0, 0, 1);
+    const ADDR_B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x231, 0, 0, 0, 0, 2);
 
     fn skip_unless_root() -> bool {
         // SAFETY: plain syscall.
@@ -606,16 +611,6 @@ mod tests {
         }
     }
 
-    fn probe_id(round_tag: u32, seq: u16) -> u64 {
-        (u64::from(round_tag) << 32) | (1 << 16) | u64::from(seq)
-    }
-
-    fn cookie(probe_id: u64) -> Vec<u8> {
-        let mut payload = PROBE_MAGIC.to_be_bytes().to_vec();
-        payload.extend_from_slice(&probe_id.to_be_bytes());
-        payload
-    }
-
     /// Raw ICMP/ICMPv6 echo socket of the calling thread's netns.
     struct Pinger {
         sock: Socket,
@@ -639,17 +634,20 @@ mod tests {
             }
         }
 
-        /// Sends an echo request with id 0x4d44, sequence `seq` and `payload` after the
-        /// 8-byte ICMP header (so a cookie sits at COOKIE_OFFSET).
-        fn send(&self, seq: u16, payload: &[u8]) {
-            let mut pkt = vec![if self.v6 { 128 } else { 8 }, 0, 0, 0, 0x4d, 0x44];
-            pkt.extend_from_slice(&seq.to_be_bytes());
-            pkt.extend_from_slice(payload);
-            if !self.v6 {
-                // The kernel computes ICMPv6 checksums of raw sockets itself, not ICMPv4 ones.
-                let csum = checksum(&pkt);
-                pkt[2..4].copy_from_slice(&csum.to_be_bytes());
-            }
+        fn family(&self) -> Family {
+            if self.v6 { Family::Ipv6 } else { Family::Ipv4 }
+        }
+
+        /// Sends the agent's own probe packet for `probe_id` (path 1, sequence `seq`), as
+        /// `icmp::echo_request` builds it, with ident 0x4d44.
+        fn probe(&self, tag: u32, seq: u16) {
+            let pkt = echo_request(self.family(), IDENT, seq, probe_id(tag, 1, seq));
+            self.sock.send_to(&pkt, &self.dst).expect("send probe");
+        }
+
+        /// Sends an ordinary echo request: no cookie.
+        fn plain(&self, seq: u16) {
+            let pkt = echo(self.family(), IDENT, seq, b"plain ping..");
             self.sock.send_to(&pkt, &self.dst).expect("send echo");
         }
 
@@ -673,23 +671,12 @@ mod tests {
                     &data[usize::from(data[0] & 0x0f) * 4..]
                 };
                 let reply_type = if self.v6 { 129 } else { 0 };
-                if icmp.len() >= 8 && icmp[0] == reply_type && icmp[4..6] == [0x4d, 0x44] {
+                if icmp.len() >= 8 && icmp[0] == reply_type && icmp[4..6] == IDENT.to_be_bytes() {
                     seen.insert(u16::from_be_bytes([icmp[6], icmp[7]]));
                 }
             }
             seen
         }
-    }
-
-    fn checksum(data: &[u8]) -> u16 {
-        let mut sum: u32 = data
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
     }
 
     /// Reads events until `want` arrived, then keeps listening briefly so that unexpected
@@ -749,13 +736,13 @@ mod tests {
             // seq 0..5: armed probes; 5..8: probes of a round that is not armed;
             // 8..11: ordinary pings (no cookie, same length).
             for seq in 0..5 {
-                pinger.send(seq, &cookie(probe_id(armed, seq)));
+                pinger.probe(armed, seq);
             }
             for seq in 5..8 {
-                pinger.send(seq, &cookie(probe_id(unarmed, seq)));
+                pinger.probe(unarmed, seq);
             }
             for seq in 8..11 {
-                pinger.send(seq, b"plain ping..");
+                pinger.plain(seq);
             }
             let replies = pinger.replies(11, Duration::from_secs(3));
             assert_eq!(replies, (0..11).collect(), "every echo was answered");
@@ -763,7 +750,7 @@ mod tests {
             let events = collect(&rt, &mut stream, 10);
             assert_eq!(events.len(), 10, "5 requests + 5 replies: {events:#?}");
             for seq in 0..5 {
-                let id = probe_id(armed, seq);
+                let id = probe_id(armed, 1, seq);
                 let of = |hook: Hook, kind: Kind| {
                     let matching: Vec<_> = events
                         .iter()
@@ -810,7 +797,7 @@ mod tests {
             // Disarmed: the same round's probes are no longer reported.
             obs.disarm(armed).unwrap();
             obs.disarm(armed).unwrap();
-            pinger.send(20, &cookie(probe_id(armed, 20)));
+            pinger.probe(armed, 20);
             assert_eq!(
                 pinger.replies(1, Duration::from_secs(3)),
                 HashSet::from([20])
@@ -868,14 +855,14 @@ mod tests {
             let s0 = run_stats(&obs);
             for batch in (0..N).step_by(50) {
                 for seq in batch..batch + 50 {
-                    pinger.send(seq, &cookie(probe_id(tag, seq)));
+                    pinger.probe(tag, seq);
                 }
                 pinger.replies(50, Duration::from_millis(500));
             }
             let s1 = run_stats(&obs);
             for batch in (0..N).step_by(50) {
                 for seq in batch..batch + 50 {
-                    pinger.send(seq, b"plain ping..");
+                    pinger.plain(seq);
                 }
                 pinger.replies(50, Duration::from_millis(500));
             }
@@ -937,7 +924,7 @@ mod tests {
             let tag = 0x00ab_cdef;
             obs.arm(tag).unwrap();
             let pinger = Pinger::new(IpAddr::V4(ADDR_B4));
-            pinger.send(1, &cookie(probe_id(tag, 1)));
+            pinger.probe(tag, 1);
             assert_eq!(
                 pinger.replies(1, Duration::from_secs(3)),
                 HashSet::from([1])
@@ -1001,7 +988,7 @@ mod tests {
             let pinger = Pinger::new(IpAddr::V6(ADDR_B6));
             set_ext_header(&pinger.sock, libc::IPV6_HOPOPTS);
             set_ext_header(&pinger.sock, libc::IPV6_DSTOPTS);
-            pinger.send(7, &cookie(probe_id(tag, 7)));
+            pinger.probe(tag, 7);
             assert_eq!(
                 pinger.replies(1, Duration::from_secs(3)),
                 HashSet::from([7])
@@ -1013,7 +1000,7 @@ mod tests {
                 .map(|e| (e.probe_id, e.hook, e.kind, e.family))
                 .collect();
             seen.sort_unstable();
-            let id = probe_id(tag, 7);
+            let id = probe_id(tag, 1, 7);
             let v6 = IpFamily::V6 as u8;
             assert_eq!(
                 seen,

@@ -50,24 +50,26 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     wait_for_start(plan.start_at_ms).await;
     let timeout = Duration::from_millis(plan.timeout_ms);
 
-    // One socket per source interface and address, shared by that source's targets.
-    let mut sockets: HashMap<(String, IpAddr), Arc<EchoSocket>> = HashMap::new();
-    let mut open_errors: HashMap<usize, String> = HashMap::new();
-    for (i, t) in plan.targets.iter().enumerate() {
-        let key = (t.src_interface.clone(), t.src_addr);
-        if sockets.contains_key(&key) {
-            continue;
-        }
-        match EchoSocket::open(&t.src_interface, t.src_addr) {
-            Ok(s) => {
-                sockets.insert(key, Arc::new(s));
-            }
-            Err(e) => {
-                warn!(interface = %t.src_interface, src = %t.src_addr, "cannot open probe socket: {e}");
-                open_errors.insert(i, format!("socket: {e}"));
-            }
-        }
-    }
+    // One socket per source interface and address, shared by that source's targets; a socket
+    // that would not open is the send error of every probe of its targets.
+    let mut opened: HashMap<(&str, IpAddr), Result<Arc<EchoSocket>, String>> = HashMap::new();
+    let sockets: Vec<Result<Arc<EchoSocket>, String>> = plan
+        .targets
+        .iter()
+        .map(|t| {
+            opened
+                .entry((t.src_interface.as_str(), t.src_addr))
+                .or_insert_with(|| {
+                    EchoSocket::open(&t.src_interface, t.src_addr)
+                        .map(Arc::new)
+                        .map_err(|e| {
+                            warn!(interface = %t.src_interface, src = %t.src_addr, "cannot open probe socket: {e}");
+                            format!("socket: {e}")
+                        })
+                })
+                .clone()
+        })
+        .collect();
     let path_index: Arc<HashMap<u16, usize>> = Arc::new(
         plan.targets
             .iter()
@@ -76,7 +78,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
             .collect(),
     );
     let mut receivers = JoinSet::new();
-    for sock in sockets.values() {
+    for sock in opened.values().flatten() {
         receivers.spawn(receive(
             sock.clone(),
             tag,
@@ -86,7 +88,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
         ));
     }
 
-    send_all(plan, &sockets, &open_errors, &probes, n).await;
+    send_all(plan, &sockets, &probes, n).await;
     wait_for_replies(&probes, timeout).await;
     receivers.abort_all();
     // Let the observers' last events drain from the ring buffer.
@@ -135,8 +137,7 @@ async fn wait_for_replies(probes: &Shared, timeout: Duration) {
 /// Sends `n` probes to every target, round-robin, evenly spread at `qps` per target.
 async fn send_all(
     plan: &RoundPlan,
-    sockets: &HashMap<(String, IpAddr), Arc<EchoSocket>>,
-    open_errors: &HashMap<usize, String>,
+    sockets: &[Result<Arc<EchoSocket>, String>],
     probes: &Shared,
     n: usize,
 ) {
@@ -151,13 +152,14 @@ async fn send_all(
         for (i, t) in plan.targets.iter().enumerate() {
             tokio::time::sleep_until(start + period * k).await;
             k += 1;
-            let Some(sock) = sockets.get(&(t.src_interface.clone(), t.src_addr)) else {
-                let e = open_errors
-                    .get(&i)
-                    .cloned()
-                    .unwrap_or_else(|| "no socket".into());
-                record(probes, i, |p| *p.send_errors.entry(e).or_default() += 1);
-                continue;
+            let sock = match &sockets[i] {
+                Ok(sock) => sock,
+                Err(e) => {
+                    record(probes, i, |p| {
+                        *p.send_errors.entry(e.clone()).or_default() += 1
+                    });
+                    continue;
+                }
             };
             let id = probe_id(plan.round_tag, t.path, seq as u16);
             let pkt = echo_request(t.family, t.path, seq as u16, id);
