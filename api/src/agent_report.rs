@@ -29,6 +29,10 @@ pub struct AgentReport {
     /// Probes of this round that arrived at this agent, grouped by path.
     pub answered: Vec<AnsweredPath>,
     pub observer: ObserverStats,
+    /// This round's probe packets the kernel dropped in this agent's network namespace
+    /// (skb:kfree_skb), both its own probes and the ones it answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<ProbeDrop>,
 }
 
 /// The source side of one pair-path. Index `seq` of every bitmap and vector is probe `seq`.
@@ -84,4 +88,35 @@ pub struct ObserverStats {
     pub ringbuf_drops: u64,
     /// Probe events read from the ring buffer during the round.
     pub events: u64,
+    /// Whether the kfree_skb drop tracer ran, so a lost probe without a drop record was not
+    /// dropped by this host's stack with a traced reason.
+    #[serde(default)]
+    pub drop_tracer: bool,
+}
+
+/// Echo request (source to destination) or echo reply (back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Packet {
+    Request,
+    Reply,
+}
+
+/// One probe packet the kernel dropped, as the agent's kfree_skb tracer saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeDrop {
+    pub path: u16,
+    pub seq: u16,
+    pub packet: Packet,
+    /// The kernel's `enum skb_drop_reason` name without its `SKB_DROP_REASON_` prefix (e.g.
+    /// `NETFILTER_DROP`), named from the running kernel's BTF; `unknown` on kernels whose
+    /// tracepoint carries no reason.
+    pub reason: String,
+    /// The dropping kernel function (`symbol+0xoff`) when kallsyms is readable, else the
+    /// address in hex.
+    pub location: String,
+    /// The device the packet was on, when it is one of this agent's interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }

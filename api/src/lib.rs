@@ -11,13 +11,16 @@ pub mod stats;
 pub mod table;
 pub mod task;
 
-pub use agent_report::{AgentReport, AnsweredPath, ObserverStats, SentPath, Timestamping};
+pub use agent_report::{
+    AgentReport, AnsweredPath, ObserverStats, Packet, ProbeDrop, SentPath, Timestamping,
+};
 pub use plan::{
     AgentRegistration, Family, InterfaceInfo, PlannedTarget, Protocol, RoundPlan, probe_id,
     probe_id_parts,
 };
 pub use round::{
-    LossSegments, PathResult, PathState, ProbeSample, RoundReport, RoundStatus, RoundSummary,
+    Direction, DropCount, Evidence, Finding, Interval, LossSegments, PathResult, PathSegment,
+    PathState, ProbeSample, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
 pub use stats::{Bitmap, RttStats};
 pub use task::{NetReach, TaskError};

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Family, RttStats};
+use crate::{Family, Packet, RttStats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,6 +33,9 @@ pub struct RoundReport {
     /// counted as loss; the other agents' data is kept.
     pub not_reported: Vec<String>,
     pub summary: RoundSummary,
+    /// Interfaces that explain the round's loss, worst first; empty for a healthy mesh.
+    #[serde(default)]
+    pub findings: Vec<Finding>,
     pub paths: Vec<PathResult>,
 }
 
@@ -98,8 +101,109 @@ pub struct PathResult {
     pub network_rtt: Option<RttStats>,
     /// Destination stack time: dst egress - dst ingress.
     pub dst_stack: Option<RttStats>,
+    /// Kernel drops of this path's lost probes (kfree_skb), by node, packet, reason and
+    /// location. Drops of probes that came back anyway (e.g. a raw-socket clone) are not here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<DropCount>,
     /// Per-probe times, for probes that came back.
     pub probes: Vec<ProbeSample>,
+}
+
+/// Lost probes of one path that one node's kernel dropped with one reason at one location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropCount {
+    /// The node whose kernel dropped them.
+    pub node: String,
+    pub packet: Packet,
+    pub reason: String,
+    pub location: String,
+    pub count: u32,
+}
+
+/// Which way a packet crosses an interface, from its node's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// Where, relative to an interface, packets are lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Segment {
+    /// Between the interface and the peer: the packet left one node and never arrived.
+    Link,
+    /// Inside the node, between the interface and the socket or the kernel's ICMP responder.
+    Stack,
+}
+
+/// One path segment of design.md's "Loss attribution" table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathSegment {
+    SrcSend,
+    Forward,
+    DstStack,
+    Reply,
+    SrcReceive,
+}
+
+/// An exact (Clopper-Pearson) confidence interval of a loss ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interval {
+    pub low: f64,
+    pub high: f64,
+    /// Coverage, e.g. 0.99.
+    pub level: f64,
+}
+
+/// A faulty interface, localized across the mesh: the one place that explains the loss of
+/// every pair-path crossing it in one direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub node: String,
+    pub interface: String,
+    pub network: String,
+    pub family: Family,
+    pub direction: Direction,
+    pub segment: Segment,
+    /// Probes lost here, over the probes that crossed this interface in this direction.
+    pub lost: u32,
+    pub probes: u32,
+    pub loss_ratio: f64,
+    pub interval: Interval,
+    /// Kernel drop reasons of the lost probes, most frequent first; empty when the kernel did
+    /// not drop them on a traced host (link loss).
+    pub drop_reasons: Vec<ReasonCount>,
+    /// The pair-paths whose loss this finding explains.
+    pub evidence: Vec<Evidence>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasonCount {
+    pub reason: String,
+    pub location: String,
+    pub count: u32,
+}
+
+/// One pair-path segment's loss, as evidence for a finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    pub path: u16,
+    pub src_node: String,
+    pub src_interface: String,
+    pub dst_node: String,
+    pub dst_interface: String,
+    pub segment: PathSegment,
+    pub lost: u32,
+    /// Probes that reached the start of the segment.
+    pub probes: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

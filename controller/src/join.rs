@@ -164,6 +164,7 @@ fn join_path(
         user_rtt: None,
         network_rtt: None,
         dst_stack: None,
+        drops: Vec::new(),
         probes: Vec::new(),
     };
     let SrcSide::Reported(sent) = src_side else {

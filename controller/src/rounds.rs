@@ -430,6 +430,7 @@ impl Controller {
         let joined = join(&plans, &reports);
         reasons.extend(failure_reasons(&task.spec.expect, &joined));
         let report = RoundReport {
+            findings: Vec::new(),
             task: name.clone(),
             round,
             round_tag,
