@@ -245,7 +245,9 @@ fn build_report(
         observer: ObserverStats {
             ringbuf_drops,
             events: hooks.events(),
+            drop_tracer: false,
         },
+        drops: Vec::new(),
     }
 }
 
