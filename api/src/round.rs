@@ -171,7 +171,11 @@ pub struct Finding {
     pub family: Family,
     pub direction: Direction,
     pub segment: Segment,
-    /// Probes lost here, over the probes that crossed this interface in this direction.
+    /// The packets this place loses: both, or only requests or only replies (e.g. an ACL that
+    /// drops one ICMP type). The ratio is over these packets only.
+    pub packets: Vec<Packet>,
+    /// Probes lost here, over the probes of `packets` that crossed this interface in this
+    /// direction.
     pub lost: u32,
     pub probes: u32,
     pub loss_ratio: f64,
