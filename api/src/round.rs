@@ -84,8 +84,16 @@ pub struct PathResult {
     pub planned: u32,
     pub sent: u32,
     pub received: u32,
+    /// Probes lost, including `send_failed`: a probe the source's own stack refused is lost
+    /// there, not merely unsent.
     pub lost: u32,
+    /// lost / (sent + send_failed): over every probe the source attempted.
     pub loss_ratio: f64,
+    /// Probes whose `sendto` failed (e.g. EPERM from an nftables OUTPUT drop): lost at
+    /// `srcSend`, counted in `lost`. Probes neither sent nor failed (the agent stopped early)
+    /// are in neither.
+    #[serde(default)]
+    pub send_failed: u32,
     /// Whether the destination agent reported its side (dst hooks).
     pub dst_reported: bool,
     /// Probes seen at each hook: src egress, dst ingress, dst egress, src ingress.
@@ -185,6 +193,28 @@ pub struct Finding {
     pub drop_reasons: Vec<ReasonCount>,
     /// The pair-paths whose loss this finding explains.
     pub evidence: Vec<Evidence>,
+}
+
+impl Finding {
+    /// Distinct node pairs among the evidence (both directions of a pair count once): how
+    /// widely the fault shows, which is what tells an interface fault from a pair problem.
+    pub fn pairs(&self) -> usize {
+        let mut pairs: Vec<[(&str, &str); 2]> = self
+            .evidence
+            .iter()
+            .map(|e| {
+                let mut ends = [
+                    (e.src_node.as_str(), e.src_interface.as_str()),
+                    (e.dst_node.as_str(), e.dst_interface.as_str()),
+                ];
+                ends.sort_unstable();
+                ends
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        pairs.len()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

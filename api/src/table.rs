@@ -1,9 +1,11 @@
-//! The human view of a round report: one row per pair-path, then a one-line verdict. Shared by
-//! the CLI and the lab so that both print the same table.
+//! The human view of a round report: the faulty interfaces, one row per pair-path, then a
+//! one-line verdict. Shared by the CLI and the lab so that both print the same tables.
 
 use std::cmp::Ordering;
 
-use crate::{PathResult, PathState, RoundReport, RoundStatus, RttStats};
+use crate::{
+    Direction, Finding, Packet, PathResult, PathState, RoundReport, RoundStatus, RttStats, Segment,
+};
 
 /// Orders `node-2` before `node-10`: names compare by their text, then by a trailing number.
 fn natural_cmp(a: &str, b: &str) -> Ordering {
@@ -27,10 +29,50 @@ fn us(stats: Option<&RttStats>, pick: fn(&RttStats) -> f64) -> String {
     stats.map_or_else(|| "-".into(), |s| format!("{:.1}", pick(s)))
 }
 
-/// One row per pair-path, sorted by source, destination, interface and family: counts, loss and
-/// the kernel (hook to hook) and user-space RTT percentiles in microseconds.
+/// Lays out `rows` under `header`, columns two spaces apart, right-aligning the columns
+/// `right` names (numbers) so that their digits line up; one table style for every view.
+fn layout<const N: usize>(
+    header: [&str; N],
+    rows: &[[String; N]],
+    right: impl Fn(usize) -> bool,
+) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String; N]| {
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            let pad = " ".repeat(width - cell.chars().count());
+            if i > 0 {
+                out.push_str("  ");
+            }
+            if right(i) {
+                out.push_str(&pad);
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.push_str(&pad);
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&header.map(String::from));
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// One row per pair-path, sorted by source, destination, interface and family: counts, loss,
+/// where it was lost and the kernel's top drop reason, and the kernel (hook to hook) and
+/// user-space RTT percentiles in microseconds.
 pub fn render_table(report: &RoundReport) -> String {
-    const HEADER: [&str; 13] = [
+    const HEADER: [&str; 14] = [
         "SRC",
         "DST",
         "IFACE",
@@ -40,19 +82,21 @@ pub fn render_table(report: &RoundReport) -> String {
         "LOST",
         "LOSS%",
         "SEGMENT",
+        "REASON",
         "KRTT50µs",
         "KRTT99µs",
         "URTT50µs",
         "URTT99µs",
     ];
-    /// Columns from SENT on are numbers, right-aligned.
+    /// Columns from SENT on are numbers, right-aligned, except the text ones: where the lost
+    /// probes were lost, and why.
     const FIRST_NUMERIC: usize = 5;
-    /// The text column among the numbers: where the lost probes were lost.
     const SEGMENT: usize = 8;
+    const REASON: usize = 9;
 
     let mut paths: Vec<&PathResult> = report.paths.iter().collect();
     paths.sort_by(|a, b| path_order(a, b));
-    let rows: Vec<[String; 13]> = paths
+    let rows: Vec<[String; 14]> = paths
         .into_iter()
         .map(|p| {
             let iface = if p.src_interface == p.dst_interface {
@@ -75,6 +119,8 @@ pub fn render_table(report: &RoundReport) -> String {
                 p.lost.to_string(),
                 format!("{:.1}", p.loss_ratio * 100.0),
                 p.segments.dominant().unwrap_or("-").into(),
+                // `drops` is sorted most first.
+                p.drops.first().map_or("-", |d| d.reason.as_str()).into(),
                 us(p.kernel_rtt.as_ref(), |s| s.p50_us),
                 us(p.kernel_rtt.as_ref(), |s| s.p99_us),
                 us(p.user_rtt.as_ref(), |s| s.p50_us),
@@ -82,37 +128,100 @@ pub fn render_table(report: &RoundReport) -> String {
             ]
         })
         .collect();
+    layout(HEADER, &rows, |i| {
+        i >= FIRST_NUMERIC && i != SEGMENT && i != REASON
+    })
+}
 
-    let mut widths = HEADER.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+/// Drop reasons shown per finding; the JSON report has them all.
+const TOP_REASONS: usize = 2;
+
+/// `reason@function×count` for the top reasons: the kernel function without its offset, which
+/// names the dropping subsystem (`nft_do_chain`) and is stable across kernel builds.
+fn reasons(finding: &Finding) -> String {
+    if finding.drop_reasons.is_empty() {
+        return "-".into();
     }
-    let line = |cells: &[String; 13]| {
-        let mut out = String::new();
-        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-            let pad = " ".repeat(width - cell.chars().count());
-            if i > 0 {
-                out.push_str("  ");
-            }
-            if i >= FIRST_NUMERIC && i != SEGMENT {
-                out.push_str(&pad);
-                out.push_str(cell);
-            } else {
-                out.push_str(cell);
-                out.push_str(&pad);
-            }
-        }
-        out.truncate(out.trim_end().len());
-        out.push('\n');
-        out
-    };
-    let mut out = line(&HEADER.map(String::from));
-    for row in &rows {
-        out.push_str(&line(row));
+    let mut shown: Vec<String> = finding
+        .drop_reasons
+        .iter()
+        .take(TOP_REASONS)
+        .map(|r| {
+            let function = r.location.split('+').next().unwrap_or_default();
+            format!("{}@{function}×{}", r.reason, r.count)
+        })
+        .collect();
+    let more = finding.drop_reasons.len().saturating_sub(TOP_REASONS);
+    if more > 0 {
+        shown.push(format!("+{more} more"));
     }
-    out
+    shown.join(", ")
+}
+
+/// One row per faulty interface, in the given (worst first) order: the place, the packets it
+/// loses, the estimated loss ratio with its confidence interval, the counts behind it, how
+/// many node pairs show it, and the kernel's drop reasons. Meant above the pair table: it
+/// answers "where", the pair table "what".
+pub fn render_findings(findings: &[Finding]) -> String {
+    const HEADER: [&str; 11] = [
+        "NODE",
+        "IFACE",
+        "NETWORK",
+        "FAMILY",
+        "DIR",
+        "SEGMENT",
+        "PACKETS",
+        "LOSS",
+        "LOST/PROBES",
+        "PAIRS",
+        "REASONS",
+    ];
+    const LOST: usize = 8;
+    const PAIRS: usize = 9;
+
+    if findings.is_empty() {
+        return "no faulty interface found\n".into();
+    }
+    let rows: Vec<[String; 11]> = findings
+        .iter()
+        .map(|f| {
+            let packets: Vec<&str> = f
+                .packets
+                .iter()
+                .map(|p| match p {
+                    Packet::Request => "request",
+                    Packet::Reply => "reply",
+                })
+                .collect();
+            [
+                f.node.clone(),
+                f.interface.clone(),
+                f.network.clone(),
+                f.family.to_string(),
+                match f.direction {
+                    Direction::Ingress => "ingress",
+                    Direction::Egress => "egress",
+                }
+                .into(),
+                match f.segment {
+                    Segment::Link => "link",
+                    Segment::Stack => "stack",
+                }
+                .into(),
+                packets.join("+"),
+                format!(
+                    "{:.1}% [{:.1}–{:.1}]",
+                    f.loss_ratio * 100.0,
+                    f.interval.low * 100.0,
+                    f.interval.high * 100.0
+                ),
+                format!("{}/{}", f.lost, f.probes),
+                f.pairs().to_string(),
+                reasons(f),
+            ]
+        })
+        .collect();
+    layout(HEADER, &rows, |i| i == LOST || i == PAIRS)
 }
 
 /// One line: verdict, paths, loss and mean RTT; then who did not report and why the round
@@ -204,6 +313,7 @@ mod tests {
             received: sent - lost,
             lost,
             loss_ratio: f64::from(lost) / f64::from(sent),
+            send_failed: 0,
             dst_reported: true,
             hooks: HookCounts::default(),
             segments: crate::LossSegments {
@@ -214,6 +324,7 @@ mod tests {
             user_rtt: None,
             network_rtt: None,
             dst_stack: None,
+            drops: Vec::new(),
             probes: Vec::new(),
         }
     }
@@ -230,6 +341,7 @@ mod tests {
             end_ms: 1,
             expected_agents: vec!["node-1".into(), "node-2".into(), "node-10".into()],
             not_reported: Vec::new(),
+            findings: Vec::new(),
             summary: RoundSummary {
                 paths: 3,
                 lossy_paths: 1,
@@ -246,6 +358,8 @@ mod tests {
                 path("node-2", "node-1", "eth0", Family::Ipv6, 50, 0),
             ],
         };
+        let mut report = report;
+        report.paths[1].drops = vec![mk_drop("NETFILTER_DROP", 4), mk_drop("IP_INADDRERRORS", 1)];
         let table = render_table(&report);
         let mut with_probes = report.clone();
         with_probes.paths[0].probes = vec![
@@ -268,11 +382,105 @@ mod tests {
              RTT over 2 probes, p50/p99 µs: kernel 40.0/60.0, user space 90.0/110.0\n  - loss"
         );
         let expected = "\
-SRC      DST     IFACE  FAMILY  STATE  SENT  LOST  LOSS%  SEGMENT   KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
-node-2   node-1  eth0   ipv6    ok       50     0    0.0  -             50.0     120.0         -         -
-node-2   node-1  net1   ipv6    lossy    50     5   10.0  dstStack      50.0     120.0         -         -
-node-10  node-1  eth0   ipv4    ok       50     0    0.0  -             50.0     120.0         -         -
+SRC      DST     IFACE  FAMILY  STATE  SENT  LOST  LOSS%  SEGMENT   REASON          KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
+node-2   node-1  eth0   ipv6    ok       50     0    0.0  -         -                   50.0     120.0         -         -
+node-2   node-1  net1   ipv6    lossy    50     5   10.0  dstStack  NETFILTER_DROP      50.0     120.0         -         -
+node-10  node-1  eth0   ipv4    ok       50     0    0.0  -         -                   50.0     120.0         -         -
 ";
         assert_eq!(table, expected);
+    }
+
+    fn mk_drop(reason: &str, count: u32) -> crate::DropCount {
+        crate::DropCount {
+            node: "node-1".into(),
+            packet: Packet::Request,
+            reason: reason.into(),
+            location: "nft_do_chain+0x4c1".into(),
+            count,
+        }
+    }
+
+    fn mk_evidence(src: &str, dst: &str, segment: crate::PathSegment) -> crate::Evidence {
+        crate::Evidence {
+            path: 0,
+            src_node: src.into(),
+            src_interface: "net1".into(),
+            dst_node: dst.into(),
+            dst_interface: "net1".into(),
+            segment,
+            lost: 10,
+            probes: 50,
+        }
+    }
+
+    /// A finding on `node`'s net1 with evidence from node-1/node-2/node-4 (node-4 both ways).
+    fn mk_finding(node: &str, direction: Direction, segment: Segment) -> Finding {
+        use crate::PathSegment::{Forward, Reply};
+        Finding {
+            node: node.into(),
+            interface: "net1".into(),
+            network: "net1".into(),
+            family: Family::Ipv4,
+            direction,
+            segment,
+            packets: vec![Packet::Request, Packet::Reply],
+            lost: 30,
+            probes: 150,
+            loss_ratio: 0.2,
+            interval: crate::Interval {
+                low: 0.12345,
+                high: 0.30001,
+                level: 0.99,
+            },
+            drop_reasons: vec![],
+            evidence: vec![
+                mk_evidence("node-1", node, Forward),
+                mk_evidence("node-2", node, Forward),
+                mk_evidence(node, "node-4", Reply),
+                mk_evidence("node-4", node, Forward),
+            ],
+        }
+    }
+
+    #[test]
+    fn findings_table_names_place_ratio_and_reasons() {
+        let link = mk_finding("node-3", Direction::Ingress, Segment::Link);
+        let mut stack = mk_finding("node-10", Direction::Egress, Segment::Stack);
+        stack.packets = vec![Packet::Reply];
+        stack.family = Family::Ipv6;
+        stack.lost = 5;
+        stack.probes = 1000;
+        stack.loss_ratio = 0.005;
+        stack.drop_reasons = ["NETFILTER_DROP", "NOSOCKET", "OTHERHOST"]
+            .iter()
+            .zip([3, 1, 1])
+            .map(|(reason, count)| crate::ReasonCount {
+                reason: (*reason).into(),
+                location: "nft_do_chain+0x4c1".into(),
+                count,
+            })
+            .collect();
+        stack.drop_reasons[1].location = "0xffffffff81a2b3c4".into();
+        let expected = "\
+NODE     IFACE  NETWORK  FAMILY  DIR      SEGMENT  PACKETS        LOSS               LOST/PROBES  PAIRS  REASONS
+node-3   net1   net1     ipv4    ingress  link     request+reply  20.0% [12.3–30.0]       30/150      3  -
+node-10  net1   net1     ipv6    egress   stack    reply          0.5% [12.3–30.0]        5/1000      3  NETFILTER_DROP@nft_do_chain×3, NOSOCKET@0xffffffff81a2b3c4×1, +1 more
+";
+        assert_eq!(render_findings(&[link, stack]), expected);
+    }
+
+    #[test]
+    fn no_findings_is_said_plainly() {
+        assert_eq!(render_findings(&[]), "no faulty interface found\n");
+    }
+
+    #[test]
+    fn pairs_count_both_directions_of_a_pair_once() {
+        let mut f = mk_finding("node-3", Direction::Ingress, Segment::Link);
+        assert_eq!(f.pairs(), 3);
+        f.evidence.truncate(2);
+        assert_eq!(f.pairs(), 2);
+        f.evidence.clear();
+        assert_eq!(f.pairs(), 0);
     }
 }

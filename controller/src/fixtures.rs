@@ -14,6 +14,7 @@ pub fn mk_round(task: &str, round: u32, status: RoundStatus) -> RoundReport {
         end_ms: u64::from(round) * 1000 + 500,
         expected_agents: vec!["a".into(), "b".into()],
         not_reported: vec![],
+        findings: vec![],
         summary: RoundSummary {
             paths: 0,
             lossy_paths: 0,

@@ -157,6 +157,7 @@ fn join_path(
         received: 0,
         lost: 0,
         loss_ratio: 0.0,
+        send_failed: 0,
         dst_reported,
         hooks: HookCounts::default(),
         segments: LossSegments::default(),
@@ -357,7 +358,9 @@ pub(crate) mod tests {
             observer: ObserverStats {
                 ringbuf_drops: 2,
                 events: 100,
+                drop_tracer: true,
             },
+            drops: vec![],
         }
     }
 
