@@ -22,5 +22,5 @@ pub use round::{
     Direction, DropCount, Evidence, Finding, Interval, LossSegments, PathResult, PathSegment,
     PathState, ProbeSample, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
-pub use stats::{Bitmap, RttStats};
+pub use stats::{Bitmap, RttStats, clopper_pearson};
 pub use task::{NetReach, TaskError};
