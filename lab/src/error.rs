@@ -15,6 +15,9 @@ pub enum LabError {
     Busy { lock: PathBuf },
     #[error("no node {node} in a lab of {nodes} nodes (nodes are numbered from 1)")]
     NoSuchNode { node: usize, nodes: usize },
+    /// A fault that does not fit the lab (no such node or interface, a rate out of range).
+    #[error("fault {fault}: {reason}")]
+    BadFault { fault: String, reason: String },
     #[error("no lab process named {0:?} (processes are \"controller\" and \"node-N\")")]
     NoSuchProcess(String),
     #[error("cannot run `{command}`: {source}")]

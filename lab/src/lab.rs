@@ -14,7 +14,9 @@ use std::{
 use meshdoctor_api::RoundReport;
 
 use crate::{
-    LabError, Network, http, in_netns,
+    Fault, LabError, Network,
+    fault::FAULT_TABLE_PREFIX,
+    http, in_netns,
     net::{TERM_GRACE, is_running},
     plan::{CONTROLLER_NS, CONTROLLER_PORT, CONTROLLER_URL, INTERFACES, node_name, node_ns},
     task::default_task_yaml,
@@ -57,6 +59,9 @@ pub struct LabConfig {
     /// nft rulesets loaded into nodes (by number) before any agent starts: faults in place
     /// before the first probe.
     pub nft: Vec<(usize, String)>,
+    /// Faults injected before any agent starts (after [`nft`](Self::nft)); checked against the
+    /// lab before anything is built.
+    pub faults: Vec<Fault>,
 }
 
 impl LabConfig {
@@ -70,6 +75,7 @@ impl LabConfig {
             tasks: vec![("mesh.yaml".into(), default_task_yaml("mesh"))],
             ready_timeout: Duration::from_secs(30),
             nft: Vec::new(),
+            faults: Vec::new(),
         }
     }
 }
@@ -126,6 +132,9 @@ impl Lab {
     /// Builds the network (removing leftovers of a crashed run first), starts the controller and
     /// then the agents, and waits until the controller lists all of them.
     pub fn up(cfg: LabConfig) -> Result<Lab, LabError> {
+        for fault in &cfg.faults {
+            fault.check(cfg.nodes)?;
+        }
         let binaries = [
             (CONTROLLER_BIN, "meshdoctor-controller"),
             (AGENT_BIN, "meshdoctor-agent"),
@@ -148,9 +157,11 @@ impl Lab {
             net,
         };
         for (n, (node, ruleset)) in cfg.nft.iter().enumerate() {
-            let file = cfg.dir.join("faults").join(format!("node-{node}-{n}.nft"));
-            fs::write(&file, ruleset).map_err(LabError::io(&file))?;
-            lab.exec(*node, &["nft", "-f", &file.display().to_string()])?;
+            lab.record(&format!("node-{node}-{n}"), ruleset)?;
+            lab.net.nft(*node, ruleset)?;
+        }
+        for fault in &cfg.faults {
+            lab.inject(fault)?;
         }
         let dir = cfg.dir.display().to_string();
         let nodes = cfg.nodes.to_string();
@@ -214,6 +225,53 @@ impl Lab {
     /// Runs a command inside node `node`'s namespace, e.g. `nft`; a non-zero exit is an error.
     pub fn exec(&self, node: usize, args: &[&str]) -> Result<Output, LabError> {
         self.net.exec(node, args)
+    }
+
+    /// Starts dropping the fault's packets, e.g. while a task runs; a fault at the same place
+    /// is replaced. The ruleset is kept in `faults/` while the fault is active.
+    pub fn inject(&self, fault: &Fault) -> Result<(), LabError> {
+        self.net.inject(fault)?;
+        self.record(&fault.table(), &fault.ruleset())
+    }
+
+    /// Stops the fault at this place (the rate does not matter); nothing to stop is fine.
+    pub fn remove_fault(&self, fault: &Fault) -> Result<(), LabError> {
+        self.net.remove_fault(fault)?;
+        self.unrecord(|name| name == fault.table())
+    }
+
+    /// Stops every injected fault ([`LabConfig::faults`] and [`inject`](Self::inject)); the
+    /// raw [`LabConfig::nft`] rulesets stay.
+    pub fn clear_faults(&self) -> Result<(), LabError> {
+        self.net.clear_faults()?;
+        self.unrecord(|name| name.starts_with(FAULT_TABLE_PREFIX))
+    }
+
+    /// Packets the fault has dropped since it was injected.
+    pub fn fault_drops(&self, fault: &Fault) -> Result<u64, LabError> {
+        self.net.fault_drops(fault)
+    }
+
+    /// Keeps a copy of a loaded ruleset as `faults/<name>.nft`, for whoever inspects the lab.
+    fn record(&self, name: &str, ruleset: &str) -> Result<(), LabError> {
+        let file = self.dir.join("faults").join(format!("{name}.nft"));
+        fs::write(&file, ruleset).map_err(LabError::io(&file))
+    }
+
+    /// Removes the copies in `faults/` whose name (without `.nft`) matches.
+    fn unrecord(&self, matches: impl Fn(&str) -> bool) -> Result<(), LabError> {
+        let dir = self.dir.join("faults");
+        for entry in fs::read_dir(&dir).map_err(LabError::io(&dir))? {
+            let path = entry.map_err(LabError::io(&dir))?.path();
+            let name = path
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if path.extension().is_some_and(|e| e == "nft") && matches(name) {
+                fs::remove_file(&path).map_err(LabError::io(&path))?;
+            }
+        }
+        Ok(())
     }
 
     /// GET on the controller's API, from inside its namespace; any status but 2xx is an error

@@ -11,6 +11,7 @@
 //! one process a lock makes concurrent tests take turns instead of tearing each other down.
 
 mod error;
+mod fault;
 mod http;
 mod lab;
 mod net;
@@ -18,6 +19,7 @@ pub mod plan;
 mod task;
 
 pub use error::LabError;
+pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
 pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
 pub use task::{default_task_yaml, task_yaml};

@@ -2,9 +2,10 @@
 
 use std::{
     fs::{File, OpenOptions},
+    io::Write,
     os::fd::AsRawFd,
     path::Path,
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     sync::{
         Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +17,8 @@ use std::{
 use meshdoctor_api::Family;
 
 use crate::{
-    LabError,
+    Fault, LabError,
+    fault::FAULT_TABLE_PREFIX,
     plan::{
         CONTROLLER_HOST, CONTROLLER_NS, ETH0, INTERFACES, LabInterface, MAX_NODES, NS_PREFIX,
         SWITCH_NS, node_host, node_ns, switch_port,
@@ -132,17 +134,37 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, La
 
 /// Runs a command to completion; a non-zero exit is an error carrying its stderr.
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<Output, LabError> {
+    run_with_input(program, args, None)
+}
+
+/// [`run`], feeding `input` to the command's stdin (else stdin is empty).
+fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<Output, LabError> {
     let command = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
-    let output = Command::new(program)
+    let spawn_error = |source| LabError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = Command::new(program)
         .args(args)
-        .output()
-        .map_err(|source| LabError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Small inputs (rulesets) fit the pipe; a command that exits without reading all of its
+    // input fails on its own and says so on stderr.
+    let written = stdin.write_all(input.unwrap_or_default().as_bytes());
+    drop(stdin);
+    let output = child.wait_with_output().map_err(spawn_error)?;
+    if let Err(e) = written
+        && output.status.success()
+    {
+        return Err(spawn_error(e));
+    }
     if !output.status.success() {
         return Err(LabError::Command {
             command,
@@ -162,6 +184,17 @@ pub(crate) fn netns_exec(ns: &str, args: &[&str]) -> Result<Output, LabError> {
     let mut full = vec!["netns", "exec", ns];
     full.extend_from_slice(args);
     ip(&full)
+}
+
+/// Loads an nft ruleset into the namespace `ns` in one transaction (`nft -f -`): all of it or,
+/// failing, none of it, with nft's complaint (quoting the offending line) in the error.
+pub(crate) fn load_nft(ns: &str, ruleset: &str) -> Result<(), LabError> {
+    run_with_input(
+        "ip",
+        &["netns", "exec", ns, "nft", "-f", "-"],
+        Some(ruleset),
+    )?;
+    Ok(())
 }
 
 /// Names of the lab namespaces that exist now.
@@ -297,13 +330,99 @@ impl Network {
     /// Runs a command inside node `node`'s namespace (e.g. `nft`, `ip`), failing on a non-zero
     /// exit.
     pub fn exec(&self, node: usize, args: &[&str]) -> Result<Output, LabError> {
+        self.check_node(node)?;
+        netns_exec(&node_ns(node), args)
+    }
+
+    /// Loads an nft ruleset (`nft -f -`) into node `node`'s namespace, e.g. a custom drop rule.
+    pub fn nft(&self, node: usize, ruleset: &str) -> Result<(), LabError> {
+        self.check_node(node)?;
+        load_nft(&node_ns(node), ruleset)
+    }
+
+    /// Starts dropping the fault's packets; a fault at the same place (everything but the
+    /// rate) is replaced, and its counter restarts. See [`Fault`] for where each kind drops.
+    pub fn inject(&self, fault: &Fault) -> Result<(), LabError> {
+        fault.check(self.nodes)?;
+        load_nft(&fault.namespace(), &fault.ruleset())
+    }
+
+    /// Stops the fault at this place (the rate does not matter); nothing to stop is fine.
+    pub fn remove_fault(&self, fault: &Fault) -> Result<(), LabError> {
+        fault.check(self.nodes)?;
+        let (family, table) = (fault.nft_family(), fault.table());
+        load_nft(
+            &fault.namespace(),
+            &format!("table {family} {table} {{}}\ndelete table {family} {table}\n"),
+        )
+    }
+
+    /// Stops every fault, however it was injected (its table's name starts with
+    /// [`FAULT_TABLE_PREFIX`]). Other nft rules (e.g. [`nft`](Self::nft)'s) stay.
+    pub fn clear_faults(&self) -> Result<(), LabError> {
+        let namespaces =
+            std::iter::once(SWITCH_NS.to_string()).chain((1..=self.nodes).map(node_ns));
+        for ns in namespaces {
+            let out = netns_exec(&ns, &["nft", "list", "tables"])?;
+            let deletes: String = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|line| {
+                    let mut words = line.split_whitespace();
+                    let (Some("table"), Some(family), Some(name)) =
+                        (words.next(), words.next(), words.next())
+                    else {
+                        return None;
+                    };
+                    name.starts_with(FAULT_TABLE_PREFIX)
+                        .then(|| format!("delete table {family} {name}\n"))
+                })
+                .collect();
+            if !deletes.is_empty() {
+                load_nft(&ns, &deletes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many packets the fault has dropped since it was injected (its nft counter).
+    pub fn fault_drops(&self, fault: &Fault) -> Result<u64, LabError> {
+        fault.check(self.nodes)?;
+        let (family, table) = (fault.nft_family(), fault.table());
+        let out = netns_exec(
+            &fault.namespace(),
+            &["nft", "-j", "list", "table", family, &table],
+        )?;
+        let bad = |reason: String| LabError::Command {
+            command: format!("nft -j list table {family} {table}"),
+            status: "exit status: 0".into(),
+            stderr: reason,
+        };
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| bad(format!("output is not JSON: {e}")))?;
+        // {"nftables": [{"metainfo": ..}, {"table": ..}, {"chain": ..},
+        //   {"rule": {"expr": [.., {"counter": {"packets": N, "bytes": M}}, {"drop": null}]}}]}
+        let counters: Vec<u64> = json["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item["rule"]["expr"].as_array())
+            .flatten()
+            .filter_map(|expr| expr["counter"]["packets"].as_u64())
+            .collect();
+        if counters.is_empty() {
+            return Err(bad("no rule with a counter in the table".into()));
+        }
+        Ok(counters.iter().sum())
+    }
+
+    fn check_node(&self, node: usize) -> Result<(), LabError> {
         if !(1..=self.nodes).contains(&node) {
             return Err(LabError::NoSuchNode {
                 node,
                 nodes: self.nodes,
             });
         }
-        netns_exec(&node_ns(node), args)
+        Ok(())
     }
 
     fn build_switch(&self) -> Result<(), LabError> {
