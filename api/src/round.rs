@@ -44,6 +44,8 @@ pub struct RoundReport {
 pub struct RoundSummary {
     pub paths: u32,
     pub lossy_paths: u32,
+    /// Probes the sources attempted, including those whose `sendto` failed (which are lost):
+    /// so that `lost / sent` is the round's loss.
     pub sent: u64,
     pub received: u64,
     pub lost: u64,

@@ -5,20 +5,47 @@
 //! agents' reports only say what did. Anything an agent reports beyond its plan is ignored,
 //! and a missing report makes its paths `notReported`, never loss.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meshdoctor_api::{
-    AgentReport, AnsweredPath, Bitmap, LossSegments, PathResult, PathState, PlannedTarget,
-    ProbeSample, RoundPlan, RoundSummary, RttStats, SentPath, Timestamping, round::HookCounts,
+    AgentReport, AnsweredPath, Bitmap, DropCount, LossSegments, Packet, PathResult, PathSegment,
+    PathState, PlannedTarget, ProbeDrop, ProbeSample, RoundPlan, RoundSummary, RttStats, SentPath,
+    Timestamping, round::HookCounts,
 };
 
 /// The joined round, before judging.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Joined {
     pub paths: Vec<PathResult>,
+    /// Per path (same index as `paths`), the per-probe detail localization votes with and the
+    /// report does not keep.
+    pub losses: Vec<PathLoss>,
     pub summary: RoundSummary,
     /// Nodes with a plan but no report, sorted.
     pub not_reported: Vec<String>,
+}
+
+/// What localization needs of one path beyond its [`PathResult`]: which of its counts can be
+/// trusted, and its lost probes split finely enough to pick candidate places.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathLoss {
+    /// Both ends' observers saw every event, so the hook counts past the source's send are
+    /// real traffic figures (else those segments' losses are `unobserved`, and their probe
+    /// counts must not dilute a ratio either).
+    pub hooks_observed: bool,
+    /// Lost probes by segment; `unobserved` ones are not here.
+    pub buckets: Vec<LossBucket>,
+}
+
+/// Lost probes of one path that share a segment and, in the destination's stack, the packet
+/// its kernel recorded dropping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossBucket {
+    pub segment: PathSegment,
+    /// For `DstStack`: whether the destination dropped the request (on its way in) or the
+    /// reply (on its way out); `None` without a drop record, or in any other segment.
+    pub dropped: Option<Packet>,
+    pub lost: u32,
 }
 
 /// What is known of a path's source side.
@@ -33,6 +60,7 @@ enum SrcSide<'a> {
 struct Indexed<'a> {
     sent: HashMap<u16, &'a SentPath>,
     answered: HashMap<u16, &'a AnsweredPath>,
+    drops: HashMap<u16, Vec<&'a ProbeDrop>>,
     /// Its eBPF observers ran and lost no event: a hook it did not report really did not see
     /// the packet.
     observed_all: bool,
@@ -48,12 +76,21 @@ impl<'a> Indexed<'a> {
         for a in &report.answered {
             answered.entry(a.path).or_insert(a);
         }
+        let mut drops: HashMap<u16, Vec<&ProbeDrop>> = HashMap::new();
+        for d in &report.drops {
+            drops.entry(d.path).or_default().push(d);
+        }
         Self {
             sent,
             answered,
+            drops,
             observed_all: report.timestamping == Timestamping::Ebpf
                 && report.observer.ringbuf_drops == 0,
         }
+    }
+
+    fn drops_of(&self, path: u16) -> &[&'a ProbeDrop] {
+        self.drops.get(&path).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -68,6 +105,7 @@ pub fn join(
         .collect();
 
     let mut paths = Vec::new();
+    let mut losses = Vec::new();
     for (src, plan) in plans {
         let planned = plan.probes_per_target();
         let src_index = index.get(src.as_str());
@@ -82,15 +120,21 @@ pub fn join(
                 src: src_index.is_some_and(|i| i.observed_all),
                 dst: dst_index.is_some_and(|i| i.observed_all),
             };
-            paths.push(join_path(
-                src,
-                target,
-                planned,
-                src_side,
+            // Only the path's own ends can have dropped its probes.
+            let drops = Drops {
+                src: src_index.map_or(&[][..], |i| i.drops_of(target.path)),
+                dst: dst_index.map_or(&[][..], |i| i.drops_of(target.path)),
+            };
+            let ends = Ends {
+                src: src_side,
                 dst,
-                dst_index.is_some(),
+                dst_reported: dst_index.is_some(),
                 observed,
-            ));
+                drops,
+            };
+            let (path, loss) = join_path(src, target, planned, ends);
+            paths.push(path);
+            losses.push(loss);
         }
     }
 
@@ -105,6 +149,7 @@ pub fn join(
     Joined {
         summary: summarize(&paths, unobserved),
         paths,
+        losses,
         not_reported,
     }
 }
@@ -116,31 +161,103 @@ struct Observed {
     dst: bool,
 }
 
-/// The segment of one lost probe: the first hook that did not see it (design.md, "Loss
-/// attribution"), unless the end owning that hook may have missed the event.
-fn classify(seen: [bool; 4], observed: Observed, segments: &mut LossSegments) {
-    let [src_egress, dst_ingress, dst_egress, src_ingress] = seen;
-    let slot = match () {
-        () if !observed.src => &mut segments.unobserved,
-        () if !src_egress => &mut segments.src_send,
-        () if !observed.dst => &mut segments.unobserved,
-        () if !dst_ingress => &mut segments.forward,
-        () if !dst_egress => &mut segments.dst_stack,
-        () if !src_ingress => &mut segments.reply,
-        () => &mut segments.src_receive,
-    };
-    *slot += 1;
+/// Drop records of one path from each of its ends' reports.
+#[derive(Clone, Copy)]
+struct Drops<'a> {
+    src: &'a [&'a ProbeDrop],
+    dst: &'a [&'a ProbeDrop],
 }
 
-fn join_path(
+/// The segment of one lost probe: the first hook that did not see it (design.md, "Loss
+/// attribution"); `None` (unobserved) when the end owning that hook may have missed the event.
+fn classify(seen: [bool; 4], observed: Observed) -> Option<PathSegment> {
+    let [src_egress, dst_ingress, dst_egress, src_ingress] = seen;
+    match () {
+        () if !observed.src => None,
+        () if !src_egress => Some(PathSegment::SrcSend),
+        () if !observed.dst => None,
+        () if !dst_ingress => Some(PathSegment::Forward),
+        () if !dst_egress => Some(PathSegment::DstStack),
+        () if !src_ingress => Some(PathSegment::Reply),
+        () => Some(PathSegment::SrcReceive),
+    }
+}
+
+/// The counter of `segment` (`None`: unobserved).
+fn slot(segments: &mut LossSegments, segment: Option<PathSegment>) -> &mut u32 {
+    match segment {
+        None => &mut segments.unobserved,
+        Some(PathSegment::SrcSend) => &mut segments.src_send,
+        Some(PathSegment::Forward) => &mut segments.forward,
+        Some(PathSegment::DstStack) => &mut segments.dst_stack,
+        Some(PathSegment::Reply) => &mut segments.reply,
+        Some(PathSegment::SrcReceive) => &mut segments.src_receive,
+    }
+}
+
+/// The drop records of lost probes (sequence within the plan, not delivered), one per node,
+/// probe and packet, counted by node, packet, reason and location, most first; and the packet
+/// the destination dropped per probe, the request first should a report claim both.
+fn lost_probe_drops(
     src: &str,
-    t: &PlannedTarget,
-    planned: u32,
-    src_side: SrcSide<'_>,
-    dst: Option<&AnsweredPath>,
+    dst: &str,
+    drops: Drops<'_>,
+    planned: usize,
+    delivered: &Bitmap,
+) -> (Vec<DropCount>, HashMap<u16, Packet>) {
+    let mut seen = BTreeSet::new();
+    let mut counts: BTreeMap<(&str, Packet, &str, &str), u32> = BTreeMap::new();
+    let mut dst_dropped: HashMap<u16, Packet> = HashMap::new();
+    for (node, records) in [(src, drops.src), (dst, drops.dst)] {
+        for d in records {
+            let i = usize::from(d.seq);
+            if i >= planned || delivered.get(i) || !seen.insert((node, d.seq, d.packet)) {
+                continue;
+            }
+            *counts
+                .entry((node, d.packet, &d.reason, &d.location))
+                .or_default() += 1;
+            if node == dst {
+                let packet = dst_dropped.entry(d.seq).or_insert(d.packet);
+                *packet = (*packet).min(d.packet);
+            }
+        }
+    }
+    let mut out: Vec<DropCount> = counts
+        .into_iter()
+        .map(|((node, packet, reason, location), count)| DropCount {
+            node: node.into(),
+            packet,
+            reason: reason.into(),
+            location: location.into(),
+            count,
+        })
+        .collect();
+    // Stable: equal counts stay in (node, packet, reason, location) order.
+    out.sort_by_key(|d| std::cmp::Reverse(d.count));
+    (out, dst_dropped)
+}
+
+/// Probes whose `sendto` failed, as far as the plan leaves room for them beside `sent`.
+fn send_failures(s: &SentPath, planned: u32, sent: u32) -> u32 {
+    let claimed = s
+        .send_errors
+        .iter()
+        .fold(0u32, |acc, (_, n)| acc.saturating_add(*n));
+    claimed.min(planned - sent)
+}
+
+/// Everything both ends reported of one path.
+struct Ends<'a> {
+    src: SrcSide<'a>,
+    /// The destination's side; `None` when it has no entry for the path (or did not report).
+    dst: Option<&'a AnsweredPath>,
     dst_reported: bool,
     observed: Observed,
-) -> PathResult {
+    drops: Drops<'a>,
+}
+
+fn join_path(src: &str, t: &PlannedTarget, planned: u32, ends: Ends<'_>) -> (PathResult, PathLoss) {
     let mut result = PathResult {
         path: t.path,
         src_node: src.to_string(),
@@ -158,7 +275,7 @@ fn join_path(
         lost: 0,
         loss_ratio: 0.0,
         send_failed: 0,
-        dst_reported,
+        dst_reported: ends.dst_reported,
         hooks: HookCounts::default(),
         segments: LossSegments::default(),
         kernel_rtt: None,
@@ -168,8 +285,8 @@ fn join_path(
         drops: Vec::new(),
         probes: Vec::new(),
     };
-    let SrcSide::Reported(sent) = src_side else {
-        return result;
+    let SrcSide::Reported(sent) = ends.src else {
+        return (result, PathLoss::default());
     };
     // Sequence numbers beyond the plan cannot belong to this round's probes.
     let n = planned as usize;
@@ -186,11 +303,14 @@ fn join_path(
         ),
         None => (&empty, &empty, &empty, &empty, &[][..], &[][..]),
     };
-    let (dst_ingress, dst_egress, stack_v) = match dst {
+    let (dst_ingress, dst_egress, stack_v) = match ends.dst {
         Some(d) => (&d.dst_ingress, &d.dst_egress, &d.stack_ns[..]),
         None => (&empty, &empty, &[][..]),
     };
+    let (drops, dst_dropped) = lost_probe_drops(src, &t.dst_node, ends.drops, n, delivered);
+    result.drops = drops;
 
+    let mut buckets: BTreeMap<(PathSegment, Option<Packet>), u32> = BTreeMap::new();
     let (mut kernel, mut user, mut stack, mut network) = (vec![], vec![], vec![], vec![]);
     for i in 0..n {
         let (k, u, s) = (at(kernel_v, i), at(user_v, i), at(stack_v, i));
@@ -208,7 +328,14 @@ fn join_path(
         }
         if sent_mask.get(i) && !delivered.get(i) {
             let seen = [src_egress, dst_ingress, dst_egress, src_ingress].map(|b| b.get(i));
-            classify(seen, observed, &mut result.segments);
+            let segment = classify(seen, ends.observed);
+            *slot(&mut result.segments, segment) += 1;
+            if let Some(segment) = segment {
+                let dropped = (segment == PathSegment::DstStack)
+                    .then(|| dst_dropped.get(&(i as u16)).copied())
+                    .flatten();
+                *buckets.entry((segment, dropped)).or_default() += 1;
+            }
         }
         if delivered.get(i) || u > 0 {
             result.probes.push(ProbeSample {
@@ -228,11 +355,20 @@ fn join_path(
         src_ingress: count(src_ingress),
         delivered: count(delivered),
     };
-    result.sent = sent.map_or(0, |s| s.sent);
-    // A report claiming more replies than requests is not trusted beyond `sent`.
-    result.received = sent.map_or(0, |s| s.received.min(s.sent));
-    result.lost = result.sent - result.received;
-    result.loss_ratio = ratio(result.lost.into(), result.sent.into());
+    // Agents' counts are claims: none may exceed the plan, replies may not exceed requests.
+    result.sent = sent.map_or(0, |s| s.sent.min(planned));
+    result.received = sent.map_or(0, |s| s.received.min(result.sent));
+    // A probe the source's own stack refused was lost there, whatever the observers saw.
+    result.send_failed = sent.map_or(0, |s| send_failures(s, planned, result.sent));
+    if result.send_failed > 0 {
+        result.segments.src_send += result.send_failed;
+        *buckets.entry((PathSegment::SrcSend, None)).or_default() += result.send_failed;
+    }
+    result.lost = result.sent - result.received + result.send_failed;
+    result.loss_ratio = ratio(
+        result.lost.into(),
+        u64::from(result.sent) + u64::from(result.send_failed),
+    );
     result.state = if result.lost == 0 {
         PathState::Ok
     } else {
@@ -242,7 +378,18 @@ fn join_path(
     result.user_rtt = RttStats::from_ns(user);
     result.dst_stack = RttStats::from_ns(stack);
     result.network_rtt = RttStats::from_ns(network);
-    result
+    let loss = PathLoss {
+        hooks_observed: ends.observed.src && ends.observed.dst,
+        buckets: buckets
+            .into_iter()
+            .map(|((segment, dropped), lost)| LossBucket {
+                segment,
+                dropped,
+                lost,
+            })
+            .collect(),
+    };
+    (result, loss)
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
@@ -253,11 +400,15 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
-/// Totals over the paths whose source reported. With nothing sent the success rate is 0, not
-/// 1: a round that proved nothing must not look healthy (the judge fails it with a reason).
+/// Totals over the paths whose source reported, counting failed sends as sent and lost so that
+/// a source refusing its own probes lowers the success rate. With nothing sent the success
+/// rate is 0, not 1: a round that proved nothing must not look healthy (the judge fails it
+/// with a reason).
 fn summarize(paths: &[PathResult], unobserved_events: u64) -> RoundSummary {
     let reported = || paths.iter().filter(|p| p.state != PathState::NotReported);
-    let sent: u64 = reported().map(|p| u64::from(p.sent)).sum();
+    let sent: u64 = reported()
+        .map(|p| u64::from(p.sent) + u64::from(p.send_failed))
+        .sum();
     let received: u64 = reported().map(|p| u64::from(p.received)).sum();
     let user: Vec<u64> = reported()
         .flat_map(|p| &p.probes)
@@ -405,41 +556,31 @@ pub(crate) mod tests {
 
     #[test]
     fn a_lost_probe_is_placed_at_the_first_hook_that_missed_it() {
+        use PathSegment::*;
         let clean = Observed {
             src: true,
             dst: true,
         };
-        let place = |seen, observed| {
-            let mut s = LossSegments::default();
-            classify(seen, observed, &mut s);
-            s.dominant()
-        };
-        assert_eq!(place([false, false, false, false], clean), Some("srcSend"));
-        assert_eq!(place([true, false, false, false], clean), Some("forward"));
-        assert_eq!(place([true, true, false, false], clean), Some("dstStack"));
-        assert_eq!(place([true, true, true, false], clean), Some("reply"));
-        assert_eq!(place([true, true, true, true], clean), Some("srcReceive"));
+        assert_eq!(classify([false, false, false, false], clean), Some(SrcSend));
+        assert_eq!(classify([true, false, false, false], clean), Some(Forward));
+        assert_eq!(classify([true, true, false, false], clean), Some(DstStack));
+        assert_eq!(classify([true, true, true, false], clean), Some(Reply));
+        assert_eq!(classify([true, true, true, true], clean), Some(SrcReceive));
         // A destination that may have missed events cannot be blamed, nor cleared.
         let dst_blind = Observed {
             src: true,
             dst: false,
         };
+        assert_eq!(classify([true, false, false, false], dst_blind), None);
         assert_eq!(
-            place([true, false, false, false], dst_blind),
-            Some("unobserved")
-        );
-        assert_eq!(
-            place([false, false, false, false], dst_blind),
-            Some("srcSend")
+            classify([false, false, false, false], dst_blind),
+            Some(SrcSend)
         );
         let src_blind = Observed {
             src: false,
             dst: true,
         };
-        assert_eq!(
-            place([false, false, false, false], src_blind),
-            Some("unobserved")
-        );
+        assert_eq!(classify([false, false, false, false], src_blind), None);
     }
 
     #[test]
@@ -541,5 +682,166 @@ pub(crate) mod tests {
         assert_eq!(j.summary.success_rate, 0.0);
         assert_eq!(j.summary.mean_rtt_ms, None);
         assert_eq!(j.not_reported, ["node-1", "node-2"]);
+    }
+
+    /// `mk_report`s of both nodes whose observers saw every event.
+    fn mk_observed_reports(
+        plans: &BTreeMap<String, RoundPlan>,
+        lost1: &[usize],
+    ) -> BTreeMap<String, AgentReport> {
+        let mut reports = mk_reports(vec![
+            mk_report(plans, "node-1", lost1),
+            mk_report(plans, "node-2", &[]),
+        ]);
+        for r in reports.values_mut() {
+            r.observer.ringbuf_drops = 0;
+        }
+        reports
+    }
+
+    fn mk_drop(path: u16, seq: u16, packet: Packet, reason: &str) -> ProbeDrop {
+        ProbeDrop {
+            path,
+            seq,
+            packet,
+            reason: reason.into(),
+            location: "nft_do_chain+0x4c1".into(),
+            interface: Some("eth0".into()),
+        }
+    }
+
+    #[test]
+    fn refused_sends_are_lost_at_src_send() {
+        let plans = mk_plans();
+        let mut reports = mk_observed_reports(&plans, &[]);
+        let s = &mut reports.get_mut("node-1").unwrap().sent[0];
+        // Probes 5..9 failed with EPERM: never handed to the kernel, never answered.
+        s.sent_mask = bits(20, &[5, 6, 7, 8]);
+        s.src_egress = s.sent_mask.clone();
+        s.src_ingress = s.sent_mask.clone();
+        s.delivered = s.sent_mask.clone();
+        s.user_rtt_ns[5..9].fill(0);
+        (s.sent, s.received) = (16, 16);
+        s.send_errors = vec![("Operation not permitted".into(), 3), ("x".into(), 1)];
+        let j = join(&plans, &reports);
+        let p = &j.paths[0];
+        assert_eq!(
+            (p.state, p.sent, p.send_failed, p.received, p.lost),
+            (PathState::Lossy, 16, 4, 16, 4)
+        );
+        assert_eq!(p.loss_ratio, 0.2);
+        assert_eq!(
+            p.segments,
+            LossSegments {
+                src_send: 4,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            j.losses[0].buckets,
+            [LossBucket {
+                segment: PathSegment::SrcSend,
+                dropped: None,
+                lost: 4
+            }]
+        );
+        assert_eq!((j.summary.sent, j.summary.lost), (40, 4));
+        assert_eq!(j.summary.success_rate, 0.9);
+    }
+
+    #[test]
+    fn claimed_counts_are_capped_by_the_plan() {
+        let plans = mk_plans();
+        let mut reports = mk_observed_reports(&plans, &[]);
+        let s = &mut reports.get_mut("node-1").unwrap().sent[0];
+        (s.sent, s.received) = (500, 500);
+        s.send_errors = vec![("a".into(), u32::MAX), ("b".into(), u32::MAX)];
+        let s = &mut reports.get_mut("node-2").unwrap().sent[0];
+        s.sent = 18;
+        s.send_errors = vec![("a".into(), u32::MAX)];
+        let j = join(&plans, &reports);
+        let p = &j.paths[0];
+        assert_eq!((p.sent, p.send_failed, p.received, p.lost), (20, 0, 20, 0));
+        let p = &j.paths[1];
+        assert_eq!((p.sent, p.send_failed, p.received, p.lost), (18, 2, 18, 2));
+        assert_eq!(p.loss_ratio, 0.1);
+    }
+
+    #[test]
+    fn drops_of_lost_probes_are_counted_at_the_path_ends_only() {
+        let plans = mk_plans();
+        // Path 0 (node-1 -> node-2) lost probes 3, 4 and 5 in node-2's stack.
+        let mut reports = mk_observed_reports(&plans, &[3, 4, 5]);
+        let answered = &mut reports.get_mut("node-2").unwrap().answered;
+        let a = answered.iter_mut().find(|a| a.path == 0).unwrap();
+        a.dst_egress = bits(20, &[3, 4, 5]);
+        let src_drops = vec![
+            // A delivered probe's drop record is a raw-socket clone: ignored.
+            mk_drop(0, 1, Packet::Reply, "NOT_SPECIFIED"),
+            // Out of the plan's range, or another path that is not node-1's: ignored.
+            mk_drop(0, 20, Packet::Request, "NETFILTER_DROP"),
+            mk_drop(0, u16::MAX, Packet::Request, "NETFILTER_DROP"),
+            mk_drop(9, 3, Packet::Request, "NETFILTER_DROP"),
+        ];
+        reports.get_mut("node-1").unwrap().drops = src_drops;
+        reports.get_mut("node-2").unwrap().drops = vec![
+            mk_drop(0, 3, Packet::Request, "NETFILTER_DROP"),
+            // The same probe and packet twice: counted once.
+            mk_drop(0, 3, Packet::Request, "NETFILTER_DROP"),
+            mk_drop(0, 4, Packet::Request, "NETFILTER_DROP"),
+            mk_drop(0, 5, Packet::Reply, "IP_OUTNOROUTES"),
+        ];
+        let j = join(&plans, &reports);
+        let p = &j.paths[0];
+        let counts: Vec<(&str, Packet, &str, u32)> = p
+            .drops
+            .iter()
+            .map(|d| (d.node.as_str(), d.packet, d.reason.as_str(), d.count))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("node-2", Packet::Request, "NETFILTER_DROP", 2),
+                ("node-2", Packet::Reply, "IP_OUTNOROUTES", 1),
+            ]
+        );
+        assert_eq!(p.segments.dst_stack, 3);
+        let bucket = |dropped, lost| LossBucket {
+            segment: PathSegment::DstStack,
+            dropped,
+            lost,
+        };
+        assert_eq!(
+            j.losses[0],
+            PathLoss {
+                hooks_observed: true,
+                buckets: vec![
+                    bucket(Some(Packet::Request), 2),
+                    bucket(Some(Packet::Reply), 1)
+                ],
+            }
+        );
+        // node-2's own path saw none of it.
+        assert!(j.paths[1].drops.is_empty());
+        assert_eq!(j.losses[1].buckets, []);
+    }
+
+    #[test]
+    fn unobserved_loss_makes_no_bucket() {
+        let plans = mk_plans();
+        // mk_report's observers dropped events.
+        let reports = mk_reports(vec![
+            mk_report(&plans, "node-1", &[3, 4]),
+            mk_report(&plans, "node-2", &[]),
+        ]);
+        let j = join(&plans, &reports);
+        assert_eq!(j.paths[0].segments.unobserved, 2);
+        assert_eq!(
+            j.losses[0],
+            PathLoss {
+                hooks_observed: false,
+                buckets: vec![]
+            }
+        );
     }
 }

@@ -24,15 +24,18 @@ pub fn failure_reasons(expect: &SuccessCondition, joined: &Joined) -> Vec<String
             s.paths
         ));
     }
+    // Probes neither sent nor refused by the source's stack (those are loss): the agent
+    // stopped early, or skipped them.
+    let unattempted = |p: &PathResult| p.planned.saturating_sub(p.sent + p.send_failed);
     let unsent: Vec<&PathResult> = joined
         .paths
         .iter()
-        .filter(|p| p.state != PathState::NotReported && p.sent < p.planned)
+        .filter(|p| p.state != PathState::NotReported && unattempted(p) > 0)
         .collect();
     if !unsent.is_empty() {
-        let missing: u64 = unsent.iter().map(|p| u64::from(p.planned - p.sent)).sum();
+        let missing: u64 = unsent.iter().map(|p| u64::from(unattempted(p))).sum();
         reasons.push(format!(
-            "{missing} planned probes were not sent, on {} paths (first: {})",
+            "{missing} planned probes were never sent, on {} paths (first: {})",
             unsent.len(),
             describe(unsent[0])
         ));
@@ -47,7 +50,10 @@ pub fn failure_reasons(expect: &SuccessCondition, joined: &Joined) -> Vec<String
         let worst: Vec<String> = lossy
             .iter()
             .take(WORST_PATHS)
-            .map(|p| format!("{} lost {}/{}", describe(p), p.lost, p.sent))
+            .map(|p| {
+                let attempted = p.sent + p.send_failed;
+                format!("{} lost {}/{attempted}", describe(p), p.lost)
+            })
             .collect();
         reasons.push(format!(
             "success rate {:.4} is below the expected {} ({} of {} probes lost; worst paths: {})",
@@ -168,7 +174,35 @@ mod tests {
         });
         assert_eq!(
             r,
-            ["5 planned probes were not sent, on 1 paths (first: node-2/eth0 -> node-1/eth0 ipv4)"]
+            [
+                "5 planned probes were never sent, on 1 paths (first: node-2/eth0 -> node-1/eth0 ipv4)"
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_sends_are_loss_not_unsent() {
+        let plans = mk_plans();
+        let mut r1 = mk_report(&plans, "node-1", &[]);
+        // 4 of 20 sendto calls failed: 16 sent, all came back.
+        let s = &mut r1.sent[0];
+        (s.sent, s.received) = (16, 16);
+        s.send_errors = vec![("Operation not permitted".into(), 4)];
+        let j = join(
+            &plans,
+            &mk_reports(vec![r1, mk_report(&plans, "node-2", &[])]),
+        );
+        let r = failure_reasons(&SuccessCondition::default(), &j);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(
+            r[0].starts_with("success rate 0.9000 is below the expected 1 (4 of 40 probes lost"),
+            "{}",
+            r[0]
+        );
+        assert!(
+            r[0].contains("node-1/eth0 -> node-2/eth0 ipv4 lost 4/20"),
+            "{}",
+            r[0]
         );
     }
 }
