@@ -24,6 +24,14 @@ pub const GLOBAL_NETNS_ID: &str = "NETNS_ID";
 pub const PROG_INGRESS: &str = "observe_ingress";
 /// Program attached at TC egress.
 pub const PROG_EGRESS: &str = "observe_egress";
+/// Program attached to the `skb:kfree_skb` tracepoint.
+pub const PROG_DROPS: &str = "trace_drops";
+/// Global (`.rodata`) [`DropLayout`]: where the drop tracer finds what it reads.
+pub const GLOBAL_DROP_LAYOUT: &str = "DROP_LAYOUT";
+/// A [`DropLayout`] field the running kernel does not have (e.g. `reason` before 5.17).
+pub const NO_FIELD: u32 = u32::MAX;
+/// [`ProbeEvent::reason`] when the kernel's tracepoint carries no drop reason.
+pub const UNKNOWN_REASON: u32 = u32::MAX;
 
 /// Which TC hook saw the packet.
 #[repr(u8)]
@@ -31,6 +39,8 @@ pub const PROG_EGRESS: &str = "observe_egress";
 pub enum Hook {
     Ingress = 0,
     Egress = 1,
+    /// Freed as a drop (`skb:kfree_skb`), not a TC hook.
+    Drop = 2,
 }
 
 /// Echo request or echo reply.
@@ -49,24 +59,60 @@ pub enum IpFamily {
     V6 = 6,
 }
 
-/// One probe packet seen at one hook.
+/// One probe packet seen at one hook, or dropped.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeEvent {
     pub probe_id: u64,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
     pub ktime_ns: u64,
+    /// [`Hook::Drop`] only: the kernel address that freed the packet (tracepoint `location`).
+    pub location: u64,
     /// Network namespace inode of the observer instance.
     pub netns: u32,
-    /// `skb->ifindex`: the interface the packet is on, within `netns`.
+    /// The interface the packet is on, within `netns`; 0 for a drop of a packet not yet (or no
+    /// longer) on a device.
     pub ifindex: u32,
+    /// [`Hook::Drop`] only: the kernel's `enum skb_drop_reason` value, or [`UNKNOWN_REASON`].
+    pub reason: u32,
     /// [`Hook`] as u8.
     pub hook: u8,
     /// [`Kind`] as u8.
     pub kind: u8,
     /// [`IpFamily`] as u8.
     pub family: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+}
+
+/// Where the drop tracer finds what it reads, resolved by the agent for the running kernel:
+/// Rust eBPF has no CO-RE, so the agent reads the tracepoint's format file and the kernel's BTF
+/// and patches these byte offsets in as a global before loading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropLayout {
+    /// Offsets of the tracepoint's fields in its raw record.
+    pub tp_skbaddr: u32,
+    pub tp_location: u32,
+    /// `protocol`: the ethertype in host byte order.
+    pub tp_protocol: u32,
+    /// [`NO_FIELD`] on kernels without drop reasons.
+    pub tp_reason: u32,
+    /// `struct sk_buff` members.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    /// `struct net_device` members: `ifindex` and `nd_net.net`.
+    pub dev_ifindex: u32,
+    pub dev_net: u32,
+    /// `struct sock`: `__sk_common.skc_net.net`.
+    pub sk_net: u32,
+    /// `struct net`: `ns.inum`.
+    pub net_inum: u32,
+    /// `SKB_DROP_REASON_NO_SOCKET`: every echo reply to a raw ICMP socket is delivered to the
+    /// socket's clone and the original freed with it, so it is noise, not a drop.
+    /// [`NO_FIELD`] when the kernel has no such reason.
+    pub reason_no_socket: u32,
 }
 
 /// Key of the per-interface counters.
@@ -85,4 +131,5 @@ mod user {
     // SAFETY: both are repr(C), plain integers, no padding left implicit.
     unsafe impl aya::Pod for super::ProbeEvent {}
     unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::DropLayout {}
 }

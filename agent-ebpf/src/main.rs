@@ -4,6 +4,10 @@
 //! agent probes from or to. They timestamp ICMP/ICMPv6 echo requests and replies that carry a
 //! meshdoctor cookie of an armed round, and ignore everything else after one or two packet loads.
 //!
+//! `trace_drops`, on the `skb:kfree_skb` tracepoint, reports the same probes when the kernel
+//! frees them as a drop in this agent's network namespace, with the drop reason and location.
+//! It reads kernel structs at offsets the agent resolved from BTF ([`DropLayout`]).
+//!
 //! They never change a packet's fate: they always return `TC_ACT_UNSPEC` (`TCX_NEXT`), because
 //! `TC_ACT_OK` would end the TCX chain and skip every later program and legacy filter on the
 //! device (research/ebpf.md, pitfalls 2 and 3).
@@ -14,13 +18,17 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_UNSPEC, bpf_hdr_start_off::BPF_HDR_START_NET},
-    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes_relative},
-    macros::{classifier, map},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_ktime_get_ns, bpf_skb_load_bytes_relative},
+    },
+    macros::{classifier, map, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TcContext,
+    programs::{TcContext, TracePointContext},
 };
 use meshdoctor_agent_common::{
-    COOKIE_LEN, COOKIE_OFFSET, CounterKey, Hook, IpFamily, Kind, PROBE_MAGIC, ProbeEvent,
+    COOKIE_LEN, COOKIE_OFFSET, CounterKey, DropLayout, Hook, IpFamily, Kind, NO_FIELD, PROBE_MAGIC,
+    ProbeEvent, UNKNOWN_REASON,
 };
 
 /// Probe events for user space. 256 KiB holds ~6500 events: a few seconds of a busy round even
@@ -47,6 +55,25 @@ static RINGBUF_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static NETNS_ID: u32 = 0;
 
+/// Kernel offsets for `trace_drops`, patched by the loader; all zero (and the program not
+/// attached) when the agent could not resolve them.
+#[unsafe(no_mangle)]
+static DROP_LAYOUT: DropLayout = DropLayout {
+    tp_skbaddr: 0,
+    tp_location: 0,
+    tp_protocol: 0,
+    tp_reason: NO_FIELD,
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_dev: 0,
+    skb_sk: 0,
+    dev_ifindex: 0,
+    dev_net: 0,
+    sk_net: 0,
+    net_inum: 0,
+    reason_no_socket: NO_FIELD,
+};
+
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
@@ -67,106 +94,230 @@ const ICMP_READ_LEN: usize = COOKIE_OFFSET + COOKIE_LEN;
 
 #[classifier]
 pub fn observe_ingress(ctx: TcContext) -> i32 {
-    try_observe(&ctx, Hook::Ingress);
+    let _ = try_observe(&ctx, Hook::Ingress);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn observe_egress(ctx: TcContext) -> i32 {
-    try_observe(&ctx, Hook::Egress);
+    let _ = try_observe(&ctx, Hook::Egress);
     TC_ACT_UNSPEC
 }
 
-/// Reads `T` at `offset` from the network header, so the same code works on Ethernet, L3
-/// (wireguard, ipip, tun) and VLAN devices.
+/// Bytes of a packet from its network header on, however the program reaches them.
+trait Packet {
+    fn load<T: Copy>(&self, offset: usize) -> Option<T>;
+}
+
+/// A packet at a TC hook, read with `bpf_skb_load_bytes_relative` from the network header, so
+/// the same code works on Ethernet, L3 (wireguard, ipip, tun) and VLAN devices.
+struct TcPacket(*mut __sk_buff);
+
+impl Packet for TcPacket {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        let mut buf = MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `buf` and reports
+        // failure (out of bounds) with a negative return, in which case `buf` is not read.
+        let ret = unsafe {
+            bpf_skb_load_bytes_relative(
+                self.0.cast_const().cast(),
+                offset as u32,
+                buf.as_mut_ptr().cast(),
+                size_of::<T>() as u32,
+                BPF_HDR_START_NET,
+            )
+        };
+        if ret == 0 {
+            // SAFETY: the helper succeeded, so all bytes of `buf` are initialised; T is plain
+            // bytes.
+            Some(unsafe { buf.assume_init() })
+        } else {
+            None
+        }
+    }
+}
+
+/// A packet in kernel memory (`skb->head + skb->network_header`), read with
+/// `bpf_probe_read_kernel`, which fails cleanly on a bad address.
+struct KernelPacket(*const u8);
+
+impl Packet for KernelPacket {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        read_kernel(self.0.wrapping_add(offset))
+    }
+}
+
+/// Reads a `T` at a kernel address.
 #[inline(always)]
-fn load_net<T: Copy>(skb: *mut __sk_buff, offset: usize) -> Option<T> {
-    let mut buf = MaybeUninit::<T>::uninit();
-    // SAFETY: the helper writes at most size_of::<T>() bytes into `buf` and reports failure
-    // (out of bounds) with a negative return, in which case `buf` is not read.
-    let ret = unsafe {
-        bpf_skb_load_bytes_relative(
-            skb.cast_const().cast(),
-            offset as u32,
-            buf.as_mut_ptr().cast(),
-            size_of::<T>() as u32,
-            BPF_HDR_START_NET,
-        )
+fn read_kernel<T: Copy>(at: *const u8) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address and returns an error instead of
+    // faulting; T is plain bytes.
+    unsafe { bpf_probe_read_kernel(at.cast::<T>()) }.ok()
+}
+
+/// Reads the pointer-sized field at `base + offset` of a kernel struct.
+#[inline(always)]
+fn read_field<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    read_kernel((base as *const u8).wrapping_add(offset as usize))
+}
+
+/// A probe packet of an armed round: its kind and probe id.
+struct Probe {
+    kind: Kind,
+    probe_id: u64,
+}
+
+/// Recognizes an ICMP/ICMPv6 echo request or reply carrying a meshdoctor cookie of an armed
+/// round; `None` for everything else, after one or two loads.
+#[inline(always)]
+fn parse_probe<P: Packet>(pkt: &P, family: IpFamily) -> Option<Probe> {
+    let l4 = match family {
+        IpFamily::V4 => ipv4_icmp_offset(pkt)?,
+        IpFamily::V6 => ipv6_icmp_offset(pkt)?,
     };
-    if ret == 0 {
-        // SAFETY: the helper succeeded, so all bytes of `buf` are initialised; T is plain bytes.
-        Some(unsafe { buf.assume_init() })
-    } else {
-        None
+    let icmp = pkt.load::<[u8; ICMP_READ_LEN]>(l4)?;
+    let kind = match (family, icmp[0]) {
+        (IpFamily::V4, ICMP_ECHO_REQUEST) | (IpFamily::V6, ICMPV6_ECHO_REQUEST) => Kind::Request,
+        (IpFamily::V4, ICMP_ECHO_REPLY) | (IpFamily::V6, ICMPV6_ECHO_REPLY) => Kind::Reply,
+        _ => return None,
+    };
+    let magic = u32::from_be_bytes([icmp[8], icmp[9], icmp[10], icmp[11]]);
+    if magic != PROBE_MAGIC {
+        return None;
+    }
+    let probe_id = u64::from_be_bytes([
+        icmp[12], icmp[13], icmp[14], icmp[15], icmp[16], icmp[17], icmp[18], icmp[19],
+    ]);
+    let round_tag = (probe_id >> 32) as u32;
+    ACTIVE_ROUNDS.get_ptr(round_tag)?;
+    Some(Probe { kind, probe_id })
+}
+
+/// The family of an ethertype (host byte order), if it is IP.
+#[inline(always)]
+fn family_of(ethertype: u16) -> Option<IpFamily> {
+    match ethertype {
+        ETH_P_IP => Some(IpFamily::V4),
+        ETH_P_IPV6 => Some(IpFamily::V6),
+        _ => None,
     }
 }
 
 /// Reports the packet if it is a probe of an armed round. Returns nothing: whatever happens,
 /// the caller lets the packet continue unchanged.
 #[inline(always)]
-fn try_observe(ctx: &TcContext, hook: Hook) {
+fn try_observe(ctx: &TcContext, hook: Hook) -> Option<()> {
     let skb = ctx.skb.skb;
     // skb->protocol is the ethertype in network byte order, after VLAN untagging.
-    let proto = u16::from_be(ctx.skb.protocol() as u16);
-    let (family, l4) = match proto {
-        ETH_P_IP => match ipv4_icmp_offset(skb) {
-            Some(off) => (IpFamily::V4, off),
-            None => return,
-        },
-        ETH_P_IPV6 => match ipv6_icmp_offset(skb) {
-            Some(off) => (IpFamily::V6, off),
-            None => return,
-        },
-        _ => return,
-    };
-    let Some(icmp) = load_net::<[u8; ICMP_READ_LEN]>(skb, l4) else {
-        return;
-    };
-    let kind = match (family, icmp[0]) {
-        (IpFamily::V4, ICMP_ECHO_REQUEST) | (IpFamily::V6, ICMPV6_ECHO_REQUEST) => Kind::Request,
-        (IpFamily::V4, ICMP_ECHO_REPLY) | (IpFamily::V6, ICMPV6_ECHO_REPLY) => Kind::Reply,
-        _ => return,
-    };
-    let magic = u32::from_be_bytes([icmp[8], icmp[9], icmp[10], icmp[11]]);
-    if magic != PROBE_MAGIC {
-        return;
-    }
-    let probe_id = u64::from_be_bytes([
-        icmp[12], icmp[13], icmp[14], icmp[15], icmp[16], icmp[17], icmp[18], icmp[19],
-    ]);
-    let round_tag = (probe_id >> 32) as u32;
-    if ACTIVE_ROUNDS.get_ptr(round_tag).is_none() {
-        return;
-    }
-
+    let family = family_of(u16::from_be(ctx.skb.protocol() as u16))?;
+    let probe = parse_probe(&TcPacket(skb), family)?;
     // SAFETY: `skb` is the context pointer the kernel passed to this program.
     let ifindex = unsafe { (*skb).ifindex };
     emit(ProbeEvent {
-        probe_id,
+        probe_id: probe.probe_id,
         // SAFETY: plain helper call without arguments.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
-        // SAFETY: a plain static; volatile so the compiler keeps the load the loader patches.
-        netns: unsafe { core::ptr::read_volatile(&NETNS_ID) },
+        location: 0,
+        netns: netns_id(),
         ifindex,
+        reason: 0,
         hook: hook as u8,
-        kind: kind as u8,
+        kind: probe.kind as u8,
         family: family as u8,
-        _pad: [0; 5],
+        _pad: 0,
     });
     count(CounterKey {
         ifindex,
         hook: hook as u8,
-        kind: kind as u8,
+        kind: probe.kind as u8,
         family: family as u8,
         _pad: 0,
     });
+    Some(())
+}
+
+/// This instance's netns inode.
+#[inline(always)]
+fn netns_id() -> u32 {
+    // SAFETY: a plain static; volatile so the compiler keeps the load the loader patches.
+    unsafe { core::ptr::read_volatile(&NETNS_ID) }
+}
+
+#[tracepoint]
+pub fn trace_drops(ctx: TracePointContext) -> u32 {
+    let _ = try_trace_drop(&ctx);
+    0
+}
+
+/// Reports a freed packet if it is a probe of an armed round dropped in this agent's netns.
+#[inline(always)]
+fn try_trace_drop(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: a plain static; volatile so the compiler keeps the loads the loader patches.
+    let l = unsafe { core::ptr::read_volatile(&DROP_LAYOUT) };
+    // SAFETY (all `read_at`): offsets come from the tracepoint's format file; the helper
+    // behind read_at checks the access.
+    let family = family_of(unsafe { ctx.read_at::<u16>(l.tp_protocol as usize) }.ok()?)?;
+    let skb: u64 = unsafe { ctx.read_at(l.tp_skbaddr as usize) }.ok()?;
+    let head: u64 = read_field(skb, l.skb_head)?;
+    let network_header: u16 = read_field(skb, l.skb_network_header)?;
+    // `(u16)~0U`: the stack has not set the network header yet, so this is no IP packet.
+    if network_header == u16::MAX || head == 0 {
+        return None;
+    }
+    let probe = parse_probe(
+        &KernelPacket((head as *const u8).wrapping_add(usize::from(network_header))),
+        family,
+    )?;
+    let reason = if l.tp_reason == NO_FIELD {
+        UNKNOWN_REASON
+    } else {
+        unsafe { ctx.read_at::<u32>(l.tp_reason as usize) }.ok()?
+    };
+    if probe.kind == Kind::Reply && reason != UNKNOWN_REASON && reason == l.reason_no_socket {
+        return None;
+    }
+    // The device's netns, or the socket's for a packet not on a device (e.g. dropped at
+    // OUTPUT before routing put it on one).
+    let dev: u64 = read_field(skb, l.skb_dev)?;
+    let (net, ifindex) = if dev != 0 {
+        (
+            read_field::<u64>(dev, l.dev_net)?,
+            read_field(dev, l.dev_ifindex)?,
+        )
+    } else {
+        let sk: u64 = read_field(skb, l.skb_sk)?;
+        (read_field::<u64>(sk, l.sk_net)?, 0)
+    };
+    let netns: u32 = read_field(net, l.net_inum)?;
+    if netns != netns_id() {
+        return None;
+    }
+    emit(ProbeEvent {
+        probe_id: probe.probe_id,
+        // SAFETY: plain helper call without arguments.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        location: unsafe { ctx.read_at(l.tp_location as usize) }.unwrap_or(0),
+        netns,
+        ifindex,
+        reason,
+        hook: Hook::Drop as u8,
+        kind: probe.kind as u8,
+        family: family as u8,
+        _pad: 0,
+    });
+    Some(())
 }
 
 /// Offset of the ICMP header of an unfragmented (or first-fragment) IPv4 ICMP packet.
 #[inline(always)]
-fn ipv4_icmp_offset(skb: *mut __sk_buff) -> Option<usize> {
+fn ipv4_icmp_offset<P: Packet>(pkt: &P) -> Option<usize> {
     // Bytes 0..10: version/IHL .. protocol, in one load.
-    let hdr = load_net::<[u8; 10]>(skb, 0)?;
+    let hdr = pkt.load::<[u8; 10]>(0)?;
     if hdr[9] != IPPROTO_ICMP {
         return None;
     }
@@ -183,19 +334,19 @@ fn ipv4_icmp_offset(skb: *mut __sk_buff) -> Option<usize> {
 
 /// Offset of the ICMPv6 header after walking at most [`MAX_IPV6_EXT_HEADERS`] extension headers.
 #[inline(always)]
-fn ipv6_icmp_offset(skb: *mut __sk_buff) -> Option<usize> {
-    let mut next: u8 = load_net(skb, 6)?;
+fn ipv6_icmp_offset<P: Packet>(pkt: &P) -> Option<usize> {
+    let mut next: u8 = pkt.load(6)?;
     let mut off = 40usize;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_ICMPV6 => return Some(off),
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let ext = load_net::<[u8; 2]>(skb, off)?;
+                let ext = pkt.load::<[u8; 2]>(off)?;
                 next = ext[0];
                 off += (usize::from(ext[1]) + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let frag = load_net::<[u8; 4]>(skb, off)?;
+                let frag = pkt.load::<[u8; 4]>(off)?;
                 // Only the first fragment (offset 0) carries the ICMPv6 header.
                 if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
                     return None;

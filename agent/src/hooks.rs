@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meshdoctor_agent_common::{Hook, Kind, ProbeEvent};
-use meshdoctor_api::{AnsweredPath, Bitmap, probe_id_parts};
+use meshdoctor_api::{AnsweredPath, Bitmap, Packet, probe_id_parts};
 
 /// Kernel times (CLOCK_MONOTONIC ns) of one probe at the hooks this agent can see; 0 = unseen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,10 +36,26 @@ fn positive_delta(from: u64, to: u64) -> Option<u64> {
     (from != 0 && to > from).then(|| to - from)
 }
 
+/// A probe packet the kernel freed as a drop in this agent's netns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelDrop {
+    pub probe_id: u64,
+    pub packet: Packet,
+    /// `enum skb_drop_reason` value, or `UNKNOWN_REASON`.
+    pub reason: u32,
+    /// Kernel address of the dropping code.
+    pub location: u64,
+    /// 0 when the packet was on no device.
+    pub ifindex: u32,
+}
+
 /// Hook times of every probe of one round seen by this agent's observers.
 #[derive(Debug, Default)]
 pub struct RoundHooks {
     probes: HashMap<u64, HookTimes>,
+    /// Kernel drops, first per (probe, packet): a clone freed after the original adds nothing.
+    drops: Vec<KernelDrop>,
+    dropped: HashSet<(u64, Packet)>,
     events: u64,
 }
 
@@ -48,6 +64,23 @@ impl RoundHooks {
     /// hook twice (it should not) keeps its earliest time.
     pub fn record(&mut self, ev: &ProbeEvent) {
         self.events += 1;
+        if ev.hook == Hook::Drop as u8 {
+            let packet = if ev.kind == Kind::Request as u8 {
+                Packet::Request
+            } else {
+                Packet::Reply
+            };
+            if self.dropped.insert((ev.probe_id, packet)) {
+                self.drops.push(KernelDrop {
+                    probe_id: ev.probe_id,
+                    packet,
+                    reason: ev.reason,
+                    location: ev.location,
+                    ifindex: ev.ifindex,
+                });
+            }
+            return;
+        }
         let t = self.probes.entry(ev.probe_id).or_default();
         let slot = match (ev.kind, ev.hook) {
             (k, h) if k == Kind::Request as u8 && h == Hook::Egress as u8 => &mut t.src_egress,
@@ -68,6 +101,11 @@ impl RoundHooks {
 
     pub fn get(&self, probe_id: u64) -> HookTimes {
         self.probes.get(&probe_id).copied().unwrap_or_default()
+    }
+
+    /// Kernel drops of this round's probes, in arrival order.
+    pub fn drops(&self) -> &[KernelDrop] {
+        &self.drops
     }
 
     /// Events recorded so far.
@@ -133,13 +171,34 @@ mod tests {
         ProbeEvent {
             probe_id: id,
             ktime_ns: t,
+            location: 0,
             netns: 1,
             ifindex: 3,
+            reason: 0,
             hook: hook as u8,
             kind: kind as u8,
             family: 4,
-            _pad: [0; 5],
+            _pad: 0,
         }
+    }
+
+    #[test]
+    fn drops_are_kept_once_per_probe_and_packet() {
+        let mut h = RoundHooks::default();
+        let id = probe_id(9, 1, 0);
+        let drop = |kind, reason| ProbeEvent {
+            reason,
+            location: 0xffff_1234,
+            ..ev(id, kind, Hook::Drop, 5)
+        };
+        h.record(&drop(Kind::Request, 12));
+        h.record(&drop(Kind::Request, 99)); // a clone of the same request
+        h.record(&drop(Kind::Reply, 12));
+        assert_eq!(h.drops().len(), 2);
+        assert_eq!(h.drops()[0].reason, 12);
+        assert_eq!(h.drops()[1].packet, Packet::Reply);
+        // A drop is not a hook sighting.
+        assert_eq!(h.get(id), HookTimes::default());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod caps;
 mod client;
+mod drops;
 mod hooks;
 mod icmp;
 mod interfaces;
@@ -11,6 +12,8 @@ mod metrics;
 mod observer;
 mod round;
 mod runtime;
+#[cfg(test)]
+mod testnet;
 
 use std::{
     net::SocketAddr,
@@ -27,6 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     client::{ClientError, ControllerClient},
+    drops::DropTracer,
     interfaces::InterfaceArg,
     observer::Observer,
     runtime::Agent,
@@ -89,21 +93,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("reading token file {}", f.display()))
         })
         .transpose()?;
-    let observer = if args.no_ebpf {
-        None
+    let (observer, drop_tracer) = if args.no_ebpf {
+        (None, None)
     } else {
         match load_observer(&interfaces) {
-            Ok(o) => Some(o),
+            Ok((o, t)) => (Some(o), t),
             Err(e) => {
                 warn!(
                     "eBPF observers unavailable, falling back to user-space timestamps \
                      (reports say timestamping: socket): {e:#}"
                 );
-                None
+                (None, None)
             }
         }
     };
-    let agent = Arc::new(Agent::new(args.node.clone(), interfaces, observer));
+    let agent = Arc::new(Agent::new(
+        args.node.clone(),
+        interfaces,
+        observer,
+        drop_tracer,
+    ));
     if let Some(events) = agent.take_events() {
         tokio::spawn(agent.clone().dispatch_events(events));
     }
@@ -135,13 +144,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn load_observer(interfaces: &[interfaces::Interface]) -> anyhow::Result<Observer> {
-    let mut obs = Observer::load()?;
+/// Loads and attaches the TC observers, and the kfree_skb drop tracer when the kernel layout
+/// resolves; without the tracer the agent still runs, its reports say `dropTracer: false`.
+fn load_observer(
+    interfaces: &[interfaces::Interface],
+) -> anyhow::Result<(Observer, Option<DropTracer>)> {
+    let tracer = DropTracer::resolve()
+        .map_err(|e| warn!("kernel drop reasons unavailable: {e}"))
+        .ok();
+    let mut obs = Observer::load(tracer.as_ref().map(|t| &t.layout))?;
     for i in interfaces {
         let mode = obs.attach(&i.info.name)?;
         info!(interface = %i.info.name, ?mode, "eBPF observers attached");
     }
-    Ok(obs)
+    let tracer = tracer.and_then(|t| match obs.trace_drops() {
+        Ok(()) => {
+            info!("kfree_skb drop tracer attached");
+            Some(t)
+        }
+        Err(e) => {
+            warn!("kernel drop reasons unavailable: {e}");
+            None
+        }
+    });
+    Ok((obs, tracer))
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -24,8 +24,18 @@ pub struct HookLabels {
     pub family: String,
 }
 
+/// Labels of the kernel drops of probe packets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `enum skb_drop_reason` name, e.g. `NETFILTER_DROP`; `unknown` on kernels without reasons.
+    pub reason: String,
+    /// `request` or `reply`.
+    pub kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub drops: MetricFamily<DropLabels, Counter>,
     sent: MetricFamily<PathLabels, Counter>,
     received: MetricFamily<PathLabels, Counter>,
     observed: MetricFamily<HookLabels, Counter>,
@@ -43,6 +53,12 @@ impl Default for Metrics {
         let rounds = Counter::default();
         let ringbuf_drops = Counter::default();
         let kernel_events = Counter::default();
+        let drops = MetricFamily::<DropLabels, Counter>::default();
+        registry.register(
+            "probe_drops",
+            "Probe packets the kernel dropped in this agent's netns (skb:kfree_skb), by drop reason and packet",
+            drops.clone(),
+        );
         registry.register(
             "probes_sent",
             "Probes handed to the kernel, by source interface and family",
@@ -71,6 +87,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            drops,
             sent,
             received,
             observed,

@@ -20,14 +20,14 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TracePoint,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
     sys::SyscallError,
 };
 use meshdoctor_agent_common::{
-    CounterKey, GLOBAL_NETNS_ID, MAP_ACTIVE_ROUNDS, MAP_COUNTERS, MAP_EVENTS, MAP_RINGBUF_DROPS,
-    PROG_EGRESS, PROG_INGRESS, ProbeEvent,
+    CounterKey, DropLayout, GLOBAL_DROP_LAYOUT, GLOBAL_NETNS_ID, MAP_ACTIVE_ROUNDS, MAP_COUNTERS,
+    MAP_EVENTS, MAP_RINGBUF_DROPS, PROG_DROPS, PROG_EGRESS, PROG_INGRESS, ProbeEvent,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -94,6 +94,9 @@ pub enum ObserverError {
         #[source]
         source: TcError,
     },
+    /// [`Observer::trace_drops`] on an observer loaded without a [`DropLayout`].
+    #[error("the drop tracer needs the kernel layout, which was not resolved at load")]
+    NoDropLayout,
     /// [`Observer::events`] was already called: there is one ring buffer and one consumer.
     #[error("the event stream (map {MAP_EVENTS}) was already taken")]
     EventsTaken,
@@ -133,6 +136,8 @@ pub struct Observer {
     attached: StdHashMap<u32, AttachMode>,
     /// Cleared after TCX failed once as unsupported, so later interfaces go straight to netlink.
     tcx_supported: bool,
+    /// Whether the object was loaded with a resolved [`DropLayout`].
+    drop_layout: bool,
 }
 
 /// Inode of the calling thread's network namespace (`/proc/thread-self/ns/net`): the netns id
@@ -148,19 +153,23 @@ pub fn current_netns_id() -> io::Result<u32> {
 }
 
 impl Observer {
-    /// Loads the programs in the calling thread's current netns; `netns_id` = inode of
-    /// /proc/thread-self/ns/net (see [`current_netns_id`]).
+    /// Loads the programs in the calling thread's current netns, whose inode
+    /// (/proc/thread-self/ns/net, see [`current_netns_id`]) tags every event. `drops` is the
+    /// kernel layout the drop tracer reads (see [`crate::drops::DropTracer`]); without it
+    /// [`Observer::trace_drops`] is unavailable.
     ///
     /// Nothing is attached yet: see [`Observer::attach`]. Needs CAP_BPF + CAP_NET_ADMIN (or
     /// root).
-    pub fn load() -> Result<Self, ObserverError> {
+    pub fn load(drops: Option<&DropLayout>) -> Result<Self, ObserverError> {
         if OBJECT.is_empty() {
             return Err(ObserverError::NotBuilt);
         }
         bump_memlock_rlimit();
         let netns_id = current_netns_id().map_err(ObserverError::Netns)?;
+        let layout = drops.copied().unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_NETNS_ID, &netns_id, true)
+            .override_global(GLOBAL_DROP_LAYOUT, &layout, true)
             .load(OBJECT)
             .map_err(ObserverError::Load)?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
@@ -184,7 +193,32 @@ impl Observer {
             events: Some(events),
             attached: StdHashMap::new(),
             tcx_supported: true,
+            drop_layout: drops.is_some(),
         })
+    }
+
+    /// Loads and attaches the `skb:kfree_skb` drop tracer: from now on, probes of armed rounds
+    /// that the kernel frees as a drop in this netns are events with [`Hook::Drop`]. Needs
+    /// CAP_PERFMON besides CAP_BPF, and tracefs (mounted by
+    /// [`crate::drops::DropTracer::resolve`]).
+    ///
+    /// [`Hook::Drop`]: meshdoctor_agent_common::Hook::Drop
+    pub fn trace_drops(&mut self) -> Result<(), ObserverError> {
+        if !self.drop_layout {
+            return Err(ObserverError::NoDropLayout);
+        }
+        let name = PROG_DROPS;
+        let err = |source| ObserverError::Program { name, source };
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(err(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(err)?;
+        program.load().map_err(err)?;
+        let (category, event) = crate::drops::TRACEPOINT;
+        program.attach(category, event).map_err(err)?;
+        Ok(())
     }
 
     /// Attaches ingress+egress to the interface `ifname`, resolved in the calling thread's
@@ -483,226 +517,18 @@ mod tests {
 
     use std::{
         collections::HashSet,
-        fs::File,
-        net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+        net::{IpAddr, UdpSocket},
         os::fd::AsRawFd as _,
         process::Command,
-        sync::atomic::{AtomicU32, Ordering},
-        time::{Duration, Instant},
+        time::Duration,
     };
 
     use meshdoctor_agent_common::{Hook, IpFamily, Kind};
-    use meshdoctor_api::{Family, probe_id};
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use meshdoctor_api::probe_id;
+    use socket2::Socket;
 
     use super::*;
-    use crate::icmp::{echo, echo_request};
-
-    /// ICMP ident of the test's echo requests, to tell their replies from others.
-    const IDENT: u16 = 0x4d44;
-
-    const ADDR_A4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-    const ADDR_B4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-    const ADDR_A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x231, 0, 0, 0, 0, 1);
-    const ADDR_B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x231, 0, 0, 0, 0, 2);
-
-    fn skip_unless_root() -> bool {
-        // SAFETY: plain syscall.
-        if unsafe { libc::geteuid() } != 0 {
-            println!("skipped: needs root");
-            return true;
-        }
-        false
-    }
-
-    fn ip(args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Netns A (observer side) and B (responder) joined by veth `veth_a` <-> `veth_b`; both
-    /// namespaces (and with them the veths) are deleted on drop, also when a test panics.
-    struct Pair {
-        ns_a: String,
-        ns_b: String,
-        veth_a: String,
-    }
-
-    impl Pair {
-        fn new() -> Self {
-            static NEXT: AtomicU32 = AtomicU32::new(0);
-            let id = format!(
-                "{}x{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
-            let pair = Self {
-                ns_a: format!("mdobs-a-{id}"),
-                ns_b: format!("mdobs-b-{id}"),
-                veth_a: format!("oa{id}"),
-            };
-            let veth_b = format!("ob{id}");
-            assert!(veth_b.len() <= 15, "interface name {veth_b} too long");
-            ip(&["netns", "add", &pair.ns_a]);
-            ip(&["netns", "add", &pair.ns_b]);
-            ip(&[
-                "link",
-                "add",
-                &pair.veth_a,
-                "netns",
-                &pair.ns_a,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &veth_b,
-                "netns",
-                &pair.ns_b,
-            ]);
-            for (ns, dev, a4, a6) in [
-                (&pair.ns_a, &pair.veth_a, ADDR_A4, ADDR_A6),
-                (&pair.ns_b, &veth_b, ADDR_B4, ADDR_B6),
-            ] {
-                ip(&["-n", ns, "addr", "add", &format!("{a4}/24"), "dev", dev]);
-                // nodad: no 1-2 s wait for duplicate address detection.
-                ip(&[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{a6}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ]);
-                ip(&["-n", ns, "link", "set", dev, "up"]);
-                ip(&["-n", ns, "link", "set", "lo", "up"]);
-            }
-            pair
-        }
-
-        /// Runs `f` on a fresh thread that first joins netns `ns`; sockets, links and maps
-        /// created there keep that netns.
-        fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let file = File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-                    // SAFETY: valid fd; only this thread's netns changes.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns {ns}: {}", io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .expect("netns thread panicked")
-            })
-        }
-    }
-
-    impl Drop for Pair {
-        fn drop(&mut self) {
-            for ns in [&self.ns_a, &self.ns_b] {
-                let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            }
-        }
-    }
-
-    /// Raw ICMP/ICMPv6 echo socket of the calling thread's netns.
-    struct Pinger {
-        sock: Socket,
-        dst: SockAddr,
-        v6: bool,
-    }
-
-    impl Pinger {
-        fn new(dst: IpAddr) -> Self {
-            let sock = match dst {
-                IpAddr::V4(_) => Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)),
-                IpAddr::V6(_) => Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)),
-            }
-            .expect("raw socket");
-            sock.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            Self {
-                sock,
-                dst: SocketAddr::new(dst, 0).into(),
-                v6: dst.is_ipv6(),
-            }
-        }
-
-        fn family(&self) -> Family {
-            if self.v6 { Family::Ipv6 } else { Family::Ipv4 }
-        }
-
-        /// Sends the agent's own probe packet for `probe_id` (path 1, sequence `seq`), as
-        /// `icmp::echo_request` builds it, with ident 0x4d44.
-        fn probe(&self, tag: u32, seq: u16) {
-            let pkt = echo_request(self.family(), IDENT, seq, probe_id(tag, 1, seq));
-            self.sock.send_to(&pkt, &self.dst).expect("send probe");
-        }
-
-        /// Sends an ordinary echo request: no cookie.
-        fn plain(&self, seq: u16) {
-            let pkt = echo(self.family(), IDENT, seq, b"plain ping..");
-            self.sock.send_to(&pkt, &self.dst).expect("send echo");
-        }
-
-        /// Collects the sequence numbers of echo replies until `want` are in or `timeout`.
-        fn replies(&self, want: usize, timeout: Duration) -> HashSet<u16> {
-            let deadline = Instant::now() + timeout;
-            let mut seen = HashSet::new();
-            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
-            while seen.len() < want && Instant::now() < deadline {
-                let Ok(n) = self.sock.recv(&mut buf) else {
-                    continue;
-                };
-                // SAFETY: recv initialised the first n bytes.
-                let data: Vec<u8> = buf[..n]
-                    .iter()
-                    .map(|b| unsafe { b.assume_init() })
-                    .collect();
-                let icmp = if self.v6 {
-                    &data[..]
-                } else {
-                    &data[usize::from(data[0] & 0x0f) * 4..]
-                };
-                let reply_type = if self.v6 { 129 } else { 0 };
-                if icmp.len() >= 8 && icmp[0] == reply_type && icmp[4..6] == IDENT.to_be_bytes() {
-                    seen.insert(u16::from_be_bytes([icmp[6], icmp[7]]));
-                }
-            }
-            seen
-        }
-    }
-
-    /// Reads events until `want` arrived, then keeps listening briefly so that unexpected
-    /// extra events are caught too.
-    fn collect(
-        rt: &tokio::runtime::Runtime,
-        stream: &mut EventStream,
-        want: usize,
-    ) -> Vec<ProbeEvent> {
-        rt.block_on(async {
-            let mut events = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-            while events.len() < want {
-                match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Ok(Some(ev)) => events.push(ev),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            while let Ok(Some(ev)) =
-                tokio::time::timeout(Duration::from_millis(300), stream.next()).await
-            {
-                events.push(ev);
-            }
-            events
-        })
-    }
+    use crate::testnet::{ADDR_A4, ADDR_B4, ADDR_B6, Pair, Pinger, collect, skip_unless_root};
 
     fn scenario(v6: bool) {
         let pair = Pair::new();
@@ -715,7 +541,7 @@ mod tests {
         Pair::run_in(&pair.ns_a, move || {
             let netns = current_netns_id().unwrap();
             let ifindex = ifindex(&veth).unwrap();
-            let mut obs = Observer::load().unwrap();
+            let mut obs = Observer::load(None).unwrap();
             let mode = obs.attach(&veth).unwrap();
             assert_eq!(obs.attach(&veth).unwrap(), mode, "second attach is a no-op");
             println!("attached to {veth} with {mode:?}");
@@ -842,7 +668,7 @@ mod tests {
         let sink_addr = sink.local_addr().unwrap();
         let veth = pair.veth_a.clone();
         Pair::run_in(&pair.ns_a, move || {
-            let mut obs = Observer::load().unwrap();
+            let mut obs = Observer::load(None).unwrap();
             obs.attach(&veth).unwrap();
             let tag = 0x0bad_cafe;
             obs.arm(tag).unwrap();
@@ -907,7 +733,7 @@ mod tests {
         let pair = Pair::new();
         let veth = pair.veth_a.clone();
         Pair::run_in(&pair.ns_a, move || {
-            let mut crashed = Observer::load().unwrap();
+            let mut crashed = Observer::load(None).unwrap();
             crashed.tcx_supported = false;
             assert_eq!(crashed.attach(&veth).unwrap(), AttachMode::Netlink);
             // A crash: the process dies without detaching, the kernel keeps the filters.
@@ -915,7 +741,7 @@ mod tests {
             assert_eq!(our_filters(&veth, "ingress"), 1);
             assert_eq!(our_filters(&veth, "egress"), 1);
 
-            let mut obs = Observer::load().unwrap();
+            let mut obs = Observer::load(None).unwrap();
             obs.tcx_supported = false;
             assert_eq!(obs.attach(&veth).unwrap(), AttachMode::Netlink);
             assert_eq!(our_filters(&veth, "ingress"), 1);
@@ -973,7 +799,7 @@ mod tests {
         let pair = Pair::new();
         let veth = pair.veth_a.clone();
         Pair::run_in(&pair.ns_a, move || {
-            let mut obs = Observer::load().unwrap();
+            let mut obs = Observer::load(None).unwrap();
             obs.attach(&veth).unwrap();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

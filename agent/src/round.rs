@@ -245,9 +245,9 @@ fn build_report(
         observer: ObserverStats {
             ringbuf_drops,
             events: hooks.events(),
-            drop_tracer: false,
+            drop_tracer: agent.traces_drops(),
         },
-        drops: Vec::new(),
+        drops: agent.drop_records(hooks.drops()),
     }
 }
 
@@ -327,12 +327,14 @@ mod tests {
         ProbeEvent {
             probe_id: id,
             ktime_ns: t,
+            location: 0,
             netns: 1,
             ifindex: 2,
+            reason: 0,
             hook: hook as u8,
             kind: kind as u8,
             family: 4,
-            _pad: [0; 5],
+            _pad: 0,
         }
     }
 
@@ -366,7 +368,8 @@ mod tests {
             r.observer,
             ObserverStats {
                 ringbuf_drops: 4,
-                events: 4
+                events: 4,
+                drop_tracer: false,
             }
         );
     }

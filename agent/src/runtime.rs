@@ -7,13 +7,14 @@ use std::{
 };
 
 use meshdoctor_agent_common::{Hook, IpFamily, Kind};
-use meshdoctor_api::{AgentRegistration, Timestamping};
+use meshdoctor_api::{AgentRegistration, Packet, ProbeDrop, Timestamping, probe_id_parts};
 use tracing::warn;
 
 use crate::{
-    hooks::RoundHooks,
+    drops::{DropTracer, Symbols},
+    hooks::{KernelDrop, RoundHooks},
     interfaces::Interface,
-    metrics::{HookLabels, Metrics},
+    metrics::{DropLabels, HookLabels, Metrics},
     observer::{EventStream, Observer},
 };
 
@@ -24,12 +25,21 @@ pub struct Agent {
     pub metrics: Metrics,
     /// `None` when eBPF is off: reports then carry user-space times only.
     observer: Option<Mutex<Observer>>,
+    /// Names of the drop tracer's reasons; `None` when it does not run.
+    drop_tracer: Option<DropTracer>,
+    /// Drop locations named so far.
+    symbols: Mutex<Symbols>,
     /// Hook times per armed round tag. Events of other round tags are ignored.
     rounds: Mutex<HashMap<u32, RoundHooks>>,
 }
 
 impl Agent {
-    pub fn new(node: String, interfaces: Vec<Interface>, observer: Option<Observer>) -> Self {
+    pub fn new(
+        node: String,
+        interfaces: Vec<Interface>,
+        observer: Option<Observer>,
+        drop_tracer: Option<DropTracer>,
+    ) -> Self {
         let timestamping = if observer.is_some() {
             Timestamping::Ebpf
         } else {
@@ -41,8 +51,61 @@ impl Agent {
             timestamping,
             metrics: Metrics::default(),
             observer: observer.map(Mutex::new),
+            drop_tracer,
+            symbols: Mutex::default(),
             rounds: Mutex::default(),
         }
+    }
+
+    /// Whether kernel drops of probes are traced.
+    pub fn traces_drops(&self) -> bool {
+        self.drop_tracer.is_some()
+    }
+
+    /// A round's kernel drops as report records: reasons and locations named, interfaces
+    /// named when they are this agent's, and counted in the metrics.
+    pub fn drop_records(&self, drops: &[KernelDrop]) -> Vec<ProbeDrop> {
+        let Some(tracer) = &self.drop_tracer else {
+            return Vec::new();
+        };
+        let locations = self
+            .symbols
+            .lock()
+            .map(|mut s| s.resolve(drops.iter().map(|d| d.location)))
+            .unwrap_or_default();
+        drops
+            .iter()
+            .map(|d| {
+                let (_, path, seq) = probe_id_parts(d.probe_id);
+                let reason = tracer.reason_name(d.reason);
+                self.metrics
+                    .drops
+                    .get_or_create(&DropLabels {
+                        reason: reason.clone(),
+                        kind: match d.packet {
+                            Packet::Request => "request",
+                            Packet::Reply => "reply",
+                        }
+                        .into(),
+                    })
+                    .inc();
+                ProbeDrop {
+                    path,
+                    seq,
+                    packet: d.packet,
+                    reason,
+                    location: locations
+                        .get(&d.location)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{:#x}", d.location)),
+                    interface: self
+                        .interfaces
+                        .iter()
+                        .find(|i| d.ifindex != 0 && i.ifindex == d.ifindex)
+                        .map(|i| i.info.name.clone()),
+                }
+            })
+            .collect()
     }
 
     pub fn registration(&self) -> AgentRegistration {
@@ -151,6 +214,6 @@ impl Agent {
 
     #[cfg(test)]
     pub fn for_test(node: &str) -> Self {
-        Self::new(node.into(), Vec::new(), None)
+        Self::new(node.into(), Vec::new(), None, None)
     }
 }
