@@ -78,3 +78,17 @@ fn agent_rejects_a_malformed_interface_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn agent_rejects_an_event_buffer_that_is_not_a_power_of_two() {
+    if !can_run("agent_rejects_an_event_buffer_that_is_not_a_power_of_two") {
+        return;
+    }
+    let (out, _) = agent_under(&[], &["--event-buffer-kib", "100"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--event-buffer-kib") && err.contains("power of two"),
+        "{err}"
+    );
+}

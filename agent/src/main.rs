@@ -32,7 +32,7 @@ use crate::{
     client::{ClientError, ControllerClient},
     drops::DropTracer,
     interfaces::InterfaceArg,
-    observer::Observer,
+    observer::{LoadOptions, Observer},
     runtime::Agent,
 };
 
@@ -55,6 +55,11 @@ struct Args {
     /// Address of the health and metrics endpoint.
     #[arg(long, default_value = "[::]:9090")]
     listen: SocketAddr,
+    /// Size of the ring buffer that carries probe events from the kernel, in KiB: a power of
+    /// two, at least the page size. Events that do not fit are counted and make the round's
+    /// missing hooks 'unobserved' instead of loss; raise it for very high probe rates.
+    #[arg(long, default_value_t = 256, value_name = "KIB", value_parser = parse_event_buffer)]
+    event_buffer_kib: u32,
     /// Do not load eBPF: user-space timestamps only, no per-hook loss attribution. Needs only
     /// CAP_NET_RAW.
     #[arg(long)]
@@ -96,7 +101,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (observer, drop_tracer) = if args.no_ebpf {
         (None, None)
     } else {
-        match load_observer(&interfaces) {
+        match load_observer(&interfaces, args.event_buffer_kib * 1024) {
             Ok((o, t)) => (Some(o), t),
             Err(e) => {
                 warn!(
@@ -148,11 +153,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// resolves; without the tracer the agent still runs, its reports say `dropTracer: false`.
 fn load_observer(
     interfaces: &[interfaces::Interface],
+    event_buffer_bytes: u32,
 ) -> anyhow::Result<(Observer, Option<DropTracer>)> {
     let tracer = DropTracer::resolve()
         .map_err(|e| warn!("kernel drop reasons unavailable: {e}"))
         .ok();
-    let mut obs = Observer::load(tracer.as_ref().map(|t| &t.layout))?;
+    let mut obs = Observer::load(&LoadOptions {
+        drops: tracer.as_ref().map(|t| t.layout),
+        event_buffer_bytes: Some(event_buffer_bytes),
+    })?;
     for i in interfaces {
         let mode = obs.attach(&i.info.name)?;
         info!(interface = %i.info.name, ?mode, "eBPF observers attached");
@@ -168,6 +177,21 @@ fn load_observer(
         }
     });
     Ok((obs, tracer))
+}
+
+/// `--event-buffer-kib`: the kernel wants a power-of-two multiple of the page size.
+fn parse_event_buffer(s: &str) -> Result<u32, String> {
+    let page = 4;
+    let kib: u32 = s
+        .parse()
+        .map_err(|_| format!("expected a size in KiB, got {s:?}"))?;
+    if kib < page || !kib.is_power_of_two() || kib > 1 << 20 {
+        return Err(format!(
+            "expected a power of two between {page} and {} KiB, got {kib}",
+            1 << 20
+        ));
+    }
+    Ok(kib)
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

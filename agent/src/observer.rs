@@ -140,6 +140,17 @@ pub struct Observer {
     drop_layout: bool,
 }
 
+/// How to load the observer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// The kernel layout the drop tracer reads (see [`crate::drops::DropTracer`]); without it
+    /// [`Observer::trace_drops`] is unavailable.
+    pub drops: Option<DropLayout>,
+    /// Size of the event ring buffer in bytes (a power-of-two multiple of the page size);
+    /// `None` keeps the program's 256 KiB.
+    pub event_buffer_bytes: Option<u32>,
+}
+
 /// Inode of the calling thread's network namespace (`/proc/thread-self/ns/net`): the netns id
 /// carried by every [`ProbeEvent`] of an observer loaded by this thread.
 pub fn current_netns_id() -> io::Result<u32> {
@@ -154,24 +165,25 @@ pub fn current_netns_id() -> io::Result<u32> {
 
 impl Observer {
     /// Loads the programs in the calling thread's current netns, whose inode
-    /// (/proc/thread-self/ns/net, see [`current_netns_id`]) tags every event. `drops` is the
-    /// kernel layout the drop tracer reads (see [`crate::drops::DropTracer`]); without it
-    /// [`Observer::trace_drops`] is unavailable.
+    /// (/proc/thread-self/ns/net, see [`current_netns_id`]) tags every event.
     ///
     /// Nothing is attached yet: see [`Observer::attach`]. Needs CAP_BPF + CAP_NET_ADMIN (or
     /// root).
-    pub fn load(drops: Option<&DropLayout>) -> Result<Self, ObserverError> {
+    pub fn load(options: &LoadOptions) -> Result<Self, ObserverError> {
         if OBJECT.is_empty() {
             return Err(ObserverError::NotBuilt);
         }
         bump_memlock_rlimit();
         let netns_id = current_netns_id().map_err(ObserverError::Netns)?;
-        let layout = drops.copied().unwrap_or_default();
-        let mut ebpf = EbpfLoader::new()
+        let layout = options.drops.unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(GLOBAL_NETNS_ID, &netns_id, true)
-            .override_global(GLOBAL_DROP_LAYOUT, &layout, true)
-            .load(OBJECT)
-            .map_err(ObserverError::Load)?;
+            .override_global(GLOBAL_DROP_LAYOUT, &layout, true);
+        if let Some(bytes) = options.event_buffer_bytes {
+            loader.map_max_entries(MAP_EVENTS, bytes);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(ObserverError::Load)?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
             program_mut(&mut ebpf, name)?
                 .load()
@@ -193,7 +205,7 @@ impl Observer {
             events: Some(events),
             attached: StdHashMap::new(),
             tcx_supported: true,
-            drop_layout: drops.is_some(),
+            drop_layout: options.drops.is_some(),
         })
     }
 
@@ -541,7 +553,7 @@ mod tests {
         Pair::run_in(&pair.ns_a, move || {
             let netns = current_netns_id().unwrap();
             let ifindex = ifindex(&veth).unwrap();
-            let mut obs = Observer::load(None).unwrap();
+            let mut obs = Observer::load(&LoadOptions::default()).unwrap();
             let mode = obs.attach(&veth).unwrap();
             assert_eq!(obs.attach(&veth).unwrap(), mode, "second attach is a no-op");
             println!("attached to {veth} with {mode:?}");
@@ -668,7 +680,7 @@ mod tests {
         let sink_addr = sink.local_addr().unwrap();
         let veth = pair.veth_a.clone();
         Pair::run_in(&pair.ns_a, move || {
-            let mut obs = Observer::load(None).unwrap();
+            let mut obs = Observer::load(&LoadOptions::default()).unwrap();
             obs.attach(&veth).unwrap();
             let tag = 0x0bad_cafe;
             obs.arm(tag).unwrap();
@@ -733,7 +745,7 @@ mod tests {
         let pair = Pair::new();
         let veth = pair.veth_a.clone();
         Pair::run_in(&pair.ns_a, move || {
-            let mut crashed = Observer::load(None).unwrap();
+            let mut crashed = Observer::load(&LoadOptions::default()).unwrap();
             crashed.tcx_supported = false;
             assert_eq!(crashed.attach(&veth).unwrap(), AttachMode::Netlink);
             // A crash: the process dies without detaching, the kernel keeps the filters.
@@ -741,7 +753,7 @@ mod tests {
             assert_eq!(our_filters(&veth, "ingress"), 1);
             assert_eq!(our_filters(&veth, "egress"), 1);
 
-            let mut obs = Observer::load(None).unwrap();
+            let mut obs = Observer::load(&LoadOptions::default()).unwrap();
             obs.tcx_supported = false;
             assert_eq!(obs.attach(&veth).unwrap(), AttachMode::Netlink);
             assert_eq!(our_filters(&veth, "ingress"), 1);
@@ -799,7 +811,7 @@ mod tests {
         let pair = Pair::new();
         let veth = pair.veth_a.clone();
         Pair::run_in(&pair.ns_a, move || {
-            let mut obs = Observer::load(None).unwrap();
+            let mut obs = Observer::load(&LoadOptions::default()).unwrap();
             obs.attach(&veth).unwrap();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

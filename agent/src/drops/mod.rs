@@ -265,7 +265,7 @@ mod tests {
         use meshdoctor_api::probe_id;
 
         use crate::{
-            observer::{Observer, current_netns_id},
+            observer::{LoadOptions, Observer, current_netns_id},
             testnet::{ADDR_B4, ADDR_B6, Pair, Pinger, collect},
         };
 
@@ -290,7 +290,11 @@ mod tests {
         let ns_a = pair.ns_a.clone();
         Pair::run_in(&pair.ns_a, move || {
             let netns = current_netns_id().unwrap();
-            let mut obs = Observer::load(Some(&tracer.layout)).unwrap();
+            let mut obs = Observer::load(&LoadOptions {
+                drops: Some(tracer.layout),
+                ..LoadOptions::default()
+            })
+            .unwrap();
             obs.attach(&veth).unwrap();
             obs.trace_drops().unwrap();
             let rt = tokio::runtime::Builder::new_current_thread()
