@@ -1,5 +1,5 @@
-//! `cargo xtask lab`: the main job in one command. Builds the lab, runs a full-mesh task, prints
-//! the round report and tears everything down.
+//! `cargo xtask lab`: the main job in one command. Builds the lab (with the `--fault`s in place),
+//! runs a full-mesh task, prints the round's findings and report and tears everything down.
 
 use std::{
     path::PathBuf,
@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use meshdoctor_api::{NetReach, RoundReport, RoundStatus, table};
-use meshdoctor_lab::{Lab, LabConfig, cleanup_leftovers, default_task_yaml};
+use meshdoctor_lab::{Fault, Lab, LabConfig, LabError, cleanup_leftovers, default_task_yaml};
 
 use crate::{cargo, setup, sh, step, teardown_on_signal};
 
@@ -37,6 +37,25 @@ pub struct LabArgs {
     /// Lab directory: tasks, data, logs and the token.
     #[arg(long, default_value = "/run/meshdoctor-lab")]
     dir: PathBuf,
+    /// Inject a fault before the agents start (repeatable): random loss of the probes' ICMP
+    /// echo packets at one place, made with nftables.
+    ///
+    /// SPEC is NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies]:
+    ///   NODE     node-N or N (1..=--nodes)
+    ///   IFACE    eth0 or net1
+    ///   DIR      ingress (packets reaching the node) or egress (packets it sends)
+    ///   FAMILY   ipv4 or ipv6 (or 4, 6, v4, v6)
+    ///   RATE     loss in percent, 0 < RATE <= 100, in steps of 0.1: 30, 30%, 2.5
+    ///   link     (default) lost between the node and the switch: the packet left one node
+    ///            and never arrives (dropped in mdlab-sw, at the node's switch port)
+    ///   stack    lost inside the node, after the interface (ingress) or before it (egress)
+    ///   requests | replies: only echo requests or only echo replies (default: both)
+    ///
+    /// Examples: `--fault node-2:net1:egress:ipv6:30`,
+    /// `--fault 3:eth0:ingress:4:2.5:stack:requests`. The round's findings (which interface
+    /// loses what) are printed above the pair table.
+    #[arg(long = "fault", value_name = "SPEC", verbatim_doc_comment)]
+    faults: Vec<Fault>,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +88,12 @@ pub fn run(args: LabArgs) -> Result<()> {
         None => ("mesh.yaml".to_string(), default_task_yaml("mesh")),
     };
     let task = NetReach::from_yaml(&file_name, &yaml)?;
+    for fault in &args.faults {
+        match fault.check(args.nodes) {
+            Err(LabError::BadFault { fault, reason }) => bail!("--fault {fault}: {reason}"),
+            other => other?,
+        }
+    }
 
     step("setup");
     setup::run()?;
@@ -86,6 +111,18 @@ pub fn run(args: LabArgs) -> Result<()> {
     let mut cfg = LabConfig::new(args.nodes);
     cfg.dir = args.dir.clone();
     cfg.tasks = vec![(file_name, yaml)];
+    cfg.faults = args.faults.clone();
+    if !args.faults.is_empty() {
+        eprintln!("faults, in place before the first probe:");
+        for f in &args.faults {
+            eprintln!(
+                "  {f}  (nft table {} {} in {})",
+                f.nft_family(),
+                f.table(),
+                f.namespace()
+            );
+        }
+    }
     let lab = Lab::up(cfg)?;
     let up_after = started.elapsed();
     eprintln!(
@@ -101,9 +138,19 @@ pub fn run(args: LabArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        // Where first (the faulty interfaces), then what (every pair-path).
+        print!("{}", table::render_findings(&report.findings));
+        println!();
         print!("{}", table::render_table(&report));
     }
     eprintln!("{}", summary(&report, up_after, report_after));
+    // The ground truth next to the findings: what each fault really dropped (so far).
+    for f in &args.faults {
+        match lab.fault_drops(f) {
+            Ok(n) => eprintln!("fault {f}: nft dropped {n} packets"),
+            Err(e) => eprintln!("fault {f}: cannot read its nft counter: {e}"),
+        }
+    }
 
     if args.keep {
         let dir = lab.dir().display().to_string();
@@ -115,6 +162,14 @@ pub fn run(args: LabArgs) -> Result<()> {
              logs:           {dir}/logs/\n  \
              stop it with:   cargo xtask lab down"
         );
+        for f in &args.faults {
+            eprintln!(
+                "  fault {f} stays on; remove it with: ip netns exec {} nft delete table {} {}",
+                f.namespace(),
+                f.nft_family(),
+                f.table()
+            );
+        }
     } else {
         lab.down();
     }
