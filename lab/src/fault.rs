@@ -1,25 +1,4 @@
-//! Fault injection: random loss of the probes' ICMP echo packets at one place of the lab, made
-//! with nftables (never netem).
-//!
-//! A [`Fault`] names a node, one of its interfaces, a direction, an address family, a loss rate
-//! and a [`Segment`]:
-//!
-//! - **link** loss happens outside the node, in the switch ([`SWITCH_NS`]): an egress fault
-//!   drops the node's packets as they enter the bridge from its port (they left the node and
-//!   never arrive anywhere); an ingress fault drops packets toward the node as the bridge
-//!   forwards them to its port (they left the peer and never reach the node).
-//! - **stack** loss happens inside the node: an ingress fault drops in the input hook (after the
-//!   interface, before the socket or the kernel's ICMP responder); an egress fault drops in the
-//!   output hook (before the interface; a local sender sees `EPERM`).
-//!
-//! Only ICMP / ICMPv6 echo requests and echo replies of the fault's family match, optionally
-//! only one of the two; neighbour discovery, ARP and the agents' HTTP are never touched. Every
-//! fault is one nft table of its own (see [`Fault::table`]), so faults at different places
-//! coexist, also on one node, and loading a fault at the place of an earlier one replaces it.
-//!
-//! The spec syntax, for `cargo xtask lab --fault` and tests:
-//! `NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies]`, e.g. `node-2:net1:egress:ipv6:30`
-//! or `3:eth0:ingress:4:2.5%:stack:replies`.
+//! Fault injection with nftables: see [`Fault`].
 
 use std::{fmt, str::FromStr};
 
@@ -32,13 +11,35 @@ use crate::{
 
 /// The spec syntax, quoted by every parse error.
 pub const FAULT_SYNTAX: &str = "NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies]";
-/// Every fault table's name starts with this; [`Network::clear_faults`](crate::Network::clear_faults)
-/// finds them by it.
+/// Every fault table's name starts with this;
+/// [`Network::clear_faults`](crate::Network::clear_faults) finds them by it.
 pub const FAULT_TABLE_PREFIX: &str = "lab_fault_";
 /// `numgen random mod RATE_SCALE < permille`: the rate's resolution is 0.1%.
 const RATE_SCALE: u32 = 1000;
 
-/// Random loss of probe packets at one place of the lab. See the [module](self) docs.
+/// Random loss of the probes' ICMP echo packets at one place of the lab, made with nftables
+/// (never netem), injected with [`Lab::inject`](crate::Lab::inject),
+/// [`LabConfig::faults`](crate::LabConfig::faults) or [`Network::inject`](crate::Network::inject).
+///
+/// A fault names a node, one of its interfaces, a direction, an address family, a loss rate
+/// and a [`Segment`]:
+///
+/// - **link** loss happens outside the node, in the switch ([`SWITCH_NS`]): an egress fault
+///   drops the node's packets as they enter the bridge from its port (they left the node and
+///   never arrive anywhere); an ingress fault drops packets toward the node as the bridge
+///   forwards them to its port (they left the peer and never reach the node).
+/// - **stack** loss happens inside the node: an ingress fault drops in the input hook (after the
+///   interface, before the socket or the kernel's ICMP responder); an egress fault drops in the
+///   output hook (before the interface; a local sender sees `EPERM`).
+///
+/// Only ICMP / ICMPv6 echo requests and echo replies of the fault's family match, optionally
+/// only one of the two; neighbour discovery, ARP and the agents' HTTP are never touched. Every
+/// fault is one nft table of its own (see [`Fault::table`]), so faults at different places
+/// coexist, also on one node, and loading a fault at the place of an earlier one replaces it.
+///
+/// The spec syntax, for `cargo xtask lab --fault` and tests:
+/// `NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies]`, e.g. `node-2:net1:egress:ipv6:30`
+/// or `3:eth0:ingress:4:2.5%:stack:replies`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
     /// Node number, from 1.

@@ -6,6 +6,11 @@
 //! - [`Lab`] adds the processes: `meshdoctor-controller` in `mdlab-ctl` and one
 //!   `meshdoctor-agent` per node, with a lab directory for tasks, data, logs and the token.
 //!
+//! Both inject [`Fault`]s: random loss of the probes' echo packets on one node, interface,
+//! family and direction, on the link (in the switch) or in the node's stack, made with nftables
+//! (`LabConfig::faults` before the agents start, `inject` / `remove_fault` / `clear_faults`
+//! while they run).
+//!
 //! The namespace names are fixed (the agent and controller tests rely on them), so only one lab
 //! can exist per machine: building one first removes the leftovers of a crashed run, and inside
 //! one process a lock makes concurrent tests take turns instead of tearing each other down.
