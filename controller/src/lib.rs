@@ -1,15 +1,17 @@
 //! meshdoctor-controller: tasks -> rounds -> plans -> reports -> judged round reports.
 //!
-//! The pure core ([`schedule`], [`mesh`], [`join`], [`judge`], [`status`]) knows nothing of
-//! HTTP, files or Kubernetes, so the Kubernetes backend can reuse it as is. The standalone
-//! backend's IO sits around it: [`tasks`] (task files), [`store`] (report files), [`rounds`]
-//! (the tokio round driver and shared state), [`api_server`] (axum routes) and [`metrics`].
+//! The pure core ([`schedule`], [`mesh`], [`join`], [`judge`], [`localize`], [`status`]) knows
+//! nothing of HTTP, files or Kubernetes, so the Kubernetes backend can reuse it as is. The
+//! standalone backend's IO sits around it: [`tasks`] (task files), [`store`] (report files),
+//! [`rounds`] (the tokio round driver and shared state), [`api_server`] (axum routes) and
+//! [`metrics`].
 
 pub mod api_server;
 #[cfg(test)]
 mod fixtures;
 pub mod join;
 pub mod judge;
+pub mod localize;
 pub mod mesh;
 pub mod metrics;
 pub mod rounds;
