@@ -149,6 +149,26 @@ pub enum Segment {
     Stack,
 }
 
+/// The names the JSON report uses, for tables and metric labels.
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        })
+    }
+}
+
+/// The names the JSON report uses, for tables and metric labels.
+impl std::fmt::Display for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Link => "link",
+            Self::Stack => "stack",
+        })
+    }
+}
+
 /// One path segment of design.md's "Loss attribution" table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -3,9 +3,7 @@
 
 use std::cmp::Ordering;
 
-use crate::{
-    Direction, Finding, Packet, PathResult, PathState, RoundReport, RoundStatus, RttStats, Segment,
-};
+use crate::{Finding, Packet, PathResult, PathState, RoundReport, RoundStatus, RttStats};
 
 /// Orders `node-2` before `node-10`: names compare by their text, then by a trailing number.
 fn natural_cmp(a: &str, b: &str) -> Ordering {
@@ -198,16 +196,8 @@ pub fn render_findings(findings: &[Finding]) -> String {
                 f.interface.clone(),
                 f.network.clone(),
                 f.family.to_string(),
-                match f.direction {
-                    Direction::Ingress => "ingress",
-                    Direction::Egress => "egress",
-                }
-                .into(),
-                match f.segment {
-                    Segment::Link => "link",
-                    Segment::Stack => "stack",
-                }
-                .into(),
+                f.direction.to_string(),
+                f.segment.to_string(),
                 packets.join("+"),
                 format!(
                     "{:.1}% [{:.1}–{:.1}]",
@@ -275,7 +265,7 @@ pub fn summary_line(report: &RoundReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Family, RoundStatus, RoundSummary, round::HookCounts};
+    use crate::{Direction, Family, RoundStatus, RoundSummary, Segment, round::HookCounts};
 
     #[test]
     fn natural_order_of_node_names() {

@@ -1,5 +1,6 @@
 //! The HTTP API (axum): agent registration, plan long-polling and report intake for agents
-//! (bearer token when configured), plus read-only views of agents, tasks, reports and metrics.
+//! (bearer token when configured), plus read-only views of agents, tasks, reports, findings
+//! and metrics.
 //!
 //! Request bodies are parsed by hand so that any malformed agent input is a 400 with a JSON
 //! message, whatever the content type, and never a panic.
@@ -20,7 +21,7 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::{
-    rounds::{AgentView, Controller, ReportError, TaskView},
+    rounds::{AgentView, Controller, ReportError, TaskFindings, TaskView},
     store::{RoundRef, StoreError},
 };
 
@@ -59,6 +60,7 @@ pub fn router(ctl: Arc<Controller>, token: Option<String>) -> Router {
         .route("/v1/reports", post(report))
         .route("/v1/tasks", get(tasks))
         .route("/v1/tasks/{name}/rounds/{round}", get(round_report))
+        .route("/v1/findings", get(findings))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -169,6 +171,12 @@ async fn report(
 
 async fn tasks(State(s): State<AppState>) -> Json<Vec<TaskView>> {
     Json(s.ctl.tasks())
+}
+
+/// The faulty interfaces of every task's latest round: the one call a dashboard or an on-call
+/// script needs, without fetching whole round reports.
+async fn findings(State(s): State<AppState>) -> Json<Vec<TaskFindings>> {
+    Json(s.ctl.findings().await)
 }
 
 async fn round_report(

@@ -13,9 +13,9 @@ use std::{
 };
 
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, NetReach, RoundPlan, RoundReport, RoundStatus,
+    AgentRegistration, AgentReport, Finding, NetReach, RoundPlan, RoundReport, RoundStatus,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{Notify, watch},
     task::AbortHandle,
@@ -25,12 +25,13 @@ use tracing::{info, warn};
 use crate::{
     join::join,
     judge::failure_reasons,
+    localize::{LocalizeConfig, localize},
     mesh::{RoundMeta, build_plans},
     metrics::Metrics,
     now_ms,
     schedule::{effective_start_ms, report_deadline_ms, round_start_ms, round_wanted},
     status::TaskStatus,
-    store::ReportStore,
+    store::{ReportStore, RoundRef, StoreError},
     tasks::TaskFile,
 };
 
@@ -77,6 +78,15 @@ pub struct TaskView {
     pub status: Option<TaskStatus>,
 }
 
+/// The faulty interfaces of a task's latest round, as `GET /v1/findings` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskFindings {
+    pub task: String,
+    pub round: u32,
+    pub findings: Vec<Finding>,
+}
+
 struct OpenRound {
     task: String,
     round: u32,
@@ -114,6 +124,9 @@ pub struct Controller {
     /// Tasks by file.
     tasks: Mutex<BTreeMap<String, TaskEntry>>,
     generations: Mutex<u64>,
+    /// Latest round's findings by task name; filled from the stored reports on first use, so
+    /// that a restarted controller still answers before its next round.
+    findings: Mutex<BTreeMap<String, TaskFindings>>,
 }
 
 /// Locks without panicking: a poisoned lock still holds consistent data here, because no
@@ -143,6 +156,7 @@ impl Controller {
             published: watch::Sender::new(0),
             tasks: Mutex::default(),
             generations: Mutex::new(0),
+            findings: Mutex::default(),
         })
     }
 
@@ -256,6 +270,66 @@ impl Controller {
             .collect();
         views.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.file.cmp(&b.file)));
         views
+    }
+
+    /// The latest round's findings of every loaded task that has a round, by task name. A task
+    /// whose stored report cannot be read is left out (and logged), not the whole answer.
+    pub async fn findings(&self) -> Vec<TaskFindings> {
+        let names: std::collections::BTreeSet<String> = lock(&self.tasks)
+            .values()
+            .filter(|t| t.source.task.is_ok())
+            .map(|t| t.source.name.clone())
+            .collect();
+        let mut out = Vec::new();
+        for name in names {
+            let cached = lock(&self.findings).get(&name).cloned();
+            let latest = match cached {
+                Some(f) => Some(f),
+                None => self.stored_findings(&name).await.unwrap_or_else(|e| {
+                    warn!(task = name, "no findings: {e}");
+                    None
+                }),
+            };
+            out.extend(latest);
+        }
+        out
+    }
+
+    /// The findings of a task's latest stored round, remembered unless a round closed meanwhile.
+    async fn stored_findings(&self, task: &str) -> Result<Option<TaskFindings>, StoreError> {
+        /// Only what findings need of a stored report, which can be large (per-probe samples).
+        #[derive(Deserialize)]
+        struct Stored {
+            round: u32,
+            #[serde(default)]
+            findings: Vec<Finding>,
+        }
+        let Some(json) = self.store.read(task, RoundRef::Latest).await? else {
+            return Ok(None);
+        };
+        let stored: Stored =
+            serde_json::from_slice(&json).map_err(|source| StoreError::Decode {
+                task: task.into(),
+                source,
+            })?;
+        let latest = TaskFindings {
+            task: task.into(),
+            round: stored.round,
+            findings: stored.findings,
+        };
+        Ok(Some(self.remember_findings(latest)))
+    }
+
+    /// Keeps `latest` unless a later round of its task is already known; returns the latest.
+    fn remember_findings(&self, latest: TaskFindings) -> TaskFindings {
+        let mut findings = lock(&self.findings);
+        let entry = findings
+            .entry(latest.task.clone())
+            .or_insert_with(|| latest.clone());
+        if entry.round < latest.round {
+            *entry = latest;
+        }
+        entry.clone()
     }
 
     /// Makes the running tasks match the task files: new files start, changed files restart
@@ -429,8 +503,9 @@ impl Controller {
 
         let joined = join(&plans, &reports);
         reasons.extend(failure_reasons(&task.spec.expect, &joined));
+        let findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
         let report = RoundReport {
-            findings: Vec::new(),
+            findings,
             task: name.clone(),
             round,
             round_tag,
@@ -458,11 +533,84 @@ impl Controller {
             ),
         }
         self.metrics.round_closed(&report);
+        self.remember_findings(TaskFindings {
+            task: name,
+            round,
+            findings: report.findings.clone(),
+        });
         let mut tasks = lock(&self.tasks);
         if let Some(entry) = tasks.get_mut(&file).filter(|e| e.generation == generation)
             && let Some(status) = &mut entry.status
         {
             status.record(&report);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{mk_finding, mk_round, temp_dir};
+
+    fn mk_task_file(name: &str) -> TaskFile {
+        let yaml = format!(
+            "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {{name: {name}}}\nspec: {{}}\n"
+        );
+        let file = format!("{name}.yaml");
+        TaskFile {
+            task: NetReach::from_yaml(&file, &yaml)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+            file,
+            name: name.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn findings_are_the_latest_round_of_each_task() {
+        let dir = temp_dir("findings");
+        let store = ReportStore::new(&dir);
+        let mut lossy = mk_round("mesh", 4, RoundStatus::Fail);
+        lossy.findings = vec![mk_finding("node-3")];
+        store.write(&lossy).await.unwrap();
+        store
+            .write(&mk_round("mesh", 3, RoundStatus::Succeed))
+            .await
+            .unwrap();
+        // A stored report of a task that is no longer loaded is not shown.
+        store
+            .write(&mk_round("gone", 1, RoundStatus::Fail))
+            .await
+            .unwrap();
+        let settings = Settings {
+            wait_agents: 99,
+            start_delay: Duration::from_millis(100),
+            report_grace: Duration::from_millis(100),
+        };
+        let ctl = Controller::new(settings, store);
+        let broken = TaskFile {
+            task: Err("spec: invalid".into()),
+            ..mk_task_file("broken")
+        };
+        ctl.sync_tasks(vec![mk_task_file("mesh"), mk_task_file("idle"), broken]);
+
+        // After a restart, from the store; tasks without a round have no entry.
+        let stored = TaskFindings {
+            task: "mesh".into(),
+            round: 4,
+            findings: vec![mk_finding("node-3")],
+        };
+        assert_eq!(ctl.findings().await, std::slice::from_ref(&stored));
+
+        // A closed round replaces them, an older one does not.
+        let healthy = TaskFindings {
+            round: 5,
+            findings: vec![],
+            ..stored.clone()
+        };
+        ctl.remember_findings(healthy.clone());
+        ctl.remember_findings(stored);
+        assert_eq!(ctl.findings().await, [healthy]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -23,6 +23,12 @@ pub enum StoreError {
     BadName(String),
     #[error("cannot encode the round report: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("the stored report of task {task:?} is unreadable: {source}")]
+    Decode {
+        task: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Which round of a task to read.
@@ -146,16 +152,7 @@ mod tests {
     use meshdoctor_api::RoundStatus;
 
     use super::*;
-
-    pub(crate) fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "meshdoctor-{tag}-{}-{}",
-            std::process::id(),
-            crate::now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::fixtures::temp_dir;
 
     fn mk_round(round: u32) -> RoundReport {
         crate::fixtures::mk_round("mesh", round, RoundStatus::Succeed)

@@ -255,6 +255,13 @@ async fn agents_run_a_round_over_http() {
         (2, 10, 0)
     );
     assert_eq!(report.summary.mean_rtt_ms, Some(0.4));
+    assert_eq!(report.findings, []);
+    // The broken task has no round, so no entry.
+    let findings: Value = get_json(&http, url("/v1/findings"), false).await;
+    assert_eq!(
+        findings,
+        serde_json::json!([{"task": "mesh", "round": report.round, "findings": []}])
+    );
     assert_eq!(report.paths[0].network_rtt.unwrap().mean_us, 250.0);
     assert!(
         dir.join(format!("reports/mesh/{}.json", report.round))
@@ -290,6 +297,7 @@ async fn agents_run_a_round_over_http() {
         "meshdoctor_probes_lost_total{task=\"mesh\"} 0",
         "meshdoctor_agents 2",
         "meshdoctor_reports_late_total 1",
+        "meshdoctor_interface_findings{task=\"mesh\"} 0",
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
