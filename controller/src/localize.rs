@@ -890,4 +890,60 @@ mod tests {
         );
         assert_eq!(localize(&paths, &[], &LocalizeConfig::default()), []);
     }
+
+    #[test]
+    fn joined_reports_with_drop_records_localize_to_the_stack() {
+        use crate::join::{
+            join,
+            tests::{mk_plans, mk_report, mk_reports},
+        };
+        use meshdoctor_api::ProbeDrop;
+
+        let plans = mk_plans();
+        let lost = [3, 4, 5, 6];
+        let mut reports = mk_reports(vec![
+            mk_report(&plans, "node-1", &lost),
+            mk_report(&plans, "node-2", &[]),
+        ]);
+        for r in reports.values_mut() {
+            r.observer.ringbuf_drops = 0;
+        }
+        // node-2 took the requests in and dropped them: no reply ever left it.
+        let node2 = reports.get_mut("node-2").unwrap();
+        let answered = node2.answered.iter_mut().find(|a| a.path == 0).unwrap();
+        let mut replied = meshdoctor_api::Bitmap::with_len(20);
+        (0..20)
+            .filter(|i| !lost.contains(i))
+            .for_each(|i| replied.set(i));
+        answered.dst_egress = replied;
+        for i in lost {
+            node2.drops.push(ProbeDrop {
+                path: 0,
+                seq: i as u16,
+                packet: Request,
+                reason: REASON.into(),
+                location: LOCATION.into(),
+                interface: Some("eth0".into()),
+            });
+        }
+        let joined = join(&plans, &reports);
+        let findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let f = &findings[0];
+        assert_eq!(place(f), ("node-2", "eth0", "pod", Ipv4, Ingress, Stack));
+        assert_eq!(
+            (f.packets.as_slice(), f.lost, f.probes),
+            (&[Request][..], 4, 20)
+        );
+        assert_eq!(
+            f.drop_reasons,
+            [ReasonCount {
+                reason: REASON.into(),
+                location: LOCATION.into(),
+                count: 4
+            }]
+        );
+        assert_eq!(f.evidence.len(), 1);
+        assert_eq!(f.evidence[0].segment, PathSegment::DstStack);
+    }
 }
