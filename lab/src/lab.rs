@@ -62,6 +62,8 @@ pub struct LabConfig {
     /// Faults injected before any agent starts (after [`nft`](Self::nft)); checked against the
     /// lab before anything is built.
     pub faults: Vec<Fault>,
+    /// Extra command-line flags for every agent (e.g. `--event-buffer-kib 4`).
+    pub agent_args: Vec<String>,
 }
 
 impl LabConfig {
@@ -76,6 +78,7 @@ impl LabConfig {
             ready_timeout: Duration::from_secs(30),
             nft: Vec::new(),
             faults: Vec::new(),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -202,6 +205,7 @@ impl Lab {
             }
             let listen = format!("[::]:{}", crate::plan::AGENT_PORT);
             args.extend(["--listen", &listen]);
+            args.extend(cfg.agent_args.iter().map(String::as_str));
             lab.spawn(&node, &node_ns(i), &cfg.bin_dir.join(AGENT_BIN), &args)?;
         }
         lab.wait_agents(cfg.nodes, cfg.ready_timeout)?;

@@ -4,7 +4,7 @@
 //! symbol table has ~200,000 lines that are not worth keeping in memory.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     io::{BufRead, BufReader},
 };
 
@@ -19,7 +19,8 @@ impl Symbols {
     /// `/proc/kallsyms`. Addresses that cannot be named (kallsyms unreadable, or hidden by
     /// kptr_restrict without CAP_SYSLOG: all zeros) are given in hex.
     pub fn resolve(&mut self, addrs: impl IntoIterator<Item = u64>) -> HashMap<u64, String> {
-        let wanted: Vec<u64> = addrs.into_iter().collect();
+        // Distinct addresses only: a round's thousand drops usually share one location.
+        let wanted: BTreeSet<u64> = addrs.into_iter().collect();
         let missing: Vec<u64> = wanted
             .iter()
             .copied()
