@@ -68,7 +68,8 @@ fn layout<const N: usize>(
 
 /// One row per pair-path, sorted by source, destination, interface and family: counts, loss,
 /// where it was lost and the kernel's top drop reason, and the kernel (hook to hook) and
-/// user-space RTT percentiles in microseconds.
+/// user-space RTT percentiles in microseconds. SENT counts the probes the source attempted,
+/// failed sends included (they are lost), so that LOST / SENT is the loss.
 pub fn render_table(report: &RoundReport) -> String {
     const HEADER: [&str; 14] = [
         "SRC",
@@ -113,7 +114,7 @@ pub fn render_table(report: &RoundReport) -> String {
                 iface,
                 p.family.to_string(),
                 state.into(),
-                p.sent.to_string(),
+                (p.sent + p.send_failed).to_string(),
                 p.lost.to_string(),
                 format!("{:.1}", p.loss_ratio * 100.0),
                 p.segments.dominant().unwrap_or("-").into(),
@@ -349,6 +350,8 @@ mod tests {
             ],
         };
         let mut report = report;
+        // 5 of its 50 probes failed to send: still 50 attempted, 5 lost.
+        (report.paths[1].sent, report.paths[1].send_failed) = (45, 5);
         report.paths[1].drops = vec![mk_drop("NETFILTER_DROP", 4), mk_drop("IP_INADDRERRORS", 1)];
         let table = render_table(&report);
         let mut with_probes = report.clone();
