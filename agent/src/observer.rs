@@ -646,11 +646,14 @@ mod tests {
     }
 
     /// Cumulative (run count, run time ns) of both programs of `obs`: [ingress, egress].
+    /// (runs, ns) of one program so far.
+    fn prog_stats(obs: &Observer, name: &str) -> (u64, u64) {
+        let info = obs.ebpf.program(name).unwrap().info().unwrap();
+        (info.run_count(), info.run_time().as_nanos() as u64)
+    }
+
     fn run_stats(obs: &Observer) -> [(u64, u64); 2] {
-        [PROG_INGRESS, PROG_EGRESS].map(|name| {
-            let info = obs.ebpf.program(name).unwrap().info().unwrap();
-            (info.run_count(), info.run_time().as_nanos() as u64)
-        })
+        [PROG_INGRESS, PROG_EGRESS].map(|name| prog_stats(obs, name))
     }
 
     fn print_cost(what: &str, before: [(u64, u64); 2], after: [(u64, u64); 2]) {
@@ -719,6 +722,45 @@ mod tests {
             );
         });
         drop(sink);
+    }
+
+    /// Prints the drop tracer's cost per kfree_skb event (kernel run-time statistics): for
+    /// drops of ordinary packets (UDP to a closed port), which it must reject quickly, since it
+    /// sees every drop of the machine. No timing assertions.
+    #[test]
+    fn measures_drop_tracer_cost() {
+        if skip_unless_root() {
+            return;
+        }
+        const N: u64 = 2000;
+        let tracer = crate::drops::DropTracer::resolve().unwrap();
+        let pair = Pair::new();
+        Pair::run_in(&pair.ns_a, move || {
+            let mut obs = Observer::load(&LoadOptions {
+                drops: Some(tracer.layout),
+                ..LoadOptions::default()
+            })
+            .unwrap();
+            obs.trace_drops().unwrap();
+            let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+            // Nothing listens on port 9 of B: every datagram is freed with NO_SOCKET there.
+            let udp = UdpSocket::bind((ADDR_A4, 0)).unwrap();
+            let before = prog_stats(&obs, PROG_DROPS);
+            for _ in 0..N {
+                let _ = udp.send_to(b"not a probe", (ADDR_B4, 9));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let after = prog_stats(&obs, PROG_DROPS);
+            let runs = after.0 - before.0;
+            assert!(
+                runs >= N / 2,
+                "the tracer saw {runs} drops of {N} datagrams"
+            );
+            println!(
+                "eBPF cost, kfree_skb of non-probe packets: runs {runs}, {:.1} ns/drop",
+                (after.1 - before.1) as f64 / runs as f64
+            );
+        });
     }
 
     /// Names of our filters on one hook of `dev` in the calling thread's netns.
