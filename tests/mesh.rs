@@ -6,17 +6,17 @@ use meshdoctor_api::{Family, PathResult, PathState, RoundReport, RoundStatus};
 use meshdoctor_e2e::{binomial_interval, can_run};
 use meshdoctor_lab::{Lab, LabConfig};
 
-/// Brings a lab up with `nft` rules loaded on some nodes before any agent starts, and returns
-/// round 1 of the `mesh` task.
-fn run_round(nodes: usize, qps: u32, secs: u32, faults: &[(usize, &str)]) -> RoundReport {
+/// Brings a lab up with `faults` (lab `--fault` specs) in place before any agent starts, and
+/// returns round 1 of the `mesh` task.
+fn run_round(nodes: usize, qps: u32, secs: u32, faults: &[&str]) -> RoundReport {
     let mut cfg = LabConfig::new(nodes);
     cfg.tasks = vec![(
         "mesh.yaml".into(),
         meshdoctor_lab::task_yaml("mesh", qps, secs),
     )];
-    cfg.nft = faults
+    cfg.faults = faults
         .iter()
-        .map(|(node, rules)| (*node, (*rules).to_string()))
+        .map(|f| f.parse().expect("fault spec"))
         .collect();
     let lab = Lab::up(cfg).expect("lab up");
     let report = lab
@@ -25,20 +25,6 @@ fn run_round(nodes: usize, qps: u32, secs: u32, faults: &[(usize, &str)]) -> Rou
     eprintln!("{}", meshdoctor_api::table::render_table(&report));
     report
 }
-
-/// nft ruleset dropping, in the input hook, the packets arriving on `iface` that match each of
-/// `matches` (e.g. `icmp type echo-request numgen random mod 100 < 20`).
-fn drop_on_input(iface: &str, matches: &[&str]) -> String {
-    let rules: String = matches
-        .iter()
-        .map(|m| format!("    iifname \"{iface}\" {m} drop\n"))
-        .collect();
-    format!(
-        "table inet mdfault {{\n  chain in {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
-    )
-}
-
-const ECHO_REQUESTS: [&str; 2] = ["icmp type echo-request", "icmpv6 type echo-request"];
 
 fn toward(p: &PathResult, node: &str, iface: &str) -> bool {
     p.dst_node == node && p.dst_interface == iface
@@ -116,8 +102,15 @@ fn dropping_echo_requests_on_one_interface_fails_exactly_the_paths_toward_it() {
     if !can_run("dropping_echo_requests_on_one_interface_fails_exactly_the_paths_toward_it") {
         return;
     }
-    let rules = drop_on_input("net1", &ECHO_REQUESTS);
-    let r = run_round(4, 10, 5, &[(2, &rules)]);
+    let r = run_round(
+        4,
+        10,
+        5,
+        &[
+            "node-2:net1:ingress:ipv4:100:stack:requests",
+            "node-2:net1:ingress:ipv6:100:stack:requests",
+        ],
+    );
     assert_eq!(r.status, RoundStatus::Fail);
     assert_eq!(r.paths.len(), 48);
     let faulty: Vec<&PathResult> = r
@@ -152,11 +145,7 @@ fn random_loss_estimate_lies_in_the_binomial_interval() {
         return;
     }
     // 20% of the IPv4 echo requests arriving on node-2's net1; every other path is clean.
-    let rules = drop_on_input(
-        "net1",
-        &["icmp type echo-request numgen random mod 100 < 20"],
-    );
-    let r = run_round(2, 100, 6, &[(2, &rules)]);
+    let r = run_round(2, 100, 6, &["node-2:net1:ingress:ipv4:20:stack:requests"]);
     assert_eq!(r.paths.len(), 8);
     for p in &r.paths {
         let name = format!(

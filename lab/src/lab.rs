@@ -56,11 +56,8 @@ pub struct LabConfig {
     pub tasks: Vec<(String, String)>,
     /// How long to wait for the controller to list every agent.
     pub ready_timeout: Duration,
-    /// nft rulesets loaded into nodes (by number) before any agent starts: faults in place
-    /// before the first probe.
-    pub nft: Vec<(usize, String)>,
-    /// Faults injected before any agent starts (after [`nft`](Self::nft)); checked against the
-    /// lab before anything is built.
+    /// Faults injected before any agent starts, so they are in place before the first probe;
+    /// checked against the lab before anything is built.
     pub faults: Vec<Fault>,
     /// Extra command-line flags for every agent (e.g. `--event-buffer-kib 4`).
     pub agent_args: Vec<String>,
@@ -76,7 +73,6 @@ impl LabConfig {
             bin_dir: default_bin_dir(),
             tasks: vec![("mesh.yaml".into(), default_task_yaml("mesh"))],
             ready_timeout: Duration::from_secs(30),
-            nft: Vec::new(),
             faults: Vec::new(),
             agent_args: Vec::new(),
         }
@@ -159,10 +155,6 @@ impl Lab {
             token,
             net,
         };
-        for (n, (node, ruleset)) in cfg.nft.iter().enumerate() {
-            lab.record(&format!("node-{node}-{n}"), ruleset)?;
-            lab.net.nft(*node, ruleset)?;
-        }
         for fault in &cfg.faults {
             lab.inject(fault)?;
         }
@@ -244,8 +236,8 @@ impl Lab {
         self.unrecord(|name| name == fault.table())
     }
 
-    /// Stops every injected fault ([`LabConfig::faults`] and [`inject`](Self::inject)); the
-    /// raw [`LabConfig::nft`] rulesets stay.
+    /// Stops every injected fault ([`LabConfig::faults`] and [`inject`](Self::inject)); other
+    /// nft tables stay.
     pub fn clear_faults(&self) -> Result<(), LabError> {
         self.net.clear_faults()?;
         self.unrecord(|name| name.starts_with(FAULT_TABLE_PREFIX))
