@@ -12,11 +12,19 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, output, sh};
 
 /// Commands the lab and the tests run, with the Debian package providing each.
-const SYSTEM_TOOLS: [(&str, &str); 4] = [
+/// Commands the lab, the tests and the benchmarks run, and the Debian package of each: the
+/// real servers probes are tested against (nginx, unbound) and the peers the benchmarks compare
+/// with (wrk, hey, dnsperf).
+const SYSTEM_TOOLS: [(&str, &str); 9] = [
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("sysctl", "procps"),
     ("curl", "curl"),
+    ("nginx", "nginx"),
+    ("unbound", "unbound"),
+    ("wrk", "wrk"),
+    ("hey", "hey"),
+    ("dnsperf", "dnsperf"),
 ];
 
 pub fn run() -> Result<()> {
