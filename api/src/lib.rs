@@ -5,6 +5,7 @@
 //! [`round`] report. [`stats`] holds the small numeric types every stage shares.
 
 pub mod agent_report;
+pub mod load;
 pub mod plan;
 pub mod round;
 pub mod stats;
@@ -22,5 +23,6 @@ pub use round::{
     Direction, DropCount, Evidence, Finding, Interval, LossSegments, PathResult, PathSegment,
     PathState, ProbeSample, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
+pub use load::{LatencyUs, LoadStats};
 pub use stats::{Bitmap, RttStats, clopper_pearson};
 pub use task::{NetReach, TaskError};
