@@ -257,3 +257,46 @@ fn a_full_ring_buffer_makes_loss_unobserved_never_misplaced() {
         );
     }
 }
+
+#[test]
+fn udp_full_mesh_is_answered_by_the_agents_and_timestamped_at_every_hook() {
+    if !can_run("udp_full_mesh_is_answered_by_the_agents_and_timestamped_at_every_hook") {
+        return;
+    }
+    let mut cfg = LabConfig::new(3);
+    let yaml = meshdoctor_lab::task_yaml("mesh", 20, 2).replace("protocol: icmp", "protocol: udp");
+    cfg.tasks = vec![("mesh.yaml".into(), yaml)];
+    let lab = Lab::up(cfg).expect("lab up");
+    let r = lab
+        .wait_round("mesh", 1, Duration::from_secs(60))
+        .expect("round 1 report");
+    eprintln!("{}", meshdoctor_api::table::render_table(&r));
+    assert_eq!(r.status, RoundStatus::Succeed, "{:?}", r.failure_reasons);
+    // 3 x 2 ordered pairs x 2 interfaces x 2 families.
+    assert_eq!(r.paths.len(), 24);
+    for p in &r.paths {
+        let h = &p.hooks;
+        assert_eq!(
+            (
+                p.sent,
+                p.lost,
+                h.src_egress,
+                h.dst_ingress,
+                h.dst_egress,
+                h.src_ingress
+            ),
+            (40, 0, 40, 40, 40, 40),
+            "{} -> {} {} {}",
+            p.src_node,
+            p.dst_node,
+            p.src_interface,
+            p.family
+        );
+        // The reply comes from the peer agent's user-space responder: its stack time is real.
+        assert!(
+            p.probes
+                .iter()
+                .all(|s| s.dst_stack_ns > 0 && s.kernel_rtt_ns > s.dst_stack_ns)
+        );
+    }
+}

@@ -9,6 +9,12 @@ pub const PROBE_MAGIC: u32 = 0x4d44_5042;
 pub const COOKIE_OFFSET: usize = 8;
 /// Cookie length: magic (4) + probe id (8).
 pub const COOKIE_LEN: usize = 12;
+/// UDP probes carry the cookie at the start of the payload, then one byte: [`Kind`]. The
+/// agent's UDP responder echoes the datagram with the kind set to reply.
+pub const UDP_KIND_OFFSET: usize = COOKIE_LEN;
+/// Transport of a probe, as in the IP header: ICMP (either family's) or UDP.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_UDP: u8 = 17;
 
 /// Ring buffer of [`ProbeEvent`]s.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -81,7 +87,8 @@ pub struct ProbeEvent {
     pub kind: u8,
     /// [`IpFamily`] as u8.
     pub family: u8,
-    pub _pad: u8,
+    /// [`PROTO_ICMP`] or [`PROTO_UDP`].
+    pub proto: u8,
 }
 
 /// Where the drop tracer finds what it reads, resolved by the agent for the running kernel:
@@ -123,7 +130,8 @@ pub struct CounterKey {
     pub hook: u8,
     pub kind: u8,
     pub family: u8,
-    pub _pad: u8,
+    /// [`PROTO_ICMP`] or [`PROTO_UDP`].
+    pub proto: u8,
 }
 
 #[cfg(feature = "user")]

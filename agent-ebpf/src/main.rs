@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use meshdoctor_agent_common::{
     COOKIE_LEN, COOKIE_OFFSET, CounterKey, DropLayout, Hook, IpFamily, Kind, NO_FIELD, PROBE_MAGIC,
-    ProbeEvent, UNKNOWN_REASON,
+    PROTO_ICMP, PROTO_UDP, ProbeEvent, UDP_KIND_OFFSET, UNKNOWN_REASON,
 };
 
 /// Probe events for user space. 256 KiB holds ~6500 events: a few seconds of a busy round even
@@ -78,6 +78,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_UDP: u8 = 17;
+const UDP_HEADER_LEN: usize = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
@@ -91,6 +93,8 @@ const IPV6_DSTOPTS: u8 = 60;
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 /// ICMP header (type, code, checksum, id, sequence) plus the cookie, read in one load.
 const ICMP_READ_LEN: usize = COOKIE_OFFSET + COOKIE_LEN;
+/// UDP header plus the cookie and the kind byte, read in one load.
+const UDP_READ_LEN: usize = UDP_HEADER_LEN + UDP_KIND_OFFSET + 1;
 
 #[classifier]
 pub fn observe_ingress(ctx: TcContext) -> i32 {
@@ -166,36 +170,58 @@ fn read_field<T: Copy>(base: u64, offset: u32) -> Option<T> {
     read_kernel((base as *const u8).wrapping_add(offset as usize))
 }
 
-/// A probe packet of an armed round: its kind and probe id.
+/// A probe packet of an armed round: its kind, transport and probe id.
 struct Probe {
     kind: Kind,
+    proto: u8,
     probe_id: u64,
 }
 
-/// Recognizes an ICMP/ICMPv6 echo request or reply carrying a meshdoctor cookie of an armed
-/// round; `None` for everything else, after one or two loads.
+/// Recognizes a probe of an armed round: an ICMP/ICMPv6 echo request or reply, or a UDP
+/// datagram, carrying a meshdoctor cookie; `None` for everything else, after a few loads.
 #[inline(always)]
 fn parse_probe<P: Packet>(pkt: &P, family: IpFamily) -> Option<Probe> {
-    let l4 = match family {
-        IpFamily::V4 => ipv4_icmp_offset(pkt)?,
-        IpFamily::V6 => ipv6_icmp_offset(pkt)?,
+    let (proto, l4) = match family {
+        IpFamily::V4 => ipv4_l4(pkt)?,
+        IpFamily::V6 => ipv6_l4(pkt)?,
     };
-    let icmp = pkt.load::<[u8; ICMP_READ_LEN]>(l4)?;
-    let kind = match (family, icmp[0]) {
-        (IpFamily::V4, ICMP_ECHO_REQUEST) | (IpFamily::V6, ICMPV6_ECHO_REQUEST) => Kind::Request,
-        (IpFamily::V4, ICMP_ECHO_REPLY) | (IpFamily::V6, ICMPV6_ECHO_REPLY) => Kind::Reply,
-        _ => return None,
+    let (kind, proto, cookie) = if proto == IPPROTO_UDP {
+        let udp = pkt.load::<[u8; UDP_READ_LEN]>(l4)?;
+        let kind = match udp[UDP_HEADER_LEN + UDP_KIND_OFFSET] {
+            0 => Kind::Request,
+            1 => Kind::Reply,
+            _ => return None,
+        };
+        let mut cookie = [0u8; COOKIE_LEN];
+        cookie.copy_from_slice(&udp[UDP_HEADER_LEN..UDP_HEADER_LEN + COOKIE_LEN]);
+        (kind, PROTO_UDP, cookie)
+    } else {
+        let icmp = pkt.load::<[u8; ICMP_READ_LEN]>(l4)?;
+        let kind = match (family, icmp[0]) {
+            (IpFamily::V4, ICMP_ECHO_REQUEST) | (IpFamily::V6, ICMPV6_ECHO_REQUEST) => {
+                Kind::Request
+            }
+            (IpFamily::V4, ICMP_ECHO_REPLY) | (IpFamily::V6, ICMPV6_ECHO_REPLY) => Kind::Reply,
+            _ => return None,
+        };
+        let mut cookie = [0u8; COOKIE_LEN];
+        cookie.copy_from_slice(&icmp[COOKIE_OFFSET..COOKIE_OFFSET + COOKIE_LEN]);
+        (kind, PROTO_ICMP, cookie)
     };
-    let magic = u32::from_be_bytes([icmp[8], icmp[9], icmp[10], icmp[11]]);
+    let magic = u32::from_be_bytes([cookie[0], cookie[1], cookie[2], cookie[3]]);
     if magic != PROBE_MAGIC {
         return None;
     }
     let probe_id = u64::from_be_bytes([
-        icmp[12], icmp[13], icmp[14], icmp[15], icmp[16], icmp[17], icmp[18], icmp[19],
+        cookie[4], cookie[5], cookie[6], cookie[7], cookie[8], cookie[9], cookie[10], cookie[11],
     ]);
     let round_tag = (probe_id >> 32) as u32;
     ACTIVE_ROUNDS.get_ptr(round_tag)?;
-    Some(Probe { kind, probe_id })
+    Some(Probe {
+        kind,
+        proto,
+        probe_id,
+    })
 }
 
 /// The family of an ethertype (host byte order), if it is IP.
@@ -229,14 +255,14 @@ fn try_observe(ctx: &TcContext, hook: Hook) -> Option<()> {
         hook: hook as u8,
         kind: probe.kind as u8,
         family: family as u8,
-        _pad: 0,
+        proto: probe.proto,
     });
     count(CounterKey {
         ifindex,
         hook: hook as u8,
         kind: probe.kind as u8,
         family: family as u8,
-        _pad: 0,
+        proto: probe.proto,
     });
     Some(())
 }
@@ -308,20 +334,21 @@ fn try_trace_drop(ctx: &TracePointContext) -> Option<()> {
         hook: Hook::Drop as u8,
         kind: probe.kind as u8,
         family: family as u8,
-        _pad: 0,
+        proto: probe.proto,
     });
     Some(())
 }
 
-/// Offset of the ICMP header of an unfragmented (or first-fragment) IPv4 ICMP packet.
+/// Transport and offset of the transport header of an unfragmented (or first-fragment) IPv4
+/// ICMP or UDP packet.
 #[inline(always)]
-fn ipv4_icmp_offset<P: Packet>(pkt: &P) -> Option<usize> {
+fn ipv4_l4<P: Packet>(pkt: &P) -> Option<(u8, usize)> {
     // Bytes 0..10: version/IHL .. protocol, in one load.
     let hdr = pkt.load::<[u8; 10]>(0)?;
-    if hdr[9] != IPPROTO_ICMP {
+    if hdr[9] != IPPROTO_ICMP && hdr[9] != IPPROTO_UDP {
         return None;
     }
-    // A non-first fragment carries no ICMP header.
+    // A non-first fragment carries no transport header.
     if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff != 0 {
         return None;
     }
@@ -329,17 +356,18 @@ fn ipv4_icmp_offset<P: Packet>(pkt: &P) -> Option<usize> {
     if ihl < 20 {
         return None;
     }
-    Some(ihl)
+    Some((hdr[9], ihl))
 }
 
-/// Offset of the ICMPv6 header after walking at most [`MAX_IPV6_EXT_HEADERS`] extension headers.
+/// Transport and offset of the ICMPv6 or UDP header after walking at most
+/// [`MAX_IPV6_EXT_HEADERS`] extension headers.
 #[inline(always)]
-fn ipv6_icmp_offset<P: Packet>(pkt: &P) -> Option<usize> {
+fn ipv6_l4<P: Packet>(pkt: &P) -> Option<(u8, usize)> {
     let mut next: u8 = pkt.load(6)?;
     let mut off = 40usize;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
-            IPPROTO_ICMPV6 => return Some(off),
+            IPPROTO_ICMPV6 | IPPROTO_UDP => return Some((next, off)),
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let ext = pkt.load::<[u8; 2]>(off)?;
                 next = ext[0];
@@ -347,7 +375,7 @@ fn ipv6_icmp_offset<P: Packet>(pkt: &P) -> Option<usize> {
             }
             IPV6_FRAGMENT => {
                 let frag = pkt.load::<[u8; 4]>(off)?;
-                // Only the first fragment (offset 0) carries the ICMPv6 header.
+                // Only the first fragment (offset 0) carries the transport header.
                 if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
                     return None;
                 }
@@ -357,7 +385,7 @@ fn ipv6_icmp_offset<P: Packet>(pkt: &P) -> Option<usize> {
             _ => return None,
         }
     }
-    (next == IPPROTO_ICMPV6).then_some(off)
+    matches!(next, IPPROTO_ICMPV6 | IPPROTO_UDP).then_some((next, off))
 }
 
 /// Sends the event to user space, counting it as dropped if the ring buffer is full.

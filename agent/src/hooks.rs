@@ -178,7 +178,7 @@ mod tests {
             hook: hook as u8,
             kind: kind as u8,
             family: 4,
-            _pad: 0,
+            proto: meshdoctor_agent_common::PROTO_ICMP,
         }
     }
 

@@ -12,8 +12,10 @@ mod metrics;
 mod observer;
 mod round;
 mod runtime;
+mod sockets;
 #[cfg(test)]
 mod testnet;
+mod udp;
 
 use std::{
     net::SocketAddr,
@@ -55,6 +57,10 @@ struct Args {
     /// Address of the health and metrics endpoint.
     #[arg(long, default_value = "[::]:9090")]
     listen: SocketAddr,
+    /// UDP port of the responder that answers peers' UDP probes on every address (0: none;
+    /// then this node is no target of UDP tasks).
+    #[arg(long, default_value_t = 9091, value_name = "PORT")]
+    udp_port: u16,
     /// Size of the ring buffer that carries probe events from the kernel, in KiB: a power of
     /// two, at least the page size. Events that do not fit are counted and make the round's
     /// missing hooks 'unobserved' instead of loss; raise it for very high probe rates.
@@ -112,12 +118,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let agent = Arc::new(Agent::new(
-        args.node.clone(),
-        interfaces,
-        observer,
-        drop_tracer,
-    ));
+    let mut agent = Agent::new(args.node.clone(), interfaces, observer, drop_tracer);
+    agent.udp_port = start_udp_responder(args.udp_port);
+    let agent = Arc::new(agent);
     if let Some(events) = agent.take_events() {
         tokio::spawn(agent.clone().dispatch_events(events));
     }
@@ -177,6 +180,28 @@ fn load_observer(
         }
     });
     Ok((obs, tracer))
+}
+
+/// Starts the UDP probe responder on `port` (0: none); without it the agent still runs, but
+/// peers cannot UDP-probe it, which the controller learns from the registration.
+fn start_udp_responder(port: u16) -> Option<u16> {
+    if port == 0 {
+        return None;
+    }
+    match udp::responder_socket(port) {
+        Ok(socket) => {
+            tokio::spawn(async move {
+                let e = udp::respond(socket).await;
+                error!(port, "UDP probe responder stopped: {e}");
+            });
+            info!(port, "UDP probe responder listening");
+            Some(port)
+        }
+        Err(e) => {
+            warn!(port, "no UDP probe responder: {e}");
+            None
+        }
+    }
 }
 
 /// `--event-buffer-kib`: the kernel wants a power-of-two multiple of the page size.

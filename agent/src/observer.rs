@@ -621,7 +621,7 @@ mod tests {
                 hook: hook as u8,
                 kind: kind as u8,
                 family: family as u8,
-                _pad: 0,
+                proto: meshdoctor_agent_common::PROTO_ICMP,
             };
             assert_eq!(
                 counters,

@@ -13,11 +13,7 @@ use meshdoctor_api::{
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{debug, warn};
 
-use crate::{
-    hooks::RoundHooks,
-    icmp::{EchoSocket, echo_request, monotonic_ns},
-    runtime::Agent,
-};
+use crate::{hooks::RoundHooks, icmp::monotonic_ns, runtime::Agent, sockets::ProbeSocket};
 
 /// What the sender and the receivers learn about one target's probes.
 #[derive(Debug, Clone)]
@@ -52,15 +48,15 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
 
     // One socket per source interface and address, shared by that source's targets; a socket
     // that would not open is the send error of every probe of its targets.
-    let mut opened: HashMap<(&str, IpAddr), Result<Arc<EchoSocket>, String>> = HashMap::new();
-    let sockets: Vec<Result<Arc<EchoSocket>, String>> = plan
+    let mut opened: HashMap<(&str, IpAddr), Result<Arc<ProbeSocket>, String>> = HashMap::new();
+    let sockets: Vec<Result<Arc<ProbeSocket>, String>> = plan
         .targets
         .iter()
         .map(|t| {
             opened
                 .entry((t.src_interface.as_str(), t.src_addr))
                 .or_insert_with(|| {
-                    EchoSocket::open(&t.src_interface, t.src_addr)
+                    ProbeSocket::open(plan.protocol, &t.src_interface, t.src_addr)
                         .map(Arc::new)
                         .map_err(|e| {
                             warn!(interface = %t.src_interface, src = %t.src_addr, "cannot open probe socket: {e}");
@@ -137,7 +133,7 @@ async fn wait_for_replies(probes: &Shared, timeout: Duration) {
 /// Sends `n` probes to every target, round-robin, evenly spread at `qps` per target.
 async fn send_all(
     plan: &RoundPlan,
-    sockets: &[Result<Arc<EchoSocket>, String>],
+    sockets: &[Result<Arc<ProbeSocket>, String>],
     probes: &Shared,
     n: usize,
 ) {
@@ -162,12 +158,11 @@ async fn send_all(
                 }
             };
             let id = probe_id(plan.round_tag, t.path, seq as u16);
-            let pkt = echo_request(t.family, t.path, seq as u16, id);
             // The send time is stored before the send: the reply can come back (and be read
             // on another thread) before `send` returns.
             let sent_at = monotonic_ns();
             record(probes, i, |p| p.send_ns[seq] = sent_at);
-            if let Err(e) = sock.send(t.dst_addr, &pkt).await {
+            if let Err(e) = sock.send(t, seq as u16, id).await {
                 record(probes, i, |p| {
                     p.send_ns[seq] = 0;
                     *p.send_errors.entry(e.to_string()).or_default() += 1;
@@ -186,7 +181,7 @@ fn record(probes: &Shared, i: usize, f: impl FnOnce(&mut TargetProbes)) {
 /// Records replies on one socket until aborted. A reply later than `timeout` is lost, as for
 /// an application waiting for it.
 async fn receive(
-    sock: Arc<EchoSocket>,
+    sock: Arc<ProbeSocket>,
     tag: u32,
     path_index: Arc<HashMap<u16, usize>>,
     probes: Shared,
@@ -319,6 +314,7 @@ mod tests {
                 family: Family::Ipv4,
                 src_addr: "192.0.2.1".parse().unwrap(),
                 dst_addr: "192.0.2.2".parse().unwrap(),
+                dst_port: None,
             }],
         }
     }
@@ -334,7 +330,7 @@ mod tests {
             hook: hook as u8,
             kind: kind as u8,
             family: 4,
-            _pad: 0,
+            proto: meshdoctor_agent_common::PROTO_ICMP,
         }
     }
 

@@ -20,6 +20,8 @@ use crate::{
 
 pub struct Agent {
     pub node: String,
+    /// Port of the UDP probe responder, announced to the controller; `None` when off.
+    pub udp_port: Option<u16>,
     pub interfaces: Vec<Interface>,
     pub timestamping: Timestamping,
     pub metrics: Metrics,
@@ -47,6 +49,7 @@ impl Agent {
         };
         Self {
             node,
+            udp_port: None,
             interfaces,
             timestamping,
             metrics: Metrics::default(),
@@ -113,6 +116,7 @@ impl Agent {
             node: self.node.clone(),
             interfaces: self.interfaces.iter().map(|i| i.info.clone()).collect(),
             timestamping: self.timestamping,
+            udp_port: self.udp_port,
         }
     }
 

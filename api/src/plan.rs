@@ -17,6 +17,9 @@ pub struct AgentRegistration {
     pub interfaces: Vec<InterfaceInfo>,
     /// How this agent timestamps probes (eBPF at TC, or the socket fallback).
     pub timestamping: crate::Timestamping,
+    /// Port of its UDP probe responder on every address; `None` when it runs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_port: Option<u16>,
 }
 
 /// One interface an agent can probe from and answer on.
@@ -75,6 +78,9 @@ pub enum Protocol {
     /// ICMP / ICMPv6 echo, answered by the peer's kernel.
     #[default]
     Icmp,
+    /// A UDP datagram answered by the peer agent's responder: crosses port-based policy,
+    /// conntrack and a user-space receiver, which ICMP does not.
+    Udp,
 }
 
 /// One round of one task, as one agent must run it.
@@ -120,6 +126,9 @@ pub struct PlannedTarget {
     pub family: Family,
     pub src_addr: IpAddr,
     pub dst_addr: IpAddr,
+    /// UDP probes: the destination agent's responder port; `None` when it runs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
 }
 
 /// Most probes one pair-path can carry in one round (the sequence number is 16 bits).

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
-    AgentRegistration, Family, InterfaceInfo, NetReach, PlannedTarget, RoundPlan,
+    AgentRegistration, Family, InterfaceInfo, NetReach, PlannedTarget, Protocol, RoundPlan,
     task::NetReachTarget,
 };
 
@@ -72,6 +72,10 @@ pub fn build_plans(
                                 family,
                                 src_addr,
                                 dst_addr,
+                                dst_port: match task.spec.request.protocol {
+                                    Protocol::Icmp => None,
+                                    Protocol::Udp => dst_agent.udp_port,
+                                },
                             });
                         }
                         paths += 1;
@@ -150,6 +154,7 @@ pub(crate) mod tests {
             node: format!("node-{n}"),
             interfaces: vec![iface("eth0", "pod", 1), iface("net1", "sec", 2)],
             timestamping: Timestamping::Ebpf,
+            udp_port: Some(9091),
         }
     }
 

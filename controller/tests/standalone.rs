@@ -58,6 +58,7 @@ fn mk_agent(n: u8) -> AgentRegistration {
             ipv6: None,
         }],
         timestamping: Timestamping::Ebpf,
+        udp_port: Some(9091),
     }
 }
 
