@@ -2,10 +2,16 @@
 //! rate with bounded concurrency, each one timed, summed into [`meshdoctor_api::LoadStats`].
 //!
 //! A protocol is a [`Requester`]: it knows how to send one request and judge its reply. The
-//! runner owns everything else (pacing, concurrency, timeouts, statistics), so HTTP and DNS
-//! share it.
+//! runner ([`run()`]) owns everything else (pacing, concurrency, timeouts, statistics), so HTTP
+//! and DNS share it.
 
 use std::future::Future;
+
+pub mod http;
+mod run;
+mod stats;
+
+pub use run::{LoadSpec, run};
 
 /// How one request ended, as the protocol judges it. Latency is measured by the runner.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,357 @@
+//! The round runner: paces a [`Requester`] at a fixed rate with bounded concurrency, times every
+//! request and sums the outcomes into [`LoadStats`].
+//!
+//! Why it is built this way:
+//! - Request `i` is due at `start + i / qps`, computed from the start instant, so pacing neither
+//!   bursts (kdoctor before Dec 2023 sent a second's worth at once) nor drifts (sleeping one
+//!   interval after another adds each wake-up's lateness). A pacer that fell behind (a stalled
+//!   runtime) sends what is already due at once and is back on schedule.
+//! - At most `max_in_flight` requests are outstanding. A request that comes due while the bound
+//!   is reached is not sent and is counted in `not_sent`: kdoctor spawns a goroutine per request
+//!   without bound, so a slow target turns the prober into a load bomb. Not-sent requests are
+//!   the prober's shortfall and are reported apart from the target's failures.
+//! - Everything runs in the caller's task: in-flight requests are futures in one
+//!   `FuturesUnordered`, and outcomes go straight into one [`Collector`]. No spawn, lock or
+//!   channel per request; protocols that need background work (connection drivers) spawn it
+//!   themselves.
+//! - Latency is measured here, around the requester's future, so every protocol is timed the
+//!   same way; the per-request timeout wraps that future and counts as error kind `timeout`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use meshdoctor_api::LoadStats;
+use tokio::time::Instant;
+
+use crate::stats::Collector;
+use crate::{Outcome, Requester};
+
+/// How hard and how long to load one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadSpec {
+    /// Requests per second.
+    pub qps: u32,
+    /// How long requests are sent; in-flight requests are then awaited (each at most `timeout`).
+    pub duration: Duration,
+    /// Per-request timeout, from the first poll of the request to its outcome.
+    pub timeout: Duration,
+    /// Most requests outstanding at once (values below 1 count as 1).
+    pub max_in_flight: usize,
+}
+
+impl LoadSpec {
+    /// Requests the pacing calls for: `qps` x `duration`, rounded down.
+    pub fn planned(&self) -> u64 {
+        let n = u128::from(self.qps) * self.duration.as_nanos() / 1_000_000_000;
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
+
+    /// When request `i` is due, as an offset from the round's start.
+    fn due(&self, i: u64) -> Duration {
+        let ns = u128::from(i) * 1_000_000_000 / u128::from(self.qps.max(1));
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+}
+
+/// How late past the end of the duration the pacer may still send a due request. Timers fire
+/// on a 1 ms wheel and the runtime may be briefly busy, so the last requests of a round are
+/// often sent a little after the nominal end; past this grace the prober itself is too slow
+/// and the rest are counted not sent rather than sent outside the round.
+const SEND_GRACE: Duration = Duration::from_millis(20);
+
+/// Runs one round of requests against `requester` as `spec` says and returns its statistics.
+pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats {
+    let planned = spec.planned();
+    let max_in_flight = spec.max_in_flight.max(1);
+    let mut stats = Collector::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut not_sent = 0u64;
+    let mut next = 0u64;
+
+    let start = Instant::now();
+    let stop = start + spec.duration + SEND_GRACE;
+    let mut first_send: Option<Instant> = None;
+    let mut last_done = start;
+    let pace = tokio::time::sleep_until(start);
+    tokio::pin!(pace);
+
+    while next < planned || !in_flight.is_empty() {
+        tokio::select! {
+            // Completions first: a slot freed now is free for a request due now.
+            biased;
+            Some((outcome, elapsed, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                match outcome {
+                    Some(outcome) => stats.record(&outcome, elapsed),
+                    None => stats.record_error("timeout"),
+                }
+                last_done = done;
+            }
+            () = &mut pace, if next < planned => {
+                let now = Instant::now();
+                if now > stop {
+                    not_sent += planned - next;
+                    next = planned;
+                    continue;
+                }
+                while next < planned && start + spec.due(next) <= now {
+                    next += 1;
+                    if in_flight.len() >= max_in_flight {
+                        not_sent += 1;
+                        continue;
+                    }
+                    first_send.get_or_insert(now);
+                    in_flight.push(timed(requester.request(), spec.timeout));
+                }
+                if next < planned {
+                    pace.as_mut().reset(start + spec.due(next));
+                }
+            }
+        }
+    }
+
+    let span = first_send.map_or(Duration::ZERO, |first| {
+        last_done.saturating_duration_since(first)
+    });
+    stats.finish(planned, not_sent, span)
+}
+
+/// Runs one request under `timeout`: its outcome (`None` when it timed out), how long it took,
+/// and when it completed.
+async fn timed<F: Future<Output = Outcome>>(
+    request: F,
+    timeout: Duration,
+) -> (Option<Outcome>, Duration, Instant) {
+    let t0 = Instant::now();
+    let outcome = tokio::time::timeout(timeout, request).await.ok();
+    let done = Instant::now();
+    (outcome, done - t0, done)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// A requester whose `i`-th request (0-based) takes `delay(i)` and ends with `outcome(i)`.
+    /// It records when each request started, relative to its creation.
+    struct Fake {
+        n: AtomicU64,
+        born: Instant,
+        starts: Mutex<Vec<Duration>>,
+        delay: fn(u64) -> Duration,
+        outcome: fn(u64) -> Outcome,
+    }
+
+    impl Fake {
+        fn new(delay: fn(u64) -> Duration, outcome: fn(u64) -> Outcome) -> Arc<Self> {
+            Arc::new(Self {
+                n: AtomicU64::new(0),
+                born: Instant::now(),
+                starts: Mutex::new(Vec::new()),
+                delay,
+                outcome,
+            })
+        }
+    }
+
+    impl Requester for Fake {
+        async fn request(&self) -> Outcome {
+            let i = self.n.fetch_add(1, Ordering::Relaxed);
+            self.starts.lock().unwrap().push(self.born.elapsed());
+            tokio::time::sleep((self.delay)(i)).await;
+            (self.outcome)(i)
+        }
+    }
+
+    fn ok(_: u64) -> Outcome {
+        Outcome::Reply {
+            code: "200".into(),
+            success: true,
+            bytes: 1,
+        }
+    }
+
+    fn spec(qps: u32, secs: u64, timeout_ms: u64, max_in_flight: usize) -> LoadSpec {
+        LoadSpec {
+            qps,
+            duration: Duration::from_secs(secs),
+            timeout: Duration::from_millis(timeout_ms),
+            max_in_flight,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_from_the_start_without_bursts() {
+        let fake = Fake::new(|_| Duration::from_millis(3), ok);
+        let s = run(fake.clone(), &spec(100, 2, 1000, 10)).await;
+        assert_eq!(
+            (s.planned, s.requests, s.successes, s.not_sent),
+            (200, 200, 200, 0)
+        );
+        let starts = fake.starts.lock().unwrap().clone();
+        assert_eq!(starts.len(), 200);
+        for (i, t) in starts.iter().enumerate() {
+            let due = Duration::from_millis(10 * i as u64);
+            // Paused time fires timers exactly on their 1 ms tick.
+            assert!(
+                *t >= due && *t < due + Duration::from_millis(1),
+                "request {i} at {t:?}"
+            );
+        }
+        let l = s.latency.unwrap();
+        assert_eq!((l.min, l.p50, l.p99, l.max), (3000, 3000, 3000, 3000));
+        assert_eq!(l.mean, 3000.0);
+        // First send at 0, last completion at 1.99 s + 3 ms.
+        assert_eq!(s.duration_ms, 1993);
+        assert!((s.tps - 200.0 / 1.993).abs() < 1e-9, "{}", s.tps);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fractional_rate_and_duration() {
+        let fake = Fake::new(|_| Duration::ZERO, ok);
+        let s = run(
+            fake.clone(),
+            &LoadSpec {
+                qps: 3,
+                duration: Duration::from_millis(2500),
+                timeout: Duration::from_secs(1),
+                max_in_flight: 1,
+            },
+        )
+        .await;
+        assert_eq!((s.planned, s.requests), (7, 7));
+        let starts = fake.starts.lock().unwrap().clone();
+        // i / 3 s, on the 1 ms timer wheel.
+        let want = [0, 334, 667, 1000, 1334, 1667, 2000];
+        for (t, w) in starts.iter().zip(want) {
+            assert!(t.as_millis().abs_diff(w) <= 1, "{t:?} vs {w} ms");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_due_while_the_bound_is_reached_are_not_sent() {
+        // 100 qps, each request takes 45 ms, at most 2 in flight: requests at 0 and 10 ms go,
+        // 20, 30 and 40 ms find both slots taken, 50 ms finds one free (the 0 ms one ended at
+        // 45), and so on: 2 of every 5.
+        let fake = Fake::new(|_| Duration::from_millis(45), ok);
+        let s = run(fake.clone(), &spec(100, 1, 1000, 2)).await;
+        assert_eq!(s.planned, 100);
+        assert_eq!(s.requests, 40);
+        assert_eq!(s.not_sent, 60);
+        assert_eq!(s.successes, 40);
+        assert!(s.errors.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_are_errors_and_not_timed() {
+        // Every third request hangs far past the 50 ms timeout; the rest take 1 ms.
+        let fake = Fake::new(
+            |i| {
+                if i % 3 == 0 {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::from_millis(1)
+                }
+            },
+            ok,
+        );
+        let begun = Instant::now();
+        let s = run(fake, &spec(30, 1, 50, 100)).await;
+        assert_eq!((s.requests, s.successes, s.not_sent), (30, 20, 0));
+        assert_eq!(s.errors.get("timeout"), Some(&10));
+        assert_eq!(s.latency.unwrap().max, 1000);
+        // The last hanging request (27, sent at 900 ms) times out at 950 ms; the last one (29,
+        // sent at 967 ms) ends 1 ms later.
+        let took = begun.elapsed();
+        assert!(
+            took >= Duration::from_millis(966) && took < Duration::from_millis(1000),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mean_and_percentiles_over_successes_only() {
+        // Latency i ms for request i (1..=100 ms for successes); odd requests fail after 1 ms
+        // with a status the expectation rejects, even ones error out.
+        let fake = Fake::new(
+            |i| Duration::from_millis(if i < 100 { i + 1 } else { 1 }),
+            |i| {
+                if i < 100 {
+                    ok(i)
+                } else if i % 2 == 1 {
+                    Outcome::Reply {
+                        code: "500".into(),
+                        success: false,
+                        bytes: 0,
+                    }
+                } else {
+                    Outcome::Error {
+                        kind: "connect",
+                        detail: "refused".into(),
+                    }
+                }
+            },
+        );
+        let s = run(fake, &spec(200, 1, 1000, 1000)).await;
+        assert_eq!((s.requests, s.successes), (200, 100));
+        assert_eq!(s.codes.get("200"), Some(&100));
+        assert_eq!(s.codes.get("500"), Some(&50));
+        assert_eq!(s.errors.get("connect"), Some(&50));
+        let l = s.latency.unwrap();
+        assert_eq!((l.min, l.max), (1000, 100_000));
+        assert_eq!(l.mean, 50_500.0);
+        // Within the histogram's 3 significant digits.
+        for (got, want) in [
+            (l.p50, 50_000),
+            (l.p90, 90_000),
+            (l.p95, 95_000),
+            (l.p99, 99_000),
+        ] {
+            assert!(got.abs_diff(want) <= want / 1000, "{got} vs {want}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_planned_nothing_sent() {
+        let fake = Fake::new(|_| Duration::ZERO, ok);
+        let s = run(fake.clone(), &spec(0, 5, 10, 1)).await;
+        assert_eq!(s, LoadStats::default());
+        let s = run(fake, &spec(10, 0, 10, 1)).await;
+        assert_eq!(s.requests, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_pacer_catches_up_within_the_round_and_not_after() {
+        // The first request blocks the runtime thread for 300 ms (as a busy CPU would): the
+        // requests due meanwhile go out at once when it returns, on schedule from then on.
+        struct Stall(AtomicU64);
+        impl Requester for Stall {
+            async fn request(&self) -> Outcome {
+                if self.0.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tokio::time::advance(Duration::from_millis(300)).await;
+                }
+                ok(0)
+            }
+        }
+        let s = run(Arc::new(Stall(AtomicU64::new(0))), &spec(100, 1, 1000, 100)).await;
+        assert_eq!((s.requests, s.not_sent), (100, 0));
+
+        // Stalled past the end of the round: what is left is not sent.
+        struct Late(AtomicU64);
+        impl Requester for Late {
+            async fn request(&self) -> Outcome {
+                if self.0.fetch_add(1, Ordering::Relaxed) == 10 {
+                    tokio::time::advance(Duration::from_secs(2)).await;
+                }
+                ok(0)
+            }
+        }
+        let s = run(Arc::new(Late(AtomicU64::new(0))), &spec(100, 1, 5000, 100)).await;
+        assert_eq!((s.requests, s.not_sent), (11, 89));
+    }
+}
