@@ -7,6 +7,7 @@
 
 use std::future::Future;
 
+pub mod dns;
 pub mod http;
 mod run;
 mod stats;
