@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -100,11 +101,34 @@ fn make_certs() -> (String, String, String) {
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// Removes the directories of test processes that were killed before their Drop ran.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("meshdoctor-dns-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Unbound {
     /// Starts unbound with the test zone plus `extra` local-data lines; `None` when unbound is
     /// not installed. Panics when it does not come up within a few tries.
     fn start(extra: &[String]) -> Option<Self> {
         let binary = unbound_binary()?;
+        remove_stale_dirs();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "meshdoctor-dns-{}-{}",
@@ -126,7 +150,20 @@ impl Unbound {
             let conf = config(&dir, port, tls_port, extra);
             std::fs::write(dir.join("unbound.conf"), conf).unwrap();
             let log = std::fs::File::create(dir.join("unbound.log")).unwrap();
-            let mut child = Command::new(&binary)
+            let mut command = Command::new(&binary);
+            // Dies with the test thread that started it even when the test process is killed
+            // and Drop never runs.
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+            let mut child = command
                 .arg("-d")
                 .arg("-c")
                 .arg(dir.join("unbound.conf"))
