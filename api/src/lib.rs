@@ -15,6 +15,7 @@ pub mod task;
 pub use agent_report::{
     AgentReport, AnsweredPath, ObserverStats, Packet, ProbeDrop, SentPath, Timestamping,
 };
+pub use load::{LatencyUs, LoadStats};
 pub use plan::{
     AgentRegistration, Family, InterfaceInfo, PlannedTarget, Protocol, RoundPlan, probe_id,
     probe_id_parts,
@@ -23,6 +24,5 @@ pub use round::{
     Direction, DropCount, Evidence, Finding, Interval, LossSegments, PathResult, PathSegment,
     PathState, ProbeSample, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
-pub use load::{LatencyUs, LoadStats};
 pub use stats::{Bitmap, RttStats, clopper_pearson};
-pub use task::{NetReach, TaskError};
+pub use task::{AppHttpHealthy, NetDns, NetReach, Task, TaskError, TaskKind};

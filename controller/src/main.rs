@@ -9,6 +9,7 @@ use meshdoctor_api::task::parse_duration;
 use meshdoctor_controller::{
     api_server,
     rounds::{Controller, Settings},
+    status::DEFAULT_MAX_HISTORY,
     store::ReportStore,
     tasks,
 };
@@ -20,7 +21,8 @@ const RELOAD_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug, Parser)]
 #[command(version, about = "meshdoctor controller (standalone backend)")]
 struct Args {
-    /// Directory of NetReach task files (*.yaml, *.yml), one task per file.
+    /// Directory of task files (*.yaml, *.yml; NetReach, AppHttpHealthy, NetDns), one task per
+    /// file, re-read every 2 s: added, changed and removed files take effect while running.
     #[arg(long)]
     tasks_dir: PathBuf,
     /// Round reports are stored as DIR/reports/<task>/<round>.json.
@@ -41,6 +43,16 @@ struct Args {
     /// Wait for reports until start + duration + per-request timeout + this grace.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     report_grace: Duration,
+    /// Round history entries kept in each task's status (kdoctor's crdMaxHistory).
+    #[arg(long, default_value_t = DEFAULT_MAX_HISTORY, value_parser = history_len)]
+    max_history: usize,
+}
+
+fn history_len(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=1000) => Ok(n),
+        _ => Err(format!("expected 1..=1000 entries, got {s:?}")),
+    }
 }
 
 fn token(args: &Args) -> anyhow::Result<Option<String>> {
@@ -75,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         wait_agents: args.wait_agents,
         start_delay: args.start_delay,
         report_grace: args.report_grace,
+        max_history: args.max_history,
     };
     let ctl = Controller::new(settings, ReportStore::new(&args.data_dir));
     let files = tasks::load_dir(&args.tasks_dir)

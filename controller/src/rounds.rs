@@ -1,10 +1,24 @@
 //! The standalone backend's shared state and round driver: the agent roster, the open rounds
 //! with their plans and reports, the tasks and their status.
 //!
-//! Each task runs a schedule loop that spawns one tokio task per round; a round publishes its
-//! plans `start_delay` before its start, collects reports until all agents reported or the
-//! deadline, then runs the pure join and judge and writes the report. Locks are std mutexes
-//! held only for short, await-free sections.
+//! Each NetReach task runs a schedule loop that spawns one tokio task per round; a round
+//! publishes its plans `start_delay` before its start, collects reports until all agents
+//! reported or the deadline, then runs the pure join and judge and writes the report. Locks are
+//! std mutexes held only for short, await-free sections.
+//!
+//! AppHttpHealthy and NetDns tasks are loaded, validated and listed with their status, but not
+//! scheduled: their load engines are not wired into the agents yet, and `GET /v1/tasks` says so
+//! in the task's `warnings` rather than recording rounds that did not run.
+//!
+//! Tasks follow their files while the controller runs ([`Controller::sync_tasks`]):
+//! - a new file starts its task's schedule clock;
+//! - a file whose task changed (its parsed content; comments and formatting do not count)
+//!   restarts the schedule clock from the change, with the new spec; the status keeps its
+//!   history (see [`crate::status`]);
+//! - a removed file stops its schedule and drops the task from `GET /v1/tasks`. Rounds already
+//!   published finish: agents run their plans, the round is joined and its report stored
+//!   (`GET /v1/tasks/{name}/rounds/{n}` still serves it), so no agent report is refused
+//!   half-way; only the removed task's status is not updated.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +27,8 @@ use std::{
 };
 
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, Finding, NetReach, RoundPlan, RoundReport, RoundStatus,
+    AgentRegistration, AgentReport, Finding, NetReach, RoundPlan, RoundReport, RoundStatus, Task,
+    TaskKind,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -29,7 +44,10 @@ use crate::{
     mesh::{RoundMeta, build_plans},
     metrics::Metrics,
     now_ms,
-    schedule::{effective_start_ms, report_deadline_ms, round_start_ms, round_wanted},
+    schedule::{
+        effective_start_ms, first_start_ms, next_start_ms, report_deadline_ms, round_deadline_ms,
+        round_wanted,
+    },
     status::TaskStatus,
     store::{ReportStore, RoundRef, StoreError},
     tasks::TaskFile,
@@ -44,6 +62,8 @@ pub struct Settings {
     pub start_delay: Duration,
     /// Extra time for reports after duration + per-request timeout.
     pub report_grace: Duration,
+    /// Round history entries kept per task (kdoctor's `crdMaxHistory`, default 10).
+    pub max_history: usize,
 }
 
 /// A report the controller cannot take.
@@ -72,8 +92,17 @@ pub struct AgentView {
 pub struct TaskView {
     pub name: String,
     pub file: String,
+    /// `None` when the file is invalid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TaskKind>,
+    /// `spec.schedule.schedule` (kdoctor's `schedule` printer column).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Accepted fields that are not acted on, and kinds whose rounds are not run yet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
 }
@@ -105,10 +134,28 @@ struct Rounds {
 struct TaskEntry {
     source: TaskFile,
     /// Distinguishes this incarnation of the task from an earlier one with the same file, so
-    /// rounds of a replaced spec do not update the new one's status.
+    /// rounds of a replaced spec do not count toward the new one's rounds.
     generation: u64,
-    status: Option<TaskStatus>,
+    /// The status of the task this file last defined, with that task's name: kept across spec
+    /// changes, and across an invalid edit for when the file is fixed, while the name stays.
+    status: Option<(String, TaskStatus)>,
     runner: Option<AbortHandle>,
+}
+
+/// Why a task kind is listed but not scheduled; `None` for kinds whose rounds run.
+pub fn not_run_yet(kind: TaskKind) -> Option<String> {
+    match kind {
+        TaskKind::NetReach => None,
+        TaskKind::AppHttpHealthy | TaskKind::NetDns => Some(format!(
+            "{kind} rounds are not run yet: the task is validated and listed, but not scheduled \
+             until the {} load engine is wired into the agents",
+            if kind == TaskKind::NetDns {
+                "DNS"
+            } else {
+                "HTTP"
+            }
+        )),
+    }
 }
 
 pub struct Controller {
@@ -261,11 +308,21 @@ impl Controller {
         let tasks = lock(&self.tasks);
         let mut views: Vec<TaskView> = tasks
             .values()
-            .map(|t| TaskView {
-                name: t.source.name.clone(),
-                file: t.source.file.clone(),
-                error: t.source.task.as_ref().err().cloned(),
-                status: t.status.clone(),
+            .map(|t| {
+                let task = t.source.task.as_ref().ok();
+                let mut warnings = task.map(|t| t.warnings()).unwrap_or_default();
+                warnings.extend(task.and_then(|t| not_run_yet(t.kind())));
+                TaskView {
+                    name: t.source.name.clone(),
+                    file: t.source.file.clone(),
+                    kind: task.map(|t| t.kind()),
+                    schedule: task.map(|t| t.schedule_plan().schedule.clone()),
+                    error: t.source.task.as_ref().err().cloned(),
+                    warnings,
+                    status: task
+                        .and(t.status.as_ref())
+                        .map(|(_, status)| status.clone()),
+                }
             })
             .collect();
         views.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.file.cmp(&b.file)));
@@ -333,7 +390,8 @@ impl Controller {
     }
 
     /// Makes the running tasks match the task files: new files start, changed files restart
-    /// (rounds already open finish under the old spec), removed files stop.
+    /// (rounds already open finish under the old spec), removed files stop (rounds already
+    /// open finish and are stored; see the module docs).
     pub fn sync_tasks(self: &Arc<Self>, files: Vec<TaskFile>) {
         let mut tasks = lock(&self.tasks);
         let keep: std::collections::HashSet<&str> = files.iter().map(|f| f.file.as_str()).collect();
@@ -351,9 +409,11 @@ impl Controller {
             if tasks.get(&source.file).is_some_and(|e| e.source == source) {
                 continue;
             }
-            if let Some(r) = tasks.get(&source.file).and_then(|e| e.runner.as_ref()) {
+            let previous = tasks.remove(&source.file);
+            if let Some(r) = previous.as_ref().and_then(|e| e.runner.as_ref()) {
                 r.abort();
             }
+            let kept = previous.and_then(|e| e.status);
             let generation = {
                 let mut g = lock(&self.generations);
                 *g += 1;
@@ -362,19 +422,43 @@ impl Controller {
             let (status, runner) = match &source.task {
                 Err(e) => {
                     warn!("skipping invalid task file: {e}");
-                    (None, None)
+                    (kept, None)
                 }
                 Ok(task) => {
-                    info!(task = task.name(), file = source.file, "task loaded");
-                    let runner = tokio::spawn(self.clone().run_task(
-                        source.file.clone(),
-                        generation,
-                        task.clone(),
-                    ));
-                    (
-                        Some(TaskStatus::new(task.spec.schedule.round_number)),
-                        Some(runner.abort_handle()),
-                    )
+                    let rounds = task.schedule_plan().round_number;
+                    let status = match kept {
+                        Some((name, mut status)) if name == task.name() => {
+                            info!(
+                                task = task.name(),
+                                file = source.file,
+                                "task changed; its schedule restarts"
+                            );
+                            status.restart(rounds);
+                            status
+                        }
+                        _ => {
+                            info!(task = task.name(), kind = %task.kind(), file = source.file, "task loaded");
+                            TaskStatus::new(rounds, self.settings.max_history)
+                        }
+                    };
+                    for w in task.warnings() {
+                        warn!(task = task.name(), "{w}");
+                    }
+                    let runner = match not_run_yet(task.kind()) {
+                        Some(why) => {
+                            warn!(task = task.name(), "{why}");
+                            None
+                        }
+                        None => {
+                            let runner = tokio::spawn(self.clone().run_task(
+                                source.file.clone(),
+                                generation,
+                                task.clone(),
+                            ));
+                            Some(runner.abort_handle())
+                        }
+                    };
+                    (Some((task.name().to_string(), status)), runner)
                 }
             };
             tasks.insert(
@@ -389,8 +473,12 @@ impl Controller {
         }
     }
 
-    /// A task's schedule loop: waits for the roster, then starts rounds on schedule.
-    async fn run_task(self: Arc<Self>, file: String, generation: u64, task: Arc<NetReach>) {
+    /// A task's schedule loop: waits for the roster, then starts rounds on schedule. Only
+    /// NetReach rounds run (see [`not_run_yet`]).
+    async fn run_task(self: Arc<Self>, file: String, generation: u64, task: Arc<Task>) {
+        let Some(net_reach) = task.as_net_reach().cloned().map(Arc::new) else {
+            return;
+        };
         let mut size = self.roster_size.subscribe();
         if size
             .wait_for(|&n| n >= self.settings.wait_agents)
@@ -413,20 +501,30 @@ impl Controller {
         let delay = self.settings.start_delay;
         let clock_start = now_ms() + delay.as_millis() as u64;
         let schedule = task.schedule();
+        let round_number = task.schedule_plan().round_number;
+        let round_timeout = task.round_timeout();
+        let mut scheduled = first_start_ms(&schedule, clock_start);
         for n in 1..=u32::MAX {
-            if !round_wanted(task.spec.schedule.round_number, n) {
+            if !round_wanted(round_number, n) {
                 break;
             }
-            let scheduled = round_start_ms(&schedule, clock_start, n);
-            sleep_until_ms(scheduled.saturating_sub(delay.as_millis() as u64)).await;
-            let start = effective_start_ms(scheduled, now_ms(), delay);
+            let Some(this) = scheduled else {
+                info!(task = task.name(), "the cron schedule fires no more");
+                break;
+            };
+            scheduled = next_start_ms(&schedule, this);
+            sleep_until_ms(this.saturating_sub(delay.as_millis() as u64)).await;
+            let start = effective_start_ms(this, now_ms(), delay);
+            let next = scheduled.filter(|_| round_wanted(round_number, n.saturating_add(1)));
+            let deadline = round_deadline_ms(start, round_timeout, next);
             let round = offset.unwrap_or(0).saturating_add(n);
             tokio::spawn(self.clone().run_round(
                 file.clone(),
                 generation,
-                task.clone(),
+                net_reach.clone(),
                 round,
                 start,
+                deadline,
             ));
         }
     }
@@ -439,9 +537,15 @@ impl Controller {
         task: Arc<NetReach>,
         round: u32,
         start_ms: u64,
+        round_deadline_ms: u64,
     ) {
         let name = task.name().to_string();
-        let deadline = report_deadline_ms(&task, start_ms, self.settings.report_grace);
+        let deadline = report_deadline_ms(
+            &task.load(),
+            start_ms,
+            round_deadline_ms,
+            self.settings.report_grace,
+        );
         let roster: Vec<AgentRegistration> = lock(&self.roster)
             .values()
             .map(|a| a.registration.clone())
@@ -534,15 +638,16 @@ impl Controller {
         }
         self.metrics.round_closed(&report);
         self.remember_findings(TaskFindings {
-            task: name,
+            task: name.clone(),
             round,
             findings: report.findings.clone(),
         });
         let mut tasks = lock(&self.tasks);
-        if let Some(entry) = tasks.get_mut(&file).filter(|e| e.generation == generation)
-            && let Some(status) = &mut entry.status
+        if let Some(entry) = tasks.get_mut(&file)
+            && let Some((owner, status)) = &mut entry.status
+            && *owner == name
         {
-            status.record(&report);
+            status.record(&report, deadline, entry.generation == generation);
         }
     }
 }
@@ -553,17 +658,180 @@ mod tests {
     use crate::fixtures::{mk_finding, mk_round, temp_dir};
 
     fn mk_task_file(name: &str) -> TaskFile {
-        let yaml = format!(
-            "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {{name: {name}}}\nspec: {{}}\n"
-        );
-        let file = format!("{name}.yaml");
+        mk_file(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {{name: {name}}}\nspec: {{}}\n"
+            ),
+        )
+    }
+
+    fn mk_file(file: &str, yaml: &str) -> TaskFile {
+        let task = Task::from_yaml(file, yaml)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
         TaskFile {
-            task: NetReach::from_yaml(&file, &yaml)
-                .map(Arc::new)
-                .map_err(|e| e.to_string()),
-            file,
-            name: name.into(),
+            name: task.as_ref().map_or("invalid".into(), |t| t.name().into()),
+            file: file.into(),
+            task,
         }
+    }
+
+    fn settings(wait_agents: usize) -> Settings {
+        Settings {
+            wait_agents,
+            start_delay: Duration::from_millis(100),
+            report_grace: Duration::from_millis(100),
+            max_history: 10,
+        }
+    }
+
+    /// Records a closed round into a task's status, as `run_round` does.
+    fn close_round(ctl: &Controller, file: &str, round: u32, current: bool) {
+        let mut tasks = lock(&ctl.tasks);
+        let (name, status) = tasks.get_mut(file).unwrap().status.as_mut().unwrap();
+        let report = mk_round(name, round, RoundStatus::Succeed);
+        status.record(&report, report.end_ms, current);
+    }
+
+    fn status(ctl: &Controller, name: &str) -> TaskStatus {
+        let view = ctl.tasks().into_iter().find(|t| t.name == name).unwrap();
+        view.status.unwrap()
+    }
+
+    #[tokio::test]
+    async fn tasks_are_added_changed_and_removed_while_running() {
+        let dir = temp_dir("sync");
+        // No agent ever registers: schedules wait, and rounds are closed by hand.
+        let ctl = Controller::new(settings(99), ReportStore::new(&dir));
+        let mesh = "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {name: mesh}\n\
+                    spec: {schedule: {schedule: '@every 10s', roundNumber: 2}}\n";
+        let web = "apiVersion: meshdoctor.io/v1beta1\nkind: AppHttpHealthy\nmetadata: {name: web}\n\
+                   spec: {target: {host: 'web:8080', method: GET}}\n";
+        ctl.sync_tasks(vec![mk_file("mesh.yaml", mesh)]);
+        close_round(&ctl, "mesh.yaml", 1, true);
+        close_round(&ctl, "mesh.yaml", 2, true);
+        assert!(status(&ctl, "mesh").finish);
+
+        // Added: an AppHttpHealthy task is listed with its status, and says it is not run.
+        ctl.sync_tasks(vec![mk_file("mesh.yaml", mesh), mk_file("web.yaml", web)]);
+        let views = ctl.tasks();
+        assert_eq!(views.len(), 2);
+        let w = &views[1];
+        assert_eq!(
+            (w.name.as_str(), w.kind),
+            ("web", Some(TaskKind::AppHttpHealthy))
+        );
+        assert_eq!(w.schedule.as_deref(), Some("0 1"));
+        assert!(
+            w.warnings[0].contains("AppHttpHealthy rounds are not run yet"),
+            "{:?}",
+            w.warnings
+        );
+        let st = w.status.as_ref().unwrap();
+        assert_eq!(
+            (st.expected_round, st.done_round, st.last_round_status),
+            (1, 0, crate::status::LastRoundStatus::Unknown)
+        );
+        assert!(lock(&ctl.tasks)["web.yaml"].runner.is_none());
+
+        // Unchanged: nothing restarts.
+        let generation = lock(&ctl.tasks)["mesh.yaml"].generation;
+        ctl.sync_tasks(vec![mk_file("mesh.yaml", mesh), mk_file("web.yaml", web)]);
+        assert_eq!(lock(&ctl.tasks)["mesh.yaml"].generation, generation);
+
+        // Changed: the schedule restarts with the new roundNumber, the history stays, and a
+        // late round of the old spec lands in the history without counting.
+        let changed = mesh.replace("roundNumber: 2", "roundNumber: -1");
+        ctl.sync_tasks(vec![
+            mk_file("mesh.yaml", &changed),
+            mk_file("web.yaml", web),
+        ]);
+        assert_ne!(lock(&ctl.tasks)["mesh.yaml"].generation, generation);
+        let st = status(&ctl, "mesh");
+        assert_eq!(
+            (st.expected_round, st.done_round, st.finish),
+            (-1, 0, false)
+        );
+        assert_eq!(st.history.len(), 2);
+        close_round(&ctl, "mesh.yaml", 3, false);
+        assert_eq!(status(&ctl, "mesh").done_round, 0);
+        assert_eq!(status(&ctl, "mesh").history.len(), 3);
+
+        // An invalid edit shows the error; fixing it brings the history back.
+        let broken = changed.replace("'@every 10s'", "'@every 10'");
+        ctl.sync_tasks(vec![mk_file("mesh.yaml", &broken)]);
+        let views = ctl.tasks();
+        assert_eq!(views.len(), 1, "web.yaml was removed");
+        assert!(
+            views[0]
+                .error
+                .as_ref()
+                .unwrap()
+                .contains("mesh.yaml: spec.schedule.schedule: @every: missing unit")
+        );
+        assert!(views[0].status.is_none() && views[0].kind.is_none());
+        ctl.sync_tasks(vec![mk_file("mesh.yaml", &changed)]);
+        assert_eq!(status(&ctl, "mesh").history.len(), 3);
+
+        // Renamed: another task, with a fresh status.
+        let renamed = changed.replace("name: mesh", "name: mesh2");
+        ctl.sync_tasks(vec![mk_file("mesh.yaml", &renamed)]);
+        assert!(status(&ctl, "mesh2").history.is_empty());
+
+        // Removed: gone from the list.
+        ctl.sync_tasks(vec![]);
+        assert!(ctl.tasks().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_round_in_flight_finishes_after_its_file_is_removed() {
+        let dir = temp_dir("removed");
+        let ctl = Controller::new(settings(1), ReportStore::new(&dir));
+        ctl.register(AgentRegistration {
+            node: "node-1".into(),
+            interfaces: vec![],
+            timestamping: meshdoctor_api::Timestamping::Ebpf,
+            udp_port: None,
+        });
+        ctl.sync_tasks(vec![mk_task_file("mesh")]);
+        let plan = ctl
+            .wait_plans("node-1", 0, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .remove(0);
+        ctl.sync_tasks(vec![]);
+        assert!(ctl.tasks().is_empty());
+        // The agent's report is still taken, and the round is joined and stored.
+        ctl.accept_report(AgentReport {
+            node: "node-1".into(),
+            task: plan.task.clone(),
+            round: plan.round,
+            round_tag: plan.round_tag,
+            timestamping: meshdoctor_api::Timestamping::Ebpf,
+            sent: vec![],
+            answered: vec![],
+            observer: Default::default(),
+            drops: vec![],
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        while ctl
+            .store()
+            .read("mesh", RoundRef::Latest)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "round never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ctl.tasks().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
@@ -582,12 +850,7 @@ mod tests {
             .write(&mk_round("gone", 1, RoundStatus::Fail))
             .await
             .unwrap();
-        let settings = Settings {
-            wait_agents: 99,
-            start_delay: Duration::from_millis(100),
-            report_grace: Duration::from_millis(100),
-        };
-        let ctl = Controller::new(settings, store);
+        let ctl = Controller::new(settings(99), store);
         let broken = TaskFile {
             task: Err("spec: invalid".into()),
             ..mk_task_file("broken")

@@ -121,6 +121,7 @@ async fn agents_run_a_round_over_http() {
         wait_agents: 2,
         start_delay: Duration::from_millis(300),
         report_grace: Duration::from_secs(1),
+        max_history: 10,
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
     ctl.sync_tasks(tasks::load_dir(&dir.join("tasks")).unwrap());
@@ -324,6 +325,7 @@ async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files()
         wait_agents: 2,
         start_delay: Duration::from_millis(100),
         report_grace: Duration::from_millis(200),
+        max_history: 10,
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
     ctl.sync_tasks(tasks::load_dir(&tasks_dir).unwrap());

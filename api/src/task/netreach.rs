@@ -1,0 +1,475 @@
+//! `NetReach`: probe the full mesh of agents over every interface and family.
+//!
+//! kdoctor's NetReach fields, with meshdoctor's extensions (`request.protocol`,
+//! `target.interfaces`). kdoctor's NetReach GETs every agent pod over HTTP; meshdoctor's probes
+//! the same mesh (`target.endpoint`) with ICMP or UDP, timestamped in the kernel. kdoctor's
+//! Service targets (`clusterIP`, `nodePort`, `loadBalancer`, `ingress`) are accepted so that a
+//! kdoctor manifest parses, and reported by [`NetReach::warnings`] when turned on: they are not
+//! probed yet.
+
+use std::{path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Invalid, Kind, MAX_QPS, Metadata, RequestLoad, Schedule, SchedulePlan, SuccessCondition,
+    TaskError, TaskKind, default_duration, default_qps, default_timeout, parse_kind, read,
+    validate_expect, validate_name, validate_request, yes,
+};
+use crate::{Protocol, plan::MAX_PROBES_PER_PATH};
+
+/// The primary pod interface, what kdoctor's `multusInterface: false` limits the mesh to.
+pub const PRIMARY_INTERFACE: &str = "eth0";
+
+/// A NetReach task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetReach {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: NetReachSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetReachSpec {
+    /// kdoctor's per-task agent workload. Accepted, not used: tasks run on every registered
+    /// agent ([`NetReach::warnings`] says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_spec: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub schedule: SchedulePlan,
+    #[serde(default)]
+    pub request: NetReachRequest,
+    #[serde(default)]
+    pub expect: SuccessCondition,
+    #[serde(default)]
+    pub target: NetReachTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetReachRequest {
+    /// meshdoctor's extension: the probe protocol (default icmp).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Probes per second per agent and target path.
+    #[serde(default = "default_qps")]
+    pub qps: u32,
+    #[serde(default = "default_duration")]
+    pub duration_in_second: u32,
+    #[serde(default = "default_timeout", rename = "perRequestTimeoutInMS")]
+    pub per_request_timeout_in_ms: u32,
+}
+
+impl Default for NetReachRequest {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::default(),
+            qps: default_qps(),
+            duration_in_second: default_duration(),
+            per_request_timeout_in_ms: default_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetReachTarget {
+    #[serde(default = "yes")]
+    pub ipv4: bool,
+    #[serde(default)]
+    pub ipv6: bool,
+    /// meshdoctor's extension: networks (or interface names) to mesh over; all when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<String>>,
+    /// kdoctor: probe every agent pod (the mesh). meshdoctor's NetReach is that mesh, so it
+    /// must stay true.
+    #[serde(default = "yes")]
+    pub endpoint: bool,
+    /// kdoctor: also probe the secondary (multus) interfaces. Omitted or `true`, meshdoctor
+    /// meshes over every network; `false` limits the mesh to the primary interface `eth0`
+    /// (filled into `interfaces`, which must then be omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multus_interface: Option<bool>,
+    /// kdoctor's Service targets: accepted, not probed yet.
+    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+    /// kdoctor: keep every latency sample for percentiles. meshdoctor always measures
+    /// latency, so this changes nothing.
+    #[serde(default)]
+    pub enable_latency_metric: bool,
+}
+
+impl Default for NetReachTarget {
+    fn default() -> Self {
+        Self {
+            ipv4: true,
+            ipv6: false,
+            interfaces: None,
+            endpoint: true,
+            multus_interface: None,
+            cluster_ip: None,
+            node_port: None,
+            load_balancer: None,
+            ingress: None,
+            enable_latency_metric: false,
+        }
+    }
+}
+
+impl Kind for NetReach {
+    const KIND: TaskKind = TaskKind::NetReach;
+
+    fn normalize(&mut self) {
+        let t = &mut self.spec.target;
+        if t.multus_interface == Some(false) && t.interfaces.is_none() {
+            t.interfaces = Some(vec![PRIMARY_INTERFACE.into()]);
+        }
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        validate_name(&self.metadata.name)?;
+        let sp = &self.spec;
+        sp.schedule.validate()?;
+        validate_request(TaskKind::NetReach, MAX_QPS, self.load(), &sp.schedule)?;
+        let rq = &sp.request;
+        let probes = u64::from(rq.qps) * u64::from(rq.duration_in_second);
+        if probes > u64::from(MAX_PROBES_PER_PATH) {
+            return Err(Invalid::new(
+                "spec.request.qps",
+                format!(
+                    "qps x durationInSecond = {probes} probes per path; at most \
+                     {MAX_PROBES_PER_PATH}"
+                ),
+            ));
+        }
+        validate_expect(sp.expect.success_rate, sp.expect.mean_access_delay_in_ms)?;
+        let t = &sp.target;
+        if !t.ipv4 && !t.ipv6 {
+            return Err(Invalid::new(
+                "spec.target",
+                "at least one of ipv4 and ipv6 must be true",
+            ));
+        }
+        if !t.endpoint {
+            return Err(Invalid::new(
+                "spec.target.endpoint",
+                "must be true: meshdoctor's NetReach probes the agent mesh, and kdoctor's \
+                 Service targets (clusterIP, nodePort, loadBalancer, ingress) are not probed yet",
+            ));
+        }
+        match &t.interfaces {
+            Some(i) if i.is_empty() => {
+                return Err(Invalid::new(
+                    "spec.target.interfaces",
+                    "must name at least one network when given",
+                ));
+            }
+            Some(i) if t.multus_interface == Some(false) && i[..] != [PRIMARY_INTERFACE] => {
+                return Err(Invalid::new(
+                    "spec.target.multusInterface",
+                    "false (primary interface only) contradicts spec.target.interfaces; \
+                     set one of them",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl NetReach {
+    /// Reads and validates one NetReach file.
+    pub fn from_file(path: &Path) -> Result<Self, TaskError> {
+        let (file, text) = read(path)?;
+        Self::from_yaml(&file, &text)
+    }
+
+    /// Parses and validates a NetReach task; `file` only names the source in errors. Any
+    /// other kind is an error on `kind`.
+    pub fn from_yaml(file: &str, text: &str) -> Result<Self, TaskError> {
+        parse_kind(file, text)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// The parsed schedule; valid once the task passed validation.
+    pub fn schedule(&self) -> Schedule {
+        self.spec.schedule.parsed()
+    }
+
+    /// See [`SchedulePlan::round_timeout`].
+    pub fn round_timeout(&self) -> Duration {
+        self.spec.schedule.round_timeout()
+    }
+
+    pub fn load(&self) -> RequestLoad {
+        let r = &self.spec.request;
+        RequestLoad {
+            qps: r.qps,
+            duration: Duration::from_secs(r.duration_in_second.into()),
+            per_request_timeout: Duration::from_millis(r.per_request_timeout_in_ms.into()),
+        }
+    }
+
+    /// kdoctor fields accepted but not acted on.
+    pub fn warnings(&self) -> Vec<String> {
+        let t = &self.spec.target;
+        let mut w = Vec::new();
+        if self.spec.agent_spec.is_some() {
+            w.push(agent_spec_warning());
+        }
+        for (field, on) in [
+            ("clusterIP", t.cluster_ip),
+            ("nodePort", t.node_port),
+            ("loadBalancer", t.load_balancer),
+            ("ingress", t.ingress),
+        ] {
+            if on == Some(true) {
+                w.push(format!(
+                    "spec.target.{field}: kdoctor's Service targets are not probed yet; only \
+                     the agent mesh is"
+                ));
+            }
+        }
+        w
+    }
+}
+
+pub(crate) fn agent_spec_warning() -> String {
+    "spec.agentSpec: ignored: meshdoctor runs every task on all registered agents (no per-task \
+     agent workload)"
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::tests::assert_err;
+
+    const GOOD: &str = "
+apiVersion: meshdoctor.io/v1beta1
+kind: NetReach
+metadata:
+  name: mesh
+spec:
+  schedule:
+    schedule: '@every 10s'
+    roundNumber: -1
+  request:
+    qps: 20
+    durationInSecond: 3
+    perRequestTimeoutInMS: 800
+  expect:
+    successRate: 0.99
+  target:
+    ipv4: true
+    ipv6: true
+";
+
+    fn err(yaml: &str) -> String {
+        NetReach::from_yaml("tasks/mesh.yaml", yaml)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn parses_with_defaults() {
+        let t = NetReach::from_yaml("f", GOOD).unwrap();
+        assert_eq!(t.spec.request.qps, 20);
+        assert_eq!(t.spec.request.protocol, Protocol::Icmp);
+        assert_eq!(t.spec.expect.mean_access_delay_in_ms, 5000);
+        assert_eq!(t.schedule().every, Duration::from_secs(10));
+        assert_eq!(t.schedule().first_after, Duration::ZERO);
+        assert_eq!(t.round_timeout(), Duration::from_secs(10));
+        assert!(t.spec.target.endpoint);
+        assert!(t.warnings().is_empty());
+        let minimal =
+            "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {name: m}\nspec: {}\n";
+        let t = NetReach::from_yaml("f", minimal).unwrap();
+        assert_eq!(t.spec.request.per_request_timeout_in_ms, 500);
+        assert_eq!(t.round_timeout(), Duration::from_secs(60));
+        // Bool defaults survive a target block that omits them (kdoctor loses them).
+        let t = NetReach::from_yaml(
+            "f",
+            &minimal.replace("spec: {}", "spec: {target: {ipv6: true}}"),
+        )
+        .unwrap();
+        assert!(t.spec.target.ipv4 && t.spec.target.ipv6 && t.spec.target.endpoint);
+    }
+
+    #[test]
+    fn a_kdoctor_manifest_ports_as_is() {
+        let kdoctor = "
+apiVersion: kdoctor.io/v1beta1
+kind: NetReach
+metadata:
+  name: netreach
+  labels: {team: net}
+spec:
+  agentSpec:
+    hostNetwork: false
+    kind: DaemonSet
+  schedule:
+    roundNumber: 2
+    roundTimeoutMinute: 1
+    schedule: 0 1
+  request:
+    durationInSecond: 10
+    perRequestTimeoutInMS: 1000
+    qps: 10
+  target:
+    clusterIP: true
+    endpoint: true
+    ingress: false
+    ipv4: true
+    ipv6: false
+    loadBalancer: false
+    multusInterface: false
+    nodePort: true
+    enableLatencyMetric: false
+  expect:
+    meanAccessDelayInMs: 1500
+    successRate: 1
+";
+        let t = NetReach::from_yaml("k.yaml", kdoctor).unwrap();
+        assert_eq!(t.spec.schedule.round_number, 2);
+        assert_eq!(
+            t.spec.target.interfaces.as_deref(),
+            Some(&["eth0".to_string()][..])
+        );
+        let w = t.warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].starts_with("spec.agentSpec: ignored"), "{w:?}");
+        assert!(w[1].starts_with("spec.target.clusterIP: "), "{w:?}");
+        assert!(w[2].starts_with("spec.target.nodePort: "), "{w:?}");
+        let all_networks = kdoctor.replace("multusInterface: false", "multusInterface: true");
+        let t = NetReach::from_yaml("k.yaml", &all_networks).unwrap();
+        assert!(t.spec.target.interfaces.is_none());
+    }
+
+    #[test]
+    fn wrong_type_names_file_and_field() {
+        let e = err(&GOOD.replace("qps: 20", "qps: fast"));
+        assert!(
+            e.starts_with("tasks/mesh.yaml: spec.request.qps: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let e = err(&GOOD.replace("qps: 20", "qsp: 20"));
+        assert!(e.starts_with("tasks/mesh.yaml: spec.request"), "{e}");
+        assert!(e.contains("unknown field `qsp`"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_field_is_rejected() {
+        let e = err(&GOOD.replace("schedule: '@every 10s'", "roundTimeoutMinute: 1"));
+        assert!(e.starts_with("tasks/mesh.yaml: spec.schedule"), "{e}");
+        assert!(e.contains("missing field `schedule`"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        for (from, to, field) in [
+            ("qps: 20", "qps: 5000", "spec.request.qps"),
+            (
+                "roundNumber: -1",
+                "roundNumber: 0",
+                "spec.schedule.roundNumber",
+            ),
+            (
+                "successRate: 0.99",
+                "successRate: 1.5",
+                "spec.expect.successRate",
+            ),
+            (
+                "successRate: 0.99",
+                "meanAccessDelayInMs: 0",
+                "spec.expect.meanAccessDelayInMs",
+            ),
+            ("'@every 10s'", "'every 10s'", "spec.schedule.schedule"),
+            (
+                "'@every 10s'",
+                "'0 1'\n    roundTimeoutMinute: 2",
+                "spec.schedule.roundTimeoutMinute",
+            ),
+            ("ipv4: true\n    ipv6: true", "ipv4: false", "spec.target"),
+            (
+                "ipv6: true",
+                "ipv6: true\n    endpoint: false",
+                "spec.target.endpoint",
+            ),
+            (
+                "ipv6: true",
+                "ipv6: true\n    interfaces: []",
+                "spec.target.interfaces",
+            ),
+            (
+                "ipv6: true",
+                "ipv6: true\n    interfaces: [net1]\n    multusInterface: false",
+                "spec.target.multusInterface",
+            ),
+            (
+                "durationInSecond: 3",
+                "durationInSecond: 30",
+                "spec.request.durationInSecond",
+            ),
+            (
+                "perRequestTimeoutInMS: 800",
+                "perRequestTimeoutInMS: 11000",
+                "spec.request.perRequestTimeoutInMS",
+            ),
+            ("name: mesh", "name: Mesh", "metadata.name"),
+        ] {
+            let e = err(&GOOD.replace(from, to));
+            assert!(
+                e.starts_with(&format!("tasks/mesh.yaml: {field}: ")),
+                "{to}: {e}"
+            );
+        }
+        let long = GOOD
+            .replace("'@every 10s'", "'0 5'")
+            .replace("qps: 20", "qps: 1000")
+            .replace("durationInSecond: 3", "durationInSecond: 66");
+        let e = err(&long);
+        assert!(
+            e.starts_with("tasks/mesh.yaml: spec.request.qps: qps x durationInSecond = 66000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cron_schedules_bound_the_round() {
+        let cron = |s: &str| {
+            GOOD.replace("'@every 10s'", &format!("'{s}'"))
+                .replace("durationInSecond: 3", "durationInSecond: 60")
+        };
+        let t = NetReach::from_yaml("f", &cron("*/2 * * * *")).unwrap();
+        assert!(t.schedule().cron().is_some());
+        assert_err(
+            &cron("* * * * *").replace("mesh.yaml", "t.yaml"),
+            "spec.request.durationInSecond",
+            "durationInSecond plus perRequestTimeoutInMS (1m0.8s) is longer than the 1m0s \
+             between the closest rounds of cron \"* * * * *\"",
+        );
+        assert_err(
+            &cron("* * * * 8"),
+            "spec.schedule.schedule",
+            "invalid cron schedule \"* * * * 8\"",
+        );
+    }
+}
