@@ -75,10 +75,37 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
     let stop = start + spec.duration + SEND_GRACE;
     let mut first_send: Option<Instant> = None;
     let mut last_done = start;
+    // Wakes the loop when request `armed` is due; re-armed only when `next` moved on.
     let pace = tokio::time::sleep_until(start);
     tokio::pin!(pace);
+    let mut armed = 0u64;
 
-    while next < planned || !in_flight.is_empty() {
+    loop {
+        // Send what is due, on every turn: after a completion (the timer may tick a little
+        // late) as well as when the pacing timer fires. The first request goes out at once.
+        if next < planned {
+            let now = Instant::now();
+            if now > stop {
+                not_sent += planned - next;
+                next = planned;
+            }
+            while next < planned && start + spec.due(next) <= now {
+                next += 1;
+                if in_flight.len() >= max_in_flight {
+                    not_sent += 1;
+                    continue;
+                }
+                first_send.get_or_insert(now);
+                in_flight.push(timed(requester.request(), spec.timeout));
+            }
+            if next < planned && armed != next {
+                pace.as_mut().reset(start + spec.due(next));
+                armed = next;
+            }
+        }
+        if next >= planned && in_flight.is_empty() {
+            break;
+        }
         tokio::select! {
             // Completions first: a slot freed now is free for a request due now.
             biased;
@@ -89,26 +116,7 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
                 }
                 last_done = done;
             }
-            () = &mut pace, if next < planned => {
-                let now = Instant::now();
-                if now > stop {
-                    not_sent += planned - next;
-                    next = planned;
-                    continue;
-                }
-                while next < planned && start + spec.due(next) <= now {
-                    next += 1;
-                    if in_flight.len() >= max_in_flight {
-                        not_sent += 1;
-                        continue;
-                    }
-                    first_send.get_or_insert(now);
-                    in_flight.push(timed(requester.request(), spec.timeout));
-                }
-                if next < planned {
-                    pace.as_mut().reset(start + spec.due(next));
-                }
-            }
+            () = &mut pace, if next < planned => {}
         }
     }
 
