@@ -566,21 +566,25 @@ pub(crate) mod tests {
 
     #[test]
     fn dispatches_on_kind_in_both_api_versions() {
-        for (api, kind, want) in [
-            ("meshdoctor.io/v1beta1", "NetReach", TaskKind::NetReach),
-            ("kdoctor.io/v1beta1", "NetReach", TaskKind::NetReach),
-            ("meshdoctor.io/v1beta1", "NetDns", TaskKind::NetDns),
-            ("kdoctor.io/v1beta1", "Netdns", TaskKind::NetDns),
+        const DNS_SPEC: &str = "{target: {targetUser: {server: 10.0.0.10}}}";
+        for (api, kind, spec, want) in [
+            (
+                "meshdoctor.io/v1beta1",
+                "NetReach",
+                "{}",
+                TaskKind::NetReach,
+            ),
+            ("kdoctor.io/v1beta1", "NetReach", "{}", TaskKind::NetReach),
+            (
+                "meshdoctor.io/v1beta1",
+                "NetDns",
+                DNS_SPEC,
+                TaskKind::NetDns,
+            ),
+            ("kdoctor.io/v1beta1", "Netdns", DNS_SPEC, TaskKind::NetDns),
         ] {
-            let yaml = format!(
-                "apiVersion: {api}\nkind: {kind}\nmetadata: {{name: t}}\n\
-                 spec: {{target: {{targetUser: {{server: 10.0.0.10}}}}}}\n"
-            );
-            let yaml = if want == TaskKind::NetReach {
-                yaml.replace("{target: {targetUser: {server: 10.0.0.10}}}", "{}")
-            } else {
-                yaml
-            };
+            let yaml =
+                format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: t}}\nspec: {spec}\n");
             let task = Task::from_yaml("f", &yaml).unwrap();
             assert_eq!(
                 (task.kind(), task.name(), task.api_version()),
