@@ -262,7 +262,9 @@ impl HttpRequester {
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => self.connector.http1().await?,
+                // Boxed: connecting is rare, and its large future would otherwise be
+                // part of (and copied with) every request's.
+                None => Box::pin(self.connector.http1()).await?,
             };
             if let Err(e) = conn.ready().await {
                 if reused {
@@ -294,7 +296,7 @@ impl HttpRequester {
                 match shared.as_ref().filter(|(_, c)| !c.is_closed()) {
                     Some((id, conn)) => (*id, conn.clone()),
                     None => {
-                        let conn = self.connector.http2().await?;
+                        let conn = Box::pin(self.connector.http2()).await?;
                         let id = self.h2_generation.fetch_add(1, Ordering::Relaxed);
                         *shared = Some((id, conn.clone()));
                         (id, conn)

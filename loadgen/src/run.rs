@@ -49,6 +49,14 @@ impl LoadSpec {
         u64::try_from(n).unwrap_or(u64::MAX)
     }
 
+    /// How many requests are due `elapsed` after the round's start: those `i` whose
+    /// [`due`](Self::due) offset, `floor(i * 1e9 / qps)` ns, is at most `elapsed`, which is
+    /// `ceil((elapsed_ns + 1) * qps / 1e9)` of them.
+    fn due_count(&self, elapsed: Duration) -> u64 {
+        let n = (elapsed.as_nanos() + 1) * u128::from(self.qps.max(1)) + 999_999_999;
+        u64::try_from(n / 1_000_000_000).unwrap_or(u64::MAX)
+    }
+
     /// When request `i` is due, as an offset from the round's start.
     fn due(&self, i: u64) -> Duration {
         let ns = u128::from(i) * 1_000_000_000 / u128::from(self.qps.max(1));
@@ -89,14 +97,20 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
                 not_sent += planned - next;
                 next = planned;
             }
-            while next < planned && start + spec.due(next) <= now {
-                next += 1;
-                if in_flight.len() >= max_in_flight {
-                    not_sent += 1;
-                    continue;
+            // Requests next..due are due; as many as there are free slots go, the rest are
+            // not sent. Counted in one step, so an overloaded round costs no work per request
+            // it skips.
+            let due = spec.due_count(now - start).min(planned);
+            if due > next {
+                let send = (due - next).min(max_in_flight.saturating_sub(in_flight.len()) as u64);
+                if send > 0 {
+                    first_send.get_or_insert(now);
                 }
-                first_send.get_or_insert(now);
-                in_flight.push(timed(requester.request(), spec.timeout));
+                for _ in 0..send {
+                    in_flight.push(timed(requester.request(), spec.timeout));
+                }
+                not_sent += due - next - send;
+                next = due;
             }
             if next < planned && armed != next {
                 pace.as_mut().reset(start + spec.due(next));
@@ -190,6 +204,24 @@ mod tests {
             duration: Duration::from_secs(secs),
             timeout: Duration::from_millis(timeout_ms),
             max_in_flight,
+        }
+    }
+
+    #[test]
+    fn due_count_agrees_with_due() {
+        for qps in [1, 3, 7, 100, 999, 1000, 1001, 65_537, 1_000_000] {
+            let spec = spec(qps, 1, 1, 1);
+            for i in 0..200u64 {
+                let at = spec.due(i);
+                assert_eq!(spec.due_count(at), i + 1, "qps {qps} request {i}");
+                if at > Duration::ZERO {
+                    assert_eq!(
+                        spec.due_count(at - Duration::from_nanos(1)),
+                        i,
+                        "qps {qps} {i}"
+                    );
+                }
+            }
         }
     }
 
