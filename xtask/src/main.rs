@@ -4,6 +4,7 @@
 //! - `lab` builds the network-namespace lab, runs a full-mesh task and prints the report;
 //! - `test` builds everything and runs every test, the root end-to-end tests included.
 
+mod bench;
 mod lab;
 mod setup;
 
@@ -34,6 +35,9 @@ enum Cmd {
     Setup,
     /// Build the lab, run a full-mesh task, print its round report and tear the lab down.
     Lab(lab::LabArgs),
+    /// Benchmark meshdoctor's HTTP or DNS load engine side by side with wrk and hey, or
+    /// dnsperf, against a local nginx or unbound; prints the ratios.
+    Bench(bench::BenchArgs),
     /// Build the workspace and run every test (the end-to-end tests need root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter, `-- --nocapture`).
@@ -46,6 +50,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
         Cmd::Lab(args) => lab::run(args),
+        Cmd::Bench(args) => bench::run(args),
         Cmd::Test { args } => test(&args),
     }
 }
