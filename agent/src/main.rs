@@ -1,7 +1,9 @@
 //! meshdoctor-agent: the per-node prober. It registers with the controller, runs the round
-//! plans it is given (paced echo probes over the planned interfaces, timestamped in the kernel
-//! by eBPF TC observers), and posts what it saw.
+//! plans it is given (NetReach: paced echo probes over the planned interfaces, timestamped in
+//! the kernel by eBPF TC observers; AppHttpHealthy and NetDns: paced HTTP or DNS requests to
+//! the plan's target), and posts what it saw.
 
+mod app;
 mod caps;
 mod client;
 mod drops;
@@ -274,8 +276,19 @@ async fn run_plan(agent: Arc<Agent>, client: Arc<ControllerClient>, plan: RoundP
         warn!(task = %plan.task, round = plan.round, "plan arrived after its report deadline; skipped");
         return;
     }
-    info!(task = %plan.task, round = plan.round, targets = plan.targets.len(), "round starts");
-    let report = round::run(&agent, &plan).await;
+    let report = match &plan.app {
+        None => {
+            info!(task = %plan.task, round = plan.round, targets = plan.targets.len(), "round starts");
+            round::run(&agent, &plan).await
+        }
+        Some(app) => {
+            info!(
+                task = %plan.task, round = plan.round, target = %app.target.label(), qps = plan.qps,
+                "application round starts"
+            );
+            app::run(&agent, &plan, app).await
+        }
+    };
     agent.metrics.rounds.inc();
     loop {
         match client.report(&report).await {

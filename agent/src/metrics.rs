@@ -33,8 +33,16 @@ pub struct DropLabels {
     pub kind: String,
 }
 
+/// Labels of application requests (AppHttpHealthy, NetDns rounds).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `success`, `failure` or `not_sent`.
+    pub result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    app_requests: MetricFamily<RequestLabels, Counter>,
     pub drops: MetricFamily<DropLabels, Counter>,
     sent: MetricFamily<PathLabels, Counter>,
     received: MetricFamily<PathLabels, Counter>,
@@ -85,8 +93,16 @@ impl Default for Metrics {
             "Probe events read from the eBPF observers",
             kernel_events.clone(),
         );
+        let app_requests = MetricFamily::<RequestLabels, Counter>::default();
+        registry.register(
+            "app_requests",
+            "Application requests (AppHttpHealthy, NetDns) by result: success, failure, or \
+             not_sent (planned, but the in-flight bound was reached or the agent fell behind)",
+            app_requests.clone(),
+        );
         Self {
             registry,
+            app_requests,
             drops,
             sent,
             received,
@@ -106,6 +122,21 @@ impl Metrics {
         };
         self.sent.get_or_create(&labels).inc_by(sent.into());
         self.received.get_or_create(&labels).inc_by(received.into());
+    }
+
+    /// Counts an application round's requests.
+    pub fn count_requests(&self, successes: u64, failures: u64, not_sent: u64) {
+        for (result, n) in [
+            ("success", successes),
+            ("failure", failures),
+            ("not_sent", not_sent),
+        ] {
+            self.app_requests
+                .get_or_create(&RequestLabels {
+                    result: result.into(),
+                })
+                .inc_by(n);
+        }
     }
 
     /// Sets the observers' packet counters to the kernel's totals (they are read from per-CPU
@@ -146,5 +177,8 @@ mod tests {
             r#"meshdoctor_agent_probes_received_total{interface="net1",family="ipv6"} 8"#
         ));
         assert!(text.contains("meshdoctor_agent_rounds_total 1"));
+        m.count_requests(8, 2, 0);
+        let text = m.render();
+        assert!(text.contains(r#"meshdoctor_agent_app_requests_total{result="failure"} 2"#));
     }
 }

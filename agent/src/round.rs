@@ -101,7 +101,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     report
 }
 
-async fn wait_for_start(start_at_ms: u64) {
+pub(crate) async fn wait_for_start(start_at_ms: u64) {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -243,6 +243,7 @@ fn build_report(
             drop_tracer: agent.traces_drops(),
         },
         drops: agent.drop_records(hooks.drops()),
+        app: None,
     }
 }
 
@@ -305,6 +306,7 @@ mod tests {
             qps: 3,
             timeout_ms: 100,
             report_deadline_ms: 0,
+            app: None,
             targets: vec![PlannedTarget {
                 path: 5,
                 dst_node: "node-2".into(),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Bitmap;
+use crate::{Bitmap, LoadStats};
 
 /// How an agent timestamps probe packets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,23 @@ pub struct AgentReport {
     /// (skb:kfree_skb), both its own probes and the ones it answered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drops: Vec<ProbeDrop>,
+    /// Application rounds (AppHttpHealthy, NetDns): what the load against the plan's target
+    /// did. `None` in NetReach reports, whose JSON is unchanged by this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppResult>,
+}
+
+/// One agent's application load against its round's target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppResult {
+    /// The target as [`crate::AppTarget::label`] names it.
+    pub target: String,
+    /// Why the load could not run at all (a target the agent could not build a requester for:
+    /// bad TLS material, a URL it rejects, a plan beyond its caps). No request was sent then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub stats: LoadStats,
 }
 
 /// The source side of one pair-path. Index `seq` of every bitmap and vector is probe `seq`.

@@ -13,16 +13,18 @@ pub mod table;
 pub mod task;
 
 pub use agent_report::{
-    AgentReport, AnsweredPath, ObserverStats, Packet, ProbeDrop, SentPath, Timestamping,
+    AgentReport, AnsweredPath, AppResult, ObserverStats, Packet, ProbeDrop, SentPath, Timestamping,
 };
 pub use load::{LatencyUs, LoadStats};
 pub use plan::{
-    AgentRegistration, Family, InterfaceInfo, PlannedTarget, Protocol, RoundPlan, probe_id,
-    probe_id_parts,
+    AgentRegistration, AppPlan, AppTarget, DnsPlan, DnsRecord, Family, HttpPlan, InterfaceInfo,
+    MAX_APP_IN_FLIGHT, PlannedTarget, Protocol, RoundPlan, TlsMaterial, app_max_in_flight,
+    probe_id, probe_id_parts,
 };
 pub use round::{
-    Direction, DropCount, Evidence, Finding, Interval, LossSegments, PathResult, PathSegment,
-    PathState, ProbeSample, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
+    AgentApp, AgentAppState, AppRoundReport, AppSummary, Direction, DropCount, Evidence, Finding,
+    Interval, LossSegments, PathResult, PathSegment, PathState, ProbeSample, ReasonCount,
+    RoundReport, RoundStatus, RoundSummary, Segment,
 };
 pub use stats::{Bitmap, RttStats, clopper_pearson};
 pub use task::{AppHttpHealthy, NetDns, NetReach, Task, TaskError, TaskKind};

@@ -1,11 +1,11 @@
 //! The controller's joined view of one round: every directed pair-path with both ends' data,
 //! judged against the task's `expect`.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Family, Packet, RttStats};
+use crate::{Family, LoadStats, Packet, RttStats, TaskKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -37,8 +37,96 @@ pub struct RoundReport {
     #[serde(default)]
     pub findings: Vec<Finding>,
     pub paths: Vec<PathResult>,
+    /// Application rounds (AppHttpHealthy, NetDns): every agent's load and the aggregate.
+    /// `None` for NetReach, whose reports are unchanged by this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppRoundReport>,
 }
 
+/// The application part of a round report: kdoctor's per-agent `roundTaskDetail` and an
+/// aggregate over the agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRoundReport {
+    pub kind: TaskKind,
+    /// The target, as the plans named it (e.g. `GET http://192.0.2.254:8080/`).
+    pub target: String,
+    /// Replies that count as success: `200`, `2xx or 3xx`, `NOERROR`.
+    pub expected: String,
+    pub summary: AppSummary,
+    /// One entry per agent that had a plan, sorted by node.
+    pub agents: Vec<AgentApp>,
+}
+
+/// Where one agent's load stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AgentAppState {
+    /// Every planned request was sent and succeeded.
+    Ok,
+    /// Some requests failed or were not sent.
+    Failures,
+    /// The agent could not run the load at all (see `error`).
+    Error,
+    /// No report by the deadline: nothing is known, and nothing is counted.
+    NotReported,
+}
+
+/// One agent's part of an application round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentApp {
+    pub node: String,
+    pub state: AgentAppState,
+    /// Why it could not run the load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// successes / requests; `None` without requests.
+    pub success_rate: Option<f64>,
+    /// Its failed requests in one phrase, e.g. `40 of 40 requests failed: codes 404 (40),
+    /// expected 200`; `None` without failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<String>,
+    /// What it measured; `None` when it did not report.
+    pub stats: Option<LoadStats>,
+}
+
+/// Application requests over every agent that reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSummary {
+    /// Agents with a plan.
+    pub agents: u32,
+    /// Agents whose report arrived.
+    pub reported: u32,
+    /// Requests the pacing called for (qps x duration per agent), over the reporting agents.
+    pub planned: u64,
+    pub requests: u64,
+    pub successes: u64,
+    /// requests - successes: errors and replies with an unexpected code.
+    pub failures: u64,
+    /// Planned requests the agents did not send (their own shortfall, apart from failures).
+    pub not_sent: u64,
+    /// successes / requests; `None` when no request was sent.
+    pub success_rate: Option<f64>,
+    /// Mean latency of the successful requests of every agent, in ms.
+    pub mean_latency_ms: Option<f64>,
+    /// Fastest and slowest successful request of any agent, in µs.
+    pub min_latency_us: Option<u64>,
+    pub max_latency_us: Option<u64>,
+    /// Requests per second, summed over the agents.
+    pub tps: f64,
+    /// Replies by HTTP status or DNS rcode, summed.
+    pub codes: BTreeMap<String, u64>,
+    /// Requests without a usable reply by error kind, summed.
+    pub errors: BTreeMap<String, u64>,
+    /// Agents with the most failed or unsent requests, worst first (at most 3).
+    pub worst_agents: Vec<String>,
+}
+
+/// The round's totals. In an application round the counts are requests, not probes: `sent` is
+/// requests sent, `received` successes, `lost` failures, `mean_rtt_ms` the mean latency of
+/// successes, and `paths` 0 (the detail is in [`RoundReport::app`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoundSummary {

@@ -3,7 +3,12 @@
 
 use std::cmp::Ordering;
 
-use crate::{Finding, Packet, PathResult, PathState, RoundReport, RoundStatus, RttStats};
+use std::collections::BTreeMap;
+
+use crate::{
+    AgentAppState, AppRoundReport, Finding, Packet, PathResult, PathState, RoundReport,
+    RoundStatus, RttStats,
+};
 
 /// Orders `node-2` before `node-10`: names compare by their text, then by a trailing number.
 fn natural_cmp(a: &str, b: &str) -> Ordering {
@@ -70,7 +75,13 @@ fn layout<const N: usize>(
 /// where it was lost and the kernel's top drop reason, and the kernel (hook to hook) and
 /// user-space RTT percentiles in microseconds. SENT counts the probes the source attempted,
 /// failed sends included (they are lost), so that LOST / SENT is the loss.
+///
+/// An application round (AppHttpHealthy, NetDns) has no pair-paths: its table is
+/// [`render_app_table`], one row per agent.
 pub fn render_table(report: &RoundReport) -> String {
+    if let Some(app) = &report.app {
+        return render_app_table(app);
+    }
     const HEADER: [&str; 14] = [
         "SRC",
         "DST",
@@ -130,6 +141,115 @@ pub fn render_table(report: &RoundReport) -> String {
     layout(HEADER, &rows, |i| {
         i >= FIRST_NUMERIC && i != SEGMENT && i != REASON
     })
+}
+
+/// `key×count` pairs, most frequent first, at most 3 and `+N more`.
+fn counts(map: &BTreeMap<String, u64>) -> String {
+    const SHOWN: usize = 3;
+    if map.is_empty() {
+        return "-".into();
+    }
+    let mut sorted: Vec<(&String, &u64)> = map.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let mut shown: Vec<String> = sorted
+        .iter()
+        .take(SHOWN)
+        .map(|(k, n)| format!("{k}×{n}"))
+        .collect();
+    if sorted.len() > SHOWN {
+        shown.push(format!("+{} more", sorted.len() - SHOWN));
+    }
+    shown.join(",")
+}
+
+/// One row per agent of an application round, sorted by node: requests sent, succeeded,
+/// failed and not sent (the agent's own shortfall), the success rate, requests per second,
+/// latency of the successful requests in microseconds, replies by code and errors by kind.
+pub fn render_app_table(app: &AppRoundReport) -> String {
+    const HEADER: [&str; 16] = [
+        "NODE", "STATE", "REQ", "OK", "FAIL", "UNSENT", "SUCCESS%", "TPS", "MINµs", "MEANµs",
+        "P50µs", "P90µs", "P99µs", "MAXµs", "CODES", "ERRORS",
+    ];
+    const FIRST_NUMERIC: usize = 2;
+    const CODES: usize = 14;
+
+    let mut agents: Vec<_> = app.agents.iter().collect();
+    agents.sort_by(|a, b| natural_cmp(&a.node, &b.node));
+    let rows: Vec<[String; 16]> = agents
+        .into_iter()
+        .map(|a| {
+            let state = match a.state {
+                AgentAppState::Ok => "ok",
+                AgentAppState::Failures => "failures",
+                AgentAppState::Error => "error",
+                AgentAppState::NotReported => "not-reported",
+            };
+            let dash = || "-".to_string();
+            let Some(s) = &a.stats else {
+                let mut row: [String; 16] = std::array::from_fn(|_| dash());
+                row[0] = a.node.clone();
+                row[1] = state.into();
+                return row;
+            };
+            let lat =
+                |pick: fn(&crate::LatencyUs) -> String| s.latency.as_ref().map_or_else(dash, pick);
+            let errors = match &a.error {
+                Some(e) => e.clone(),
+                None => counts(&s.errors),
+            };
+            [
+                a.node.clone(),
+                state.into(),
+                s.requests.to_string(),
+                s.successes.to_string(),
+                (s.requests - s.successes.min(s.requests)).to_string(),
+                s.not_sent.to_string(),
+                a.success_rate
+                    .map_or_else(dash, |r| format!("{:.1}", r * 100.0)),
+                format!("{:.1}", s.tps),
+                lat(|l| l.min.to_string()),
+                lat(|l| format!("{:.0}", l.mean)),
+                lat(|l| l.p50.to_string()),
+                lat(|l| l.p90.to_string()),
+                lat(|l| l.p99.to_string()),
+                lat(|l| l.max.to_string()),
+                counts(&s.codes),
+                errors,
+            ]
+        })
+        .collect();
+    layout(HEADER, &rows, |i| (FIRST_NUMERIC..CODES).contains(&i))
+}
+
+/// The summary of an application round: its target, the totals over the agents, and the
+/// mean latency of the successful requests.
+fn app_summary_line(report: &RoundReport, app: &AppRoundReport, status: &str) -> String {
+    let s = &app.summary;
+    let rate = s
+        .success_rate
+        .map_or_else(|| "-".into(), |r| format!("{:.2}%", r * 100.0));
+    let mut line = format!(
+        "{} round {} {status}: {} {} (success: {}): {} agents ({} reported), {} requests, \
+         {} succeeded ({rate}), {} failed, {} not sent",
+        report.task,
+        report.round,
+        app.kind,
+        app.target,
+        app.expected,
+        s.agents,
+        s.reported,
+        s.requests,
+        s.successes,
+        s.failures,
+        s.not_sent,
+    );
+    if let Some(ms) = s.mean_latency_ms {
+        line.push_str(&format!(", mean latency {ms:.3} ms"));
+    }
+    if let (Some(min), Some(max)) = (s.min_latency_us, s.max_latency_us) {
+        line.push_str(&format!(" (min {min} µs, max {max} µs)"));
+    }
+    line
 }
 
 /// Drop reasons shown per finding; the JSON report has them all.
@@ -223,6 +343,19 @@ pub fn summary_line(report: &RoundReport) -> String {
         RoundStatus::Succeed => "succeeded",
         RoundStatus::Fail => "FAILED",
     };
+    if let Some(app) = &report.app {
+        let mut line = app_summary_line(report, app, status);
+        if !report.not_reported.is_empty() {
+            line.push_str(&format!(
+                "\nnot reported: {}",
+                report.not_reported.join(", ")
+            ));
+        }
+        for reason in &report.failure_reasons {
+            line.push_str(&format!("\n  - {reason}"));
+        }
+        return line;
+    }
     let loss = if s.sent == 0 {
         0.0
     } else {
@@ -348,6 +481,7 @@ mod tests {
                 path("node-2", "node-1", "net1", Family::Ipv6, 50, 5),
                 path("node-2", "node-1", "eth0", Family::Ipv6, 50, 0),
             ],
+            app: None,
         };
         let mut report = report;
         // 5 of its 50 probes failed to send: still 50 attempted, 5 lost.
@@ -381,6 +515,116 @@ node-2   node-1  net1   ipv6    lossy    50     5   10.0  dstStack  NETFILTER_DR
 node-10  node-1  eth0   ipv4    ok       50     0    0.0  -         -                   50.0     120.0         -         -
 ";
         assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn app_rounds_have_one_row_per_agent() {
+        use crate::{AgentApp, AppSummary, LatencyUs, LoadStats, TaskKind};
+        let stats =
+            |requests: u64, ok: u64, codes: &[(&str, u64)], errors: &[(&str, u64)]| LoadStats {
+                planned: 20,
+                requests,
+                successes: ok,
+                not_sent: 20 - requests,
+                codes: codes.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+                errors: errors.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+                bytes: 0,
+                tps: 10.0,
+                latency: (ok > 0).then_some(LatencyUs {
+                    min: 100,
+                    mean: 150.4,
+                    max: 900,
+                    p50: 140,
+                    p90: 200,
+                    p95: 300,
+                    p99: 800,
+                }),
+                duration_ms: 2000,
+            };
+        let agent = |node: &str, state, s: Option<LoadStats>| AgentApp {
+            node: node.into(),
+            state,
+            error: None,
+            success_rate: s
+                .as_ref()
+                .filter(|s| s.requests > 0)
+                .map(|s| s.successes as f64 / s.requests as f64),
+            failures: None,
+            stats: s,
+        };
+        let app = AppRoundReport {
+            kind: TaskKind::AppHttpHealthy,
+            target: "GET http://192.0.2.254:8080/".into(),
+            expected: "200".into(),
+            summary: AppSummary {
+                agents: 3,
+                reported: 2,
+                planned: 40,
+                requests: 38,
+                successes: 28,
+                failures: 10,
+                not_sent: 2,
+                success_rate: Some(28.0 / 38.0),
+                mean_latency_ms: Some(0.1504),
+                min_latency_us: Some(100),
+                max_latency_us: Some(900),
+                tps: 20.0,
+                ..Default::default()
+            },
+            agents: vec![
+                agent("node-10", AgentAppState::NotReported, None),
+                agent(
+                    "node-2",
+                    AgentAppState::Failures,
+                    Some(stats(18, 8, &[("200", 8), ("404", 6)], &[("connect", 4)])),
+                ),
+                agent(
+                    "node-1",
+                    AgentAppState::Ok,
+                    Some(stats(20, 20, &[("200", 20)], &[])),
+                ),
+            ],
+        };
+        let mut report = crate::RoundReport {
+            task: "web".into(),
+            round: 2,
+            round_tag: 9,
+            status: RoundStatus::Fail,
+            failure_reasons: vec!["agents did not report: node-10".into()],
+            start_ms: 0,
+            end_ms: 1,
+            expected_agents: vec!["node-1".into(), "node-2".into(), "node-10".into()],
+            not_reported: vec!["node-10".into()],
+            findings: vec![],
+            summary: RoundSummary {
+                paths: 0,
+                lossy_paths: 0,
+                sent: 38,
+                received: 28,
+                lost: 10,
+                success_rate: 28.0 / 38.0,
+                mean_rtt_ms: Some(0.1504),
+                unobserved_events: 0,
+            },
+            paths: vec![],
+            app: Some(app),
+        };
+        let expected = "\
+NODE     STATE         REQ  OK  FAIL  UNSENT  SUCCESS%   TPS  MINµs  MEANµs  P50µs  P90µs  P99µs  MAXµs  CODES        ERRORS
+node-1   ok             20  20     0       0     100.0  10.0    100     150    140    200    800    900  200×20       -
+node-2   failures       18   8    10       2      44.4  10.0    100     150    140    200    800    900  200×8,404×6  connect×4
+node-10  not-reported    -   -     -       -         -     -      -       -      -      -      -      -  -            -
+";
+        assert_eq!(render_table(&report), expected);
+        assert_eq!(
+            summary_line(&report),
+            "web round 2 FAILED: AppHttpHealthy GET http://192.0.2.254:8080/ (success: 200): \
+             3 agents (2 reported), 38 requests, 28 succeeded (73.68%), 10 failed, 2 not sent, \
+             mean latency 0.150 ms (min 100 µs, max 900 µs)\nnot reported: node-10\n  \
+             - agents did not report: node-10"
+        );
+        report.app.as_mut().unwrap().agents[1].error = Some("tls ca.crt: no certificate".into());
+        assert!(render_table(&report).contains("tls ca.crt: no certificate"));
     }
 
     fn mk_drop(reason: &str, count: u32) -> crate::DropCount {

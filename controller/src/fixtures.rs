@@ -80,5 +80,6 @@ pub fn mk_round(task: &str, round: u32, status: RoundStatus) -> RoundReport {
             unobserved_events: 0,
         },
         paths: vec![],
+        app: None,
     }
 }

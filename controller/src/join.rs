@@ -512,6 +512,7 @@ pub(crate) mod tests {
                 drop_tracer: true,
             },
             drops: vec![],
+            app: None,
         }
     }
 

@@ -1,12 +1,14 @@
 //! meshdoctor-controller: tasks -> rounds -> plans -> reports -> judged round reports.
 //!
-//! The pure core ([`schedule`], [`mesh`], [`join`], [`judge`], [`localize`], [`status`]) knows
+//! The pure core ([`schedule`], [`mesh`], [`join`], [`judge`], [`localize`], [`status`], and
+//! [`apps`] for AppHttpHealthy and NetDns rounds, which only reads the TLS files) knows
 //! nothing of HTTP, files or Kubernetes, so the Kubernetes backend can reuse it as is. The
 //! standalone backend's IO sits around it: [`tasks`] (task files), [`store`] (report files),
 //! [`rounds`] (the tokio round driver and shared state), [`api_server`] (axum routes) and
 //! [`metrics`].
 
 pub mod api_server;
+pub mod apps;
 #[cfg(test)]
 mod fixtures;
 pub mod join;

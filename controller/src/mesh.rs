@@ -103,6 +103,7 @@ pub fn build_plans(
                 timeout_ms: u64::from(rq.per_request_timeout_in_ms),
                 report_deadline_ms: meta.report_deadline_ms,
                 targets,
+                app: None,
             };
             (node.to_string(), plan)
         })

@@ -53,6 +53,13 @@ impl PlaceLabels {
     }
 }
 
+/// Application requests of a task by outcome: `success`, `failure` or `not_sent`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    task: String,
+    result: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
     task: String,
@@ -70,6 +77,8 @@ pub struct Metrics {
     loss_ratio: Family<PlaceLabels, Gauge<f64, AtomicU64>>,
     findings: Family<TaskLabels, Gauge<i64, AtomicI64>>,
     drops: Family<DropLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    mean_latency: Family<TaskLabels, Gauge<f64, AtomicU64>>,
     /// The places each task's latest round set a loss ratio for, so that a place that recovered
     /// loses its series instead of showing its old ratio forever.
     places: Mutex<HashMap<String, HashSet<PlaceLabels>>>,
@@ -119,8 +128,23 @@ impl Default for Metrics {
             "Lost probe packets the kernel dropped (kfree_skb), by node and drop reason",
             drops.clone(),
         );
+        let (requests, mean_latency) = (Family::default(), Family::default());
+        registry.register(
+            "meshdoctor_app_requests",
+            "AppHttpHealthy and NetDns requests of agents that reported, by task and result \
+             (success, failure, not_sent: planned but not sent by the agent)",
+            requests.clone(),
+        );
+        registry.register(
+            "meshdoctor_app_mean_latency_seconds",
+            "Mean latency of the successful requests of each application task's latest round; \
+             absent when none succeeded",
+            mean_latency.clone(),
+        );
         Self {
             registry,
+            requests,
+            mean_latency,
             rounds,
             sent,
             lost,
@@ -149,6 +173,30 @@ impl Metrics {
         let task = TaskLabels {
             task: report.task.clone(),
         };
+        if let Some(app) = &report.app {
+            let s = &app.summary;
+            for (result, n) in [
+                ("success", s.successes),
+                ("failure", s.failures),
+                ("not_sent", s.not_sent),
+            ] {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        task: report.task.clone(),
+                        result: result.into(),
+                    })
+                    .inc_by(n);
+            }
+            match s.mean_latency_ms {
+                Some(ms) => {
+                    self.mean_latency.get_or_create(&task).set(ms / 1000.0);
+                }
+                None => {
+                    self.mean_latency.remove(&task);
+                }
+            }
+            return;
+        }
         self.sent.get_or_create(&task).inc_by(report.summary.sent);
         self.lost.get_or_create(&task).inc_by(report.summary.lost);
         self.findings
@@ -279,5 +327,46 @@ mod tests {
         let text = m.encode().unwrap();
         assert!(!text.contains("task=\"mesh\",node=\"node-3\""), "{text}");
         assert!(text.contains("meshdoctor_interface_findings{task=\"mesh\"} 0\n"));
+    }
+
+    #[test]
+    fn app_rounds_count_requests_not_probes() {
+        let m = Metrics::default();
+        let mut round = mk_round("web", 1, RoundStatus::Fail);
+        round.app = Some(meshdoctor_api::AppRoundReport {
+            kind: meshdoctor_api::TaskKind::AppHttpHealthy,
+            target: "GET http://web/".into(),
+            expected: "200".into(),
+            summary: meshdoctor_api::AppSummary {
+                requests: 38,
+                successes: 30,
+                failures: 8,
+                not_sent: 2,
+                mean_latency_ms: Some(1.5),
+                ..Default::default()
+            },
+            agents: vec![],
+        });
+        m.round_closed(&round);
+        let text = m.encode().unwrap();
+        for line in [
+            "meshdoctor_app_requests_total{task=\"web\",result=\"success\"} 30\n",
+            "meshdoctor_app_requests_total{task=\"web\",result=\"failure\"} 8\n",
+            "meshdoctor_app_requests_total{task=\"web\",result=\"not_sent\"} 2\n",
+            "meshdoctor_app_mean_latency_seconds{task=\"web\"} 0.0015\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains("meshdoctor_probes_sent_total{task=\"web\"}"),
+            "{text}"
+        );
+        round.app.as_mut().unwrap().summary.mean_latency_ms = None;
+        m.round_closed(&round);
+        assert!(
+            !m.encode()
+                .unwrap()
+                .contains("meshdoctor_app_mean_latency_seconds{")
+        );
     }
 }

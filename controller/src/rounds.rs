@@ -1,14 +1,17 @@
 //! The standalone backend's shared state and round driver: the agent roster, the open rounds
 //! with their plans and reports, the tasks and their status.
 //!
-//! Each NetReach task runs a schedule loop that spawns one tokio task per round; a round
-//! publishes its plans `start_delay` before its start, collects reports until all agents
-//! reported or the deadline, then runs the pure join and judge and writes the report. Locks are
-//! std mutexes held only for short, await-free sections.
+//! Each task runs a schedule loop that spawns one tokio task per round; a round publishes its
+//! plans `start_delay` before its start, collects reports until all agents reported or the
+//! deadline, then judges and writes the report. Locks are std mutexes held only for short,
+//! await-free sections.
 //!
-//! AppHttpHealthy and NetDns tasks are loaded, validated and listed with their status, but not
-//! scheduled: their load engines are not wired into the agents yet, and `GET /v1/tasks` says so
-//! in the task's `warnings` rather than recording rounds that did not run.
+//! - NetReach: a full mesh of pair-paths ([`crate::mesh`]), then the pure join, judge and
+//!   localization.
+//! - AppHttpHealthy and NetDns: every agent of the roster loads the task's one target
+//!   ([`crate::apps`]); the target is resolved when the round is planned (TLS files are read
+//!   then, on the controller's host, and shipped in the plan), and the agents' load statistics
+//!   are aggregated and judged.
 //!
 //! Tasks follow their files while the controller runs ([`Controller::sync_tasks`]):
 //! - a new file starts its task's schedule clock;
@@ -27,8 +30,7 @@ use std::{
 };
 
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, Finding, NetReach, RoundPlan, RoundReport, RoundStatus, Task,
-    TaskKind,
+    AgentRegistration, AgentReport, Finding, RoundPlan, RoundReport, RoundStatus, Task, TaskKind,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -38,6 +40,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    apps::{self, AppExpect},
     join::join,
     judge::failure_reasons,
     localize::{LocalizeConfig, localize},
@@ -100,7 +103,7 @@ pub struct TaskView {
     pub schedule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Accepted fields that are not acted on, and kinds whose rounds are not run yet.
+    /// Accepted fields that are not acted on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,22 +143,6 @@ struct TaskEntry {
     /// changes, and across an invalid edit for when the file is fixed, while the name stays.
     status: Option<(String, TaskStatus)>,
     runner: Option<AbortHandle>,
-}
-
-/// Why a task kind is listed but not scheduled; `None` for kinds whose rounds run.
-pub fn not_run_yet(kind: TaskKind) -> Option<String> {
-    match kind {
-        TaskKind::NetReach => None,
-        TaskKind::AppHttpHealthy | TaskKind::NetDns => Some(format!(
-            "{kind} rounds are not run yet: the task is validated and listed, but not scheduled \
-             until the {} load engine is wired into the agents",
-            if kind == TaskKind::NetDns {
-                "DNS"
-            } else {
-                "HTTP"
-            }
-        )),
-    }
 }
 
 pub struct Controller {
@@ -310,8 +297,7 @@ impl Controller {
             .values()
             .map(|t| {
                 let task = t.source.task.as_ref().ok();
-                let mut warnings = task.map(|t| t.warnings()).unwrap_or_default();
-                warnings.extend(task.and_then(|t| not_run_yet(t.kind())));
+                let warnings = task.map(|t| t.warnings()).unwrap_or_default();
                 TaskView {
                     name: t.source.name.clone(),
                     file: t.source.file.clone(),
@@ -329,12 +315,18 @@ impl Controller {
         views
     }
 
-    /// The latest round's findings of every loaded task that has a round, by task name. A task
-    /// whose stored report cannot be read is left out (and logged), not the whole answer.
+    /// The latest round's findings of every loaded NetReach task that has a round, by task
+    /// name (application rounds localize nothing). A task whose stored report cannot be read is
+    /// left out (and logged), not the whole answer.
     pub async fn findings(&self) -> Vec<TaskFindings> {
         let names: std::collections::BTreeSet<String> = lock(&self.tasks)
             .values()
-            .filter(|t| t.source.task.is_ok())
+            .filter(|t| {
+                t.source
+                    .task
+                    .as_ref()
+                    .is_ok_and(|t| t.kind() == TaskKind::NetReach)
+            })
             .map(|t| t.source.name.clone())
             .collect();
         let mut out = Vec::new();
@@ -444,21 +436,15 @@ impl Controller {
                     for w in task.warnings() {
                         warn!(task = task.name(), "{w}");
                     }
-                    let runner = match not_run_yet(task.kind()) {
-                        Some(why) => {
-                            warn!(task = task.name(), "{why}");
-                            None
-                        }
-                        None => {
-                            let runner = tokio::spawn(self.clone().run_task(
-                                source.file.clone(),
-                                generation,
-                                task.clone(),
-                            ));
-                            Some(runner.abort_handle())
-                        }
-                    };
-                    (Some((task.name().to_string(), status)), runner)
+                    let runner = tokio::spawn(self.clone().run_task(
+                        source.file.clone(),
+                        generation,
+                        task.clone(),
+                    ));
+                    (
+                        Some((task.name().to_string(), status)),
+                        Some(runner.abort_handle()),
+                    )
                 }
             };
             tasks.insert(
@@ -473,12 +459,8 @@ impl Controller {
         }
     }
 
-    /// A task's schedule loop: waits for the roster, then starts rounds on schedule. Only
-    /// NetReach rounds run (see [`not_run_yet`]).
+    /// A task's schedule loop: waits for the roster, then starts rounds on schedule.
     async fn run_task(self: Arc<Self>, file: String, generation: u64, task: Arc<Task>) {
-        let Some(net_reach) = task.as_net_reach().cloned().map(Arc::new) else {
-            return;
-        };
         let mut size = self.roster_size.subscribe();
         if size
             .wait_for(|&n| n >= self.settings.wait_agents)
@@ -521,7 +503,7 @@ impl Controller {
             tokio::spawn(self.clone().run_round(
                 file.clone(),
                 generation,
-                net_reach.clone(),
+                task.clone(),
                 round,
                 start,
                 deadline,
@@ -529,12 +511,13 @@ impl Controller {
         }
     }
 
-    /// One round: publish plans, collect reports, join, judge, store, account.
+    /// One round: publish plans, collect reports, join (NetReach) or aggregate (application
+    /// rounds), judge, store, account.
     async fn run_round(
         self: Arc<Self>,
         file: String,
         generation: u64,
-        task: Arc<NetReach>,
+        task: Arc<Task>,
         round: u32,
         start_ms: u64,
         round_deadline_ms: u64,
@@ -551,6 +534,8 @@ impl Controller {
             .map(|a| a.registration.clone())
             .collect();
         let expected_agents: Vec<String> = roster.iter().map(|a| a.node.clone()).collect();
+        // Application rounds: the target, with its TLS files read, before any lock is taken.
+        let app_target = apps::resolve_target(&task).await;
 
         let (round_tag, planned) = {
             let mut rounds = lock(&self.rounds);
@@ -563,7 +548,15 @@ impl Controller {
                 start_at_ms: start_ms,
                 report_deadline_ms: deadline,
             };
-            let planned = build_plans(&task, &roster, meta).map(|plans| {
+            let plans = match (&*task, &app_target) {
+                (Task::NetReach(net_reach), _) => {
+                    build_plans(net_reach, &roster, meta).map_err(|e| e.to_string())
+                }
+                (_, Some(Ok(target))) => Ok(apps::build_app_plans(&task, target, &roster, meta)),
+                (_, Some(Err(e))) => Err(e.clone()),
+                (_, None) => Err(format!("{} rounds have no target", task.kind())),
+            };
+            let planned = plans.map(|plans| {
                 let all_reported = Arc::new(Notify::new());
                 // With no agent there is nothing to wait for.
                 if plans.is_empty() {
@@ -605,27 +598,66 @@ impl Controller {
             }
         };
 
-        let joined = join(&plans, &reports);
-        reasons.extend(failure_reasons(&task.spec.expect, &joined));
-        let findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
-        let report = RoundReport {
-            findings,
-            task: name.clone(),
-            round,
-            round_tag,
-            status: if reasons.is_empty() {
-                RoundStatus::Succeed
-            } else {
-                RoundStatus::Fail
-            },
-            failure_reasons: reasons,
-            start_ms,
-            end_ms: now_ms(),
-            expected_agents,
-            not_reported: joined.not_reported,
-            summary: joined.summary,
-            paths: joined.paths,
+        let planning_failed = !reasons.is_empty();
+        let mut report = match AppExpect::of(&task) {
+            // NetReach.
+            None => {
+                let joined = join(&plans, &reports);
+                if let Task::NetReach(net_reach) = &*task {
+                    reasons.extend(failure_reasons(&net_reach.spec.expect, &joined));
+                }
+                let findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
+                RoundReport {
+                    findings,
+                    task: name.clone(),
+                    round,
+                    round_tag,
+                    status: RoundStatus::Fail,
+                    failure_reasons: vec![],
+                    start_ms,
+                    end_ms: 0,
+                    expected_agents,
+                    not_reported: joined.not_reported,
+                    summary: joined.summary,
+                    paths: joined.paths,
+                    app: None,
+                }
+            }
+            Some(expect) => {
+                let label = match &app_target {
+                    Some(Ok(target)) => target.label(),
+                    _ => apps::spec_label(&task),
+                };
+                let judged = apps::judge(&expect, &label, &plans, &reports);
+                // A round that could not be planned ran nothing: its reason says why, and the
+                // empty aggregate's ("no agent ran the round") would only mislead.
+                if !planning_failed {
+                    reasons.extend(judged.reasons);
+                }
+                RoundReport {
+                    findings: vec![],
+                    task: name.clone(),
+                    round,
+                    round_tag,
+                    status: RoundStatus::Fail,
+                    failure_reasons: vec![],
+                    start_ms,
+                    end_ms: 0,
+                    expected_agents,
+                    not_reported: judged.not_reported,
+                    summary: judged.summary,
+                    paths: vec![],
+                    app: Some(judged.app),
+                }
+            }
         };
+        report.status = if reasons.is_empty() {
+            RoundStatus::Succeed
+        } else {
+            RoundStatus::Fail
+        };
+        report.failure_reasons = reasons;
+        report.end_ms = now_ms();
         match self.store.write(&report).await {
             Ok(path) => info!(
                 task = name, round, status = ?report.status, reasons = ?report.failure_reasons,
@@ -637,11 +669,13 @@ impl Controller {
             ),
         }
         self.metrics.round_closed(&report);
-        self.remember_findings(TaskFindings {
-            task: name.clone(),
-            round,
-            findings: report.findings.clone(),
-        });
+        if report.app.is_none() {
+            self.remember_findings(TaskFindings {
+                task: name.clone(),
+                round,
+                findings: report.findings.clone(),
+            });
+        }
         let mut tasks = lock(&self.tasks);
         if let Some(entry) = tasks.get_mut(&file)
             && let Some((owner, status)) = &mut entry.status
@@ -713,7 +747,7 @@ mod tests {
         close_round(&ctl, "mesh.yaml", 2, true);
         assert!(status(&ctl, "mesh").finish);
 
-        // Added: an AppHttpHealthy task is listed with its status, and says it is not run.
+        // Added: an AppHttpHealthy task is listed with its status and scheduled.
         ctl.sync_tasks(vec![mk_file("mesh.yaml", mesh), mk_file("web.yaml", web)]);
         let views = ctl.tasks();
         assert_eq!(views.len(), 2);
@@ -723,17 +757,13 @@ mod tests {
             ("web", Some(TaskKind::AppHttpHealthy))
         );
         assert_eq!(w.schedule.as_deref(), Some("0 1"));
-        assert!(
-            w.warnings[0].contains("AppHttpHealthy rounds are not run yet"),
-            "{:?}",
-            w.warnings
-        );
+        assert!(w.warnings.is_empty(), "{:?}", w.warnings);
         let st = w.status.as_ref().unwrap();
         assert_eq!(
             (st.expected_round, st.done_round, st.last_round_status),
             (1, 0, crate::status::LastRoundStatus::Unknown)
         );
-        assert!(lock(&ctl.tasks)["web.yaml"].runner.is_none());
+        assert!(lock(&ctl.tasks)["web.yaml"].runner.is_some());
 
         // Unchanged: nothing restarts.
         let generation = lock(&ctl.tasks)["mesh.yaml"].generation;
@@ -814,6 +844,7 @@ mod tests {
             answered: vec![],
             observer: Default::default(),
             drops: vec![],
+            app: None,
         })
         .unwrap();
         let started = std::time::Instant::now();
@@ -831,6 +862,134 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(ctl.tasks().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn register(ctl: &Controller, node: &str) {
+        ctl.register(AgentRegistration {
+            node: node.into(),
+            interfaces: vec![],
+            timestamping: meshdoctor_api::Timestamping::Ebpf,
+            udp_port: None,
+        });
+    }
+
+    /// Polls the store until round 1 of `task` is there.
+    async fn stored_round(ctl: &Controller, task: &str) -> RoundReport {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(json) = ctl.store().read(task, RoundRef::Latest).await.unwrap() {
+                return serde_json::from_slice(&json).unwrap();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "round never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_app_round_plans_every_agent_and_judges_their_load() {
+        let dir = temp_dir("app");
+        let ctl = Controller::new(settings(2), ReportStore::new(&dir));
+        register(&ctl, "node-1");
+        register(&ctl, "node-2");
+        let web = "apiVersion: meshdoctor.io/v1beta1\nkind: AppHttpHealthy\nmetadata: {name: web}\n\
+                   spec:\n  request: {qps: 10, durationInSecond: 1, perRequestTimeoutInMS: 200}\n  \
+                   expect: {statusCode: 200}\n  target: {host: 'web:8080', method: GET}\n";
+        ctl.sync_tasks(vec![mk_file("web.yaml", web)]);
+        for node in ["node-1", "node-2"] {
+            let plan = ctl
+                .wait_plans(node, 0, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .remove(0);
+            let app = plan.app.as_ref().expect("an application plan");
+            assert_eq!(app.target.label(), "GET http://web:8080");
+            assert_eq!(
+                (plan.qps, plan.duration_ms, plan.timeout_ms),
+                (10, 1000, 200)
+            );
+            assert!(plan.targets.is_empty());
+            let (requests, ok, code) = if node == "node-1" {
+                (10, 10, "200")
+            } else {
+                (10, 0, "404")
+            };
+            ctl.accept_report(AgentReport {
+                node: node.into(),
+                task: plan.task.clone(),
+                round: plan.round,
+                round_tag: plan.round_tag,
+                timestamping: meshdoctor_api::Timestamping::Ebpf,
+                sent: vec![],
+                answered: vec![],
+                observer: Default::default(),
+                drops: vec![],
+                app: Some(meshdoctor_api::AppResult {
+                    target: app.target.label(),
+                    error: None,
+                    stats: meshdoctor_api::LoadStats {
+                        planned: 10,
+                        requests,
+                        successes: ok,
+                        codes: [(code.to_string(), requests)].into(),
+                        ..Default::default()
+                    },
+                }),
+            })
+            .unwrap();
+        }
+        let report = stored_round(&ctl, "web").await;
+        assert_eq!(report.status, RoundStatus::Fail);
+        assert_eq!(
+            report.failure_reasons,
+            [
+                "success rate 0.5000 is below the expected 1: 10 of 20 requests succeeded \
+                 (node-2: 10 of 10 requests failed: codes 404 (10), expected 200)"
+            ]
+        );
+        let app = report.app.as_ref().unwrap();
+        assert_eq!(app.agents.len(), 2);
+        assert_eq!((report.summary.sent, report.summary.received), (20, 10));
+        assert!(report.paths.is_empty() && report.findings.is_empty());
+        assert_eq!(status(&ctl, "web").done_round, 1);
+        // Application rounds localize nothing, so they have no findings entry.
+        assert!(ctl.findings().await.is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_tls_file_fails_the_round_before_any_agent_runs() {
+        let dir = temp_dir("app-tls");
+        let ctl = Controller::new(settings(1), ReportStore::new(&dir));
+        register(&ctl, "node-1");
+        let web = "apiVersion: meshdoctor.io/v1beta1\nkind: AppHttpHealthy\nmetadata: {name: web}\n\
+                   spec:\n  request: {qps: 10, durationInSecond: 1}\n  \
+                   target: {host: 'https://web', method: GET, tlsCaFile: /nonexistent/ca.pem}\n";
+        ctl.sync_tasks(vec![mk_file("web.yaml", web)]);
+        let report = stored_round(&ctl, "web").await;
+        assert_eq!(report.status, RoundStatus::Fail);
+        assert_eq!(
+            report.failure_reasons.len(),
+            1,
+            "{:?}",
+            report.failure_reasons
+        );
+        assert!(
+            report.failure_reasons[0]
+                .starts_with("spec.target.tlsCaFile: cannot read \"/nonexistent/ca.pem\""),
+            "{:?}",
+            report.failure_reasons
+        );
+        assert_eq!(report.app.as_ref().unwrap().target, "GET https://web");
+        assert!(
+            ctl.wait_plans("node-1", 0, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

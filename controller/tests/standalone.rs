@@ -105,6 +105,7 @@ fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
             .collect(),
         observer: ObserverStats::default(),
         drops: vec![],
+        app: None,
     }
 }
 
