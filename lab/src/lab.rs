@@ -14,7 +14,7 @@ use std::{
 use meshdoctor_api::RoundReport;
 
 use crate::{
-    Fault, LabError, Network,
+    Fault, LabError, LabServer, Network,
     fault::FAULT_TABLE_PREFIX,
     http, in_netns,
     net::{TERM_GRACE, is_running},
@@ -106,7 +106,7 @@ impl Proc {
     }
 }
 
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let mut text = String::new();
     if let Err(e) = File::open(path).and_then(|mut f| f.read_to_string(&mut text)) {
         return format!("(cannot read: {e})");
@@ -216,6 +216,33 @@ impl Lab {
     /// Log file of a process: `controller` or a node name (`node-1`).
     pub fn log_path(&self, process: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{process}.log"))
+    }
+
+    /// Starts a server (`program` with `args`) inside the lab namespace `ns` (e.g.
+    /// [`CONTROLLER_NS`](crate::plan::CONTROLLER_NS) or a node's), its output in
+    /// `logs/<name>.log`. It runs until the returned handle is stopped or dropped; drop it
+    /// before the lab (declare it after the lab), though the lab's network removes anything
+    /// left in its namespaces anyway.
+    pub fn spawn_server(
+        &self,
+        name: &str,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<LabServer, LabError> {
+        LabServer::spawn(name, ns, program, args, self.log_path(name))
+    }
+
+    /// Writes a task file into `tasks/` while the lab runs (atomically, so the controller, which
+    /// re-reads the directory every 2 s, never sees half a file); the controller then starts
+    /// it. Returns the file's path.
+    pub fn add_task(&self, file: &str, yaml: &str) -> Result<PathBuf, LabError> {
+        let dir = self.dir.join("tasks");
+        let path = dir.join(file);
+        let tmp = dir.join(format!(".{file}.tmp"));
+        fs::write(&tmp, yaml).map_err(LabError::io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(LabError::io(&path))?;
+        Ok(path)
     }
 
     /// Runs a command inside node `node`'s namespace, e.g. `nft`; a non-zero exit is an error.

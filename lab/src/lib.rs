@@ -11,6 +11,9 @@
 //! (`LabConfig::faults` before the agents start, `inject` / `remove_fault` / `clear_faults`
 //! while they run).
 //!
+//! Tests start the real servers application probes need (nginx, unbound) inside the lab with
+//! [`Lab::spawn_server`], and add tasks while it runs with [`Lab::add_task`].
+//!
 //! The namespace names are fixed (the agent and controller tests rely on them), so only one lab
 //! can exist per machine: building one first removes the leftovers of a crashed run, and inside
 //! one process a lock makes concurrent tests take turns instead of tearing each other down.
@@ -21,10 +24,12 @@ mod http;
 mod lab;
 mod net;
 pub mod plan;
+mod server;
 mod task;
 
 pub use error::LabError;
 pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
 pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
+pub use server::LabServer;
 pub use task::{default_task_yaml, task_yaml};

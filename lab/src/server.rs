@@ -1,0 +1,166 @@
+//! Servers a test starts inside the lab (nginx, unbound, ...), so that the agents' application
+//! probes reach them on lab addresses.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    LabError, in_netns,
+    lab::log_tail,
+    net::{TERM_GRACE, is_running},
+};
+
+/// A process started in a lab namespace with [`Lab::spawn_server`](crate::Lab::spawn_server),
+/// its output in the lab's `logs/<name>.log`.
+///
+/// [`stop`](Self::stop) or dropping it ends it (SIGTERM, then SIGKILL after a grace); it also
+/// dies with the thread that started it (`PR_SET_PDEATHSIG`), so a killed test leaves no
+/// server behind, and the lab's network removes whatever still runs in its namespaces.
+pub struct LabServer {
+    name: String,
+    ns: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl LabServer {
+    pub(crate) fn spawn(
+        name: &str,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        log: PathBuf,
+    ) -> Result<Self, LabError> {
+        let out = std::fs::File::create(&log).map_err(LabError::io(&log))?;
+        let err = out.try_clone().map_err(LabError::io(&log))?;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. `ip netns
+        // exec` execs the program in place, which keeps the death signal.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command.spawn().map_err(|source| LabError::Spawn {
+            command: format!(
+                "ip netns exec {ns} {} {}",
+                program.display(),
+                args.join(" ")
+            ),
+            source,
+        })?;
+        Ok(Self {
+            name: name.into(),
+            ns: ns.into(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace it runs in.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its stdout and stderr.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether it still runs (not stopped, not exited).
+    pub fn is_running(&self) -> bool {
+        self.pid().is_some_and(|pid| is_running(pid as i32))
+    }
+
+    /// Waits until a TCP connection to `addr` succeeds from inside its namespace; an error when
+    /// it exits first (with the last lines of its log) or after `timeout`.
+    pub fn wait_listening(&mut self, addr: SocketAddr, timeout: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(self.exited(status.to_string()));
+            }
+            if self.child.is_none() {
+                return Err(self.exited("stopped".into()));
+            }
+            let connected = in_netns(&self.ns, || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map(drop)
+            })?;
+            let last = match connected {
+                Ok(()) => return Ok(()),
+                Err(e) => format!("connect {addr}: {e}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: format!("{} listening on {addr} in {}", self.name, self.ns),
+                    timeout,
+                    last,
+                    logs: self.log.clone(),
+                });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ends it: SIGTERM, then SIGKILL after a grace. Stopping a stopped server does nothing.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child, so
+        // it cannot have been reused.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + TERM_GRACE;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Already gone is fine; wait() then reaps it either way.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn exited(&self, status: String) -> LabError {
+        LabError::ProcessExited {
+            process: self.name.clone(),
+            status,
+            log: self.log.clone(),
+            tail: log_tail(&self.log),
+        }
+    }
+}
+
+impl Drop for LabServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
