@@ -138,9 +138,12 @@ pub fn run(args: LabArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        // Where first (the faulty interfaces), then what (every pair-path).
-        print!("{}", table::render_findings(&report.findings));
-        println!();
+        // Where first (the faulty interfaces), then what (every pair-path). Application
+        // rounds have agents, not pair-paths, and no findings.
+        if report.app.is_none() {
+            print!("{}", table::render_findings(&report.findings));
+            println!();
+        }
         print!("{}", table::render_table(&report));
     }
     eprintln!("{}", summary(&report, up_after, report_after));

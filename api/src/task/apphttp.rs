@@ -206,7 +206,8 @@ pub struct AppHttpHealthyTarget {
     pub tls_secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_namespace: Option<String>,
-    /// meshdoctor's extension, the Secret's keys as PEM files on each agent: the CA bundle the
+    /// meshdoctor's extension, the Secret's keys as PEM files the controller reads when it
+    /// plans a round and ships to the agents in the plan: the CA bundle the
     /// server must chain to (`ca.crt`). Without a CA the server is verified against the
     /// built-in webpki roots; kdoctor does not verify it at all then, which hides the very TLS
     /// failures a probe should find.
@@ -283,7 +284,7 @@ fn validate_file(field: &str, path: Option<&String>) -> Result<(), Invalid> {
     match path {
         Some(p) if !Path::new(p).is_absolute() => Err(Invalid::new(
             field,
-            format!("must be an absolute path (read by each agent), got {p:?}"),
+            format!("must be an absolute path (read by the controller), got {p:?}"),
         )),
         _ => Ok(()),
     }
