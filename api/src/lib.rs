@@ -27,4 +27,4 @@ pub use round::{
     RoundReport, RoundStatus, RoundSummary, Segment,
 };
 pub use stats::{Bitmap, RttStats, clopper_pearson};
-pub use task::{AppHttpHealthy, NetDns, NetReach, Task, TaskError, TaskKind};
+pub use task::{AppHttpHealthy, NetDns, NetReach, Task, TaskError, TaskKind, TaskSpec};

@@ -16,6 +16,7 @@
 //!   report or could not run the load. Every reason names its cause: the agents, the error
 //!   kinds, the unexpected codes.
 
+use meshdoctor_api::TaskSpec as _;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},

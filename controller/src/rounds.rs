@@ -23,6 +23,7 @@
 //!   (`GET /v1/tasks/{name}/rounds/{n}` still serves it), so no agent report is refused
 //!   half-way; only the removed task's status is not updated.
 
+use meshdoctor_api::TaskSpec as _;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},

@@ -83,7 +83,7 @@ pub fn report_deadline_ms(
 
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::NetReach;
+    use meshdoctor_api::{NetReach, TaskSpec as _};
 
     use super::*;
 

@@ -8,6 +8,7 @@
 //! removed file stops it. Task names are unique across kinds, because reports are stored and
 //! served by name.
 
+use meshdoctor_api::TaskSpec as _;
 use std::{collections::HashMap, io, path::Path, sync::Arc};
 
 use meshdoctor_api::Task;

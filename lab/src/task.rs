@@ -34,7 +34,7 @@ spec:
 
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::NetReach;
+    use meshdoctor_api::{NetReach, TaskSpec as _};
 
     use super::*;
 

@@ -1,6 +1,7 @@
 //! `cargo xtask lab`: the main job in one command. Builds the lab (with the `--fault`s in place),
 //! runs a full-mesh task, prints the round's findings and report and tears everything down.
 
+use meshdoctor_api::TaskSpec as _;
 use std::{
     path::PathBuf,
     time::{Duration, Instant},

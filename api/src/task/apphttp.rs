@@ -12,7 +12,7 @@ use std::{fmt, net::Ipv6Addr, path::Path};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    Invalid, Kind, MAX_APP_HTTP_QPS, Metadata, RequestLoad, SchedulePlan, TaskError, TaskKind,
+    Invalid, Kind, MAX_APP_HTTP_QPS, Metadata, SchedulePlan, TaskError, TaskKind, TaskSpec,
     default_duration, default_mean_delay, default_qps, default_success_rate, default_timeout,
     netreach::agent_spec_warning, parse_kind, read, validate_expect, validate_label, validate_name,
     validate_pair, validate_request,
@@ -375,24 +375,12 @@ impl AppHttpHealthy {
     pub fn from_yaml(file: &str, text: &str) -> Result<Self, TaskError> {
         parse_kind(file, text)
     }
+}
 
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
+impl TaskSpec for AppHttpHealthy {
+    super::common_accessors!();
 
-    pub fn load(&self) -> RequestLoad {
-        let r = &self.spec.request;
-        RequestLoad {
-            qps: r.qps,
-            duration: std::time::Duration::from_secs(r.duration_in_second.into()),
-            per_request_timeout: std::time::Duration::from_millis(
-                r.per_request_timeout_in_ms.into(),
-            ),
-        }
-    }
-
-    /// Fields accepted but not acted on everywhere.
-    pub fn warnings(&self) -> Vec<String> {
+    fn warnings(&self) -> Vec<String> {
         let t = &self.spec.target;
         let mut w = Vec::new();
         if self.spec.agent_spec.is_some() {

@@ -233,76 +233,12 @@ impl Task {
         }
     }
 
-    pub fn metadata(&self) -> &Metadata {
+    /// The kind's common part: one match here serves every accessor of [`TaskSpec`].
+    pub fn spec(&self) -> &dyn TaskSpec {
         match self {
-            Self::NetReach(t) => &t.metadata,
-            Self::AppHttpHealthy(t) => &t.metadata,
-            Self::NetDns(t) => &t.metadata,
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.metadata().name
-    }
-
-    /// `apiVersion` as written.
-    pub fn api_version(&self) -> &str {
-        match self {
-            Self::NetReach(t) => &t.api_version,
-            Self::AppHttpHealthy(t) => &t.api_version,
-            Self::NetDns(t) => &t.api_version,
-        }
-    }
-
-    /// `spec.schedule`.
-    pub fn schedule_plan(&self) -> &SchedulePlan {
-        match self {
-            Self::NetReach(t) => &t.spec.schedule,
-            Self::AppHttpHealthy(t) => &t.spec.schedule,
-            Self::NetDns(t) => &t.spec.schedule,
-        }
-    }
-
-    /// The parsed schedule; valid once the task passed validation.
-    pub fn schedule(&self) -> Schedule {
-        self.schedule_plan().parsed()
-    }
-
-    /// See [`SchedulePlan::round_timeout`].
-    pub fn round_timeout(&self) -> Duration {
-        self.schedule_plan().round_timeout()
-    }
-
-    /// `spec.request`'s rate and timing.
-    pub fn load(&self) -> RequestLoad {
-        let (qps, secs, ms) = match self {
-            Self::NetReach(t) => {
-                let r = &t.spec.request;
-                (r.qps, r.duration_in_second, r.per_request_timeout_in_ms)
-            }
-            Self::AppHttpHealthy(t) => {
-                let r = &t.spec.request;
-                (r.qps, r.duration_in_second, r.per_request_timeout_in_ms)
-            }
-            Self::NetDns(t) => {
-                let r = &t.spec.request;
-                (r.qps, r.duration_in_second, r.per_request_timeout_in_ms)
-            }
-        };
-        RequestLoad {
-            qps,
-            duration: Duration::from_secs(secs.into()),
-            per_request_timeout: Duration::from_millis(ms.into()),
-        }
-    }
-
-    /// Fields that were accepted (for kdoctor compatibility) but that meshdoctor does not act
-    /// on, or acts on only in one backend, one sentence each naming the field.
-    pub fn warnings(&self) -> Vec<String> {
-        match self {
-            Self::NetReach(t) => t.warnings(),
-            Self::AppHttpHealthy(t) => t.warnings(),
-            Self::NetDns(t) => t.warnings(),
+            Self::NetReach(t) => t,
+            Self::AppHttpHealthy(t) => t,
+            Self::NetDns(t) => t,
         }
     }
 
@@ -313,6 +249,90 @@ impl Task {
         }
     }
 }
+
+/// What every kind shares, written once here instead of per kind and again in [`Task`] (which
+/// reaches it through [`Task::spec`]).
+pub trait TaskSpec {
+    fn metadata(&self) -> &Metadata;
+    /// `apiVersion` as written.
+    fn api_version(&self) -> &str;
+    /// `spec.schedule`.
+    fn schedule_plan(&self) -> &SchedulePlan;
+    /// `spec.request`'s qps, durationInSecond and perRequestTimeoutInMS.
+    fn request_timing(&self) -> (u32, u32, u32);
+    /// Fields that were accepted (for kdoctor compatibility) but that meshdoctor does not act
+    /// on, or acts on only in one backend, one sentence each naming the field.
+    fn warnings(&self) -> Vec<String>;
+
+    fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    /// The parsed schedule; valid once the task passed validation.
+    fn schedule(&self) -> Schedule {
+        self.schedule_plan().parsed()
+    }
+
+    /// See [`SchedulePlan::round_timeout`].
+    fn round_timeout(&self) -> Duration {
+        self.schedule_plan().round_timeout()
+    }
+
+    /// `spec.request`'s rate and timing.
+    fn load(&self) -> RequestLoad {
+        let (qps, secs, ms) = self.request_timing();
+        RequestLoad {
+            qps,
+            duration: Duration::from_secs(secs.into()),
+            per_request_timeout: Duration::from_millis(ms.into()),
+        }
+    }
+}
+
+impl TaskSpec for Task {
+    fn metadata(&self) -> &Metadata {
+        self.spec().metadata()
+    }
+
+    fn api_version(&self) -> &str {
+        self.spec().api_version()
+    }
+
+    fn schedule_plan(&self) -> &SchedulePlan {
+        self.spec().schedule_plan()
+    }
+
+    fn request_timing(&self) -> (u32, u32, u32) {
+        self.spec().request_timing()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.spec().warnings()
+    }
+}
+
+/// Implements the accessors of [`TaskSpec`] every kind has in the same place.
+macro_rules! common_accessors {
+    () => {
+        fn metadata(&self) -> &super::Metadata {
+            &self.metadata
+        }
+
+        fn api_version(&self) -> &str {
+            &self.api_version
+        }
+
+        fn schedule_plan(&self) -> &super::SchedulePlan {
+            &self.spec.schedule
+        }
+
+        fn request_timing(&self) -> (u32, u32, u32) {
+            let r = &self.spec.request;
+            (r.qps, r.duration_in_second, r.per_request_timeout_in_ms)
+        }
+    };
+}
+pub(crate) use common_accessors;
 
 /// What every kind implements to be parsed by [`parse_kind`].
 pub(crate) trait Kind: DeserializeOwned {

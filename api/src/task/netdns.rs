@@ -5,13 +5,13 @@
 //! webhook sets no defaults for Netdns (a TODO); here every field has its CRD default, with
 //! `perRequestTimeoutInMS` at 500 ms instead of the CRD's 5 ms.
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{net::IpAddr, path::Path};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Invalid, Kind, MAX_DNS_QPS, Metadata, RequestLoad, SchedulePlan, SuccessCondition, TaskError,
-    TaskKind, default_duration, default_qps, default_timeout, netreach::agent_spec_warning,
+    Invalid, Kind, MAX_DNS_QPS, Metadata, SchedulePlan, SuccessCondition, TaskError, TaskKind,
+    TaskSpec, default_duration, default_qps, default_timeout, netreach::agent_spec_warning,
     parse_kind, read, validate_expect, validate_label, validate_name, validate_request, yes,
 };
 
@@ -267,22 +267,12 @@ impl NetDns {
     pub fn from_yaml(file: &str, text: &str) -> Result<Self, TaskError> {
         parse_kind(file, text)
     }
+}
 
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
+impl TaskSpec for NetDns {
+    super::common_accessors!();
 
-    pub fn load(&self) -> RequestLoad {
-        let r = &self.spec.request;
-        RequestLoad {
-            qps: r.qps,
-            duration: Duration::from_secs(r.duration_in_second.into()),
-            per_request_timeout: Duration::from_millis(r.per_request_timeout_in_ms.into()),
-        }
-    }
-
-    /// Fields accepted but not acted on everywhere.
-    pub fn warnings(&self) -> Vec<String> {
+    fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if self.spec.agent_spec.is_some() {
             w.push(agent_spec_warning());

@@ -7,14 +7,14 @@
 //! kdoctor manifest parses, and reported by [`NetReach::warnings`] when turned on: they are not
 //! probed yet.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Invalid, Kind, MAX_QPS, Metadata, RequestLoad, Schedule, SchedulePlan, SuccessCondition,
-    TaskError, TaskKind, default_duration, default_qps, default_timeout, parse_kind, read,
-    validate_expect, validate_name, validate_request, yes,
+    Invalid, Kind, MAX_QPS, Metadata, SchedulePlan, SuccessCondition, TaskError, TaskKind,
+    TaskSpec, default_duration, default_qps, default_timeout, parse_kind, read, validate_expect,
+    validate_name, validate_request, yes,
 };
 use crate::{Protocol, plan::MAX_PROBES_PER_PATH};
 
@@ -199,32 +199,12 @@ impl NetReach {
     pub fn from_yaml(file: &str, text: &str) -> Result<Self, TaskError> {
         parse_kind(file, text)
     }
+}
 
-    pub fn name(&self) -> &str {
-        &self.metadata.name
-    }
+impl TaskSpec for NetReach {
+    super::common_accessors!();
 
-    /// The parsed schedule; valid once the task passed validation.
-    pub fn schedule(&self) -> Schedule {
-        self.spec.schedule.parsed()
-    }
-
-    /// See [`SchedulePlan::round_timeout`].
-    pub fn round_timeout(&self) -> Duration {
-        self.spec.schedule.round_timeout()
-    }
-
-    pub fn load(&self) -> RequestLoad {
-        let r = &self.spec.request;
-        RequestLoad {
-            qps: r.qps,
-            duration: Duration::from_secs(r.duration_in_second.into()),
-            per_request_timeout: Duration::from_millis(r.per_request_timeout_in_ms.into()),
-        }
-    }
-
-    /// kdoctor fields accepted but not acted on.
-    pub fn warnings(&self) -> Vec<String> {
+    fn warnings(&self) -> Vec<String> {
         let t = &self.spec.target;
         let mut w = Vec::new();
         if self.spec.agent_spec.is_some() {
@@ -255,6 +235,8 @@ pub(crate) fn agent_spec_warning() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::task::tests::assert_err;
 
