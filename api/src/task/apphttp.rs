@@ -12,10 +12,10 @@ use std::{fmt, net::Ipv6Addr, path::Path};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    Invalid, Kind, MAX_APP_HTTP_QPS, Metadata, SchedulePlan, TaskError, TaskKind, TaskSpec,
-    default_duration, default_mean_delay, default_qps, default_success_rate, default_timeout,
-    netreach::agent_spec_warning, parse_kind, read, validate_expect, validate_label, validate_name,
-    validate_pair, validate_request,
+    Invalid, Kind, MAX_APP_HTTP_QPS, Metadata, SchedulePlan, TaskKind, TaskSpec, default_duration,
+    default_mean_delay, default_qps, default_success_rate, default_timeout,
+    netreach::agent_spec_warning, validate_expect, validate_label, validate_name, validate_pair,
+    validate_request,
 };
 
 /// An AppHttpHealthy task.
@@ -366,15 +366,7 @@ impl Kind for AppHttpHealthy {
 }
 
 impl AppHttpHealthy {
-    pub fn from_file(path: &Path) -> Result<Self, TaskError> {
-        let (file, text) = read(path)?;
-        Self::from_yaml(&file, &text)
-    }
-
-    /// Parses and validates an AppHttpHealthy task; any other kind is an error on `kind`.
-    pub fn from_yaml(file: &str, text: &str) -> Result<Self, TaskError> {
-        parse_kind(file, text)
-    }
+    super::parsers!();
 }
 
 impl TaskSpec for AppHttpHealthy {

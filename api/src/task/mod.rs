@@ -334,6 +334,24 @@ macro_rules! common_accessors {
 }
 pub(crate) use common_accessors;
 
+/// A kind's constructors: read a file, or parse a document whose `file` only names the source
+/// in errors; another kind is an error on `kind`.
+macro_rules! parsers {
+    () => {
+        /// Reads, parses and validates one task file of this kind.
+        pub fn from_file(path: &std::path::Path) -> Result<Self, super::TaskError> {
+            let (file, text) = super::read(path)?;
+            Self::from_yaml(&file, &text)
+        }
+
+        /// Parses and validates a task of this kind; `file` only names the source in errors.
+        pub fn from_yaml(file: &str, text: &str) -> Result<Self, super::TaskError> {
+            super::parse_kind(file, text)
+        }
+    };
+}
+pub(crate) use parsers;
+
 /// What every kind implements to be parsed by [`parse_kind`].
 pub(crate) trait Kind: DeserializeOwned {
     const KIND: TaskKind;

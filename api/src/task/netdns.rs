@@ -5,14 +5,14 @@
 //! webhook sets no defaults for Netdns (a TODO); here every field has its CRD default, with
 //! `perRequestTimeoutInMS` at 500 ms instead of the CRD's 5 ms.
 
-use std::{net::IpAddr, path::Path};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Invalid, Kind, MAX_DNS_QPS, Metadata, SchedulePlan, SuccessCondition, TaskError, TaskKind,
-    TaskSpec, default_duration, default_qps, default_timeout, netreach::agent_spec_warning,
-    parse_kind, read, validate_expect, validate_label, validate_name, validate_request, yes,
+    Invalid, Kind, MAX_DNS_QPS, Metadata, SchedulePlan, SuccessCondition, TaskKind, TaskSpec,
+    default_duration, default_qps, default_timeout, netreach::agent_spec_warning, validate_expect,
+    validate_label, validate_name, validate_request, yes,
 };
 
 /// `request.domain` when omitted (kdoctor's CRD default).
@@ -258,15 +258,7 @@ impl Kind for NetDns {
 }
 
 impl NetDns {
-    pub fn from_file(path: &Path) -> Result<Self, TaskError> {
-        let (file, text) = read(path)?;
-        Self::from_yaml(&file, &text)
-    }
-
-    /// Parses and validates a NetDns task; any other kind is an error on `kind`.
-    pub fn from_yaml(file: &str, text: &str) -> Result<Self, TaskError> {
-        parse_kind(file, text)
-    }
+    super::parsers!();
 }
 
 impl TaskSpec for NetDns {

@@ -7,14 +7,12 @@
 //! kdoctor manifest parses, and reported by [`NetReach::warnings`] when turned on: they are not
 //! probed yet.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Invalid, Kind, MAX_QPS, Metadata, SchedulePlan, SuccessCondition, TaskError, TaskKind,
-    TaskSpec, default_duration, default_qps, default_timeout, parse_kind, read, validate_expect,
-    validate_name, validate_request, yes,
+    Invalid, Kind, MAX_QPS, Metadata, SchedulePlan, SuccessCondition, TaskKind, TaskSpec,
+    default_duration, default_qps, default_timeout, validate_expect, validate_name,
+    validate_request, yes,
 };
 use crate::{Protocol, plan::MAX_PROBES_PER_PATH};
 
@@ -188,17 +186,7 @@ impl Kind for NetReach {
 }
 
 impl NetReach {
-    /// Reads and validates one NetReach file.
-    pub fn from_file(path: &Path) -> Result<Self, TaskError> {
-        let (file, text) = read(path)?;
-        Self::from_yaml(&file, &text)
-    }
-
-    /// Parses and validates a NetReach task; `file` only names the source in errors. Any
-    /// other kind is an error on `kind`.
-    pub fn from_yaml(file: &str, text: &str) -> Result<Self, TaskError> {
-        parse_kind(file, text)
-    }
+    super::parsers!();
 }
 
 impl TaskSpec for NetReach {
