@@ -19,7 +19,7 @@ use std::{
 
 use meshdoctor_api::{AgentAppState, RoundReport, RoundStatus, table};
 use meshdoctor_e2e::can_run;
-use meshdoctor_lab::{Lab, LabConfig, LabServer, plan::CONTROLLER_NS};
+use meshdoctor_lab::{Lab, LabConfig, LabServer, TestCa, nginx_config, plan::CONTROLLER_NS};
 
 /// The servers' address: the controller namespace's eth0, on the pod network.
 const SERVER: &str = "192.0.2.254";
@@ -231,43 +231,16 @@ fn assert_all_failed(r: &RoundReport, expected: &str) {
 /// A CA, a server certificate it signed for [`SERVER`] and a client certificate it signed,
 /// plus an unrelated CA (`other-ca.pem`), written as PEM files into `dir`.
 fn write_pki(dir: &Path) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "meshdoctor lab CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "leaf");
-        params.extended_key_usages = vec![usage];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(vec![SERVER.into()], ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_cert, client_key) = leaf(vec!["probe".into()], ExtendedKeyUsagePurpose::ClientAuth);
-    let other_key = KeyPair::generate().unwrap();
-    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
-    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    other
-        .distinguished_name
-        .push(DnType::CommonName, "some other CA");
-    let other_ca = other.self_signed(&other_key).unwrap();
+    let ca = TestCa::new("meshdoctor lab CA");
+    let server = ca.server(&[SERVER]);
+    let client = ca.client("probe");
     for (file, pem) in [
-        ("other-ca.pem", other_ca.pem()),
-        ("ca.pem", ca_cert.pem()),
-        ("server.pem", server_cert),
-        ("server.key", server_key),
-        ("client.pem", client_cert),
-        ("client.key", client_key),
+        ("other-ca.pem", TestCa::new("some other CA").cert_pem),
+        ("ca.pem", ca.cert_pem),
+        ("server.pem", server.cert),
+        ("server.key", server.key),
+        ("client.pem", client.cert),
+        ("client.key", client.key),
     ] {
         std::fs::write(dir.join(file), pem).unwrap();
     }
@@ -278,14 +251,8 @@ fn write_pki(dir: &Path) {
 /// (`master_process off`), so stopping it stops the server.
 fn start_nginx(lab: &Lab, bin: &Path, name: &str, dir: &Path, servers: &str) -> LabServer {
     let d = dir.display();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n  access_log {d}/{name}-access.log;\n\
-           client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-           scgi_temp_path {d}/scgi;\n{servers}}}\n"
-    );
+    let access_log = format!("  access_log {d}/{name}-access.log;\n{servers}");
+    let conf = nginx_config(dir, name, &access_log);
     let conf_path = dir.join(format!("{name}.conf"));
     std::fs::write(&conf_path, conf).unwrap();
     let error_log = dir.join(format!("{name}-error.log"));

@@ -12,7 +12,9 @@
 //! while they run).
 //!
 //! Tests start the real servers application probes need (nginx, unbound) inside the lab with
-//! [`Lab::spawn_server`], and add tasks while it runs with [`Lab::add_task`].
+//! [`Lab::spawn_server`], and add tasks while it runs with [`Lab::add_task`]; [`TestCa`],
+//! [`nginx_config`] and [`die_with_parent`] serve every test and benchmark that runs such a
+//! server, in the lab or not.
 //!
 //! The namespace names are fixed (the agent and controller tests rely on them), so only one lab
 //! can exist per machine: building one first removes the leftovers of a crashed run, and inside
@@ -23,6 +25,7 @@ mod fault;
 mod http;
 mod lab;
 mod net;
+mod pki;
 pub mod plan;
 mod server;
 mod task;
@@ -31,5 +34,6 @@ pub use error::LabError;
 pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
 pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
-pub use server::LabServer;
+pub use pki::{Pem, TestCa};
+pub use server::{LabServer, die_with_parent, nginx_config};
 pub use task::{default_task_yaml, task_yaml};

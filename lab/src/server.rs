@@ -48,17 +48,8 @@ impl LabServer {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. `ip netns
-        // exec` execs the program in place, which keeps the death signal.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        // `ip netns exec` execs the program in place, which keeps the death signal.
+        die_with_parent(&mut command);
         let child = command.spawn().map_err(|source| LabError::Spawn {
             command: format!(
                 "ip netns exec {ns} {} {}",
@@ -163,4 +154,34 @@ impl Drop for LabServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Makes the child get SIGKILL when the thread that spawns it dies (`PR_SET_PDEATHSIG`), so a
+/// server started by a test never outlives it, even when the test process is killed and no
+/// `Drop` runs.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// An nginx configuration that keeps every file in `dir` (pid, error log as `{name}-error.log`,
+/// temp paths) and runs one process in the foreground (`master_process off`: killing a master
+/// leaves its workers serving), with `http` (server blocks, access_log) as its http section.
+pub fn nginx_config(dir: &Path, name: &str, http: &str) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         {http}}}\n"
+    )
 }

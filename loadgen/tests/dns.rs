@@ -5,13 +5,13 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use meshdoctor_lab::{TestCa, die_with_parent};
 use meshdoctor_loadgen::dns::{
     DnsError, DnsReply, DnsRequester, DnsTarget, Rcode, RecordType, Transport,
 };
@@ -78,27 +78,9 @@ fn free_port_tcp() -> u16 {
 /// A CA and a server certificate it signed for `TLS_NAME` and 127.0.0.1: (ca pem, cert pem,
 /// key pem).
 fn make_certs() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "meshdoctor test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(vec![TLS_NAME.to_string(), "127.0.0.1".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, TLS_NAME);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+    let ca = TestCa::new("meshdoctor test CA");
+    let server = ca.server(&[TLS_NAME, "127.0.0.1"]);
+    (ca.cert_pem, server.cert, server.key)
 }
 
 /// Removes the directories of test processes that were killed before their Drop ran.
@@ -151,18 +133,7 @@ impl Unbound {
             std::fs::write(dir.join("unbound.conf"), conf).unwrap();
             let log = std::fs::File::create(dir.join("unbound.log")).unwrap();
             let mut command = Command::new(&binary);
-            // Dies with the test thread that started it even when the test process is killed
-            // and Drop never runs.
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-            unsafe {
-                command.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            die_with_parent(&mut command);
             let mut child = command
                 .arg("-d")
                 .arg("-c")

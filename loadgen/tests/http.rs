@@ -4,7 +4,6 @@
 //! so, when nginx is not installed; every round is bounded in count (qps x duration) and time.
 
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 use meshdoctor_api::LoadStats;
+use meshdoctor_lab::{Pem, TestCa, die_with_parent, nginx_config};
 use meshdoctor_loadgen::http::{HttpRequester, HttpTarget, TlsConfig, parse_header};
 use meshdoctor_loadgen::{LoadSpec, run};
 
@@ -33,51 +33,20 @@ macro_rules! nginx_or_skip {
 }
 
 /// A CA, a server certificate it signed for 127.0.0.1 and localhost, and a client certificate
-/// it signed; PEM.
+/// it signed.
 struct Pki {
     ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
+    server: Pem,
+    client: Pem,
 }
 
 impl Pki {
     fn new() -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "meshdoctor test CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-
-        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(names).unwrap();
-            params.distinguished_name.push(DnType::CommonName, "leaf");
-            params.extended_key_usages = vec![usage];
-            params.use_authority_key_identifier_extension = true;
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(
-            vec!["127.0.0.1".into(), "localhost".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert, client_key) =
-            leaf(vec!["probe".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        let ca = TestCa::new("meshdoctor test CA");
         Self {
-            ca: ca_cert.pem(),
-            server_cert,
-            server_key,
-            client_cert,
-            client_key,
+            server: ca.server(&["127.0.0.1", "localhost"]),
+            client: ca.client("probe"),
+            ca: ca.cert_pem,
         }
     }
 
@@ -90,8 +59,8 @@ impl Pki {
 
     fn with_client_cert(&self) -> TlsConfig {
         TlsConfig {
-            client_cert_pem: Some(self.client_cert.as_bytes().to_vec()),
-            client_key_pem: Some(self.client_key.as_bytes().to_vec()),
+            client_cert_pem: Some(self.client.cert.as_bytes().to_vec()),
+            client_key_pem: Some(self.client.key.as_bytes().to_vec()),
             ..self.ca_only()
         }
     }
@@ -128,45 +97,25 @@ impl Nginx {
         if let Some(pki) = pki {
             for (file, pem) in [
                 ("ca.pem", &pki.ca),
-                ("server.pem", &pki.server_cert),
-                ("server.key", &pki.server_key),
+                ("server.pem", &pki.server.cert),
+                ("server.key", &pki.server.key),
             ] {
                 std::fs::write(dir.join(file), pem).unwrap();
             }
         }
         let ports: Vec<u16> = (0..ports).map(|_| free_port()).collect();
         let d = dir.display();
-        let mut conf = format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log {d}/access.log;\n\
-               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-               scgi_temp_path {d}/scgi;\n"
-        );
-        conf.push_str(&servers(&dir, &ports));
-        conf.push_str("}\n");
-        std::fs::write(dir.join("nginx.conf"), &conf).unwrap();
+        let http = format!("  access_log {d}/access.log;\n{}", servers(&dir, &ports));
+        std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, "nginx", &http)).unwrap();
         let mut command = Command::new(NGINX);
-        // Dies with the test thread that started it even when the test process is killed and
-        // Drop never runs.
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        die_with_parent(&mut command);
         let child = command
             .arg("-p")
             .arg(&dir)
             .arg("-c")
             .arg(dir.join("nginx.conf"))
             .arg("-e")
-            .arg(dir.join("error.log"))
+            .arg(dir.join("nginx-error.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -203,7 +152,7 @@ impl Nginx {
     }
 
     fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("nginx-error.log")).unwrap_or_default()
     }
 
     /// The lines of an access log in the prefix dir, once it has `n` (nginx writes a line

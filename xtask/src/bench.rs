@@ -20,6 +20,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
+use meshdoctor_lab::nginx_config;
+
 use crate::{cargo, setup, sh, step};
 
 #[derive(Args)]
@@ -80,7 +82,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // A rate no client reaches: meshdoctor-load then refills every free slot at once, as the
     // closed-loop peers do.
     let ours = |target: &[&str]| {
-        let mut c = Command::new(&load);
+        let mut c = client(&load, &[]);
         c.args([
             "--qps",
             "10000000",
@@ -189,28 +191,20 @@ fn target_dir() -> PathBuf {
     )
 }
 
-/// A peer client pinned to CPU 1.
-fn client(program: &str, args: &[&str]) -> Command {
+/// A client pinned to CPU 1.
+fn client(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
     let mut c = Command::new("taskset");
-    c.args(["-c", "1", program]).args(args);
+    c.args(["-c", "1"]).arg(program).args(args);
     c
 }
 
-/// Runs `cmd` (pinned to CPU 1 unless it is already a taskset), waits for it with `wait4` to
-/// get its own CPU time and peak RSS, and reads the requests it completed from its output.
+/// Runs `cmd` (a [`client`]), waits for it with `wait4` to get its own CPU time and peak RSS,
+/// and reads the requests it completed from its output.
 fn measure(
     name: &'static str,
     mut cmd: Command,
     requests: impl Fn(&str) -> Option<u64>,
 ) -> Result<Run> {
-    if cmd.get_program() != "taskset" {
-        let mut pinned = Command::new("taskset");
-        pinned
-            .args(["-c", "1"])
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        cmd = pinned;
-    }
     eprintln!("  {name} ...");
     let start = Instant::now();
     let mut child = cmd
@@ -319,19 +313,12 @@ impl Drop for Server {
 impl Server {
     /// nginx answering `GET /` with a short 200, one process, no access log.
     fn nginx(dir: &Path, port: u16) -> Result<Self> {
-        let d = dir.display();
         let conf = dir.join("nginx.conf");
-        fs::write(
-            &conf,
-            format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-                 error_log {d}/nginx.err warn;\nevents {{ worker_connections 4096; }}\n\
-                 http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
-                 proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
-                 uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-                 server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
-            ),
-        )?;
+        let http = format!(
+            "  access_log off;\n  server {{ listen 127.0.0.1:{port}; \
+             location / {{ return 200 \"ok\\n\"; }} }}\n"
+        );
+        fs::write(&conf, nginx_config(dir, "nginx", &http))?;
         let child = Command::new("taskset")
             .args(["-c", "0", "nginx", "-p"])
             .arg(dir)
