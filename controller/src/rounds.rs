@@ -600,7 +600,8 @@ impl Controller {
         };
 
         let planning_failed = !reasons.is_empty();
-        let mut report = match AppExpect::of(&task) {
+        // What the kind's join and judge make of the reports; the rest is the same for all.
+        let (not_reported, summary, paths, findings, app) = match AppExpect::of(&task) {
             // NetReach.
             None => {
                 let joined = join(&plans, &reports);
@@ -608,21 +609,13 @@ impl Controller {
                     reasons.extend(failure_reasons(&net_reach.spec.expect, &joined));
                 }
                 let findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
-                RoundReport {
+                (
+                    joined.not_reported,
+                    joined.summary,
+                    joined.paths,
                     findings,
-                    task: name.clone(),
-                    round,
-                    round_tag,
-                    status: RoundStatus::Fail,
-                    failure_reasons: vec![],
-                    start_ms,
-                    end_ms: 0,
-                    expected_agents,
-                    not_reported: joined.not_reported,
-                    summary: joined.summary,
-                    paths: joined.paths,
-                    app: None,
-                }
+                    None,
+                )
             }
             Some(expect) => {
                 let label = match &app_target {
@@ -635,30 +628,34 @@ impl Controller {
                 if !planning_failed {
                     reasons.extend(judged.reasons);
                 }
-                RoundReport {
-                    findings: vec![],
-                    task: name.clone(),
-                    round,
-                    round_tag,
-                    status: RoundStatus::Fail,
-                    failure_reasons: vec![],
-                    start_ms,
-                    end_ms: 0,
-                    expected_agents,
-                    not_reported: judged.not_reported,
-                    summary: judged.summary,
-                    paths: vec![],
-                    app: Some(judged.app),
-                }
+                (
+                    judged.not_reported,
+                    judged.summary,
+                    vec![],
+                    vec![],
+                    Some(judged.app),
+                )
             }
         };
-        report.status = if reasons.is_empty() {
-            RoundStatus::Succeed
-        } else {
-            RoundStatus::Fail
+        let report = RoundReport {
+            task: name.clone(),
+            round,
+            round_tag,
+            status: if reasons.is_empty() {
+                RoundStatus::Succeed
+            } else {
+                RoundStatus::Fail
+            },
+            failure_reasons: reasons,
+            start_ms,
+            end_ms: now_ms(),
+            expected_agents,
+            not_reported,
+            summary,
+            findings,
+            paths,
+            app,
         };
-        report.failure_reasons = reasons;
-        report.end_ms = now_ms();
         match self.store.write(&report).await {
             Ok(path) => info!(
                 task = name, round, status = ?report.status, reasons = ?report.failure_reasons,
