@@ -163,11 +163,12 @@ impl RoundHooks {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use meshdoctor_api::probe_id;
 
-    fn ev(id: u64, kind: Kind, hook: Hook, t: u64) -> ProbeEvent {
+    /// An ICMP IPv4 event of probe `id` at `hook`, at kernel time `t`.
+    pub(crate) fn ev(id: u64, kind: Kind, hook: Hook, t: u64) -> ProbeEvent {
         ProbeEvent {
             probe_id: id,
             ktime_ns: t,

@@ -540,7 +540,9 @@ mod tests {
     use socket2::Socket;
 
     use super::*;
-    use crate::testnet::{ADDR_A4, ADDR_B4, ADDR_B6, Pair, Pinger, collect, skip_unless_root};
+    use crate::testnet::{
+        ADDR_A4, ADDR_B4, ADDR_B6, Pair, Pinger, collect, event_stream, skip_unless_root,
+    };
 
     fn scenario(v6: bool) {
         let pair = Pair::new();
@@ -557,14 +559,7 @@ mod tests {
             let mode = obs.attach(&veth).unwrap();
             assert_eq!(obs.attach(&veth).unwrap(), mode, "second attach is a no-op");
             println!("attached to {veth} with {mode:?}");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut stream = {
-                let _rt = rt.enter();
-                obs.events().unwrap()
-            };
+            let (rt, mut stream) = event_stream(&mut obs);
             assert!(matches!(obs.events(), Err(ObserverError::EventsTaken)));
 
             let armed: u32 = 0x00c0_ffee;
@@ -855,14 +850,7 @@ mod tests {
         Pair::run_in(&pair.ns_a, move || {
             let mut obs = Observer::load(&LoadOptions::default()).unwrap();
             obs.attach(&veth).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut stream = {
-                let _rt = rt.enter();
-                obs.events().unwrap()
-            };
+            let (rt, mut stream) = event_stream(&mut obs);
             let tag = 0x0006_0e47;
             obs.arm(tag).unwrap();
             let pinger = Pinger::new(IpAddr::V6(ADDR_B6));

@@ -292,7 +292,8 @@ fn sent_path(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshdoctor_agent_common::{Hook, Kind, ProbeEvent};
+    use crate::hooks::tests::ev;
+    use meshdoctor_agent_common::{Hook, Kind};
     use meshdoctor_api::{Family, Protocol};
 
     fn mk_plan() -> RoundPlan {
@@ -318,21 +319,6 @@ mod tests {
                 dst_addr: "192.0.2.2".parse().unwrap(),
                 dst_port: None,
             }],
-        }
-    }
-
-    fn ev(id: u64, kind: Kind, hook: Hook, t: u64) -> ProbeEvent {
-        ProbeEvent {
-            probe_id: id,
-            ktime_ns: t,
-            location: 0,
-            netns: 1,
-            ifindex: 2,
-            reason: 0,
-            hook: hook as u8,
-            kind: kind as u8,
-            family: 4,
-            proto: meshdoctor_agent_common::PROTO_ICMP,
         }
     }
 

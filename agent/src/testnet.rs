@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::{
     icmp::{echo, echo_request},
-    observer::EventStream,
+    observer::{EventStream, Observer},
 };
 
 /// ICMP ident of the test's echo requests, to tell their replies from others.
@@ -225,4 +225,17 @@ pub(crate) fn collect(
         }
         events
     })
+}
+
+/// A runtime of the calling thread and the observer's event stream registered with it.
+pub(crate) fn event_stream(obs: &mut Observer) -> (tokio::runtime::Runtime, EventStream) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = {
+        let _rt = rt.enter();
+        obs.events().unwrap()
+    };
+    (rt, stream)
 }

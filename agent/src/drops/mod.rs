@@ -266,7 +266,7 @@ mod tests {
 
         use crate::{
             observer::{LoadOptions, Observer, current_netns_id},
-            testnet::{ADDR_B4, ADDR_B6, Pair, Pinger, collect},
+            testnet::{ADDR_B4, ADDR_B6, Pair, Pinger, collect, event_stream},
         };
 
         let pair = Pair::new();
@@ -297,14 +297,7 @@ mod tests {
             .unwrap();
             obs.attach(&veth).unwrap();
             obs.trace_drops().unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut stream = {
-                let _rt = rt.enter();
-                obs.events().unwrap()
-            };
+            let (rt, mut stream) = event_stream(&mut obs);
             let tag = 0x00d1_0b00 | u32::from(v6);
             obs.arm(tag).unwrap();
             let pinger = Pinger::new(dst);
