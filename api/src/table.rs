@@ -338,24 +338,29 @@ pub fn render_findings(findings: &[Finding]) -> String {
 /// One line: verdict, paths, loss and mean RTT; then who did not report and why the round
 /// failed, one line each.
 pub fn summary_line(report: &RoundReport) -> String {
-    let s = &report.summary;
     let status = match report.status {
         RoundStatus::Succeed => "succeeded",
         RoundStatus::Fail => "FAILED",
     };
-    if let Some(app) = &report.app {
-        let mut line = app_summary_line(report, app, status);
-        if !report.not_reported.is_empty() {
-            line.push_str(&format!(
-                "\nnot reported: {}",
-                report.not_reported.join(", ")
-            ));
-        }
-        for reason in &report.failure_reasons {
-            line.push_str(&format!("\n  - {reason}"));
-        }
-        return line;
+    let mut line = match &report.app {
+        Some(app) => app_summary_line(report, app, status),
+        None => mesh_summary_line(report, status),
+    };
+    if !report.not_reported.is_empty() {
+        line.push_str(&format!(
+            "\nnot reported: {}",
+            report.not_reported.join(", ")
+        ));
     }
+    for reason in &report.failure_reasons {
+        line.push_str(&format!("\n  - {reason}"));
+    }
+    line
+}
+
+/// The NetReach part of [`summary_line`]: loss and kernel vs user-space RTT.
+fn mesh_summary_line(report: &RoundReport, status: &str) -> String {
+    let s = &report.summary;
     let loss = if s.sent == 0 {
         0.0
     } else {
@@ -383,15 +388,6 @@ pub fn summary_line(report: &RoundReport) -> String {
             "\nRTT over {} probes, p50/p99 µs: kernel {:.1}/{:.1}, user space {:.1}/{:.1}",
             u.count, k.p50_us, k.p99_us, u.p50_us, u.p99_us
         ));
-    }
-    if !report.not_reported.is_empty() {
-        line.push_str(&format!(
-            "\nnot reported: {}",
-            report.not_reported.join(", ")
-        ));
-    }
-    for reason in &report.failure_reasons {
-        line.push_str(&format!("\n  - {reason}"));
     }
     line
 }

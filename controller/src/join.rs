@@ -37,6 +37,26 @@ pub struct PathLoss {
     pub buckets: Vec<LossBucket>,
 }
 
+impl PathLoss {
+    /// From lost-probe counts by (segment, packet the destination dropped).
+    pub(crate) fn new(
+        hooks_observed: bool,
+        counts: BTreeMap<(PathSegment, Option<Packet>), u32>,
+    ) -> Self {
+        Self {
+            hooks_observed,
+            buckets: counts
+                .into_iter()
+                .map(|((segment, dropped), lost)| LossBucket {
+                    segment,
+                    dropped,
+                    lost,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Lost probes of one path that share a segment and, in the destination's stack, the packet
 /// its kernel recorded dropping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,17 +398,7 @@ fn join_path(src: &str, t: &PlannedTarget, planned: u32, ends: Ends<'_>) -> (Pat
     result.user_rtt = RttStats::from_ns(user);
     result.dst_stack = RttStats::from_ns(stack);
     result.network_rtt = RttStats::from_ns(network);
-    let loss = PathLoss {
-        hooks_observed: ends.observed.src && ends.observed.dst,
-        buckets: buckets
-            .into_iter()
-            .map(|((segment, dropped), lost)| LossBucket {
-                segment,
-                dropped,
-                lost,
-            })
-            .collect(),
-    };
+    let loss = PathLoss::new(ends.observed.src && ends.observed.dst, buckets);
     (result, loss)
 }
 

@@ -408,7 +408,6 @@ mod tests {
     use meshdoctor_api::{DropCount, LossSegments, round::HookCounts};
 
     use super::*;
-    use crate::join::LossBucket;
 
     use Direction::{Egress, Ingress};
     use Family::{Ipv4, Ipv6};
@@ -657,18 +656,7 @@ mod tests {
                 .collect(),
             probes: Vec::new(),
         };
-        let loss = PathLoss {
-            hooks_observed: true,
-            buckets: buckets
-                .into_iter()
-                .map(|((segment, dropped), lost)| LossBucket {
-                    segment,
-                    dropped,
-                    lost,
-                })
-                .collect(),
-        };
-        (p, loss)
+        (p, PathLoss::new(true, buckets))
     }
 
     fn run(faults: &[Fault], probes: u32) -> (Vec<PathResult>, Vec<Finding>) {
