@@ -13,7 +13,7 @@ use meshdoctor_api::{
     Direction, Family, Finding, Packet, RoundReport, Segment, stats::clopper_pearson,
 };
 use meshdoctor_e2e::can_run;
-use meshdoctor_lab::{Fault, Lab, LabConfig};
+use meshdoctor_lab::{Fault, Lab, LabConfig, MeshTask};
 
 /// Rounds a scenario may take to show its faults.
 const MAX_ROUNDS: u32 = 3;
@@ -137,27 +137,12 @@ impl Place {
 
 /// A multi-round full-mesh task: a round every 4 s, [`MAX_ROUNDS`] of them.
 fn task_yaml() -> String {
-    format!(
-        "apiVersion: meshdoctor.io/v1beta1
-kind: NetReach
-metadata:
-  name: mesh
-spec:
-  schedule:
-    schedule: \"@every 4s\"
-    roundNumber: {MAX_ROUNDS}
-  request:
-    protocol: icmp
-    qps: {QPS}
-    durationInSecond: {SECS}
-    perRequestTimeoutInMS: 1000
-  expect:
-    successRate: 1
-  target:
-    ipv4: true
-    ipv6: true
-"
-    )
+    MeshTask {
+        schedule: "@every 4s",
+        rounds: MAX_ROUNDS.into(),
+        ..MeshTask::new("mesh", QPS, SECS)
+    }
+    .yaml()
 }
 
 /// The outcome of one scenario.

@@ -264,7 +264,11 @@ fn udp_full_mesh_is_answered_by_the_agents_and_timestamped_at_every_hook() {
         return;
     }
     let mut cfg = LabConfig::new(3);
-    let yaml = meshdoctor_lab::task_yaml("mesh", 20, 2).replace("protocol: icmp", "protocol: udp");
+    let yaml = meshdoctor_lab::MeshTask {
+        protocol: "udp",
+        ..meshdoctor_lab::MeshTask::new("mesh", 20, 2)
+    }
+    .yaml();
     cfg.tasks = vec![("mesh.yaml".into(), yaml)];
     let lab = Lab::up(cfg).expect("lab up");
     let r = lab

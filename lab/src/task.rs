@@ -9,17 +9,55 @@ pub fn default_task_yaml(name: &str) -> String {
 /// A one-round full-mesh ICMP NetReach task over both families: `qps` x `secs` probes per
 /// pair-path, 1 s per-probe timeout, expecting no loss.
 pub fn task_yaml(name: &str, qps: u32, secs: u32) -> String {
-    format!(
-        "apiVersion: meshdoctor.io/v1beta1
+    MeshTask::new(name, qps, secs).yaml()
+}
+
+/// A full-mesh NetReach task over both families with a 1 s per-probe timeout, expecting no
+/// loss; [`MeshTask::new`] gives one ICMP round starting at once.
+#[derive(Debug, Clone)]
+pub struct MeshTask<'a> {
+    pub name: &'a str,
+    /// `spec.schedule.schedule`, e.g. `"0 1"` or `"@every 4s"`.
+    pub schedule: &'a str,
+    pub rounds: i64,
+    /// `icmp` or `udp`.
+    pub protocol: &'a str,
+    pub qps: u32,
+    pub secs: u32,
+}
+
+impl<'a> MeshTask<'a> {
+    pub fn new(name: &'a str, qps: u32, secs: u32) -> Self {
+        Self {
+            name,
+            schedule: "0 1",
+            rounds: 1,
+            protocol: "icmp",
+            qps,
+            secs,
+        }
+    }
+
+    pub fn yaml(&self) -> String {
+        let Self {
+            name,
+            schedule,
+            rounds,
+            protocol,
+            qps,
+            secs,
+        } = self;
+        format!(
+            "apiVersion: meshdoctor.io/v1beta1
 kind: NetReach
 metadata:
   name: {name}
 spec:
   schedule:
-    schedule: \"0 1\"
-    roundNumber: 1
+    schedule: \"{schedule}\"
+    roundNumber: {rounds}
   request:
-    protocol: icmp
+    protocol: {protocol}
     qps: {qps}
     durationInSecond: {secs}
     perRequestTimeoutInMS: 1000
@@ -29,7 +67,8 @@ spec:
     ipv4: true
     ipv6: true
 "
-    )
+        )
+    }
 }
 
 #[cfg(test)]
