@@ -258,14 +258,15 @@ fn a_full_ring_buffer_makes_loss_unobserved_never_misplaced() {
     }
 }
 
-#[test]
-fn udp_full_mesh_is_answered_by_the_agents_and_timestamped_at_every_hook() {
-    if !can_run("udp_full_mesh_is_answered_by_the_agents_and_timestamped_at_every_hook") {
+/// A full mesh over `protocol`, answered by the peer agents' responders: every probe is
+/// timestamped at all four hooks and comes back.
+fn mesh_answered_by_the_agents(name: &str, protocol: &'static str) {
+    if !can_run(name) {
         return;
     }
     let mut cfg = LabConfig::new(3);
     let yaml = meshdoctor_lab::MeshTask {
-        protocol: "udp",
+        protocol,
         ..meshdoctor_lab::MeshTask::new("mesh", 20, 2)
     }
     .yaml();
@@ -296,11 +297,39 @@ fn udp_full_mesh_is_answered_by_the_agents_and_timestamped_at_every_hook() {
             p.src_interface,
             p.family
         );
-        // The reply comes from the peer agent's user-space responder: its stack time is real.
+        // The destination's stack time is real: the reply came from its stack (the SYN-ACK
+        // from its kernel, the UDP reply from its responder), after the request arrived.
         assert!(
             p.probes
                 .iter()
-                .all(|s| s.dst_stack_ns > 0 && s.kernel_rtt_ns > s.dst_stack_ns)
+                .all(|s| s.dst_stack_ns > 0 && s.kernel_rtt_ns > s.dst_stack_ns),
+            "{:?}",
+            p.probes
         );
     }
+}
+
+#[test]
+fn udp_full_mesh_is_answered_by_the_agents_and_timestamped_at_every_hook() {
+    mesh_answered_by_the_agents(
+        "udp_full_mesh_is_answered_by_the_agents_and_timestamped_at_every_hook",
+        "udp",
+    );
+}
+
+/// SYN and SYN-ACK are the request and reply, named by their 4-tuple.
+#[test]
+fn tcp_full_mesh_connects_to_the_agents_and_timestamps_syn_and_syn_ack() {
+    mesh_answered_by_the_agents(
+        "tcp_full_mesh_connects_to_the_agents_and_timestamps_syn_and_syn_ack",
+        "tcp",
+    );
+}
+
+#[test]
+fn http_full_mesh_gets_from_the_agents_and_timestamps_the_handshake() {
+    mesh_answered_by_the_agents(
+        "http_full_mesh_gets_from_the_agents_and_timestamps_the_handshake",
+        "http",
+    );
 }

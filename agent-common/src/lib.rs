@@ -12,14 +12,21 @@ pub const COOKIE_LEN: usize = 12;
 /// UDP probes carry the cookie at the start of the payload, then one byte: [`Kind`]. The
 /// agent's UDP responder echoes the datagram with the kind set to reply.
 pub const UDP_KIND_OFFSET: usize = COOKIE_LEN;
-/// Transport of a probe, as in the IP header: ICMP (either family's) or UDP.
+/// Transport of a probe, as in the IP header: ICMP (either family's), TCP or UDP.
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+/// TCP probes leave from port `TCP_PORT_BASE + seq` (`api::TCP_PROBE_PORT_BASE`); a SYN or
+/// SYN-ACK whose client port is outside the range is no probe.
+pub const TCP_PORT_BASE: u16 = 61440;
 
 /// Ring buffer of [`ProbeEvent`]s.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// `HashMap<u32 round tag, u8>`: the rounds whose probes the observers report.
 pub const MAP_ACTIVE_ROUNDS: &str = "ACTIVE_ROUNDS";
+/// `HashMap<TcpPathKey, TcpPath>`: the TCP probe paths of armed rounds, by 4-tuple minus the
+/// client port (which carries the sequence number).
+pub const MAP_TCP_PATHS: &str = "TCP_PATHS";
 /// `PerCpuHashMap<CounterKey, u64>`: probe packets seen per interface, hook, kind and family.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// `PerCpuArray<u64>` of length 1: events lost because the ring buffer was full.
@@ -87,7 +94,7 @@ pub struct ProbeEvent {
     pub kind: u8,
     /// [`IpFamily`] as u8.
     pub family: u8,
-    /// [`PROTO_ICMP`] or [`PROTO_UDP`].
+    /// [`PROTO_ICMP`], [`PROTO_TCP`] or [`PROTO_UDP`].
     pub proto: u8,
 }
 
@@ -122,6 +129,29 @@ pub struct DropLayout {
     pub reason_no_socket: u32,
 }
 
+/// A TCP probe path as the observers look it up: client address, server address (IPv4 in the
+/// first four bytes, the rest zero) and server port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpPathKey {
+    pub client: [u8; 16],
+    pub server: [u8; 16],
+    /// Host byte order.
+    pub server_port: u16,
+    /// [`IpFamily`] as u8.
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Which round and path a TCP probe 4-tuple belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpPath {
+    pub round_tag: u32,
+    pub path: u16,
+    pub _pad: u16,
+}
+
 /// Key of the per-interface counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,7 +160,7 @@ pub struct CounterKey {
     pub hook: u8,
     pub kind: u8,
     pub family: u8,
-    /// [`PROTO_ICMP`] or [`PROTO_UDP`].
+    /// [`PROTO_ICMP`], [`PROTO_TCP`] or [`PROTO_UDP`].
     pub proto: u8,
 }
 
@@ -140,4 +170,6 @@ mod user {
     unsafe impl aya::Pod for super::ProbeEvent {}
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::DropLayout {}
+    unsafe impl aya::Pod for super::TcpPathKey {}
+    unsafe impl aya::Pod for super::TcpPath {}
 }

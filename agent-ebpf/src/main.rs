@@ -1,8 +1,9 @@
 //! TC observers for meshdoctor probe packets.
 //!
 //! `observe_ingress` and `observe_egress` are attached to both TC hooks of every interface the
-//! agent probes from or to. They timestamp ICMP/ICMPv6 echo requests and replies that carry a
-//! meshdoctor cookie of an armed round, and ignore everything else after one or two packet loads.
+//! agent probes from or to. They timestamp ICMP/ICMPv6 echo requests and replies and UDP probes
+//! that carry a meshdoctor cookie of an armed round, and the SYN and SYN-ACK of TCP probes
+//! (named by their 4-tuple), and ignore everything else after one or two packet loads.
 //!
 //! `trace_drops`, on the `skb:kfree_skb` tracepoint, reports the same probes when the kernel
 //! frees them as a drop in this agent's network namespace, with the drop reason and location.
@@ -28,7 +29,8 @@ use aya_ebpf::{
 };
 use meshdoctor_agent_common::{
     COOKIE_LEN, COOKIE_OFFSET, CounterKey, DropLayout, Hook, IpFamily, Kind, NO_FIELD, PROBE_MAGIC,
-    PROTO_ICMP, PROTO_UDP, ProbeEvent, UDP_KIND_OFFSET, UNKNOWN_REASON,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, ProbeEvent, TCP_PORT_BASE, TcpPath, TcpPathKey,
+    UDP_KIND_OFFSET, UNKNOWN_REASON,
 };
 
 /// Probe events for user space. 256 KiB holds ~6500 events: a few seconds of a busy round even
@@ -40,6 +42,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// foreign probes (another agent, an old round) out of the ring buffer.
 #[map]
 static ACTIVE_ROUNDS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+
+/// TCP probe paths of armed rounds; user space adds a round's paths when it arms it (the
+/// source for its targets, the destination for the paths toward it) and removes them after.
+#[map]
+static TCP_PATHS: HashMap<TcpPathKey, TcpPath> = HashMap::with_max_entries(16384, 0);
 
 /// Probe packets seen per interface, hook, kind and family. Per-CPU so no atomics are needed.
 #[map]
@@ -79,7 +86,12 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = 6;
 const UDP_HEADER_LEN: usize = 8;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
@@ -178,36 +190,49 @@ struct Probe {
 }
 
 /// Recognizes a probe of an armed round: an ICMP/ICMPv6 echo request or reply, or a UDP
-/// datagram, carrying a meshdoctor cookie; `None` for everything else, after a few loads.
+/// datagram, carrying a meshdoctor cookie, or the SYN or SYN-ACK of a TCP probe path; `None`
+/// for everything else, after a few loads.
 #[inline(always)]
 fn parse_probe<P: Packet>(pkt: &P, family: IpFamily) -> Option<Probe> {
     let (proto, l4) = match family {
         IpFamily::V4 => ipv4_l4(pkt)?,
         IpFamily::V6 => ipv6_l4(pkt)?,
     };
-    let (kind, proto, cookie) = if proto == IPPROTO_UDP {
-        let udp = pkt.load::<[u8; UDP_READ_LEN]>(l4)?;
-        let kind = match udp[UDP_HEADER_LEN + UDP_KIND_OFFSET] {
-            0 => Kind::Request,
-            1 => Kind::Reply,
-            _ => return None,
-        };
-        let mut cookie = [0u8; COOKIE_LEN];
-        cookie.copy_from_slice(&udp[UDP_HEADER_LEN..UDP_HEADER_LEN + COOKIE_LEN]);
-        (kind, PROTO_UDP, cookie)
-    } else {
-        let icmp = pkt.load::<[u8; ICMP_READ_LEN]>(l4)?;
-        let kind = match (family, icmp[0]) {
-            (IpFamily::V4, ICMP_ECHO_REQUEST) | (IpFamily::V6, ICMPV6_ECHO_REQUEST) => {
-                Kind::Request
-            }
-            (IpFamily::V4, ICMP_ECHO_REPLY) | (IpFamily::V6, ICMPV6_ECHO_REPLY) => Kind::Reply,
-            _ => return None,
-        };
-        let mut cookie = [0u8; COOKIE_LEN];
-        cookie.copy_from_slice(&icmp[COOKIE_OFFSET..COOKIE_OFFSET + COOKIE_LEN]);
-        (kind, PROTO_ICMP, cookie)
+    let probe = match proto {
+        IPPROTO_TCP => tcp_probe(pkt, family, l4)?,
+        IPPROTO_UDP => {
+            let udp = pkt.load::<[u8; UDP_READ_LEN]>(l4)?;
+            let kind = match udp[UDP_HEADER_LEN + UDP_KIND_OFFSET] {
+                0 => Kind::Request,
+                1 => Kind::Reply,
+                _ => return None,
+            };
+            let mut cookie = [0u8; COOKIE_LEN];
+            cookie.copy_from_slice(&udp[UDP_HEADER_LEN..UDP_HEADER_LEN + COOKIE_LEN]);
+            cookie_probe(kind, PROTO_UDP, cookie)?
+        }
+        _ => {
+            let icmp = pkt.load::<[u8; ICMP_READ_LEN]>(l4)?;
+            let kind = match (family, icmp[0]) {
+                (IpFamily::V4, ICMP_ECHO_REQUEST) | (IpFamily::V6, ICMPV6_ECHO_REQUEST) => {
+                    Kind::Request
+                }
+                (IpFamily::V4, ICMP_ECHO_REPLY) | (IpFamily::V6, ICMPV6_ECHO_REPLY) => Kind::Reply,
+                _ => return None,
+            };
+            let mut cookie = [0u8; COOKIE_LEN];
+            cookie.copy_from_slice(&icmp[COOKIE_OFFSET..COOKIE_OFFSET + COOKIE_LEN]);
+            cookie_probe(kind, PROTO_ICMP, cookie)?
+        }
     };
+    let round_tag = (probe.probe_id >> 32) as u32;
+    ACTIVE_ROUNDS.get_ptr(round_tag)?;
+    Some(probe)
+}
+
+/// The probe a cookie names, if it has the magic.
+#[inline(always)]
+fn cookie_probe(kind: Kind, proto: u8, cookie: [u8; COOKIE_LEN]) -> Option<Probe> {
     let magic = u32::from_be_bytes([cookie[0], cookie[1], cookie[2], cookie[3]]);
     if magic != PROBE_MAGIC {
         return None;
@@ -215,12 +240,57 @@ fn parse_probe<P: Packet>(pkt: &P, family: IpFamily) -> Option<Probe> {
     let probe_id = u64::from_be_bytes([
         cookie[4], cookie[5], cookie[6], cookie[7], cookie[8], cookie[9], cookie[10], cookie[11],
     ]);
-    let round_tag = (probe_id >> 32) as u32;
-    ACTIVE_ROUNDS.get_ptr(round_tag)?;
     Some(Probe {
         kind,
         proto,
         probe_id,
+    })
+}
+
+/// A TCP probe: a SYN (the request) or SYN-ACK (the reply) of a connection from a client port
+/// in the probe range on a path of [`TCP_PATHS`]. The client port is `TCP_PORT_BASE + seq`.
+/// Retransmitted SYNs are the same probe; every other segment (the handshake's ACK, data, the
+/// client's closing reset, a refusal's reset) is not a probe packet.
+#[inline(always)]
+fn tcp_probe<P: Packet>(pkt: &P, family: IpFamily, l4: usize) -> Option<Probe> {
+    // Ports, sequence and acknowledgment numbers, data offset and flags, in one load.
+    let tcp = pkt.load::<[u8; 14]>(l4)?;
+    let src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let (kind, client_port, server_port) = match tcp[13] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) {
+        TCP_SYN => (Kind::Request, src_port, dst_port),
+        f if f == TCP_SYN | TCP_ACK => (Kind::Reply, dst_port, src_port),
+        _ => return None,
+    };
+    let seq = client_port.checked_sub(TCP_PORT_BASE)?;
+    let mut key = TcpPathKey {
+        server_port,
+        family: family as u8,
+        ..TcpPathKey::default()
+    };
+    // The request goes client -> server, the reply server -> client.
+    let (client, server) = match kind {
+        Kind::Request => (&mut key.client, &mut key.server),
+        Kind::Reply => (&mut key.server, &mut key.client),
+    };
+    match family {
+        IpFamily::V4 => {
+            let addrs = pkt.load::<[u8; 8]>(12)?;
+            client[..4].copy_from_slice(&addrs[..4]);
+            server[..4].copy_from_slice(&addrs[4..]);
+        }
+        IpFamily::V6 => {
+            let addrs = pkt.load::<[u8; 32]>(8)?;
+            client.copy_from_slice(&addrs[..16]);
+            server.copy_from_slice(&addrs[16..]);
+        }
+    }
+    // SAFETY: the value is plain data copied out before the map can change it.
+    let path = unsafe { TCP_PATHS.get(&key) }?;
+    Some(Probe {
+        kind,
+        proto: PROTO_TCP,
+        probe_id: (u64::from(path.round_tag) << 32) | (u64::from(path.path) << 16) | u64::from(seq),
     })
 }
 
@@ -340,12 +410,12 @@ fn try_trace_drop(ctx: &TracePointContext) -> Option<()> {
 }
 
 /// Transport and offset of the transport header of an unfragmented (or first-fragment) IPv4
-/// ICMP or UDP packet.
+/// ICMP, UDP or TCP packet.
 #[inline(always)]
 fn ipv4_l4<P: Packet>(pkt: &P) -> Option<(u8, usize)> {
     // Bytes 0..10: version/IHL .. protocol, in one load.
     let hdr = pkt.load::<[u8; 10]>(0)?;
-    if hdr[9] != IPPROTO_ICMP && hdr[9] != IPPROTO_UDP {
+    if !matches!(hdr[9], IPPROTO_ICMP | IPPROTO_UDP | IPPROTO_TCP) {
         return None;
     }
     // A non-first fragment carries no transport header.
@@ -359,7 +429,7 @@ fn ipv4_l4<P: Packet>(pkt: &P) -> Option<(u8, usize)> {
     Some((hdr[9], ihl))
 }
 
-/// Transport and offset of the ICMPv6 or UDP header after walking at most
+/// Transport and offset of the ICMPv6, UDP or TCP header after walking at most
 /// [`MAX_IPV6_EXT_HEADERS`] extension headers.
 #[inline(always)]
 fn ipv6_l4<P: Packet>(pkt: &P) -> Option<(u8, usize)> {
@@ -367,7 +437,7 @@ fn ipv6_l4<P: Packet>(pkt: &P) -> Option<(u8, usize)> {
     let mut off = 40usize;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
-            IPPROTO_ICMPV6 | IPPROTO_UDP => return Some((next, off)),
+            IPPROTO_ICMPV6 | IPPROTO_UDP | IPPROTO_TCP => return Some((next, off)),
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let ext = pkt.load::<[u8; 2]>(off)?;
                 next = ext[0];
@@ -385,7 +455,7 @@ fn ipv6_l4<P: Packet>(pkt: &P) -> Option<(u8, usize)> {
             _ => return None,
         }
     }
-    matches!(next, IPPROTO_ICMPV6 | IPPROTO_UDP).then_some((next, off))
+    matches!(next, IPPROTO_ICMPV6 | IPPROTO_UDP | IPPROTO_TCP).then_some((next, off))
 }
 
 /// Sends the event to user space, counting it as dropped if the ring buffer is full.

@@ -205,6 +205,7 @@ mod tests {
             timeout_ms: 300,
             report_deadline_ms: u64::MAX,
             targets: vec![],
+            incoming: vec![],
             app: Some(app.clone()),
         };
         (plan, app)

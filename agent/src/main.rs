@@ -15,6 +15,7 @@ mod observer;
 mod round;
 mod runtime;
 mod sockets;
+mod tcp;
 #[cfg(test)]
 mod testnet;
 mod udp;
@@ -59,10 +60,10 @@ struct Args {
     /// Address of the health and metrics endpoint.
     #[arg(long, default_value = "[::]:9090")]
     listen: SocketAddr,
-    /// UDP port of the responder that answers peers' UDP probes on every address (0: none;
-    /// then this node is no target of UDP tasks).
+    /// Port of the responders that answer peers' UDP, TCP and HTTP probes on every address,
+    /// the same number for UDP and TCP (0: none; then this node is no target of those tasks).
     #[arg(long, default_value_t = 9091, value_name = "PORT")]
-    udp_port: u16,
+    probe_port: u16,
     /// Size of the ring buffer that carries probe events from the kernel, in KiB: a power of
     /// two, at least the page size. Events that do not fit are counted and make the round's
     /// missing hooks 'unobserved' instead of loss; raise it for very high probe rates.
@@ -121,7 +122,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut agent = Agent::new(args.node.clone(), interfaces, observer, drop_tracer);
-    agent.udp_port = start_udp_responder(args.udp_port);
+    agent.probe_port = start_responders(args.probe_port);
     let agent = Arc::new(agent);
     if let Some(events) = agent.take_events() {
         tokio::spawn(agent.clone().dispatch_events(events));
@@ -186,21 +187,28 @@ fn load_observer(
 
 /// Starts the UDP probe responder on `port` (0: none); without it the agent still runs, but
 /// peers cannot UDP-probe it, which the controller learns from the registration.
-fn start_udp_responder(port: u16) -> Option<u16> {
+/// Starts the UDP and TCP probe responders on `port`; the port to announce, `None` when off
+/// or when either cannot listen (peers then probe this node with ICMP only).
+fn start_responders(port: u16) -> Option<u16> {
     if port == 0 {
         return None;
     }
-    match udp::responder_socket(port) {
-        Ok(socket) => {
+    let sockets = udp::responder_socket(port).and_then(|u| Ok((u, tcp::responder_listener(port)?)));
+    match sockets {
+        Ok((udp_socket, listener)) => {
             tokio::spawn(async move {
-                let e = udp::respond(socket).await;
+                let e = udp::respond(udp_socket).await;
                 error!(port, "UDP probe responder stopped: {e}");
             });
-            info!(port, "UDP probe responder listening");
+            tokio::spawn(async move {
+                let e = tcp::respond(listener).await;
+                error!(port, "TCP probe responder stopped: {e}");
+            });
+            info!(port, "UDP and TCP probe responders listening");
             Some(port)
         }
         Err(e) => {
-            warn!(port, "no UDP probe responder: {e}");
+            warn!(port, "no probe responders: {e}");
             None
         }
     }

@@ -27,7 +27,8 @@ use aya::{
 };
 use meshdoctor_agent_common::{
     CounterKey, DropLayout, GLOBAL_DROP_LAYOUT, GLOBAL_NETNS_ID, MAP_ACTIVE_ROUNDS, MAP_COUNTERS,
-    MAP_EVENTS, MAP_RINGBUF_DROPS, PROG_DROPS, PROG_EGRESS, PROG_INGRESS, ProbeEvent,
+    MAP_EVENTS, MAP_RINGBUF_DROPS, MAP_TCP_PATHS, PROG_DROPS, PROG_EGRESS, PROG_INGRESS,
+    ProbeEvent, TcpPath, TcpPathKey,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -128,6 +129,7 @@ pub struct Observer {
     /// Owns the programs and therefore their attachments.
     ebpf: Ebpf,
     active_rounds: HashMap<MapData, u32, u8>,
+    tcp_paths: HashMap<MapData, TcpPathKey, TcpPath>,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
     ringbuf_drops: PerCpuArray<MapData, u64>,
     /// Moved into the [`EventStream`] by [`Observer::events`].
@@ -191,6 +193,8 @@ impl Observer {
         }
         let active_rounds = HashMap::try_from(take_map(&mut ebpf, MAP_ACTIVE_ROUNDS)?)
             .map_err(map_err(MAP_ACTIVE_ROUNDS))?;
+        let tcp_paths = HashMap::try_from(take_map(&mut ebpf, MAP_TCP_PATHS)?)
+            .map_err(map_err(MAP_TCP_PATHS))?;
         let counters = PerCpuHashMap::try_from(take_map(&mut ebpf, MAP_COUNTERS)?)
             .map_err(map_err(MAP_COUNTERS))?;
         let ringbuf_drops = PerCpuArray::try_from(take_map(&mut ebpf, MAP_RINGBUF_DROPS)?)
@@ -200,6 +204,7 @@ impl Observer {
         Ok(Self {
             ebpf,
             active_rounds,
+            tcp_paths,
             counters,
             ringbuf_drops,
             events: Some(events),
@@ -321,14 +326,37 @@ impl Observer {
     /// Stops reporting the round's probes (late replies are then ignored). Disarming a round
     /// that is not armed is not an error.
     pub fn disarm(&mut self, round_tag: u32) -> Result<(), ObserverError> {
-        match self.active_rounds.remove(&round_tag) {
-            Err(MapError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            r => r.map_err(map_err(MAP_ACTIVE_ROUNDS)),
+        ignore_missing(self.active_rounds.remove(&round_tag)).map_err(map_err(MAP_ACTIVE_ROUNDS))
+    }
+
+    /// Names the TCP probe paths of an armed round (see `crate::tcp`). A 4-tuple another
+    /// armed round also probes is taken over by the later round.
+    pub fn add_tcp_paths(&mut self, paths: &[(TcpPathKey, TcpPath)]) -> Result<(), ObserverError> {
+        for (key, path) in paths {
+            self.tcp_paths
+                .insert(key, path, 0)
+                .map_err(map_err(MAP_TCP_PATHS))?;
         }
+        Ok(())
+    }
+
+    /// Forgets TCP probe paths that still belong to `round_tag` (not those another round took
+    /// over).
+    pub fn remove_tcp_paths(
+        &mut self,
+        round_tag: u32,
+        paths: &[(TcpPathKey, TcpPath)],
+    ) -> Result<(), ObserverError> {
+        for (key, _) in paths {
+            if self
+                .tcp_paths
+                .get(key, 0)
+                .is_ok_and(|p| p.round_tag == round_tag)
+            {
+                ignore_missing(self.tcp_paths.remove(key)).map_err(map_err(MAP_TCP_PATHS))?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes the ring buffer: a stream of events to be polled on tokio, for the agent to
@@ -441,6 +469,18 @@ fn program_mut<'a>(
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ObserverError> {
     ebpf.take_map(name).ok_or(ObserverError::MissingMap(name))
+}
+
+/// Removing what is not there (`ENOENT`) is done, not an error.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> ObserverError {

@@ -1,4 +1,5 @@
-//! Runs one round plan: paced echo probes to every planned target, then the agent report.
+//! Runs one round plan: paced probes (echo, UDP, TCP or HTTP) to every planned target, then
+//! the agent report.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -13,7 +14,7 @@ use meshdoctor_api::{
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{debug, warn};
 
-use crate::{hooks::RoundHooks, icmp::monotonic_ns, runtime::Agent, sockets::ProbeSocket};
+use crate::{hooks::RoundHooks, icmp::monotonic_ns, runtime::Agent, sockets::ProbeSocket, tcp};
 
 /// What the sender and the receivers learn about one target's probes.
 #[derive(Debug, Clone)]
@@ -21,6 +22,9 @@ struct TargetProbes {
     send_ns: Vec<u64>,
     recv_ns: Vec<u64>,
     send_errors: BTreeMap<String, u32>,
+    /// Probes sent that failed with an error of their own (a refused connection, an HTTP
+    /// status), by error.
+    failures: BTreeMap<String, u32>,
 }
 
 impl TargetProbes {
@@ -29,6 +33,7 @@ impl TargetProbes {
             send_ns: vec![0; n],
             recv_ns: vec![0; n],
             send_errors: BTreeMap::new(),
+            failures: BTreeMap::new(),
         }
     }
 }
@@ -39,7 +44,8 @@ type Shared = Arc<Mutex<Vec<TargetProbes>>>;
 /// that would not open, a send error) is counted in the report.
 pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     let tag = plan.round_tag;
-    let drops_before = agent.arm(tag);
+    let tcp_paths = tcp::round_paths(plan, agent.probe_port);
+    let drops_before = agent.arm(tag, &tcp_paths);
     let n = plan.probes_per_target() as usize;
     let probes: Shared = Arc::new(Mutex::new(vec![TargetProbes::new(n); plan.targets.len()]));
 
@@ -56,7 +62,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
             opened
                 .entry((t.src_interface.as_str(), t.src_addr))
                 .or_insert_with(|| {
-                    ProbeSocket::open(plan.protocol, &t.src_interface, t.src_addr)
+                    ProbeSocket::open(plan.protocol, &t.src_interface, t.src_addr, timeout)
                         .map(Arc::new)
                         .map_err(|e| {
                             warn!(interface = %t.src_interface, src = %t.src_addr, "cannot open probe socket: {e}");
@@ -90,7 +96,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     // Let the observers' last events drain from the ring buffer.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let (hooks, ringbuf_drops) = agent.disarm(tag, drops_before);
+    let (hooks, ringbuf_drops) = agent.disarm(tag, &tcp_paths, drops_before);
     let probes = probes.lock().map(|p| p.clone()).unwrap_or_default();
     let report = build_report(agent, plan, &probes, &hooks, ringbuf_drops);
     for (t, s) in plan.targets.iter().zip(&report.sent) {
@@ -188,7 +194,7 @@ async fn receive(
     timeout: Duration,
 ) {
     loop {
-        let (id, t) = match sock.recv().await {
+        let (id, outcome) = match sock.recv().await {
             Ok(r) => r,
             Err(e) => {
                 warn!("probe socket receive failed: {e}");
@@ -202,6 +208,15 @@ async fn receive(
         let Ok(mut p) = probes.lock() else { return };
         let p = &mut p[i];
         let seq = usize::from(seq);
+        let t = match outcome {
+            Ok(t) => t,
+            Err(failure) => {
+                if p.send_ns.get(seq).is_some_and(|&s| s != 0) {
+                    *p.failures.entry(failure).or_default() += 1;
+                }
+                continue;
+            }
+        };
         if let (Some(&sent), Some(recv)) = (p.send_ns.get(seq), p.recv_ns.get_mut(seq))
             && sent != 0
             && *recv == 0
@@ -260,6 +275,7 @@ fn sent_path(
         sent: 0,
         received: 0,
         send_errors: p.send_errors.iter().map(|(e, c)| (e.clone(), *c)).collect(),
+        failures: p.failures.iter().map(|(e, c)| (e.clone(), *c)).collect(),
         sent_mask: Bitmap::with_len(n),
         src_egress: Bitmap::with_len(n),
         src_ingress: Bitmap::with_len(n),
@@ -308,6 +324,7 @@ mod tests {
             timeout_ms: 100,
             report_deadline_ms: 0,
             app: None,
+            incoming: vec![],
             targets: vec![PlannedTarget {
                 path: 5,
                 dst_node: "node-2".into(),

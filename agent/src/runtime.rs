@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use meshdoctor_agent_common::{Hook, IpFamily, Kind};
+use meshdoctor_agent_common::{Hook, IpFamily, Kind, TcpPath, TcpPathKey};
 use meshdoctor_api::{AgentRegistration, Packet, ProbeDrop, Timestamping, probe_id_parts};
 use tracing::warn;
 
@@ -20,8 +20,8 @@ use crate::{
 
 pub struct Agent {
     pub node: String,
-    /// Port of the UDP probe responder, announced to the controller; `None` when off.
-    pub udp_port: Option<u16>,
+    /// Port of the UDP and TCP probe responders, announced to the controller; `None` when off.
+    pub probe_port: Option<u16>,
     pub interfaces: Vec<Interface>,
     pub timestamping: Timestamping,
     pub metrics: Metrics,
@@ -49,7 +49,7 @@ impl Agent {
         };
         Self {
             node,
-            udp_port: None,
+            probe_port: None,
             interfaces,
             timestamping,
             metrics: Metrics::default(),
@@ -116,7 +116,7 @@ impl Agent {
             node: self.node.clone(),
             interfaces: self.interfaces.iter().map(|i| i.info.clone()).collect(),
             timestamping: self.timestamping,
-            udp_port: self.udp_port,
+            probe_port: self.probe_port,
         }
     }
 
@@ -127,24 +127,32 @@ impl Agent {
             .map_or_else(|| format!("ifindex-{ifindex}"), |i| i.info.name.clone())
     }
 
-    /// Starts recording the probes of round `tag`; returns the ring-buffer drop count so far.
-    pub fn arm(&self, tag: u32) -> u64 {
+    /// Starts recording the probes of round `tag`, with its TCP probe paths (see
+    /// `crate::tcp::round_paths`); returns the ring-buffer drop count so far.
+    pub fn arm(&self, tag: u32, tcp_paths: &[(TcpPathKey, TcpPath)]) -> u64 {
         if let Ok(mut r) = self.rounds.lock() {
             r.insert(tag, RoundHooks::default());
         }
         self.with_observer(|o| {
+            o.add_tcp_paths(tcp_paths)?;
             o.arm(tag)?;
             o.ringbuf_drops()
         })
         .unwrap_or(0)
     }
 
-    /// Stops recording round `tag`; returns its hook times and the ring-buffer drops since
-    /// `drops_before`.
-    pub fn disarm(&self, tag: u32, drops_before: u64) -> (RoundHooks, u64) {
+    /// Stops recording round `tag` (and forgets its TCP paths); returns its hook times and the
+    /// ring-buffer drops since `drops_before`.
+    pub fn disarm(
+        &self,
+        tag: u32,
+        tcp_paths: &[(TcpPathKey, TcpPath)],
+        drops_before: u64,
+    ) -> (RoundHooks, u64) {
         let drops = self
             .with_observer(|o| {
                 o.disarm(tag)?;
+                o.remove_tcp_paths(tag, tcp_paths)?;
                 o.ringbuf_drops()
             })
             .map_or(0, |now| now.saturating_sub(drops_before));

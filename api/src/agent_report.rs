@@ -66,6 +66,10 @@ pub struct SentPath {
     /// Send errors by message (e.g. "Network is unreachable"), counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub send_errors: Vec<(String, u32)>,
+    /// Probes sent whose exchange failed with an error of its own rather than silence (TCP
+    /// and HTTP: "connection refused", "HTTP status 503"), counted. They are lost too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<(String, u32)>,
     /// Probes handed to the kernel (`sendto` succeeded).
     #[serde(default)]
     pub sent_mask: Bitmap,

@@ -17,9 +17,9 @@ pub use agent_report::{
 };
 pub use load::{LatencyUs, LoadStats};
 pub use plan::{
-    AgentRegistration, AppPlan, AppTarget, DnsPlan, DnsRecord, Family, HttpPlan, InterfaceInfo,
-    MAX_APP_IN_FLIGHT, PlannedTarget, Protocol, RoundPlan, TlsMaterial, app_max_in_flight,
-    probe_id, probe_id_parts,
+    AgentRegistration, AppPlan, AppTarget, DnsPlan, DnsRecord, Family, HttpPlan, IncomingPath,
+    InterfaceInfo, MAX_APP_IN_FLIGHT, MAX_TCP_PROBES_PER_PATH, PlannedTarget, Protocol, RoundPlan,
+    TCP_PROBE_PORT_BASE, TlsMaterial, app_max_in_flight, probe_id, probe_id_parts,
 };
 pub use round::{
     AgentApp, AgentAppState, AppRoundReport, AppSummary, Direction, DropCount, Evidence, Finding,

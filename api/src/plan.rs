@@ -19,9 +19,10 @@ pub struct AgentRegistration {
     pub interfaces: Vec<InterfaceInfo>,
     /// How this agent timestamps probes (eBPF at TC, or the socket fallback).
     pub timestamping: crate::Timestamping,
-    /// Port of its UDP probe responder on every address; `None` when it runs none.
+    /// Port of its probe responders on every address, the same number for UDP (echo) and TCP
+    /// (connect and HTTP GET probes); `None` when it runs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub udp_port: Option<u16>,
+    pub probe_port: Option<u16>,
 }
 
 /// One interface an agent can probe from and answer on.
@@ -83,7 +84,40 @@ pub enum Protocol {
     /// A UDP datagram answered by the peer agent's responder: crosses port-based policy,
     /// conntrack and a user-space receiver, which ICMP does not.
     Udp,
+    /// A TCP connect to the peer agent's responder: the SYN is the request, the SYN-ACK the
+    /// reply; what services' traffic meets (SYN policy, conntrack, the listen backlog).
+    Tcp,
+    /// An HTTP GET over a fresh TCP connection to the peer agent's responder: the connect
+    /// probe plus a user-space server answering; kdoctor's NetReach probe.
+    Http,
 }
+
+impl Protocol {
+    /// Whether the probe is a TCP connection, recognized by the observers from its 4-tuple
+    /// ([`TCP_PROBE_PORT_BASE`]) instead of a cookie in its payload.
+    pub fn is_tcp(self) -> bool {
+        matches!(self, Self::Tcp | Self::Http)
+    }
+
+    /// The lowercase name the task spec uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Icmp => "icmp",
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// TCP probes leave from source port `TCP_PROBE_PORT_BASE + seq`: with the path's addresses
+/// and the destination port, the 4-tuple names the probe, so that both ends' observers can
+/// timestamp the SYN and SYN-ACK without a cookie (a SYN carries no payload). The range sits
+/// above Linux's default ephemeral ports (32768-60999), so it does not collide with other
+/// connections, and probes close with a reset, so no TIME_WAIT blocks the next round.
+pub const TCP_PROBE_PORT_BASE: u16 = 61440;
+/// Most TCP probes per path and round: the ports from [`TCP_PROBE_PORT_BASE`] to 65535.
+pub const MAX_TCP_PROBES_PER_PATH: u32 = 65536 - TCP_PROBE_PORT_BASE as u32;
 
 /// One round of one task, as one agent must run it.
 ///
@@ -111,6 +145,10 @@ pub struct RoundPlan {
     /// The controller stops waiting for this agent's report at this wall-clock time.
     pub report_deadline_ms: u64,
     pub targets: Vec<PlannedTarget>,
+    /// TCP and HTTP rounds: the paths toward this agent, so that its observers recognize the
+    /// SYNs it answers (ICMP and UDP probes carry their id; a SYN cannot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incoming: Vec<IncomingPath>,
     /// Application rounds only: the target to load; `None` for NetReach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppPlan>,
@@ -300,9 +338,19 @@ pub struct PlannedTarget {
     pub family: Family,
     pub src_addr: IpAddr,
     pub dst_addr: IpAddr,
-    /// UDP probes: the destination agent's responder port; `None` when it runs none.
+    /// UDP, TCP and HTTP probes: the destination agent's responder port; `None` when it runs
+    /// none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_port: Option<u16>,
+}
+
+/// A pair-path toward an agent, as that agent's observers must know it in TCP rounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncomingPath {
+    pub path: u16,
+    pub src_addr: IpAddr,
+    pub dst_addr: IpAddr,
 }
 
 /// Most probes one pair-path can carry in one round (the sequence number is 16 bits).
@@ -341,6 +389,7 @@ mod tests {
             timeout_ms: 500,
             report_deadline_ms: 0,
             targets: vec![],
+            incoming: vec![],
             app: None,
         };
         assert_eq!(plan.probes_per_target(), 25);

@@ -203,6 +203,11 @@ pub struct PathResult {
     /// location. Drops of probes that came back anyway (e.g. a raw-socket clone) are not here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drops: Vec<DropCount>,
+    /// What the source's sockets said of its lost probes, by message, most first: send errors
+    /// ("Operation not permitted") and failures of sent probes ("connection refused",
+    /// "HTTP status 503").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<(String, u32)>,
     /// Per-probe times, for probes that came back.
     pub probes: Vec<ProbeSample>,
 }

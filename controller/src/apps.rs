@@ -169,6 +169,7 @@ pub fn build_app_plans(
                 timeout_ms,
                 report_deadline_ms: meta.report_deadline_ms,
                 targets: vec![],
+                incoming: vec![],
                 app: Some(AppPlan {
                     target: target.clone(),
                     max_in_flight: app_max_in_flight(load.qps, timeout_ms),

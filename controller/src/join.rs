@@ -267,6 +267,22 @@ fn send_failures(s: &SentPath, planned: u32, sent: u32) -> u32 {
     claimed.min(planned - sent)
 }
 
+/// The source's send errors and probe failures by message, most first, each count capped by
+/// the plan.
+fn socket_errors(s: &SentPath, planned: u32) -> Vec<(String, u32)> {
+    let mut errors: BTreeMap<&str, u32> = BTreeMap::new();
+    for (message, n) in s.send_errors.iter().chain(&s.failures) {
+        let count = errors.entry(message).or_default();
+        *count = count.saturating_add(*n).min(planned);
+    }
+    let mut errors: Vec<(String, u32)> = errors
+        .into_iter()
+        .map(|(m, n)| (m.to_string(), n))
+        .collect();
+    errors.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    errors
+}
+
 /// Everything both ends reported of one path.
 struct Ends<'a> {
     src: SrcSide<'a>,
@@ -303,6 +319,7 @@ fn join_path(src: &str, t: &PlannedTarget, planned: u32, ends: Ends<'_>) -> (Pat
         network_rtt: None,
         dst_stack: None,
         drops: Vec::new(),
+        errors: Vec::new(),
         probes: Vec::new(),
     };
     let SrcSide::Reported(sent) = ends.src else {
@@ -385,6 +402,7 @@ fn join_path(src: &str, t: &PlannedTarget, planned: u32, ends: Ends<'_>) -> (Pat
         *buckets.entry((PathSegment::SrcSend, None)).or_default() += result.send_failed;
     }
     result.lost = result.sent - result.received + result.send_failed;
+    result.errors = sent.map_or_else(Vec::new, |s| socket_errors(s, planned));
     result.loss_ratio = ratio(
         result.lost.into(),
         u64::from(result.sent) + u64::from(result.send_failed),
@@ -488,6 +506,7 @@ pub(crate) mod tests {
                 sent: n as u32,
                 received: (n - lost.len()) as u32,
                 send_errors: vec![],
+                failures: vec![],
                 sent_mask: bits(n, &[]),
                 src_egress: bits(n, &[]),
                 src_ingress: bits(n, lost),

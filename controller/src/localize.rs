@@ -654,6 +654,7 @@ mod tests {
                     count,
                 })
                 .collect(),
+            errors: Vec::new(),
             probes: Vec::new(),
         };
         (p, PathLoss::new(true, buckets))

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
-    AgentRegistration, Family, InterfaceInfo, NetReach, PlannedTarget, Protocol, RoundPlan,
-    task::NetReachTarget,
+    AgentRegistration, Family, IncomingPath, InterfaceInfo, NetReach, PlannedTarget, Protocol,
+    RoundPlan, task::NetReachTarget,
 };
 
 /// Most pair-paths one round can carry: path indexes are 16 bits of the probe id.
@@ -74,7 +74,7 @@ pub fn build_plans(
                                 dst_addr,
                                 dst_port: match task.spec.request.protocol {
                                     Protocol::Icmp => None,
-                                    Protocol::Udp => dst_agent.udp_port,
+                                    _ => dst_agent.probe_port,
                                 },
                             });
                         }
@@ -89,6 +89,19 @@ pub fn build_plans(
     }
 
     let rq = &task.spec.request;
+    let mut incoming: BTreeMap<String, Vec<IncomingPath>> = BTreeMap::new();
+    if rq.protocol.is_tcp() {
+        for t in per_src.values().flatten() {
+            incoming
+                .entry(t.dst_node.clone())
+                .or_default()
+                .push(IncomingPath {
+                    path: t.path,
+                    src_addr: t.src_addr,
+                    dst_addr: t.dst_addr,
+                });
+        }
+    }
     Ok(per_src
         .into_iter()
         .map(|(node, targets)| {
@@ -103,6 +116,7 @@ pub fn build_plans(
                 timeout_ms: u64::from(rq.per_request_timeout_in_ms),
                 report_deadline_ms: meta.report_deadline_ms,
                 targets,
+                incoming: incoming.remove(node).unwrap_or_default(),
                 app: None,
             };
             (node.to_string(), plan)
@@ -155,7 +169,7 @@ pub(crate) mod tests {
             node: format!("node-{n}"),
             interfaces: vec![iface("eth0", "pod", 1), iface("net1", "sec", 2)],
             timestamping: Timestamping::Ebpf,
-            udp_port: Some(9091),
+            probe_port: Some(9091),
         }
     }
 
@@ -191,6 +205,30 @@ pub(crate) mod tests {
         );
         assert!(p.targets.iter().all(|t| t.dst_node != "node-1"));
         assert_eq!(p.targets.len(), 12);
+    }
+
+    #[test]
+    fn tcp_rounds_tell_every_destination_its_incoming_paths() {
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        let mut task = mk_task("");
+        for (protocol, port) in [(Protocol::Icmp, None), (Protocol::Tcp, Some(9091))] {
+            task.spec.request.protocol = protocol;
+            let plans = build_plans(&task, &roster, mk_meta()).unwrap();
+            let targets = all_targets(&plans);
+            assert!(targets.iter().all(|t| t.dst_port == port), "{protocol:?}");
+            for (node, plan) in &plans {
+                let toward: Vec<IncomingPath> = targets
+                    .iter()
+                    .filter(|t| protocol.is_tcp() && t.dst_node == *node)
+                    .map(|t| IncomingPath {
+                        path: t.path,
+                        src_addr: t.src_addr,
+                        dst_addr: t.dst_addr,
+                    })
+                    .collect();
+                assert_eq!(plan.incoming, toward, "{protocol:?} {node}");
+            }
+        }
     }
 
     #[test]

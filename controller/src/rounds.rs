@@ -821,7 +821,7 @@ mod tests {
             node: "node-1".into(),
             interfaces: vec![],
             timestamping: meshdoctor_api::Timestamping::Ebpf,
-            udp_port: None,
+            probe_port: None,
         });
         ctl.sync_tasks(vec![mk_task_file("mesh")]);
         let plan = ctl
@@ -868,7 +868,7 @@ mod tests {
             node: node.into(),
             interfaces: vec![],
             timestamping: meshdoctor_api::Timestamping::Ebpf,
-            udp_port: None,
+            probe_port: None,
         });
     }
 

@@ -58,7 +58,7 @@ fn mk_agent(n: u8) -> AgentRegistration {
             ipv6: None,
         }],
         timestamping: Timestamping::Ebpf,
-        udp_port: Some(9091),
+        probe_port: Some(9091),
     }
 }
 
@@ -85,6 +85,7 @@ fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
                 sent: n as u32,
                 received: n as u32,
                 send_errors: vec![],
+                failures: vec![],
                 sent_mask: all(),
                 src_egress: all(),
                 src_ingress: all(),

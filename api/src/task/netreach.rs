@@ -14,7 +14,10 @@ use super::{
     default_duration, default_qps, default_timeout, validate_expect, validate_name,
     validate_request, yes,
 };
-use crate::{Protocol, plan::MAX_PROBES_PER_PATH};
+use crate::{
+    Protocol,
+    plan::{MAX_PROBES_PER_PATH, MAX_TCP_PROBES_PER_PATH},
+};
 
 /// The primary pod interface, what kdoctor's `multusInterface: false` limits the mesh to.
 pub const PRIMARY_INTERFACE: &str = "eth0";
@@ -141,13 +144,18 @@ impl Kind for NetReach {
         validate_request(TaskKind::NetReach, MAX_QPS, self.load(), &sp.schedule)?;
         let rq = &sp.request;
         let probes = u64::from(rq.qps) * u64::from(rq.duration_in_second);
-        if probes > u64::from(MAX_PROBES_PER_PATH) {
+        let (max, why) = if rq.protocol.is_tcp() {
+            (
+                MAX_TCP_PROBES_PER_PATH,
+                " for tcp and http (one source port per probe)",
+            )
+        } else {
+            (MAX_PROBES_PER_PATH, "")
+        };
+        if probes > u64::from(max) {
             return Err(Invalid::new(
                 "spec.request.qps",
-                format!(
-                    "qps x durationInSecond = {probes} probes per path; at most \
-                     {MAX_PROBES_PER_PATH}"
-                ),
+                format!("qps x durationInSecond = {probes} probes per path; at most {max}{why}"),
             ));
         }
         validate_expect(sp.expect.success_rate, sp.expect.mean_access_delay_in_ms)?;
@@ -327,6 +335,26 @@ spec:
         let all_networks = kdoctor.replace("multusInterface: false", "multusInterface: true");
         let t = NetReach::from_yaml("k.yaml", &all_networks).unwrap();
         assert!(t.spec.target.interfaces.is_none());
+    }
+
+    #[test]
+    fn tcp_probes_are_bounded_by_their_source_ports() {
+        let busy = GOOD.replace(
+            "qps: 20\n    durationInSecond: 3",
+            "qps: 500\n    durationInSecond: 9",
+        );
+        for protocol in ["icmp", "udp"] {
+            let yaml = busy.replace("request:", &format!("request:\n    protocol: {protocol}"));
+            NetReach::from_yaml("f", &yaml).unwrap();
+        }
+        for protocol in ["tcp", "http"] {
+            let e = err(&busy.replace("request:", &format!("request:\n    protocol: {protocol}")));
+            assert_eq!(
+                e,
+                "tasks/mesh.yaml: spec.request.qps: qps x durationInSecond = 4500 probes per \
+                 path; at most 4096 for tcp and http (one source port per probe)"
+            );
+        }
     }
 
     #[test]

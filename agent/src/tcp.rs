@@ -1,0 +1,348 @@
+//! TCP and HTTP probes: one fresh connection per probe, from source port
+//! `TCP_PROBE_PORT_BASE + seq`, to the peer agent's responder.
+//!
+//! A SYN carries no payload for a cookie, so the probe is named by its 4-tuple: both ends'
+//! observers look the path up by (client address, server address, server port) and read the
+//! sequence number from the client port. The SYN is the request, the SYN-ACK the reply, both
+//! timestamped at every hook like an echo. A TCP probe succeeds when the connection is
+//! established; an HTTP probe when a GET over it is answered `200`. Every probe closes with a
+//! reset (`SO_LINGER` 0): no TIME_WAIT is left to block the same port in the next round, and
+//! the server is not kept busy.
+//!
+//! The responder answers both on the agent's probe port: a connection that sends nothing is a
+//! TCP probe and is dropped when the client resets it; one that sends a GET gets `200 ok`.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::Duration,
+};
+
+use meshdoctor_agent_common::{IpFamily, TcpPath, TcpPathKey};
+use meshdoctor_api::{PlannedTarget, Protocol, RoundPlan, TCP_PROBE_PORT_BASE};
+use socket2::{Domain, SockAddr, Socket, Type};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tracing::{debug, warn};
+
+const _: () = assert!(TCP_PROBE_PORT_BASE == meshdoctor_agent_common::TCP_PORT_BASE);
+
+/// SYN retransmissions before `connect` gives up: one, so that a lost SYN is retried once
+/// (after the kernel's 1 s initial RTO) when the probe timeout allows, and a dead peer costs
+/// a socket for seconds, not the default two minutes.
+const SYN_RETRIES: libc::c_int = 1;
+
+/// Largest HTTP response head (and request head, at the responder) read before giving up.
+const MAX_HEAD: usize = 2048;
+
+/// What the HTTP probe sends. `Host` is not checked by the responder.
+const HTTP_REQUEST: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: meshdoctor\r\nUser-Agent: meshdoctor-agent\r\n\r\n";
+
+/// What the responder answers a GET with.
+const HTTP_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+
+/// The TCP probe paths of a round as this agent's observers must know them: its own targets
+/// (it is the client) and the paths toward it (it is the server, on `own_port`). Empty for
+/// other protocols.
+pub fn round_paths(plan: &RoundPlan, own_port: Option<u16>) -> Vec<(TcpPathKey, TcpPath)> {
+    if !plan.protocol.is_tcp() {
+        return Vec::new();
+    }
+    let value = |path| TcpPath {
+        round_tag: plan.round_tag,
+        path,
+        _pad: 0,
+    };
+    let outgoing = plan.targets.iter().filter_map(|t| {
+        Some((
+            path_key(t.src_addr, t.dst_addr, t.dst_port?)?,
+            value(t.path),
+        ))
+    });
+    let incoming = plan
+        .incoming
+        .iter()
+        .filter_map(|p| Some((path_key(p.src_addr, p.dst_addr, own_port?)?, value(p.path))));
+    outgoing.chain(incoming).collect()
+}
+
+/// The observers' key of the probes from `client` to `server:port`; `None` across families.
+fn path_key(client: IpAddr, server: IpAddr, port: u16) -> Option<TcpPathKey> {
+    let mut key = TcpPathKey {
+        server_port: port,
+        ..TcpPathKey::default()
+    };
+    match (client, server) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => {
+            key.family = IpFamily::V4 as u8;
+            key.client[..4].copy_from_slice(&c.octets());
+            key.server[..4].copy_from_slice(&s.octets());
+        }
+        (IpAddr::V6(c), IpAddr::V6(s)) => {
+            key.family = IpFamily::V6 as u8;
+            key.client = c.octets();
+            key.server = s.octets();
+        }
+        _ => return None,
+    }
+    Some(key)
+}
+
+/// Starts probe `seq` of `t`: the synchronous part (socket, bind to the interface and the
+/// probe's source port, the non-blocking `connect` that emits the SYN). An error here means
+/// the SYN was not sent (the port is taken, the network unreachable, the stack refused it).
+pub fn connect(t: &PlannedTarget, seq: u16) -> io::Result<TcpStream> {
+    let port = t.dst_port.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!("{} runs no probe responder", t.dst_node),
+        )
+    })?;
+    let src_port = TCP_PROBE_PORT_BASE.checked_add(seq).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("probe {seq} is beyond the TCP probe ports"),
+        )
+    })?;
+    let sock = Socket::new(
+        Domain::for_address(SocketAddr::new(t.src_addr, 0)),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // Other paths from this address use the same source port toward other peers.
+    sock.set_reuse_address(true)?;
+    sock.bind_device(Some(t.src_interface.as_bytes()))?;
+    sock.bind(&SockAddr::from(SocketAddr::new(t.src_addr, src_port)))?;
+    sock.set_linger(Some(Duration::ZERO))?;
+    sock.set_tcp_nodelay(true)?;
+    set_syn_retries(&sock)?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&SockAddr::from(SocketAddr::new(t.dst_addr, port))) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    TcpStream::from_std(std::net::TcpStream::from(sock))
+}
+
+fn set_syn_retries(sock: &Socket) -> io::Result<()> {
+    // SAFETY: valid fd and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&SYN_RETRIES as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Completes a probe started by [`connect`]: waits for the handshake, and for HTTP the
+/// response. `Err` is why it failed (the caller bounds the wait with the probe timeout).
+pub async fn complete(protocol: Protocol, stream: TcpStream) -> Result<(), String> {
+    stream.writable().await.map_err(|e| error_kind(&e))?;
+    if let Some(e) = stream.take_error().map_err(|e| error_kind(&e))? {
+        return Err(error_kind(&e));
+    }
+    // Writable with no error can still mean a failed connect on some kernels: ask the peer.
+    stream.peer_addr().map_err(|e| error_kind(&e))?;
+    if protocol == Protocol::Http {
+        http_get(stream).await?;
+    }
+    Ok(())
+}
+
+async fn http_get(mut stream: TcpStream) -> Result<(), String> {
+    stream
+        .write_all(HTTP_REQUEST)
+        .await
+        .map_err(|e| error_kind(&e))?;
+    let mut buf = [0u8; MAX_HEAD];
+    let mut len = 0;
+    loop {
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|e| error_kind(&e))?;
+        if n == 0 {
+            return Err("connection closed before the response".into());
+        }
+        len += n;
+        match check_response(&buf[..len]) {
+            Some(r) => return r,
+            None if len == buf.len() => return Err("response head too long".into()),
+            None => {}
+        }
+    }
+}
+
+/// Judges a response once its head and body are complete: `None` while more is needed.
+fn check_response(bytes: &[u8]) -> Option<Result<(), String>> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&bytes[..head_end]).ok();
+    let Some(head) = head else {
+        return Some(Err("malformed response".into()));
+    };
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1."))
+        .and_then(|l| l.get(2..5))
+        .and_then(|c| c.parse::<u16>().ok());
+    let Some(status) = status else {
+        return Some(Err("malformed response".into()));
+    };
+    let content_length = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if bytes.len() - head_end < content_length {
+        return None;
+    }
+    Some(if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("HTTP status {status}"))
+    })
+}
+
+/// A short, stable name of a connection error for counting (`connection refused`), not the
+/// full message with its errno.
+fn error_kind(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "connection refused".into(),
+        Some(libc::ECONNRESET) => "connection reset".into(),
+        Some(libc::ETIMEDOUT) => "connect timed out (SYN retries exhausted)".into(),
+        Some(libc::EHOSTUNREACH) => "host unreachable".into(),
+        Some(libc::ENETUNREACH) => "network unreachable".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Most connections the responder serves at once; more are closed at once. Probes close within
+/// their timeout, so a mesh never gets near it; it bounds what a flood can cost.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// How long the responder waits for a request or for the client to close.
+const RESPONDER_IDLE: Duration = Duration::from_secs(2);
+
+/// A dual-stack listener on `port` of every address, for [`respond`].
+pub fn responder_listener(port: u16) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::IPV6, Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_only_v6(false)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Serves TCP and HTTP probes until the listener fails.
+pub async fn respond(listener: TcpListener) -> io::Error {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) if is_transient(&e) => continue,
+            Err(e) => return e,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%from, "probe responder busy: connection closed");
+            continue;
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = serve(stream).await {
+                debug!(%from, "probe connection: {e}");
+            }
+        });
+    }
+}
+
+/// Errors of one connection attempt that `accept` reports and that leave the listener fine.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    ) || {
+        warn!("probe responder accept: {e}");
+        false
+    }
+}
+
+/// One connection: answer a GET, then wait for the client to close.
+async fn serve(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; MAX_HEAD];
+    let mut len = 0;
+    loop {
+        let n = match tokio::time::timeout(RESPONDER_IDLE, stream.read(&mut buf[len..])).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        };
+        if n == 0 {
+            // A TCP probe: connected, nothing to say.
+            return Ok(());
+        }
+        len += n;
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        if len == buf.len() {
+            return Ok(());
+        }
+    }
+    if !buf.starts_with(b"GET ") {
+        stream
+            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            .await?;
+    } else {
+        stream.write_all(HTTP_RESPONSE).await?;
+    }
+    // The client closes (with a reset): reading until then keeps TIME_WAIT on its side.
+    let _ = tokio::time::timeout(RESPONDER_IDLE, stream.read(&mut buf)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_judged_when_complete() {
+        assert_eq!(check_response(b"HTTP/1.1 200 OK\r\nContent-Len"), None);
+        assert_eq!(check_response(HTTP_RESPONSE), Some(Ok(())));
+        assert_eq!(
+            check_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok"),
+            None
+        );
+        assert_eq!(
+            check_response(b"HTTP/1.0 503 Busy\r\ncontent-length: 0\r\n\r\n"),
+            Some(Err("HTTP status 503".into()))
+        );
+        for garbage in [
+            &b"SSH-2.0-OpenSSH\r\n\r\n"[..],
+            b"HTTP/1.1 2\r\n\r\n",
+            b"\xff\xfe\r\n\r\n",
+        ] {
+            assert_eq!(
+                check_response(garbage),
+                Some(Err("malformed response".into())),
+                "{garbage:?}"
+            );
+        }
+    }
+}
