@@ -23,6 +23,11 @@ pub struct LoadStats {
     pub codes: BTreeMap<String, u64>,
     /// Failed requests without a usable reply, by kind (`timeout`, `connect`, `tls`, ...).
     pub errors: BTreeMap<String, u64>,
+    /// For each kind in `errors`, the message of its first error (at most 200 characters, `…`
+    /// marking a cut), e.g. `connect` → `Connection refused (os error 111)`. Absent from
+    /// reports of older agents.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_examples: BTreeMap<String, String>,
     /// Bytes received.
     pub bytes: u64,
     /// Requests sent per second over the round, from the first send to the last reply.
@@ -44,4 +49,34 @@ pub struct LatencyUs {
     pub p90: u64,
     pub p95: u64,
     pub p99: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_examples_are_optional_on_the_wire() {
+        // A report of an agent that predates error examples still parses.
+        let old = r#"{"planned":2,"requests":2,"successes":0,"notSent":0,"codes":{},
+            "errors":{"connect":2},"bytes":0,"tps":1.0,"latency":null,"durationMs":2000}"#;
+        let s: LoadStats = serde_json::from_str(old).unwrap();
+        assert_eq!(s.errors["connect"], 2);
+        assert!(s.error_examples.is_empty());
+
+        let new = LoadStats {
+            errors: [("connect".into(), 2)].into(),
+            error_examples: [("connect".into(), "Connection refused".into())].into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(
+            json.contains(r#""errorExamples":{"connect":"Connection refused"}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<LoadStats>(&json).unwrap(), new);
+        // Without errors the field is left out.
+        let json = serde_json::to_string(&LoadStats::default()).unwrap();
+        assert!(!json.contains("errorExamples"), "{json}");
+    }
 }

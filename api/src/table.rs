@@ -542,6 +542,7 @@ node-10  node-1  eth0   ipv4    ok       50     0    0.0  -         -           
                     p99: 800,
                 }),
                 duration_ms: 2000,
+                ..Default::default()
             };
         let agent = |node: &str, state, s: Option<LoadStats>| AgentApp {
             node: node.into(),

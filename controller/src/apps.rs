@@ -261,8 +261,9 @@ pub struct AppJudged {
     pub reasons: Vec<String>,
 }
 
-/// `{n} of {requests} requests failed: connect errors (38), timeout errors (2); codes 404 (40),
-/// expected 200`; `None` without failures.
+/// `{n} of {requests} requests failed: connect errors (38: Connection refused (os error 111)),
+/// timeout errors (2: no reply within 1000 ms); codes 404 (40), expected 200`, each error kind
+/// with the first error's message when the agent reported one; `None` without failures.
 pub fn describe_failures(kind: TaskKind, codes: SuccessCodes, s: &LoadStats) -> Option<String> {
     let failed = s.requests.saturating_sub(s.successes);
     if failed == 0 {
@@ -273,7 +274,10 @@ pub fn describe_failures(kind: TaskKind, codes: SuccessCodes, s: &LoadStats) -> 
         parts.push(
             by_count(&s.errors)
                 .iter()
-                .map(|(kind, n)| format!("{kind} errors ({n})"))
+                .map(|(kind, n)| match s.error_examples.get(*kind) {
+                    Some(example) => format!("{kind} errors ({n}: {example})"),
+                    None => format!("{kind} errors ({n})"),
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
         );
@@ -711,6 +715,7 @@ mod tests {
                 p99: 2900,
             }),
             duration_ms: 2000,
+            error_examples: BTreeMap::new(),
         }
     }
 
@@ -787,14 +792,26 @@ mod tests {
     #[test]
     fn refused_connections_name_the_agents_and_error_kinds() {
         let task = http_task(", host: web", "");
-        let refused = || Some(result(stats(20, 0, &[], &[("connect", 20)])));
-        let j = judged(&task, vec![refused(), refused()]);
+        // node-1 says what its first connect error was; node-2, an older agent, does not.
+        let refused = stats(20, 0, &[], &[("connect", 20)]);
+        let with_example = LoadStats {
+            error_examples: [(
+                "connect".to_string(),
+                "Connection refused (os error 111)".to_string(),
+            )]
+            .into(),
+            ..refused.clone()
+        };
+        let j = judged(
+            &task,
+            vec![Some(result(with_example)), Some(result(refused))],
+        );
         assert_eq!(
             j.reasons,
             [
                 "success rate 0.0000 is below the expected 1: 0 of 40 requests succeeded \
-                 (node-1: 20 of 20 requests failed: connect errors (20); node-2: 20 of 20 \
-                 requests failed: connect errors (20))"
+                 (node-1: 20 of 20 requests failed: connect errors (20: Connection refused \
+                 (os error 111)); node-2: 20 of 20 requests failed: connect errors (20))"
             ]
         );
         assert_eq!(j.app.summary.mean_latency_ms, None);
@@ -807,16 +824,22 @@ mod tests {
         let task = http_task(", host: web", ", statusCode: 200");
         let j = judged(
             &task,
-            vec![Some(result(stats(
-                20,
-                0,
-                &[("404", 18)],
-                &[("timeout", 2)],
-            )))],
+            vec![Some(result(LoadStats {
+                error_examples: [
+                    ("timeout".into(), "no reply within 1000 ms".into()),
+                    // An example of a kind without errors is not shown.
+                    ("tls".into(), "unused".into()),
+                ]
+                .into(),
+                ..stats(20, 0, &[("404", 18)], &[("timeout", 2)])
+            }))],
         );
         assert_eq!(
             j.app.agents[0].failures.as_deref(),
-            Some("20 of 20 requests failed: timeout errors (2); codes 404 (18), expected 200")
+            Some(
+                "20 of 20 requests failed: timeout errors (2: no reply within 1000 ms); \
+                 codes 404 (18), expected 200"
+            )
         );
         assert!(j.reasons[0].contains("node-1: 20 of 20 requests failed"));
 

@@ -10,19 +10,28 @@
 //!   is reached is not sent and is counted in `not_sent`: kdoctor spawns a goroutine per request
 //!   without bound, so a slow target turns the prober into a load bomb. Not-sent requests are
 //!   the prober's shortfall and are reported apart from the target's failures.
-//! - Everything runs in the caller's task: in-flight requests are futures in one
-//!   `FuturesUnordered`, and outcomes go straight into one [`Collector`]. No spawn, lock or
-//!   channel per request; protocols that need background work (connection drivers) spawn it
-//!   themselves.
+//! - Everything runs in the caller's task, and a request costs no allocation, timer or lock of
+//!   the runner's: in-flight requests live in [`Slots`], one pinned box per slot allocated the
+//!   first time the slot is used and reused by every later request, each slot with its own
+//!   waker that marks it ready in a bitset, so only woken requests are polled. Protocols that
+//!   need background work (connection drivers) spawn it themselves.
 //! - Latency is measured here, around the requester's future, so every protocol is timed the
-//!   same way; the per-request timeout wraps that future and counts as error kind `timeout`.
+//!   same way. The per-request timeout is the runner's too (error kind `timeout`): deadlines
+//!   follow send order, so they sit in a FIFO and one timer, armed at the oldest live
+//!   deadline, serves them all, instead of a timer registered and cancelled per request.
+//! - The pacing timer is re-armed only when it fired or must fire earlier, not on every turn:
+//!   at saturation (every slot refilled as soon as it frees) that is once per timer tick rather
+//!   than once per request.
 
-use std::future::Future;
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
 use meshdoctor_api::LoadStats;
 use tokio::time::Instant;
 
@@ -75,7 +84,11 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
     let planned = spec.planned();
     let max_in_flight = spec.max_in_flight.max(1);
     let mut stats = Collector::new();
-    let mut in_flight = FuturesUnordered::new();
+    // Never more slots than requests: a huge bound on a short round costs nothing.
+    let mut slots = Slots::new(max_in_flight.min(usize::try_from(planned).unwrap_or(usize::MAX)));
+    // (deadline, slot, generation) of every request sent, oldest first; entries of requests
+    // already done are dropped from the front as they surface.
+    let mut deadlines: VecDeque<(Instant, usize, u64)> = VecDeque::new();
     let mut not_sent = 0u64;
     let mut next = 0u64;
 
@@ -83,10 +96,16 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
     let stop = start + spec.duration + SEND_GRACE;
     let mut first_send: Option<Instant> = None;
     let mut last_done = start;
-    // Wakes the loop when request `armed` is due; re-armed only when `next` moved on.
+    // Wakes the loop when request `next` is due. `pace_at` is the deadline it is armed at,
+    // `None` once it fired.
     let pace = tokio::time::sleep_until(start);
     tokio::pin!(pace);
-    let mut armed = 0u64;
+    let mut pace_at: Option<Instant> = None;
+    // Fires at the oldest deadline of a request in flight (or earlier, when that request
+    // ended meanwhile); armed only while `expiry_armed`.
+    let expiry = tokio::time::sleep_until(start);
+    tokio::pin!(expiry);
+    let mut expiry_armed = false;
 
     loop {
         // Send what is due, on every turn: after a completion (the timer may tick a little
@@ -102,36 +121,73 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
             // it skips.
             let due = spec.due_count(now - start).min(planned);
             if due > next {
-                let send = (due - next).min(max_in_flight.saturating_sub(in_flight.len()) as u64);
+                let free = max_in_flight.saturating_sub(slots.in_flight());
+                let send = (due - next).min(free as u64);
                 if send > 0 {
                     first_send.get_or_insert(now);
                 }
                 for _ in 0..send {
-                    in_flight.push(timed(requester.request(), spec.timeout));
+                    let (slot, generation) = slots.start(requester.request(), now);
+                    deadlines.push_back((now + spec.timeout, slot, generation));
                 }
                 not_sent += due - next - send;
                 next = due;
             }
-            if next < planned && armed != next {
-                pace.as_mut().reset(start + spec.due(next));
-                armed = next;
+            if next < planned {
+                let at = start + spec.due(next);
+                if pace_at.is_none_or(|armed| at < armed) {
+                    pace.as_mut().reset(at);
+                    pace_at = Some(at);
+                }
             }
         }
-        if next >= planned && in_flight.is_empty() {
+        if next >= planned && slots.in_flight() == 0 {
             break;
         }
-        tokio::select! {
-            // Completions first: a slot freed now is free for a request due now.
-            biased;
-            Some((outcome, elapsed, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                match outcome {
-                    Some(outcome) => stats.record(&outcome, elapsed),
-                    None => stats.record_error("timeout"),
-                }
-                last_done = done;
-            }
-            () = &mut pace, if next < planned => {}
+        if !expiry_armed && let Some(&(at, ..)) = deadlines.front() {
+            expiry.as_mut().reset(at);
+            expiry_armed = true;
         }
+        // Wait until a request completes or times out, or the pacer is due.
+        poll_fn(|cx| {
+            // Completions first: a slot freed now is free for a request due now.
+            let mut progress = slots.poll_ready(cx, |outcome, started| {
+                let done = Instant::now();
+                stats.record(&outcome, done - started);
+                last_done = done;
+            });
+            while let Some(&(_, slot, generation)) = deadlines.front()
+                && !slots.is_live(slot, generation)
+            {
+                deadlines.pop_front();
+            }
+            if expiry_armed && expiry.as_mut().poll(cx).is_ready() {
+                expiry_armed = false;
+                progress = true;
+                let now = Instant::now();
+                while let Some(&(at, slot, generation)) = deadlines.front()
+                    && at <= now
+                {
+                    deadlines.pop_front();
+                    if slots.cancel(slot, generation) {
+                        stats.record_error("timeout", || {
+                            format!("no reply within {} ms", spec.timeout.as_millis())
+                        });
+                        last_done = now;
+                    }
+                }
+            }
+            if next < planned && pace_at.is_some() && pace.as_mut().poll(cx).is_ready() {
+                pace_at = None;
+                progress = true;
+            }
+            if progress {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     let span = first_send.map_or(Duration::ZERO, |first| {
@@ -140,16 +196,152 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
     stats.finish(planned, not_sent, span)
 }
 
-/// Runs one request under `timeout`: its outcome (`None` when it timed out), how long it took,
-/// and when it completed.
-async fn timed<F: Future<Output = Outcome>>(
-    request: F,
-    timeout: Duration,
-) -> (Option<Outcome>, Duration, Instant) {
-    let t0 = Instant::now();
-    let outcome = tokio::time::timeout(timeout, request).await.ok();
-    let done = Instant::now();
-    (outcome, done - t0, done)
+/// The requests in flight: a fixed set of reusable slots, each holding at most one request's
+/// future in a pinned box, with a bitset of the slots woken since they were last polled.
+///
+/// A slot's box is allocated the first time the slot is needed and kept: starting a request
+/// writes its future into a free slot in place. Each slot has its own waker, made once, which
+/// sets the slot's bit and wakes the runner, so a turn polls only the requests that can move.
+struct Slots<F> {
+    futures: Vec<Pin<Box<Option<F>>>>,
+    /// When each slot's request was sent, and how many requests the slot has started (to tell
+    /// a deadline of the current request from one of an earlier request).
+    started: Vec<(Instant, u64)>,
+    wakers: Vec<Waker>,
+    ready: Arc<ReadySet>,
+    free: Vec<usize>,
+    in_flight: usize,
+}
+
+/// Slots woken since their last poll, one bit each, and the runner's waker.
+struct ReadySet {
+    bits: Box<[AtomicU64]>,
+    runner: AtomicWaker,
+}
+
+impl ReadySet {
+    fn mark(&self, slot: usize) {
+        self.bits[slot / 64].fetch_or(1 << (slot % 64), Ordering::Release);
+    }
+}
+
+/// The waker of one slot.
+struct SlotWaker {
+    ready: Arc<ReadySet>,
+    slot: usize,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.mark(self.slot);
+        self.ready.runner.wake();
+    }
+}
+
+impl<F: Future<Output = Outcome>> Slots<F> {
+    /// Room for `capacity` requests at once (at least one).
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            futures: Vec::new(),
+            started: Vec::new(),
+            wakers: Vec::new(),
+            ready: Arc::new(ReadySet {
+                bits: (0..capacity.div_ceil(64))
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+                runner: AtomicWaker::new(),
+            }),
+            free: Vec::new(),
+            in_flight: 0,
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Puts `request`, sent at `now`, into a free slot, to be polled on the next
+    /// [`poll_ready`](Self::poll_ready). Returns the slot and its generation. The caller keeps
+    /// the number in flight within the capacity.
+    fn start(&mut self, request: F, now: Instant) -> (usize, u64) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.futures[slot].as_mut().set(Some(request));
+                slot
+            }
+            None => {
+                let slot = self.futures.len();
+                self.futures.push(Box::pin(Some(request)));
+                self.started.push((now, 0));
+                self.wakers.push(Waker::from(Arc::new(SlotWaker {
+                    ready: self.ready.clone(),
+                    slot,
+                })));
+                slot
+            }
+        };
+        let (sent, generation) = &mut self.started[slot];
+        *sent = now;
+        *generation += 1;
+        self.in_flight += 1;
+        self.ready.mark(slot);
+        (slot, *generation)
+    }
+
+    /// Whether the slot still runs the request of this generation.
+    fn is_live(&self, slot: usize, generation: u64) -> bool {
+        self.started[slot].1 == generation && self.futures[slot].is_some()
+    }
+
+    /// Drops the slot's request if it is still the one of this generation; whether it was.
+    fn cancel(&mut self, slot: usize, generation: u64) -> bool {
+        if !self.is_live(slot, generation) {
+            return false;
+        }
+        self.release(slot);
+        true
+    }
+
+    fn release(&mut self, slot: usize) {
+        self.futures[slot].as_mut().set(None);
+        self.free.push(slot);
+        self.in_flight -= 1;
+    }
+
+    /// Polls every slot woken since its last poll (and every slot just started); hands each
+    /// outcome to `done` with the instant its request was sent. Whether any request completed.
+    fn poll_ready(&mut self, cx: &mut Context<'_>, mut done: impl FnMut(Outcome, Instant)) -> bool {
+        // Registered before the bits are read, so a wake after the read is not lost.
+        self.ready.runner.register(cx.waker());
+        let mut completed = false;
+        for word in 0..self.ready.bits.len() {
+            let mut bits = self.ready.bits[word].swap(0, Ordering::Acquire);
+            while bits != 0 {
+                let slot = word * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // A slot woken after its request ended (or before the slot was ever used).
+                let Some(request) = self
+                    .futures
+                    .get_mut(slot)
+                    .and_then(|f| f.as_mut().as_pin_mut())
+                else {
+                    continue;
+                };
+                let mut cx = Context::from_waker(&self.wakers[slot]);
+                if let Poll::Ready(outcome) = request.poll(&mut cx) {
+                    self.release(slot);
+                    done(outcome, self.started[slot].0);
+                    completed = true;
+                }
+            }
+        }
+        completed
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 //! (kdoctor kept whole milliseconds, or every sample in a slice). Only successful requests are
 //! timed: a refused connection answers in microseconds and a timeout takes the whole timeout,
 //! and neither says how fast the target serves.
+//!
+//! Each error kind keeps the detail of its first occurrence, cut to [`EXAMPLE_CHARS`]
+//! characters, so a report can say what `connect` errors were without carrying one message per
+//! request.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +23,9 @@ use crate::Outcome;
 /// Significant decimal digits the latency histogram keeps.
 const SIGFIG: u8 = 3;
 
+/// Most characters of an error example kept (an ellipsis marks a cut).
+pub const EXAMPLE_CHARS: usize = 200;
+
 /// Running totals of one round.
 #[derive(Debug)]
 pub(crate) struct Collector {
@@ -27,6 +34,8 @@ pub(crate) struct Collector {
     bytes: u64,
     codes: BTreeMap<String, u64>,
     errors: BTreeMap<&'static str, u64>,
+    /// The first error's detail of each kind, bounded.
+    examples: BTreeMap<&'static str, String>,
     /// Auto-resizing, so a round of sub-millisecond replies stays a few KiB.
     latency: Histogram<u64>,
     /// Exact sum, min and max of successful latencies in nanoseconds: the histogram's own are
@@ -44,6 +53,7 @@ impl Collector {
             bytes: 0,
             codes: BTreeMap::new(),
             errors: BTreeMap::new(),
+            examples: BTreeMap::new(),
             latency: Histogram::new(SIGFIG).expect("3 significant digits are valid"),
             sum_ns: 0,
             min_ns: u64::MAX,
@@ -71,18 +81,25 @@ impl Collector {
                     self.success(elapsed);
                 }
             }
-            Outcome::Error { kind, .. } => self.error(kind),
+            Outcome::Error { kind, detail } => self.error(kind, || bounded(detail)),
         }
     }
 
-    /// Records a request that produced no reply, such as one the runner timed out.
-    pub(crate) fn record_error(&mut self, kind: &'static str) {
+    /// Records a request that produced no reply, such as one the runner timed out; `detail` is
+    /// called only for the first error of its kind.
+    pub(crate) fn record_error(&mut self, kind: &'static str, detail: impl FnOnce() -> String) {
         self.requests += 1;
-        self.error(kind);
+        self.error(kind, || bounded(&detail()));
     }
 
-    fn error(&mut self, kind: &'static str) {
-        *self.errors.entry(kind).or_insert(0) += 1;
+    fn error(&mut self, kind: &'static str, example: impl FnOnce() -> String) {
+        match self.errors.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                self.errors.insert(kind, 1);
+                self.examples.insert(kind, example());
+            }
+        }
     }
 
     fn success(&mut self, elapsed: Duration) {
@@ -121,6 +138,11 @@ impl Collector {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            error_examples: self
+                .examples
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
             bytes: self.bytes,
             tps: if secs > 0.0 {
                 self.requests as f64 / secs
@@ -138,6 +160,14 @@ impl Collector {
         self.latency
             .value_at_percentile(p)
             .clamp(self.min_ns / 1_000, self.max_ns / 1_000)
+    }
+}
+
+/// `detail` cut to [`EXAMPLE_CHARS`] characters (on a character boundary), with `…` when cut.
+fn bounded(detail: &str) -> String {
+    match detail.char_indices().nth(EXAMPLE_CHARS) {
+        Some((end, _)) => format!("{}…", &detail[..end]),
+        None => detail.to_owned(),
     }
 }
 
@@ -189,11 +219,18 @@ mod tests {
             },
             Duration::from_secs(9),
         );
-        c.record_error("timeout");
-        let s = c.finish(5, 0, Duration::from_secs(1));
+        c.record_error("timeout", || "no reply within 1000 ms".into());
+        c.record(
+            &Outcome::Error {
+                kind: "connect",
+                detail: "unreachable".into(),
+            },
+            Duration::from_secs(9),
+        );
+        let s = c.finish(6, 0, Duration::from_secs(1));
         let l = s.latency.unwrap();
         assert_eq!((l.min, l.max, l.mean), (100, 300, 200.0));
-        assert_eq!(s.requests, 5);
+        assert_eq!(s.requests, 6);
         assert_eq!(s.successes, 2);
         assert_eq!(
             s.codes,
@@ -201,14 +238,33 @@ mod tests {
         );
         assert_eq!(
             s.errors,
-            BTreeMap::from([("connect".into(), 1), ("timeout".into(), 1)])
+            BTreeMap::from([("connect".into(), 2), ("timeout".into(), 1)])
         );
+        // The first detail of each kind.
+        assert_eq!(
+            s.error_examples,
+            BTreeMap::from([
+                ("connect".into(), "refused".into()),
+                ("timeout".into(), "no reply within 1000 ms".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn examples_are_bounded_on_a_character_boundary() {
+        let long = "é".repeat(EXAMPLE_CHARS + 5);
+        let cut = bounded(&long);
+        assert_eq!(cut.chars().count(), EXAMPLE_CHARS + 1);
+        assert!(cut.ends_with("é…"), "{cut}");
+        let exact = "x".repeat(EXAMPLE_CHARS);
+        assert_eq!(bounded(&exact), exact);
+        assert_eq!(bounded(""), "");
     }
 
     #[test]
     fn no_success_no_latency() {
         let mut c = Collector::new();
-        c.record_error("timeout");
+        c.record_error("timeout", String::new);
         let s = c.finish(1, 3, Duration::ZERO);
         assert_eq!(s.latency, None);
         assert_eq!((s.tps, s.not_sent, s.planned), (0.0, 3, 1));
