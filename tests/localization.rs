@@ -1,5 +1,6 @@
-//! The loss-localization scenario suite (issue 3): faults injected into the lab with nftables,
-//! found by the controller as interface findings.
+//! The loss-localization scenario suite (issue 3, and issue 4's protocols): faults injected
+//! into the lab with nftables, found by the controller as interface findings, for ICMP, TCP,
+//! HTTP and UDP probes.
 //!
 //! Each scenario brings up a 4-node lab with its faults in place before the agents start, then
 //! reads rounds until the controller's findings are exactly the injected faults (or gives up
@@ -10,7 +11,7 @@
 use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
 
 use meshdoctor_api::{
-    Direction, Family, Finding, Packet, RoundReport, Segment, stats::clopper_pearson,
+    Direction, Family, Finding, Packet, Protocol, RoundReport, Segment, stats::clopper_pearson,
 };
 use meshdoctor_e2e::can_run;
 use meshdoctor_lab::{Fault, Lab, LabConfig, MeshTask};
@@ -87,6 +88,22 @@ const SCENARIOS: &[Scenario] = &[
         ],
     },
     Scenario {
+        name: "tcp: SYNs into eth0, link, IPv4, 100%",
+        faults: &["node-2:eth0:ingress:ipv4:100:link:tcp"],
+    },
+    Scenario {
+        name: "tcp: SYN-ACKs out of net1, stack, IPv6, 50%",
+        faults: &["node-3:net1:egress:ipv6:50:stack:replies:tcp"],
+    },
+    Scenario {
+        name: "http: SYNs into eth0, stack, IPv6, 30%",
+        faults: &["node-1:eth0:ingress:ipv6:30:stack:requests:http"],
+    },
+    Scenario {
+        name: "udp: net1 egress link, IPv4, 30%",
+        faults: &["node-4:net1:egress:ipv4:30:link:udp"],
+    },
+    Scenario {
         name: "two faults on the same network and family",
         faults: &[
             "node-1:eth0:egress:ipv4:100:link",
@@ -135,11 +152,18 @@ impl Place {
     }
 }
 
-/// A multi-round full-mesh task: a round every 4 s, [`MAX_ROUNDS`] of them.
-fn task_yaml() -> String {
+/// A multi-round full-mesh task over `protocol`: a round every 4 s, [`MAX_ROUNDS`] of them.
+///
+/// TCP probes time out after 500 ms, below the kernel's 1 s initial retransmission timeout:
+/// a probe is then one SYN and one SYN-ACK, so its loss rate is the fault's packet loss rate.
+/// (With a longer timeout a retransmission rescues some probes, as it would a real client's
+/// connection, and the probe loss rate drops toward the rate squared.)
+fn task_yaml(protocol: Protocol) -> String {
     MeshTask {
         schedule: "@every 4s",
         rounds: MAX_ROUNDS.into(),
+        protocol: protocol.name(),
+        timeout_ms: if protocol.is_tcp() { 500 } else { 1000 },
         ..MeshTask::new("mesh", QPS, SECS)
     }
     .yaml()
@@ -160,7 +184,9 @@ fn run(s: &Scenario) -> Outcome {
     let faults: Vec<Fault> = s.faults.iter().map(|f| f.parse().unwrap()).collect();
     let expected: Vec<Place> = faults.iter().map(Place::of_fault).collect();
     let mut cfg = LabConfig::new(4);
-    cfg.tasks = vec![("mesh.yaml".into(), task_yaml())];
+    // A scenario's faults drop the probes of one protocol: the task probes with it.
+    let protocol = faults.first().map_or(Protocol::Icmp, |f| f.protocol);
+    cfg.tasks = vec![("mesh.yaml".into(), task_yaml(protocol))];
     cfg.faults = faults.clone();
     let lab = Lab::up(cfg).expect("lab up");
     let mut out = Outcome {

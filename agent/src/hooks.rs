@@ -52,6 +52,9 @@ pub struct KernelDrop {
 /// Hook times of every probe of one round seen by this agent's observers.
 #[derive(Debug, Default)]
 pub struct RoundHooks {
+    /// The round's per-probe timeout in ns (0: none): a reply that crosses a hook later than
+    /// this after its request crossed the paired hook of the same node is not counted.
+    timeout_ns: u64,
     probes: HashMap<u64, HookTimes>,
     /// Kernel drops, first per (probe, packet): a clone freed after the original adds nothing.
     drops: Vec<KernelDrop>,
@@ -60,6 +63,19 @@ pub struct RoundHooks {
 }
 
 impl RoundHooks {
+    /// Hooks of a round whose probes time out after `timeout_ns`.
+    ///
+    /// A reply is late when it leaves the destination (or reaches the source) more than the
+    /// timeout after its request arrived (or left): the probe is already lost. Counting it
+    /// would place that loss after a hook that in time saw nothing; TCP makes such replies
+    /// routinely, as a server retransmits its SYN-ACK a second after the first.
+    pub fn with_timeout(timeout_ns: u64) -> Self {
+        Self {
+            timeout_ns,
+            ..Self::default()
+        }
+    }
+
     /// Records one event. The first sighting at a hook wins: a packet that crosses the same
     /// hook twice (it should not) keeps its earliest time.
     pub fn record(&mut self, ev: &ProbeEvent) {
@@ -82,16 +98,31 @@ impl RoundHooks {
             return;
         }
         let t = self.probes.entry(ev.probe_id).or_default();
+        let late = |request_at: u64| {
+            self.timeout_ns != 0
+                && request_at != 0
+                && ev.ktime_ns.saturating_sub(request_at) > self.timeout_ns
+        };
         let slot = match (ev.kind, ev.hook) {
             (k, h) if k == Kind::Request as u8 && h == Hook::Egress as u8 => &mut t.src_egress,
-            (k, h) if k == Kind::Reply as u8 && h == Hook::Ingress as u8 => &mut t.src_ingress,
+            (k, h) if k == Kind::Reply as u8 && h == Hook::Ingress as u8 => {
+                if late(t.src_egress) {
+                    return;
+                }
+                &mut t.src_ingress
+            }
             (k, h) if k == Kind::Request as u8 && h == Hook::Ingress as u8 => {
                 if t.dst_ifindex == 0 {
                     t.dst_ifindex = ev.ifindex;
                 }
                 &mut t.dst_ingress
             }
-            (k, h) if k == Kind::Reply as u8 && h == Hook::Egress as u8 => &mut t.dst_egress,
+            (k, h) if k == Kind::Reply as u8 && h == Hook::Egress as u8 => {
+                if late(t.dst_ingress) {
+                    return;
+                }
+                &mut t.dst_egress
+            }
             _ => return,
         };
         if *slot == 0 {
@@ -212,6 +243,24 @@ pub(crate) mod tests {
         assert_eq!(h.get(id).kernel_rtt(), Some(700));
         assert_eq!(h.get(probe_id(9, 1, 1)), HookTimes::default());
         assert_eq!(h.events(), 3);
+    }
+
+    #[test]
+    fn replies_later_than_the_timeout_are_not_counted() {
+        let mut h = RoundHooks::with_timeout(500);
+        let (own, peer) = (probe_id(9, 1, 0), probe_id(9, 2, 0));
+        h.record(&ev(own, Kind::Request, Hook::Egress, 1000));
+        // A retransmitted SYN-ACK, a second later: the probe was lost before it.
+        h.record(&ev(own, Kind::Reply, Hook::Ingress, 1501));
+        h.record(&ev(peer, Kind::Request, Hook::Ingress, 2000));
+        h.record(&ev(peer, Kind::Reply, Hook::Egress, 2501));
+        assert_eq!(h.get(own).src_ingress, 0);
+        assert_eq!(h.get(peer).dst_egress, 0);
+        // In time, at the limit.
+        h.record(&ev(own, Kind::Reply, Hook::Ingress, 1500));
+        h.record(&ev(peer, Kind::Reply, Hook::Egress, 2500));
+        assert_eq!(h.get(own).kernel_rtt(), Some(500));
+        assert_eq!(h.get(peer).stack_time(), Some(500));
     }
 
     #[test]

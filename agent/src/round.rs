@@ -45,12 +45,12 @@ type Shared = Arc<Mutex<Vec<TargetProbes>>>;
 pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     let tag = plan.round_tag;
     let tcp_paths = tcp::round_paths(plan, agent.probe_port);
-    let drops_before = agent.arm(tag, &tcp_paths);
+    let timeout = Duration::from_millis(plan.timeout_ms);
+    let drops_before = agent.arm(tag, timeout, &tcp_paths);
     let n = plan.probes_per_target() as usize;
     let probes: Shared = Arc::new(Mutex::new(vec![TargetProbes::new(n); plan.targets.len()]));
 
     wait_for_start(plan.start_at_ms).await;
-    let timeout = Duration::from_millis(plan.timeout_ms);
 
     // One socket per source interface and address, shared by that source's targets; a socket
     // that would not open is the send error of every probe of its targets.

@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use meshdoctor_agent_common::{Hook, IpFamily, Kind, TcpPath, TcpPathKey};
@@ -127,11 +128,12 @@ impl Agent {
             .map_or_else(|| format!("ifindex-{ifindex}"), |i| i.info.name.clone())
     }
 
-    /// Starts recording the probes of round `tag`, with its TCP probe paths (see
-    /// `crate::tcp::round_paths`); returns the ring-buffer drop count so far.
-    pub fn arm(&self, tag: u32, tcp_paths: &[(TcpPathKey, TcpPath)]) -> u64 {
+    /// Starts recording the probes of round `tag`, whose probes time out after `timeout`, with
+    /// its TCP probe paths (see `crate::tcp::round_paths`); returns the ring-buffer drop count
+    /// so far.
+    pub fn arm(&self, tag: u32, timeout: Duration, tcp_paths: &[(TcpPathKey, TcpPath)]) -> u64 {
         if let Ok(mut r) = self.rounds.lock() {
-            r.insert(tag, RoundHooks::default());
+            r.insert(tag, RoundHooks::with_timeout(timeout.as_nanos() as u64));
         }
         self.with_observer(|o| {
             o.add_tcp_paths(tcp_paths)?;

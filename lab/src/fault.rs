@@ -2,7 +2,8 @@
 
 use std::{fmt, str::FromStr};
 
-use meshdoctor_api::{Direction, Family, Packet, Segment};
+use meshdoctor_agent_common::{PROBE_MAGIC, UDP_KIND_OFFSET};
+use meshdoctor_api::{Direction, Family, Packet, Protocol, Segment, TCP_PROBE_PORT_BASE};
 
 use crate::{
     LabError,
@@ -10,14 +11,15 @@ use crate::{
 };
 
 /// The spec syntax, quoted by every parse error.
-pub const FAULT_SYNTAX: &str = "NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies]";
+pub const FAULT_SYNTAX: &str =
+    "NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies][:icmp|udp|tcp|http]";
 /// Every fault table's name starts with this;
 /// [`Network::clear_faults`](crate::Network::clear_faults) finds them by it.
 pub const FAULT_TABLE_PREFIX: &str = "lab_fault_";
 /// `numgen random mod RATE_SCALE < permille`: the rate's resolution is 0.1%.
 const RATE_SCALE: u32 = 1000;
 
-/// Random loss of the probes' ICMP echo packets at one place of the lab, made with nftables
+/// Random loss of the probe packets of one protocol at one place of the lab, made with nftables
 /// (never netem), injected with [`Lab::inject`](crate::Lab::inject),
 /// [`LabConfig::faults`](crate::LabConfig::faults) or [`Network::inject`](crate::Network::inject).
 ///
@@ -32,14 +34,18 @@ const RATE_SCALE: u32 = 1000;
 ///   interface, before the socket or the kernel's ICMP responder); an egress fault drops in the
 ///   output hook (before the interface; a local sender sees `EPERM`).
 ///
-/// Only ICMP / ICMPv6 echo requests and echo replies of the fault's family match, optionally
-/// only one of the two; neighbour discovery, ARP and the agents' HTTP are never touched. Every
+/// Only probe packets of the fault's family and protocol match: ICMP / ICMPv6 echo requests and
+/// replies (the default), UDP datagrams with the probe cookie, or the SYN and SYN-ACK of TCP
+/// probe connections (client port from `TCP_PROBE_PORT_BASE`: also HTTP probes' handshakes);
+/// optionally only requests or only replies. Neighbour discovery, ARP and the agents' traffic
+/// with the controller are never touched. Every
 /// fault is one nft table of its own (see [`Fault::table`]), so faults at different places
 /// coexist, also on one node, and loading a fault at the place of an earlier one replaces it.
 ///
 /// The spec syntax, for `cargo xtask lab --fault` and tests:
-/// `NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies]`, e.g. `node-2:net1:egress:ipv6:30`
-/// or `3:eth0:ingress:4:2.5%:stack:replies`.
+/// `NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies][:icmp|udp|tcp|http]`, e.g.
+/// `node-2:net1:egress:ipv6:30`, `3:eth0:ingress:4:2.5%:stack:replies` or
+/// `2:eth0:ingress:4:50:tcp`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
     /// Node number, from 1.
@@ -53,8 +59,11 @@ pub struct Fault {
     pub rate: f64,
     /// Outside the node, in the switch (link), or inside it (stack).
     pub segment: Segment,
-    /// Only echo requests or only echo replies; `None` drops both.
+    /// Only requests or only replies; `None` drops both.
     pub packets: Option<Packet>,
+    /// The probes whose packets are dropped. `Http` drops the same packets as `Tcp` (the
+    /// handshake of its connection); it names the task protocol a test runs.
+    pub protocol: Protocol,
 }
 
 /// A `--fault` spec that does not parse. Every message quotes the whole spec, names the field
@@ -80,8 +89,8 @@ pub enum FaultParseError {
     )]
     Rate { spec: String, value: String },
     #[error(
-        "fault {spec:?}: {value:?} after RATE, expected the SEGMENT (link or stack) and then the \
-         PACKETS (requests or replies), each optional, in that order"
+        "fault {spec:?}: {value:?} after RATE, expected the SEGMENT (link or stack), the PACKETS \
+         (requests or replies) and the PROTOCOL (icmp, udp, tcp or http), each optional, in that order"
     )]
     Trailing { spec: String, value: String },
 }
@@ -136,7 +145,7 @@ impl FromStr for Fault {
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let fields: Vec<&str> = spec.split(':').collect();
-        if !(5..=7).contains(&fields.len()) {
+        if !(5..=8).contains(&fields.len()) {
             return Err(FaultParseError::Shape {
                 spec: spec.into(),
                 fields: fields.len(),
@@ -208,6 +217,16 @@ impl FromStr for Fault {
         if packets.is_some() {
             rest.next();
         }
+        let protocol = match rest.peek() {
+            Some(p) if is(p, "icmp") => Some(Protocol::Icmp),
+            Some(p) if is(p, "udp") => Some(Protocol::Udp),
+            Some(p) if is(p, "tcp") => Some(Protocol::Tcp),
+            Some(p) if is(p, "http") => Some(Protocol::Http),
+            _ => None,
+        };
+        if protocol.is_some() {
+            rest.next();
+        }
         if let Some(extra) = rest.next() {
             let (spec, value) = owned(extra);
             return Err(FaultParseError::Trailing { spec, value });
@@ -221,12 +240,14 @@ impl FromStr for Fault {
             rate: f64::from(permille) / 10.0,
             segment: segment.unwrap_or(Segment::Link),
             packets,
+            protocol: protocol.unwrap_or_default(),
         })
     }
 }
 
 /// The canonical spec, which parses back to the same fault:
-/// `node-2:net1:egress:ipv6:2.5%:link`, with `:requests` or `:replies` when restricted.
+/// `node-2:net1:egress:ipv6:2.5%:link`, with `:requests` or `:replies` when restricted and
+/// `:udp`, `:tcp` or `:http` for those probes.
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -241,6 +262,9 @@ impl fmt::Display for Fault {
         )?;
         if let Some(p) = self.packets {
             write!(f, ":{}", packets_name(p))?;
+        }
+        if self.protocol != Protocol::Icmp {
+            write!(f, ":{}", self.protocol.name())?;
         }
         Ok(())
     }
@@ -311,6 +335,10 @@ impl Fault {
             name.push('_');
             name.push_str(packets_name(p));
         }
+        if self.protocol != Protocol::Icmp {
+            name.push('_');
+            name.push_str(self.protocol.name());
+        }
         name
     }
 
@@ -330,18 +358,54 @@ impl Fault {
         }
     }
 
-    /// The nft match on this fault's packets: only ICMP(v6) echo of its family.
-    fn packet_match(&self) -> String {
-        let proto = match self.family {
-            Family::Ipv4 => "icmp",
-            Family::Ipv6 => "icmpv6",
+    /// The nft matches on this fault's packets, one rule each: probe packets of its family and
+    /// protocol, requests, replies or both.
+    fn packet_matches(&self) -> Vec<String> {
+        let (l3, icmp) = match self.family {
+            Family::Ipv4 => ("ip protocol", "icmp"),
+            Family::Ipv6 => ("ip6 nexthdr", "icmpv6"),
         };
-        let types = match self.packets {
-            None => "{ echo-request, echo-reply }",
-            Some(Packet::Request) => "echo-request",
-            Some(Packet::Reply) => "echo-reply",
-        };
-        format!("{proto} type {types}")
+        let wanted = |p: Packet| self.packets.is_none_or(|only| only == p);
+        match self.protocol {
+            Protocol::Icmp => {
+                let types = match self.packets {
+                    None => "{ echo-request, echo-reply }",
+                    Some(Packet::Request) => "echo-request",
+                    Some(Packet::Reply) => "echo-reply",
+                };
+                vec![format!("{icmp} type {types}")]
+            }
+            // The cookie's magic right after the UDP header, then the kind byte.
+            Protocol::Udp => {
+                let kind = match self.packets {
+                    None => String::new(),
+                    Some(p) => format!(
+                        " @th,{},8 {}",
+                        (8 + UDP_KIND_OFFSET) * 8,
+                        match p {
+                            Packet::Request => 0,
+                            Packet::Reply => 1,
+                        }
+                    ),
+                };
+                vec![format!("{l3} udp @th,64,32 {PROBE_MAGIC:#x}{kind}")]
+            }
+            Protocol::Tcp | Protocol::Http => {
+                let ports = format!("{TCP_PROBE_PORT_BASE}-65535");
+                let mut rules = Vec::new();
+                if wanted(Packet::Request) {
+                    rules.push(format!(
+                        "{l3} tcp tcp sport {ports} tcp flags & (syn | ack) == syn"
+                    ));
+                }
+                if wanted(Packet::Reply) {
+                    rules.push(format!(
+                        "{l3} tcp tcp dport {ports} tcp flags & (syn | ack) == syn | ack"
+                    ));
+                }
+                rules
+            }
+        }
     }
 
     /// The ruleset loading this fault with `nft -f -` in [`namespace`](Self::namespace). It
@@ -370,6 +434,11 @@ impl Fault {
             _ => String::new(),
         };
         let (family, table) = (self.nft_family(), self.table());
+        let rules: String = self
+            .packet_matches()
+            .iter()
+            .map(|m| format!("\t\t{device} {m}{random} counter drop\n"))
+            .collect();
         format!(
             "# {self}\n\
              table {family} {table} {{}}\n\
@@ -377,10 +446,9 @@ impl Fault {
              table {family} {table} {{\n\
              \tchain {hook} {{\n\
              \t\ttype filter hook {hook} priority 0; policy accept;\n\
-             \t\t{device} {}{random} counter drop\n\
+             {rules}\
              \t}}\n\
-             }}\n",
-            self.packet_match()
+             }}\n"
         )
     }
 
@@ -412,6 +480,7 @@ mod tests {
             rate: 30.0,
             segment: Segment::Link,
             packets: None,
+            protocol: Protocol::Icmp,
         }
     }
 
@@ -459,6 +528,18 @@ mod tests {
                 "1:eth0:egress:4:100.0:stack",
                 "node-1:eth0:egress:ipv4:100%:stack",
             ),
+            (
+                "2:eth0:ingress:4:50:TCP",
+                "node-2:eth0:ingress:ipv4:50%:link:tcp",
+            ),
+            (
+                "2:eth0:ingress:6:5:stack:replies:http",
+                "node-2:eth0:ingress:ipv6:5%:stack:replies:http",
+            ),
+            (
+                "2:eth0:ingress:6:5:icmp",
+                "node-2:eth0:ingress:ipv6:5%:link",
+            ),
         ] {
             let f = parse(spec).unwrap();
             assert_eq!(f.to_string(), canonical);
@@ -492,7 +573,7 @@ mod tests {
                 "node-2:eth0:egress:ipv4",
                 "expected NODE:IFACE:DIR:FAMILY:RATE",
             ),
-            ("1:eth0:egress:ipv4:30:link:replies:x", "got 8 field(s)"),
+            ("1:eth0:egress:ipv4:30:link:replies:tcp:x", "got 9 field(s)"),
             ("node-0:eth0:egress:ipv4:30", "NODE is \"node-0\""),
             ("0:eth0:egress:ipv4:30", "NODE is \"0\""),
             ("n2:eth0:egress:ipv4:30", "NODE is \"n2\""),
@@ -642,12 +723,42 @@ mod tests {
                     .into()
             )
         );
+        // TCP: the probe handshake only (client ports from 61440); both kinds, one rule each.
+        let tcp = parse("2:eth0:ingress:4:50:stack:tcp").unwrap();
+        assert_eq!(tcp.table(), "lab_fault_n2_eth0_ingress_ipv4_stack_tcp");
+        let rules: Vec<String> = tcp
+            .ruleset()
+            .lines()
+            .filter(|l| l.contains("drop"))
+            .map(|l| l.trim().to_string())
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "iifname \"eth0\" ip protocol tcp tcp sport 61440-65535 \
+                 tcp flags & (syn | ack) == syn numgen random mod 1000 < 500 counter drop",
+                "iifname \"eth0\" ip protocol tcp tcp dport 61440-65535 \
+                 tcp flags & (syn | ack) == syn | ack numgen random mod 1000 < 500 counter drop"
+            ]
+        );
+        assert_eq!(
+            rule("2:eth0:ingress:6:100:stack:replies:http").3,
+            "iifname \"eth0\" ip6 nexthdr tcp tcp dport 61440-65535 \
+             tcp flags & (syn | ack) == syn | ack counter drop"
+        );
+        // UDP: the probe cookie's magic after the header, and the kind byte.
+        assert_eq!(
+            rule("2:net1:egress:6:100:link:requests:udp").3,
+            "iifname \"n2-net1\" ip6 nexthdr udp @th,64,32 0x4d445042 @th,160,8 0 counter drop"
+        );
         // Faults differing in anything but the rate get different tables.
         let tables: std::collections::HashSet<String> = [
             "2:eth0:egress:4:30",
             "2:eth0:egress:4:30:link:requests",
             "2:eth0:egress:4:30:link:replies",
             "2:eth0:egress:4:30:stack",
+            "2:eth0:egress:4:30:link:udp",
+            "2:eth0:egress:4:30:link:tcp",
             "2:eth0:egress:6:30",
             "2:eth0:ingress:4:30",
             "2:net1:egress:4:30",
@@ -656,7 +767,7 @@ mod tests {
         .iter()
         .map(|s| parse(s).unwrap().table())
         .collect();
-        assert_eq!(tables.len(), 8);
+        assert_eq!(tables.len(), 10);
         assert_eq!(
             parse("2:eth0:egress:4:30").unwrap().table(),
             parse("2:eth0:egress:4:75").unwrap().table()

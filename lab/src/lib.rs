@@ -36,4 +36,4 @@ pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
 pub use pki::{Pem, TestCa};
 pub use server::{LabServer, die_with_parent, nginx_config};
-pub use task::{MeshTask, default_task_yaml, task_yaml};
+pub use task::{DEFAULT_QPS, DEFAULT_SECS, MeshTask, default_task_yaml, task_yaml};

@@ -3,8 +3,12 @@
 /// The full-mesh ICMP NetReach task the lab runs by default: one round, starting at once,
 /// 10 probes/s for 5 s on every pair, interface and family, expecting no loss.
 pub fn default_task_yaml(name: &str) -> String {
-    task_yaml(name, 10, 5)
+    task_yaml(name, DEFAULT_QPS, DEFAULT_SECS)
 }
+
+/// The default task's pace: 10 probes per second for 5 s on every pair-path.
+pub const DEFAULT_QPS: u32 = 10;
+pub const DEFAULT_SECS: u32 = 5;
 
 /// A one-round full-mesh ICMP NetReach task over both families: `qps` x `secs` probes per
 /// pair-path, 1 s per-probe timeout, expecting no loss.
@@ -12,18 +16,20 @@ pub fn task_yaml(name: &str, qps: u32, secs: u32) -> String {
     MeshTask::new(name, qps, secs).yaml()
 }
 
-/// A full-mesh NetReach task over both families with a 1 s per-probe timeout, expecting no
-/// loss; [`MeshTask::new`] gives one ICMP round starting at once.
+/// A full-mesh NetReach task over both families, expecting no loss; [`MeshTask::new`] gives
+/// one ICMP round starting at once, with a 1 s per-probe timeout.
 #[derive(Debug, Clone)]
 pub struct MeshTask<'a> {
     pub name: &'a str,
     /// `spec.schedule.schedule`, e.g. `"0 1"` or `"@every 4s"`.
     pub schedule: &'a str,
     pub rounds: i64,
-    /// `icmp` or `udp`.
+    /// `icmp`, `udp`, `tcp` or `http`.
     pub protocol: &'a str,
     pub qps: u32,
     pub secs: u32,
+    /// `perRequestTimeoutInMS`.
+    pub timeout_ms: u32,
 }
 
 impl<'a> MeshTask<'a> {
@@ -35,6 +41,7 @@ impl<'a> MeshTask<'a> {
             protocol: "icmp",
             qps,
             secs,
+            timeout_ms: 1000,
         }
     }
 
@@ -46,6 +53,7 @@ impl<'a> MeshTask<'a> {
             protocol,
             qps,
             secs,
+            timeout_ms,
         } = self;
         format!(
             "apiVersion: meshdoctor.io/v1beta1
@@ -60,7 +68,7 @@ spec:
     protocol: {protocol}
     qps: {qps}
     durationInSecond: {secs}
-    perRequestTimeoutInMS: 1000
+    perRequestTimeoutInMS: {timeout_ms}
   expect:
     successRate: 1
   target:

@@ -291,6 +291,7 @@ fn each_placement_drops_its_packets_in_its_direction_only() {
             rate: 100.0,
             segment,
             packets: None,
+            protocol: meshdoctor_api::Protocol::Icmp,
         };
         net.inject(&both).unwrap();
         assert!(!reaches(1, 2, &ETH0, Family::Ipv4), "{both}");
@@ -352,6 +353,7 @@ fn each_placement_drops_its_packets_in_its_direction_only() {
             rate: 100.0,
             segment,
             packets: None,
+            protocol: meshdoctor_api::Protocol::Icmp,
         };
         for node in [1, 2] {
             net.exec(node, &["ip", "-6", "neigh", "flush", "dev", "eth0"])

@@ -9,8 +9,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use meshdoctor_api::{NetReach, RoundReport, RoundStatus, table};
-use meshdoctor_lab::{Fault, Lab, LabConfig, LabError, cleanup_leftovers, default_task_yaml};
+use meshdoctor_api::{NetReach, Protocol, RoundReport, RoundStatus, table};
+use meshdoctor_lab::{
+    DEFAULT_QPS, DEFAULT_SECS, Fault, Lab, LabConfig, LabError, MeshTask, cleanup_leftovers,
+};
 
 use crate::{cargo, setup, sh, step, teardown_on_signal};
 
@@ -32,16 +34,20 @@ pub struct LabArgs {
     /// Print the round report as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
-    /// Run this NetReach task file instead of the default full-mesh ICMP task.
-    #[arg(long, value_name = "FILE")]
+    /// Run this NetReach task file instead of the default full-mesh task.
+    #[arg(long, value_name = "FILE", conflicts_with = "protocol")]
     task: Option<PathBuf>,
+    /// Probe protocol of the default task: icmp, udp, tcp or http (default: the protocol the
+    /// faults name, else icmp).
+    #[arg(long, value_parser = parse_protocol)]
+    protocol: Option<Protocol>,
     /// Lab directory: tasks, data, logs and the token.
     #[arg(long, default_value = "/run/meshdoctor-lab")]
     dir: PathBuf,
-    /// Inject a fault before the agents start (repeatable): random loss of the probes' ICMP
-    /// echo packets at one place, made with nftables.
+    /// Inject a fault before the agents start (repeatable): random loss of probe packets at
+    /// one place, made with nftables.
     ///
-    /// SPEC is NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies]:
+    /// SPEC is NODE:IFACE:DIR:FAMILY:RATE[:link|stack][:requests|replies][:PROTOCOL]:
     ///   NODE     node-N or N (1..=--nodes)
     ///   IFACE    eth0 or net1
     ///   DIR      ingress (packets reaching the node) or egress (packets it sends)
@@ -50,13 +56,20 @@ pub struct LabArgs {
     ///   link     (default) lost between the node and the switch: the packet left one node
     ///            and never arrives (dropped in mdlab-sw, at the node's switch port)
     ///   stack    lost inside the node, after the interface (ingress) or before it (egress)
-    ///   requests | replies: only echo requests or only echo replies (default: both)
+    ///   requests | replies: only requests or only replies (default: both)
+    ///   PROTOCOL icmp (default: echo), udp (probe datagrams), tcp or http (SYN / SYN-ACK of
+    ///            probe connections)
     ///
     /// Examples: `--fault node-2:net1:egress:ipv6:30`,
     /// `--fault 3:eth0:ingress:4:2.5:stack:requests`. The round's findings (which interface
     /// loses what) are printed above the pair table.
     #[arg(long = "fault", value_name = "SPEC", verbatim_doc_comment)]
     faults: Vec<Fault>,
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+        .map_err(|_| format!("expected icmp, udp, tcp or http, got {s:?}"))
 }
 
 #[derive(Subcommand)]
@@ -86,7 +99,17 @@ pub fn run(args: LabArgs) -> Result<()> {
                 .into_owned();
             (name, yaml)
         }
-        None => ("mesh.yaml".to_string(), default_task_yaml("mesh")),
+        None => {
+            let protocol = args
+                .protocol
+                .or_else(|| args.faults.first().map(|f| f.protocol))
+                .unwrap_or_default();
+            let task = MeshTask {
+                protocol: protocol.name(),
+                ..MeshTask::new("mesh", DEFAULT_QPS, DEFAULT_SECS)
+            };
+            ("mesh.yaml".to_string(), task.yaml())
+        }
     };
     let task = NetReach::from_yaml(&file_name, &yaml)?;
     for fault in &args.faults {
