@@ -1,4 +1,5 @@
-//! Full-mesh ICMP rounds over the lab: real agents, real eBPF observers, real kernel drops.
+//! Full-mesh rounds over the lab (ICMP, UDP, TCP, HTTP, listed addresses): real agents, real
+//! eBPF observers, real kernel drops.
 
 use std::time::Duration;
 
@@ -332,4 +333,74 @@ fn http_full_mesh_gets_from_the_agents_and_timestamps_the_handshake() {
         "http_full_mesh_gets_from_the_agents_and_timestamps_the_handshake",
         "http",
     );
+}
+
+/// `target.addresses`: probed from every agent's eth0, only the source's hooks see them, and
+/// what went wrong is named by the source's socket or placed `beyond` it.
+#[test]
+fn listed_addresses_are_probed_from_every_agent_and_failures_named() {
+    if !can_run("listed_addresses_are_probed_from_every_agent_and_failures_named") {
+        return;
+    }
+    use meshdoctor_lab::plan::{CONTROLLER_HOST, CONTROLLER_PORT, ETH0};
+    // node-1's probe responder (an agent, but listed: nobody reports its side), the controller
+    // (it answers GET / with an error status), a closed port, and an address nobody has.
+    let responder = format!("{}:9091", ETH0.ipv4(1));
+    let controller = format!("[{}]:{CONTROLLER_PORT}", ETH0.ipv6(CONTROLLER_HOST));
+    let closed = format!("{}:9", ETH0.ipv4(CONTROLLER_HOST));
+    let nobody = format!("{}:9091", ETH0.ipv4(CONTROLLER_HOST - 4));
+    let yaml = format!(
+        "apiVersion: meshdoctor.io/v1beta1
+kind: NetReach
+metadata: {{name: listed}}
+spec:
+  schedule: {{schedule: '0 1', roundNumber: 1}}
+  request: {{protocol: http, qps: 10, durationInSecond: 2, perRequestTimeoutInMS: 500}}
+  target:
+    ipv4: true
+    ipv6: true
+    endpoint: false
+    addresses: ['{responder}', '{controller}', '{closed}', '{nobody}']
+"
+    );
+    let mut cfg = LabConfig::new(3);
+    cfg.tasks = vec![("listed.yaml".into(), yaml)];
+    let lab = Lab::up(cfg).expect("lab up");
+    let r = lab
+        .wait_round("listed", 1, Duration::from_secs(60))
+        .expect("round 1 report");
+    eprintln!("{}", meshdoctor_api::table::render_table(&r));
+    assert_eq!(r.status, RoundStatus::Fail);
+    // 3 agents x 4 addresses, from eth0 only.
+    assert_eq!(r.paths.len(), 12);
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+    for p in &r.paths {
+        let what = format!("{} -> {}", p.src_node, p.dst_node);
+        assert_eq!(p.src_interface, "eth0", "{what}");
+        assert!(!p.dst_reported, "{what}");
+        assert_eq!(p.sent, 20, "{what}");
+        let (lost, errors, segment) = (p.lost, &p.errors, p.segments.dominant());
+        if p.dst_node == responder {
+            if p.src_node != "node-1" {
+                assert_eq!((lost, segment), (0, None), "{what}: {errors:?}");
+            }
+        } else if p.dst_node == controller {
+            // Connected (the SYN-ACK came in), then a 4xx answer.
+            assert_eq!(lost, 20, "{what}");
+            assert_eq!(p.hooks.src_ingress, 20, "{what}");
+            assert!(
+                errors[0].0.starts_with("HTTP status 4"),
+                "{what}: {errors:?}"
+            );
+        } else if p.dst_node == closed {
+            assert_eq!((lost, segment), (20, Some("beyond")), "{what}");
+            assert_eq!(errors, &[("connection refused".to_string(), 20)], "{what}");
+        } else {
+            // No neighbour answers: the SYNs wait for address resolution in the source's
+            // stack and never reach its interface.
+            assert_eq!(p.dst_node, nobody);
+            assert_eq!((lost, segment), (20, Some("srcSend")), "{what}");
+            assert_eq!(p.hooks.src_egress, 0, "{what}");
+        }
+    }
 }

@@ -335,6 +335,7 @@ mod tests {
                 src_addr: "192.0.2.1".parse().unwrap(),
                 dst_addr: "192.0.2.2".parse().unwrap(),
                 dst_port: None,
+                external: false,
             }],
         }
     }

@@ -150,8 +150,8 @@ fn set_syn_retries(sock: &Socket) -> io::Result<()> {
     }
 }
 
-/// Completes a probe started by [`connect`]: waits for the handshake, and for HTTP the
-/// response. `Err` is why it failed (the caller bounds the wait with the probe timeout).
+/// Completes a probe started by [`connect`]: waits for the handshake, and for HTTP a 2xx or
+/// 3xx response. `Err` is why it failed (the caller bounds the wait with the probe timeout).
 pub async fn complete(protocol: Protocol, stream: TcpStream) -> Result<(), String> {
     stream.writable().await.map_err(|e| error_kind(&e))?;
     if let Some(e) = stream.take_error().map_err(|e| error_kind(&e))? {
@@ -213,7 +213,8 @@ fn check_response(bytes: &[u8]) -> Option<Result<(), String>> {
     if bytes.len() - head_end < content_length {
         return None;
     }
-    Some(if status == 200 {
+    // The agents' responder answers 200; a listed server may redirect.
+    Some(if (200..400).contains(&status) {
         Ok(())
     } else {
         Err(format!("HTTP status {status}"))
@@ -325,6 +326,10 @@ mod tests {
     fn responses_are_judged_when_complete() {
         assert_eq!(check_response(b"HTTP/1.1 200 OK\r\nContent-Len"), None);
         assert_eq!(check_response(HTTP_RESPONSE), Some(Ok(())));
+        assert_eq!(
+            check_response(b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n"),
+            Some(Ok(()))
+        );
         assert_eq!(
             check_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok"),
             None

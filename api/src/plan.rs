@@ -342,6 +342,10 @@ pub struct PlannedTarget {
     /// none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_port: Option<u16>,
+    /// A listed address (NetReach `target.addresses`), not an agent: `dst_node` is the
+    /// address as listed, and nobody reports the destination's hooks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 /// A pair-path toward an agent, as that agent's observers must know it in TCP rounds.

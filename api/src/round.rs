@@ -271,6 +271,9 @@ pub enum PathSegment {
     DstStack,
     Reply,
     SrcReceive,
+    /// Left the source and no reply came back, toward a listed address with no agent to say
+    /// where: the network or the target.
+    Beyond,
 }
 
 /// An exact (Clopper-Pearson) confidence interval of a loss ratio.
@@ -379,6 +382,9 @@ pub struct LossSegments {
     pub reply: u32,
     /// The reply reached the source's ingress hook, never the socket: the source's receive path.
     pub src_receive: u32,
+    /// Toward a listed address (no agent there): left the source, no reply reached it.
+    #[serde(default)]
+    pub beyond: u32,
     /// Cannot be placed: a hook that would decide it may have missed its event (ring buffer
     /// full, destination not reporting, no eBPF). Lost, but not blamed on a segment.
     pub unobserved: u32,
@@ -393,6 +399,7 @@ impl LossSegments {
             (self.dst_stack, "dstStack"),
             (self.reply, "reply"),
             (self.src_receive, "srcReceive"),
+            (self.beyond, "beyond"),
             (self.unobserved, "unobserved"),
         ]
         .into_iter()

@@ -139,6 +139,7 @@ pub fn join(
             let observed = Observed {
                 src: src_index.is_some_and(|i| i.observed_all),
                 dst: dst_index.is_some_and(|i| i.observed_all),
+                external: target.external,
             };
             // Only the path's own ends can have dropped its probes.
             let drops = Drops {
@@ -179,6 +180,8 @@ pub fn join(
 struct Observed {
     src: bool,
     dst: bool,
+    /// The destination is a listed address: it has no hooks, the source's own decide.
+    external: bool,
 }
 
 /// Drop records of one path from each of its ends' reports.
@@ -195,6 +198,8 @@ fn classify(seen: [bool; 4], observed: Observed) -> Option<PathSegment> {
     match () {
         () if !observed.src => None,
         () if !src_egress => Some(PathSegment::SrcSend),
+        () if observed.external && !src_ingress => Some(PathSegment::Beyond),
+        () if observed.external => Some(PathSegment::SrcReceive),
         () if !observed.dst => None,
         () if !dst_ingress => Some(PathSegment::Forward),
         () if !dst_egress => Some(PathSegment::DstStack),
@@ -204,7 +209,7 @@ fn classify(seen: [bool; 4], observed: Observed) -> Option<PathSegment> {
 }
 
 /// The counter of `segment` (`None`: unobserved).
-fn slot(segments: &mut LossSegments, segment: Option<PathSegment>) -> &mut u32 {
+pub(crate) fn slot(segments: &mut LossSegments, segment: Option<PathSegment>) -> &mut u32 {
     match segment {
         None => &mut segments.unobserved,
         Some(PathSegment::SrcSend) => &mut segments.src_send,
@@ -212,6 +217,7 @@ fn slot(segments: &mut LossSegments, segment: Option<PathSegment>) -> &mut u32 {
         Some(PathSegment::DstStack) => &mut segments.dst_stack,
         Some(PathSegment::Reply) => &mut segments.reply,
         Some(PathSegment::SrcReceive) => &mut segments.src_receive,
+        Some(PathSegment::Beyond) => &mut segments.beyond,
     }
 }
 
@@ -590,6 +596,7 @@ pub(crate) mod tests {
         let clean = Observed {
             src: true,
             dst: true,
+            external: false,
         };
         assert_eq!(classify([false, false, false, false], clean), Some(SrcSend));
         assert_eq!(classify([true, false, false, false], clean), Some(Forward));
@@ -600,6 +607,7 @@ pub(crate) mod tests {
         let dst_blind = Observed {
             src: true,
             dst: false,
+            external: false,
         };
         assert_eq!(classify([true, false, false, false], dst_blind), None);
         assert_eq!(
@@ -609,8 +617,30 @@ pub(crate) mod tests {
         let src_blind = Observed {
             src: false,
             dst: true,
+            external: false,
         };
         assert_eq!(classify([false, false, false, false], src_blind), None);
+        // A listed address has no hooks of its own: past the source's egress the loss is
+        // beyond it, unless the reply came back in.
+        let listed = Observed {
+            src: true,
+            dst: false,
+            external: true,
+        };
+        assert_eq!(
+            classify([false, false, false, false], listed),
+            Some(SrcSend)
+        );
+        assert_eq!(classify([true, false, false, false], listed), Some(Beyond));
+        assert_eq!(
+            classify([true, false, false, true], listed),
+            Some(SrcReceive)
+        );
+        let listed_blind = Observed {
+            src: false,
+            ..listed
+        };
+        assert_eq!(classify([true, false, false, false], listed_blind), None);
     }
 
     #[test]

@@ -83,6 +83,7 @@ fn through(p: &PathResult, segment: PathSegment) -> u32 {
         PathSegment::DstStack => p.hooks.dst_ingress,
         PathSegment::Reply => p.hooks.dst_egress,
         PathSegment::SrcReceive => p.hooks.src_ingress,
+        PathSegment::Beyond => p.hooks.src_egress,
     }
 }
 
@@ -125,6 +126,9 @@ fn places(
         }
         PathSegment::Reply => vec![(dst(Egress, Link), Reply), (src(Ingress, Link), Reply)],
         PathSegment::SrcReceive => vec![(src(Ingress, Stack), Reply)],
+        // Toward a listed address: past the source's hooks nothing says where, and the
+        // target is not a place of the mesh.
+        PathSegment::Beyond => vec![],
     }
 }
 
@@ -602,13 +606,7 @@ mod tests {
         }
         let mut segments = LossSegments::default();
         for (&(segment, _), &n) in &buckets {
-            *match segment {
-                PathSegment::SrcSend => &mut segments.src_send,
-                PathSegment::Forward => &mut segments.forward,
-                PathSegment::DstStack => &mut segments.dst_stack,
-                PathSegment::Reply => &mut segments.reply,
-                PathSegment::SrcReceive => &mut segments.src_receive,
-            } += n;
+            *crate::join::slot(&mut segments, Some(segment)) += n;
         }
         let received = hooks.delivered;
         let lost = probes - received;

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use meshdoctor_api::{
     AgentRegistration, Family, IncomingPath, InterfaceInfo, NetReach, PlannedTarget, Protocol,
-    RoundPlan, task::NetReachTarget,
+    RoundPlan,
+    task::{NetReachTarget, PRIMARY_INTERFACE},
 };
 
 /// Most pair-paths one round can carry: path indexes are 16 bits of the probe id.
@@ -47,11 +48,26 @@ pub fn build_plans(
         roster.iter().map(|a| (a.node.as_str(), a)).collect();
     let families = families(target);
 
+    let protocol = task.spec.request.protocol;
+    // Validated when the task was loaded.
+    let listed = task.listed_addresses();
     let mut per_src: BTreeMap<&str, Vec<PlannedTarget>> = BTreeMap::new();
     let mut paths = 0usize;
+    let mut push = |targets: &mut Vec<PlannedTarget>, t: PlannedTarget| {
+        if paths < MAX_PATHS {
+            targets.push(PlannedTarget {
+                path: paths as u16,
+                ..t
+            });
+        }
+        paths += 1;
+    };
     for (&src, src_agent) in &agents {
         let targets = per_src.entry(src).or_default();
-        for (&dst, dst_agent) in agents.iter().filter(|&(&dst, _)| dst != src) {
+        let peers = agents
+            .iter()
+            .filter(|&(&dst, _)| target.endpoint && dst != src);
+        for (&dst, dst_agent) in peers {
             for si in src_agent.interfaces.iter().filter(|i| selected(target, i)) {
                 for di in dst_agent.interfaces.iter().filter(|i| selected(target, i)) {
                     if si.network != di.network {
@@ -62,9 +78,14 @@ pub fn build_plans(
                         else {
                             continue;
                         };
-                        if paths < MAX_PATHS {
-                            targets.push(PlannedTarget {
-                                path: paths as u16,
+                        let dst_port = match protocol {
+                            Protocol::Icmp => None,
+                            _ => dst_agent.probe_port,
+                        };
+                        push(
+                            targets,
+                            PlannedTarget {
+                                path: 0,
                                 dst_node: dst.to_string(),
                                 src_interface: si.name.clone(),
                                 dst_interface: di.name.clone(),
@@ -72,15 +93,44 @@ pub fn build_plans(
                                 family,
                                 src_addr,
                                 dst_addr,
-                                dst_port: match task.spec.request.protocol {
-                                    Protocol::Icmp => None,
-                                    _ => dst_agent.probe_port,
-                                },
-                            });
-                        }
-                        paths += 1;
+                                dst_port,
+                                external: false,
+                            },
+                        );
                     }
                 }
+            }
+        }
+        // Listed addresses: from every agent, over the selected interfaces (the primary one
+        // by default) that have an address of the listed one's family.
+        let sources = src_agent
+            .interfaces
+            .iter()
+            .filter(|i| match &target.interfaces {
+                Some(_) => selected(target, i),
+                None => i.name == PRIMARY_INTERFACE,
+            });
+        for si in sources {
+            for a in &listed {
+                let family = Family::of(&a.ip);
+                let Some(src_addr) = si.addr(family) else {
+                    continue;
+                };
+                push(
+                    targets,
+                    PlannedTarget {
+                        path: 0,
+                        dst_node: a.label.clone(),
+                        src_interface: si.name.clone(),
+                        dst_interface: "-".into(),
+                        network: si.network.clone(),
+                        family,
+                        src_addr,
+                        dst_addr: a.ip,
+                        dst_port: a.port,
+                        external: true,
+                    },
+                );
             }
         }
     }
@@ -91,7 +141,7 @@ pub fn build_plans(
     let rq = &task.spec.request;
     let mut incoming: BTreeMap<String, Vec<IncomingPath>> = BTreeMap::new();
     if rq.protocol.is_tcp() {
-        for t in per_src.values().flatten() {
+        for t in per_src.values().flatten().filter(|t| !t.external) {
             incoming
                 .entry(t.dst_node.clone())
                 .or_default()
@@ -229,6 +279,40 @@ pub(crate) mod tests {
                 assert_eq!(plan.incoming, toward, "{protocol:?} {node}");
             }
         }
+    }
+
+    #[test]
+    fn listed_addresses_are_probed_from_every_agent_after_the_mesh() {
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        let mut task = mk_task(", addresses: ['192.0.2.10', 'fd00:9::10']");
+        let plans = build_plans(&task, &roster, mk_meta()).unwrap();
+        let targets = all_targets(&plans);
+        // The 24-path mesh, then each agent's eth0 to both addresses.
+        assert_eq!(targets.len(), 24 + 3 * 2);
+        let listed: Vec<&&PlannedTarget> = targets.iter().filter(|t| t.external).collect();
+        assert_eq!(listed.len(), 6);
+        for t in &listed {
+            assert_eq!(
+                (t.src_interface.as_str(), t.dst_interface.as_str()),
+                ("eth0", "-")
+            );
+            assert_eq!(t.dst_node, t.dst_addr.to_string());
+            assert_eq!(t.family, Family::of(&t.dst_addr));
+            assert_eq!(t.dst_port, None);
+        }
+        let indexes: HashSet<u16> = targets.iter().map(|t| t.path).collect();
+        assert_eq!(indexes.len(), 30);
+
+        // Without the mesh, over the named networks, with ports; no incoming paths.
+        task.spec.target.endpoint = false;
+        task.spec.target.interfaces = Some(vec!["pod".into(), "sec".into()]);
+        task.spec.target.addresses = Some(vec!["192.0.2.10:80".into()]);
+        task.spec.request.protocol = Protocol::Tcp;
+        let plans = build_plans(&task, &roster, mk_meta()).unwrap();
+        let targets = all_targets(&plans);
+        assert_eq!(targets.len(), 3 * 2);
+        assert!(targets.iter().all(|t| t.external && t.dst_port == Some(80)));
+        assert!(plans.values().all(|p| p.incoming.is_empty()));
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub use netdns::{
     DEFAULT_DNS_DOMAIN, DnsProtocol, NetDns, NetDnsRequest, NetDnsSpec, NetDnsTarget,
     NetDnsTargetDns, NetDnsTargetUser,
 };
-pub use netreach::{NetReach, NetReachRequest, NetReachSpec, NetReachTarget};
+pub use netreach::{
+    ListedAddress, NetReach, NetReachRequest, NetReachSpec, NetReachTarget, PRIMARY_INTERFACE,
+};
 pub use schedule::{
     CronSchedule, RoundWindow, Schedule, ScheduleForm, SchedulePlan, format_duration,
     format_timestamp_ms, parse_duration,

@@ -7,6 +7,8 @@
 //! kdoctor manifest parses, and reported by [`NetReach::warnings`] when turned on: they are not
 //! probed yet.
 
+use std::net::{IpAddr, SocketAddr};
+
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -86,10 +88,18 @@ pub struct NetReachTarget {
     /// meshdoctor's extension: networks (or interface names) to mesh over; all when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<String>>,
-    /// kdoctor: probe every agent pod (the mesh). meshdoctor's NetReach is that mesh, so it
-    /// must stay true.
+    /// kdoctor: probe every agent pod (the mesh). `false` needs `addresses`: then only they
+    /// are probed.
     #[serde(default = "yes")]
     pub endpoint: bool,
+    /// meshdoctor's extension: addresses without an agent, probed from every agent, e.g. a
+    /// gateway or a server outside the cluster: `IP` for icmp, `IP:port` / `[IPv6]:port` for
+    /// tcp, http (a `GET /`; any 2xx or 3xx answers) and udp (which needs a meshdoctor
+    /// responder there). They are probed over `interfaces` when given, else over the primary
+    /// interface `eth0`. Only the source's hooks see these probes: a loss past them is
+    /// `beyond`, never placed on an interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
     /// kdoctor: also probe the secondary (multus) interfaces. Omitted or `true`, meshdoctor
     /// meshes over every network; `false` limits the mesh to the primary interface `eth0`
     /// (filled into `interfaces`, which must then be omitted).
@@ -117,6 +127,7 @@ impl Default for NetReachTarget {
             ipv6: false,
             interfaces: None,
             endpoint: true,
+            addresses: None,
             multus_interface: None,
             cluster_ip: None,
             node_port: None,
@@ -166,13 +177,15 @@ impl Kind for NetReach {
                 "at least one of ipv4 and ipv6 must be true",
             ));
         }
-        if !t.endpoint {
+        if !t.endpoint && t.addresses.as_ref().is_none_or(Vec::is_empty) {
             return Err(Invalid::new(
                 "spec.target.endpoint",
-                "must be true: meshdoctor's NetReach probes the agent mesh, and kdoctor's \
-                 Service targets (clusterIP, nodePort, loadBalancer, ingress) are not probed yet",
+                "false needs spec.target.addresses: without the agent mesh, only listed \
+                 addresses are probed (kdoctor's Service targets, clusterIP, nodePort, \
+                 loadBalancer and ingress, are not probed yet)",
             ));
         }
+        self.parse_addresses()?;
         match &t.interfaces {
             Some(i) if i.is_empty() => {
                 return Err(Invalid::new(
@@ -195,6 +208,74 @@ impl Kind for NetReach {
 
 impl NetReach {
     super::parsers!();
+
+    /// `spec.target.addresses`, parsed (a loaded task's are all valid).
+    pub fn listed_addresses(&self) -> Vec<ListedAddress> {
+        self.parse_addresses().unwrap_or_default()
+    }
+
+    /// `spec.target.addresses`, parsed; an error names the entry and what was expected.
+    fn parse_addresses(&self) -> Result<Vec<ListedAddress>, Invalid> {
+        let t = &self.spec.target;
+        let protocol = self.spec.request.protocol;
+        let mut out = Vec::new();
+        for (i, entry) in t.addresses.iter().flatten().enumerate() {
+            let field = format!("spec.target.addresses[{i}]");
+            let bad = |why: String| Invalid::new(field.clone(), why);
+            let (ip, port) = match (entry.parse::<IpAddr>(), entry.parse::<SocketAddr>()) {
+                (Ok(ip), _) => (ip, None),
+                (_, Ok(sa)) => (sa.ip(), Some(sa.port())),
+                _ => {
+                    return Err(bad(format!(
+                        "expected an IP address, or IP:port ([IPv6]:port), got {entry:?}"
+                    )));
+                }
+            };
+            match (protocol, port) {
+                (Protocol::Icmp, Some(_)) => {
+                    return Err(bad(format!(
+                        "{entry:?}: icmp probes have no port; give the address alone"
+                    )));
+                }
+                (Protocol::Icmp, None) => {}
+                (p, None) => {
+                    return Err(bad(format!(
+                        "{entry:?}: {} probes need a port, e.g. 192.0.2.10:80",
+                        p.name()
+                    )));
+                }
+                (_, Some(0)) => return Err(bad(format!("{entry:?}: port 0"))),
+                (_, Some(_)) => {}
+            }
+            let (on, flag) = match ip {
+                IpAddr::V4(_) => (t.ipv4, "ipv4"),
+                IpAddr::V6(_) => (t.ipv6, "ipv6"),
+            };
+            if !on {
+                return Err(bad(format!(
+                    "{entry:?} is an {flag} address but spec.target.{flag} is false"
+                )));
+            }
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(bad(format!("{entry:?}: not a unicast address")));
+            }
+            out.push(ListedAddress {
+                label: entry.clone(),
+                ip,
+                port,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One entry of NetReach's `spec.target.addresses`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAddress {
+    /// As written in the task: the path's destination name in reports.
+    pub label: String,
+    pub ip: IpAddr,
+    pub port: Option<u16>,
 }
 
 impl TaskSpec for NetReach {
@@ -355,6 +436,81 @@ spec:
                  path; at most 4096 for tcp and http (one source port per probe)"
             );
         }
+    }
+
+    #[test]
+    fn listed_addresses_are_parsed_and_checked_against_protocol_and_families() {
+        let with = |protocol: &str, addresses: &str| {
+            GOOD.replace("request:", &format!("request:\n    protocol: {protocol}"))
+                .replace(
+                    "ipv6: true",
+                    &format!("ipv6: true\n    addresses: {addresses}"),
+                )
+        };
+        let t = NetReach::from_yaml("f", &with("tcp", "['192.0.2.10:80', '[2001:db8::1]:443']"))
+            .unwrap();
+        assert_eq!(
+            t.listed_addresses(),
+            vec![
+                ListedAddress {
+                    label: "192.0.2.10:80".into(),
+                    ip: "192.0.2.10".parse().unwrap(),
+                    port: Some(80),
+                },
+                ListedAddress {
+                    label: "[2001:db8::1]:443".into(),
+                    ip: "2001:db8::1".parse().unwrap(),
+                    port: Some(443),
+                },
+            ]
+        );
+        let icmp = NetReach::from_yaml("f", &with("icmp", "['192.0.2.10', '2001:db8::1']"));
+        assert_eq!(icmp.unwrap().listed_addresses().len(), 2);
+        // Only listed addresses, no mesh.
+        let only =
+            with("icmp", "['192.0.2.10']").replace("ipv6: true", "ipv6: true\n    endpoint: false");
+        assert!(
+            !NetReach::from_yaml("f", &only)
+                .unwrap()
+                .spec
+                .target
+                .endpoint
+        );
+        for (protocol, addresses, message) in [
+            (
+                "icmp",
+                "[gateway]",
+                "[0]: expected an IP address, or IP:port ([IPv6]:port), got \"gateway\"",
+            ),
+            (
+                "icmp",
+                "['192.0.2.1', '192.0.2.1:80']",
+                "[1]: \"192.0.2.1:80\": icmp probes have no port",
+            ),
+            (
+                "tcp",
+                "['192.0.2.1']",
+                "[0]: \"192.0.2.1\": tcp probes need a port",
+            ),
+            ("http", "['192.0.2.1:0']", "[0]: \"192.0.2.1:0\": port 0"),
+            (
+                "icmp",
+                "['224.0.0.1']",
+                "[0]: \"224.0.0.1\": not a unicast address",
+            ),
+        ] {
+            let e = err(&with(protocol, addresses));
+            assert!(
+                e.starts_with(&format!("tasks/mesh.yaml: spec.target.addresses{message}")),
+                "{e}"
+            );
+        }
+        let v4_only = with("icmp", "['2001:db8::1']").replace("ipv6: true\n", "ipv6: false\n");
+        let e = err(&v4_only);
+        assert!(
+            e.ends_with("\"2001:db8::1\" is an ipv6 address but spec.target.ipv6 is false"),
+            "{e}"
+        );
     }
 
     #[test]
