@@ -2,24 +2,26 @@
 //! TLS with a CA and a client certificate, expect.statusCode) on hyper 1 with tokio and rustls.
 //!
 //! Why it is built this way:
-//! - hyper's connection-level API, not a full client: the pool is ours and fixed. HTTP/1.1
-//!   keeps a stack of keep-alive connections (no more than requests in flight, so at most the
-//!   runner's bound); HTTP/2 multiplexes over one connection per [`H2_STREAMS_PER_CONN`]
-//!   in-flight requests, negotiated with ALPN `h2` over TLS or by prior knowledge (h2c).
+//! - HTTP/1.1 is our own ([`crate::http1`]): the request serialized once, a stack of
+//!   keep-alive connections (no more than requests in flight, so at most the runner's bound),
+//!   each request driving its connection itself. HTTP/2 is hyper's connection-level API with a
+//!   fixed pool of ours: one connection per [`H2_STREAMS_PER_CONN`] in-flight requests,
+//!   negotiated with ALPN `h2` over TLS or by prior knowledge (h2c).
 //! - TLS always verifies the server: against the task's CA when it gives one, else against the
 //!   webpki roots (built in, so a scratch container needs no CA bundle). kdoctor skips
 //!   verification without a CA, which makes a TLS probe blind to the failures it should find.
-//! - A request that a connection never started (it was closing, or the HTTP/2 server refused
-//!   the stream or went away) is retried once on a fresh connection: nginx closes a keep-alive
-//!   connection after 1000 requests, and that is no failure of the target.
+//! - A request that a connection never started (an HTTP/1.1 keep-alive connection the server
+//!   closed, an HTTP/2 stream the server refused or a connection it is taking away) is retried
+//!   once on a fresh connection: nginx closes a keep-alive connection after 1000 requests or
+//!   75 s idle, and that is no failure of the target.
 //! - Failures are labelled by kind (`connect`, `tls`, `reset`, `protocol`, `io`; the runner adds
 //!   `timeout`) so a report says what broke, with the error chain as detail.
 
 use std::error::Error as StdError;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -28,7 +30,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -37,6 +39,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::http1::Http1;
 use crate::{Outcome, Requester};
 
 /// In-flight requests per HTTP/2 connection; nginx allows 128 concurrent streams by default.
@@ -204,6 +207,12 @@ impl HttpRequester {
                 .into()
         };
 
+        let template = Template {
+            method,
+            uri,
+            headers,
+            body: target.body.clone().unwrap_or_default(),
+        };
         let max_in_flight = max_in_flight.max(1);
         let pool = if target.http2 {
             let n = max_in_flight.div_ceil(H2_STREAMS_PER_CONN);
@@ -212,18 +221,11 @@ impl HttpRequester {
                 next: AtomicUsize::new(0),
             }
         } else {
-            Pool::Http1 {
-                idle: Mutex::new(Vec::with_capacity(max_in_flight)),
-            }
+            Pool::Http1(Http1::new(&template, max_in_flight))
         };
 
         Ok(Self {
-            template: Template {
-                method,
-                uri,
-                headers,
-                body: target.body.clone().unwrap_or_default(),
-            },
+            template,
             connector: Connector {
                 host: host.to_owned(),
                 port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
@@ -239,11 +241,19 @@ impl HttpRequester {
     /// Sends one request and drains its reply.
     pub async fn send(&self) -> Result<HttpReply, HttpFailure> {
         match &self.pool {
-            Pool::Http1 { idle } => self.send_http1(idle).await,
+            Pool::Http1(h1) => h1.send(&self.connector).await,
             Pool::Http2 { conns, next } => {
                 let slot = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
                 self.send_http2(slot).await
             }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn http1(&self) -> Option<&Http1> {
+        match &self.pool {
+            Pool::Http1(h1) => Some(h1),
+            Pool::Http2 { .. } => None,
         }
     }
 
@@ -252,37 +262,6 @@ impl HttpRequester {
         match self.expect_status {
             Some(want) => status == want,
             None => status.is_success() || status.is_redirection(),
-        }
-    }
-
-    async fn send_http1(&self, idle: &Mutex<Vec<Sender1>>) -> Result<HttpReply, HttpFailure> {
-        let mut retried = false;
-        loop {
-            let pooled = idle.lock().expect("pool lock").pop();
-            let reused = pooled.is_some();
-            let mut conn = match pooled {
-                Some(conn) => conn,
-                // Boxed: connecting is rare, and its large future would otherwise be
-                // part of (and copied with) every request's.
-                None => Box::pin(self.connector.http1()).await?,
-            };
-            if let Err(e) = conn.ready().await {
-                if reused {
-                    continue; // closed while idle: drop it and take another
-                }
-                return Err(failure(&e));
-            }
-            match conn.try_send_request(self.template.build()).await {
-                Ok(response) => {
-                    let reply = drain(response).await?;
-                    if !conn.is_closed() {
-                        idle.lock().expect("pool lock").push(conn);
-                    }
-                    return Ok(reply);
-                }
-                Err(e) if e.message().is_some() && !retried => retried = true,
-                Err(e) => return Err(failure(e.error())),
-            }
         }
     }
 
@@ -344,21 +323,20 @@ impl Requester for HttpRequester {
     }
 }
 
-type Sender1 = http1::SendRequest<Full<Bytes>>;
 type Sender2 = http2::SendRequest<Full<Bytes>>;
 /// A shared HTTP/2 connection with an id, so a request that saw it fail clears it only if no
 /// other request replaced it meanwhile.
 type H2Slot = tokio::sync::Mutex<Option<(u64, Sender2)>>;
 
-/// The request every send builds anew (hyper consumes it); clones are reference counts except
-/// the header map.
+/// The target's request: what every HTTP/2 send builds anew (hyper consumes it; clones are
+/// reference counts except the header map), and what HTTP/1.1 serializes once.
 #[derive(Debug)]
-struct Template {
-    method: Method,
+pub(crate) struct Template {
+    pub(crate) method: Method,
     /// Origin form (`/path?q`) for HTTP/1.1, absolute for HTTP/2.
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Template {
@@ -372,8 +350,7 @@ impl Template {
 }
 
 enum Pool {
-    /// Idle keep-alive connections, most recently used last (so few stay warm at low rates).
-    Http1 { idle: Mutex<Vec<Sender1>> },
+    Http1(Http1),
     /// Shared multiplexed connections, taken round-robin; `None` until first used.
     Http2 {
         conns: Box<[H2Slot]>,
@@ -387,7 +364,7 @@ struct TlsSetup {
 }
 
 /// Opens connections to the target.
-struct Connector {
+pub(crate) struct Connector {
     /// Host name or IP literal (IPv6 without brackets), resolved at each connect.
     host: String,
     port: u16,
@@ -396,7 +373,7 @@ struct Connector {
 }
 
 impl Connector {
-    async fn io(&self) -> Result<Io, HttpFailure> {
+    pub(crate) async fn io(&self) -> Result<Io, HttpFailure> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| HttpFailure {
@@ -427,17 +404,6 @@ impl Connector {
         Ok(Io::Tls(Box::new(stream)))
     }
 
-    async fn http1(&self) -> Result<Sender1, HttpFailure> {
-        let io = TokioIo::new(self.io().await?);
-        let (sender, conn) = http1::handshake(io).await.map_err(|e| failure(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("http1 connection ended: {e}");
-            }
-        });
-        Ok(sender)
-    }
-
     async fn http2(&self) -> Result<Sender2, HttpFailure> {
         let io = TokioIo::new(self.io().await?);
         let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
@@ -454,7 +420,7 @@ impl Connector {
 
 /// A plain or TLS connection: an enum rather than a boxed trait object, so reads and writes
 /// are direct calls.
-enum Io {
+pub(crate) enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -668,7 +634,7 @@ fn kind(e: &hyper::Error) -> &'static str {
     }
 }
 
-fn io_kind(e: &io::Error) -> &'static str {
+pub(crate) fn io_kind(e: &io::Error) -> &'static str {
     if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
         return "tls";
     }
@@ -694,7 +660,7 @@ fn find<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'
 }
 
 /// `e` and its sources, `: `-separated, skipping a source whose text its parent already holds.
-fn chain(e: &(dyn StdError + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn StdError + 'static)) -> String {
     let mut text = e.to_string();
     let mut cur = e.source();
     while let Some(err) = cur {

@@ -9,6 +9,7 @@ use std::future::Future;
 
 pub mod dns;
 pub mod http;
+mod http1;
 mod run;
 mod stats;
 
