@@ -1,8 +1,9 @@
 //! `NetReach`: probe the full mesh of agents over every interface and family.
 //!
 //! kdoctor's NetReach fields, with meshdoctor's extensions (`request.protocol`,
-//! `target.interfaces`). kdoctor's NetReach GETs every agent pod over HTTP; meshdoctor's probes
-//! the same mesh (`target.endpoint`) with ICMP or UDP, timestamped in the kernel. kdoctor's
+//! `target.interfaces`, `target.addresses`). kdoctor's NetReach GETs every agent pod over HTTP;
+//! meshdoctor's probes the same mesh (`target.endpoint`) with ICMP, UDP, TCP connects or HTTP
+//! GETs, timestamped in the kernel, and listed addresses without an agent. kdoctor's
 //! Service targets (`clusterIP`, `nodePort`, `loadBalancer`, `ingress`) are accepted so that a
 //! kdoctor manifest parses, and reported by [`NetReach::warnings`] when turned on: they are not
 //! probed yet.
