@@ -1,5 +1,6 @@
 //! HTTP requests for AppHttpHealthy: kdoctor's target fields (host, method, header, body, http2,
-//! TLS with a CA and a client certificate, expect.statusCode) on hyper 1 with tokio and rustls.
+//! TLS with a CA and a client certificate, expect.statusCode) on tokio and rustls: HTTP/1.1 by
+//! [`crate::http1`], HTTP/2 by hyper 1.
 //!
 //! Why it is built this way:
 //! - HTTP/1.1 is our own ([`crate::http1`]): the request serialized once, a stack of
