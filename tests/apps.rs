@@ -1,28 +1,32 @@
 //! Application rounds over the lab, kdoctor style: every agent loads one target and the
 //! controller aggregates. The targets are real servers started by the test inside the lab's
 //! controller namespace (`mdlab-ctl`, 192.0.2.254): nginx (plain HTTP, HTTPS with a CA and a
-//! client certificate generated here) and unbound (a static zone). Healthy targets succeed with
-//! latency from every agent; failing ones (a stopped server, a client certificate missing, a
-//! server certificate from another CA, an unexpected status, NXDOMAIN) fail the round with the
-//! cause in the reason.
+//! client certificate generated here) and unbound (a static zone over UDP, TCP and DNS over TLS
+//! with a certificate from the same CA). Healthy targets succeed with latency from every agent;
+//! failing ones (a stopped server, a client certificate missing, a server certificate from
+//! another CA or for another name, an unexpected status, NXDOMAIN) fail the round with the cause
+//! in the reason.
 //!
 //! Each test is one lab with several one-round tasks running side by side, 10 requests/s for
 //! 2 s per agent. They skip themselves, saying so, when not root or when nginx or unbound is
 //! not installed.
 
 use std::{
-    fmt::Write as _,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use meshdoctor_api::{AgentAppState, RoundReport, RoundStatus, table};
 use meshdoctor_e2e::can_run;
-use meshdoctor_lab::{Lab, LabConfig, LabServer, TestCa, nginx_config, plan::CONTROLLER_NS};
+use meshdoctor_lab::{
+    Lab, LabConfig, LabServer, TestCa, UnboundConfig, UnboundTls, nginx_config, plan::CONTROLLER_NS,
+};
 
 /// The servers' address: the controller namespace's eth0, on the pod network.
 const SERVER: &str = "192.0.2.254";
+/// The DNS name the servers' certificate carries besides [`SERVER`].
+const SERVER_NAME: &str = "dns.lab.test";
 const NODES: usize = 3;
 const QPS: u64 = 10;
 const SECS: u64 = 2;
@@ -103,7 +107,9 @@ fn http_task(name: &str, url: &str, extra_target: &str) -> String {
     )
 }
 
-fn dns_task(name: &str, domain: &str, protocol: &str) -> String {
+/// A NetDns task asking [`SERVER`] for `domain` over `protocol`, on the protocol's default
+/// port; `extra_user` adds fields to `targetUser` (indented lines).
+fn dns_task(name: &str, domain: &str, protocol: &str, extra_user: &str) -> String {
     task(
         "NetDns",
         name,
@@ -120,8 +126,7 @@ fn dns_task(name: &str, domain: &str, protocol: &str) -> String {
   target:
     targetUser:
       server: {SERVER}
-      port: 53
-"
+{extra_user}"
         ),
     )
 }
@@ -228,11 +233,12 @@ fn assert_all_failed(r: &RoundReport, expected: &str) {
     }
 }
 
-/// A CA, a server certificate it signed for [`SERVER`] and a client certificate it signed,
-/// plus an unrelated CA (`other-ca.pem`), written as PEM files into `dir`.
+/// A CA, a server certificate it signed for [`SERVER`] and [`SERVER_NAME`] and a client
+/// certificate it signed, plus an unrelated CA (`other-ca.pem`), written as PEM files into
+/// `dir`.
 fn write_pki(dir: &Path) {
     let ca = TestCa::new("meshdoctor lab CA");
-    let server = ca.server(&[SERVER]);
+    let server = ca.server(&[SERVER, SERVER_NAME]);
     let client = ca.client("probe");
     for (file, pem) in [
         ("other-ca.pem", TestCa::new("some other CA").cert_pem),
@@ -375,46 +381,36 @@ fn http_rounds_against_nginx_in_the_lab() {
     // Without the client certificate nginx answers 400 ("No required SSL certificate").
     assert_all_failed(&no_cert, "codes 400 (20), expected 200");
     // The agents refuse a server certificate that does not chain to the task's CA.
-    assert_all_failed(&wrong_ca, "tls errors (20)");
+    assert_all_failed(
+        &wrong_ca,
+        "tls errors (20: invalid peer certificate: UnknownIssuer)",
+    );
     assert_all_failed(&missing, "codes 404 (20), expected 200");
-    assert_all_failed(&stopped, "connect errors (20)");
+    assert_all_failed(&stopped, "connect errors (20: Connection refused");
     let errors = &stopped.app.as_ref().unwrap().summary.errors;
     assert_eq!(errors.get("connect"), Some(&(PER_AGENT * NODES as u64)));
 }
 
 /// Starts unbound in the controller namespace, serving the static zone `lab.test.` (with
-/// `web.lab.test. A 192.0.2.254`) on port 53 of [`SERVER`] and refusing everything else.
+/// `web.lab.test. A 192.0.2.254`) on [`SERVER`], port 53 over UDP and TCP and port 853 over
+/// TLS with the certificate of [`write_pki`], and refusing everything else.
 fn start_unbound(lab: &Lab, bin: &Path, dir: &Path) -> LabServer {
-    let d = dir.display();
-    let mut conf = String::new();
-    writeln!(
-        conf,
-        r#"server:
-  interface: {SERVER}
-  port: 53
-  do-daemonize: no
-  chroot: ""
-  username: ""
-  directory: "{d}"
-  pidfile: "{d}/unbound.pid"
-  use-syslog: no
-  logfile: ""
-  verbosity: 1
-  num-threads: 1
-  do-ip6: no
-  access-control: 192.0.2.0/24 allow
-  access-control: 198.51.100.0/24 allow
-  module-config: "iterator"
-  do-not-query-localhost: yes
-  local-zone: "." refuse
-  local-zone: "lab.test." static
-  local-data: "web.lab.test. A {SERVER}"
-remote-control:
-  control-enable: no"#
-    )
-    .unwrap();
+    write_pki(dir);
+    let conf = UnboundConfig {
+        dir: dir.to_path_buf(),
+        addr: SERVER.parse::<IpAddr>().unwrap(),
+        port: 53,
+        tls: Some(UnboundTls {
+            port: 853,
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }),
+        allow: vec!["192.0.2.0/24".into(), "198.51.100.0/24".into()],
+        zone: "lab.test.".into(),
+        records: vec![format!("web.lab.test. A {SERVER}")],
+    };
     let conf_path = dir.join("unbound.conf");
-    std::fs::write(&conf_path, conf).unwrap();
+    std::fs::write(&conf_path, conf.render()).unwrap();
     lab.spawn_server(
         "unbound",
         CONTROLLER_NS,
@@ -437,17 +433,39 @@ fn dns_rounds_against_unbound_in_the_lab() {
     let mut unbound = start_unbound(&lab, &unbound_bin, &dir);
     // unbound serves TCP on the same port: listening there means it is up.
     wait_listening(&mut unbound, 53);
+    wait_listening(&mut unbound, 853);
 
+    let d = dir.display();
+    let ca = format!("      tlsCaFile: {d}/ca.pem\n");
+    let dot_task = |name: &'static str, extra_user: &str| {
+        (name, dns_task(name, "web.lab.test", "tcp-tls", extra_user))
+    };
     let reports = run_rounds(
         &lab,
         &[
-            ("dns", dns_task("dns", "web.lab.test", "udp")),
-            ("dns-tcp", dns_task("dns-tcp", "web.lab.test", "tcp")),
-            ("dns-nx", dns_task("dns-nx", "missing.lab.test", "udp")),
+            ("dns", dns_task("dns", "web.lab.test", "udp", "")),
+            ("dns-tcp", dns_task("dns-tcp", "web.lab.test", "tcp", "")),
+            ("dns-nx", dns_task("dns-nx", "missing.lab.test", "udp", "")),
+            // DNS over TLS on the default port 853, verified for the server's IP address.
+            dot_task("dot", &ca),
+            dot_task(
+                "dot-name",
+                &format!("{ca}      tlsServerName: {SERVER_NAME}\n"),
+            ),
+            dot_task(
+                "dot-wrong-ca",
+                &format!("      tlsCaFile: {d}/other-ca.pem\n"),
+            ),
+            dot_task(
+                "dot-wrong-name",
+                &format!("{ca}      tlsServerName: other.lab.test\n"),
+            ),
+            // No CA: the webpki roots, which do not know the lab's CA (never unverified).
+            dot_task("dot-no-ca", ""),
         ],
     );
     drop(unbound);
-    let [udp, tcp, nx] = reports.try_into().unwrap();
+    let [udp, tcp, nx, dot, dot_name, wrong_ca, wrong_name, no_ca] = reports.try_into().unwrap();
 
     assert_all_succeeded(&udp, "NOERROR");
     assert_eq!(
@@ -457,4 +475,27 @@ fn dns_rounds_against_unbound_in_the_lab() {
     assert_all_succeeded(&tcp, "NOERROR");
     // kdoctor counts NXDOMAIN as success; here it fails the round and says so.
     assert_all_failed(&nx, "rcode NXDOMAIN (20), expected NOERROR");
+
+    // The controller read the CA file and shipped it; every agent verified unbound's
+    // certificate, for the IP address or for the name.
+    assert_all_succeeded(&dot, "NOERROR");
+    assert_eq!(
+        dot.app.as_ref().unwrap().target,
+        format!("tcp-tls {SERVER}:853 A web.lab.test.")
+    );
+    assert_all_succeeded(&dot_name, "NOERROR");
+    let unknown_ca = "tls errors (20: invalid peer certificate: UnknownIssuer)";
+    for (r, error) in [
+        (&wrong_ca, unknown_ca),
+        (
+            &wrong_name,
+            "tls errors (20: invalid peer certificate: certificate not valid for name \
+             \"other.lab.test\"",
+        ),
+        (&no_ca, unknown_ca),
+    ] {
+        assert_all_failed(r, error);
+        let errors = &r.app.as_ref().unwrap().summary.errors;
+        assert_eq!(errors.len(), 1, "{}: {errors:?}", r.task);
+    }
 }

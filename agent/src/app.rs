@@ -136,8 +136,12 @@ fn load_spec(plan: &RoundPlan, app: &AppPlan) -> Result<LoadSpec, String> {
     })
 }
 
+/// PEM text from the plan, as loadgen takes it.
+fn pem(p: &Option<String>) -> Option<Vec<u8>> {
+    p.as_ref().map(|p| p.clone().into_bytes())
+}
+
 fn http_requester(h: &HttpPlan, max_in_flight: usize) -> Result<HttpRequester, String> {
-    let pem = |p: &Option<String>| p.as_ref().map(|p| p.clone().into_bytes());
     let target = HttpTarget {
         url: h.url.clone(),
         method: h.method.as_str().into(),
@@ -162,11 +166,11 @@ fn dns_requester(d: &DnsPlan) -> Result<DnsRequester, String> {
     let transport = match d.protocol {
         DnsProtocol::Udp => Transport::Udp,
         DnsProtocol::Tcp => Transport::Tcp,
-        // The task names no CA or server name: the server's certificate must carry its IP
-        // address and chain to the webpki roots (kdoctor does not verify it at all).
+        // Always verified (kdoctor does not verify at all): for the task's server name or the
+        // server's IP address, against its CA or the webpki roots.
         DnsProtocol::TcpTls => Transport::TcpTls {
-            server_name: d.server.ip().to_string(),
-            ca_pem: None,
+            server_name: d.server_name(),
+            ca_pem: pem(&d.tls_ca_pem),
         },
     };
     let record = match d.record {
@@ -283,12 +287,46 @@ mod tests {
             protocol: DnsProtocol::Tcp,
             domain: "web.lab.test.".into(),
             record: DnsRecord::A,
+            tls_server_name: None,
+            tls_ca_pem: None,
         }))
         .await;
         assert_eq!(r.error, None);
         assert_eq!(r.stats.requests, 10);
         assert_eq!(r.stats.successes, 0);
         assert!(!r.stats.errors.is_empty(), "{:?}", r.stats);
+    }
+
+    #[tokio::test]
+    async fn a_dns_over_tls_plan_with_bad_tls_settings_is_the_reports_error() {
+        let dot = |tls_server_name: Option<&str>, tls_ca_pem: Option<&str>| {
+            AppTarget::Dns(DnsPlan {
+                server: "192.0.2.254:853".parse().unwrap(),
+                protocol: DnsProtocol::TcpTls,
+                domain: "web.lab.test.".into(),
+                record: DnsRecord::A,
+                tls_server_name: tls_server_name.map(Into::into),
+                tls_ca_pem: tls_ca_pem.map(Into::into),
+            })
+        };
+        for (target, says) in [
+            (dot(None, Some("not a PEM")), "transport.ca_pem"),
+            (
+                dot(Some("bad name!"), None),
+                "transport.server_name \"bad name!\"",
+            ),
+        ] {
+            let r = run_plan(target).await;
+            let error = r.error.expect("an error");
+            assert!(error.starts_with(says), "{error}");
+            assert_eq!((r.stats.planned, r.stats.requests), (10, 0));
+            assert_eq!(r.target, "tcp-tls 192.0.2.254:853 A web.lab.test.");
+        }
+        // Without either, the requester verifies the IP address against the webpki roots.
+        let AppTarget::Dns(d) = dot(None, None) else {
+            unreachable!()
+        };
+        assert!(dns_requester(&d).is_ok());
     }
 
     #[tokio::test]

@@ -296,6 +296,25 @@ pub struct DnsPlan {
     pub domain: String,
     /// kdoctor's rule: `A` for an IPv4 server, `AAAA` for an IPv6 one.
     pub record: DnsRecord,
+    /// `tcp-tls` only: the name the server's certificate must carry (`tlsServerName`); `None`
+    /// verifies it for the server's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// `tcp-tls` only: the CA certificates (PEM) the server must chain to, read from
+    /// `tlsCaFile` by the controller; `None` verifies it against the built-in webpki roots.
+    /// Verification is never skipped (kdoctor skips it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_pem: Option<String>,
+}
+
+impl DnsPlan {
+    /// The name the server's certificate is verified for: `tls_server_name`, or the server's
+    /// IP address.
+    pub fn server_name(&self) -> String {
+        self.tls_server_name
+            .clone()
+            .unwrap_or_else(|| self.server.ip().to_string())
+    }
 }
 
 /// The record type a NetDns round asks for.
@@ -445,6 +464,8 @@ mod tests {
             protocol: DnsProtocol::TcpTls,
             domain: "web.lab.test.".into(),
             record: DnsRecord::for_server(&"192.0.2.254".parse().unwrap()),
+            tls_server_name: None,
+            tls_ca_pem: None,
         });
         let json = serde_json::to_value(&dns).unwrap();
         assert_eq!(
@@ -457,6 +478,30 @@ mod tests {
             DnsRecord::for_server(&"2001:db8::1".parse().unwrap()),
             DnsRecord::Aaaa
         );
+    }
+
+    #[test]
+    fn dns_plans_carry_the_tls_name_and_ca_only_when_set() {
+        // A plan written before the TLS fields existed still reads, and verifies for the IP.
+        let old = r#"{"server":"[2001:db8::53]:853","protocol":"tcp-tls","domain":"a.test.","record":"AAAA"}"#;
+        let plan: DnsPlan = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (plan.tls_server_name.as_deref(), plan.tls_ca_pem.as_deref()),
+            (None, None)
+        );
+        assert_eq!(plan.server_name(), "2001:db8::53");
+        assert_eq!(serde_json::to_string(&plan).unwrap(), old);
+
+        let tls = DnsPlan {
+            tls_server_name: Some("dns.lab.test".into()),
+            tls_ca_pem: Some("CA PEM".into()),
+            ..plan
+        };
+        let json = serde_json::to_value(&tls).unwrap();
+        assert_eq!(json["tlsServerName"], "dns.lab.test");
+        assert_eq!(json["tlsCaPem"], "CA PEM");
+        assert_eq!(serde_json::from_value::<DnsPlan>(json).unwrap(), tls);
+        assert_eq!(tls.server_name(), "dns.lab.test");
     }
 
     #[test]

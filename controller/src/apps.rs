@@ -2,9 +2,10 @@
 //! the task's one target at the task's qps for its duration, and the controller aggregates.
 //!
 //! - [`resolve_target`] turns the task's spec into the [`AppTarget`] every plan carries. In the
-//!   standalone backend the TLS files (`tlsCaFile`, `tlsCertFile`, `tlsKeyFile`) are read here,
-//!   on the controller's host, and their PEM contents go into the plan: agents need no access
-//!   to the controller's files. A file that cannot be read, or a spec field only the Kubernetes
+//!   standalone backend the TLS files (AppHttpHealthy's `tlsCaFile`, `tlsCertFile`,
+//!   `tlsKeyFile`; a `tcp-tls` NetDns's `targetUser.tlsCaFile`) are read here, on the
+//!   controller's host, and their PEM contents go into the plan: agents need no access to the
+//!   controller's files. A file that cannot be read, or a spec field only the Kubernetes
 //!   backend can act on (`bodyConfigmapName`, `tlsSecretName`, `targetDns`), fails the round
 //!   with a reason naming the field instead of running a different request than the task says.
 //! - [`build_app_plans`] gives every agent the same plan, with the in-flight bound of
@@ -17,15 +18,14 @@
 //!   kinds, the unexpected codes.
 
 use meshdoctor_api::TaskSpec as _;
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::collections::BTreeMap;
 
 use meshdoctor_api::{
     AgentApp, AgentAppState, AgentRegistration, AgentReport, AppPlan, AppRoundReport, AppSummary,
     AppTarget, DnsPlan, DnsRecord, HttpPlan, LoadStats, RoundPlan, RoundSummary, Task, TaskKind,
-    TlsMaterial, app_max_in_flight, plan::dns_protocol_name, task::AppHttpHealthyTarget,
+    TlsMaterial, app_max_in_flight,
+    plan::dns_protocol_name,
+    task::{AppHttpHealthyTarget, DnsProtocol, NetDnsSpec},
 };
 
 use crate::mesh::RoundMeta;
@@ -33,22 +33,23 @@ use crate::mesh::RoundMeta;
 /// Agents named in a success-rate reason, worst first.
 const WORST_AGENTS: usize = 3;
 
+/// Reads the file of `spec.target.{field}`, if set, on the controller's host; an error names
+/// the field and the path.
+async fn read(field: &str, path: Option<&String>) -> Result<Option<String>, String> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    tokio::fs::read_to_string(path)
+        .await
+        .map(Some)
+        .map_err(|e| format!("spec.target.{field}: cannot read {path:?} on the controller: {e}"))
+}
+
 /// Reads the TLS files of an https AppHttpHealthy target on the controller's host; `None` for
 /// plain http (the task warns that its TLS settings are unused) or when no file is set.
 pub async fn read_tls(target: &AppHttpHealthyTarget) -> Result<Option<TlsMaterial>, String> {
     if !target.host.starts_with("https://") {
         return Ok(None);
-    }
-    async fn read(field: &str, path: Option<&String>) -> Result<Option<String>, String> {
-        let Some(path) = path else {
-            return Ok(None);
-        };
-        tokio::fs::read_to_string(path)
-            .await
-            .map(Some)
-            .map_err(|e| {
-                format!("spec.target.{field}: cannot read {path:?} on the controller: {e}")
-            })
     }
     let tls = TlsMaterial {
         ca_pem: read("tlsCaFile", target.tls_ca_file.as_ref()).await?,
@@ -58,20 +59,36 @@ pub async fn read_tls(target: &AppHttpHealthyTarget) -> Result<Option<TlsMateria
     Ok((tls != TlsMaterial::default()).then_some(tls))
 }
 
+/// Reads the CA file (`targetUser.tlsCaFile`) of a `tcp-tls` NetDns task on the controller's
+/// host, as the `ca_pem` of the material; `None` for udp and tcp (the task warns that its TLS
+/// settings are unused) or without the file (the agents then use the webpki roots).
+pub async fn read_dns_tls(spec: &NetDnsSpec) -> Result<Option<TlsMaterial>, String> {
+    let Some(user) = &spec.target.target_user else {
+        return Ok(None);
+    };
+    if spec.request.protocol != DnsProtocol::TcpTls {
+        return Ok(None);
+    }
+    let ca_pem = read("targetUser.tlsCaFile", user.tls_ca_file.as_ref()).await?;
+    Ok(ca_pem.map(|ca_pem| TlsMaterial {
+        ca_pem: Some(ca_pem),
+        ..Default::default()
+    }))
+}
+
 /// The target of an application task's rounds, with its TLS files read; an error names the
 /// field that keeps the round from running here. `None` for NetReach.
 pub async fn resolve_target(task: &Task) -> Option<Result<AppTarget, String>> {
-    match task {
-        Task::NetReach(_) => None,
-        Task::AppHttpHealthy(t) => Some(match read_tls(&t.spec.target).await {
-            Ok(tls) => app_target(task, tls),
-            Err(e) => Err(e),
-        }),
-        Task::NetDns(_) => Some(app_target(task, None)),
-    }
+    let tls = match task {
+        Task::NetReach(_) => return None,
+        Task::AppHttpHealthy(t) => read_tls(&t.spec.target).await,
+        Task::NetDns(t) => read_dns_tls(&t.spec).await,
+    };
+    Some(tls.and_then(|tls| app_target(task, tls)))
 }
 
-/// The target of an application task (pure): `tls` is the PEM material read for it.
+/// The target of an application task (pure): `tls` is the PEM material read for it (NetDns:
+/// only its `ca_pem`, the `tlsCaFile`).
 pub fn app_target(task: &Task, tls: Option<TlsMaterial>) -> Result<AppTarget, String> {
     match task {
         Task::NetReach(_) => Err("NetReach rounds have no application target".into()),
@@ -110,17 +127,22 @@ pub fn app_target(task: &Task, tls: Option<TlsMaterial>) -> Result<AppTarget, St
                         .into(),
                 );
             };
-            let ip: IpAddr = user.ip().ok_or_else(|| {
+            let protocol = spec.request.protocol;
+            let server = user.addr(protocol).ok_or_else(|| {
                 format!(
                     "spec.target.targetUser.server: {:?} is not an IP address",
                     user.server
                 )
             })?;
+            // udp and tcp ignore the TLS settings (the task warns), as plain http does.
+            let dot = protocol == DnsProtocol::TcpTls;
             Ok(AppTarget::Dns(DnsPlan {
-                server: SocketAddr::new(ip, user.port),
-                protocol: spec.request.protocol,
+                server,
+                protocol,
                 domain: spec.request.domain.clone(),
-                record: DnsRecord::for_server(&ip),
+                record: DnsRecord::for_server(&server.ip()),
+                tls_server_name: user.tls_server_name.clone().filter(|_| dot),
+                tls_ca_pem: tls.and_then(|t| t.ca_pem).filter(|_| dot),
             }))
         }
     }
@@ -135,8 +157,8 @@ pub fn spec_label(task: &Task) -> String {
             let r = &t.spec.request;
             let server = t.spec.target.target_user.as_ref().map_or_else(
                 || "cluster DNS".to_string(),
-                |u| match u.ip() {
-                    Some(ip) => SocketAddr::new(ip, u.port).to_string(),
+                |u| match u.addr(r.protocol) {
+                    Some(addr) => addr.to_string(),
                     None => u.server.clone(),
                 },
             );
@@ -526,7 +548,7 @@ pub fn judge(
 
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::{AppResult, LatencyUs, Timestamping, task::DnsProtocol};
+    use meshdoctor_api::{AppResult, LatencyUs, Timestamping};
 
     use super::*;
     use crate::mesh::tests::{mk_agent, mk_meta};
@@ -544,11 +566,15 @@ mod tests {
     }
 
     fn dns_task(target: &str) -> Task {
+        dns_task_over("tcp", target)
+    }
+
+    fn dns_task_over(protocol: &str, target: &str) -> Task {
         Task::from_yaml(
             "dns.yaml",
             &format!(
                 "apiVersion: meshdoctor.io/v1beta1\nkind: NetDns\nmetadata: {{name: dns}}\n\
-                 spec:\n  request: {{qps: 5, durationInSecond: 2, domain: web.lab.test, protocol: tcp}}\n  \
+                 spec:\n  request: {{qps: 5, durationInSecond: 2, domain: web.lab.test, protocol: {protocol}}}\n  \
                  target: {target}\n"
             ),
         )
@@ -612,6 +638,8 @@ mod tests {
                 protocol: DnsProtocol::Tcp,
                 domain: "web.lab.test.".into(),
                 record: DnsRecord::A,
+                tls_server_name: None,
+                tls_ca_pem: None,
             })
         );
         let v6 = dns_task("{targetUser: {server: '2001:db8::1', port: 5353}}");
@@ -671,6 +699,74 @@ mod tests {
             resolve_target(&dns_task("{targetUser: {server: 192.0.2.1}}"))
                 .await
                 .is_some()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn dns_over_tls_ships_the_ca_and_server_name_and_defaults_to_853() {
+        let dir = crate::fixtures::temp_dir("dns-tls");
+        let ca = dir.join("dns-ca.pem");
+        std::fs::write(&ca, "DNS CA PEM").unwrap();
+        let user = format!(
+            "{{targetUser: {{server: 192.0.2.254, tlsCaFile: {}, tlsServerName: dns.lab.test}}}}",
+            ca.display()
+        );
+        let dot = dns_task_over("tcp-tls", &user);
+        let Some(Ok(AppTarget::Dns(d))) = resolve_target(&dot).await else {
+            panic!("not dns")
+        };
+        assert_eq!(
+            d,
+            DnsPlan {
+                server: "192.0.2.254:853".parse().unwrap(),
+                protocol: DnsProtocol::TcpTls,
+                domain: "web.lab.test.".into(),
+                record: DnsRecord::A,
+                tls_server_name: Some("dns.lab.test".into()),
+                tls_ca_pem: Some("DNS CA PEM".into()),
+            }
+        );
+        assert_eq!(spec_label(&dot), "tcp-tls 192.0.2.254:853 web.lab.test.");
+
+        // Without the TLS fields: no CA (webpki roots) and the IP as the name; a port given
+        // stays.
+        let bare = dns_task_over("tcp-tls", "{targetUser: {server: 192.0.2.254, port: 8853}}");
+        let Some(Ok(AppTarget::Dns(d))) = resolve_target(&bare).await else {
+            panic!("not dns")
+        };
+        assert_eq!(d.server.port(), 8853);
+        assert_eq!((d.tls_ca_pem, d.tls_server_name), (None, None));
+
+        // udp and tcp keep port 53 and ship nothing TLS, not even a CA file that is missing.
+        let missing = dir.join("nope.pem");
+        let unused = format!(
+            "{{targetUser: {{server: 192.0.2.254, tlsCaFile: {}, tlsServerName: dns.lab.test}}}}",
+            missing.display()
+        );
+        for protocol in ["udp", "tcp"] {
+            let Some(Ok(AppTarget::Dns(d))) =
+                resolve_target(&dns_task_over(protocol, &unused)).await
+            else {
+                panic!("{protocol}: not dns")
+            };
+            assert_eq!(d.server.port(), 53, "{protocol}");
+            assert_eq!(
+                (d.tls_ca_pem, d.tls_server_name),
+                (None, None),
+                "{protocol}"
+            );
+        }
+        // Over tcp-tls the missing file fails the round, naming the field and the path.
+        let err = resolve_target(&dns_task_over("tcp-tls", &unused))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.starts_with("spec.target.targetUser.tlsCaFile: cannot read")
+                && err.contains("nope.pem")
+                && err.contains("on the controller"),
+            "{err}"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -13,8 +13,8 @@
 //!
 //! Tests start the real servers application probes need (nginx, unbound) inside the lab with
 //! [`Lab::spawn_server`], and add tasks while it runs with [`Lab::add_task`]; [`TestCa`],
-//! [`nginx_config`] and [`die_with_parent`] serve every test and benchmark that runs such a
-//! server, in the lab or not.
+//! [`nginx_config`], [`UnboundConfig`] and [`die_with_parent`] serve every test and benchmark
+//! that runs such a server, in the lab or not.
 //!
 //! The namespace names are fixed (the agent and controller tests rely on them), so only one lab
 //! can exist per machine: building one first removes the leftovers of a crashed run, and inside
@@ -35,5 +35,5 @@ pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
 pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
 pub use pki::{Pem, TestCa};
-pub use server::{LabServer, die_with_parent, nginx_config};
+pub use server::{LabServer, UnboundConfig, UnboundTls, die_with_parent, nginx_config};
 pub use task::{DEFAULT_QPS, DEFAULT_SECS, MeshTask, default_task_yaml, task_yaml};

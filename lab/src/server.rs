@@ -2,7 +2,7 @@
 //! probes reach them on lab addresses.
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command},
@@ -184,4 +184,130 @@ pub fn nginx_config(dir: &Path, name: &str, http: &str) -> String {
          fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
          {http}}}\n"
     )
+}
+
+/// An unbound that answers one static zone from its own records and refuses every other name
+/// (it never recurses, so nothing leaves the test), over UDP and TCP and, with `tls`, DNS over
+/// TLS. [`render`](Self::render) writes its configuration; run it as `unbound -d -c FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnboundConfig {
+    /// Its working directory, which holds its pid file.
+    pub dir: PathBuf,
+    /// The address it listens on.
+    pub addr: IpAddr,
+    /// Plain DNS, UDP and TCP.
+    pub port: u16,
+    /// DNS over TLS as well.
+    pub tls: Option<UnboundTls>,
+    /// Client networks allowed to query (`access-control: CIDR allow`).
+    pub allow: Vec<String>,
+    /// The static zone, fully qualified (`lab.test.`).
+    pub zone: String,
+    /// Its records, as unbound's `local-data` (`web.lab.test. A 192.0.2.254`).
+    pub records: Vec<String>,
+}
+
+/// DNS over TLS in an [`UnboundConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnboundTls {
+    /// Its port (unbound's `tls-port`; 853 is the standard one).
+    pub port: u16,
+    /// The server certificate chain, PEM (`tls-service-pem`).
+    pub cert: PathBuf,
+    /// Its private key, PEM (`tls-service-key`).
+    pub key: PathBuf,
+}
+
+/// Incoming TCP and TLS connections an [`UnboundConfig`] server keeps (`incoming-num-tcp`).
+const UNBOUND_TCP_CONNECTIONS: u32 = 256;
+
+impl UnboundConfig {
+    /// The configuration file's text.
+    pub fn render(&self) -> String {
+        let (addr, port, d) = (self.addr, self.port, self.dir.display());
+        let mut conf = format!("server:\n  interface: {addr}@{port}\n  port: {port}\n");
+        if let Some(tls) = &self.tls {
+            // unbound speaks TLS on the interfaces whose port is the tls-port.
+            conf += &format!(
+                "  interface: {addr}@{}\n  tls-port: {}\n  tls-service-pem: \"{}\"\n  \
+                 tls-service-key: \"{}\"\n",
+                tls.port,
+                tls.port,
+                tls.cert.display(),
+                tls.key.display()
+            );
+        }
+        let ip6 = if addr.is_ipv6() { "yes" } else { "no" };
+        // TCP and TLS connections: unbound's default of 10 per thread is soon half used by a
+        // few agents' pooled connections, and then it cuts its idle timeout to a few ms and
+        // closes connections under the queries pipelined on them.
+        conf += &format!(
+            "  do-daemonize: no\n  chroot: \"\"\n  username: \"\"\n  directory: \"{d}\"\n  \
+             pidfile: \"{d}/unbound.pid\"\n  use-syslog: no\n  logfile: \"\"\n  verbosity: 1\n  \
+             num-threads: 1\n  incoming-num-tcp: {UNBOUND_TCP_CONNECTIONS}\n  do-ip6: {ip6}\n  \
+             so-rcvbuf: 4m\n  so-sndbuf: 4m\n  \
+             module-config: \"iterator\"\n  do-not-query-localhost: yes\n"
+        );
+        for net in &self.allow {
+            conf += &format!("  access-control: {net} allow\n");
+        }
+        conf += &format!(
+            "  local-zone: \".\" refuse\n  local-zone: \"{}\" static\n",
+            self.zone
+        );
+        for record in &self.records {
+            conf += &format!("  local-data: \"{record}\"\n");
+        }
+        conf + "remote-control:\n  control-enable: no\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unbound_config_serves_dns_over_tls_only_when_asked() {
+        let mut conf = UnboundConfig {
+            dir: "/run/lab/unbound".into(),
+            addr: "192.0.2.254".parse().unwrap(),
+            port: 53,
+            tls: Some(UnboundTls {
+                port: 853,
+                cert: "/run/lab/unbound/server.pem".into(),
+                key: "/run/lab/unbound/server.key".into(),
+            }),
+            allow: vec!["192.0.2.0/24".into()],
+            zone: "lab.test.".into(),
+            records: vec!["web.lab.test. A 192.0.2.254".into()],
+        };
+        let text = conf.render();
+        for line in [
+            "server:",
+            "  interface: 192.0.2.254@53",
+            "  interface: 192.0.2.254@853",
+            "  tls-port: 853",
+            "  tls-service-pem: \"/run/lab/unbound/server.pem\"",
+            "  tls-service-key: \"/run/lab/unbound/server.key\"",
+            "  pidfile: \"/run/lab/unbound/unbound.pid\"",
+            "  incoming-num-tcp: 256",
+            "  do-ip6: no",
+            "  access-control: 192.0.2.0/24 allow",
+            "  local-zone: \".\" refuse",
+            "  local-zone: \"lab.test.\" static",
+            "  local-data: \"web.lab.test. A 192.0.2.254\"",
+            "remote-control:",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+        conf.tls = None;
+        conf.addr = "2001:db8::53".parse().unwrap();
+        let text = conf.render();
+        assert!(!text.contains("tls"), "{text}");
+        assert!(
+            text.contains("  interface: 2001:db8::53@53\n  port: 53\n"),
+            "{text}"
+        );
+        assert!(text.contains("  do-ip6: yes\n"), "{text}");
+    }
 }

@@ -3,7 +3,6 @@
 //! with a CA generated here; plus a scripted UDP server for stray, wrong and truncated replies.
 //! Every test skips itself, saying so, when unbound is not installed.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use meshdoctor_lab::{TestCa, die_with_parent};
+use meshdoctor_lab::{TestCa, UnboundConfig, UnboundTls, die_with_parent};
 use meshdoctor_loadgen::dns::{
     DnsError, DnsReply, DnsRequester, DnsTarget, Rcode, RecordType, Transport,
 };
@@ -226,43 +225,26 @@ impl Drop for Unbound {
 }
 
 fn config(dir: &Path, port: u16, tls_port: u16, extra: &[String]) -> String {
-    let d = dir.display();
-    let mut conf = String::new();
-    writeln!(
-        conf,
-        r#"server:
-  interface: 127.0.0.1@{port}
-  interface: 127.0.0.1@{tls_port}
-  port: {port}
-  tls-port: {tls_port}
-  tls-service-key: "{d}/key.pem"
-  tls-service-pem: "{d}/cert.pem"
-  do-daemonize: no
-  chroot: ""
-  username: ""
-  directory: "{d}"
-  pidfile: "{d}/unbound.pid"
-  use-syslog: no
-  logfile: ""
-  verbosity: 1
-  num-threads: 1
-  do-ip6: no
-  so-rcvbuf: 4m
-  so-sndbuf: 4m
-  access-control: 127.0.0.0/8 allow
-  module-config: "iterator"
-  do-not-query-localhost: yes
-  local-zone: "." refuse
-  local-zone: "meshdoctor.test." static
-  local-data: "a.meshdoctor.test. A {ZONE_A}"
-  local-data: "a.meshdoctor.test. AAAA {ZONE_AAAA}""#
-    )
-    .unwrap();
-    for line in extra {
-        writeln!(conf, "  local-data: \"{line}\"").unwrap();
+    UnboundConfig {
+        dir: dir.to_path_buf(),
+        addr: IpAddr::from([127, 0, 0, 1]),
+        port,
+        tls: Some(UnboundTls {
+            port: tls_port,
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }),
+        allow: vec!["127.0.0.0/8".into()],
+        zone: "meshdoctor.test.".into(),
+        records: [
+            format!("a.meshdoctor.test. A {ZONE_A}"),
+            format!("a.meshdoctor.test. AAAA {ZONE_AAAA}"),
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect(),
     }
-    conf.push_str("remote-control:\n  control-enable: no\n");
-    conf
+    .render()
 }
 
 fn requester(

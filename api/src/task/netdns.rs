@@ -4,8 +4,18 @@
 //! (`targetDns`, resolved to its ClusterIPs by the Kubernetes backend), never both. kdoctor's
 //! webhook sets no defaults for Netdns (a TODO); here every field has its CRD default, with
 //! `perRequestTimeoutInMS` at 500 ms instead of the CRD's 5 ms.
+//!
+//! DNS over TLS (`protocol: tcp-tls`) differs from kdoctor, which skips certificate
+//! verification and keeps port 53: here the server's certificate is always verified, against
+//! meshdoctor's `targetUser.tlsCaFile` (a PEM file the controller reads and ships in the plan) or
+//! the built-in webpki roots, for the name `targetUser.tlsServerName` (by default the server's
+//! IP address, which the certificate must then carry); and an omitted `port` is 853 (RFC 7858),
+//! not 53.
 
-use std::net::IpAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -91,9 +101,20 @@ pub enum DnsProtocol {
     Udp,
     #[serde(rename = "tcp")]
     Tcp,
-    /// DNS over TLS. kdoctor does not verify the server's certificate.
+    /// DNS over TLS. kdoctor does not verify the server's certificate; meshdoctor always does.
     #[serde(rename = "tcp-tls")]
     TcpTls,
+}
+
+impl DnsProtocol {
+    /// The server port when `targetUser.port` is omitted: 853 for DNS over TLS (RFC 7858; kdoctor
+    /// keeps 53, where no DoT server listens), 53 otherwise.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Udp | Self::Tcp => 53,
+            Self::TcpTls => 853,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -114,18 +135,46 @@ pub struct NetDnsTarget {
 pub struct NetDnsTargetUser {
     /// The server's IP address.
     pub server: String,
-    #[serde(default = "default_dns_port")]
-    pub port: u16,
-}
-
-fn default_dns_port() -> u16 {
-    53
+    /// Omitted: [`DnsProtocol::default_port`] of `request.protocol` (see [`Self::port`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// meshdoctor's extension, `tcp-tls` only: the CA bundle (PEM file, absolute path read by
+    /// the controller when it plans a round and shipped in the plan) the server's certificate
+    /// must chain to. Without it the built-in webpki roots are used; verification is never
+    /// skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<String>,
+    /// meshdoctor's extension, `tcp-tls` only: the DNS name (or IP address) the server's
+    /// certificate must carry. Without it, the server's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 impl NetDnsTargetUser {
     /// The server's address; valid once the task passed validation.
     pub fn ip(&self) -> Option<IpAddr> {
         self.server.parse().ok()
+    }
+
+    /// The port queried over `protocol`: `port`, or the protocol's default.
+    pub fn port(&self, protocol: DnsProtocol) -> u16 {
+        self.port.unwrap_or(protocol.default_port())
+    }
+
+    /// The server's socket address over `protocol`; `None` before validation.
+    pub fn addr(&self, protocol: DnsProtocol) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.ip()?, self.port(protocol)))
+    }
+
+    /// The TLS fields that are set, by their YAML names.
+    fn tls_fields(&self) -> Vec<&'static str> {
+        [
+            ("tlsCaFile", self.tls_ca_file.is_some()),
+            ("tlsServerName", self.tls_server_name.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
     }
 }
 
@@ -156,8 +205,8 @@ fn fqdn(domain: &str) -> String {
     }
 }
 
-fn validate_domain(domain: &str) -> Result<(), Invalid> {
-    let field = "spec.request.domain";
+/// Checks a domain name (`spec.request.domain`, `tlsServerName`) for `field`.
+fn validate_domain(field: &str, domain: &str) -> Result<(), Invalid> {
     let name = domain.strip_suffix('.').unwrap_or(domain);
     if name.is_empty() {
         return Err(Invalid::new(field, "must name a domain"));
@@ -187,6 +236,43 @@ fn validate_domain(domain: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Checks `targetUser`'s TLS fields, whatever the protocol (unused ones only warn).
+fn validate_tls(user: &NetDnsTargetUser) -> Result<(), Invalid> {
+    let f = |n: &str| format!("spec.target.targetUser.{n}");
+    if let Some(path) = &user.tls_ca_file
+        && !Path::new(path).is_absolute()
+    {
+        return Err(Invalid::new(
+            f("tlsCaFile"),
+            format!("must be an absolute path (read by the controller), got {path:?}"),
+        ));
+    }
+    if let Some(name) = &user.tls_server_name
+        && name.parse::<IpAddr>().is_err()
+    {
+        let field = f("tlsServerName");
+        let not_a_name = |reason: String| {
+            Invalid::new(
+                &field,
+                format!("expected a DNS name or an IP address: {reason}"),
+            )
+        };
+        validate_domain(&field, name).map_err(|e| not_a_name(e.reason))?;
+        // As TLS reads it: a last label of digits only would make it an IPv4 address.
+        let last = name
+            .trim_end_matches('.')
+            .rsplit('.')
+            .next()
+            .unwrap_or_default();
+        if last.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(not_a_name(format!(
+                "{name:?} is neither (its last label {last:?} is all digits)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Kind for NetDns {
     const KIND: TaskKind = TaskKind::NetDns;
 
@@ -200,7 +286,7 @@ impl Kind for NetDns {
         let sp = &self.spec;
         sp.schedule.validate()?;
         validate_request(TaskKind::NetDns, MAX_DNS_QPS, self.load(), &sp.schedule)?;
-        validate_domain(&sp.request.domain)?;
+        validate_domain("spec.request.domain", &sp.request.domain)?;
         validate_expect(sp.expect.success_rate, sp.expect.mean_access_delay_in_ms)?;
         match (&sp.target.target_user, &sp.target.target_dns) {
             (Some(_), Some(_)) => Err(Invalid::new(
@@ -219,13 +305,13 @@ impl Kind for NetDns {
                         format!("expected an IP address, got {:?}", user.server),
                     ));
                 }
-                if user.port == 0 {
+                if user.port == Some(0) {
                     return Err(Invalid::new(
                         "spec.target.targetUser.port",
                         "must be 1..=65535, got 0",
                     ));
                 }
-                Ok(())
+                validate_tls(user)
             }
             (None, Some(dns)) => {
                 let f = |n: &str| format!("spec.target.targetDns.{n}");
@@ -282,6 +368,18 @@ impl TaskSpec for NetDns {
                     .into(),
             );
         }
+        let protocol = self.spec.request.protocol;
+        if let Some(user) = &self.spec.target.target_user
+            && protocol != DnsProtocol::TcpTls
+        {
+            for field in user.tls_fields() {
+                w.push(format!(
+                    "spec.target.targetUser.{field}: not used: spec.request.protocol is {}, not \
+                     tcp-tls",
+                    crate::plan::dns_protocol_name(protocol)
+                ));
+            }
+        }
         w
     }
 }
@@ -321,8 +419,12 @@ spec:
         assert_eq!(r.per_request_timeout_in_ms, 500);
         let user = t.spec.target.target_user.as_ref().unwrap();
         assert_eq!(
-            (user.ip(), user.port),
+            (user.ip(), user.port(r.protocol)),
             (Some("fd00::53".parse().unwrap()), 53)
+        );
+        assert_eq!(
+            user.addr(r.protocol),
+            Some("[fd00::53]:53".parse().unwrap())
         );
         assert!(t.warnings().is_empty());
 
@@ -358,6 +460,125 @@ spec:
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].starts_with("spec.sourceAgentNodeSelector: "), "{w:?}");
         assert!(w[1].starts_with("spec.target.targetDns: "), "{w:?}");
+    }
+
+    #[test]
+    fn dns_over_tls_defaults_to_853_and_takes_a_ca_and_a_server_name() {
+        let tls = GOOD.replace("protocol: tcp", "protocol: tcp-tls").replace(
+            "'fd00::53'\n",
+            "'fd00::53'\n      tlsCaFile: /etc/meshdoctor/dns-ca.pem\n      \
+             tlsServerName: dns.example\n",
+        );
+        let t = NetDns::from_yaml("f", &tls).unwrap();
+        let user = t.spec.target.target_user.as_ref().unwrap();
+        assert_eq!(user.port, None);
+        assert_eq!(user.port(DnsProtocol::TcpTls), 853);
+        assert_eq!(
+            user.addr(t.spec.request.protocol),
+            Some("[fd00::53]:853".parse().unwrap())
+        );
+        assert_eq!(
+            user.tls_ca_file.as_deref(),
+            Some("/etc/meshdoctor/dns-ca.pem")
+        );
+        assert_eq!(user.tls_server_name.as_deref(), Some("dns.example"));
+        assert!(t.warnings().is_empty(), "{:?}", t.warnings());
+        // Written back, the omitted port stays omitted (853 is the protocol's, not the file's).
+        let yaml = serde_yaml::to_string(&t).unwrap();
+        assert!(!yaml.contains("port:"), "{yaml}");
+        assert_eq!(NetDns::from_yaml("f", &yaml).unwrap(), t);
+
+        // An explicit port wins, whatever the protocol; an IP address is a valid server name.
+        let explicit = tls
+            .replace("'fd00::53'\n", "'fd00::53'\n      port: 5353\n")
+            .replace("dns.example", "'fd00::53'");
+        let t = NetDns::from_yaml("f", &explicit).unwrap();
+        let user = t.spec.target.target_user.as_ref().unwrap();
+        assert_eq!(user.port(t.spec.request.protocol), 5353);
+
+        // udp and tcp keep 53 and warn, per field, that the TLS settings are unused.
+        for protocol in ["udp", "tcp"] {
+            let plain = tls.replace("protocol: tcp-tls", &format!("protocol: {protocol}"));
+            let t = NetDns::from_yaml("f", &plain).unwrap();
+            let user = t.spec.target.target_user.as_ref().unwrap();
+            assert_eq!(user.port(t.spec.request.protocol), 53);
+            let w = t.warnings();
+            assert_eq!(
+                w,
+                [
+                    format!(
+                        "spec.target.targetUser.tlsCaFile: not used: spec.request.protocol is \
+                         {protocol}, not tcp-tls"
+                    ),
+                    format!(
+                        "spec.target.targetUser.tlsServerName: not used: spec.request.protocol \
+                         is {protocol}, not tcp-tls"
+                    ),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn bad_tls_fields_name_the_field() {
+        let tls = GOOD.replace("protocol: tcp", "protocol: tcp-tls");
+        let user =
+            |extra: &str| tls.replace("'fd00::53'\n", &format!("'fd00::53'\n      {extra}\n"));
+        for (extra, field, says) in [
+            (
+                "tlsCaFile: ca.pem",
+                "spec.target.targetUser.tlsCaFile",
+                "must be an absolute path (read by the controller), got \"ca.pem\"",
+            ),
+            (
+                "tlsServerName: 'dns example'",
+                "spec.target.targetUser.tlsServerName",
+                "expected a DNS name or an IP address: \"dns example\" is not a domain name",
+            ),
+            (
+                "tlsServerName: ''",
+                "spec.target.targetUser.tlsServerName",
+                "expected a DNS name or an IP address: must name a domain",
+            ),
+            (
+                "tlsServerName: 'dns..example'",
+                "spec.target.targetUser.tlsServerName",
+                "label \"\"",
+            ),
+            (
+                "tlsServerName: '192.0.2'",
+                "spec.target.targetUser.tlsServerName",
+                "\"192.0.2\" is neither (its last label \"2\" is all digits)",
+            ),
+            (
+                "tlsCertFile: /c.pem",
+                "spec.target.targetUser.tlsCertFile",
+                "unknown field `tlsCertFile`, expected one of `server`, `port`, `tlsCaFile`, \
+                 `tlsServerName`",
+            ),
+            (
+                "port: 0",
+                "spec.target.targetUser.port",
+                "must be 1..=65535, got 0",
+            ),
+        ] {
+            assert_err(&user(extra), field, says);
+        }
+        // A bad TLS field is an error even when the protocol does not use it.
+        assert_err(
+            &user("tlsCaFile: ca.pem").replace("protocol: tcp-tls", "protocol: udp"),
+            "spec.target.targetUser.tlsCaFile",
+            "must be an absolute path",
+        );
+        for name in [
+            "dns.example.",
+            "192.0.2.53",
+            "'2001:db8::53'",
+            "_dot.example",
+        ] {
+            let yaml = user(&format!("tlsServerName: {name}"));
+            assert!(NetDns::from_yaml("f", &yaml).is_ok(), "{name}");
+        }
     }
 
     #[test]
