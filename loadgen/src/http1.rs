@@ -653,7 +653,7 @@ mod tests {
         whole
     }
 
-    fn ok(input: &str) -> (u16, Version, u64, bool, usize) {
+    fn ok(input: &str) -> Parsed {
         let (p, left) = parse(input.as_bytes(), false).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(p.is_done());
         let r = p.reply();
@@ -670,8 +670,11 @@ mod tests {
         parse(input, false).expect_err("a parse error")
     }
 
-    /// Each response, and its (status, version, body bytes, keep-alive, bytes left over).
-    fn assert_parsed(cases: &[(&str, (u16, Version, u64, bool, usize))]) {
+    /// A parsed response: status, version, body bytes, keep-alive, bytes left over.
+    type Parsed = (u16, Version, u64, bool, usize);
+
+    /// Each response, and what it parses to.
+    fn assert_parsed(cases: &[(&str, Parsed)]) {
         for (input, want) in cases {
             assert_eq!(ok(input), *want, "{input:?}");
         }
