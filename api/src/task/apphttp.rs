@@ -280,7 +280,9 @@ fn validate_url(url: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn validate_file(field: &str, path: Option<&String>) -> Result<(), Invalid> {
+/// A TLS file field: the controller reads it on its own host, so only an absolute path is
+/// unambiguous.
+pub(super) fn validate_file(field: &str, path: Option<&String>) -> Result<(), Invalid> {
     match path {
         Some(p) if !Path::new(p).is_absolute() => Err(Invalid::new(
             field,

@@ -12,10 +12,7 @@
 //! IP address, which the certificate must then carry); and an omitted `port` is 853 (RFC 7858),
 //! not 53.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::Path,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -239,14 +236,7 @@ fn validate_domain(field: &str, domain: &str) -> Result<(), Invalid> {
 /// Checks `targetUser`'s TLS fields, whatever the protocol (unused ones only warn).
 fn validate_tls(user: &NetDnsTargetUser) -> Result<(), Invalid> {
     let f = |n: &str| format!("spec.target.targetUser.{n}");
-    if let Some(path) = &user.tls_ca_file
-        && !Path::new(path).is_absolute()
-    {
-        return Err(Invalid::new(
-            f("tlsCaFile"),
-            format!("must be an absolute path (read by the controller), got {path:?}"),
-        ));
-    }
+    super::apphttp::validate_file(&f("tlsCaFile"), user.tls_ca_file.as_ref())?;
     if let Some(name) = &user.tls_server_name
         && name.parse::<IpAddr>().is_err()
     {
