@@ -16,14 +16,15 @@
 //!   waker that marks it ready in a bitset, so only woken requests are polled. Protocols that
 //!   need background work (connection drivers) spawn it themselves.
 //! - Latency is measured here, around the requester's future, so every protocol is timed the
-//!   same way. The per-request timeout is the runner's too (error kind `timeout`): deadlines
-//!   follow send order, so they sit in a FIFO and one timer, armed at the oldest live
-//!   deadline, serves them all, instead of a timer registered and cancelled per request.
+//!   same way. The per-request timeout is the runner's too (error kind `timeout`), with one
+//!   timer for all requests instead of one registered and cancelled per request: it is armed
+//!   no later than the oldest request's deadline (a request sent later has a later deadline),
+//!   and when it fires the slots are scanned, the expired dropped and the timer re-armed at the
+//!   oldest deadline left: about one scan per timeout period, with no memory per request.
 //! - The pacing timer is re-armed only when it fired or must fire earlier, not on every turn:
 //!   at saturation (every slot refilled as soon as it frees) that is once per timer tick rather
 //!   than once per request.
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,9 +87,6 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
     let mut stats = Collector::new();
     // Never more slots than requests: a huge bound on a short round costs nothing.
     let mut slots = Slots::new(max_in_flight.min(usize::try_from(planned).unwrap_or(usize::MAX)));
-    // (deadline, slot, generation) of every request sent, oldest first; entries of requests
-    // already done are dropped from the front as they surface.
-    let mut deadlines: VecDeque<(Instant, usize, u64)> = VecDeque::new();
     let mut not_sent = 0u64;
     let mut next = 0u64;
 
@@ -101,8 +99,8 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
     let pace = tokio::time::sleep_until(start);
     tokio::pin!(pace);
     let mut pace_at: Option<Instant> = None;
-    // Fires at the oldest deadline of a request in flight (or earlier, when that request
-    // ended meanwhile); armed only while `expiry_armed`.
+    // Fires at the oldest deadline of a request in flight, or earlier when that request ended
+    // meanwhile; armed only while `expiry_armed`.
     let expiry = tokio::time::sleep_until(start);
     tokio::pin!(expiry);
     let mut expiry_armed = false;
@@ -127,8 +125,12 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
                     first_send.get_or_insert(now);
                 }
                 for _ in 0..send {
-                    let (slot, generation) = slots.start(requester.request(), now);
-                    deadlines.push_back((now + spec.timeout, slot, generation));
+                    slots.start(requester.request(), now);
+                }
+                if send > 0 && !expiry_armed {
+                    // Nothing older is in flight (else the timer would be armed).
+                    expiry.as_mut().reset(now + spec.timeout);
+                    expiry_armed = true;
                 }
                 not_sent += due - next - send;
                 next = due;
@@ -144,10 +146,6 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
         if next >= planned && slots.in_flight() == 0 {
             break;
         }
-        if !expiry_armed && let Some(&(at, ..)) = deadlines.front() {
-            expiry.as_mut().reset(at);
-            expiry_armed = true;
-        }
         // Wait until a request completes or times out, or the pacer is due.
         poll_fn(|cx| {
             // Completions first: a slot freed now is free for a request due now.
@@ -156,25 +154,19 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
                 stats.record(&outcome, done - started);
                 last_done = done;
             });
-            while let Some(&(_, slot, generation)) = deadlines.front()
-                && !slots.is_live(slot, generation)
-            {
-                deadlines.pop_front();
-            }
             if expiry_armed && expiry.as_mut().poll(cx).is_ready() {
-                expiry_armed = false;
                 progress = true;
                 let now = Instant::now();
-                while let Some(&(at, slot, generation)) = deadlines.front()
-                    && at <= now
-                {
-                    deadlines.pop_front();
-                    if slots.cancel(slot, generation) {
-                        stats.record_error("timeout", || {
-                            format!("no reply within {} ms", spec.timeout.as_millis())
-                        });
-                        last_done = now;
-                    }
+                let (expired, oldest) = slots.expire(|sent| sent + spec.timeout <= now);
+                for _ in 0..expired {
+                    stats.record_error("timeout", || {
+                        format!("no reply within {} ms", spec.timeout.as_millis())
+                    });
+                    last_done = now;
+                }
+                expiry_armed = oldest.is_some();
+                if let Some(sent) = oldest {
+                    expiry.as_mut().reset(sent + spec.timeout);
                 }
             }
             if next < planned && pace_at.is_some() && pace.as_mut().poll(cx).is_ready() {
@@ -204,9 +196,8 @@ pub async fn run<R: Requester>(requester: Arc<R>, spec: &LoadSpec) -> LoadStats 
 /// sets the slot's bit and wakes the runner, so a turn polls only the requests that can move.
 struct Slots<F> {
     futures: Vec<Pin<Box<Option<F>>>>,
-    /// When each slot's request was sent, and how many requests the slot has started (to tell
-    /// a deadline of the current request from one of an earlier request).
-    started: Vec<(Instant, u64)>,
+    /// When each slot's request was sent.
+    started: Vec<Instant>,
     wakers: Vec<Waker>,
     ready: Arc<ReadySet>,
     free: Vec<usize>,
@@ -266,9 +257,9 @@ impl<F: Future<Output = Outcome>> Slots<F> {
     }
 
     /// Puts `request`, sent at `now`, into a free slot, to be polled on the next
-    /// [`poll_ready`](Self::poll_ready). Returns the slot and its generation. The caller keeps
-    /// the number in flight within the capacity.
-    fn start(&mut self, request: F, now: Instant) -> (usize, u64) {
+    /// [`poll_ready`](Self::poll_ready). The caller keeps the number in flight within the
+    /// capacity.
+    fn start(&mut self, request: F, now: Instant) {
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.futures[slot].as_mut().set(Some(request));
@@ -277,7 +268,7 @@ impl<F: Future<Output = Outcome>> Slots<F> {
             None => {
                 let slot = self.futures.len();
                 self.futures.push(Box::pin(Some(request)));
-                self.started.push((now, 0));
+                self.started.push(now);
                 self.wakers.push(Waker::from(Arc::new(SlotWaker {
                     ready: self.ready.clone(),
                     slot,
@@ -285,26 +276,29 @@ impl<F: Future<Output = Outcome>> Slots<F> {
                 slot
             }
         };
-        let (sent, generation) = &mut self.started[slot];
-        *sent = now;
-        *generation += 1;
+        self.started[slot] = now;
         self.in_flight += 1;
         self.ready.mark(slot);
-        (slot, *generation)
     }
 
-    /// Whether the slot still runs the request of this generation.
-    fn is_live(&self, slot: usize, generation: u64) -> bool {
-        self.started[slot].1 == generation && self.futures[slot].is_some()
-    }
-
-    /// Drops the slot's request if it is still the one of this generation; whether it was.
-    fn cancel(&mut self, slot: usize, generation: u64) -> bool {
-        if !self.is_live(slot, generation) {
-            return false;
+    /// Drops every request in flight whose send instant is `expired`: how many, and when the
+    /// oldest request left was sent.
+    fn expire(&mut self, expired: impl Fn(Instant) -> bool) -> (u64, Option<Instant>) {
+        let mut dropped = 0;
+        let mut oldest: Option<Instant> = None;
+        for slot in 0..self.futures.len() {
+            if self.futures[slot].is_none() {
+                continue;
+            }
+            let sent = self.started[slot];
+            if expired(sent) {
+                self.release(slot);
+                dropped += 1;
+            } else if oldest.is_none_or(|o| sent < o) {
+                oldest = Some(sent);
+            }
         }
-        self.release(slot);
-        true
+        (dropped, oldest)
     }
 
     fn release(&mut self, slot: usize) {
@@ -335,7 +329,7 @@ impl<F: Future<Output = Outcome>> Slots<F> {
                 let mut cx = Context::from_waker(&self.wakers[slot]);
                 if let Poll::Ready(outcome) = request.poll(&mut cx) {
                     self.release(slot);
-                    done(outcome, self.started[slot].0);
+                    done(outcome, self.started[slot]);
                     completed = true;
                 }
             }
