@@ -10,7 +10,7 @@
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use meshdoctor_lab::nginx_config;
+use meshdoctor_lab::{UnboundConfig, nginx_config};
 
 use crate::{cargo, setup, sh, step};
 
@@ -337,19 +337,17 @@ impl Server {
 
     /// unbound serving the static zone `meshdoctor.test.` only.
     fn unbound(dir: &Path, port: u16) -> Result<Self> {
-        let d = dir.display();
         let conf = dir.join("unbound.conf");
-        fs::write(
-            &conf,
-            format!(
-                "server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  do-daemonize: no\n\
-                 chroot: \"\"\n  username: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n\
-                 num-threads: 1\n  use-syslog: no\n  access-control: 127.0.0.0/8 allow\n\
-                 do-not-query-localhost: yes\n  local-zone: \".\" refuse\n\
-                 local-zone: \"meshdoctor.test.\" static\n\
-                 local-data: \"a.meshdoctor.test. A 192.0.2.7\"\n"
-            ),
-        )?;
+        let config = UnboundConfig {
+            dir: dir.to_path_buf(),
+            addr: Ipv4Addr::LOCALHOST.into(),
+            port,
+            tls: None,
+            allow: vec!["127.0.0.0/8".into()],
+            zone: "meshdoctor.test.".into(),
+            records: vec!["a.meshdoctor.test. A 192.0.2.7".into()],
+        };
+        fs::write(&conf, config.render())?;
         let child = Command::new("taskset")
             .args(["-c", "0", "unbound", "-d", "-c"])
             .arg(&conf)
