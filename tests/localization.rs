@@ -92,8 +92,8 @@ const SCENARIOS: &[Scenario] = &[
         faults: &["node-2:eth0:ingress:ipv4:100:link:tcp"],
     },
     Scenario {
-        name: "tcp: SYN-ACKs out of net1, stack, IPv6, 50%",
-        faults: &["node-3:net1:egress:ipv6:50:stack:replies:tcp"],
+        name: "tcp: SYN-ACKs out of net1, stack, IPv6, 100%",
+        faults: &["node-3:net1:egress:ipv6:100:stack:replies:tcp"],
     },
     Scenario {
         name: "http: SYNs into eth0, stack, IPv6, 30%",
