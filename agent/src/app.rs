@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use meshdoctor_api::{
     AgentReport, AppPlan, AppResult, AppTarget, DnsPlan, DnsRecord, HttpPlan, LoadStats,
-    MAX_APP_IN_FLIGHT, ObserverStats, RoundPlan,
+    MAX_APP_IN_FLIGHT, RoundPlan,
     task::{
         DnsProtocol, MAX_APP_HTTP_QPS, MAX_DNS_QPS, MAX_DURATION_IN_SECOND,
         MAX_PER_REQUEST_TIMEOUT_IN_MS,
@@ -69,20 +69,12 @@ pub async fn run(agent: &Agent, plan: &RoundPlan, app: &AppPlan) -> AgentReport 
         stats.not_sent,
     );
     AgentReport {
-        node: agent.node.clone(),
-        task: plan.task.clone(),
-        round: plan.round,
-        round_tag: plan.round_tag,
-        timestamping: agent.timestamping,
-        sent: vec![],
-        answered: vec![],
-        observer: ObserverStats::default(),
-        drops: vec![],
         app: Some(AppResult {
             target,
             error,
             stats,
         }),
+        ..AgentReport::on_plan(agent.node.clone(), plan, agent.timestamping)
     }
 }
 

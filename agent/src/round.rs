@@ -245,11 +245,6 @@ fn build_report(
         .collect();
     let own: HashSet<u16> = plan.targets.iter().map(|t| t.path).collect();
     AgentReport {
-        node: agent.node.clone(),
-        task: plan.task.clone(),
-        round: plan.round,
-        round_tag: plan.round_tag,
-        timestamping: agent.timestamping,
         sent,
         answered: hooks.answered(&own, |i| agent.interface_name(i)),
         observer: ObserverStats {
@@ -258,7 +253,7 @@ fn build_report(
             drop_tracer: agent.traces_drops(),
         },
         drops: agent.drop_records(hooks.drops()),
-        app: None,
+        ..AgentReport::on_plan(agent.node.clone(), plan, agent.timestamping)
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 const _: () = assert!(TCP_PROBE_PORT_BASE == meshdoctor_agent_common::TCP_PORT_BASE);
 
@@ -258,7 +258,10 @@ pub async fn respond(listener: TcpListener) -> io::Error {
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(c) => c,
-            Err(e) if is_transient(&e) => continue,
+            Err(e) if is_transient(&e) => {
+                debug!("probe responder accept: {e}");
+                continue;
+            }
             Err(e) => return e,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -279,10 +282,7 @@ fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    ) || {
-        warn!("probe responder accept: {e}");
-        false
-    }
+    )
 }
 
 /// One connection: answer a GET, then wait for the client to close.

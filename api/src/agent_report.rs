@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Bitmap, LoadStats};
+use crate::{Bitmap, LoadStats, RoundPlan};
 
 /// How an agent timestamps probe packets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,25 @@ pub struct AgentReport {
     /// did. `None` in NetReach reports, whose JSON is unchanged by this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppResult>,
+}
+
+impl AgentReport {
+    /// `node`'s report on `plan` with nothing in it yet: the round's identity filled in, for
+    /// the caller to add what it saw.
+    pub fn on_plan(node: impl Into<String>, plan: &RoundPlan, timestamping: Timestamping) -> Self {
+        Self {
+            node: node.into(),
+            task: plan.task.clone(),
+            round: plan.round,
+            round_tag: plan.round_tag,
+            timestamping,
+            sent: Vec::new(),
+            answered: Vec::new(),
+            observer: ObserverStats::default(),
+            drops: Vec::new(),
+            app: None,
+        }
+    }
 }
 
 /// One agent's application load against its round's target.

@@ -817,16 +817,8 @@ mod tests {
 
     fn report(node: &str, plan: &RoundPlan, app: Option<AppResult>) -> AgentReport {
         AgentReport {
-            node: node.into(),
-            task: plan.task.clone(),
-            round: plan.round,
-            round_tag: plan.round_tag,
-            timestamping: Timestamping::Ebpf,
-            sent: vec![],
-            answered: vec![],
-            observer: Default::default(),
-            drops: vec![],
             app,
+            ..AgentReport::on_plan(node, plan, Timestamping::Ebpf)
         }
     }
 

@@ -534,11 +534,6 @@ pub(crate) mod tests {
             })
             .collect();
         AgentReport {
-            node: node.into(),
-            task: plan.task.clone(),
-            round: plan.round,
-            round_tag: plan.round_tag,
-            timestamping: Timestamping::Ebpf,
             sent,
             answered,
             observer: ObserverStats {
@@ -546,8 +541,7 @@ pub(crate) mod tests {
                 events: 100,
                 drop_tracer: true,
             },
-            drops: vec![],
-            app: None,
+            ..AgentReport::on_plan(node, plan, Timestamping::Ebpf)
         }
     }
 

@@ -832,33 +832,13 @@ mod tests {
         ctl.sync_tasks(vec![]);
         assert!(ctl.tasks().is_empty());
         // The agent's report is still taken, and the round is joined and stored.
-        ctl.accept_report(AgentReport {
-            node: "node-1".into(),
-            task: plan.task.clone(),
-            round: plan.round,
-            round_tag: plan.round_tag,
-            timestamping: meshdoctor_api::Timestamping::Ebpf,
-            sent: vec![],
-            answered: vec![],
-            observer: Default::default(),
-            drops: vec![],
-            app: None,
-        })
+        ctl.accept_report(AgentReport::on_plan(
+            "node-1",
+            &plan,
+            meshdoctor_api::Timestamping::Ebpf,
+        ))
         .unwrap();
-        let started = std::time::Instant::now();
-        while ctl
-            .store()
-            .read("mesh", RoundRef::Latest)
-            .await
-            .unwrap()
-            .is_none()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "round never stored"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        stored_round(&ctl, "mesh").await;
         assert!(ctl.tasks().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -916,15 +896,6 @@ mod tests {
                 (10, 0, "404")
             };
             ctl.accept_report(AgentReport {
-                node: node.into(),
-                task: plan.task.clone(),
-                round: plan.round,
-                round_tag: plan.round_tag,
-                timestamping: meshdoctor_api::Timestamping::Ebpf,
-                sent: vec![],
-                answered: vec![],
-                observer: Default::default(),
-                drops: vec![],
                 app: Some(meshdoctor_api::AppResult {
                     target: app.target.label(),
                     error: None,
@@ -936,6 +907,7 @@ mod tests {
                         ..Default::default()
                     },
                 }),
+                ..AgentReport::on_plan(node, &plan, meshdoctor_api::Timestamping::Ebpf)
             })
             .unwrap();
         }

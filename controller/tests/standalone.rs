@@ -5,8 +5,8 @@
 use std::{path::PathBuf, time::Duration};
 
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, ObserverStats, PathState,
-    RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
+    AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, PathState, RoundPlan,
+    RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
     api_server, now_ms,
@@ -71,11 +71,6 @@ fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
         b
     };
     AgentReport {
-        node: node.into(),
-        task: plan.task.clone(),
-        round: plan.round,
-        round_tag: plan.round_tag,
-        timestamping: Timestamping::Ebpf,
         sent: plan
             .targets
             .iter()
@@ -104,9 +99,7 @@ fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
                 interfaces: vec!["eth0".into()],
             })
             .collect(),
-        observer: ObserverStats::default(),
-        drops: vec![],
-        app: None,
+        ..AgentReport::on_plan(node, plan, Timestamping::Ebpf)
     }
 }
 

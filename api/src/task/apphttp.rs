@@ -14,8 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::{
     Invalid, Kind, MAX_APP_HTTP_QPS, Metadata, SchedulePlan, TaskKind, TaskSpec, default_duration,
     default_mean_delay, default_qps, default_success_rate, default_timeout,
-    netreach::agent_spec_warning, validate_expect, validate_label, validate_name, validate_pair,
-    validate_request,
+    netreach::agent_spec_warning, validate_common, validate_expect, validate_label, validate_pair,
 };
 
 /// An AppHttpHealthy task.
@@ -294,6 +293,7 @@ pub(super) fn validate_file(field: &str, path: Option<&String>) -> Result<(), In
 
 impl Kind for AppHttpHealthy {
     const KIND: TaskKind = TaskKind::AppHttpHealthy;
+    const MAX_QPS: u32 = MAX_APP_HTTP_QPS;
 
     fn normalize(&mut self) {
         let t = &mut self.spec.target;
@@ -301,15 +301,8 @@ impl Kind for AppHttpHealthy {
     }
 
     fn validate(&self) -> Result<(), Invalid> {
-        validate_name(&self.metadata.name)?;
+        validate_common(self)?;
         let sp = &self.spec;
-        sp.schedule.validate()?;
-        validate_request(
-            TaskKind::AppHttpHealthy,
-            MAX_APP_HTTP_QPS,
-            self.load(),
-            &sp.schedule,
-        )?;
         validate_expect(sp.expect.success_rate, sp.expect.mean_access_delay_in_ms)?;
         if let Some(code) = sp.expect.status_code
             && !(100..=599).contains(&code)

@@ -355,8 +355,10 @@ macro_rules! parsers {
 pub(crate) use parsers;
 
 /// What every kind implements to be parsed by [`parse_kind`].
-pub(crate) trait Kind: DeserializeOwned {
+pub(crate) trait Kind: DeserializeOwned + TaskSpec {
     const KIND: TaskKind;
+    /// Highest `spec.request.qps` of the kind.
+    const MAX_QPS: u32;
     /// Fills in derived defaults, as kdoctor's mutating webhook does.
     fn normalize(&mut self);
     /// Checks values and their consistency, as kdoctor's validating webhook does.
@@ -476,6 +478,15 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Invalid> {
             format!("{name:?} is not a DNS subdomain name (lowercase letters, digits, '-', '.')"),
         ))
     }
+}
+
+/// The checks every kind starts with: its name, its schedule, and its request load against the
+/// kind's cap and the time a round has.
+pub(crate) fn validate_common<T: Kind>(task: &T) -> Result<(), Invalid> {
+    validate_name(&task.metadata().name)?;
+    let plan = task.schedule_plan();
+    plan.validate()?;
+    validate_request(T::KIND, T::MAX_QPS, task.load(), plan)
 }
 
 /// Checks `spec.request`'s rate and timing against the kind's qps cap and the time a round has.

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Invalid, Kind, MAX_DNS_QPS, Metadata, SchedulePlan, SuccessCondition, TaskKind, TaskSpec,
-    default_duration, default_qps, default_timeout, netreach::agent_spec_warning, validate_expect,
-    validate_label, validate_name, validate_request, yes,
+    default_duration, default_qps, default_timeout, netreach::agent_spec_warning, validate_common,
+    validate_expect, validate_label, yes,
 };
 
 /// `request.domain` when omitted (kdoctor's CRD default).
@@ -265,6 +265,7 @@ fn validate_tls(user: &NetDnsTargetUser) -> Result<(), Invalid> {
 
 impl Kind for NetDns {
     const KIND: TaskKind = TaskKind::NetDns;
+    const MAX_QPS: u32 = MAX_DNS_QPS;
 
     fn normalize(&mut self) {
         let r = &mut self.spec.request;
@@ -272,10 +273,8 @@ impl Kind for NetDns {
     }
 
     fn validate(&self) -> Result<(), Invalid> {
-        validate_name(&self.metadata.name)?;
+        validate_common(self)?;
         let sp = &self.spec;
-        sp.schedule.validate()?;
-        validate_request(TaskKind::NetDns, MAX_DNS_QPS, self.load(), &sp.schedule)?;
         validate_domain("spec.request.domain", &sp.request.domain)?;
         validate_expect(sp.expect.success_rate, sp.expect.mean_access_delay_in_ms)?;
         match (&sp.target.target_user, &sp.target.target_dns) {

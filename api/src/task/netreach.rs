@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Invalid, Kind, MAX_QPS, Metadata, SchedulePlan, SuccessCondition, TaskKind, TaskSpec,
-    default_duration, default_qps, default_timeout, validate_expect, validate_name,
-    validate_request, yes,
+    default_duration, default_qps, default_timeout, validate_common, validate_expect, yes,
 };
 use crate::{
     Protocol,
@@ -141,6 +140,7 @@ impl Default for NetReachTarget {
 
 impl Kind for NetReach {
     const KIND: TaskKind = TaskKind::NetReach;
+    const MAX_QPS: u32 = MAX_QPS;
 
     fn normalize(&mut self) {
         let t = &mut self.spec.target;
@@ -150,10 +150,8 @@ impl Kind for NetReach {
     }
 
     fn validate(&self) -> Result<(), Invalid> {
-        validate_name(&self.metadata.name)?;
+        validate_common(self)?;
         let sp = &self.spec;
-        sp.schedule.validate()?;
-        validate_request(TaskKind::NetReach, MAX_QPS, self.load(), &sp.schedule)?;
         let rq = &sp.request;
         let probes = u64::from(rq.qps) * u64::from(rq.duration_in_second);
         let (max, why) = if rq.protocol.is_tcp() {
