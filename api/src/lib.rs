@@ -2,13 +2,15 @@
 //!
 //! The data flows one way, and the modules follow it: a [`task`] spec becomes a round [`plan`]
 //! per agent, each agent answers with an [`agent_report`], and the controller joins those into a
-//! [`round`] report. [`stats`] holds the small numeric types every stage shares.
+//! [`round`] report, folded into the task's [`status`]. [`stats`] holds the small numeric types
+//! every stage shares.
 
 pub mod agent_report;
 pub mod load;
 pub mod plan;
 pub mod round;
 pub mod stats;
+pub mod status;
 pub mod table;
 pub mod task;
 
@@ -27,4 +29,8 @@ pub use round::{
     RoundReport, RoundStatus, RoundSummary, Segment,
 };
 pub use stats::{Bitmap, RttStats, clopper_pearson};
+pub use status::{
+    Condition, ConditionStatus, DEFAULT_MAX_HISTORY, HistoryEntry, LastRoundStatus, RoundDigest,
+    TaskStatus,
+};
 pub use task::{AppHttpHealthy, NetDns, NetReach, Task, TaskError, TaskKind, TaskSpec};

@@ -50,6 +50,7 @@ impl InterfaceInfo {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,
@@ -76,6 +77,7 @@ impl std::fmt::Display for Family {
 
 /// NetReach probe protocol (`spec.request.protocol`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// ICMP / ICMPv6 echo, answered by the peer's kernel.

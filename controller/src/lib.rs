@@ -1,11 +1,11 @@
 //! meshdoctor-controller: tasks -> rounds -> plans -> reports -> judged round reports.
 //!
-//! The pure core ([`schedule`], [`mesh`], [`join`], [`judge`], [`localize`], [`status`], and
-//! [`apps`] for AppHttpHealthy and NetDns rounds, which only reads the TLS files) knows
-//! nothing of HTTP, files or Kubernetes, so the Kubernetes backend can reuse it as is. The
-//! standalone backend's IO sits around it: [`tasks`] (task files), [`store`] (report files),
-//! [`rounds`] (the tokio round driver and shared state), [`api_server`] (axum routes) and
-//! [`metrics`].
+//! The pure core ([`schedule`], [`mesh`], [`join`], [`judge`], [`localize`], and [`apps`] for
+//! AppHttpHealthy and NetDns rounds, which only reads the TLS files; the task status it folds
+//! rounds into is `meshdoctor_api::status`) knows nothing of HTTP, files or Kubernetes, so the
+//! Kubernetes backend can reuse it as is. The standalone backend's IO sits around it: [`tasks`]
+//! (task files), [`store`] (report files), [`rounds`] (the tokio round driver and shared
+//! state), [`api_server`] (axum routes) and [`metrics`].
 
 pub mod api_server;
 pub mod apps;
@@ -18,7 +18,6 @@ pub mod mesh;
 pub mod metrics;
 pub mod rounds;
 pub mod schedule;
-pub mod status;
 pub mod store;
 pub mod tasks;
 

@@ -5,11 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use meshdoctor_api::task::parse_duration;
+use meshdoctor_api::{DEFAULT_MAX_HISTORY, task::parse_duration};
 use meshdoctor_controller::{
     api_server,
     rounds::{Controller, Settings},
-    status::DEFAULT_MAX_HISTORY,
     store::ReportStore,
     tasks,
 };

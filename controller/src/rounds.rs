@@ -32,6 +32,7 @@ use std::{
 
 use meshdoctor_api::{
     AgentRegistration, AgentReport, Finding, RoundPlan, RoundReport, RoundStatus, Task, TaskKind,
+    TaskStatus,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -52,7 +53,6 @@ use crate::{
         effective_start_ms, first_start_ms, next_start_ms, report_deadline_ms, round_deadline_ms,
         round_wanted,
     },
-    status::TaskStatus,
     store::{ReportStore, RoundRef, StoreError},
     tasks::TaskFile,
 };
@@ -759,7 +759,7 @@ mod tests {
         let st = w.status.as_ref().unwrap();
         assert_eq!(
             (st.expected_round, st.done_round, st.last_round_status),
-            (1, 0, crate::status::LastRoundStatus::Unknown)
+            (1, 0, meshdoctor_api::LastRoundStatus::Unknown)
         );
         assert!(lock(&ctl.tasks)["web.yaml"].runner.is_some());
 

@@ -5,13 +5,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, PathState, RoundPlan,
-    RoundReport, RoundStatus, SentPath, Timestamping,
+    AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, LastRoundStatus,
+    PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
     api_server, now_ms,
     rounds::{Controller, ReportError, Settings},
-    status::LastRoundStatus,
     store::{ReportStore, RoundRef},
     tasks,
 };
