@@ -62,9 +62,20 @@ pub fn router(ctl: Arc<Controller>, token: Option<String>) -> Router {
         .route("/v1/tasks/{name}/rounds/{round}", get(round_report))
         .route("/v1/findings", get(findings))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// 200 when this controller serves agents; 503 on a Kubernetes replica that does not lead, so
+/// the controller Service routes agents to the leader only.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.ctl.is_ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not leading")
+    }
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {

@@ -477,7 +477,7 @@ pub(crate) mod tests {
     pub(crate) fn mk_plans() -> BTreeMap<String, RoundPlan> {
         let mut task = mk_task(", interfaces: [pod]");
         task.spec.target.ipv6 = false;
-        build_plans(&task, &[mk_agent(1), mk_agent(2)], mk_meta()).unwrap()
+        build_plans(&task, &[mk_agent(1), mk_agent(2)], &[], mk_meta()).unwrap()
     }
 
     /// A bitmap with bits `0..n` set except `missing`.

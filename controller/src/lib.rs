@@ -9,10 +9,12 @@
 
 pub mod api_server;
 pub mod apps;
+pub mod backend;
 #[cfg(test)]
 mod fixtures;
 pub mod join;
 pub mod judge;
+pub mod kubernetes;
 pub mod localize;
 pub mod mesh;
 pub mod metrics;

@@ -1,13 +1,16 @@
-//! meshdoctor-controller, standalone backend: tasks from a directory of YAML files, agents
-//! over HTTP, round reports on local disk.
+//! meshdoctor-controller. Standalone backend (default): tasks from a directory of YAML files,
+//! agents over HTTP, round reports on local disk. Kubernetes backend (`--backend kubernetes`):
+//! tasks are custom resources, agents the agent DaemonSet's pods, status written to the tasks,
+//! one leader among the replicas (a Lease); agents still talk to the controller over HTTP.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use meshdoctor_api::{DEFAULT_MAX_HISTORY, task::parse_duration};
 use meshdoctor_controller::{
     api_server,
+    kubernetes::{self, lease},
     rounds::{Controller, Settings},
     store::ReportStore,
     tasks,
@@ -17,13 +20,27 @@ use tracing::{info, warn};
 /// How often the tasks directory is re-read for added, changed and removed files.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// Tasks from --tasks-dir, every registered agent takes part.
+    Standalone,
+    /// Tasks, agents, Service targets and status from the Kubernetes API (in-cluster config or
+    /// KUBECONFIG).
+    Kubernetes,
+}
+
 #[derive(Debug, Parser)]
-#[command(version, about = "meshdoctor controller (standalone backend)")]
+#[command(version, about = "meshdoctor controller")]
 struct Args {
+    #[arg(long, value_enum, default_value_t = Backend::Standalone)]
+    backend: Backend,
     /// Directory of task files (*.yaml, *.yml; NetReach, AppHttpHealthy, NetDns), one task per
     /// file, re-read every 2 s: added, changed and removed files take effect while running.
-    #[arg(long)]
-    tasks_dir: PathBuf,
+    /// Standalone backend only (required there).
+    #[arg(long, required_if_eq("backend", "standalone"))]
+    tasks_dir: Option<PathBuf>,
+    #[command(flatten)]
+    kube: KubeArgs,
     /// Round reports are stored as DIR/reports/<task>/<round>.json.
     #[arg(long)]
     data_dir: PathBuf,
@@ -45,6 +62,33 @@ struct Args {
     /// Round history entries kept in each task's status (kdoctor's crdMaxHistory).
     #[arg(long, default_value_t = DEFAULT_MAX_HISTORY, value_parser = history_len)]
     max_history: usize,
+}
+
+/// The Kubernetes backend's settings.
+#[derive(Debug, clap::Args)]
+struct KubeArgs {
+    /// Namespace of the agent pods, Service and Ingress and of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshdoctor")]
+    namespace: String,
+    /// This replica's name (the pod name): the Lease holder identity.
+    #[arg(long, env = "POD_NAME", default_value = "meshdoctor-controller")]
+    identity: String,
+    /// Label selector of the agent DaemonSet's pods.
+    #[arg(long, default_value = "app.kubernetes.io/name=meshdoctor-agent")]
+    agent_selector: String,
+    /// The agent Service (NetReach clusterIP, nodePort and loadBalancer targets).
+    #[arg(long, default_value = "meshdoctor-agent")]
+    agent_service: String,
+    /// The agent Ingress (NetReach ingress targets).
+    #[arg(long, default_value = "meshdoctor-agent")]
+    agent_ingress: String,
+    /// The Lease the replicas elect a leader with.
+    #[arg(long, default_value = "meshdoctor-controller")]
+    lease: String,
+    /// How long a leader's lease lasts without renewal (the longest leaderless time after a
+    /// crash); renewed every third of it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_ttl: Duration,
 }
 
 fn history_len(s: &str) -> Result<usize, String> {
@@ -89,10 +133,17 @@ async fn main() -> anyhow::Result<()> {
         max_history: args.max_history,
     };
     let ctl = Controller::new(settings, ReportStore::new(&args.data_dir));
-    let files = tasks::load_dir(&args.tasks_dir)
-        .with_context(|| format!("cannot read tasks dir {}", args.tasks_dir.display()))?;
-    ctl.sync_tasks(files);
-    tokio::spawn(reload_tasks(ctl.clone(), args.tasks_dir.clone()));
+    let mut stop_leading = None;
+    match (args.backend, &args.tasks_dir) {
+        (Backend::Standalone, Some(dir)) => {
+            let files = tasks::load_dir(dir)
+                .with_context(|| format!("cannot read tasks dir {}", dir.display()))?;
+            ctl.sync_tasks(files);
+            tokio::spawn(reload_tasks(ctl.clone(), dir.clone()));
+        }
+        (Backend::Standalone, None) => anyhow::bail!("--tasks-dir is required (standalone)"),
+        (Backend::Kubernetes, _) => stop_leading = Some(start_kubernetes(&ctl, &args.kube).await?),
+    }
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -104,7 +155,67 @@ async fn main() -> anyhow::Result<()> {
             info!("shutting down");
         })
         .await
-        .context("HTTP server failed")
+        .context("HTTP server failed")?;
+    if let Some(stop) = stop_leading {
+        stop.await;
+    }
+    Ok(())
+}
+
+/// Starts leader election and the Kubernetes backend; returns what releases the Lease on
+/// shutdown, so that another replica takes over at once.
+async fn start_kubernetes(
+    ctl: &Arc<Controller>,
+    args: &KubeArgs,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let lease_cfg = lease::LeaseConfig {
+        namespace: args.namespace.clone(),
+        name: args.lease.clone(),
+        identity: args.identity.clone(),
+        ttl: args.lease_ttl,
+        renew_every: args.lease_ttl / 3,
+    };
+    let (leading, mut is_leading) = tokio::sync::watch::channel(false);
+    // Only the leader is Ready, so the controller Service sends agents to it.
+    ctl.set_ready(false);
+    let ready = ctl.clone();
+    let mut watch_ready = is_leading.clone();
+    tokio::spawn(async move {
+        while watch_ready.changed().await.is_ok() {
+            ready.set_ready(*watch_ready.borrow_and_update());
+        }
+    });
+    let elector = tokio::spawn(lease::run(
+        client.clone(),
+        lease_cfg.clone(),
+        leading.clone(),
+    ));
+    let cfg = kubernetes::Config {
+        namespace: args.namespace.clone(),
+        agent_selector: args.agent_selector.clone(),
+        agent_service: args.agent_service.clone(),
+        agent_ingress: args.agent_ingress.clone(),
+        identity: args.identity.clone(),
+    };
+    is_leading.mark_changed();
+    let watched = kubernetes::watch(client.clone(), cfg);
+    tokio::spawn(kubernetes::run(
+        client.clone(),
+        ctl.clone(),
+        watched,
+        is_leading,
+    ));
+    Ok(async move {
+        elector.abort();
+        match lease::step_down(client, &lease_cfg, &leading).await {
+            Ok(true) => info!("lease released"),
+            Ok(false) => {}
+            Err(e) => warn!("cannot release the lease: {e}"),
+        }
+    })
 }
 
 /// Re-reads the tasks directory periodically; a transient read error keeps the current tasks.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use meshdoctor_api::{
     AgentRegistration, Family, IncomingPath, InterfaceInfo, NetReach, PlannedTarget, Protocol,
     RoundPlan,
-    task::{NetReachTarget, PRIMARY_INTERFACE},
+    task::{ListedAddress, NetReachTarget, PRIMARY_INTERFACE},
 };
 
 /// Most pair-paths one round can carry: path indexes are 16 bits of the probe id.
@@ -35,11 +35,12 @@ pub struct RoundMeta<'a> {
     pub report_deadline_ms: u64,
 }
 
-/// Plans of one round by node. Every agent of the roster gets one, also without targets: the
+/// Plans of one round by node; `service_targets` are probed like listed addresses. Every agent of the roster gets one, also without targets: the
 /// plan arms its observers so that it records the probes it answers.
 pub fn build_plans(
     task: &NetReach,
     roster: &[AgentRegistration],
+    service_targets: &[ListedAddress],
     meta: RoundMeta<'_>,
 ) -> Result<BTreeMap<String, RoundPlan>, MeshError> {
     let target = &task.spec.target;
@@ -49,8 +50,9 @@ pub fn build_plans(
     let families = families(target);
 
     let protocol = task.spec.request.protocol;
-    // Validated when the task was loaded.
-    let listed = task.listed_addresses();
+    // Validated when the task was loaded; the Service targets probe the same way.
+    let mut listed = task.listed_addresses();
+    listed.extend_from_slice(service_targets);
     let mut per_src: BTreeMap<&str, Vec<PlannedTarget>> = BTreeMap::new();
     let mut paths = 0usize;
     let mut push = |targets: &mut Vec<PlannedTarget>, t: PlannedTarget| {
@@ -240,7 +242,7 @@ pub(crate) mod tests {
     #[test]
     fn full_mesh_dual_stack_two_networks() {
         let roster: Vec<_> = (1..=4).map(mk_agent).collect();
-        let plans = build_plans(&mk_task(""), &roster, mk_meta()).unwrap();
+        let plans = build_plans(&mk_task(""), &roster, &[], mk_meta()).unwrap();
         assert_eq!(plans.len(), 4);
         let targets = all_targets(&plans);
         // 4 x 3 ordered pairs x 2 same-network interface pairs x 2 families.
@@ -263,7 +265,7 @@ pub(crate) mod tests {
         let mut task = mk_task("");
         for (protocol, port) in [(Protocol::Icmp, None), (Protocol::Tcp, Some(9091))] {
             task.spec.request.protocol = protocol;
-            let plans = build_plans(&task, &roster, mk_meta()).unwrap();
+            let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
             let targets = all_targets(&plans);
             assert!(targets.iter().all(|t| t.dst_port == port), "{protocol:?}");
             for (node, plan) in &plans {
@@ -285,7 +287,7 @@ pub(crate) mod tests {
     fn listed_addresses_are_probed_from_every_agent_after_the_mesh() {
         let roster: Vec<_> = (1..=3).map(mk_agent).collect();
         let mut task = mk_task(", addresses: ['192.0.2.10', 'fd00:9::10']");
-        let plans = build_plans(&task, &roster, mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
         let targets = all_targets(&plans);
         // The 24-path mesh, then each agent's eth0 to both addresses.
         assert_eq!(targets.len(), 24 + 3 * 2);
@@ -308,7 +310,7 @@ pub(crate) mod tests {
         task.spec.target.interfaces = Some(vec!["pod".into(), "sec".into()]);
         task.spec.target.addresses = Some(vec!["192.0.2.10:80".into()]);
         task.spec.request.protocol = Protocol::Tcp;
-        let plans = build_plans(&task, &roster, mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
         let targets = all_targets(&plans);
         assert_eq!(targets.len(), 3 * 2);
         assert!(targets.iter().all(|t| t.external && t.dst_port == Some(80)));
@@ -320,7 +322,7 @@ pub(crate) mod tests {
         let roster: Vec<_> = (1..=3).map(mk_agent).collect();
         let mut task = mk_task("");
         task.spec.target.ipv6 = false;
-        let targets_v4 = build_plans(&task, &roster, mk_meta()).unwrap();
+        let targets_v4 = build_plans(&task, &roster, &[], mk_meta()).unwrap();
         let t = all_targets(&targets_v4);
         assert_eq!(t.len(), 12);
         assert!(
@@ -333,7 +335,7 @@ pub(crate) mod tests {
     fn interfaces_filter_matches_network_or_name() {
         let roster: Vec<_> = (1..=3).map(mk_agent).collect();
         for filter in [", interfaces: [sec]", ", interfaces: [net1]"] {
-            let plans = build_plans(&mk_task(filter), &roster, mk_meta()).unwrap();
+            let plans = build_plans(&mk_task(filter), &roster, &[], mk_meta()).unwrap();
             let t = all_targets(&plans);
             assert_eq!(t.len(), 12, "{filter}");
             assert!(
@@ -350,7 +352,7 @@ pub(crate) mod tests {
         a1.interfaces[1].ipv4 = None;
         let mut lonely = mk_agent(3);
         lonely.interfaces.clear();
-        let plans = build_plans(&mk_task(""), &[a1, mk_agent(2), lonely], mk_meta()).unwrap();
+        let plans = build_plans(&mk_task(""), &[a1, mk_agent(2), lonely], &[], mk_meta()).unwrap();
         let t = all_targets(&plans);
         // node-1 <-> node-2, both directions: eth0 v4 and net1 v6 only.
         assert_eq!(t.len(), 4);
@@ -372,7 +374,7 @@ pub(crate) mod tests {
         let mut other = agent.clone();
         other.node = "node-2".into();
         // 2 ordered pairs x 200 x 200 interface pairs.
-        let err = build_plans(&mk_task(""), &[agent, other], mk_meta()).unwrap_err();
+        let err = build_plans(&mk_task(""), &[agent, other], &[], mk_meta()).unwrap_err();
         assert_eq!(err, MeshError::TooManyPaths { paths: 80_000 });
         assert!(err.to_string().contains("80000 pair-paths"));
     }

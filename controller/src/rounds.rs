@@ -26,13 +26,17 @@
 use meshdoctor_api::TaskSpec as _;
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use meshdoctor_api::{
     AgentRegistration, AgentReport, Finding, RoundPlan, RoundReport, RoundStatus, Task, TaskKind,
     TaskStatus,
+    status::{Condition, ConditionStatus},
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -43,6 +47,7 @@ use tracing::{info, warn};
 
 use crate::{
     apps::{self, AppExpect},
+    backend::{Backend, Standalone},
     join::join,
     judge::failure_reasons,
     localize::{LocalizeConfig, localize},
@@ -135,6 +140,38 @@ struct Rounds {
     open: BTreeMap<u32, OpenRound>,
 }
 
+/// Where a task's schedule starts: after the rounds its seeded status already counts.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    /// Rounds of the current spec already done.
+    done: u32,
+    /// The newest round number in the history (rounds are numbered on from it).
+    last_round: Option<u32>,
+    /// All wanted rounds are done: nothing to schedule.
+    finished: bool,
+}
+
+/// Condition type: the spec was read and validated (`False`: why it cannot run).
+pub const VALID: &str = "Valid";
+/// Condition type: the latest closed round ran under the current spec (`False` while rounds of
+/// a replaced spec are still open).
+pub const CURRENT: &str = "Current";
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        },
+        reason: reason.into(),
+        message,
+        last_transition_ms: now_ms(),
+        observed_generation: None,
+    }
+}
+
 struct TaskEntry {
     source: TaskFile,
     /// Distinguishes this incarnation of the task from an earlier one with the same file, so
@@ -148,6 +185,12 @@ struct TaskEntry {
 
 pub struct Controller {
     settings: Settings,
+    /// Who takes part, Service targets, where status goes ([`Standalone`] unless a backend is
+    /// set).
+    backend: RwLock<Arc<dyn Backend>>,
+    /// Whether this controller serves agents (`GET /readyz`): always in standalone, only while
+    /// leading in Kubernetes, so that the Service sends agents to the leader.
+    ready: AtomicBool,
     store: ReportStore,
     metrics: Metrics,
     roster: Mutex<BTreeMap<String, AgentView>>,
@@ -180,6 +223,8 @@ impl Controller {
         let first_tag = (now_ms() / 1000) as u32;
         Arc::new(Self {
             settings,
+            backend: RwLock::new(Arc::new(Standalone)),
+            ready: AtomicBool::new(true),
             store,
             metrics: Metrics::default(),
             roster: Mutex::default(),
@@ -193,6 +238,26 @@ impl Controller {
             generations: Mutex::new(0),
             findings: Mutex::default(),
         })
+    }
+
+    /// Replaces the standalone backend (before tasks are synced).
+    pub fn set_backend(&self, backend: Arc<dyn Backend>) {
+        *self.backend.write().unwrap_or_else(PoisonError::into_inner) = backend;
+    }
+
+    fn backend(&self) -> Arc<dyn Backend> {
+        self.backend
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &ReportStore {
@@ -386,6 +451,19 @@ impl Controller {
     /// (rounds already open finish under the old spec), removed files stop (rounds already
     /// open finish and are stored; see the module docs).
     pub fn sync_tasks(self: &Arc<Self>, files: Vec<TaskFile>) {
+        self.sync_tasks_seeded(files, BTreeMap::new());
+    }
+
+    /// [`Self::sync_tasks`], where a task that is new to this controller continues from the
+    /// status in `seeds` (by source) when there is one: the status an earlier controller
+    /// wrote for the same spec (Kubernetes: a restart or a new leader), so rounds already
+    /// done are not run again and the history continues.
+    pub fn sync_tasks_seeded(
+        self: &Arc<Self>,
+        files: Vec<TaskFile>,
+        mut seeds: BTreeMap<String, TaskStatus>,
+    ) {
+        let backend = self.backend();
         let mut tasks = lock(&self.tasks);
         let keep: std::collections::HashSet<&str> = files.iter().map(|f| f.file.as_str()).collect();
         tasks.retain(|file, entry| {
@@ -407,6 +485,7 @@ impl Controller {
                 r.abort();
             }
             let kept = previous.and_then(|e| e.status);
+            let seed = seeds.remove(&source.file);
             let generation = {
                 let mut g = lock(&self.generations);
                 *g += 1;
@@ -415,11 +494,21 @@ impl Controller {
             let (status, runner) = match &source.task {
                 Err(e) => {
                     warn!("skipping invalid task file: {e}");
-                    (kept, None)
+                    let (owner, mut status) = kept
+                        .or(seed.map(|s| (source.name.clone(), s)))
+                        .unwrap_or_else(|| {
+                            (
+                                source.name.clone(),
+                                TaskStatus::new(0, self.settings.max_history),
+                            )
+                        });
+                    status.set_condition(condition(VALID, false, "InvalidSpec", e.clone()));
+                    backend.status_changed(&source.file, &status);
+                    (Some((owner, status)), None)
                 }
                 Ok(task) => {
                     let rounds = task.schedule_plan().round_number;
-                    let status = match kept {
+                    let mut status = match kept {
                         Some((name, mut status)) if name == task.name() => {
                             info!(
                                 task = task.name(),
@@ -427,20 +516,65 @@ impl Controller {
                                 "task changed; its schedule restarts"
                             );
                             status.restart(rounds);
+                            let open: Vec<String> = lock(&self.rounds)
+                                .open
+                                .values()
+                                .filter(|r| r.task == task.name())
+                                .map(|r| r.round.to_string())
+                                .collect();
+                            if !open.is_empty() {
+                                status.set_condition(condition(
+                                    CURRENT,
+                                    false,
+                                    "SpecChangedMidRound",
+                                    format!(
+                                        "the spec changed while round {} was running: it \
+                                         finishes under the previous spec and does not count \
+                                         toward doneRound; the schedule restarted with the \
+                                         new spec",
+                                        open.join(", ")
+                                    ),
+                                ));
+                            }
                             status
                         }
-                        _ => {
-                            info!(task = task.name(), kind = %task.kind(), file = source.file, "task loaded");
-                            TaskStatus::new(rounds, self.settings.max_history)
-                        }
+                        _ => match seed {
+                            Some(mut seeded) => {
+                                info!(
+                                    task = task.name(),
+                                    done = seeded.done_round,
+                                    "task continues from its status"
+                                );
+                                seeded.expected_round = rounds;
+                                seeded
+                            }
+                            None => {
+                                info!(task = task.name(), kind = %task.kind(), file = source.file, "task loaded");
+                                TaskStatus::new(rounds, self.settings.max_history)
+                            }
+                        },
                     };
-                    for w in task.warnings() {
+                    let warnings = task.warnings();
+                    for w in &warnings {
                         warn!(task = task.name(), "{w}");
                     }
+                    let message = if warnings.is_empty() {
+                        "the spec is valid".to_string()
+                    } else {
+                        format!("the spec is valid; {}", warnings.join("; "))
+                    };
+                    status.set_condition(condition(VALID, true, "Valid", message));
+                    backend.status_changed(&source.file, &status);
+                    let resume = Resume {
+                        done: u32::try_from(status.done_round).unwrap_or(u32::MAX),
+                        last_round: status.history.iter().map(|h| h.round_number).max(),
+                        finished: status.finish,
+                    };
                     let runner = tokio::spawn(self.clone().run_task(
                         source.file.clone(),
                         generation,
                         task.clone(),
+                        resume,
                     ));
                     (
                         Some((task.name().to_string(), status)),
@@ -461,7 +595,17 @@ impl Controller {
     }
 
     /// A task's schedule loop: waits for the roster, then starts rounds on schedule.
-    async fn run_task(self: Arc<Self>, file: String, generation: u64, task: Arc<Task>) {
+    async fn run_task(
+        self: Arc<Self>,
+        file: String,
+        generation: u64,
+        task: Arc<Task>,
+        resume: Resume,
+    ) {
+        if resume.finished {
+            info!(task = task.name(), "task finished earlier; no round to run");
+            return;
+        }
         let mut size = self.roster_size.subscribe();
         if size
             .wait_for(|&n| n >= self.settings.wait_agents)
@@ -488,7 +632,7 @@ impl Controller {
         let round_timeout = task.round_timeout();
         let mut scheduled = first_start_ms(&schedule, clock_start);
         for n in 1..=u32::MAX {
-            if !round_wanted(round_number, n) {
+            if !round_wanted(round_number, n.saturating_add(resume.done)) {
                 break;
             }
             let Some(this) = scheduled else {
@@ -498,9 +642,14 @@ impl Controller {
             scheduled = next_start_ms(&schedule, this);
             sleep_until_ms(this.saturating_sub(delay.as_millis() as u64)).await;
             let start = effective_start_ms(this, now_ms(), delay);
-            let next = scheduled.filter(|_| round_wanted(round_number, n.saturating_add(1)));
+            let next = scheduled.filter(|_| {
+                round_wanted(
+                    round_number,
+                    n.saturating_add(resume.done).saturating_add(1),
+                )
+            });
             let deadline = round_deadline_ms(start, round_timeout, next);
-            let round = offset.unwrap_or(0).saturating_add(n);
+            let round = offset.max(resume.last_round).unwrap_or(0).saturating_add(n);
             tokio::spawn(self.clone().run_round(
                 file.clone(),
                 generation,
@@ -530,10 +679,17 @@ impl Controller {
             round_deadline_ms,
             self.settings.report_grace,
         );
-        let roster: Vec<AgentRegistration> = lock(&self.roster)
+        let backend = self.backend();
+        let registered: Vec<AgentRegistration> = lock(&self.roster)
             .values()
             .map(|a| a.registration.clone())
             .collect();
+        let roster = backend.roster(registered);
+        // NetReach: the Service targets, and why some it asks for cannot be probed.
+        let (service_targets, target_problems) = match &*task {
+            Task::NetReach(net_reach) => backend.service_targets(net_reach),
+            _ => (vec![], vec![]),
+        };
         let expected_agents: Vec<String> = roster.iter().map(|a| a.node.clone()).collect();
         // Application rounds: the target, with its TLS files read, before any lock is taken.
         let app_target = apps::resolve_target(&task).await;
@@ -551,7 +707,8 @@ impl Controller {
             };
             let plans = match (&*task, &app_target) {
                 (Task::NetReach(net_reach), _) => {
-                    build_plans(net_reach, &roster, meta).map_err(|e| e.to_string())
+                    build_plans(net_reach, &roster, &service_targets, meta)
+                        .map_err(|e| e.to_string())
                 }
                 (_, Some(Ok(target))) => Ok(apps::build_app_plans(&task, target, &roster, meta)),
                 (_, Some(Err(e))) => Err(e.clone()),
@@ -591,7 +748,7 @@ impl Controller {
                     () = all_reported.notified() => {}
                 }
                 let open = lock(&self.rounds).open.remove(&round_tag);
-                open.map_or_else(Default::default, |o| (o.plans, o.reports, vec![]))
+                open.map_or_else(Default::default, |o| (o.plans, o.reports, target_problems))
             }
             Err(e) => {
                 warn!(task = name, round, "cannot plan the round: {e}");
@@ -679,7 +836,17 @@ impl Controller {
             && let Some((owner, status)) = &mut entry.status
             && *owner == name
         {
-            status.record(&report, deadline, entry.generation == generation);
+            let current = entry.generation == generation;
+            status.record(&report, deadline, current);
+            if current {
+                status.set_condition(condition(
+                    CURRENT,
+                    true,
+                    "Current",
+                    format!("round {round} ran under the current spec"),
+                ));
+            }
+            backend.status_changed(&file, status);
         }
     }
 }

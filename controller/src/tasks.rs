@@ -36,15 +36,28 @@ pub fn load_dir(dir: &Path) -> io::Result<Vec<TaskFile>> {
         })
         .collect();
     paths.sort();
+    Ok(dedupe(
+        paths
+            .iter()
+            .map(|path| {
+                let stem = path
+                    .file_stem()
+                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                let task = Task::from_file(path).map_err(|e| e.to_string());
+                (path.display().to_string(), stem, task)
+            })
+            .collect(),
+    ))
+}
+
+/// Task sources in order, each `(source, name when invalid, task or error)`, with the later of
+/// two sources that define the same task name turned into an error (names are unique across
+/// kinds: reports are stored and served by name). Both backends go through here.
+pub(crate) fn dedupe(sources: Vec<(String, String, Result<Task, String>)>) -> Vec<TaskFile> {
     let mut seen: HashMap<String, String> = HashMap::new();
-    Ok(paths
-        .iter()
-        .map(|path| {
-            let file = path.display().to_string();
-            let stem = path
-                .file_stem()
-                .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            let task = Task::from_file(path).map_err(|e| e.to_string());
+    sources
+        .into_iter()
+        .map(|(file, stem, task)| {
             let task = task.and_then(|t| match seen.get(t.name()) {
                 Some(first) => Err(format!(
                     "{file}: metadata.name: task {:?} is already defined in {first} (names are \
@@ -59,7 +72,7 @@ pub fn load_dir(dir: &Path) -> io::Result<Vec<TaskFile>> {
             let name = task.as_ref().map_or(stem, |t| t.name().to_string());
             TaskFile { file, name, task }
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

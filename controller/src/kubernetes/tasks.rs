@@ -1,0 +1,171 @@
+//! Tasks as custom resources: the three kinds' objects turned into the same [`TaskFile`]s the
+//! standalone backend reads from a directory, so the round driver does not know where a task
+//! came from (pure; the watchers in [`super`] feed it).
+//!
+//! Objects are watched untyped ([`DynamicObject`]) and parsed here with the same strict parser
+//! as task files: an object the apiserver accepted but meshdoctor cannot use (a schema from
+//! another version, a rule CEL cannot express) is one task with an error, shown in its status,
+//! instead of a watch that fails to decode its whole list.
+
+use std::collections::BTreeMap;
+
+use kube::{api::ApiResource, core::DynamicObject};
+use meshdoctor_api::{Task, TaskKind, TaskStatus, task::API_VERSION};
+use serde_json::json;
+
+use crate::tasks::{TaskFile, dedupe};
+
+/// The API resource of a task kind (group meshdoctor.io, version v1beta1, cluster-scoped).
+pub fn resource(kind: TaskKind) -> ApiResource {
+    let (group, version) = API_VERSION.split_once('/').unwrap_or((API_VERSION, ""));
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: API_VERSION.into(),
+        kind: kind.as_str().into(),
+        plural: plural(kind).into(),
+    }
+}
+
+/// The resource's plural name, as in the CRDs (kdoctor's).
+pub fn plural(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::NetReach => "netreaches",
+        TaskKind::AppHttpHealthy => "apphttphealthies",
+        TaskKind::NetDns => "netdnses",
+    }
+}
+
+/// The source name of a task object in the round driver and in messages: `netreaches/mesh`.
+pub fn source(kind: TaskKind, name: &str) -> String {
+    format!("{}/{name}", plural(kind))
+}
+
+/// The kind and name of a source written by [`source`].
+pub fn parse_source(source: &str) -> Option<(TaskKind, &str)> {
+    let (plural_name, name) = source.split_once('/')?;
+    let kind = TaskKind::ALL
+        .into_iter()
+        .find(|&k| plural(k) == plural_name)?;
+    Some((kind, name))
+}
+
+/// A task object as the watchers last saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskObject {
+    pub kind: TaskKind,
+    pub name: String,
+    /// `metadata.generation`: bumped by the apiserver on every spec change.
+    pub generation: Option<i64>,
+    /// The task, or why it cannot run (`netreaches/mesh: spec.request.qps: ...`).
+    pub task: Result<Task, String>,
+    /// The status the object carries (written by an earlier leader), if it parses.
+    pub status: Option<TaskStatus>,
+}
+
+/// Reads a task object of `kind`.
+pub fn task_object(kind: TaskKind, obj: &DynamicObject) -> TaskObject {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let source = source(kind, &name);
+    // The document a task file would hold: the status is not part of the task.
+    let doc = json!({
+        "apiVersion": API_VERSION,
+        "kind": kind.as_str(),
+        "metadata": { "name": name },
+        "spec": obj.data.get("spec").cloned().unwrap_or_else(|| json!({})),
+    });
+    let task = Task::from_yaml(&source, &doc.to_string()).map_err(|e| e.to_string());
+    let status = obj
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    TaskObject {
+        kind,
+        name,
+        generation: obj.metadata.generation,
+        task,
+        status,
+    }
+}
+
+/// The task sources of all objects, in the round driver's terms; names are unique across
+/// kinds (the later source of a duplicate name gets an error).
+pub fn task_files<'a>(objects: impl IntoIterator<Item = &'a TaskObject>) -> Vec<TaskFile> {
+    let mut sorted: BTreeMap<String, &TaskObject> = BTreeMap::new();
+    for o in objects {
+        sorted.insert(source(o.kind, &o.name), o);
+    }
+    dedupe(
+        sorted
+            .into_iter()
+            .map(|(source, o)| (source, o.name.clone(), o.task.clone()))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_object(kind: TaskKind, name: &str, spec: serde_json::Value) -> DynamicObject {
+        let mut obj = DynamicObject::new(name, &resource(kind)).data(json!({ "spec": spec }));
+        obj.metadata.generation = Some(3);
+        obj
+    }
+
+    #[test]
+    fn objects_parse_like_task_files() {
+        let o = task_object(
+            TaskKind::NetReach,
+            &mk_object(TaskKind::NetReach, "mesh", json!({"request": {"qps": 10}})),
+        );
+        assert_eq!(o.generation, Some(3));
+        let task = o.task.unwrap();
+        assert_eq!(task.kind(), TaskKind::NetReach);
+        assert_eq!(task.spec().load().qps, 10);
+        let bad = task_object(
+            TaskKind::NetReach,
+            &mk_object(TaskKind::NetReach, "bad", json!({"request": {"qps": 0}})),
+        );
+        let e = bad.task.unwrap_err();
+        assert!(e.starts_with("netreaches/bad: spec.request.qps: "), "{e}");
+        let bad = task_object(
+            TaskKind::NetDns,
+            &mk_object(TaskKind::NetDns, "dns", json!({"target": {"nope": 1}})),
+        );
+        let e = bad.task.unwrap_err();
+        assert!(e.starts_with("netdnses/dns: spec.target"), "{e}");
+    }
+
+    #[test]
+    fn names_are_unique_across_kinds() {
+        let objects = [
+            task_object(
+                TaskKind::NetReach,
+                &mk_object(TaskKind::NetReach, "x", json!({})),
+            ),
+            task_object(
+                TaskKind::AppHttpHealthy,
+                &mk_object(
+                    TaskKind::AppHttpHealthy,
+                    "x",
+                    json!({"target": {"host": "http://web", "method": "GET"}}),
+                ),
+            ),
+        ];
+        let files = task_files(&objects);
+        assert_eq!(files.len(), 2);
+        // Sorted by source: apphttphealthies/x first, so the NetReach is the duplicate.
+        assert!(files[0].task.is_ok());
+        let e = files[1].task.as_ref().unwrap_err();
+        assert!(e.contains("already defined in apphttphealthies/x"), "{e}");
+    }
+
+    #[test]
+    fn sources_round_trip() {
+        for kind in TaskKind::ALL {
+            assert_eq!(parse_source(&source(kind, "t")), Some((kind, "t")));
+        }
+        assert_eq!(parse_source("pods/t"), None);
+    }
+}
