@@ -473,12 +473,20 @@ async fn report_pod_problems(
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         for pod in backend.pods.state() {
-            let Ok(agent) = pod_agent(&pod) else { continue };
-            for problem in agent.problems {
-                if !reported.insert((agent.pod.clone(), problem.clone())) {
+            let (name, problems) = match pod_agent(&pod) {
+                Ok(agent) => (agent.pod, agent.problems),
+                // Running without an IP is wrong (a CNI failure), not just early.
+                Err(e @ NotAgent::NoIp(_)) => (
+                    kube::ResourceExt::name_any(&*pod),
+                    vec![format!("{e}: it takes no part in rounds until it has one")],
+                ),
+                Err(_) => continue,
+            };
+            for problem in problems {
+                if !reported.insert((name.clone(), problem.clone())) {
                     continue;
                 }
-                warn!(pod = agent.pod, "{problem}");
+                warn!(pod = name, "{problem}");
                 let event = Event {
                     type_: EventType::Warning,
                     reason: "BadAgentPod".into(),
@@ -487,7 +495,7 @@ async fn report_pod_problems(
                     secondary: None,
                 };
                 if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
-                    warn!(pod = agent.pod, "cannot publish event: {e}");
+                    warn!(pod = name, "cannot publish event: {e}");
                 }
             }
         }

@@ -309,6 +309,28 @@ async fn a_malformed_network_status_is_an_event_on_the_pod_not_a_crash() {
         .filter(|w| w.uri.starts_with(POD_EVENTS))
         .count();
     assert_eq!(events, 1);
+    // A running pod without an IP (a CNI failure) is an event too, and no agent.
+    s.fake.apply(PODS, mk_pod("agent-b", "node-b", &[], None));
+    let writes = s
+        .fake
+        .wait_writes("the no-IP event", |w| {
+            w.iter().filter(|w| w.uri.starts_with(POD_EVENTS)).count() == 2
+        })
+        .await;
+    let event = &writes
+        .iter()
+        .rfind(|w| w.uri.starts_with(POD_EVENTS))
+        .unwrap()
+        .body;
+    assert_eq!(event["regarding"]["name"], "agent-b");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("pod agent-b has no IP yet"),
+        "{event}"
+    );
+    assert!(s.backend.agents().get("node-b").is_none());
 }
 
 #[tokio::test]
