@@ -1,0 +1,1509 @@
+//! deploy/, rendered and validated offline, without a cluster: `kubectl kustomize` renders the
+//! base (`deploy/`), each overlay and the example tasks; kubernetes-validate checks every
+//! built-in object strictly against the Kubernetes 1.33 schemas (k8s-openapi is built for
+//! v1_33); the meshdoctor.io tasks are checked against the openAPIV3Schema of the CRDs in the
+//! rendered base and parsed by meshdoctor's own task parser; and the rendered YAML is held to
+//! the documented security posture (deploy/README.md).
+//!
+//! The tools come from `cargo xtask setup` (kubernetes-validate in the project's virtualenv,
+//! `$MESHDOCTOR_VENV` or /opt/meshdoctor/venv, and kubectl with kustomize v5); `cargo xtask
+//! test` runs setup first. Without them a test is skipped with a message, unless it runs under
+//! `cargo xtask test` or in CI, where a missing tool fails it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use meshdoctor_api::{Task, TaskSpec as _};
+use serde_yaml::Value;
+
+/// The Kubernetes version the manifests are validated for: the one k8s-openapi is built with.
+const KUBERNETES_VERSION: &str = "1.33.0";
+
+/// Every directory `kubectl kustomize` must render, and what it is.
+const RENDERS: [(&str, &str); 4] = [
+    ("deploy", "the base"),
+    ("deploy/overlays/hostnetwork", "the hostNetwork overlay"),
+    ("deploy/overlays/multus", "the multus overlay"),
+    ("deploy/examples", "the example tasks"),
+];
+
+/// Kinds kubernetes-validate has no schema for, other than meshdoctor.io's (which are checked
+/// against the CRDs), each with the reason it may pass without one. Any other unknown kind
+/// fails the validation test.
+const UNKNOWN_KINDS: [(&str, &str, &str); 1] = [(
+    "k8s.cni.cncf.io/v1",
+    "NetworkAttachmentDefinition",
+    "multus's CRD, not part of Kubernetes; its spec.config is parsed and checked by \
+     multus_overlay_attaches_net1_to_every_agent",
+)];
+
+/// The agent's capabilities, exactly (deploy/README.md says why each).
+const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"];
+
+/// Validates custom resources against their CRDs' openAPIV3Schema with python's jsonschema
+/// (which comes with kubernetes-validate), as the API server would: `nullable` becomes a
+/// `null` type, `x-kubernetes-*` keys are dropped, required fields with a default may be
+/// omitted, `pattern`s (RE2, as Go reads them) have their POSIX classes (`[[:space:]]`) spelled
+/// for python's `re`, which reads `[[:space:]]` as something else, and fields the schema does not declare are errors (kubectl's default
+/// `--validate=strict` makes the API server refuse them; only `x-kubernetes-preserve-unknown-
+/// fields` objects take any). apiVersion, kind and metadata are implicit at the root. CEL
+/// rules (x-kubernetes-validations) are not evaluated here.
+///
+/// stdin: {"crds": [CRD...], "resources": [CR...]}; stdout: one JSON object per resource,
+/// {"resource": "Kind/name", "errors": ["field.path: message", ...]}.
+const CR_VALIDATOR: &str = r#"
+import json, sys
+import jsonschema
+
+# RE2's POSIX classes, valid inside a bracket expression, as python's re spells them.
+POSIX = {
+    "[:alnum:]": "0-9A-Za-z", "[:alpha:]": "A-Za-z", "[:ascii:]": "\\x00-\\x7f",
+    "[:blank:]": "\\t ", "[:cntrl:]": "\\x00-\\x1f\\x7f", "[:digit:]": "0-9",
+    "[:graph:]": "!-~", "[:lower:]": "a-z", "[:print:]": " -~",
+    "[:punct:]": "!-/:-@\\[-`{-~", "[:space:]": "\\t\\n\\v\\f\\r ",
+    "[:upper:]": "A-Z", "[:word:]": "0-9A-Za-z_", "[:xdigit:]": "0-9A-Fa-f",
+}
+
+def python_regex(pattern):
+    for posix, spelled in POSIX.items():
+        pattern = pattern.replace(posix, spelled)
+    if "[:" in pattern:
+        sys.exit("unknown POSIX class in pattern %r" % pattern)
+    return pattern
+
+def convert(schema, root=False):
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key.startswith("x-kubernetes-") or key == "nullable":
+            continue
+        if key in ("properties", "patternProperties"):
+            out[key] = {name: convert(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = convert(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [convert(sub) for sub in value]
+        elif key == "pattern":
+            out[key] = python_regex(value)
+        else:
+            out[key] = value
+    if root:
+        props = out.setdefault("properties", {})
+        props.setdefault("apiVersion", {"type": "string"})
+        props.setdefault("kind", {"type": "string"})
+        props.setdefault("metadata", {"type": "object"})
+    if schema.get("nullable") is True:
+        if "type" in out:
+            out["type"] = [out["type"], "null"]
+        if "enum" in out and None not in out["enum"]:
+            out["enum"] = list(out["enum"]) + [None]
+    if "required" in out:
+        props = schema.get("properties", {})
+        out["required"] = [r for r in out["required"] if "default" not in props.get(r, {})]
+    if ("properties" in out and "additionalProperties" not in out
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+def path_of(error):
+    return ".".join(str(p) for p in error.absolute_path) or "(root)"
+
+doc = json.load(sys.stdin)
+crds = {}
+for crd in doc["crds"]:
+    spec = crd["spec"]
+    for version in spec["versions"]:
+        key = (spec["group"] + "/" + version["name"], spec["names"]["kind"])
+        crds[key] = (crd, version)
+for res in doc["resources"]:
+    name = "%s/%s" % (res.get("kind"), (res.get("metadata") or {}).get("name"))
+    errors = []
+    found = crds.get((res.get("apiVersion"), res.get("kind")))
+    if found is None:
+        errors.append("apiVersion/kind: no CRD in the base defines %s %s"
+                      % (res.get("apiVersion"), res.get("kind")))
+    else:
+        crd, version = found
+        if not version.get("served", False):
+            errors.append("apiVersion: %s is not served" % res["apiVersion"])
+        namespaced = crd["spec"]["scope"] == "Namespaced"
+        has_ns = "namespace" in (res.get("metadata") or {})
+        if has_ns != namespaced:
+            errors.append("metadata.namespace: %s for a %s resource"
+                          % ("set" if has_ns else "missing", crd["spec"]["scope"]))
+        schema = convert(version["schema"]["openAPIV3Schema"], root=True)
+        validator = jsonschema.Draft4Validator(schema)
+        for e in sorted(validator.iter_errors(res), key=lambda e: list(map(str, e.absolute_path))):
+            errors.append("%s: %s" % (path_of(e), e.message))
+    print(json.dumps({"resource": name, "errors": errors}))
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Tools, rendering and documents
+
+struct Tools {
+    kubectl: PathBuf,
+    validate: PathBuf,
+    python: PathBuf,
+}
+
+/// The project's virtualenv, as `cargo xtask setup` makes it (xtask/src/setup.rs `venv_dir`).
+fn venv_dir() -> PathBuf {
+    std::env::var_os("MESHDOCTOR_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/meshdoctor/venv"))
+}
+
+fn runs(cmd: &Path, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The tools, or `None` (the test is skipped) when one is missing and setup was not run.
+/// Under `cargo xtask test` (which runs setup and sets MESHDOCTOR_BIN_DIR) or in CI, a missing
+/// tool fails the test instead.
+fn tools(test: &str) -> Option<Tools> {
+    let venv = venv_dir();
+    let venv_kubectl = venv.join("bin/kubectl");
+    let kubectl = if venv_kubectl.is_file() {
+        venv_kubectl
+    } else {
+        PathBuf::from("kubectl")
+    };
+    let validate = venv.join("bin/kubernetes-validate");
+    let python = venv.join("bin/python");
+    let mut missing = Vec::new();
+    if !runs(&kubectl, &["version", "--client"]) {
+        missing.push(format!("kubectl ({} does not run)", kubectl.display()));
+    }
+    if !runs(&validate, &["--version"]) {
+        missing.push(format!("kubernetes-validate ({})", validate.display()));
+    }
+    if !runs(&python, &["-c", "import jsonschema"]) {
+        missing.push(format!("python jsonschema ({})", python.display()));
+    }
+    if missing.is_empty() {
+        return Some(Tools {
+            kubectl,
+            validate,
+            python,
+        });
+    }
+    let msg = format!(
+        "{test}: missing {}: run `cargo xtask setup`",
+        missing.join(", ")
+    );
+    if std::env::var_os("CI").is_some() || std::env::var_os("MESHDOCTOR_BIN_DIR").is_some() {
+        panic!("{msg} (setup has run, so the tools must be there)");
+    }
+    eprintln!("skipped {msg}");
+    None
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `kubectl kustomize DIR` (DIR relative to the workspace root).
+fn render(tools: &Tools, dir: &str) -> String {
+    let out = Command::new(&tools.kubectl)
+        .arg("kustomize")
+        .arg(workspace_root().join(dir))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.kubectl.display()));
+    assert!(
+        out.status.success(),
+        "`kubectl kustomize {dir}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{dir}: rendered non-UTF-8: {e}"))
+}
+
+/// One rendered object.
+#[derive(Clone)]
+struct Doc {
+    /// The directory it was rendered from.
+    source: String,
+    value: Value,
+}
+
+impl Doc {
+    fn str_at(&self, path: &[&str]) -> Option<&str> {
+        get(&self.value, path)?.as_str()
+    }
+    fn api_version(&self) -> &str {
+        self.str_at(&["apiVersion"]).unwrap_or_default()
+    }
+    fn kind(&self) -> &str {
+        self.str_at(&["kind"]).unwrap_or_default()
+    }
+    fn name(&self) -> &str {
+        self.str_at(&["metadata", "name"]).unwrap_or_default()
+    }
+    fn namespace(&self) -> Option<&str> {
+        self.str_at(&["metadata", "namespace"])
+    }
+    /// `Kind/name` (`Kind/namespace/name` when namespaced) and where it came from, for messages.
+    fn id(&self) -> String {
+        match self.namespace() {
+            Some(ns) => format!("{}/{ns}/{} in {}", self.kind(), self.name(), self.source),
+            None => format!("{}/{} in {}", self.kind(), self.name(), self.source),
+        }
+    }
+}
+
+fn parse_docs(source: &str, text: &str) -> Vec<Doc> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|de| {
+            serde::Deserialize::deserialize(de)
+                .unwrap_or_else(|e| panic!("{source}: rendered YAML does not parse: {e}"))
+        })
+        .filter(|v: &Value| !v.is_null())
+        .map(|value| Doc {
+            source: source.to_string(),
+            value,
+        })
+        .collect()
+}
+
+fn rendered(tools: &Tools, dir: &str) -> Vec<Doc> {
+    let docs = parse_docs(dir, &render(tools, dir));
+    assert!(!docs.is_empty(), "{dir}: rendered nothing");
+    docs
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, key| v.get(*key))
+}
+
+fn get_mut<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {
+    path.iter().fold(v, |v, key| {
+        v.get_mut(*key)
+            .unwrap_or_else(|| panic!("no {key:?} on the way to {}", path.join(".")))
+    })
+}
+
+fn seq(v: Option<&Value>) -> &[Value] {
+    v.and_then(Value::as_sequence).map_or(&[], Vec::as_slice)
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    seq(v)
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("expected a string, got {s:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Doc], kind: &str, name: &str) -> &'a Doc {
+    let found: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == kind && d.name() == name)
+        .collect();
+    match found[..] {
+        [d] => d,
+        [] => panic!(
+            "{}: expected one {kind} {name:?}, found none",
+            docs.first().map_or("?", |d| d.source.as_str())
+        ),
+        _ => panic!("{}: {kind} {name:?} rendered twice", found[0].source),
+    }
+}
+
+/// The pod template's spec of a workload.
+fn pod_spec(d: &Doc) -> &Value {
+    get(&d.value, &["spec", "template", "spec"])
+        .unwrap_or_else(|| panic!("{}: no spec.template.spec", d.id()))
+}
+
+fn container<'a>(d: &'a Doc, name: &str) -> &'a Value {
+    seq(pod_spec(d).get("containers"))
+        .iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("{}: no container {name:?}", d.id()))
+}
+
+const WORKLOADS: [&str; 6] = [
+    "DaemonSet",
+    "Deployment",
+    "StatefulSet",
+    "ReplicaSet",
+    "Job",
+    "Pod",
+];
+
+/// Every container of every workload (init and ephemeral ones too), with its workload.
+fn all_containers(docs: &[Doc]) -> Vec<(&Doc, &Value)> {
+    let mut out = Vec::new();
+    for d in docs.iter().filter(|d| WORKLOADS.contains(&d.kind())) {
+        let spec = if d.kind() == "Pod" {
+            get(&d.value, &["spec"]).expect("a Pod has a spec")
+        } else {
+            pod_spec(d)
+        };
+        for list in ["initContainers", "containers", "ephemeralContainers"] {
+            out.extend(seq(spec.get(list)).iter().map(|c| (d, c)));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validators
+
+/// What kubernetes-validate said about one rendering.
+struct Validation {
+    success: bool,
+    /// Its output, one line per object: `INFO ... passed`, `WARN ... Couldn't find schema`,
+    /// `ERROR ... did not validate ...: field.path: message`.
+    lines: Vec<String>,
+    stderr: String,
+}
+
+/// Runs kubernetes-validate --strict for [`KUBERNETES_VERSION`] over `text`, YAML documents.
+/// It reads YAML 1.1 (an unquoted `yes` is a boolean), so it is given kustomize's output as
+/// is, which quotes such strings, not a re-serialization.
+fn run_kubernetes_validate(tools: &Tools, source: &str, text: &str) -> Validation {
+    let file = std::env::temp_dir().join(format!(
+        "meshdoctor-deploy-{}-{}.yaml",
+        std::process::id(),
+        source.replace(['/', ' '], "-")
+    ));
+    std::fs::write(&file, text).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+    let out = Command::new(&tools.validate)
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.validate.display()));
+    let _ = std::fs::remove_file(&file);
+    Validation {
+        success: out.status.success(),
+        lines: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+/// Checks one rendering with kubernetes-validate: nothing refused, every built-in object
+/// validated against a schema, and only meshdoctor.io kinds and [`UNKNOWN_KINDS`] without one.
+/// Returns how many objects it validated.
+fn kubernetes_validate(tools: &Tools, source: &str, text: &str) -> usize {
+    let docs = parse_docs(source, text);
+    let v = run_kubernetes_validate(tools, source, text);
+    let output = v.lines.join("\n");
+    let refused: Vec<&str> = v
+        .lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.starts_with("INFO ") && !l.starts_with("WARN "))
+        .collect();
+    assert!(
+        refused.is_empty() && v.success,
+        "{source}: kubernetes-validate --strict for Kubernetes {KUBERNETES_VERSION} refused \
+         it:\n{}\n{}",
+        refused.join("\n"),
+        v.stderr
+    );
+    for d in &docs {
+        let custom = d.api_version().starts_with("meshdoctor.io/")
+            || UNKNOWN_KINDS
+                .iter()
+                .any(|(v, k, _)| *v == d.api_version() && *k == d.kind());
+        if custom {
+            continue;
+        }
+        let passed = format!(
+            "passed for resource {}/{} ",
+            d.kind().to_lowercase(),
+            d.name()
+        );
+        assert!(
+            v.lines.iter().any(|l| l.contains(&passed)),
+            "{}: kubernetes-validate did not validate it (no schema for {} {}?); output:\n{output}",
+            d.id(),
+            d.api_version(),
+            d.kind()
+        );
+    }
+    for l in v.lines.iter().filter(|l| l.starts_with("WARN ")) {
+        let known = l.contains("with api version meshdoctor.io/")
+            || UNKNOWN_KINDS
+                .iter()
+                .any(|(v, k, _)| l.contains(&format!("for kind {k} with api version {v} ")));
+        assert!(
+            known,
+            "{source}: a kind without a schema that is neither meshdoctor.io's nor listed in \
+             UNKNOWN_KINDS with a reason: {l}"
+        );
+    }
+    v.lines.iter().filter(|l| l.starts_with("INFO ")).count()
+}
+
+/// Validates `resources` against the openAPIV3Schema of `crds` (see [`CR_VALIDATOR`]); returns
+/// the errors of each resource by `Kind/name`.
+fn validate_against_crds(
+    tools: &Tools,
+    crds: &[Doc],
+    resources: &[Value],
+) -> BTreeMap<String, Vec<String>> {
+    let input = serde_json::json!({
+        "crds": crds.iter().map(|d| &d.value).collect::<Vec<_>>(),
+        "resources": resources,
+    });
+    let mut child = Command::new(&tools.python)
+        .args(["-c", CR_VALIDATOR])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("writing the validator's input");
+    let out = child.wait_with_output().expect("the validator ran");
+    assert!(
+        out.status.success(),
+        "the CRD schema validator failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: BTreeMap<String, Vec<String>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("validator output {l:?}: {e}"));
+            let errors = v["errors"]
+                .as_array()
+                .expect("errors is a list")
+                .iter()
+                .map(|e| e.as_str().expect("an error is a string").to_string())
+                .collect();
+            (
+                v["resource"].as_str().expect("resource").to_string(),
+                errors,
+            )
+        })
+        .collect();
+    assert_eq!(
+        results.len(),
+        resources.len(),
+        "the validator answered for {} of {} resources: {results:?}",
+        results.len(),
+        resources.len()
+    );
+    results
+}
+
+fn crds(docs: &[Doc]) -> Vec<Doc> {
+    docs.iter()
+        .filter(|d| d.kind() == "CustomResourceDefinition")
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: rendering and schema validation
+
+#[test]
+fn every_rendering_validates_strictly_for_kubernetes_1_33() {
+    let Some(tools) = tools("every_rendering_validates_strictly_for_kubernetes_1_33") else {
+        return;
+    };
+    for (dir, what) in RENDERS {
+        let text = render(&tools, dir);
+        let docs = parse_docs(dir, &text);
+        assert!(!docs.is_empty(), "{dir}: rendered nothing");
+        let validated = kubernetes_validate(&tools, dir, &text);
+        eprintln!(
+            "{dir} ({what}): {} objects, {validated} validated by kubernetes-validate, {} \
+             custom",
+            docs.len(),
+            docs.len() - validated
+        );
+    }
+}
+
+#[test]
+fn kubernetes_validate_strict_refuses_an_unknown_field_and_a_wrong_type() {
+    let Some(tools) = tools("kubernetes_validate_strict_refuses_an_unknown_field_and_a_wrong_type")
+    else {
+        return;
+    };
+    let base = rendered(&tools, "deploy");
+    let agent = find(&base, "DaemonSet", "meshdoctor-agent");
+    for (field, value, expected) in [
+        (
+            "imagePullPolicyy",
+            Value::from("Always"),
+            "Additional properties are not allowed ('imagePullPolicyy' was unexpected)",
+        ),
+        (
+            "stdin",
+            Value::from("maybe"),
+            "'maybe' is not of type 'boolean'",
+        ),
+    ] {
+        let mut bad = agent.clone();
+        get_mut(&mut bad.value, &["spec", "template", "spec", "containers"])
+            .as_sequence_mut()
+            .and_then(|c| c.first_mut())
+            .and_then(Value::as_mapping_mut)
+            .expect("a container")
+            .insert(field.into(), value);
+        let text = serde_yaml::to_string(&bad.value).expect("serializes");
+        let v = run_kubernetes_validate(&tools, "negative", &text);
+        assert!(
+            !v.success,
+            "kubernetes-validate accepted a container with {field}: {:?}",
+            v.lines
+        );
+        let error = v
+            .lines
+            .iter()
+            .find(|l| l.starts_with("ERROR "))
+            .unwrap_or_else(|| panic!("no ERROR line for {field}: {:?}", v.lines));
+        assert!(
+            error.contains("resource daemonset/meshdoctor-agent")
+                && error.contains("spec.template.spec.containers.0")
+                && error.contains(expected),
+            "kubernetes-validate's refusal of {field} should name daemonset/meshdoctor-agent, \
+             spec.template.spec.containers.0 and say {expected:?}; it said: {error}"
+        );
+    }
+}
+
+#[test]
+fn example_tasks_fit_the_generated_crds_and_meshdoctors_parser() {
+    let Some(tools) = tools("example_tasks_fit_the_generated_crds_and_meshdoctors_parser") else {
+        return;
+    };
+    let crds = crds(&rendered(&tools, "deploy"));
+    let examples = rendered(&tools, "deploy/examples");
+    let mut kinds = BTreeSet::new();
+    for d in &examples {
+        assert_eq!(
+            d.api_version(),
+            "meshdoctor.io/v1beta1",
+            "{}: the examples are meshdoctor.io tasks",
+            d.id()
+        );
+        kinds.insert(d.kind().to_string());
+        // meshdoctor's own parser, as the standalone backend and the CLI read task files.
+        let yaml = serde_yaml::to_string(&d.value).expect("serializes");
+        let task = Task::from_yaml(&d.id(), &yaml)
+            .unwrap_or_else(|e| panic!("meshdoctor refuses the example: {e}"));
+        assert_eq!(task.kind().as_str(), d.kind(), "{}", d.id());
+        eprintln!("{}: ok; warnings: {:?}", d.id(), task.warnings());
+    }
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["AppHttpHealthy".into(), "NetDns".into(), "NetReach".into()]),
+        "deploy/examples: one example of each kind at least"
+    );
+    let values: Vec<Value> = examples.iter().map(|d| d.value.clone()).collect();
+    let results = validate_against_crds(&tools, &crds, &values);
+    let bad: Vec<String> = results
+        .iter()
+        .filter(|(_, errors)| !errors.is_empty())
+        .map(|(r, errors)| format!("{r}: {}", errors.join("; ")))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "deploy/examples: tasks that do not fit the CRDs in deploy/crds:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn a_broken_task_is_refused_by_the_crd_schema_naming_the_field() {
+    let Some(tools) = tools("a_broken_task_is_refused_by_the_crd_schema_naming_the_field") else {
+        return;
+    };
+    let crds = crds(&rendered(&tools, "deploy"));
+    let examples = rendered(&tools, "deploy/examples");
+    let mesh = find(&examples, "NetReach", "mesh-icmp");
+    let dns = find(&examples, "NetDns", "kube-dns");
+    let broken = |doc: &Doc, name: &str, path: &[&str], value: Value| {
+        let mut v = doc.value.clone();
+        *get_mut(&mut v, &["metadata", "name"]) = Value::from(name);
+        let (last, parent) = path.split_last().expect("a path");
+        get_mut(&mut v, parent)
+            .as_mapping_mut()
+            .expect("a mapping")
+            .insert(Value::from(*last), value);
+        v
+    };
+    // (resource, the field the error must name, what it must say: one of)
+    const NOT_ONE_OF: &[&str] = &[
+        "is not one of",
+        // An enum whose variants are documented may come out as oneOf of one-value enums.
+        "is not valid under any of the given schemas",
+    ];
+    let cases: [(Value, &str, &[&str]); 5] = [
+        (
+            broken(mesh, "qps-fast", &["spec", "request", "qps"], "fast".into()),
+            "spec.request.qps",
+            &["'fast' is not of type 'integer'"],
+        ),
+        (
+            broken(
+                mesh,
+                "sctp",
+                &["spec", "request", "protocol"],
+                "sctp".into(),
+            ),
+            "spec.request.protocol",
+            NOT_ONE_OF,
+        ),
+        (
+            broken(mesh, "ipv7", &["spec", "target", "ipv7"], true.into()),
+            "spec.target",
+            &["'ipv7' was unexpected"],
+        ),
+        (
+            broken(
+                dns,
+                "dns-dot",
+                &["spec", "request", "protocol"],
+                "dot".into(),
+            ),
+            "spec.request.protocol",
+            NOT_ONE_OF,
+        ),
+        (
+            broken(
+                mesh,
+                "namespaced",
+                &["metadata", "namespace"],
+                "meshdoctor".into(),
+            ),
+            "metadata.namespace",
+            &["set for a Cluster resource"],
+        ),
+    ];
+    let values: Vec<Value> = cases.iter().map(|(v, _, _)| v.clone()).collect();
+    let results = validate_against_crds(&tools, &crds, &values);
+    for (v, field, says) in &cases {
+        let name = format!(
+            "{}/{}",
+            v["kind"].as_str().unwrap_or_default(),
+            v["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let errors = &results[&name];
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("{field}: ")) && says.iter().any(|s| e.contains(s))),
+            "{name}: the CRD schema should refuse it with an error on {field} saying {says:?}; \
+             errors: {errors:?}"
+        );
+    }
+    // meshdoctor's own parser refuses the first two as well, naming the same field.
+    for (v, field, _) in &cases[..2] {
+        let yaml = serde_yaml::to_string(v).expect("serializes");
+        let err = Task::from_yaml("broken.yaml", &yaml)
+            .expect_err("meshdoctor's parser accepted a broken task")
+            .to_string();
+        assert!(
+            err.starts_with(&format!("broken.yaml: {field}: ")),
+            "meshdoctor's parser should name {field}: {err}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: the security posture and the wiring
+
+#[test]
+fn no_container_is_privileged_and_the_agent_has_exactly_its_capabilities() {
+    let Some(tools) =
+        tools("no_container_is_privileged_and_the_agent_has_exactly_its_capabilities")
+    else {
+        return;
+    };
+    for (dir, _) in RENDERS.iter().filter(|(d, _)| *d != "deploy/examples") {
+        let docs = rendered(&tools, dir);
+        let containers = all_containers(&docs);
+        assert!(!containers.is_empty(), "{dir}: no containers rendered");
+        for (d, c) in &containers {
+            let name = c["name"].as_str().unwrap_or("?");
+            let sc = c.get("securityContext");
+            let flag = |k: &str| sc.and_then(|s| s.get(k)).and_then(Value::as_bool);
+            assert_ne!(
+                flag("privileged"),
+                Some(true),
+                "{}: container {name} is privileged",
+                d.id()
+            );
+            assert_eq!(
+                flag("allowPrivilegeEscalation"),
+                Some(false),
+                "{}: container {name} must set allowPrivilegeEscalation: false",
+                d.id()
+            );
+            assert_eq!(
+                flag("readOnlyRootFilesystem"),
+                Some(true),
+                "{}: container {name} must set readOnlyRootFilesystem: true",
+                d.id()
+            );
+            assert_eq!(
+                strings(get(c, &["securityContext", "capabilities", "drop"])),
+                ["ALL"],
+                "{}: container {name} must drop ALL capabilities",
+                d.id()
+            );
+            for host in ["hostPID", "hostIPC"] {
+                assert_ne!(
+                    pod_spec(d).get(host).and_then(Value::as_bool),
+                    Some(true),
+                    "{}: {host}",
+                    d.id()
+                );
+            }
+        }
+        let agent = find(&docs, "DaemonSet", "meshdoctor-agent");
+        let mut caps = strings(get(
+            container(agent, "agent"),
+            &["securityContext", "capabilities", "add"],
+        ));
+        caps.sort();
+        assert_eq!(
+            caps,
+            AGENT_CAPABILITIES,
+            "{}: the agent's added capabilities must be exactly the documented set",
+            agent.id()
+        );
+        // The controller gets no capability at all, and runs as a non-root user.
+        let controller = find(&docs, "Deployment", "meshdoctor-controller");
+        let c = container(controller, "controller");
+        assert!(
+            get(c, &["securityContext", "capabilities", "add"]).is_none(),
+            "{}: the controller adds capabilities",
+            controller.id()
+        );
+        let pod_sc = pod_spec(controller).get("securityContext");
+        assert_eq!(
+            pod_sc
+                .and_then(|s| s.get("runAsNonRoot"))
+                .and_then(Value::as_bool),
+            Some(true),
+            "{}: runAsNonRoot",
+            controller.id()
+        );
+        assert_eq!(
+            pod_sc
+                .and_then(|s| s.get("runAsUser"))
+                .and_then(Value::as_u64),
+            Some(65532),
+            "{}: runAsUser",
+            controller.id()
+        );
+        for d in [agent, controller] {
+            let seccomp = get(pod_spec(d), &["securityContext", "seccompProfile", "type"])
+                .or_else(|| {
+                    seq(pod_spec(d).get("containers"))
+                        .first()
+                        .and_then(|c| get(c, &["securityContext", "seccompProfile", "type"]))
+                })
+                .and_then(Value::as_str);
+            assert_eq!(
+                seccomp,
+                Some("RuntimeDefault"),
+                "{}: seccomp profile",
+                d.id()
+            );
+        }
+        // The only host path is tracefs, mounted read-only.
+        let host_paths: Vec<(&str, &str)> = seq(pod_spec(agent).get("volumes"))
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v["name"].as_str()?,
+                    get(v, &["hostPath", "path"])?.as_str()?,
+                ))
+            })
+            .collect();
+        assert_eq!(
+            host_paths,
+            [("tracefs", "/sys/kernel/tracing")],
+            "{}: host paths",
+            agent.id()
+        );
+        let mount = seq(container(agent, "agent").get("volumeMounts"))
+            .iter()
+            .find(|m| m["name"].as_str() == Some("tracefs"))
+            .unwrap_or_else(|| panic!("{}: tracefs is not mounted", agent.id()));
+        assert_eq!(
+            mount["readOnly"].as_bool(),
+            Some(true),
+            "{}: tracefs must be mounted read-only",
+            agent.id()
+        );
+        // Every host path in any workload is the agent's tracefs.
+        for d in docs.iter().filter(|d| WORKLOADS.contains(&d.kind())) {
+            for v in seq(pod_spec(d).get("volumes")) {
+                if let Some(p) = get(v, &["hostPath", "path"]) {
+                    assert!(
+                        d.name() == "meshdoctor-agent" && p.as_str() == Some("/sys/kernel/tracing"),
+                        "{}: unexpected hostPath {p:?}",
+                        d.id()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// One RBAC permission, flattened: where it applies (a namespace, or "cluster"), API group,
+/// resource, verb and resource name ("" when any).
+type Grant = (String, String, String, String, String);
+
+fn grant(scope: &str, group: &str, resource: &str, verb: &str, name: &str) -> Grant {
+    (
+        scope.into(),
+        group.into(),
+        resource.into(),
+        verb.into(),
+        name.into(),
+    )
+}
+
+/// Everything the bindings in `docs` grant `ServiceAccount namespace/name`.
+fn grants_of(docs: &[Doc], namespace: &str, name: &str) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for b in docs
+        .iter()
+        .filter(|d| matches!(d.kind(), "RoleBinding" | "ClusterRoleBinding"))
+    {
+        let bound = seq(b.value.get("subjects")).iter().any(|s| {
+            s["kind"].as_str() == Some("ServiceAccount")
+                && s["name"].as_str() == Some(name)
+                && s["namespace"].as_str() == Some(namespace)
+        });
+        if !bound {
+            continue;
+        }
+        let role_kind = b.value["roleRef"]["kind"].as_str().unwrap_or_default();
+        let role_name = b.value["roleRef"]["name"].as_str().unwrap_or_default();
+        let role = docs
+            .iter()
+            .find(|d| {
+                d.kind() == role_kind
+                    && d.name() == role_name
+                    && (role_kind == "ClusterRole" || d.namespace() == b.namespace())
+            })
+            .unwrap_or_else(|| panic!("{}: binds {role_kind} {role_name}, not rendered", b.id()));
+        // A RoleBinding grants in its own namespace, even a ClusterRole's rules.
+        let scope = match b.kind() {
+            "ClusterRoleBinding" => "cluster".to_string(),
+            _ => b.namespace().expect("a RoleBinding has a namespace").into(),
+        };
+        for rule in seq(role.value.get("rules")) {
+            let names = strings(rule.get("resourceNames"));
+            let names = if names.is_empty() {
+                vec![String::new()]
+            } else {
+                names
+            };
+            for group in strings(rule.get("apiGroups")) {
+                for resource in strings(rule.get("resources")) {
+                    for verb in strings(rule.get("verbs")) {
+                        for n in &names {
+                            out.insert(grant(&scope, &group, &resource, &verb, n));
+                        }
+                    }
+                }
+            }
+            assert!(
+                rule.get("nonResourceURLs").is_none(),
+                "{}: nonResourceURLs",
+                role.id()
+            );
+        }
+    }
+    out
+}
+
+fn expected_controller_grants() -> BTreeSet<Grant> {
+    let mut g = BTreeSet::new();
+    for resource in ["netreaches", "apphttphealthies", "netdnses"] {
+        for verb in ["get", "list", "watch"] {
+            g.insert(grant("cluster", "meshdoctor.io", resource, verb, ""));
+        }
+        for verb in ["get", "patch", "update"] {
+            g.insert(grant(
+                "cluster",
+                "meshdoctor.io",
+                &format!("{resource}/status"),
+                verb,
+                "",
+            ));
+        }
+    }
+    for verb in ["get", "list", "watch"] {
+        g.insert(grant("meshdoctor", "", "pods", verb, ""));
+        g.insert(grant("meshdoctor", "", "services", verb, ""));
+        g.insert(grant(
+            "meshdoctor",
+            "networking.k8s.io",
+            "ingresses",
+            verb,
+            "",
+        ));
+    }
+    g.insert(grant(
+        "meshdoctor",
+        "coordination.k8s.io",
+        "leases",
+        "create",
+        "",
+    ));
+    for verb in ["get", "update"] {
+        g.insert(grant(
+            "meshdoctor",
+            "coordination.k8s.io",
+            "leases",
+            verb,
+            "meshdoctor-controller",
+        ));
+    }
+    // Events about the agent pods (meshdoctor) and about the cluster-scoped tasks (default).
+    for ns in ["meshdoctor", "default"] {
+        for verb in ["create", "patch"] {
+            g.insert(grant(ns, "events.k8s.io", "events", verb, ""));
+        }
+    }
+    g
+}
+
+#[test]
+fn rbac_is_least_privilege_and_the_agent_has_none() {
+    let Some(tools) = tools("rbac_is_least_privilege_and_the_agent_has_none") else {
+        return;
+    };
+    for (dir, _) in RENDERS.iter().filter(|(d, _)| *d != "deploy/examples") {
+        let docs = rendered(&tools, dir);
+        for role in docs
+            .iter()
+            .filter(|d| matches!(d.kind(), "Role" | "ClusterRole"))
+        {
+            assert!(
+                role.value.get("aggregationRule").is_none(),
+                "{}: aggregated roles hide what they grant",
+                role.id()
+            );
+            for rule in seq(role.value.get("rules")) {
+                for key in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                    let values = strings(rule.get(key));
+                    assert!(
+                        !values.iter().any(|v| v.contains('*')),
+                        "{}: wildcard in {key}: {values:?}",
+                        role.id()
+                    );
+                }
+                assert!(
+                    !strings(rule.get("resources"))
+                        .iter()
+                        .any(|r| r == "secrets"),
+                    "{}: grants access to secrets",
+                    role.id()
+                );
+            }
+        }
+        // The agent: no binding names it, and no API token is mounted.
+        for b in docs
+            .iter()
+            .filter(|d| matches!(d.kind(), "RoleBinding" | "ClusterRoleBinding"))
+        {
+            for s in seq(b.value.get("subjects")) {
+                assert!(
+                    !(s["kind"].as_str() == Some("ServiceAccount")
+                        && s["name"].as_str() == Some("meshdoctor-agent")),
+                    "{}: binds the agent's ServiceAccount; the agent needs no RBAC",
+                    b.id()
+                );
+            }
+        }
+        let sa = find(&docs, "ServiceAccount", "meshdoctor-agent");
+        assert_eq!(
+            sa.value["automountServiceAccountToken"].as_bool(),
+            Some(false),
+            "{}: automountServiceAccountToken",
+            sa.id()
+        );
+        let agent = find(&docs, "DaemonSet", "meshdoctor-agent");
+        assert_eq!(
+            pod_spec(agent)["serviceAccountName"].as_str(),
+            Some("meshdoctor-agent"),
+            "{}",
+            agent.id()
+        );
+        assert_eq!(
+            pod_spec(agent)["automountServiceAccountToken"].as_bool(),
+            Some(false),
+            "{}: the agent pod must not mount an API token",
+            agent.id()
+        );
+        // The controller: exactly the documented permissions.
+        let got = grants_of(&docs, "meshdoctor", "meshdoctor-controller");
+        let want = expected_controller_grants();
+        assert!(
+            got == want,
+            "{dir}: the controller's permissions differ from the documented set\n\
+             granted but not documented: {:?}\ndocumented but not granted: {:?}",
+            got.difference(&want).collect::<Vec<_>>(),
+            want.difference(&got).collect::<Vec<_>>()
+        );
+        let controller = find(&docs, "Deployment", "meshdoctor-controller");
+        assert_eq!(
+            pod_spec(controller)["serviceAccountName"].as_str(),
+            Some("meshdoctor-controller"),
+            "{}",
+            controller.id()
+        );
+        // The ClusterRole names the CRDs' own plurals, and the CRDs are cluster-scoped.
+        let mut plurals = BTreeSet::new();
+        for crd in docs
+            .iter()
+            .filter(|d| d.kind() == "CustomResourceDefinition")
+        {
+            assert_eq!(
+                crd.str_at(&["spec", "group"]),
+                Some("meshdoctor.io"),
+                "{}",
+                crd.id()
+            );
+            assert_eq!(
+                crd.str_at(&["spec", "scope"]),
+                Some("Cluster"),
+                "{}: the tasks are cluster-scoped",
+                crd.id()
+            );
+            plurals.insert(crd.str_at(&["spec", "names", "plural"]).unwrap_or_default());
+        }
+        assert_eq!(
+            plurals,
+            BTreeSet::from(["apphttphealthies", "netdnses", "netreaches"]),
+            "{dir}: the CRDs' plurals (the ClusterRole names these)"
+        );
+    }
+}
+
+#[test]
+fn agent_and_controller_are_wired_as_documented() {
+    let Some(tools) = tools("agent_and_controller_are_wired_as_documented") else {
+        return;
+    };
+    let docs = rendered(&tools, "deploy");
+    assert!(
+        !docs.iter().any(|d| d.kind() == "Secret"),
+        "deploy: renders a Secret; the token Secret is the user's (deploy/README.md)"
+    );
+    let ns = find(&docs, "Namespace", "meshdoctor");
+    assert_eq!(
+        ns.str_at(&["metadata", "labels", "pod-security.kubernetes.io/enforce"]),
+        Some("privileged"),
+        "{}: the agent's capabilities and hostPath are beyond the baseline level",
+        ns.id()
+    );
+    for d in docs
+        .iter()
+        .filter(|d| !matches!(d.kind(), "Namespace" | "CustomResourceDefinition"))
+        .filter(|d| !matches!(d.kind(), "ClusterRole" | "ClusterRoleBinding"))
+    {
+        let ns = d.namespace();
+        let events_role = d.name() == "meshdoctor-controller-events";
+        assert!(
+            ns == Some("meshdoctor") || (events_role && ns == Some("default")),
+            "{}: expected namespace meshdoctor",
+            d.id()
+        );
+    }
+
+    let agent = find(&docs, "DaemonSet", "meshdoctor-agent");
+    let spec = pod_spec(agent);
+    let c = container(agent, "agent");
+    assert_eq!(
+        strings(c.get("command")),
+        ["meshdoctor-agent"],
+        "{}",
+        agent.id()
+    );
+    let args = strings(c.get("args"));
+    let arg = |flag: &str| -> Option<String> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).cloned()
+    };
+    assert!(
+        seq(spec.get("tolerations"))
+            .iter()
+            .any(|t| t["operator"].as_str() == Some("Exists") && t.get("key").is_none()),
+        "{}: must tolerate every taint (operator Exists)",
+        agent.id()
+    );
+    let env_field = |c: &Value, name: &str| -> Option<String> {
+        seq(c.get("env"))
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .and_then(|e| get(e, &["valueFrom", "fieldRef", "fieldPath"]))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    assert_eq!(
+        env_field(c, "NODE_NAME").as_deref(),
+        Some("spec.nodeName"),
+        "{}: NODE_NAME",
+        agent.id()
+    );
+    let ports: BTreeSet<(String, u64, String)> = seq(c.get("ports"))
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["containerPort"].as_u64().unwrap_or_default(),
+                p["protocol"].as_str().unwrap_or("TCP").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeSet::from([
+            ("metrics".into(), 9090, "TCP".into()),
+            ("probe-tcp".into(), 9091, "TCP".into()),
+            ("probe-udp".into(), 9091, "UDP".into()),
+        ]),
+        "{}: ports",
+        agent.id()
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            get(c, &[probe, "httpGet", "path"]).and_then(Value::as_str),
+            Some("/healthz"),
+            "{}: {probe}",
+            agent.id()
+        );
+        assert_eq!(
+            get(c, &[probe, "httpGet", "port"]).and_then(Value::as_str),
+            Some("metrics"),
+            "{}: {probe}",
+            agent.id()
+        );
+    }
+    assert!(
+        get(c, &["resources", "requests"]).is_some() && get(c, &["resources", "limits"]).is_some(),
+        "{}: resources requests and limits",
+        agent.id()
+    );
+
+    // Both mount the token Secret, and pass the file they mount to the binary.
+    let controller = find(&docs, "Deployment", "meshdoctor-controller");
+    let cc = container(controller, "controller");
+    for (d, c) in [(agent, c), (controller, cc)] {
+        let vol = seq(pod_spec(d).get("volumes"))
+            .iter()
+            .find(|v| {
+                get(v, &["secret", "secretName"]).and_then(Value::as_str)
+                    == Some("meshdoctor-token")
+            })
+            .unwrap_or_else(|| panic!("{}: no volume of the Secret meshdoctor-token", d.id()));
+        let mount = seq(c.get("volumeMounts"))
+            .iter()
+            .find(|m| m["name"] == vol["name"])
+            .unwrap_or_else(|| panic!("{}: the token volume is not mounted", d.id()));
+        let dir = mount["mountPath"].as_str().unwrap_or_default();
+        let args = strings(c.get("args"));
+        let i = args
+            .iter()
+            .position(|a| a == "--token-file")
+            .unwrap_or_else(|| panic!("{}: no --token-file", d.id()));
+        assert_eq!(
+            args.get(i + 1).map(String::as_str),
+            Some(format!("{dir}/token").as_str()),
+            "{}: --token-file must be the key `token` of the mounted Secret",
+            d.id()
+        );
+    }
+
+    // The agents find the controller through its Service.
+    let svc = find(&docs, "Service", "meshdoctor-controller");
+    let svc_port = seq(get(&svc.value, &["spec", "ports"]))
+        .first()
+        .and_then(|p| p["port"].as_u64())
+        .unwrap_or_else(|| panic!("{}: no port", svc.id()));
+    assert_eq!(
+        arg("--controller"),
+        Some(format!("http://meshdoctor-controller:{svc_port}")),
+        "{}: --controller must name the controller's Service and port",
+        agent.id()
+    );
+    assert_eq!(
+        get(&svc.value, &["spec", "selector"]),
+        get(
+            &controller.value,
+            &["spec", "template", "metadata", "labels"]
+        ),
+        "{}: selects the controller pods",
+        svc.id()
+    );
+
+    // The controller: two replicas behind a leader Lease, ready only when leading.
+    assert_eq!(
+        get(&controller.value, &["spec", "replicas"]).and_then(Value::as_u64),
+        Some(2),
+        "{}",
+        controller.id()
+    );
+    assert_eq!(
+        get(&controller.value, &["spec", "strategy", "type"]).and_then(Value::as_str),
+        Some("Recreate"),
+        "{}: a rolling update would wait forever for a new replica to become ready",
+        controller.id()
+    );
+    assert_eq!(
+        strings(cc.get("command")),
+        ["meshdoctor-controller"],
+        "{}",
+        controller.id()
+    );
+    assert_eq!(
+        strings(cc.get("args")),
+        [
+            "--backend",
+            "kubernetes",
+            "--data-dir",
+            "/var/lib/meshdoctor",
+            "--listen",
+            "[::]:7070",
+            "--token-file",
+            "/etc/meshdoctor/token/token"
+        ],
+        "{}: args",
+        controller.id()
+    );
+    assert_eq!(
+        env_field(cc, "POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace"),
+        "{}",
+        controller.id()
+    );
+    assert_eq!(
+        env_field(cc, "POD_NAME").as_deref(),
+        Some("metadata.name"),
+        "{}",
+        controller.id()
+    );
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        assert_eq!(
+            get(cc, &[probe, "httpGet", "path"]).and_then(Value::as_str),
+            Some(path),
+            "{}: {probe}",
+            controller.id()
+        );
+    }
+    let data = seq(cc.get("volumeMounts"))
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some("/var/lib/meshdoctor"))
+        .unwrap_or_else(|| panic!("{}: nothing at /var/lib/meshdoctor", controller.id()));
+    let data_vol = seq(pod_spec(controller).get("volumes"))
+        .iter()
+        .find(|v| v["name"] == data["name"])
+        .expect("the data volume");
+    assert!(
+        data_vol.get("emptyDir").is_some(),
+        "{}: the data volume is an emptyDir in the base",
+        controller.id()
+    );
+
+    // The agent Service: NodePort, dual-stack when possible, both probe ports, the agents.
+    let asvc = find(&docs, "Service", "meshdoctor-agent");
+    assert_eq!(
+        asvc.str_at(&["spec", "type"]),
+        Some("NodePort"),
+        "{}",
+        asvc.id()
+    );
+    assert_eq!(
+        asvc.str_at(&["spec", "ipFamilyPolicy"]),
+        Some("PreferDualStack"),
+        "{}",
+        asvc.id()
+    );
+    assert_eq!(
+        get(&asvc.value, &["spec", "selector"]),
+        get(&agent.value, &["spec", "template", "metadata", "labels"]),
+        "{}: selects the agent pods",
+        asvc.id()
+    );
+    let svc_ports: BTreeSet<(String, u64, String, String)> =
+        seq(get(&asvc.value, &["spec", "ports"]))
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().into(),
+                    p["port"].as_u64().unwrap_or_default(),
+                    p["protocol"].as_str().unwrap_or("TCP").into(),
+                    p["targetPort"].as_str().unwrap_or_default().into(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        svc_ports,
+        BTreeSet::from([
+            ("probe-tcp".into(), 9091, "TCP".into(), "probe-tcp".into()),
+            ("probe-udp".into(), 9091, "UDP".into(), "probe-udp".into()),
+        ]),
+        "{}: ports (each targets the agent's port of that name and protocol)",
+        asvc.id()
+    );
+    let ing = find(&docs, "Ingress", "meshdoctor-agent");
+    let paths = seq(ing.value["spec"]["rules"][0]["http"].get("paths"));
+    assert_eq!(paths.len(), 1, "{}: one path", ing.id());
+    assert_eq!(paths[0]["path"].as_str(), Some("/"), "{}", ing.id());
+    assert_eq!(
+        paths[0]["pathType"].as_str(),
+        Some("Prefix"),
+        "{}",
+        ing.id()
+    );
+    assert_eq!(
+        get(&paths[0], &["backend", "service", "name"]).and_then(Value::as_str),
+        Some("meshdoctor-agent"),
+        "{}",
+        ing.id()
+    );
+    assert_eq!(
+        get(&paths[0], &["backend", "service", "port", "name"]).and_then(Value::as_str),
+        Some("probe-tcp"),
+        "{}: the agents' HTTP responder",
+        ing.id()
+    );
+}
+
+#[test]
+fn hostnetwork_overlay_moves_only_the_agents_to_the_node_network() {
+    let Some(tools) = tools("hostnetwork_overlay_moves_only_the_agents_to_the_node_network") else {
+        return;
+    };
+    let base = rendered(&tools, "deploy");
+    let overlay = rendered(&tools, "deploy/overlays/hostnetwork");
+    let agent = find(&overlay, "DaemonSet", "meshdoctor-agent");
+    let spec = pod_spec(agent);
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true), "{}", agent.id());
+    assert_eq!(
+        spec["dnsPolicy"].as_str(),
+        Some("ClusterFirstWithHostNet"),
+        "{}: cluster DNS from the host network",
+        agent.id()
+    );
+    let args = strings(container(agent, "agent").get("args"));
+    assert!(
+        args.windows(2).any(|w| w[0] == "--interface"),
+        "{}: the node interfaces to mesh over must be named (--interface): {args:?}",
+        agent.id()
+    );
+    let base_agent = find(&base, "DaemonSet", "meshdoctor-agent");
+    assert!(
+        pod_spec(base_agent).get("hostNetwork").is_none(),
+        "{}: the base agent is in the pod network",
+        base_agent.id()
+    );
+    // Nothing else changes.
+    let others = |docs: &[Doc]| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| d.kind() != "DaemonSet")
+            .map(|d| d.value.clone())
+            .collect()
+    };
+    assert!(
+        others(&base) == others(&overlay),
+        "deploy/overlays/hostnetwork: changes more than the agent DaemonSet"
+    );
+}
+
+#[test]
+fn multus_overlay_attaches_net1_to_every_agent() {
+    let Some(tools) = tools("multus_overlay_attaches_net1_to_every_agent") else {
+        return;
+    };
+    let overlay = rendered(&tools, "deploy/overlays/multus");
+    let agent = find(&overlay, "DaemonSet", "meshdoctor-agent");
+    let annotation = agent
+        .str_at(&[
+            "spec",
+            "template",
+            "metadata",
+            "annotations",
+            "k8s.v1.cni.cncf.io/networks",
+        ])
+        .unwrap_or_else(|| panic!("{}: no k8s.v1.cni.cncf.io/networks annotation", agent.id()));
+    let networks: serde_json::Value = serde_json::from_str(annotation).unwrap_or_else(|e| {
+        panic!(
+            "{}: k8s.v1.cni.cncf.io/networks is not JSON ({e}): {annotation}",
+            agent.id()
+        )
+    });
+    let networks = networks.as_array().expect("a list of networks");
+    assert_eq!(networks.len(), 1, "{}: {annotation}", agent.id());
+    assert_eq!(
+        networks[0]["interface"].as_str(),
+        Some("net1"),
+        "{}: attached as net1",
+        agent.id()
+    );
+    let net_name = networks[0]["name"].as_str().expect("a network name");
+    let nad = find(&overlay, "NetworkAttachmentDefinition", net_name);
+    assert_eq!(
+        nad.namespace(),
+        agent.namespace(),
+        "{}: must be in the agents' namespace (the annotation names no namespace)",
+        nad.id()
+    );
+    let config_text = nad
+        .str_at(&["spec", "config"])
+        .unwrap_or_else(|| panic!("{}: no spec.config", nad.id()));
+    let config: serde_json::Value = serde_json::from_str(config_text)
+        .unwrap_or_else(|e| panic!("{}: spec.config is not JSON ({e})", nad.id()));
+    assert_eq!(config["type"].as_str(), Some("macvlan"), "{}", nad.id());
+    assert!(config["master"].as_str().is_some(), "{}: master", nad.id());
+    assert_eq!(config["name"].as_str(), Some(net_name), "{}", nad.id());
+    let ranges: Vec<&str> = config["ipam"]["ipRanges"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r["range"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        ranges.iter().any(|r| r.contains('.')) && ranges.iter().any(|r| r.contains(':')),
+        "{}: an IPv4 and an IPv6 range for a dual-stack mesh: {ranges:?}",
+        nad.id()
+    );
+    // The example meshing eth0 and net1 names the interface the annotation creates.
+    let examples = rendered(&tools, "deploy/examples");
+    let task = find(&examples, "NetReach", "mesh-multus");
+    assert_eq!(
+        strings(get(&task.value, &["spec", "target", "interfaces"])),
+        ["eth0", "net1"],
+        "{}",
+        task.id()
+    );
+}
