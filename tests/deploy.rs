@@ -1507,3 +1507,40 @@ fn multus_overlay_attaches_net1_to_every_agent() {
         task.id()
     );
 }
+
+#[test]
+fn the_crds_kustomization_lists_every_generated_crd() {
+    // No tools needed: deploy/crds/kustomization.yaml is kept by hand beside the files
+    // `cargo xtask crds` writes, and a CRD missing from it would be missing from every install.
+    let dir = workspace_root().join("deploy/crds");
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml"))
+        .unwrap_or_else(|e| panic!("deploy/crds/kustomization.yaml: {e}"));
+    let kustomization: Value = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("deploy/crds/kustomization.yaml: {e}"));
+    let listed: BTreeSet<String> = strings(kustomization.get("resources"))
+        .into_iter()
+        .collect();
+    let files: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml")
+        .collect();
+    assert_eq!(
+        listed, files,
+        "deploy/crds/kustomization.yaml must list exactly the CRD files in deploy/crds"
+    );
+    assert_eq!(
+        files,
+        BTreeSet::from([
+            "apphttphealthy.yaml".into(),
+            "netdns.yaml".into(),
+            "netreach.yaml".into()
+        ]),
+        "deploy/crds: one CRD file per task kind"
+    );
+}
