@@ -43,6 +43,10 @@ pub enum LastRoundStatus {
 /// `status` of a task elsewhere.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    schemars(transform = crate::task::crd_schema::plain_docs)
+)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatus {
     /// `roundNumber`; -1 runs forever.
@@ -52,7 +56,7 @@ pub struct TaskStatus {
     pub done_round: u64,
     /// `doneRound` reached `expectedRound`.
     pub finish: bool,
-    /// When the task finished (the end of its last round), Unix ms.
+    /// When the task finished (the end of its last round).
     #[serde(
         rename = "finishTimestamp",
         with = "opt_timestamp",
@@ -157,7 +161,7 @@ pub struct Condition {
     /// Why, for people.
     #[cfg_attr(feature = "crd", schemars(length(max = 32768)))]
     pub message: String,
-    /// When `status` last changed (not when the condition was last written), Unix ms.
+    /// When `status` last changed (not when the condition was last written).
     #[serde(rename = "lastTransitionTime", with = "timestamp")]
     #[cfg_attr(feature = "crd", schemars(schema_with = "schema::timestamp"))]
     pub last_transition_ms: u64,

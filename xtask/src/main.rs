@@ -2,9 +2,11 @@
 //!
 //! - `setup` installs what the build and the lab need (idempotent, quick when done);
 //! - `lab` builds the network-namespace lab, runs a full-mesh task and prints the report;
-//! - `test` builds everything and runs every test, the root end-to-end tests included.
+//! - `test` builds everything and runs every test, the root end-to-end tests included;
+//! - `crds` writes the task CRDs generated from the api types to `deploy/crds/`.
 
 mod bench;
+mod crds;
 mod lab;
 mod setup;
 
@@ -38,6 +40,9 @@ enum Cmd {
     /// Benchmark meshdoctor's HTTP or DNS load engine side by side with wrk and hey, or
     /// dnsperf, against a local nginx or unbound; prints the ratios.
     Bench(bench::BenchArgs),
+    /// Write the task CRDs generated from the api types to deploy/crds/ (`--check`: only
+    /// compare them with the committed files).
+    Crds(crds::CrdsArgs),
     /// Build the workspace and run every test (the end-to-end tests need root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter, `-- --nocapture`).
@@ -51,6 +56,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Crds(args) => crds::run(args),
         Cmd::Test { args } => test(&args),
     }
 }
@@ -63,8 +69,9 @@ fn test(args: &[String]) -> Result<()> {
     step("cargo build");
     sh(cargo().arg("build"))?;
     step("cargo test");
+    // The api crate's CRD tests (drift of deploy/crds, the CEL rules) need its crd feature.
     sh(cargo()
-        .arg("test")
+        .args(["test", "--features", "meshdoctor-api/crd"])
         .args(args)
         .env("MESHDOCTOR_BIN_DIR", meshdoctor_lab::default_bin_dir()))
 }

@@ -27,11 +27,48 @@ pub struct AppHttpHealthy {
     pub spec: AppHttpHealthySpec,
 }
 
+/// `spec` of an AppHttpHealthy task.
+///
+/// With the `crd` feature it also derives `AppHttpHealthyResource`, the Kubernetes custom
+/// resource (`apphttphealthies.meshdoctor.io`); see [`super::NetReachSpec`] for why a task file
+/// and a custom resource have separate roots.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource, schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "meshdoctor.io",
+        version = "v1beta1",
+        kind = "AppHttpHealthy",
+        root = "AppHttpHealthyResource",
+        plural = "apphttphealthies",
+        shortname = "ahh",
+        category = "meshdoctor",
+        status = "crate::status::TaskStatus",
+        doc = "An AppHttpHealthy task: every agent sends HTTP requests to one URL at a fixed rate.",
+        printcolumn = r#"{"name": "finish", "type": "boolean", "description": "finish", "jsonPath": ".status.finish"}"#,
+        printcolumn = r#"{"name": "expectedRound", "type": "integer", "description": "expectedRound", "jsonPath": ".status.expectedRound"}"#,
+        printcolumn = r#"{"name": "doneRound", "type": "integer", "description": "doneRound", "jsonPath": ".status.doneRound"}"#,
+        printcolumn = r#"{"name": "lastRoundStatus", "type": "string", "description": "lastRoundStatus", "jsonPath": ".status.lastRoundStatus"}"#,
+        printcolumn = r#"{"name": "schedule", "type": "string", "description": "schedule", "jsonPath": ".spec.schedule.schedule"}"#,
+        printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    )
+)]
+#[cfg_attr(
+    feature = "crd",
+    schemars(
+        description = super::crd_schema::SPEC_DESCRIPTION,
+        transform = super::crd_schema::plain_docs
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppHttpHealthySpec {
     /// kdoctor's per-task agent workload: accepted, not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(schema_with = "super::crd_schema::preserved_object")
+    )]
     pub agent_spec: Option<serde_yaml::Value>,
     #[serde(default)]
     pub schedule: SchedulePlan,
@@ -44,14 +81,21 @@ pub struct AppHttpHealthySpec {
 
 /// kdoctor's `NetHttpRequest`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetHttpRequest {
     /// Requests per second per agent.
     #[serde(default = "default_qps")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = MAX_APP_HTTP_QPS)))]
     pub qps: u32,
     #[serde(default = "default_duration")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = super::MAX_DURATION_IN_SECOND)))]
     pub duration_in_second: u32,
     #[serde(default = "default_timeout", rename = "perRequestTimeoutInMS")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(range(min = 1, max = super::MAX_PER_REQUEST_TIMEOUT_IN_MS))
+    )]
     pub per_request_timeout_in_ms: u32,
 }
 
@@ -67,16 +111,20 @@ impl Default for NetHttpRequest {
 
 /// kdoctor's `expect` with `statusCode`, which only AppHttpHealthy uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSuccessCondition {
     #[serde(default = "default_success_rate")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 0, max = 1)))]
     pub success_rate: f64,
     #[serde(default = "default_mean_delay")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1)))]
     pub mean_access_delay_in_ms: u64,
     /// A response with another status counts as a failure. Without it any 2xx or 3xx response
     /// succeeds (kdoctor counts any response, even a 500; its docs claim a default of 200 that
     /// its code does not have).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 100, max = 599)))]
     pub status_code: Option<u16>,
 }
 
@@ -92,6 +140,7 @@ impl Default for HttpSuccessCondition {
 
 /// The HTTP methods kdoctor's CRD allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpMethod {
     Get,
@@ -180,6 +229,34 @@ impl<'de> Deserialize<'de> for HttpHeader {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "has(self.bodyConfigmapName) == has(self.bodyConfigmapNamespace)",
+            "message": "bodyConfigmapName and bodyConfigmapNamespace go together",
+        },
+        {
+            "rule": "!has(self.body) || !has(self.bodyConfigmapName)",
+            "message": "set either body (inline) or bodyConfigmapName/bodyConfigmapNamespace, \
+                        not both",
+        },
+        {
+            "rule": "has(self.tlsSecretName) == has(self.tlsSecretNamespace)",
+            "message": "tlsSecretName and tlsSecretNamespace go together",
+        },
+        {
+            "rule": "has(self.tlsCertFile) == has(self.tlsKeyFile)",
+            "message": "tlsCertFile and tlsKeyFile go together",
+        },
+        {
+            "rule": "!has(self.tlsSecretName) || !(has(self.tlsCaFile) || has(self.tlsCertFile))",
+            "message": "set either tlsSecretName/tlsSecretNamespace or the tlsCaFile/tlsCertFile/\
+                        tlsKeyFile files, not both",
+        },
+    ]))
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppHttpHealthyTarget {
     /// The URL. `http://` is added when it has no scheme; only `http` and `https` are allowed;
@@ -190,6 +267,7 @@ pub struct AppHttpHealthyTarget {
     pub http2: bool,
     /// `"Key: Value"` entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "crd", schemars(schema_with = "super::crd_schema::headers"))]
     pub header: Vec<HttpHeader>,
     /// meshdoctor's extension: the request body, inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]

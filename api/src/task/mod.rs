@@ -17,6 +17,14 @@
 //!
 //! The kinds live in [`netreach`], [`apphttp`] and [`netdns`]; [`Task`] is any of them, parsed
 //! from one YAML document by its `kind`.
+//!
+//! With the `crd` feature each kind's spec also derives its Kubernetes custom resource
+//! (`NetReachResource`, `AppHttpHealthyResource`, `NetDnsResource`: group `meshdoctor.io`,
+//! version `v1beta1`, cluster-scoped, status [`crate::status::TaskStatus`]), and `crd_files`
+//! renders their CRDs. The schemas carry the fixed bounds of the validation below as
+//! `minimum`/`maximum`, and its cross-field checks as CEL rules (`x-kubernetes-validations`),
+//! so the apiserver rejects most of what a task file would fail on; the checks that need
+//! parsing (URLs, IP addresses, cron expressions, round windows) are the Rust validation's only.
 
 pub mod apphttp;
 pub mod netdns;
@@ -27,20 +35,26 @@ use std::{fmt, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+#[cfg(feature = "crd")]
+pub use apphttp::AppHttpHealthyResource;
 pub use apphttp::{
     AppHttpHealthy, AppHttpHealthySpec, AppHttpHealthyTarget, HttpHeader, HttpMethod,
     HttpSuccessCondition, NetHttpRequest,
 };
+#[cfg(feature = "crd")]
+pub use netdns::NetDnsResource;
 pub use netdns::{
     DEFAULT_DNS_DOMAIN, DnsProtocol, NetDns, NetDnsRequest, NetDnsSpec, NetDnsTarget,
     NetDnsTargetDns, NetDnsTargetUser,
 };
+#[cfg(feature = "crd")]
+pub use netreach::NetReachResource;
 pub use netreach::{
     ListedAddress, NetReach, NetReachRequest, NetReachSpec, NetReachTarget, PRIMARY_INTERFACE,
 };
 pub use schedule::{
-    CronSchedule, RoundWindow, Schedule, ScheduleForm, SchedulePlan, format_duration,
-    format_timestamp_ms, parse_duration,
+    CronSchedule, MAX_SCHEDULE_LEN, RoundWindow, Schedule, ScheduleForm, SchedulePlan,
+    format_duration, format_timestamp_ms, parse_duration,
 };
 
 /// meshdoctor's API group and version.
@@ -62,6 +76,97 @@ pub const MAX_DNS_QPS: u32 = 50_000;
 pub const MAX_DURATION_IN_SECOND: u32 = 3600;
 /// Longest `request.perRequestTimeoutInMS`.
 pub const MAX_PER_REQUEST_TIMEOUT_IN_MS: u32 = 60_000;
+
+/// The CRD files `cargo xtask crds` writes to `deploy/crds/`, one CRD each, as
+/// `(file name, YAML)`: generated here, from the same types the task files parse into, so the
+/// Kubernetes schema and the file schema cannot drift apart.
+#[cfg(feature = "crd")]
+pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
+    use kube::CustomResourceExt as _;
+    const HEADER: &str =
+        "# Generated from the meshdoctor-api task types by `cargo xtask crds`; do not edit.\n";
+    [
+        ("netreach.yaml", NetReachResource::crd()),
+        ("apphttphealthy.yaml", AppHttpHealthyResource::crd()),
+        ("netdns.yaml", NetDnsResource::crd()),
+    ]
+    .into_iter()
+    .map(|(file, crd)| Ok((file, format!("{HEADER}{}", serde_yaml::to_string(&crd)?))))
+    .collect()
+}
+
+/// The parts of the kinds' CRD schemas that schemars attributes cannot express: fields whose
+/// Rust type is not their JSON, user-facing descriptions, NetDns's required target.
+#[cfg(feature = "crd")]
+pub(crate) mod crd_schema {
+    use schemars::{Schema, SchemaGenerator, json_schema};
+
+    /// kdoctor's `agentSpec` and `sourceAgentNodeSelector`, accepted and unused: any object,
+    /// kept as written (the apiserver would otherwise prune every field of it).
+    pub fn preserved_object(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "object",
+            "nullable": true,
+            "x-kubernetes-preserve-unknown-fields": true,
+        })
+    }
+
+    /// The description of the three kinds' `spec`, instead of the Rust docs of the spec types
+    /// (which are about the Rust types).
+    pub const SPEC_DESCRIPTION: &str =
+        "What the task probes, when and how hard, and what makes a round succeed.";
+
+    /// Turns rustdoc links into plain code in every description of `schema` and below: the
+    /// descriptions are the types' doc comments, which `kubectl explain` shows, and `[`X`]`
+    /// is noise there.
+    pub fn plain_docs(schema: &mut Schema) {
+        fn walk(map: &mut serde_json::Map<String, serde_json::Value>) {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    serde_json::Value::String(doc) if key == "description" => {
+                        *doc = doc.replace("[`", "`").replace("`]", "`");
+                    }
+                    serde_json::Value::Object(inner) => walk(inner),
+                    serde_json::Value::Array(items) => items
+                        .iter_mut()
+                        .filter_map(serde_json::Value::as_object_mut)
+                        .for_each(walk),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(map) = schema.as_object_mut() {
+            walk(map);
+        }
+    }
+
+    /// Makes NetDns's `spec.target` required, without the default schemars derives from its
+    /// `#[serde(default)]`: that default (no server) fails the target's own CEL rule, and
+    /// Kubernetes would otherwise accept a NetDns without a target.
+    pub fn netdns_target_required(schema: &mut Schema) {
+        if let Some(target) = schema
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("target"))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            target.remove("default");
+        }
+        match schema.get_mut("required") {
+            Some(serde_json::Value::Array(required)) => required.push("target".into()),
+            _ => {
+                schema.insert("required".into(), serde_json::json!(["target"]));
+            }
+        }
+    }
+
+    /// AppHttpHealthy's `header`: `"Key: Value"` strings ([`super::HttpHeader`] parses them).
+    pub fn headers(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "array",
+            "items": {"type": "string", "pattern": "^[^:]+:.*$"},
+        })
+    }
+}
 
 /// A task file could not be used. Every variant names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -117,13 +222,16 @@ pub struct Metadata {
 /// kdoctor's `expect` (`NetSuccessCondition`) for NetReach and NetDns; AppHttpHealthy's adds
 /// `statusCode` ([`HttpSuccessCondition`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SuccessCondition {
     /// The round fails when successes / requests is below this (0..=1).
     #[serde(default = "default_success_rate")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 0, max = 1)))]
     pub success_rate: f64,
     /// The round fails when the mean latency of successful requests is above this.
     #[serde(default = "default_mean_delay")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1)))]
     pub mean_access_delay_in_ms: u64,
 }
 

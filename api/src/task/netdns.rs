@@ -36,14 +36,55 @@ pub struct NetDns {
     pub spec: NetDnsSpec,
 }
 
+/// `spec` of a NetDns task.
+///
+/// With the `crd` feature it also derives `NetDnsResource`, the Kubernetes custom resource
+/// (`netdnses.meshdoctor.io`); see [`super::NetReachSpec`] for why a task file and a custom
+/// resource have separate roots. kdoctor's kind is spelled `Netdns`; the CRD serves `NetDns`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource, schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "meshdoctor.io",
+        version = "v1beta1",
+        kind = "NetDns",
+        root = "NetDnsResource",
+        plural = "netdnses",
+        category = "meshdoctor",
+        status = "crate::status::TaskStatus",
+        doc = "A NetDns task: every agent sends DNS queries to one server at a fixed rate.",
+        printcolumn = r#"{"name": "finish", "type": "boolean", "description": "finish", "jsonPath": ".status.finish"}"#,
+        printcolumn = r#"{"name": "expectedRound", "type": "integer", "description": "expectedRound", "jsonPath": ".status.expectedRound"}"#,
+        printcolumn = r#"{"name": "doneRound", "type": "integer", "description": "doneRound", "jsonPath": ".status.doneRound"}"#,
+        printcolumn = r#"{"name": "lastRoundStatus", "type": "string", "description": "lastRoundStatus", "jsonPath": ".status.lastRoundStatus"}"#,
+        printcolumn = r#"{"name": "schedule", "type": "string", "description": "schedule", "jsonPath": ".spec.schedule.schedule"}"#,
+        printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    )
+)]
+#[cfg_attr(
+    feature = "crd",
+    schemars(
+        description = super::crd_schema::SPEC_DESCRIPTION,
+        transform = super::crd_schema::plain_docs,
+        transform = super::crd_schema::netdns_target_required
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetDnsSpec {
     /// kdoctor's per-task agent workload: accepted, not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(schema_with = "super::crd_schema::preserved_object")
+    )]
     pub agent_spec: Option<serde_yaml::Value>,
     /// Declared but unused in kdoctor; accepted and unused here too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(schema_with = "super::crd_schema::preserved_object")
+    )]
     pub source_agent_node_selector: Option<serde_yaml::Value>,
     #[serde(default)]
     pub schedule: SchedulePlan,
@@ -58,14 +99,21 @@ pub struct NetDnsSpec {
 
 /// kdoctor's `NetdnsRequest`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetDnsRequest {
     /// Queries per second per agent and server.
     #[serde(default = "default_qps")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = MAX_DNS_QPS)))]
     pub qps: u32,
     #[serde(default = "default_duration")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = super::MAX_DURATION_IN_SECOND)))]
     pub duration_in_second: u32,
     #[serde(default = "default_timeout", rename = "perRequestTimeoutInMS")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(range(min = 1, max = super::MAX_PER_REQUEST_TIMEOUT_IN_MS))
+    )]
     pub per_request_timeout_in_ms: u32,
     /// The name to resolve, made fully qualified (a trailing `.`) when loaded.
     #[serde(default = "default_domain")]
@@ -92,6 +140,7 @@ fn default_domain() -> String {
 
 /// DNS transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub enum DnsProtocol {
     #[default]
     #[serde(rename = "udp")]
@@ -115,6 +164,15 @@ impl DnsProtocol {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    schemars(extend("x-kubernetes-validations" = [{
+        "rule": "has(self.targetUser) != has(self.targetDns)",
+        "message": "set exactly one of targetUser (a DNS server) and targetDns (a cluster DNS \
+                    Service)",
+    }]))
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetDnsTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,12 +186,14 @@ pub struct NetDnsTarget {
 
 /// A DNS server of the user's choice: an IPv4 server is asked for `A`, an IPv6 one for `AAAA`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetDnsTargetUser {
     /// The server's IP address.
     pub server: String,
     /// Omitted: [`DnsProtocol::default_port`] of `request.protocol` (see [`Self::port`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1)))]
     pub port: Option<u16>,
     /// meshdoctor's extension, `tcp-tls` only: the CA bundle (PEM file, absolute path read by
     /// the controller when it plans a round and shipped in the plan) the server's certificate
@@ -178,6 +238,21 @@ impl NetDnsTargetUser {
 /// A cluster DNS Service, queried on each of its ClusterIPs (Kubernetes backend). Without
 /// `serviceName`, the CoreDNS Service in `kube-system` (kdoctor's behaviour).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "has(self.serviceName) == has(self.serviceNamespace)",
+            "message": "serviceName and serviceNamespace go together (without both, the CoreDNS \
+                        Service in kube-system is used)",
+        },
+        {
+            "rule": "self.testIPv4 || self.testIPv6",
+            "message": "at least one of testIPv4 and testIPv6 must be true",
+        },
+    ]))
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetDnsTargetDns {
     #[serde(default, skip_serializing_if = "Option::is_none")]

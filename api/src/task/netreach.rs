@@ -35,12 +35,51 @@ pub struct NetReach {
     pub spec: NetReachSpec,
 }
 
+/// `spec` of a NetReach task.
+///
+/// With the `crd` feature it also derives `NetReachResource`, the Kubernetes custom resource
+/// (`netreaches.meshdoctor.io`, cluster-scoped as kdoctor's). Both roots exist because they
+/// parse different documents: [`NetReach`] is a task file, with kdoctor's `apiVersion` accepted
+/// and only `metadata.name` kept, and builds without kube; `NetReachResource` is the object
+/// the apiserver serves, with its full `ObjectMeta` and the status subresource.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource, schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "meshdoctor.io",
+        version = "v1beta1",
+        kind = "NetReach",
+        root = "NetReachResource",
+        plural = "netreaches",
+        shortname = "nr",
+        category = "meshdoctor",
+        status = "crate::status::TaskStatus",
+        doc = "A NetReach task: probe the full mesh of agents over every interface and family.",
+        printcolumn = r#"{"name": "finish", "type": "boolean", "description": "finish", "jsonPath": ".status.finish"}"#,
+        printcolumn = r#"{"name": "expectedRound", "type": "integer", "description": "expectedRound", "jsonPath": ".status.expectedRound"}"#,
+        printcolumn = r#"{"name": "doneRound", "type": "integer", "description": "doneRound", "jsonPath": ".status.doneRound"}"#,
+        printcolumn = r#"{"name": "lastRoundStatus", "type": "string", "description": "lastRoundStatus", "jsonPath": ".status.lastRoundStatus"}"#,
+        printcolumn = r#"{"name": "schedule", "type": "string", "description": "schedule", "jsonPath": ".spec.schedule.schedule"}"#,
+        printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    )
+)]
+#[cfg_attr(
+    feature = "crd",
+    schemars(
+        description = super::crd_schema::SPEC_DESCRIPTION,
+        transform = super::crd_schema::plain_docs
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetReachSpec {
     /// kdoctor's per-task agent workload. Accepted, not used: tasks run on every registered
     /// agent ([`NetReach::warnings`] says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(schema_with = "super::crd_schema::preserved_object")
+    )]
     pub agent_spec: Option<serde_yaml::Value>,
     #[serde(default)]
     pub schedule: SchedulePlan,
@@ -53,6 +92,21 @@ pub struct NetReachSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    schemars(extend("x-kubernetes-validations" = [{
+        "rule": format!(
+            "self.qps * self.durationInSecond <= (self.protocol in ['tcp', 'http'] ? \
+             {MAX_TCP_PROBES_PER_PATH} : {MAX_PROBES_PER_PATH})"
+        ),
+        "message": format!(
+            "qps x durationInSecond probes per path: at most {MAX_PROBES_PER_PATH}, \
+             {MAX_TCP_PROBES_PER_PATH} for tcp and http (one source port per probe)"
+        ),
+        "fieldPath": ".qps",
+    }]))
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetReachRequest {
     /// meshdoctor's extension: the probe protocol (default icmp).
@@ -60,10 +114,16 @@ pub struct NetReachRequest {
     pub protocol: Protocol,
     /// Probes per second per agent and target path.
     #[serde(default = "default_qps")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = MAX_QPS)))]
     pub qps: u32,
     #[serde(default = "default_duration")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = super::MAX_DURATION_IN_SECOND)))]
     pub duration_in_second: u32,
     #[serde(default = "default_timeout", rename = "perRequestTimeoutInMS")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(range(min = 1, max = super::MAX_PER_REQUEST_TIMEOUT_IN_MS))
+    )]
     pub per_request_timeout_in_ms: u32,
 }
 
@@ -79,6 +139,31 @@ impl Default for NetReachRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.ipv4 || self.ipv6",
+            "message": "at least one of ipv4 and ipv6 must be true",
+        },
+        {
+            "rule": "self.endpoint || (has(self.addresses) && size(self.addresses) > 0)",
+            "message": "endpoint: false needs addresses: without the agent mesh, only listed \
+                        addresses are probed",
+            "fieldPath": ".endpoint",
+        },
+        {
+            "rule": format!(
+                "!has(self.multusInterface) || self.multusInterface || !has(self.interfaces) \
+                 || (size(self.interfaces) == 1 && self.interfaces[0] == '{PRIMARY_INTERFACE}')"
+            ),
+            "message": "multusInterface: false (primary interface only) contradicts interfaces; \
+                        set one of them",
+            "fieldPath": ".multusInterface",
+        },
+    ]))
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetReachTarget {
     #[serde(default = "yes")]
@@ -87,6 +172,7 @@ pub struct NetReachTarget {
     pub ipv6: bool,
     /// meshdoctor's extension: networks (or interface names) to mesh over; all when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "crd", schemars(length(min = 1)))]
     pub interfaces: Option<Vec<String>>,
     /// kdoctor: probe every agent pod (the mesh). `false` needs `addresses`: then only they
     /// are probed.

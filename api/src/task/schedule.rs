@@ -45,18 +45,51 @@ const CRON_SAMPLE_SPAN_MS: u64 = 400 * 24 * 3600 * 1000;
 
 /// `spec.schedule`, as written (kdoctor's `SchedulePlan`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!has(self.roundTimeoutMinute) || !self.schedule.matches('^[[:space:]]*[0-9]+[[:space:]]+[0-9]+[[:space:]]*$') || self.roundTimeoutMinute <= int(self.schedule.findAll('[0-9]+')[1])",
+        "message": "roundTimeoutMinute must be at most N of an \"M N\" schedule: rounds would overlap",
+        "fieldPath": ".roundTimeoutMinute",
+    }]))
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SchedulePlan {
     /// `"M N"`, a 5-field cron, or `"@every <duration>"`. Required when `schedule` is given;
     /// a task without a `schedule` block gets `"0 1"` (kdoctor's webhook default).
+    #[cfg_attr(
+        feature = "crd",
+        schemars(length(max = MAX_SCHEDULE_LEN), regex(pattern = SCHEDULE_PATTERN))
+    )]
     pub schedule: String,
     /// Deadline of each round in minutes; see [`SchedulePlan::round_timeout`] for the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = MAX_MINUTES)))]
     pub round_timeout_minute: Option<u64>,
     /// Rounds to run; -1 runs forever; 0 is rejected.
     #[serde(default = "default_round_number")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(
+            range(min = -1),
+            extend("x-kubernetes-validations" = [{
+                "rule": "self != 0",
+                "message": "must be -1 (forever) or at least 1",
+            }])
+        )
+    )]
     pub round_number: i64,
 }
+
+/// Longest `schedule.schedule`: a 5-field cron with long lists still fits, and the CRD's CEL
+/// rule that reads the string has a small cost bound.
+pub const MAX_SCHEDULE_LEN: usize = 256;
+/// The shape of the three schedule forms, for the CRD schema (the parser checks the rest):
+/// `@every <duration>`, `"M N"`, or five whitespace-separated cron fields.
+#[cfg(feature = "crd")]
+const SCHEDULE_PATTERN: &str =
+    r"^\s*(@every\s*([0-9]+(ms|s|m|h))+|[0-9]+\s+[0-9]+|\S+(\s+\S+){4})\s*$";
 
 impl Default for SchedulePlan {
     fn default() -> Self {
@@ -354,6 +387,15 @@ impl SchedulePlan {
 
     /// Checks `spec.schedule`; returns the parsed schedule.
     pub(crate) fn validate(&self) -> Result<Schedule, Invalid> {
+        if self.schedule.len() > MAX_SCHEDULE_LEN {
+            return Err(Invalid::new(
+                "spec.schedule.schedule",
+                format!(
+                    "must be at most {MAX_SCHEDULE_LEN} characters, got {}",
+                    self.schedule.len()
+                ),
+            ));
+        }
         let schedule = Schedule::parse(&self.schedule)
             .map_err(|e| Invalid::new("spec.schedule.schedule", e))?;
         if let Some(t) = self.round_timeout_minute {
@@ -700,6 +742,13 @@ mod tests {
         assert!(plan("*/5 * * * *", Some(30)).validate().is_ok());
         assert!(plan("@every 10s", Some(30)).validate().is_ok());
         assert_eq!(err(plan("*/5 * * *", None)).0, "spec.schedule.schedule");
+        let long = format!("0,{} * * * *", vec!["1"; 130].join(","));
+        let (f, r) = err(plan(&long, None));
+        assert_eq!(f, "spec.schedule.schedule");
+        assert!(
+            r.starts_with("must be at most 256 characters, got 269"),
+            "{r}"
+        );
         for n in [0, -2] {
             let p = SchedulePlan {
                 round_number: n,
