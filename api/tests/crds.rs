@@ -394,6 +394,14 @@ fn cel_rules_agree_with_the_rust_validation() {
             "NetReach",
             with(
                 &reach,
+                &[("target", json!({"endpoint": false, "clusterIP": true}))],
+            ),
+            None,
+        ),
+        (
+            "NetReach",
+            with(
+                &reach,
                 &[(
                     "target",
                     json!({"multusInterface": false, "interfaces": ["net1"]}),

@@ -4,9 +4,9 @@
 //! `target.interfaces`, `target.addresses`). kdoctor's NetReach GETs every agent pod over HTTP;
 //! meshdoctor's probes the same mesh (`target.endpoint`) with ICMP, UDP, TCP connects or HTTP
 //! GETs, timestamped in the kernel, and listed addresses without an agent. kdoctor's
-//! Service targets (`clusterIP`, `nodePort`, `loadBalancer`, `ingress`) are accepted so that a
-//! kdoctor manifest parses, and reported by [`NetReach::warnings`] when turned on: they are not
-//! probed yet.
+//! Service targets (`clusterIP`, `nodePort`, `loadBalancer`, `ingress`) are probed by the
+//! Kubernetes backend through the agent Service and Ingress (tcp, udp or http); the standalone
+//! controller and icmp tasks skip them, which [`NetReach::warnings`] says.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -148,9 +148,14 @@ impl Default for NetReachRequest {
             "message": "at least one of ipv4 and ipv6 must be true",
         },
         {
-            "rule": "self.endpoint || (has(self.addresses) && size(self.addresses) > 0)",
-            "message": "endpoint: false needs addresses: without the agent mesh, only listed \
-                        addresses are probed",
+            "rule": "self.endpoint || (has(self.addresses) && size(self.addresses) > 0) \
+                     || (has(self.clusterIP) && self.clusterIP) \
+                     || (has(self.nodePort) && self.nodePort) \
+                     || (has(self.loadBalancer) && self.loadBalancer) \
+                     || (has(self.ingress) && self.ingress)",
+            "message": "endpoint: false needs addresses or a Service target (clusterIP, \
+                        nodePort, loadBalancer, ingress): without the agent mesh, only those \
+                        are probed",
             "fieldPath": ".endpoint",
         },
         {
@@ -191,7 +196,8 @@ pub struct NetReachTarget {
     /// (filled into `interfaces`, which must then be omitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multus_interface: Option<bool>,
-    /// kdoctor's Service targets: accepted, not probed yet.
+    /// kdoctor's Service targets: probe the agent Service's cluster IPs, node ports and
+    /// load-balancer IPs and the agent Ingress (Kubernetes backend; tcp, udp or http).
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +210,21 @@ pub struct NetReachTarget {
     /// latency, so this changes nothing.
     #[serde(default)]
     pub enable_latency_metric: bool,
+}
+
+impl NetReachTarget {
+    /// The Service targets (kdoctor's field names) that are turned on.
+    pub fn service_targets(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("clusterIP", self.cluster_ip),
+            ("nodePort", self.node_port),
+            ("loadBalancer", self.load_balancer),
+            ("ingress", self.ingress),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on == Some(true))
+        .map(|(field, _)| field)
+    }
 }
 
 impl Default for NetReachTarget {
@@ -262,12 +283,14 @@ impl Kind for NetReach {
                 "at least one of ipv4 and ipv6 must be true",
             ));
         }
-        if !t.endpoint && t.addresses.as_ref().is_none_or(Vec::is_empty) {
+        if !t.endpoint
+            && t.addresses.as_ref().is_none_or(Vec::is_empty)
+            && t.service_targets().next().is_none()
+        {
             return Err(Invalid::new(
                 "spec.target.endpoint",
-                "false needs spec.target.addresses: without the agent mesh, only listed \
-                 addresses are probed (kdoctor's Service targets, clusterIP, nodePort, \
-                 loadBalancer and ingress, are not probed yet)",
+                "false needs spec.target.addresses or a Service target (clusterIP, nodePort, \
+                 loadBalancer, ingress): without the agent mesh, only those are probed",
             ));
         }
         self.parse_addresses()?;
@@ -372,18 +395,21 @@ impl TaskSpec for NetReach {
         if self.spec.agent_spec.is_some() {
             w.push(agent_spec_warning());
         }
-        for (field, on) in [
-            ("clusterIP", t.cluster_ip),
-            ("nodePort", t.node_port),
-            ("loadBalancer", t.load_balancer),
-            ("ingress", t.ingress),
-        ] {
-            if on == Some(true) {
-                w.push(format!(
-                    "spec.target.{field}: kdoctor's Service targets are not probed yet; only \
-                     the agent mesh is"
-                ));
-            }
+        let protocol = self.spec.request.protocol;
+        for field in t.service_targets() {
+            w.push(match (protocol, field) {
+                (Protocol::Icmp, _) => format!(
+                    "spec.target.{field}: skipped: icmp cannot probe a Service port; set \
+                     spec.request.protocol to tcp, udp or http"
+                ),
+                (Protocol::Udp, "ingress") => {
+                    "spec.target.ingress: skipped: an Ingress serves HTTP, not udp".to_string()
+                }
+                _ => format!(
+                    "spec.target.{field}: probed by the Kubernetes backend only (through the \
+                     agent Service and Ingress); ignored by the standalone controller"
+                ),
+            });
         }
         w
     }
@@ -497,7 +523,35 @@ spec:
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].starts_with("spec.agentSpec: ignored"), "{w:?}");
         assert!(w[1].starts_with("spec.target.clusterIP: "), "{w:?}");
-        assert!(w[2].starts_with("spec.target.nodePort: "), "{w:?}");
+        assert!(
+            w[2].starts_with("spec.target.nodePort: skipped: icmp cannot probe a Service port"),
+            "{w:?}"
+        );
+        // Over http the Kubernetes backend probes them; an Ingress takes no udp.
+        let http = kdoctor.replace("qps: 10", "qps: 10\n    protocol: http");
+        let w = NetReach::from_yaml("k.yaml", &http).unwrap().warnings();
+        assert!(
+            w[1].contains("probed by the Kubernetes backend only"),
+            "{w:?}"
+        );
+        let udp = kdoctor
+            .replace("qps: 10", "qps: 10\n    protocol: udp")
+            .replace("ingress: false", "ingress: true");
+        let w = NetReach::from_yaml("k.yaml", &udp).unwrap().warnings();
+        assert_eq!(
+            w.last().unwrap(),
+            "spec.target.ingress: skipped: an Ingress serves HTTP, not udp"
+        );
+        // Without the mesh, a Service target is enough to probe.
+        let services_only = http.replace("endpoint: true", "endpoint: false");
+        assert!(NetReach::from_yaml("k.yaml", &services_only).is_ok());
+        let nothing = services_only
+            .replace("clusterIP: true", "clusterIP: false")
+            .replace("nodePort: true", "nodePort: false");
+        let e = NetReach::from_yaml("k.yaml", &nothing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.target.endpoint: false needs"), "{e}");
         let all_networks = kdoctor.replace("multusInterface: false", "multusInterface: true");
         let t = NetReach::from_yaml("k.yaml", &all_networks).unwrap();
         assert!(t.spec.target.interfaces.is_none());
