@@ -330,7 +330,7 @@ async fn a_malformed_network_status_is_an_event_on_the_pod_not_a_crash() {
             .starts_with("pod agent-b has no IP yet"),
         "{event}"
     );
-    assert!(s.backend.agents().get("node-b").is_none());
+    assert!(!s.backend.agents().contains_key("node-b"));
 }
 
 #[tokio::test]
