@@ -33,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install rust-src, a bpf-linker matching rustc's LLVM, and the system tools the lab uses.
+    /// Install rust-src, a bpf-linker matching rustc's LLVM, the system tools the lab uses, and
+    /// the offline manifest checkers (kubernetes-validate, a kubectl with kustomize v5).
     Setup,
     /// Build the lab, run a full-mesh task, print its round report and tear the lab down.
     Lab(lab::LabArgs),
