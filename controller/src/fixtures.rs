@@ -131,6 +131,23 @@ pub const MULTUS: &str = r#"[
      "mac": "86:1d:96:ff:55:0d", "dns": {}}
     ]"#;
 
+/// An agent registered with eth0 at `ip` and net1 at 192.168.1.205, networks named after the
+/// interfaces (as an agent without `--interface NAME=NETWORK` registers).
+pub fn mk_registration(node: &str, ip: &str) -> meshdoctor_api::AgentRegistration {
+    let iface = |name: &str, ip: &str| meshdoctor_api::InterfaceInfo {
+        name: name.into(),
+        network: name.into(),
+        ipv4: Some(ip.parse().unwrap()),
+        ipv6: None,
+    };
+    meshdoctor_api::AgentRegistration {
+        node: node.into(),
+        interfaces: vec![iface("eth0", ip), iface("net1", "192.168.1.205")],
+        timestamping: meshdoctor_api::Timestamping::Ebpf,
+        probe_port: Some(9091),
+    }
+}
+
 /// A small in-memory Kubernetes API server behind a [`kube::Client`], for the Kubernetes
 /// backend's scenarios (no apiserver can run here; see shared/research/kube-and-style.md).
 ///

@@ -178,7 +178,7 @@ async fn start_kubernetes(
         ttl: args.lease_ttl,
         renew_every: args.lease_ttl / 3,
     };
-    let (leading, mut is_leading) = tokio::sync::watch::channel(false);
+    let (leading, is_leading) = tokio::sync::watch::channel(false);
     // Only the leader is Ready, so the controller Service sends agents to it.
     ctl.set_ready(false);
     let ready = ctl.clone();
@@ -200,7 +200,6 @@ async fn start_kubernetes(
         agent_ingress: args.agent_ingress.clone(),
         identity: args.identity.clone(),
     };
-    is_leading.mark_changed();
     let watched = kubernetes::watch(client.clone(), cfg);
     tokio::spawn(kubernetes::run(
         client.clone(),

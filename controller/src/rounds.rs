@@ -140,15 +140,14 @@ struct Rounds {
     open: BTreeMap<u32, OpenRound>,
 }
 
-/// Where a task's schedule starts: after the rounds its seeded status already counts.
+/// Where a task's schedule starts: after the rounds its seeded status already counts (a
+/// finished task's schedule wants no more).
 #[derive(Debug, Clone, Copy)]
 struct Resume {
     /// Rounds of the current spec already done.
     done: u32,
     /// The newest round number in the history (rounds are numbered on from it).
     last_round: Option<u32>,
-    /// All wanted rounds are done: nothing to schedule.
-    finished: bool,
 }
 
 /// Condition type: the spec was read and validated (`False`: why it cannot run).
@@ -568,7 +567,6 @@ impl Controller {
                     let resume = Resume {
                         done: u32::try_from(status.done_round).unwrap_or(u32::MAX),
                         last_round: status.history.iter().map(|h| h.round_number).max(),
-                        finished: status.finish,
                     };
                     let runner = tokio::spawn(self.clone().run_task(
                         source.file.clone(),
@@ -602,10 +600,6 @@ impl Controller {
         task: Arc<Task>,
         resume: Resume,
     ) {
-        if resume.finished {
-            info!(task = task.name(), "task finished earlier; no round to run");
-            return;
-        }
         let mut size = self.roster_size.subscribe();
         if size
             .wait_for(|&n| n >= self.settings.wait_agents)

@@ -91,8 +91,39 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         ("netdns.yaml", NetDnsResource::crd()),
     ]
     .into_iter()
-    .map(|(file, crd)| Ok((file, format!("{HEADER}{}", serde_yaml::to_string(&crd)?))))
+    .map(|(file, mut crd)| {
+        for version in &mut crd.spec.versions {
+            version.additional_printer_columns = Some(printer_columns());
+        }
+        Ok((file, format!("{HEADER}{}", serde_yaml::to_string(&crd)?)))
+    })
     .collect()
+}
+
+/// The columns `kubectl get` shows for every kind: kdoctor's (finish, expectedRound, doneRound,
+/// lastRoundStatus, schedule), then Age. Set here once rather than in each kind's derive.
+#[cfg(feature = "crd")]
+fn printer_columns()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceColumnDefinition>
+{
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceColumnDefinition;
+    let column = |name: &str, type_: &str, json_path: &str, described: bool| {
+        CustomResourceColumnDefinition {
+            name: name.into(),
+            type_: type_.into(),
+            json_path: json_path.into(),
+            description: described.then(|| name.into()),
+            ..Default::default()
+        }
+    };
+    vec![
+        column("finish", "boolean", ".status.finish", true),
+        column("expectedRound", "integer", ".status.expectedRound", true),
+        column("doneRound", "integer", ".status.doneRound", true),
+        column("lastRoundStatus", "string", ".status.lastRoundStatus", true),
+        column("schedule", "string", ".spec.schedule.schedule", true),
+        column("Age", "date", ".metadata.creationTimestamp", false),
+    ]
 }
 
 /// The parts of the kinds' CRD schemas that schemars attributes cannot express: fields whose

@@ -54,12 +54,6 @@ pub struct NetDns {
         category = "meshdoctor",
         status = "crate::status::TaskStatus",
         doc = "A NetDns task: every agent sends DNS queries to one server at a fixed rate.",
-        printcolumn = r#"{"name": "finish", "type": "boolean", "description": "finish", "jsonPath": ".status.finish"}"#,
-        printcolumn = r#"{"name": "expectedRound", "type": "integer", "description": "expectedRound", "jsonPath": ".status.expectedRound"}"#,
-        printcolumn = r#"{"name": "doneRound", "type": "integer", "description": "doneRound", "jsonPath": ".status.doneRound"}"#,
-        printcolumn = r#"{"name": "lastRoundStatus", "type": "string", "description": "lastRoundStatus", "jsonPath": ".status.lastRoundStatus"}"#,
-        printcolumn = r#"{"name": "schedule", "type": "string", "description": "schedule", "jsonPath": ".spec.schedule.schedule"}"#,
-        printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
     )
 )]
 #[cfg_attr(

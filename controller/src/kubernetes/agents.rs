@@ -14,13 +14,10 @@
 //! A malformed annotation is not fatal: the pod takes part with the networks the agent named
 //! itself, and the problem is reported (an event on the pod), never a crash loop.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Pod;
-use meshdoctor_api::{AgentRegistration, InterfaceInfo, task::PRIMARY_INTERFACE};
+use meshdoctor_api::{AgentRegistration, task::PRIMARY_INTERFACE};
 use serde::Deserialize;
 
 /// The multus annotation that lists a pod's attachments as the CNI set them up.
@@ -200,30 +197,6 @@ impl PodAgent {
         }
         merged
     }
-
-    /// The interfaces the pod says it has, for a pod whose agent has not registered yet (the
-    /// agents view shows them): the attachments, or the pod IPs on `eth0`.
-    pub fn interfaces(&self) -> Vec<InterfaceInfo> {
-        let info = |name: &str, network: &str, ips: &[IpAddr]| InterfaceInfo {
-            name: name.into(),
-            network: network.into(),
-            ipv4: ips.iter().find_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None::<Ipv4Addr>,
-            }),
-            ipv6: ips.iter().find_map(|ip| match ip {
-                IpAddr::V6(v6) => Some(*v6),
-                IpAddr::V4(_) => None::<Ipv6Addr>,
-            }),
-        };
-        if self.attachments.is_empty() {
-            return vec![info(PRIMARY_INTERFACE, PRIMARY_INTERFACE, &self.pod_ips)];
-        }
-        self.attachments
-            .iter()
-            .map(|a| info(&a.interface, &a.network, &a.ips))
-            .collect()
-    }
 }
 
 /// The round roster: registered agents whose node runs an agent pod, with the pod's network
@@ -242,25 +215,9 @@ pub fn roster(
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use meshdoctor_api::Timestamping;
 
     use super::*;
-    use crate::fixtures::{MULTUS, mk_pod};
-
-    fn mk_registration(node: &str) -> AgentRegistration {
-        let iface = |name: &str, ip: &str| InterfaceInfo {
-            name: name.into(),
-            network: name.into(),
-            ipv4: Some(ip.parse().unwrap()),
-            ipv6: None,
-        };
-        AgentRegistration {
-            node: node.into(),
-            interfaces: vec![iface("eth0", "10.244.1.5"), iface("net1", "192.168.1.205")],
-            timestamping: Timestamping::Ebpf,
-            probe_port: Some(9091),
-        }
-    }
+    use crate::fixtures::{MULTUS, mk_pod, mk_registration};
 
     #[test]
     fn multus_annotation_names_the_networks() {
@@ -278,12 +235,15 @@ mod tests {
                 default: false,
             }
         );
-        let merged = agent.apply_to(&mk_registration("node-a"));
+        let merged = agent.apply_to(&mk_registration("node-a", "10.244.1.5"));
         let networks: Vec<&str> = merged.interfaces.iter().map(|i| &*i.network).collect();
         assert_eq!(networks, ["k8s-pod-network", "default/macvlan-conf"]);
-        let seen = agent.interfaces();
-        assert_eq!(seen[0].ipv6, Some("fd00::5".parse().unwrap()));
-        assert_eq!(seen[1].name, "net1");
+        assert!(
+            agent.attachments[0]
+                .ips
+                .contains(&"fd00::5".parse().unwrap())
+        );
+        assert_eq!(agent.attachments[1].interface, "net1");
     }
 
     #[test]
@@ -318,7 +278,7 @@ mod tests {
                 agent.problems[0]
             );
             // The agent's own network names stay.
-            let merged = agent.apply_to(&mk_registration("node-a"));
+            let merged = agent.apply_to(&mk_registration("node-a", "10.244.1.5"));
             assert_eq!(merged.interfaces[1].network, "net1");
         }
     }
@@ -344,10 +304,7 @@ mod tests {
             agent.problems,
             ["status.podIPs: \"bogus\" is not an IP address"]
         );
-        assert_eq!(
-            agent.interfaces()[0].ipv4,
-            Some("10.0.0.1".parse().unwrap())
-        );
+        assert_eq!(agent.pod_ips, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]
@@ -359,7 +316,10 @@ mod tests {
                 (node.to_string(), p)
             })
             .collect();
-        let roster = roster(&pods, ["node-a", "node-b", "node-c"].map(mk_registration));
+        let roster = roster(
+            &pods,
+            ["node-a", "node-b", "node-c"].map(|n| mk_registration(n, "10.244.1.5")),
+        );
         let nodes: Vec<&str> = roster.iter().map(|r| &*r.node).collect();
         assert_eq!(nodes, ["node-a", "node-c"]);
         assert_eq!(roster[0].interfaces[1].network, "default/macvlan-conf");

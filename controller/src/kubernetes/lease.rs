@@ -357,6 +357,7 @@ mod tests {
 
     use super::*;
 
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/meshdoctor/leases";
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/meshdoctor/leases/meshdoctor";
     const TTL: Duration = Duration::from_secs(15);
 
@@ -555,6 +556,12 @@ mod tests {
         (body, send)
     }
 
+    /// Expects a request whose body the test does not look at, and answers it.
+    async fn answer(server: &mut ApiServer, method: Method, path: &str, code: u16, body: &Value) {
+        let (_, send) = expect(server, method, path).await;
+        reply(send, code, body);
+    }
+
     fn reply(send: SendResponse<Response<Body>>, code: u16, body: &Value) {
         let response = Response::builder()
             .status(StatusCode::from_u16(code).unwrap())
@@ -583,14 +590,15 @@ mod tests {
     async fn absent_lease_is_created_and_leads() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 404, &status(404, "NotFound"));
-            let (body, send) = expect(
+            answer(
                 &mut server,
-                Method::POST,
-                "/apis/coordination.k8s.io/v1/namespaces/meshdoctor/leases",
+                Method::GET,
+                PATH,
+                404,
+                &status(404, "NotFound"),
             )
             .await;
+            let (body, send) = expect(&mut server, Method::POST, LEASES).await;
             assert_eq!(body["metadata"]["name"], "meshdoctor");
             assert_eq!(body["spec"]["holderIdentity"], "me");
             assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
@@ -608,8 +616,14 @@ mod tests {
     async fn fresh_lease_of_another_is_followed_without_writing() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("other"), 0, 0, "8"));
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("other"), 0, 0, "8"),
+            )
+            .await;
             server
         });
         let mut elector = elector(client);
@@ -625,8 +639,14 @@ mod tests {
     async fn expired_lease_of_another_is_taken_over_with_its_resource_version() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("other"), 0, 2, "8"));
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("other"), 0, 2, "8"),
+            )
+            .await;
             let (body, send) = expect(&mut server, Method::PUT, PATH).await;
             assert_eq!(body["metadata"]["resourceVersion"], "8");
             assert_eq!(body["spec"]["holderIdentity"], "me");
@@ -645,13 +665,25 @@ mod tests {
     async fn take_over_lost_to_another_candidate_rereads_and_follows() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("other"), 0, 2, "8"));
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("other"), 0, 2, "8"),
+            )
+            .await;
             let (body, send) = expect(&mut server, Method::PUT, PATH).await;
             assert_eq!(body["metadata"]["resourceVersion"], "8");
             reply(send, 409, &status(409, "Conflict"));
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("third"), 20, 3, "9"));
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("third"), 20, 3, "9"),
+            )
+            .await;
         });
         let mut elector = elector(client);
         assert!(!elector.tick(ts(20), Instant::now()).await);
@@ -662,17 +694,30 @@ mod tests {
     async fn create_lost_to_another_candidate_rereads_and_follows() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 404, &status(404, "NotFound"));
-            let (_, send) = expect(
+            answer(
                 &mut server,
-                Method::POST,
-                "/apis/coordination.k8s.io/v1/namespaces/meshdoctor/leases",
+                Method::GET,
+                PATH,
+                404,
+                &status(404, "NotFound"),
             )
             .await;
-            reply(send, 409, &status(409, "AlreadyExists"));
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("other"), 0, 0, "1"));
+            answer(
+                &mut server,
+                Method::POST,
+                LEASES,
+                409,
+                &status(409, "AlreadyExists"),
+            )
+            .await;
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("other"), 0, 0, "1"),
+            )
+            .await;
         });
         let mut elector = elector(client);
         assert!(!elector.tick(ts(0), Instant::now()).await);
@@ -684,20 +729,50 @@ mod tests {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
             // Renewed at ts(0), then the apiserver fails: GET, then PUT, then GET again.
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("me"), -5, 0, "4"));
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("me"), -5, 0, "4"),
+            )
+            .await;
             let (body, send) = expect(&mut server, Method::PUT, PATH).await;
             assert_eq!(body["metadata"]["resourceVersion"], "4");
             assert_eq!(body["spec"]["renewTime"], micro(ts(0)));
             reply(send, 200, &stored(body, "5"));
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 500, &status(500, "InternalError"));
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("me"), 0, 0, "5"));
-            let (_, send) = expect(&mut server, Method::PUT, PATH).await;
-            reply(send, 500, &status(500, "InternalError"));
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 500, &status(500, "InternalError"));
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                500,
+                &status(500, "InternalError"),
+            )
+            .await;
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("me"), 0, 0, "5"),
+            )
+            .await;
+            answer(
+                &mut server,
+                Method::PUT,
+                PATH,
+                500,
+                &status(500, "InternalError"),
+            )
+            .await;
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                500,
+                &status(500, "InternalError"),
+            )
+            .await;
         });
         let mut elector = elector(client);
         let start = Instant::now();
@@ -713,8 +788,14 @@ mod tests {
     async fn step_down_clears_my_holder() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("me"), 0, 3, "7"));
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("me"), 0, 3, "7"),
+            )
+            .await;
             let (body, send) = expect(&mut server, Method::PUT, PATH).await;
             assert_eq!(body["metadata"]["resourceVersion"], "7");
             assert_eq!(body["spec"].get("holderIdentity"), None);
@@ -732,8 +813,14 @@ mod tests {
     async fn step_down_leaves_a_lease_of_another_alone() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            let (_, send) = expect(&mut server, Method::GET, PATH).await;
-            reply(send, 200, &lease_json(Some("other"), 0, 3, "7"));
+            answer(
+                &mut server,
+                Method::GET,
+                PATH,
+                200,
+                &lease_json(Some("other"), 0, 3, "7"),
+            )
+            .await;
         });
         let (leading, _watching) = watch::channel(false);
         assert!(!step_down(client, &cfg(), &leading).await.unwrap());
@@ -748,14 +835,15 @@ mod tests {
         let (leading, mut watching) = watch::channel(false);
         let elector = tokio::spawn(run(client, cfg(), leading));
 
-        let (_, send) = expect(&mut server, Method::GET, PATH).await;
-        reply(send, 404, &status(404, "NotFound"));
-        let (body, send) = expect(
+        answer(
             &mut server,
-            Method::POST,
-            "/apis/coordination.k8s.io/v1/namespaces/meshdoctor/leases",
+            Method::GET,
+            PATH,
+            404,
+            &status(404, "NotFound"),
         )
         .await;
+        let (body, send) = expect(&mut server, Method::POST, LEASES).await;
         let created = Instant::now();
         reply(send, 201, &stored(body, "1"));
         watching.changed().await.unwrap();

@@ -47,7 +47,7 @@ use kube::{
     runtime::{
         WatchStreamExt as _,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -101,8 +101,13 @@ impl Backend for Kubernetes {
     }
 
     fn service_targets(&self, task: &NetReach) -> (Vec<ListedAddress>, Vec<String>) {
-        let service: Option<Arc<Service>> = named(&self.services, &self.cfg.agent_service);
-        let ingress: Option<Arc<Ingress>> = named(&self.ingresses, &self.cfg.agent_ingress);
+        let ns = &self.cfg.namespace;
+        let service = self
+            .services
+            .get(&ObjectRef::new(&self.cfg.agent_service).within(ns));
+        let ingress = self
+            .ingresses
+            .get(&ObjectRef::new(&self.cfg.agent_ingress).within(ns));
         let ep = targets::service_endpoints(service.as_deref(), ingress.as_deref());
         let node_ips: BTreeSet<IpAddr> = self
             .agents()
@@ -117,7 +122,10 @@ impl Backend for Kubernetes {
         // writes a new status at once, so the object's current generation is the task's.
         let generation = parse_source(source).and_then(|(kind, name)| {
             let store = &self.tasks.iter().find(|(k, _)| *k == kind)?.1;
-            named(store, name)?.metadata.generation
+            store
+                .get(&ObjectRef::new_with(name, resource(kind)))?
+                .metadata
+                .generation
         });
         let mut status = status.clone();
         for c in &mut status.conditions {
@@ -126,18 +134,6 @@ impl Backend for Kubernetes {
         // The receiver lives as long as the backend runs; after that nothing is written.
         let _ = self.statuses.send((source.to_string(), status));
     }
-}
-
-/// The object of a store with `name` (stores of one named object hold at most that one).
-fn named<K>(store: &Store<K>, name: &str) -> Option<Arc<K>>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store
-        .state()
-        .into_iter()
-        .find(|o| kube::ResourceExt::name_any(&**o) == name)
 }
 
 impl Kubernetes {
@@ -173,16 +169,68 @@ impl Kubernetes {
 pub struct Watched {
     pub backend: Arc<Kubernetes>,
     statuses: mpsc::UnboundedReceiver<(String, TaskStatus)>,
-    changed: watch::Sender<()>,
+    /// Notified when a task object changed.
+    tasks_changed: watch::Sender<()>,
+    /// Notified when an agent pod changed.
+    pods_changed: watch::Sender<()>,
 }
 
 /// Starts the watchers (the reflectors fill the backend's mirrors from now on).
 pub fn watch(client: Client, cfg: Config) -> Watched {
-    let (backend, statuses, changed) = start(client, cfg);
+    let tasks_changed = watch::Sender::new(());
+    let pods_changed = watch::Sender::new(());
+    let ns = cfg.namespace.as_str();
+    let task_store = |kind: TaskKind| {
+        let ar = resource(kind);
+        let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+        let reader = writer.as_reader();
+        let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+        spawn_mirror(
+            format!("{} objects", ar.plural),
+            reflector::reflector(writer, watcher(api, watcher::Config::default())),
+            Some(tasks_changed.clone()),
+        );
+        (kind, reader)
+    };
+    let tasks = TaskKind::ALL.map(task_store);
+    let (pods, writer) = reflector::store();
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let by_label = watcher::Config::default().labels(&cfg.agent_selector);
+    spawn_mirror(
+        "agent pods".into(),
+        reflector::reflector(writer, watcher(api, by_label)),
+        Some(pods_changed.clone()),
+    );
+    // The Service and Ingress are read when a round is planned: nobody waits on them.
+    let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let (services, writer) = reflector::store();
+    let api = Api::<Service>::namespaced(client.clone(), ns);
+    spawn_mirror(
+        "agent Service".into(),
+        reflector::reflector(writer, watcher(api, by_name(&cfg.agent_service))),
+        None,
+    );
+    let (ingresses, writer) = reflector::store();
+    let api = Api::<Ingress>::namespaced(client.clone(), ns);
+    spawn_mirror(
+        "agent Ingress".into(),
+        reflector::reflector(writer, watcher(api, by_name(&cfg.agent_ingress))),
+        None,
+    );
+    let (tx, statuses) = mpsc::unbounded_channel();
+    let backend = Arc::new(Kubernetes {
+        tasks,
+        pods,
+        services,
+        ingresses,
+        cfg,
+        statuses: tx,
+    });
     Watched {
         backend,
         statuses,
-        changed,
+        tasks_changed,
+        pods_changed,
     }
 }
 
@@ -198,86 +246,35 @@ pub async fn run(
     let Watched {
         backend,
         statuses,
-        changed,
+        tasks_changed,
+        pods_changed,
     } = watched;
-    let cfg = backend.cfg.clone();
     ctl.set_backend(backend.clone());
+    let recorder = recorder(client.clone(), &backend.cfg);
     tokio::spawn(write_statuses(
-        client.clone(),
-        cfg.clone(),
+        client,
+        recorder.clone(),
         statuses,
         leading.clone(),
     ));
-    tokio::spawn(report_pod_problems(
+    tokio::spawn(report_pod_problems(recorder, backend.clone(), pods_changed));
+    sync_tasks(ctl, backend, tasks_changed, leading).await;
+}
+
+/// Events are published as this controller replica.
+fn recorder(client: Client, cfg: &Config) -> Recorder {
+    Recorder::new(
         client,
-        cfg,
-        backend.clone(),
-        changed.clone(),
-    ));
-    sync_tasks(ctl, backend, changed, leading).await;
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(cfg.identity.clone()),
+        },
+    )
 }
 
-/// The reflectors and the backend that reads them; `changed` is notified on every change.
-fn start(
-    client: Client,
-    cfg: Config,
-) -> (
-    Arc<Kubernetes>,
-    mpsc::UnboundedReceiver<(String, TaskStatus)>,
-    watch::Sender<()>,
-) {
-    let changed = watch::Sender::new(());
-    let ns = cfg.namespace.as_str();
-    let task_store = |kind: TaskKind| {
-        let ar = resource(kind);
-        let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-        let reader = writer.as_reader();
-        let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-        spawn_mirror(
-            format!("{} objects", ar.plural),
-            reflector::reflector(writer, watcher(api, watcher::Config::default())),
-            changed.clone(),
-        );
-        (kind, reader)
-    };
-    let tasks = TaskKind::ALL.map(task_store);
-    let (pods, writer) = reflector::store();
-    let api = Api::<Pod>::namespaced(client.clone(), ns);
-    let by_label = watcher::Config::default().labels(&cfg.agent_selector);
-    spawn_mirror(
-        "agent pods".into(),
-        reflector::reflector(writer, watcher(api, by_label)),
-        changed.clone(),
-    );
-    let (services, writer) = reflector::store();
-    let api = Api::<Service>::namespaced(client.clone(), ns);
-    let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
-    spawn_mirror(
-        "agent Service".into(),
-        reflector::reflector(writer, watcher(api, by_name(&cfg.agent_service))),
-        changed.clone(),
-    );
-    let (ingresses, writer) = reflector::store();
-    let api = Api::<Ingress>::namespaced(client.clone(), ns);
-    spawn_mirror(
-        "agent Ingress".into(),
-        reflector::reflector(writer, watcher(api, by_name(&cfg.agent_ingress))),
-        changed.clone(),
-    );
-    let (tx, rx) = mpsc::unbounded_channel();
-    let backend = Arc::new(Kubernetes {
-        tasks,
-        pods,
-        services,
-        ingresses,
-        cfg,
-        statuses: tx,
-    });
-    (backend, rx, changed)
-}
-
-/// Drives a reflector forever: errors are logged and the watch retried with backoff.
-fn spawn_mirror<K, S>(what: String, stream: S, changed: watch::Sender<()>)
+/// Drives a reflector forever, notifying `changed` after each change: errors are logged and
+/// the watch retried with backoff.
+fn spawn_mirror<K, S>(what: String, stream: S, changed: Option<watch::Sender<()>>)
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
@@ -288,7 +285,9 @@ where
             match event {
                 Ok(watcher::Event::InitApply(_) | watcher::Event::Init) => {}
                 Ok(_) => {
-                    changed.send_replace(());
+                    if let Some(changed) = &changed {
+                        changed.send_replace(());
+                    }
                 }
                 Err(e) => warn!("watching {what}: {e} (retrying)"),
             }
@@ -344,17 +343,10 @@ fn seeds(objects: &[TaskObject]) -> BTreeMap<String, TaskStatus> {
 /// retried with the then latest status. Events are published when a condition turns bad.
 async fn write_statuses(
     client: Client,
-    cfg: Config,
+    recorder: Recorder,
     mut rx: mpsc::UnboundedReceiver<(String, TaskStatus)>,
     leading: watch::Receiver<bool>,
 ) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(cfg.identity.clone()),
-        },
-    );
     let mut pending: BTreeMap<String, TaskStatus> = BTreeMap::new();
     // The bad conditions already published, by source and condition type.
     let mut published: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -457,18 +449,10 @@ fn task_reference(kind: TaskKind, name: &str) -> ObjectReference {
 /// Publishes a Warning event on an agent pod for each problem of its metadata, once per
 /// problem and pod.
 async fn report_pod_problems(
-    client: Client,
-    cfg: Config,
+    recorder: Recorder,
     backend: Arc<Kubernetes>,
     changed: watch::Sender<()>,
 ) {
-    let recorder = Recorder::new(
-        client,
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(cfg.identity.clone()),
-        },
-    );
     let mut changed = changed.subscribe();
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     loop {

@@ -4,13 +4,12 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Pod;
-use meshdoctor_api::{AgentRegistration, InterfaceInfo, Timestamping};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{Config, Kubernetes, run, watch as start_watching};
 use crate::{
-    fixtures::{FakeApiServer, MULTUS, Write, mk_pod, temp_dir},
+    fixtures::{FakeApiServer, MULTUS, Write, mk_pod, mk_registration, temp_dir},
     rounds::{Controller, Settings},
     store::ReportStore,
 };
@@ -199,21 +198,6 @@ async fn an_invalid_spec_is_refused_with_a_condition_and_an_event() {
             })
         })
         .await;
-}
-
-fn mk_registration(node: &str, ip: &str) -> AgentRegistration {
-    let iface = |name: &str, ip: &str| InterfaceInfo {
-        name: name.into(),
-        network: name.into(),
-        ipv4: Some(ip.parse().unwrap()),
-        ipv6: None,
-    };
-    AgentRegistration {
-        node: node.into(),
-        interfaces: vec![iface("eth0", ip), iface("net1", "192.168.1.205")],
-        timestamping: Timestamping::Ebpf,
-        probe_port: Some(9091),
-    }
 }
 
 #[tokio::test]

@@ -115,6 +115,11 @@ pub fn cluster_targets(
         Family::Ipv4 => t.ipv4,
         Family::Ipv6 => t.ipv6,
     };
+    // None asked for, or icmp: not a round failure (the task's mesh runs; its warnings say why
+    // these are skipped).
+    if t.service_targets().next().is_none() || protocol == Protocol::Icmp {
+        return (vec![], vec![]);
+    }
     let mut targets = Vec::new();
     let mut problems = Vec::new();
     // Adds the addresses in the task's families; how many it added.
@@ -130,16 +135,6 @@ pub fn cluster_targets(
         }
         targets.len() - before
     };
-    let any = [t.cluster_ip, t.node_port, t.load_balancer, t.ingress]
-        .into_iter()
-        .any(wanted);
-    if !any {
-        return (targets, problems);
-    }
-    if protocol == Protocol::Icmp {
-        // Not a round failure: the task's mesh runs; the warning says why these are skipped.
-        return (targets, problems);
-    }
     let service = ep.service.as_deref().unwrap_or("the agent Service");
     let port = match protocol {
         Protocol::Udp => ep.udp,

@@ -10,43 +10,34 @@
 use std::collections::BTreeMap;
 
 use kube::{api::ApiResource, core::DynamicObject};
-use meshdoctor_api::{Task, TaskKind, TaskStatus, task::API_VERSION};
+use meshdoctor_api::{
+    Task, TaskKind, TaskStatus,
+    task::{AppHttpHealthyResource, NetDnsResource, NetReachResource},
+};
 use serde_json::json;
 
 use crate::tasks::{TaskFile, dedupe};
 
-/// The API resource of a task kind (group meshdoctor.io, version v1beta1, cluster-scoped).
+/// The API resource of a task kind, from its generated custom resource type.
 pub fn resource(kind: TaskKind) -> ApiResource {
-    let (group, version) = API_VERSION.split_once('/').unwrap_or((API_VERSION, ""));
-    ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: API_VERSION.into(),
-        kind: kind.as_str().into(),
-        plural: plural(kind).into(),
-    }
-}
-
-/// The resource's plural name, as in the CRDs (kdoctor's).
-pub fn plural(kind: TaskKind) -> &'static str {
     match kind {
-        TaskKind::NetReach => "netreaches",
-        TaskKind::AppHttpHealthy => "apphttphealthies",
-        TaskKind::NetDns => "netdnses",
+        TaskKind::NetReach => ApiResource::erase::<NetReachResource>(&()),
+        TaskKind::AppHttpHealthy => ApiResource::erase::<AppHttpHealthyResource>(&()),
+        TaskKind::NetDns => ApiResource::erase::<NetDnsResource>(&()),
     }
 }
 
 /// The source name of a task object in the round driver and in messages: `netreaches/mesh`.
 pub fn source(kind: TaskKind, name: &str) -> String {
-    format!("{}/{name}", plural(kind))
+    format!("{}/{name}", resource(kind).plural)
 }
 
 /// The kind and name of a source written by [`source`].
 pub fn parse_source(source: &str) -> Option<(TaskKind, &str)> {
-    let (plural_name, name) = source.split_once('/')?;
+    let (plural, name) = source.split_once('/')?;
     let kind = TaskKind::ALL
         .into_iter()
-        .find(|&k| plural(k) == plural_name)?;
+        .find(|&k| resource(k).plural == plural)?;
     Some((kind, name))
 }
 
@@ -69,7 +60,7 @@ pub fn task_object(kind: TaskKind, obj: &DynamicObject) -> TaskObject {
     let source = source(kind, &name);
     // The document a task file would hold: the status is not part of the task.
     let doc = json!({
-        "apiVersion": API_VERSION,
+        "apiVersion": resource(kind).api_version,
         "kind": kind.as_str(),
         "metadata": { "name": name },
         "spec": obj.data.get("spec").cloned().unwrap_or_else(|| json!({})),
