@@ -12,9 +12,10 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, output, sh};
 
 /// Commands the lab, the tests and the benchmarks run, and the Debian package of each: the
-/// real servers probes are tested against (nginx, unbound) and the peers the benchmarks compare
-/// with (wrk, hey, dnsperf).
-const SYSTEM_TOOLS: [(&str, &str); 9] = [
+/// real servers probes are tested against (nginx, unbound), the peers the benchmarks compare
+/// with (wrk, hey, dnsperf), and the Prometheus and promtool that tests/monitoring.rs proves
+/// deploy/monitoring's dashboards and alerts with.
+const SYSTEM_TOOLS: [(&str, &str); 11] = [
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("sysctl", "procps"),
@@ -24,7 +25,25 @@ const SYSTEM_TOOLS: [(&str, &str); 9] = [
     ("wrk", "wrk"),
     ("hey", "hey"),
     ("dnsperf", "dnsperf"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
+
+/// The system services of those packages. The lab and the tests start their own instances
+/// inside the lab's namespaces; a system instance would only surprise (and Prometheus's would
+/// hold port 9090, the agents' port), so setup keeps the ones it installs stopped and disabled.
+const SERVICES: [(&str, &str); 3] = [
+    ("nginx", "nginx.service"),
+    ("unbound", "unbound.service"),
+    ("prometheus", "prometheus.service"),
+];
+
+/// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before a maintainer script
+/// starts a service; exit status 101 means "not allowed".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+/// The temporary policy: nothing may start.
+const NO_START_POLICY: &str =
+    "#!/bin/sh\n# cargo xtask setup installs packages: no service may start meanwhile\nexit 101\n";
 
 pub fn run() -> Result<()> {
     rust_src()?;
@@ -147,7 +166,10 @@ fn system_tools() -> Result<()> {
         eprintln!("system tools: present ({})", names.join(", "));
         return Ok(());
     }
-    let packages: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
+    // prometheus and promtool come in one package.
+    packages.sort_unstable();
+    packages.dedup();
     if !meshdoctor_lab::is_root() {
         bail!(
             "missing {}: install the Debian packages {} (needs root)",
@@ -163,10 +185,74 @@ fn system_tools() -> Result<()> {
     sh(Command::new("apt-get")
         .args(["update", "-q"])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let no_start = NoServiceStart::forbid(Path::new(POLICY_RC_D))?;
     sh(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&packages)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    drop(no_start);
+    disable_services(&packages)
+}
+
+/// While it lives, a temporary [`POLICY_RC_D`] forbids maintainer scripts to start services,
+/// so installing a server package does not leave a system instance running. An existing
+/// policy (Docker images ship one that forbids everything) is the machine's: left as it is.
+struct NoServiceStart {
+    /// The policy file this guard created and removes; `None` when one was there.
+    created: Option<PathBuf>,
+}
+
+impl NoServiceStart {
+    /// Writes the policy at `path` (normally [`POLICY_RC_D`]) unless a file is there.
+    fn forbid(path: &Path) -> Result<Self> {
+        use std::{fs::OpenOptions, io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(path);
+        let mut file = match file {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Ok(Self { created: None });
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        };
+        let guard = Self {
+            created: Some(path.to_path_buf()),
+        };
+        file.write_all(NO_START_POLICY.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        if let Some(path) = &self.created
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            eprintln!(
+                "warning: cannot remove the temporary {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Stops and disables the services of the just installed `packages` when systemd runs the
+/// machine: their postinst enables them (so they would start at the next boot), and a
+/// machine's own policy-rc.d may have let them start.
+fn disable_services(packages: &[&str]) -> Result<()> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Ok(());
+    }
+    for (package, unit) in SERVICES {
+        if packages.contains(&package) {
+            sh(Command::new("systemctl").args(["disable", "--now", unit]))?;
+        }
+    }
+    Ok(())
 }
 
 /// kubernetes-validate from PyPI, pinned: it validates the rendered deploy/ manifests against
@@ -323,6 +409,21 @@ mod tests {
                  release: 1.95.0\nLLVM version: 22.1.2\n";
         assert_eq!(llvm_major(v), Some(22));
         assert_eq!(llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn service_start_policy_is_temporary_and_never_replaces_the_machines() {
+        let dir = env::temp_dir().join(format!("xtask-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy-rc.d");
+        let guard = NoServiceStart::forbid(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), NO_START_POLICY);
+        drop(guard);
+        assert!(!path.exists());
+        std::fs::write(&path, "exit 0\n").unwrap();
+        drop(NoServiceStart::forbid(&path).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "exit 0\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
