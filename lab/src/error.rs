@@ -56,6 +56,9 @@ pub enum LabError {
         status: Option<u16>,
         reason: String,
     },
+    /// The lab's Prometheus refused a request or answered something unexpected.
+    #[error("Prometheus: cannot {what}: {reason}")]
+    Prometheus { what: String, reason: String },
     /// A lab process died while the lab needed it.
     #[error("{process} exited ({status}); last lines of {log}:\n{tail}")]
     ProcessExited {

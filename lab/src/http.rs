@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 GET client, enough to read the controller's JSON API from inside its
-//! namespace without pulling an HTTP stack into the lab.
+//! A minimal HTTP/1.1 GET client, enough to read the controller's JSON API and the lab
+//! Prometheus's query API from inside their namespace without pulling an HTTP stack into the
+//! lab.
 
 use std::{
     io::{Read, Write},
@@ -17,17 +18,18 @@ pub(crate) struct Response {
     pub body: String,
 }
 
-/// Sends `GET path` to `addr` with `Connection: close` and reads the whole answer.
-/// Must be called from the namespace `addr` lives in.
-pub(crate) fn get(addr: SocketAddr, path: &str, token: &str) -> Result<Response, String> {
+/// Sends `GET path` to `addr` with `Connection: close` (and the bearer `token`, when given)
+/// and reads the whole answer. Must be called from the namespace `addr` lives in.
+pub(crate) fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<Response, String> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|e| e.to_string())?;
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
          Accept: application/json\r\nConnection: close\r\n\r\n"
     );
     stream

@@ -61,6 +61,8 @@ pub struct LabConfig {
     pub faults: Vec<Fault>,
     /// Extra command-line flags for every agent (e.g. `--event-buffer-kib 4`).
     pub agent_args: Vec<String>,
+    /// Extra command-line flags for the controller (e.g. `--pair-metrics`).
+    pub controller_args: Vec<String>,
 }
 
 impl LabConfig {
@@ -75,6 +77,7 @@ impl LabConfig {
             ready_timeout: Duration::from_secs(30),
             faults: Vec::new(),
             agent_args: Vec::new(),
+            controller_args: Vec::new(),
         }
     }
 }
@@ -160,22 +163,26 @@ impl Lab {
         }
         let dir = cfg.dir.display().to_string();
         let nodes = cfg.nodes.to_string();
+        let (tasks, data) = (format!("{dir}/tasks"), format!("{dir}/data"));
+        let (listen, token) = (format!("[::]:{CONTROLLER_PORT}"), format!("{dir}/token"));
+        let mut args = vec![
+            "--tasks-dir",
+            &tasks,
+            "--data-dir",
+            &data,
+            "--listen",
+            &listen,
+            "--token-file",
+            &token,
+            "--wait-agents",
+            &nodes,
+        ];
+        args.extend(cfg.controller_args.iter().map(String::as_str));
         lab.spawn(
             "controller",
             CONTROLLER_NS,
             &cfg.bin_dir.join(CONTROLLER_BIN),
-            &[
-                "--tasks-dir",
-                &format!("{dir}/tasks"),
-                "--data-dir",
-                &format!("{dir}/data"),
-                "--listen",
-                &format!("[::]:{CONTROLLER_PORT}"),
-                "--token-file",
-                &format!("{dir}/token"),
-                "--wait-agents",
-                &nodes,
-            ],
+            &args,
         )?;
         let interfaces: Vec<String> = INTERFACES
             .iter()
@@ -190,8 +197,7 @@ impl Lab {
                 CONTROLLER_URL,
                 "--token-file",
             ];
-            let token_file = format!("{dir}/token");
-            args.push(&token_file);
+            args.push(&token);
             for iface in &interfaces {
                 args.extend(["--interface", iface]);
             }
@@ -211,6 +217,11 @@ impl Lab {
 
     pub fn nodes(&self) -> usize {
         self.net.nodes()
+    }
+
+    /// The file holding the bearer token the agents and the controller share.
+    pub fn token_path(&self) -> PathBuf {
+        self.dir.join("token")
     }
 
     /// Log file of a process: `controller` or a node name (`node-1`).
@@ -374,7 +385,7 @@ impl Lab {
 
     fn get(&self, path: &str) -> Result<http::Response, LabError> {
         let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, CONTROLLER_PORT));
-        in_netns(CONTROLLER_NS, || http::get(addr, path, &self.token))?.map_err(|reason| {
+        in_netns(CONTROLLER_NS, || http::get(addr, path, Some(&self.token)))?.map_err(|reason| {
             LabError::Http {
                 path: path.into(),
                 status: None,
@@ -483,7 +494,8 @@ impl Drop for Lab {
     }
 }
 
-fn excerpt(text: &str) -> String {
+/// The first 300 characters of `text`, for error messages.
+pub(crate) fn excerpt(text: &str) -> String {
     const MAX: usize = 300;
     match text.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}...", &text[..cut]),

@@ -14,7 +14,8 @@
 //! Tests start the real servers application probes need (nginx, unbound) inside the lab with
 //! [`Lab::spawn_server`], and add tasks while it runs with [`Lab::add_task`]; [`TestCa`],
 //! [`nginx_config`], [`UnboundConfig`] and [`die_with_parent`] serve every test and benchmark
-//! that runs such a server, in the lab or not.
+//! that runs such a server, in the lab or not. [`Prometheus`] is one such server: a real
+//! Prometheus scraping the lab, to query and to evaluate alert rules against.
 //!
 //! The namespace names are fixed (the agent and controller tests rely on them), so only one lab
 //! can exist per machine: building one first removes the leftovers of a crashed run, and inside
@@ -27,6 +28,7 @@ mod lab;
 mod net;
 mod pki;
 pub mod plan;
+mod prometheus;
 mod server;
 mod task;
 
@@ -35,5 +37,6 @@ pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
 pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
 pub use pki::{Pem, TestCa};
+pub use prometheus::{AGENT_JOB, Alert, CONTROLLER_JOB, PROMETHEUS_ADDR, Prometheus, Sample};
 pub use server::{LabServer, UnboundConfig, UnboundTls, die_with_parent, nginx_config};
 pub use task::{DEFAULT_QPS, DEFAULT_SECS, MeshTask, default_task_yaml, task_yaml};
