@@ -310,6 +310,7 @@ async fn run_plan(agent: Arc<Agent>, client: Arc<ControllerClient>, plan: RoundP
             }
             Err(e) => {
                 error!(task = %plan.task, round = plan.round, "report not delivered before the deadline: {e}");
+                agent.metrics.report_failures.inc();
                 return;
             }
         }

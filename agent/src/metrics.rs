@@ -1,9 +1,9 @@
 //! The agent's Prometheus metrics. Series grow with interfaces x families, never with peers.
 
-use meshdoctor_api::Family;
+use meshdoctor_api::{Family, Timestamping};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family as MetricFamily},
+    metrics::{counter::Counter, family::Family as MetricFamily, gauge::Gauge},
     registry::Registry,
 };
 
@@ -40,8 +40,19 @@ pub struct RequestLabels {
     pub result: String,
 }
 
+/// Labels of the timestamp source gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    /// `ebpf` or `socket`, as the reports name it.
+    source: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    timestamping: MetricFamily<SourceLabels, Gauge>,
+    drop_tracing: Gauge,
+    /// Round reports the agent gave up delivering (the controller's deadline passed).
+    pub report_failures: Counter,
     app_requests: MetricFamily<RequestLabels, Counter>,
     pub drops: MetricFamily<DropLabels, Counter>,
     sent: MetricFamily<PathLabels, Counter>,
@@ -100,8 +111,30 @@ impl Default for Metrics {
              not_sent (planned, but the in-flight bound was reached or the agent fell behind)",
             app_requests.clone(),
         );
+        let timestamping = MetricFamily::<SourceLabels, Gauge>::default();
+        registry.register(
+            "timestamping",
+            "1 for the probe timestamp source in use: ebpf (the TC observers, per-hook loss \
+             attribution) or socket (user space only)",
+            timestamping.clone(),
+        );
+        let drop_tracing = Gauge::default();
+        registry.register(
+            "drop_tracing",
+            "1 when the skb:kfree_skb drop tracer runs (reports name drop reasons)",
+            drop_tracing.clone(),
+        );
+        let report_failures = Counter::default();
+        registry.register(
+            "report_failures",
+            "Round reports not delivered to the controller before its deadline",
+            report_failures.clone(),
+        );
         Self {
             registry,
+            timestamping,
+            drop_tracing,
+            report_failures,
             app_requests,
             drops,
             sent,
@@ -115,6 +148,22 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records how this agent measures: both timestamp sources get a series (0 or 1), so an
+    /// alert on `socket` has a series to compare in either case.
+    pub fn set_capabilities(&self, timestamping: Timestamping, drop_tracing: bool) {
+        for (source, value) in [
+            (Timestamping::Ebpf, "ebpf"),
+            (Timestamping::Socket, "socket"),
+        ] {
+            self.timestamping
+                .get_or_create(&SourceLabels {
+                    source: value.into(),
+                })
+                .set(i64::from(source == timestamping));
+        }
+        self.drop_tracing.set(i64::from(drop_tracing));
+    }
+
     pub fn count_path(&self, interface: &str, family: Family, sent: u32, received: u32) {
         let labels = PathLabels {
             interface: interface.into(),
@@ -177,8 +226,53 @@ mod tests {
             r#"meshdoctor_agent_probes_received_total{interface="net1",family="ipv6"} 8"#
         ));
         assert!(text.contains("meshdoctor_agent_rounds_total 1"));
+        m.set_capabilities(Timestamping::Socket, false);
+        let text = m.render();
+        for line in [
+            "meshdoctor_agent_timestamping{source=\"ebpf\"} 0\n",
+            "meshdoctor_agent_timestamping{source=\"socket\"} 1\n",
+            "meshdoctor_agent_drop_tracing 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
         m.count_requests(8, 2, 0);
         let text = m.render();
         assert!(text.contains(r#"meshdoctor_agent_app_requests_total{result="failure"} 2"#));
+    }
+
+    /// One agent's series with two interfaces and two families after probe and application
+    /// rounds with kernel drops, printed for the record (`cargo test -p meshdoctor-agent
+    /// series_of_one_agent -- --nocapture`); they do not depend on the number of peers.
+    #[test]
+    fn series_of_one_agent() {
+        let m = Metrics::default();
+        m.set_capabilities(Timestamping::Ebpf, true);
+        for interface in ["eth0", "net1"] {
+            for family in [Family::Ipv4, Family::Ipv6] {
+                m.count_path(interface, family, 10, 9);
+                for hook in ["ingress", "egress"] {
+                    for kind in ["request", "reply"] {
+                        let labels = HookLabels {
+                            interface: interface.into(),
+                            hook: hook.into(),
+                            kind: kind.into(),
+                            family: family.to_string(),
+                        };
+                        m.set_observed(labels, 10);
+                    }
+                }
+            }
+        }
+        for kind in ["request", "reply"] {
+            let labels = DropLabels {
+                reason: "NETFILTER_DROP".into(),
+                kind: kind.into(),
+            };
+            m.drops.get_or_create(&labels).inc();
+        }
+        m.count_requests(1, 0, 0);
+        let series = m.render().lines().filter(|l| !l.starts_with('#')).count();
+        eprintln!("agent series, 2 interfaces x 2 families: {series}");
+        assert_eq!(series, 8 + 16 + 2 + 3 + 3 + 2 + 1 + 1);
     }
 }

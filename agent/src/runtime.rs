@@ -48,12 +48,14 @@ impl Agent {
         } else {
             Timestamping::Socket
         };
+        let metrics = Metrics::default();
+        metrics.set_capabilities(timestamping, drop_tracer.is_some());
         Self {
             node,
             probe_port: None,
             interfaces,
             timestamping,
-            metrics: Metrics::default(),
+            metrics,
             observer: observer.map(Mutex::new),
             drop_tracer,
             symbols: Mutex::default(),

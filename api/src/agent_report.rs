@@ -142,6 +142,16 @@ pub enum Packet {
     Reply,
 }
 
+/// The names the JSON report uses, for tables and metric labels.
+impl std::fmt::Display for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Request => "request",
+            Self::Reply => "reply",
+        })
+    }
+}
+
 /// One probe packet the kernel dropped, as the agent's kfree_skb tracer saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -25,8 +25,8 @@ pub use plan::{
 };
 pub use round::{
     AgentApp, AgentAppState, AppRoundReport, AppSummary, Direction, DropCount, Evidence, Finding,
-    Interval, LossSegments, PathResult, PathSegment, PathState, ProbeSample, ReasonCount,
-    RoundReport, RoundStatus, RoundSummary, Segment,
+    HookCounts, Interval, LossSegments, PathResult, PathSegment, PathState, ProbeSample,
+    ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
 pub use stats::{Bitmap, RttStats, clopper_pearson};
 pub use status::{

@@ -170,6 +170,10 @@ pub struct PathResult {
     pub family: Family,
     pub src_addr: IpAddr,
     pub dst_addr: IpAddr,
+    /// Toward a listed address, not an agent: `dst_node` is the address and nobody reports
+    /// the destination's side.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
     pub state: PathState,
     pub planned: u32,
     pub sent: u32,
@@ -393,6 +397,15 @@ pub struct LossSegments {
 impl LossSegments {
     /// The segment that lost most probes, named as in the report; `None` without loss.
     pub fn dominant(&self) -> Option<&'static str> {
+        self.named()
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, name)| name)
+    }
+
+    /// Every segment's count with its name as in the report, in path order.
+    pub fn named(&self) -> [(u32, &'static str); 7] {
         [
             (self.src_send, "srcSend"),
             (self.forward, "forward"),
@@ -402,10 +415,6 @@ impl LossSegments {
             (self.beyond, "beyond"),
             (self.unobserved, "unobserved"),
         ]
-        .into_iter()
-        .filter(|(n, _)| *n > 0)
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, name)| name)
     }
 }
 

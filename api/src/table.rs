@@ -309,14 +309,7 @@ pub fn render_findings(findings: &[Finding]) -> String {
     let rows: Vec<[String; 11]> = findings
         .iter()
         .map(|f| {
-            let packets: Vec<&str> = f
-                .packets
-                .iter()
-                .map(|p| match p {
-                    Packet::Request => "request",
-                    Packet::Reply => "reply",
-                })
-                .collect();
+            let packets: Vec<String> = f.packets.iter().map(Packet::to_string).collect();
             [
                 f.node.clone(),
                 f.interface.clone(),
@@ -428,6 +421,7 @@ mod tests {
             family,
             src_addr,
             dst_addr,
+            external: false,
             state: if lost == 0 {
                 PathState::Ok
             } else {

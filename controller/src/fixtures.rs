@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use meshdoctor_api::{
-    Direction, Evidence, Family, Finding, Interval, Packet, PathSegment, ReasonCount, RoundReport,
-    RoundStatus, RoundSummary, Segment,
+    Direction, Evidence, Family, Finding, HookCounts, Interval, LossSegments, Packet, PathResult,
+    PathSegment, PathState, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
 
 /// A fresh directory under the system's temp dir, unique per test and process.
@@ -81,6 +81,50 @@ pub fn mk_round(task: &str, round: u32, status: RoundStatus) -> RoundReport {
         },
         paths: vec![],
         app: None,
+    }
+}
+
+/// A clean pair-path between agents: `probes` sent and received on `interface` of both
+/// nodes, nothing observed; tests change what they need with struct update syntax.
+pub fn mk_path(
+    src: &str,
+    dst: &str,
+    (interface, network): (&str, &str),
+    family: Family,
+    probes: u32,
+) -> PathResult {
+    let addr = match family {
+        Family::Ipv4 => "192.0.2.1".parse().unwrap(),
+        Family::Ipv6 => "2001:db8::1".parse().unwrap(),
+    };
+    PathResult {
+        path: 0,
+        src_node: src.into(),
+        dst_node: dst.into(),
+        src_interface: interface.into(),
+        dst_interface: interface.into(),
+        network: network.into(),
+        family,
+        src_addr: addr,
+        dst_addr: addr,
+        external: false,
+        state: PathState::Ok,
+        planned: probes,
+        sent: probes,
+        received: probes,
+        lost: 0,
+        loss_ratio: 0.0,
+        send_failed: 0,
+        dst_reported: true,
+        hooks: HookCounts::default(),
+        segments: LossSegments::default(),
+        kernel_rtt: None,
+        user_rtt: None,
+        network_rtt: None,
+        dst_stack: None,
+        drops: Vec::new(),
+        errors: Vec::new(),
+        probes: Vec::new(),
     }
 }
 

@@ -310,6 +310,7 @@ fn join_path(src: &str, t: &PlannedTarget, planned: u32, ends: Ends<'_>) -> (Pat
         family: t.family,
         src_addr: t.src_addr,
         dst_addr: t.dst_addr,
+        external: t.external,
         state: PathState::NotReported,
         planned,
         sent: 0,

@@ -411,6 +411,8 @@ fn finding(
 mod tests {
     use meshdoctor_api::{DropCount, LossSegments, round::HookCounts};
 
+    use crate::fixtures;
+
     use super::*;
 
     use Direction::{Egress, Ingress};
@@ -610,38 +612,20 @@ mod tests {
         }
         let received = hooks.delivered;
         let lost = probes - received;
-        let addr = match family {
-            Ipv4 => "192.0.2.1".parse().unwrap(),
-            Ipv6 => "2001:db8::1".parse().unwrap(),
-        };
         let p = PathResult {
             path,
-            src_node: src.into(),
-            dst_node: dst.into(),
-            src_interface: interface.into(),
-            dst_interface: interface.into(),
-            network: network.into(),
-            family,
-            src_addr: addr,
-            dst_addr: addr,
             state: if lost == 0 {
                 PathState::Ok
             } else {
                 PathState::Lossy
             },
-            planned: probes,
             sent,
             received,
             lost,
             loss_ratio: f64::from(lost) / f64::from(probes),
             send_failed,
-            dst_reported: true,
             hooks,
             segments,
-            kernel_rtt: None,
-            user_rtt: None,
-            network_rtt: None,
-            dst_stack: None,
             drops: drops
                 .into_iter()
                 .map(|((node, packet), count)| DropCount {
@@ -652,8 +636,7 @@ mod tests {
                     count,
                 })
                 .collect(),
-            errors: Vec::new(),
-            probes: Vec::new(),
+            ..fixtures::mk_path(src, dst, (interface, network), family, probes)
         };
         (p, PathLoss::new(true, buckets))
     }

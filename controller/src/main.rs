@@ -62,6 +62,11 @@ struct Args {
     /// Round history entries kept in each task's status (kdoctor's crdMaxHistory).
     #[arg(long, default_value_t = DEFAULT_MAX_HISTORY, value_parser = history_len)]
     max_history: usize,
+    /// Also export the loss ratio of every agent-to-agent pair-path
+    /// (meshdoctor_pair_loss_ratio): nodes² series, for small clusters or a short
+    /// investigation.
+    #[arg(long)]
+    pair_metrics: bool,
 }
 
 /// The Kubernetes backend's settings.
@@ -131,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         start_delay: args.start_delay,
         report_grace: args.report_grace,
         max_history: args.max_history,
+        pair_metrics: args.pair_metrics,
     };
     let ctl = Controller::new(settings, ReportStore::new(&args.data_dir));
     let mut stop_leading = None;

@@ -1,20 +1,44 @@
-//! Controller metrics (prometheus-client). Labels stay per task, node and interface, never
-//! per pair, so cardinality does not grow with the square of the node count.
+//! Controller metrics (prometheus-client), documented in deploy/monitoring/README.md.
+//!
+//! Series grow with nodes x interfaces x families, never with node pairs: a round's pair-paths
+//! are summed into their two ends (`role` source and destination), so a faulty interface shows
+//! as the end with the highest loss ratio. Per-pair series are opt-in (`--pair-metrics`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    hash::Hash,
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicI64, AtomicU64},
     },
+    time::{SystemTime, UNIX_EPOCH},
 };
 
-use meshdoctor_api::{Finding, RoundReport, RoundStatus};
+use meshdoctor_api::{PathResult, PathState, RoundReport, RoundStatus};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
+
+type GaugeF64 = Gauge<f64, AtomicU64>;
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Histogram buckets: 14 from 10 µs by a factor of 2.5 (to 1.5 s), wide enough for a veth
+/// pair's microseconds and a WAN path's hundreds of milliseconds.
+fn histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-5, 2.5, 14))
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: String,
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoundLabels {
@@ -23,8 +47,48 @@ struct RoundLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TaskLabels {
+struct PathStateLabels {
     task: String,
+    state: String,
+}
+
+/// One end of the round's pair-paths: an interface of an agent, as sender or receiver.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    task: String,
+    node: String,
+    interface: String,
+    network: String,
+    family: String,
+    /// `source` or `destination`.
+    role: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SegmentLabels {
+    task: String,
+    network: String,
+    family: String,
+    segment: String,
+}
+
+/// A source interface (network RTT).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabels {
+    task: String,
+    node: String,
+    interface: String,
+    network: String,
+    family: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StackLabels {
+    task: String,
+    node: String,
+    family: String,
+    /// `source` (the prober's send and receive paths) or `destination` (answering).
+    side: String,
 }
 
 /// A finding's place: what an alert names.
@@ -39,18 +103,22 @@ struct PlaceLabels {
     segment: String,
 }
 
-impl PlaceLabels {
-    fn of(task: &str, f: &Finding) -> Self {
-        Self {
-            task: task.into(),
-            node: f.node.clone(),
-            interface: f.interface.clone(),
-            network: f.network.clone(),
-            family: f.family.to_string(),
-            direction: f.direction.to_string(),
-            segment: f.segment.to_string(),
-        }
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PairLabels {
+    task: String,
+    src_node: String,
+    dst_node: String,
+    network: String,
+    family: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    task: String,
+    node: String,
+    reason: String,
+    /// `request` or `reply`.
+    packet: String,
 }
 
 /// Application requests of a task by outcome: `success`, `failure` or `not_sent`.
@@ -61,108 +129,219 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DropLabels {
-    task: String,
+struct NodeLabels {
     node: String,
-    reason: String,
+}
+
+/// A gauge family holding the values of each task's latest round only: a series the latest
+/// round did not set (a place that recovered, a pair that went away) is removed instead of
+/// showing its old value forever.
+struct Latest<L> {
+    gauges: Family<L, GaugeF64>,
+    set: Mutex<HashMap<String, HashSet<L>>>,
+}
+
+impl<L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> Latest<L> {
+    fn new(registry: &mut Registry, name: &str, help: &str) -> Self {
+        let gauges = Family::default();
+        registry.register(name, help, gauges.clone());
+        Self {
+            gauges,
+            set: Mutex::default(),
+        }
+    }
+
+    fn replace(&self, task: &str, values: impl IntoIterator<Item = (L, f64)>) {
+        let current: HashSet<L> = values
+            .into_iter()
+            .map(|(labels, value)| {
+                self.gauges.get_or_create(&labels).set(value);
+                labels
+            })
+            .collect();
+        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = set.insert(task.into(), current);
+        let current = &set[task];
+        for stale in previous.unwrap_or_default().difference(current) {
+            self.gauges.remove(stale);
+        }
+    }
 }
 
 pub struct Metrics {
     registry: Registry,
     rounds: Family<RoundLabels, Counter>,
-    sent: Family<TaskLabels, Counter>,
-    lost: Family<TaskLabels, Counter>,
-    agents: Gauge<i64, AtomicI64>,
-    late_reports: Counter,
-    loss_ratio: Family<PlaceLabels, Gauge<f64, AtomicU64>>,
+    round_result: Family<TaskLabels, Gauge>,
+    round_end: Family<TaskLabels, GaugeF64>,
+    round_paths: Family<PathStateLabels, Gauge>,
+    sent: Family<EndLabels, Counter>,
+    lost: Family<EndLabels, Counter>,
+    lost_by_segment: Family<SegmentLabels, Counter>,
+    network_rtt: HistogramFamily<InterfaceLabels>,
+    stack: HistogramFamily<StackLabels>,
+    loss_ratio: Latest<PlaceLabels>,
     findings: Family<TaskLabels, Gauge<i64, AtomicI64>>,
     drops: Family<DropLabels, Counter>,
+    /// `None` unless per-pair series were asked for.
+    pair_loss: Option<Latest<PairLabels>>,
+    agents: Gauge<i64, AtomicI64>,
+    last_report: Family<NodeLabels, GaugeF64>,
+    missed_reports: Family<NodeLabels, Counter>,
+    late_reports: Counter,
     requests: Family<RequestLabels, Counter>,
-    mean_latency: Family<TaskLabels, Gauge<f64, AtomicU64>>,
-    /// The places each task's latest round set a loss ratio for, so that a place that recovered
-    /// loses its series instead of showing its old ratio forever.
-    places: Mutex<HashMap<String, HashSet<PlaceLabels>>>,
+    mean_latency: Family<TaskLabels, GaugeF64>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let (rounds, sent, lost) = (Family::default(), Family::default(), Family::default());
-        let (agents, late_reports) = (Gauge::default(), Counter::default());
-        let mut registry = Registry::default();
-        registry.register(
-            "meshdoctor_rounds",
-            "Rounds closed, by task and status",
-            rounds.clone(),
-        );
-        registry.register(
-            "meshdoctor_probes_sent",
-            "Probes sent by agents that reported",
-            sent.clone(),
-        );
-        registry.register(
-            "meshdoctor_probes_lost",
-            "Probes sent whose reply did not come back in time",
-            lost.clone(),
-        );
-        registry.register("meshdoctor_agents", "Registered agents", agents.clone());
-        registry.register(
-            "meshdoctor_reports_late",
-            "Agent reports that arrived for no open round (late or unknown)",
-            late_reports.clone(),
-        );
-        let (loss_ratio, findings, drops) =
-            (Family::default(), Family::default(), Family::default());
-        registry.register(
-            "meshdoctor_interface_loss_ratio",
-            "Estimated loss ratio of each faulty interface (place) the latest round localized, \
-             over the packets it loses; absent when the place is healthy",
-            loss_ratio.clone(),
-        );
-        registry.register(
-            "meshdoctor_interface_findings",
-            "Faulty interfaces the latest round of each task localized (0 when healthy)",
-            findings.clone(),
-        );
-        registry.register(
-            "meshdoctor_probe_drops",
-            "Lost probe packets the kernel dropped (kfree_skb), by node and drop reason",
-            drops.clone(),
-        );
-        let (requests, mean_latency) = (Family::default(), Family::default());
-        registry.register(
-            "meshdoctor_app_requests",
-            "AppHttpHealthy and NetDns requests of agents that reported, by task and result \
-             (success, failure, not_sent: planned but not sent by the agent)",
-            requests.clone(),
-        );
-        registry.register(
-            "meshdoctor_app_mean_latency_seconds",
-            "Mean latency of the successful requests of each application task's latest round; \
-             absent when none succeeded",
-            mean_latency.clone(),
-        );
-        Self {
-            registry,
-            requests,
-            mean_latency,
-            rounds,
-            sent,
-            lost,
-            agents,
-            late_reports,
-            loss_ratio,
-            findings,
-            drops,
-            places: Mutex::default(),
-        }
+        Self::new(false)
     }
 }
 
+/// Registers a new metric of a `Default` type and returns it.
+fn register<M: Default + Clone + prometheus_client::registry::Metric>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+fn register_histograms<L>(registry: &mut Registry, name: &str, help: &str) -> HistogramFamily<L>
+where
+    L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = HistogramFamily::<L>::new_with_constructor(histogram);
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 impl Metrics {
+    /// `pair_metrics`: also export the loss ratio of every agent-to-agent pair-path, which
+    /// grows with the square of the node count.
+    pub fn new(pair_metrics: bool) -> Self {
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        Self {
+            rounds: register(r, "meshdoctor_rounds", "Rounds closed, by task and status"),
+            round_result: register(
+                r,
+                "meshdoctor_round_result",
+                "1 when the task's latest round succeeded, 0 when it failed",
+            ),
+            round_end: register(
+                r,
+                "meshdoctor_round_end_timestamp_seconds",
+                "When the task's latest round closed (Unix time)",
+            ),
+            round_paths: register(
+                r,
+                "meshdoctor_round_paths",
+                "Pair-paths of the task's latest round by state (ok, lossy, notReported)",
+            ),
+            sent: register(
+                r,
+                "meshdoctor_probes_sent",
+                "Probes attempted on pair-paths with this interface at this end (role source or \
+                 destination), including those the source's own stack refused",
+            ),
+            lost: register(
+                r,
+                "meshdoctor_probes_lost",
+                "Probes attempted on pair-paths with this interface at this end whose reply did \
+                 not come back in time",
+            ),
+            lost_by_segment: register(
+                r,
+                "meshdoctor_probes_lost_by_segment",
+                "Lost probes by the path segment that lost them (srcSend, forward, dstStack, \
+                 reply, srcReceive, beyond, unobserved)",
+            ),
+            network_rtt: register_histograms(
+                r,
+                "meshdoctor_network_rtt_seconds",
+                "Network round trip of probes from this interface: the source's kernel RTT \
+                 minus the destination's stack time (probes seen at all four hooks)",
+            ),
+            stack: register_histograms(
+                r,
+                "meshdoctor_stack_seconds",
+                "Time inside a node's stack: answering a probe (side destination: ingress to \
+                 egress hook) or sending and receiving one (side source: user-space RTT minus \
+                 kernel RTT)",
+            ),
+            loss_ratio: Latest::new(
+                r,
+                "meshdoctor_interface_loss_ratio",
+                "Estimated loss ratio of each faulty interface (place) the task's latest round \
+                 localized, over the packets it loses; absent when the place is healthy",
+            ),
+            findings: register(
+                r,
+                "meshdoctor_interface_findings",
+                "Faulty interfaces the latest round of each task localized (0 when healthy)",
+            ),
+            drops: register(
+                r,
+                "meshdoctor_probe_drops",
+                "Lost probe packets a kernel dropped (skb:kfree_skb), by dropping node, drop \
+                 reason and packet (request, reply)",
+            ),
+            pair_loss: pair_metrics.then(|| {
+                Latest::new(
+                    r,
+                    "meshdoctor_pair_loss_ratio",
+                    "Loss ratio of each agent-to-agent pair-path of the task's latest round \
+                     (opt-in: --pair-metrics)",
+                )
+            }),
+            agents: register(r, "meshdoctor_agents", "Registered agents"),
+            last_report: register(
+                r,
+                "meshdoctor_agent_last_report_timestamp_seconds",
+                "When the agent's latest round report arrived (Unix time)",
+            ),
+            missed_reports: register(
+                r,
+                "meshdoctor_agent_missed_reports",
+                "Rounds that closed without this expected agent's report",
+            ),
+            late_reports: register(
+                r,
+                "meshdoctor_reports_late",
+                "Agent reports that arrived for no open round (late or unknown)",
+            ),
+            requests: register(
+                r,
+                "meshdoctor_app_requests",
+                "AppHttpHealthy and NetDns requests of agents that reported, by task and result \
+                 (success, failure, not_sent: planned but not sent by the agent)",
+            ),
+            mean_latency: register(
+                r,
+                "meshdoctor_app_mean_latency_seconds",
+                "Mean latency of the successful requests of each application task's latest \
+                 round; absent when none succeeded",
+            ),
+            registry,
+        }
+    }
+
     pub fn round_closed(&self, report: &RoundReport) {
-        let status = match report.status {
-            RoundStatus::Succeed => "succeed",
-            RoundStatus::Fail => "fail",
+        let task = TaskLabels {
+            task: report.task.clone(),
+        };
+        let (status, result) = match report.status {
+            RoundStatus::Succeed => ("succeed", 1),
+            RoundStatus::Fail => ("fail", 0),
         };
         self.rounds
             .get_or_create(&RoundLabels {
@@ -170,71 +349,198 @@ impl Metrics {
                 status: status.into(),
             })
             .inc();
-        let task = TaskLabels {
-            task: report.task.clone(),
-        };
-        if let Some(app) = &report.app {
-            let s = &app.summary;
-            for (result, n) in [
-                ("success", s.successes),
-                ("failure", s.failures),
-                ("not_sent", s.not_sent),
-            ] {
-                self.requests
-                    .get_or_create(&RequestLabels {
-                        task: report.task.clone(),
-                        result: result.into(),
-                    })
-                    .inc_by(n);
-            }
-            match s.mean_latency_ms {
-                Some(ms) => {
-                    self.mean_latency.get_or_create(&task).set(ms / 1000.0);
-                }
-                None => {
-                    self.mean_latency.remove(&task);
-                }
-            }
-            return;
-        }
-        self.sent.get_or_create(&task).inc_by(report.summary.sent);
-        self.lost.get_or_create(&task).inc_by(report.summary.lost);
-        self.findings
+        self.round_result.get_or_create(&task).set(result);
+        self.round_end
             .get_or_create(&task)
-            .set(report.findings.len() as i64);
-
-        let current: HashSet<PlaceLabels> = report
-            .findings
-            .iter()
-            .map(|f| {
-                let labels = PlaceLabels::of(&report.task, f);
-                self.loss_ratio.get_or_create(&labels).set(f.loss_ratio);
-                labels
-            })
-            .collect();
-        let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
-        let previous = places.insert(report.task.clone(), current.clone());
-        for stale in previous.unwrap_or_default().difference(&current) {
-            self.loss_ratio.remove(stale);
+            .set(report.end_ms as f64 / 1000.0);
+        for node in &report.expected_agents {
+            let missed = self
+                .missed_reports
+                .get_or_create(&NodeLabels { node: node.clone() });
+            if report.not_reported.contains(node) {
+                missed.inc();
+            }
         }
-        drop(places);
-
-        let mut drops: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for d in report.paths.iter().flat_map(|p| &p.drops) {
-            *drops.entry((&d.node, &d.reason)).or_default() += u64::from(d.count);
+        match &report.app {
+            Some(app) => self.app_round_closed(&task, app),
+            None => self.probe_round_closed(report),
         }
-        for ((node, reason), count) in drops {
-            let labels = DropLabels {
-                task: report.task.clone(),
-                node: node.into(),
-                reason: reason.into(),
+    }
+
+    fn app_round_closed(&self, task: &TaskLabels, app: &meshdoctor_api::AppRoundReport) {
+        let s = &app.summary;
+        for (result, n) in [
+            ("success", s.successes),
+            ("failure", s.failures),
+            ("not_sent", s.not_sent),
+        ] {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    task: task.task.clone(),
+                    result: result.into(),
+                })
+                .inc_by(n);
+        }
+        match s.mean_latency_ms {
+            Some(ms) => {
+                self.mean_latency.get_or_create(task).set(ms / 1000.0);
+            }
+            None => {
+                self.mean_latency.remove(task);
+            }
+        }
+    }
+
+    fn probe_round_closed(&self, report: &RoundReport) {
+        let task = report.task.as_str();
+        let mut states: BTreeMap<&str, i64> = [("ok", 0), ("lossy", 0), ("notReported", 0)].into();
+        let mut ends: HashMap<EndLabels, (u64, u64)> = HashMap::new();
+        let mut segments: HashMap<SegmentLabels, u64> = HashMap::new();
+        let mut pairs: HashMap<PairLabels, (u64, u64)> = HashMap::new();
+        let mut drops: HashMap<DropLabels, u64> = HashMap::new();
+        for p in &report.paths {
+            let state = match p.state {
+                PathState::Ok => "ok",
+                PathState::Lossy => "lossy",
+                PathState::NotReported => "notReported",
             };
-            self.drops.get_or_create(&labels).inc_by(count);
+            *states.entry(state).or_default() += 1;
+            if p.state == PathState::NotReported {
+                // Nothing is known of a path whose source did not report.
+                continue;
+            }
+            let attempted = u64::from(p.sent + p.send_failed);
+            let lost = u64::from(p.lost);
+            for end in path_ends(task, p) {
+                let counts = ends.entry(end).or_default();
+                counts.0 += attempted;
+                counts.1 += lost;
+            }
+            for (n, segment) in p.segments.named() {
+                let labels = SegmentLabels {
+                    task: task.into(),
+                    network: p.network.clone(),
+                    family: p.family.to_string(),
+                    segment: segment.into(),
+                };
+                *segments.entry(labels).or_default() += u64::from(n);
+            }
+            if self.pair_loss.is_some() && !p.external {
+                let counts = pairs
+                    .entry(PairLabels {
+                        task: task.into(),
+                        src_node: p.src_node.clone(),
+                        dst_node: p.dst_node.clone(),
+                        network: p.network.clone(),
+                        family: p.family.to_string(),
+                    })
+                    .or_default();
+                counts.0 += attempted;
+                counts.1 += lost;
+            }
+            for d in &p.drops {
+                let labels = DropLabels {
+                    task: task.into(),
+                    node: d.node.clone(),
+                    reason: d.reason.clone(),
+                    packet: d.packet.to_string(),
+                };
+                *drops.entry(labels).or_default() += u64::from(d.count);
+            }
+            self.observe_times(task, p);
+        }
+        for (state, n) in states {
+            self.round_paths
+                .get_or_create(&PathStateLabels {
+                    task: task.into(),
+                    state: state.into(),
+                })
+                .set(n);
+        }
+        // Created at 0 next to each other, so that `lost / sent` exists for every end.
+        for (end, (attempted, lost)) in ends {
+            self.sent.get_or_create(&end).inc_by(attempted);
+            self.lost.get_or_create(&end).inc_by(lost);
+        }
+        for (labels, n) in segments {
+            self.lost_by_segment.get_or_create(&labels).inc_by(n);
+        }
+        for (labels, n) in drops {
+            self.drops.get_or_create(&labels).inc_by(n);
+        }
+        if let Some(pair_loss) = &self.pair_loss {
+            pair_loss.replace(
+                task,
+                pairs
+                    .into_iter()
+                    .filter(|(_, (attempted, _))| *attempted > 0)
+                    .map(|(labels, (attempted, lost))| (labels, lost as f64 / attempted as f64)),
+            );
+        }
+        self.findings
+            .get_or_create(&TaskLabels { task: task.into() })
+            .set(report.findings.len() as i64);
+        self.loss_ratio.replace(
+            task,
+            report.findings.iter().map(|f| {
+                let labels = PlaceLabels {
+                    task: task.into(),
+                    node: f.node.clone(),
+                    interface: f.interface.clone(),
+                    network: f.network.clone(),
+                    family: f.family.to_string(),
+                    direction: f.direction.to_string(),
+                    segment: f.segment.to_string(),
+                };
+                (labels, f.loss_ratio)
+            }),
+        );
+    }
+
+    /// Network RTT at the source interface, and the stack times of both nodes, of every probe
+    /// that came back with the hooks that measure them.
+    fn observe_times(&self, task: &str, p: &PathResult) {
+        let family = p.family.to_string();
+        let stack = |node: &str, side: &str| StackLabels {
+            task: task.into(),
+            node: node.into(),
+            family: family.clone(),
+            side: side.into(),
+        };
+        let rtt = self.network_rtt.get_or_create(&InterfaceLabels {
+            task: task.into(),
+            node: p.src_node.clone(),
+            interface: p.src_interface.clone(),
+            network: p.network.clone(),
+            family: family.clone(),
+        });
+        let src_stack = self.stack.get_or_create(&stack(&p.src_node, "source"));
+        for s in &p.probes {
+            if s.kernel_rtt_ns > 0 && s.dst_stack_ns > 0 && s.kernel_rtt_ns >= s.dst_stack_ns {
+                rtt.observe(seconds(s.kernel_rtt_ns - s.dst_stack_ns));
+            }
+            if s.kernel_rtt_ns > 0 && s.user_rtt_ns >= s.kernel_rtt_ns {
+                src_stack.observe(seconds(s.user_rtt_ns - s.kernel_rtt_ns));
+            }
+        }
+        drop((rtt, src_stack));
+        if !p.external && p.probes.iter().any(|s| s.dst_stack_ns > 0) {
+            let dst_stack = self.stack.get_or_create(&stack(&p.dst_node, "destination"));
+            for s in p.probes.iter().filter(|s| s.dst_stack_ns > 0) {
+                dst_stack.observe(seconds(s.dst_stack_ns));
+            }
         }
     }
 
     pub fn set_agents(&self, n: usize) {
         self.agents.set(n as i64);
+    }
+
+    /// An agent's report arrived (in time for its round).
+    pub fn report_received(&self, node: &str) {
+        self.last_report
+            .get_or_create(&NodeLabels { node: node.into() })
+            .set(now_s());
     }
 
     pub fn late_report(&self) {
@@ -249,21 +555,43 @@ impl Metrics {
     }
 }
 
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// The ends of a pair-path: its source interface, and its destination interface when the
+/// destination is an agent.
+fn path_ends(task: &str, p: &PathResult) -> impl Iterator<Item = EndLabels> {
+    let end = |node: &str, interface: &str, role: &str| EndLabels {
+        task: task.into(),
+        node: node.into(),
+        interface: interface.into(),
+        network: p.network.clone(),
+        family: p.family.to_string(),
+        role: role.into(),
+    };
+    let src = end(&p.src_node, &p.src_interface, "source");
+    let dst = (!p.external).then(|| end(&p.dst_node, &p.dst_interface, "destination"));
+    std::iter::once(src).chain(dst)
+}
+
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::{Packet, ProbeDrop};
+    use meshdoctor_api::{
+        DropCount, Family as IpFamily, LossSegments, Packet, ProbeDrop, ProbeSample,
+    };
 
     use super::*;
     use crate::{
-        fixtures::{mk_finding, mk_round},
+        fixtures::{mk_finding, mk_path, mk_round},
         join::{
             join,
             tests::{mk_plans, mk_report, mk_reports},
         },
     };
 
-    /// A failed round of `task` with findings on `nodes`, whose path 0 lost probes 3 and 4 to
-    /// node-2's netfilter.
+    /// A failed round of `task` with findings on `nodes`, whose path 0 (node-1 to node-2)
+    /// lost probes 3 and 4 to node-2's netfilter.
     fn mk_lossy_round(task: &str, round: u32, nodes: &[&str]) -> RoundReport {
         let plans = mk_plans();
         let mut reports = mk_reports(vec![
@@ -280,6 +608,7 @@ mod tests {
         };
         reports.get_mut("node-2").unwrap().drops = vec![drop(3), drop(4)];
         let mut report = mk_round(task, round, RoundStatus::Fail);
+        report.expected_agents = vec!["node-1".into(), "node-2".into()];
         report.paths = join(&plans, &reports).paths;
         report.findings = nodes.iter().map(|n| mk_finding(n)).collect();
         report
@@ -292,41 +621,204 @@ mod tests {
         )
     }
 
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    /// The value of the one series `name{labels}` (labels in exposition order).
+    fn value(text: &str, series: &str) -> f64 {
+        let prefix = format!("{series} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"));
+        line[prefix.len()..].parse().unwrap()
+    }
+
     #[test]
     fn findings_follow_the_latest_round_and_drops_add_up() {
         let m = Metrics::default();
         m.round_closed(&mk_lossy_round("mesh", 1, &["node-3", "node-4"]));
         m.round_closed(&mk_lossy_round("other", 1, &["node-4"]));
+        let drops = "meshdoctor_probe_drops_total{task=\"mesh\",node=\"node-2\",\
+                     reason=\"NETFILTER_DROP\",packet=\"request\"}";
         let text = m.encode().unwrap();
-        for line in [
-            ratio_line("mesh", "node-3"),
-            ratio_line("mesh", "node-4"),
-            ratio_line("other", "node-4"),
-            "meshdoctor_interface_findings{task=\"mesh\"} 2\n".into(),
-            "meshdoctor_probe_drops_total{task=\"mesh\",node=\"node-2\",reason=\"NETFILTER_DROP\"} 2\n"
-                .into(),
-        ] {
-            assert!(text.contains(&line), "{line} missing from\n{text}");
-        }
+        assert_lines(
+            &text,
+            &[
+                &ratio_line("mesh", "node-3"),
+                &ratio_line("mesh", "node-4"),
+                &ratio_line("other", "node-4"),
+                "meshdoctor_interface_findings{task=\"mesh\"} 2\n",
+                &format!("{drops} 2\n"),
+            ],
+        );
 
         // node-4 recovered in mesh: its series goes, other's stays.
         m.round_closed(&mk_lossy_round("mesh", 2, &["node-3"]));
         let text = m.encode().unwrap();
         assert!(!text.contains(&ratio_line("mesh", "node-4")), "{text}");
-        for line in [
-            ratio_line("mesh", "node-3"),
-            ratio_line("other", "node-4"),
-            "meshdoctor_interface_findings{task=\"mesh\"} 1\n".into(),
-            "meshdoctor_probe_drops_total{task=\"mesh\",node=\"node-2\",reason=\"NETFILTER_DROP\"} 4\n"
-                .into(),
-        ] {
-            assert!(text.contains(&line), "{line} missing from\n{text}");
-        }
+        assert_lines(
+            &text,
+            &[
+                &ratio_line("mesh", "node-3"),
+                &ratio_line("other", "node-4"),
+                "meshdoctor_interface_findings{task=\"mesh\"} 1\n",
+                &format!("{drops} 4\n"),
+            ],
+        );
 
         m.round_closed(&mk_round("mesh", 3, RoundStatus::Succeed));
         let text = m.encode().unwrap();
         assert!(!text.contains("task=\"mesh\",node=\"node-3\""), "{text}");
         assert!(text.contains("meshdoctor_interface_findings{task=\"mesh\"} 0\n"));
+    }
+
+    #[test]
+    fn both_ends_of_a_lossy_path_count_its_loss_and_the_round_its_segments() {
+        let m = Metrics::default();
+        let round = mk_lossy_round("mesh", 1, &[]);
+        let probes = u64::from(round.paths[0].sent);
+        assert_eq!(round.paths[0].lost, 2);
+        m.round_closed(&round);
+        let text = m.encode().unwrap();
+        let end = |metric: &str, node: &str, role: &str| {
+            let series = format!(
+                "meshdoctor_probes_{metric}_total{{task=\"mesh\",node=\"{node}\",interface=\"eth0\",\
+                 network=\"pod\",family=\"ipv4\",role=\"{role}\"}}"
+            );
+            value(&text, &series)
+        };
+        // node-1 -> node-2 lost 2 replies; node-2 -> node-1 lost none.
+        assert_eq!(end("sent", "node-1", "source"), probes as f64);
+        assert_eq!(end("lost", "node-1", "source"), 2.0);
+        assert_eq!(end("lost", "node-2", "destination"), 2.0);
+        assert_eq!(end("lost", "node-2", "source"), 0.0);
+        assert_eq!(end("lost", "node-1", "destination"), 0.0);
+        let segment = |name: &str| {
+            value(
+                &text,
+                &format!(
+                    "meshdoctor_probes_lost_by_segment_total{{task=\"mesh\",network=\"pod\",\
+                     family=\"ipv4\",segment=\"{name}\"}}"
+                ),
+            )
+        };
+        // mk_report's observers dropped events, so the lost replies cannot be placed.
+        assert_eq!(segment("unobserved"), 2.0);
+        for name in [
+            "srcSend",
+            "forward",
+            "dstStack",
+            "reply",
+            "srcReceive",
+            "beyond",
+        ] {
+            assert_eq!(segment(name), 0.0, "{name}");
+        }
+        assert_lines(
+            &text,
+            &[
+                "meshdoctor_round_result{task=\"mesh\"} 0\n",
+                "meshdoctor_round_paths{task=\"mesh\",state=\"lossy\"} 1\n",
+                "meshdoctor_round_paths{task=\"mesh\",state=\"ok\"} 1\n",
+                "meshdoctor_round_paths{task=\"mesh\",state=\"notReported\"} 0\n",
+                "meshdoctor_rounds_total{task=\"mesh\",status=\"fail\"} 1\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn network_rtt_and_stack_times_land_in_their_buckets() {
+        let m = Metrics::default();
+        let round = mk_lossy_round("mesh", 1, &[]);
+        let received: u32 = round.paths.iter().map(|p| p.received).sum();
+        m.round_closed(&round);
+        let text = m.encode().unwrap();
+        let rtt = |le: &str| {
+            format!(
+                "meshdoctor_network_rtt_seconds_bucket{{le=\"{le}\",task=\"mesh\",node=\"node-1\",\
+                 interface=\"eth0\",network=\"pod\",family=\"ipv4\"}}"
+            )
+        };
+        // mk_report: kernel RTT 800 µs, user RTT 1 ms, the destination's stack 100 µs, so
+        // the network RTT is 700 µs (bucket 977 µs, not 391 µs) and the source's stack 200 µs.
+        let node1 = u64::from(
+            round
+                .paths
+                .iter()
+                .find(|p| p.src_node == "node-1")
+                .unwrap()
+                .received,
+        );
+        assert_eq!(value(&text, &rtt("0.0009765625")), node1 as f64);
+        assert_eq!(value(&text, &rtt("0.000390625")), 0.0);
+        let stack = |node: &str, side: &str| {
+            format!(
+                "meshdoctor_stack_seconds_count{{task=\"mesh\",node=\"{node}\",family=\"ipv4\",\
+                 side=\"{side}\"}}"
+            )
+        };
+        let counts: f64 = ["node-1", "node-2"]
+            .iter()
+            .map(|n| value(&text, &stack(n, "destination")))
+            .sum();
+        // Every probe that reached its destination was answered there: lost replies too.
+        assert!(counts >= f64::from(received), "{counts} < {received}");
+        assert_eq!(
+            value(&text, &stack("node-1", "source")),
+            node1 as f64,
+            "{text}"
+        );
+        let sum = value(
+            &text,
+            "meshdoctor_stack_seconds_sum{task=\"mesh\",node=\"node-1\",family=\"ipv4\",side=\"source\"}",
+        );
+        assert!((sum - node1 as f64 * 200e-6).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn pair_series_only_when_asked_and_only_for_the_latest_round() {
+        let pair = "meshdoctor_pair_loss_ratio{task=\"mesh\",src_node=\"node-1\",\
+                    dst_node=\"node-2\",network=\"pod\",family=\"ipv4\"}";
+        let off = Metrics::default();
+        off.round_closed(&mk_lossy_round("mesh", 1, &[]));
+        assert!(!off.encode().unwrap().contains("meshdoctor_pair_loss_ratio"));
+
+        let on = Metrics::new(true);
+        let round = mk_lossy_round("mesh", 1, &[]);
+        let ratio = 2.0 / f64::from(round.paths[0].sent);
+        on.round_closed(&round);
+        let text = on.encode().unwrap();
+        assert_eq!(value(&text, pair), ratio);
+        // A round whose paths are gone (e.g. the node left) removes the pair.
+        on.round_closed(&mk_round("mesh", 2, RoundStatus::Succeed));
+        assert!(!on.encode().unwrap().contains(pair));
+    }
+
+    #[test]
+    fn agents_that_did_not_report_are_counted_by_node() {
+        let m = Metrics::default();
+        let mut round = mk_round("mesh", 1, RoundStatus::Fail);
+        round.not_reported = vec!["b".into()];
+        m.round_closed(&round);
+        m.round_closed(&round);
+        m.report_received("a");
+        let text = m.encode().unwrap();
+        assert_lines(
+            &text,
+            &[
+                "meshdoctor_agent_missed_reports_total{node=\"b\"} 2\n",
+                "meshdoctor_agent_missed_reports_total{node=\"a\"} 0\n",
+            ],
+        );
+        let seen = value(
+            &text,
+            "meshdoctor_agent_last_report_timestamp_seconds{node=\"a\"}",
+        );
+        assert!((seen - now_s()).abs() < 60.0, "{seen}");
     }
 
     #[test]
@@ -349,16 +841,18 @@ mod tests {
         });
         m.round_closed(&round);
         let text = m.encode().unwrap();
-        for line in [
-            "meshdoctor_app_requests_total{task=\"web\",result=\"success\"} 30\n",
-            "meshdoctor_app_requests_total{task=\"web\",result=\"failure\"} 8\n",
-            "meshdoctor_app_requests_total{task=\"web\",result=\"not_sent\"} 2\n",
-            "meshdoctor_app_mean_latency_seconds{task=\"web\"} 0.0015\n",
-        ] {
-            assert!(text.contains(line), "{line} missing from\n{text}");
-        }
+        assert_lines(
+            &text,
+            &[
+                "meshdoctor_app_requests_total{task=\"web\",result=\"success\"} 30\n",
+                "meshdoctor_app_requests_total{task=\"web\",result=\"failure\"} 8\n",
+                "meshdoctor_app_requests_total{task=\"web\",result=\"not_sent\"} 2\n",
+                "meshdoctor_app_mean_latency_seconds{task=\"web\"} 0.0015\n",
+                "meshdoctor_round_result{task=\"web\"} 0\n",
+            ],
+        );
         assert!(
-            !text.contains("meshdoctor_probes_sent_total{task=\"web\"}"),
+            !text.contains("meshdoctor_probes_sent_total{task=\"web\""),
             "{text}"
         );
         round.app.as_mut().unwrap().summary.mean_latency_ms = None;
@@ -368,5 +862,97 @@ mod tests {
                 .unwrap()
                 .contains("meshdoctor_app_mean_latency_seconds{")
         );
+    }
+
+    /// A round of a mesh of `nodes` nodes with interfaces eth0 (network default) and net1
+    /// (network sec), both families: each node probes its next `peers` nodes on every
+    /// interface and family, which gives every interface both roles as a full mesh would (the
+    /// series are per interface, not per pair). node-1's net1 loses a reply of every path
+    /// toward it, dropped by its netfilter.
+    fn mk_mesh_round(nodes: usize, peers: usize) -> RoundReport {
+        let node = |i: usize| format!("node-{}", i % nodes + 1);
+        let mut paths = Vec::new();
+        for src in 0..nodes {
+            for dst in (1..=peers).map(|k| src + k) {
+                for (interface, network) in [("eth0", "default"), ("net1", "sec")] {
+                    for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
+                        let faulty = interface == "net1" && dst % nodes == 0;
+                        let path =
+                            mk_path(&node(src), &node(dst), (interface, network), family, 10);
+                        paths.push(PathResult {
+                            path: paths.len() as u16,
+                            state: if faulty {
+                                PathState::Lossy
+                            } else {
+                                PathState::Ok
+                            },
+                            received: 10 - u32::from(faulty),
+                            lost: u32::from(faulty),
+                            loss_ratio: f64::from(u32::from(faulty)) / 10.0,
+                            segments: LossSegments {
+                                forward: u32::from(faulty),
+                                ..LossSegments::default()
+                            },
+                            drops: faulty
+                                .then(|| DropCount {
+                                    node: node(dst),
+                                    packet: Packet::Request,
+                                    reason: "NETFILTER_DROP".into(),
+                                    location: "nft_do_chain".into(),
+                                    count: 1,
+                                })
+                                .into_iter()
+                                .collect(),
+                            probes: (0..9)
+                                .map(|seq| ProbeSample {
+                                    seq,
+                                    kernel_rtt_ns: 80_000 + u64::from(seq) * 10_000,
+                                    user_rtt_ns: 120_000,
+                                    dst_stack_ns: 20_000,
+                                })
+                                .collect(),
+                            ..path
+                        });
+                    }
+                }
+            }
+        }
+        let mut report = mk_round("mesh", 1, RoundStatus::Fail);
+        report.expected_agents = (0..nodes).map(node).collect();
+        report.paths = paths;
+        let mut finding = mk_finding("node-1");
+        finding.family = IpFamily::Ipv4;
+        report.findings = vec![finding];
+        report
+    }
+
+    fn series(m: &Metrics) -> usize {
+        let text = m.encode().unwrap();
+        text.lines().filter(|l| !l.starts_with('#')).count()
+    }
+
+    /// The controller's series for 1,000 nodes with two interfaces and two families, printed
+    /// for the record (`cargo test -p meshdoctor-controller series_grow -- --nocapture`), and
+    /// held to growing with the node count, not its square.
+    #[test]
+    fn series_grow_with_nodes_not_pairs() {
+        let count = |nodes: usize, peers: usize, pairs: bool| {
+            let m = Metrics::new(pairs);
+            m.round_closed(&mk_mesh_round(nodes, peers));
+            series(&m)
+        };
+        let (n500, n1000) = (count(500, 2, false), count(1000, 2, false));
+        // More peers per node adds no series: they are per interface.
+        assert_eq!(count(1000, 4, false), n1000);
+        let growth = n1000 as f64 / n500 as f64;
+        assert!((1.9..=2.1).contains(&growth), "{n500} -> {n1000}");
+        let with_pairs = count(1000, 4, true);
+        eprintln!(
+            "controller series, one NetReach task, 1000 nodes x 2 interfaces x 2 families: \
+             {n1000} ({:.1} per node); with --pair-metrics and 4 peers per node: {with_pairs} \
+             (a full mesh adds 1000 x 999 x 2 x 2 = 3,996,000 pair series)",
+            n1000 as f64 / 1000.0
+        );
+        assert_eq!(with_pairs - n1000, 1000 * 4 * 2 * 2);
     }
 }

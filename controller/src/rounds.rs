@@ -73,6 +73,8 @@ pub struct Settings {
     pub report_grace: Duration,
     /// Round history entries kept per task (kdoctor's `crdMaxHistory`, default 10).
     pub max_history: usize,
+    /// Export per-pair series (`meshdoctor_pair_loss_ratio`), which grow with nodes squared.
+    pub pair_metrics: bool,
 }
 
 /// A report the controller cannot take.
@@ -225,7 +227,7 @@ impl Controller {
             backend: RwLock::new(Arc::new(Standalone)),
             ready: AtomicBool::new(true),
             store,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(settings.pair_metrics),
             roster: Mutex::default(),
             roster_size: watch::Sender::new(0),
             rounds: Mutex::new(Rounds {
@@ -349,6 +351,7 @@ impl Controller {
                 node: report.node,
             });
         }
+        self.metrics.report_received(&report.node);
         round.reports.insert(report.node.clone(), report);
         if round.reports.len() == round.plans.len() {
             round.all_reported.notify_one();
@@ -876,6 +879,7 @@ mod tests {
             start_delay: Duration::from_millis(100),
             report_grace: Duration::from_millis(100),
             max_history: 10,
+            pair_metrics: false,
         }
     }
 

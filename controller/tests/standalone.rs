@@ -116,6 +116,7 @@ async fn agents_run_a_round_over_http() {
         start_delay: Duration::from_millis(300),
         report_grace: Duration::from_secs(1),
         max_history: 10,
+        pair_metrics: false,
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
     ctl.sync_tasks(tasks::load_dir(&dir.join("tasks")).unwrap());
@@ -289,8 +290,11 @@ async fn agents_run_a_round_over_http() {
         .unwrap();
     for line in [
         "meshdoctor_rounds_total{task=\"mesh\",status=\"succeed\"} 1",
-        "meshdoctor_probes_sent_total{task=\"mesh\"} 10",
-        "meshdoctor_probes_lost_total{task=\"mesh\"} 0",
+        "meshdoctor_probes_sent_total{task=\"mesh\",node=\"node-1\",interface=\"eth0\",\
+         network=\"pod\",family=\"ipv4\",role=\"source\"} 5",
+        "meshdoctor_probes_lost_total{task=\"mesh\",node=\"node-2\",interface=\"eth0\",\
+         network=\"pod\",family=\"ipv4\",role=\"destination\"} 0",
+        "meshdoctor_round_result{task=\"mesh\"} 1",
         "meshdoctor_agents 2",
         "meshdoctor_reports_late_total 1",
         "meshdoctor_interface_findings{task=\"mesh\"} 0",
@@ -320,6 +324,7 @@ async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files()
         start_delay: Duration::from_millis(100),
         report_grace: Duration::from_millis(200),
         max_history: 10,
+        pair_metrics: false,
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
     ctl.sync_tasks(tasks::load_dir(&tasks_dir).unwrap());

@@ -47,6 +47,7 @@ fn start(leading: bool) -> Scenario {
         start_delay: Duration::from_millis(50),
         report_grace: Duration::from_millis(200),
         max_history: 10,
+        pair_metrics: false,
     };
     let ctl = Controller::new(settings, ReportStore::new(&temp_dir("kube")));
     let cfg = Config {
