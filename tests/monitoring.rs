@@ -6,7 +6,11 @@
 //! - A faulty run (node-2's net1 dropping ~30% of the IPv4 echo packets it receives, in its
 //!   stack): every panel, variable and recording rule returns data, every alert expression
 //!   evaluates and each series selector in it matches series, the faulty interface tops every
-//!   "loss" panel, and MeshdoctorInterfaceLoss fires for it and for nothing else.
+//!   "loss" panel, and MeshdoctorInterfaceLoss fires for it and for nothing else; at the end an
+//!   agent is killed and MeshdoctorAgentDown must name its node.
+//!
+//! Both runs also run an AppHttpHealthy task against an nginx in the lab, so the application
+//! panels have series.
 //! - A healthy run (a fresh lab and a fresh TSDB): every expression still evaluates, and no
 //!   alert fires.
 //!
@@ -25,7 +29,9 @@ use std::{
 };
 
 use meshdoctor_e2e::can_run;
-use meshdoctor_lab::{Lab, LabConfig, MeshTask, Prometheus, Sample};
+use meshdoctor_lab::{
+    Lab, LabConfig, LabServer, MeshTask, Prometheus, Sample, nginx_config, plan::CONTROLLER_NS,
+};
 use serde::Deserialize as _;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -43,6 +49,13 @@ const FAULTY_INTERFACE: &str = "net1";
 /// The faulty interface's network and family, for the loss panels that carry them.
 const FAULTY_NETWORK: &str = "net1";
 const FAULTY_FAMILY: &str = "ipv4";
+/// The agent the faulty run kills at its end, and the alert that must then name its node.
+const KILLED_NODE: &str = "node-4";
+const DOWN_ALERT: &str = "MeshdoctorAgentDown";
+/// The application task, so that the application panels have series: every agent loads a page
+/// from nginx at [`WEB_ADDR`] (the controller namespace's eth0).
+const APP_TASK: &str = "web";
+const WEB_ADDR: &str = "192.0.2.254:8080";
 /// The alert that must name the faulty interface, and nothing else.
 const INTERFACE_ALERT: &str = "MeshdoctorInterfaceLoss";
 /// The mesh task: a round every 4 s, 50 probes/s for 2 s per pair-path, interface and family
@@ -73,24 +86,23 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Whether `program` runs. When it does not, the test is skipped with a message, unless it
-/// runs under `cargo xtask test` (which runs setup and sets MESHDOCTOR_BIN_DIR) or in CI, where
-/// setup has installed it and its absence fails the test.
-fn have(test: &str, program: &str) -> bool {
-    let runs = Command::new(program)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+/// `program`'s path (on PATH or in an sbin directory, where Debian puts nginx). Without it the
+/// test is skipped with a message, unless it runs under `cargo xtask test` (which runs setup
+/// and sets MESHDOCTOR_BIN_DIR) or in CI, where setup has installed it and its absence fails
+/// the test.
+fn tool(test: &str, program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file());
     let required =
         std::env::var_os("CI").is_some() || std::env::var_os("MESHDOCTOR_BIN_DIR").is_some();
-    match (runs, required) {
-        (true, _) => true,
-        (false, true) => panic!("{test}: {program} does not run, though setup has run"),
-        (false, false) => {
-            eprintln!("skipped {test}: no {program}: run `cargo xtask setup`");
-            false
-        }
+    if found.is_none() {
+        assert!(!required, "{test}: no {program}, though setup has run");
+        eprintln!("skipped {test}: no {program}: run `cargo xtask setup`");
     }
+    found
 }
 
 /// The rules: the `spec` of the PrometheusRule in prometheusrule.yaml, a plain Prometheus rules
@@ -116,12 +128,12 @@ fn write_rules(dir: &Path, rules: &Yaml) -> PathBuf {
 }
 
 /// Runs `program args` in `dir`; a failure panics with its output.
-fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
+fn run_in(dir: &Path, program: &Path, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .current_dir(dir)
         .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -129,7 +141,8 @@ fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
     );
     assert!(
         out.status.success(),
-        "`{program} {}` in {} failed ({}):\n{text}",
+        "`{} {}` in {} failed ({}):\n{text}",
+        program.display(),
         args.join(" "),
         dir.display(),
         out.status
@@ -140,9 +153,9 @@ fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
 #[test]
 fn alert_rules_pass_promtool_check_and_unit_tests() {
     let test = "alert_rules_pass_promtool_check_and_unit_tests";
-    if !have(test, "promtool") {
+    let Some(promtool) = tool(test, "promtool") else {
         return;
-    }
+    };
     let dir = std::env::temp_dir().join(format!("meshdoctor-monitoring-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     write_rules(&dir, &rules());
@@ -151,11 +164,11 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         .unwrap_or_else(|e| panic!("{}: {e}", tests.display()));
     eprint!(
         "{}",
-        run_in(&dir, "promtool", &["check", "rules", RULES_FILE])
+        run_in(&dir, &promtool, &["check", "rules", RULES_FILE])
     );
     eprint!(
         "{}",
-        run_in(&dir, "promtool", &["test", "rules", "rules-test.yaml"])
+        run_in(&dir, &promtool, &["test", "rules", "rules-test.yaml"])
     );
     let _ = fs::remove_dir_all(&dir);
 }
@@ -324,42 +337,16 @@ fn substitute(expr: &str) -> Result<String, String> {
 
 /// PromQL words that are not metric names: aggregations (which may precede their `by` clause
 /// rather than a parenthesis), binary operators and modifiers, and the number literals.
-const KEYWORDS: [&str; 25] = [
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "inf",
-    "nan",
-];
+const KEYWORDS: &str = "sum min max avg group stddev stdvar count count_values bottomk topk \
+                        quantile and or unless bool offset inf nan";
 /// Keywords followed by a parenthesized label list.
-const LABEL_LISTS: [&str; 6] = [
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
+const LABEL_LISTS: &str = "by without on ignoring group_left group_right";
+
+fn is_one_of(words: &str, word: &str) -> bool {
+    words
+        .split_whitespace()
+        .any(|w| w.eq_ignore_ascii_case(word))
+}
 
 /// The series selectors of a PromQL expression (`name{matchers}`, without their range), so an
 /// empty answer can say which selector matches nothing. A lexer, not a parser: strings, ranges,
@@ -417,10 +404,11 @@ fn selectors(expr: &str) -> Vec<String> {
             }
             let word: String = chars[start..i].iter().collect();
             let next = next_non_space(i);
-            if LABEL_LISTS.contains(&word.as_str()) && chars.get(next) == Some(&'(') {
+            if is_one_of(LABEL_LISTS, &word) && chars.get(next) == Some(&'(') {
                 i = skip_to(next, ')');
             } else if chars.get(next) == Some(&'(')
-                || KEYWORDS.contains(&word.to_lowercase().as_str())
+                || is_one_of(KEYWORDS, &word)
+                || is_one_of(LABEL_LISTS, &word)
             {
                 // A function call (its arguments are read on), or a keyword.
             } else if chars.get(next) == Some(&'{') {
@@ -481,10 +469,17 @@ fn rules_without_holds() -> Yaml {
     rules
 }
 
-/// A 4-node lab (pair metrics on) running the mesh task with `faults`, and a fresh Prometheus
-/// scraping it with the hold-free rules, after the task's last round and a few scrapes and
-/// evaluations.
-fn lab_with_prometheus(faults: &[&str]) -> (Lab, Prometheus) {
+/// A lab run scraped by Prometheus. Fields drop in order: Prometheus and nginx before the lab.
+struct Run {
+    prom: Prometheus,
+    _nginx: LabServer,
+    lab: Lab,
+}
+
+/// A 4-node lab (pair metrics on) running the mesh task with `faults` and the application
+/// task against an nginx in the lab, and a fresh Prometheus scraping it with the hold-free
+/// rules; returned after the tasks' last rounds and a few scrapes and evaluations.
+fn lab_with_prometheus(faults: &[&str], nginx: &Path) -> Run {
     let mut cfg = LabConfig::new(4);
     cfg.controller_args = vec!["--pair-metrics".into()];
     let task = MeshTask {
@@ -500,6 +495,9 @@ fn lab_with_prometheus(faults: &[&str]) -> (Lab, Prometheus) {
     let lab = Lab::up(cfg).expect("lab up");
     let rules = write_rules(lab.dir(), &rules_without_holds());
     let prom = Prometheus::start(&lab, &[rules]).expect("Prometheus start");
+    let nginx = start_nginx(&lab, nginx);
+    lab.add_task("web.yaml", &app_task_yaml())
+        .expect("add the application task");
     prom.wait_targets_up(TARGETS_TIMEOUT)
         .expect("scrape targets up");
     for round in 1..=ROUNDS {
@@ -507,15 +505,75 @@ fn lab_with_prometheus(faults: &[&str]) -> (Lab, Prometheus) {
             .wait_round(TASK, round, ROUND_TIMEOUT)
             .expect("round report");
         eprintln!(
-            "round {round}: {:?}, {} findings",
+            "{TASK} round {round}: {:?}, {} findings",
             report.status,
             report.findings.len()
         );
     }
+    let app = lab
+        .wait_round(APP_TASK, 1, ROUND_TIMEOUT)
+        .expect("application round report");
+    eprintln!(
+        "{APP_TASK} round 1: {:?} {:?}",
+        app.status, app.failure_reasons
+    );
     thread::sleep(SETTLE);
     prom.wait_rules_evaluated(RULES_TIMEOUT)
         .expect("rules evaluated without error");
-    (lab, prom)
+    Run {
+        prom,
+        _nginx: nginx,
+        lab,
+    }
+}
+
+/// nginx in the controller's namespace answering 200 on [`WEB_ADDR`], its files in
+/// `<lab dir>/nginx`.
+fn start_nginx(lab: &Lab, nginx: &Path) -> LabServer {
+    let dir = lab.dir().join("nginx");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let server =
+        format!("  server {{ listen {WEB_ADDR}; location / {{ return 200 \"ok\\n\"; }} }}\n");
+    let conf = dir.join("nginx.conf");
+    fs::write(&conf, nginx_config(&dir, "nginx", &server))
+        .unwrap_or_else(|e| panic!("{}: {e}", conf.display()));
+    let (prefix, conf) = (dir.display().to_string(), conf.display().to_string());
+    let error_log = format!("{prefix}/nginx-error.log");
+    let args = ["-p", &prefix, "-c", &conf, "-e", &error_log];
+    let mut server = lab
+        .spawn_server("nginx", CONTROLLER_NS, nginx, &args)
+        .expect("start nginx");
+    let addr = WEB_ADDR.parse().expect("WEB_ADDR");
+    server
+        .wait_listening(addr, Duration::from_secs(10))
+        .expect("nginx listening");
+    server
+}
+
+/// One AppHttpHealthy round: every agent GETs nginx 10 times a second for 2 s.
+fn app_task_yaml() -> String {
+    format!(
+        "apiVersion: meshdoctor.io/v1beta1
+kind: AppHttpHealthy
+metadata:
+  name: {APP_TASK}
+spec:
+  schedule:
+    schedule: \"0 1\"
+    roundNumber: 1
+  request:
+    qps: 10
+    durationInSecond: 2
+    perRequestTimeoutInMS: 1000
+  expect:
+    successRate: 1
+    statusCode: 200
+  target:
+    host: http://{WEB_ADDR}/
+    method: GET
+"
+    )
 }
 
 /// What is wrong with the top series of a loss panel, if anything: it must be the faulty
@@ -545,6 +603,19 @@ fn top_series_problem(top: &Sample) -> Option<String> {
     })
 }
 
+/// The firing alerts once `alert` is among them, or when [`ALERT_TIMEOUT`] has passed.
+fn wait_firing(prom: &Prometheus, alert: &str) -> Vec<Sample> {
+    let deadline = Instant::now() + ALERT_TIMEOUT;
+    loop {
+        let alerts = firing(prom);
+        if alerts.iter().any(|a| a.label("alertname") == Some(alert)) || Instant::now() >= deadline
+        {
+            return alerts;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The firing alerts, from `ALERTS{alertstate="firing"}`.
 fn firing(prom: &Prometheus) -> Vec<Sample> {
     prom.query(r#"ALERTS{alertstate="firing"}"#)
@@ -558,37 +629,51 @@ fn describe(alerts: &[Sample]) -> String {
     })
 }
 
+/// deploy/monitoring's expressions and a lab run with `faults`; `None` when the test is
+/// skipped (not root, or a tool missing outside CI and `cargo xtask test`).
+fn run_or_skip(test: &str, faults: &[&str]) -> Option<(Vec<Expr>, Run)> {
+    let (Some(_), Some(nginx)) = (tool(test, "prometheus"), tool(test, "nginx")) else {
+        return None;
+    };
+    if !can_run(test) {
+        return None;
+    }
+    let exprs = expressions(&rules());
+    Some((exprs, lab_with_prometheus(faults, &nginx)))
+}
+
+/// Fails listing every problem found, after saying how long the test took.
+fn assert_no_problems(prom: &Prometheus, problems: &[String], started: Instant) {
+    eprintln!("{:.1} s", started.elapsed().as_secs_f64());
+    assert!(
+        problems.is_empty(),
+        "{} problems (Prometheus log: {}):\n  {}",
+        problems.len(),
+        prom.log_path().display(),
+        problems.join("\n  ")
+    );
+}
+
 #[test]
 fn faulty_interface_tops_the_loss_panels_and_fires_its_alert() {
-    let test = "faulty_interface_tops_the_loss_panels_and_fires_its_alert";
-    if !can_run(test) || !have(test, "prometheus") {
-        return;
-    }
     let started = Instant::now();
-    let exprs = expressions(&rules());
-    let (lab, prom) = lab_with_prometheus(&[FAULT]);
-    // The alert first: waiting for it gives every rule a few more evaluations.
-    let deadline = Instant::now() + ALERT_TIMEOUT;
-    let alerts = loop {
-        let alerts = firing(&prom);
-        if alerts
-            .iter()
-            .any(|a| a.label("alertname") == Some(INTERFACE_ALERT))
-            || Instant::now() >= deadline
-        {
-            break alerts;
-        }
-        thread::sleep(Duration::from_millis(500));
+    let test = "faulty_interface_tops_the_loss_panels_and_fires_its_alert";
+    let Some((exprs, run)) = run_or_skip(test, &[FAULT]) else {
+        return;
     };
+    let mut run = run;
+    let prom = &run.prom;
+    // The alert first: waiting for it gives every rule a few more evaluations.
+    let alerts = wait_firing(prom, INTERFACE_ALERT);
     eprintln!("firing alerts:{}", describe(&alerts));
 
     let mut problems = Vec::new();
-    let answers = evaluate(&prom, &exprs, &mut problems);
+    let answers = evaluate(prom, &exprs, &mut problems);
     for (e, samples) in exprs.iter().zip(&answers) {
         if e.kind == Kind::Alert {
             // An alert's expression is empty unless it fires; what must hold is that each of
             // its series selectors reads series the lab really exports.
-            let empty = empty_selectors(&prom, &e.expr);
+            let empty = empty_selectors(prom, &e.expr);
             if !empty.is_empty() {
                 problems.push(format!(
                     "{}: selectors matching no series: {empty:?} in `{}`",
@@ -602,7 +687,7 @@ fn faulty_interface_tops_the_loss_panels_and_fires_its_alert() {
                 "{}: no data from `{}` (selectors matching no series: {:?})",
                 e.place,
                 e.expr,
-                empty_selectors(&prom, &e.expr)
+                empty_selectors(prom, &e.expr)
             ));
             continue;
         }
@@ -635,34 +720,37 @@ fn faulty_interface_tops_the_loss_panels_and_fires_its_alert() {
             ));
         }
     }
-    let drops = lab
+    let drops = run
+        .lab
         .fault_drops(&FAULT.parse().expect("fault spec"))
         .unwrap_or_default();
-    eprintln!(
-        "{} expressions evaluated; the fault dropped {drops} packets; {:.1} s",
-        exprs.len(),
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        problems.is_empty(),
-        "{} problems (Prometheus log: {}):\n  {}",
-        problems.len(),
-        prom.log_path().display(),
-        problems.join("\n  ")
-    );
+    eprintln!("the fault dropped {drops} packets");
+
+    // An agent that dies: its target goes down and MeshdoctorAgentDown names its node.
+    run.lab.kill(KILLED_NODE).expect("kill an agent");
+    let down: Vec<Sample> = wait_firing(prom, DOWN_ALERT)
+        .into_iter()
+        .filter(|a| a.label("alertname") == Some(DOWN_ALERT))
+        .collect();
+    if down.is_empty() || down.iter().any(|a| a.label("node") != Some(KILLED_NODE)) {
+        problems.push(format!(
+            "{KILLED_NODE}'s agent is killed; {DOWN_ALERT} fires for:{}",
+            describe(&down)
+        ));
+    }
+    assert_no_problems(prom, &problems, started);
 }
 
 #[test]
 fn healthy_lab_evaluates_every_expression_and_fires_no_alert() {
-    let test = "healthy_lab_evaluates_every_expression_and_fires_no_alert";
-    if !can_run(test) || !have(test, "prometheus") {
-        return;
-    }
     let started = Instant::now();
-    let exprs = expressions(&rules());
-    let (_lab, prom) = lab_with_prometheus(&[]);
+    let test = "healthy_lab_evaluates_every_expression_and_fires_no_alert";
+    let Some((exprs, run)) = run_or_skip(test, &[]) else {
+        return;
+    };
+    let prom = &run.prom;
     let mut problems = Vec::new();
-    let answers = evaluate(&prom, &exprs, &mut problems);
+    let answers = evaluate(prom, &exprs, &mut problems);
     let mut summary: BTreeMap<bool, Vec<&str>> = BTreeMap::new();
     for (e, samples) in exprs.iter().zip(&answers) {
         summary
@@ -674,21 +762,14 @@ fn healthy_lab_evaluates_every_expression_and_fires_no_alert() {
         let what = if *data { "data" } else { "no data" };
         eprintln!("{what} ({}):\n  {}", places.len(), places.join("\n  "));
     }
-    let alerts = firing(&prom);
+    let alerts = firing(prom);
     if !alerts.is_empty() {
         problems.push(format!(
             "alerts fire on a healthy lab:{}",
             describe(&alerts)
         ));
     }
-    eprintln!("{:.1} s", started.elapsed().as_secs_f64());
-    assert!(
-        problems.is_empty(),
-        "{} problems (Prometheus log: {}):\n  {}",
-        problems.len(),
-        prom.log_path().display(),
-        problems.join("\n  ")
-    );
+    assert_no_problems(prom, &problems, started);
 }
 
 #[cfg(test)]

@@ -252,6 +252,9 @@ fn config(nodes: usize, token_file: &Path, rule_files: &[PathBuf]) -> String {
                 "job_name": CONTROLLER_JOB,
                 "static_configs": [{"targets": [controller.to_string()]}],
                 "authorization": {"credentials_file": token_file},
+                // As deploy/monitoring's ServiceMonitor: the controller's per-agent `node`
+                // label is the series' own.
+                "honor_labels": true,
             },
             {"job_name": AGENT_JOB, "static_configs": agents},
         ],
@@ -444,6 +447,7 @@ mod tests {
             json!(["[::1]:7070"])
         );
         assert_eq!(jobs[0]["authorization"]["credentials_file"], "/lab/token");
+        assert_eq!(jobs[0]["honor_labels"], true);
         assert_eq!(jobs[1]["job_name"], "meshdoctor-agent");
         assert_eq!(
             jobs[1]["static_configs"][1],
