@@ -1,9 +1,11 @@
 //! deploy/, rendered and validated offline, without a cluster: `kubectl kustomize` renders the
-//! base (`deploy/`), each overlay and the example tasks; kubernetes-validate checks every
-//! built-in object strictly against the Kubernetes 1.33 schemas (k8s-openapi is built for
-//! v1_33); the meshdoctor.io tasks are checked against the openAPIV3Schema of the CRDs in the
-//! rendered base and parsed by meshdoctor's own task parser; and the rendered YAML is held to
-//! the documented security posture (deploy/README.md).
+//! base (`deploy/`), each overlay, the example tasks and the monitoring (`deploy/monitoring`);
+//! kubernetes-validate checks every built-in object strictly against the Kubernetes 1.33
+//! schemas (k8s-openapi is built for v1_33); the meshdoctor.io tasks are checked against the
+//! openAPIV3Schema of the CRDs in the rendered base and parsed by meshdoctor's own task parser;
+//! the rendered YAML is held to the documented security posture (deploy/README.md); and the
+//! monitoring objects to the base they scrape and to the metrics deploy/monitoring/README.md
+//! documents.
 //!
 //! The tools come from `cargo xtask setup` (kubernetes-validate in the project's virtualenv,
 //! `$MESHDOCTOR_VENV` or /opt/meshdoctor/venv, and kubectl with kustomize v5); `cargo xtask
@@ -24,22 +26,55 @@ use serde_yaml::Value;
 const KUBERNETES_VERSION: &str = "1.33.0";
 
 /// Every directory `kubectl kustomize` must render, and what it is.
-const RENDERS: [(&str, &str); 4] = [
+const RENDERS: [(&str, &str); 5] = [
     ("deploy", "the base"),
     ("deploy/overlays/hostnetwork", "the hostNetwork overlay"),
     ("deploy/overlays/multus", "the multus overlay"),
     ("deploy/examples", "the example tasks"),
+    (MONITORING, "the monitoring objects and dashboards"),
 ];
+
+/// The renderings that are a complete install (the CRDs, the agents and the controller).
+const INSTALLS: [&str; 3] = [
+    "deploy",
+    "deploy/overlays/hostnetwork",
+    "deploy/overlays/multus",
+];
+
+/// The prometheus-operator objects and Grafana dashboards (deploy/monitoring/README.md).
+const MONITORING: &str = "deploy/monitoring";
 
 /// Kinds kubernetes-validate has no schema for, other than meshdoctor.io's (which are checked
 /// against the CRDs), each with the reason it may pass without one. Any other unknown kind
 /// fails the validation test.
-const UNKNOWN_KINDS: [(&str, &str, &str); 1] = [(
-    "k8s.cni.cncf.io/v1",
-    "NetworkAttachmentDefinition",
-    "multus's CRD, not part of Kubernetes; its spec.config is parsed and checked by \
-     multus_overlay_attaches_net1_to_every_agent",
-)];
+const UNKNOWN_KINDS: [(&str, &str, &str); 4] = [
+    (
+        "k8s.cni.cncf.io/v1",
+        "NetworkAttachmentDefinition",
+        "multus's CRD, not part of Kubernetes; its spec.config is parsed and checked by \
+         multus_overlay_attaches_net1_to_every_agent",
+    ),
+    (
+        "monitoring.coreos.com/v1",
+        "PodMonitor",
+        "prometheus-operator's CRD, not part of Kubernetes; its selector and port are checked \
+         against the agent DaemonSet by monitors_select_the_agent_pods_and_the_controller_service",
+    ),
+    (
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+        "prometheus-operator's CRD, not part of Kubernetes; its selector and port are checked \
+         against the controller Service by \
+         monitors_select_the_agent_pods_and_the_controller_service",
+    ),
+    (
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+        "prometheus-operator's CRD, not part of Kubernetes; its alerts are checked by \
+         alerts_and_dashboards_use_only_documented_metrics (and unit-tested with promtool by \
+         tests/monitoring.rs)",
+    ),
+];
 
 /// The agent's capabilities, exactly (deploy/README.md says why each).
 const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"];
@@ -742,7 +777,7 @@ fn no_container_is_privileged_and_the_agent_has_exactly_its_capabilities() {
     else {
         return;
     };
-    for (dir, _) in RENDERS.iter().filter(|(d, _)| *d != "deploy/examples") {
+    for dir in INSTALLS {
         let docs = rendered(&tools, dir);
         let containers = all_containers(&docs);
         assert!(!containers.is_empty(), "{dir}: no containers rendered");
@@ -1003,7 +1038,7 @@ fn rbac_is_least_privilege_and_the_agent_has_none() {
     let Some(tools) = tools("rbac_is_least_privilege_and_the_agent_has_none") else {
         return;
     };
-    for (dir, _) in RENDERS.iter().filter(|(d, _)| *d != "deploy/examples") {
+    for dir in INSTALLS {
         let docs = rendered(&tools, dir);
         for role in docs
             .iter()
@@ -1542,5 +1577,511 @@ fn the_crds_kustomization_lists_every_generated_crd() {
             "netreach.yaml".into()
         ]),
         "deploy/crds: one CRD file per task kind"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: monitoring (deploy/monitoring)
+
+/// Whether `selector` (a LabelSelector of matchLabels only) selects an object with `labels`.
+fn selects(selector: &Value, labels: Option<&Value>, what: &str) -> bool {
+    assert!(
+        selector.get("matchExpressions").is_none(),
+        "{what}: matchExpressions are not checked here; use matchLabels"
+    );
+    let want = selector
+        .get("matchLabels")
+        .and_then(Value::as_mapping)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| panic!("{what}: selects by no label (it would select everything)"));
+    want.iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// The `name`s of a list of ports.
+fn port_names(ports: Option<&Value>) -> BTreeSet<String> {
+    seq(ports)
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Asserts that `monitor`'s selector selects the candidate named `wanted` and no other
+/// (each candidate with the labels it is selected by).
+fn assert_selects_only(monitor: &Doc, candidates: &[(&Doc, Option<&Value>)], wanted: &str) {
+    let selector = get(&monitor.value, &["spec", "selector"])
+        .unwrap_or_else(|| panic!("{}: no spec.selector", monitor.id()));
+    for (d, labels) in candidates {
+        let selected = selects(selector, *labels, &monitor.id());
+        assert_eq!(
+            selected,
+            d.name() == wanted,
+            "{}: must select {wanted} and nothing else; {} is {}",
+            monitor.id(),
+            d.id(),
+            if selected { "selected" } else { "not selected" }
+        );
+    }
+}
+
+/// The scrape endpoints of `monitor` (its spec's `field`), each on one of `owner`'s `ports`,
+/// at /metrics.
+fn scrape_endpoints<'a>(
+    monitor: &'a Doc,
+    field: &str,
+    owner: &Doc,
+    ports: &BTreeSet<String>,
+) -> &'a [Value] {
+    let endpoints = seq(get(&monitor.value, &["spec", field]));
+    assert!(!endpoints.is_empty(), "{}: no {field}", monitor.id());
+    for e in endpoints {
+        let port = e["port"].as_str().unwrap_or_default();
+        assert!(
+            ports.contains(port),
+            "{}: port {port:?} is not a port name of {} ({ports:?})",
+            monitor.id(),
+            owner.id()
+        );
+        assert_eq!(e["path"].as_str(), Some("/metrics"), "{}", monitor.id());
+    }
+    endpoints
+}
+
+#[test]
+fn monitors_select_the_agent_pods_and_the_controller_service() {
+    let Some(tools) = tools("monitors_select_the_agent_pods_and_the_controller_service") else {
+        return;
+    };
+    let base = rendered(&tools, "deploy");
+    let monitoring = rendered(&tools, MONITORING);
+
+    // The PodMonitor: the agent pods (and no other workload's), on a port the agent declares.
+    let pm = find(&monitoring, "PodMonitor", "meshdoctor-agent");
+    let agent = find(&base, "DaemonSet", "meshdoctor-agent");
+    let workloads: Vec<(&Doc, Option<&Value>)> = base
+        .iter()
+        .filter(|d| WORKLOADS.contains(&d.kind()))
+        .map(|d| {
+            (
+                d,
+                get(&d.value, &["spec", "template", "metadata", "labels"]),
+            )
+        })
+        .collect();
+    assert_selects_only(pm, &workloads, agent.name());
+    assert_eq!(
+        pm.namespace(),
+        agent.namespace(),
+        "{}: a PodMonitor without a namespaceSelector selects in its own namespace",
+        pm.id()
+    );
+    let agent_ports = port_names(container(agent, "agent").get("ports"));
+    for e in scrape_endpoints(pm, "podMetricsEndpoints", agent, &agent_ports) {
+        // Agent metrics carry no node label: the scrape adds it from the pod's node.
+        let relabeled = |source: &str, target: &str| {
+            seq(e.get("relabelings")).iter().any(|r| {
+                strings(r.get("sourceLabels")) == [source]
+                    && r["targetLabel"].as_str() == Some(target)
+            })
+        };
+        for (source, target) in [
+            ("__meta_kubernetes_pod_node_name", "node"),
+            ("__meta_kubernetes_pod_name", "pod"),
+        ] {
+            assert!(
+                relabeled(source, target),
+                "{}: no relabeling of {source} into {target}",
+                pm.id()
+            );
+        }
+    }
+
+    // The ServiceMonitor: the controller Service (not the agent's), on one of its ports.
+    let sm = find(&monitoring, "ServiceMonitor", "meshdoctor-controller");
+    let svc = find(&base, "Service", "meshdoctor-controller");
+    let services: Vec<(&Doc, Option<&Value>)> = base
+        .iter()
+        .filter(|d| d.kind() == "Service")
+        .map(|d| (d, get(&d.value, &["metadata", "labels"])))
+        .collect();
+    assert_selects_only(sm, &services, svc.name());
+    assert_eq!(sm.namespace(), svc.namespace(), "{}", sm.id());
+    let svc_ports = port_names(get(&svc.value, &["spec", "ports"]));
+    scrape_endpoints(sm, "endpoints", svc, &svc_ports);
+}
+
+/// The panels of a dashboard, those inside rows included.
+fn panels(list: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut out = Vec::new();
+    for p in list.as_array().map_or(&[][..], Vec::as_slice) {
+        out.push(p);
+        out.extend(panels(&p["panels"]));
+    }
+    out
+}
+
+/// The Grafana variables and macros a dashboard expression may use: the end-to-end test
+/// evaluates every expression with these substituted.
+const DASHBOARD_VARIABLES: [&str; 6] = [
+    "$task",
+    "$network",
+    "$family",
+    "$__rate_interval",
+    "$__range",
+    "$__interval",
+];
+
+/// Each dashboard of the rendered ConfigMaps, by `ConfigMap/key`, parsed.
+fn dashboards(monitoring: &[Doc]) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for cm in monitoring.iter().filter(|d| d.kind() == "ConfigMap") {
+        assert_eq!(
+            cm.str_at(&["metadata", "labels", "grafana_dashboard"]),
+            Some("1"),
+            "{}: the Grafana sidecar loads ConfigMaps labelled grafana_dashboard: \"1\"",
+            cm.id()
+        );
+        let data = get(&cm.value, &["data"])
+            .and_then(Value::as_mapping)
+            .unwrap_or_else(|| panic!("{}: no data", cm.id()));
+        for (key, text) in data {
+            let key = key.as_str().unwrap_or_default();
+            assert!(key.ends_with(".json"), "{}: key {key:?}", cm.id());
+            let json = serde_json::from_str(text.as_str().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{}: {key} is not JSON: {e}", cm.id()));
+            out.push((format!("{}/{key}", cm.name()), json));
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboards_are_sidecar_configmaps_of_well_formed_panels() {
+    let Some(tools) = tools("dashboards_are_sidecar_configmaps_of_well_formed_panels") else {
+        return;
+    };
+    let dashboards = dashboards(&rendered(&tools, MONITORING));
+    assert!(
+        !dashboards.is_empty(),
+        "{MONITORING}: no dashboard ConfigMap"
+    );
+    let mut uids = BTreeSet::new();
+    for (name, d) in &dashboards {
+        let uid = d["uid"].as_str().unwrap_or_default();
+        assert!(!uid.is_empty(), "{name}: no uid");
+        assert!(uids.insert(uid.to_string()), "{name}: uid {uid} used twice");
+        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "{name}");
+        let vars = d["templating"]["list"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        let var = |n: &str| vars.iter().find(|v| v["name"].as_str() == Some(n));
+        let ds = var("datasource").unwrap_or_else(|| panic!("{name}: no datasource variable"));
+        assert_eq!(
+            (ds["type"].as_str(), ds["query"].as_str()),
+            (Some("datasource"), Some("prometheus")),
+            "{name}: the datasource variable picks a Prometheus data source"
+        );
+        // Every query (a variable's, a panel's, a target's) goes to the chosen data source; a
+        // target without one uses its panel's.
+        let chosen = |ds: &serde_json::Value| {
+            ds["uid"].as_str() == Some("${datasource}") || ds == "${datasource}"
+        };
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            assert!(
+                chosen(&v["datasource"]),
+                "{name}: variable {}: datasource {} is not ${{datasource}}",
+                v["name"],
+                v["datasource"]
+            );
+        }
+        let mut ids = BTreeSet::new();
+        let mut used = BTreeSet::new();
+        for p in panels(&d["panels"]) {
+            let title = p["title"].as_str().unwrap_or_default();
+            let id = p["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: panel {title:?} has no id"));
+            assert!(ids.insert(id), "{name}: panel id {id} used twice");
+            let Some(targets) = p["targets"].as_array() else {
+                continue;
+            };
+            assert!(!targets.is_empty(), "{name}: panel {title:?} has no target");
+            assert!(
+                chosen(&p["datasource"]),
+                "{name}: panel {title:?}: datasource {} is not ${{datasource}}",
+                p["datasource"]
+            );
+            for t in targets.iter().filter(|t| !t["datasource"].is_null()) {
+                assert!(
+                    chosen(&t["datasource"]),
+                    "{name}: panel {title:?}: target {}: datasource {} is not ${{datasource}}",
+                    t["refId"],
+                    t["datasource"]
+                );
+            }
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap_or_default();
+                assert!(
+                    !expr.trim().is_empty(),
+                    "{name}: panel {title:?}: empty expr"
+                );
+                for (i, _) in expr.match_indices('$') {
+                    let v = &expr[i..i + 1 + identifier_at(&expr[i + 1..]).len()];
+                    assert!(
+                        DASHBOARD_VARIABLES.contains(&v),
+                        "{name}: panel {title:?}: {v:?} is not one of the variables and macros \
+                         {DASHBOARD_VARIABLES:?}: {expr}"
+                    );
+                    used.insert(&v[1..]);
+                }
+            }
+        }
+        // Every variable an expression uses is a multi-value query variable whose "All" is
+        // the regex .* (the expressions match it with =~).
+        for v in used.iter().filter(|v| !v.starts_with("__")) {
+            let var = var(v).unwrap_or_else(|| panic!("{name}: ${v} is used but not defined"));
+            assert_eq!(var["type"].as_str(), Some("query"), "{name}: ${v}");
+            assert!(
+                var["multi"] == true && var["includeAll"] == true && var["allValue"] == ".*",
+                "{name}: ${v} must be multi, include All and have allValue \".*\""
+            );
+        }
+    }
+}
+
+/// A metric deploy/monitoring/README.md documents.
+struct Documented {
+    /// `counter`, `gauge` or `histogram`.
+    kind: String,
+    /// The values of the labels whose values it lists (`status (`succeed`, `fail`)`).
+    values: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The metrics of deploy/monitoring/README.md's tables: the first three cells of each row
+/// naming a `meshdoctor_*` metric.
+fn documented_metrics() -> BTreeMap<String, Documented> {
+    let path = workspace_root().join(MONITORING).join("README.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| {
+            let mut cells = l.strip_prefix("| `")?.split('|');
+            let name = cells.next()?.trim().trim_end_matches('`');
+            if !name.starts_with("meshdoctor_") {
+                return None;
+            }
+            let kind = cells.next()?.trim().to_string();
+            // `task, status (`succeed`, `fail`)`: each parenthesis lists the values of the
+            // label named just before it.
+            let parts: Vec<&str> = cells.next()?.split('(').collect();
+            let values = parts
+                .windows(2)
+                .map(|w| {
+                    let label = w[0].trim().rsplit([',', ' ']).next().unwrap_or_default();
+                    let listed = w[1].split(')').next().unwrap_or_default().split(',');
+                    let listed = listed.map(|v| v.trim().trim_matches('`').to_string());
+                    (label.to_string(), listed.collect())
+                })
+                .collect();
+            Some((name.to_string(), Documented { kind, values }))
+        })
+        .collect()
+}
+
+fn identifier_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The identifier `text` starts with (letters, digits and `_`).
+fn identifier_at(text: &str) -> &str {
+    &text[..text.find(|c| !identifier_char(c)).unwrap_or(text.len())]
+}
+
+/// The `meshdoctor_*` series names in `text`, each with what follows it.
+fn meshdoctor_series(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.match_indices("meshdoctor_")
+        .filter(|(i, _)| !text[..*i].ends_with(identifier_char))
+        .map(|(i, _)| {
+            let name = identifier_at(&text[i..]);
+            (name, &text[i + name.len()..])
+        })
+}
+
+/// The metric a series name belongs to: a histogram's `_bucket`, `_sum` and `_count` series
+/// are the histogram's.
+fn metric_of<'a>(series: &'a str, documented: &BTreeMap<String, Documented>) -> &'a str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| {
+            let base = series.strip_suffix(suffix)?;
+            documented
+                .get(base)
+                .is_some_and(|m| m.kind == "histogram")
+                .then_some(base)
+        })
+        .unwrap_or(series)
+}
+
+/// The `label="value"` matchers of the `meshdoctor_*{...}` selectors in a PromQL expression,
+/// as (metric, label, value).
+fn equality_matchers<'a>(
+    expr: &'a str,
+    documented: &BTreeMap<String, Documented>,
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    let mut out = Vec::new();
+    for (series, rest) in meshdoctor_series(expr) {
+        let Some(body) = rest.strip_prefix('{') else {
+            continue;
+        };
+        for matcher in body[..body.find('}').unwrap_or(body.len())].split(',') {
+            let Some((label, value)) = matcher.split_once('=') else {
+                continue;
+            };
+            // Not `!=`, `=~` or `!~`.
+            if let Some(value) = value.strip_prefix('"').filter(|_| !label.ends_with('!')) {
+                let metric = metric_of(series, documented);
+                out.push((metric, label.trim(), value.trim_end_matches('"')));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn alerts_and_dashboards_use_only_documented_metrics() {
+    let Some(tools) = tools("alerts_and_dashboards_use_only_documented_metrics") else {
+        return;
+    };
+    let documented = documented_metrics();
+    assert!(
+        documented.contains_key("meshdoctor_interface_loss_ratio")
+            && documented["meshdoctor_rounds_total"]
+                .values
+                .contains_key("status"),
+        "{MONITORING}/README.md: its metric tables did not parse"
+    );
+    let monitoring = rendered(&tools, MONITORING);
+    let rule = find(&monitoring, "PrometheusRule", "meshdoctor");
+    let spec = get(&rule.value, &["spec"]).expect("a PrometheusRule has a spec");
+    let rules_test_path = workspace_root().join(MONITORING).join("rules-test.yaml");
+    let rules_test = std::fs::read_to_string(&rules_test_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", rules_test_path.display()));
+    let dashboards = dashboards(&monitoring);
+    // Every metric named anywhere (expressions, descriptions, test series) is documented.
+    let mut texts = vec![
+        (rule.id(), serde_yaml::to_string(spec).expect("serializes")),
+        ("rules-test.yaml".to_string(), rules_test.clone()),
+    ];
+    texts.extend(
+        dashboards
+            .iter()
+            .map(|(name, d)| (name.clone(), d.to_string())),
+    );
+    for (source, text) in &texts {
+        let unknown: BTreeSet<&str> = meshdoctor_series(text)
+            .map(|(series, _)| metric_of(series, &documented))
+            .filter(|m| !documented.contains_key(*m))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{source}: metrics not in {MONITORING}/README.md's tables: {unknown:?}"
+        );
+    }
+    // A label value an expression selects is one the tables list for that label.
+    let mut exprs: Vec<(String, &str)> = seq(spec.get("groups"))
+        .iter()
+        .flat_map(|g| seq(g.get("rules")))
+        .filter_map(|r| Some((rule.id(), r["expr"].as_str()?)))
+        .collect();
+    for (name, d) in &dashboards {
+        for p in panels(&d["panels"]) {
+            let targets = p["targets"].as_array().map_or(&[][..], Vec::as_slice);
+            exprs.extend(
+                targets
+                    .iter()
+                    .filter_map(|t| Some((name.clone(), t["expr"].as_str()?))),
+            );
+        }
+    }
+    for (source, expr) in &exprs {
+        for (metric, label, value) in equality_matchers(expr, &documented) {
+            if let Some(listed) = documented.get(metric).and_then(|m| m.values.get(label)) {
+                assert!(
+                    listed.contains(value),
+                    "{source}: {metric}{{{label}=\"{value}\"}}: {MONITORING}/README.md lists \
+                     {listed:?} for {label}: {expr}"
+                );
+            }
+        }
+    }
+
+    // Every alert: a hold, a severity, a summary and a description; each one unit-tested.
+    let mut alerts = BTreeSet::new();
+    for group in seq(spec.get("groups")) {
+        for r in seq(group.get("rules")) {
+            let Some(alert) = r["alert"].as_str() else {
+                continue;
+            };
+            alerts.insert(alert.to_string());
+            assert!(
+                r["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                "{}: {alert}: no expr",
+                rule.id()
+            );
+            assert!(
+                r["for"].as_str().is_some_and(|f| !f.is_empty()),
+                "{}: {alert}: no `for` (an alert without a hold fires on one bad sample)",
+                rule.id()
+            );
+            assert!(
+                matches!(
+                    get(r, &["labels", "severity"]).and_then(Value::as_str),
+                    Some("info" | "warning" | "critical")
+                ),
+                "{}: {alert}: severity label info, warning or critical",
+                rule.id()
+            );
+            for a in ["summary", "description"] {
+                assert!(
+                    get(r, &["annotations", a])
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.trim().is_empty()),
+                    "{}: {alert}: no {a} annotation",
+                    rule.id()
+                );
+            }
+        }
+    }
+    for required in [
+        "MeshdoctorInterfaceLoss",
+        "MeshdoctorRoundFailed",
+        "MeshdoctorAgentNotReporting",
+        "MeshdoctorAgentDown",
+        "MeshdoctorRingBufferDrops",
+        "MeshdoctorNoEbpf",
+    ] {
+        assert!(
+            alerts.contains(required),
+            "{}: no alert {required}",
+            rule.id()
+        );
+    }
+    let tests: Value = serde_yaml::from_str(&rules_test)
+        .unwrap_or_else(|e| panic!("{}: {e}", rules_test_path.display()));
+    assert_eq!(
+        strings(tests.get("rule_files")),
+        ["meshdoctor-rules.yaml"],
+        "rules-test.yaml: the rule file is the PrometheusRule's spec, written as \
+         meshdoctor-rules.yaml next to it"
+    );
+    let tested: BTreeSet<String> = seq(tests.get("tests"))
+        .iter()
+        .flat_map(|t| seq(t.get("alert_rule_test")))
+        .filter_map(|t| t["alertname"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        tested,
+        alerts,
+        "rules-test.yaml must unit-test exactly the alerts of {}",
+        rule.id()
     );
 }
