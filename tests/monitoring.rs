@@ -30,9 +30,9 @@ use std::{
 
 use meshdoctor_e2e::can_run;
 use meshdoctor_lab::{
-    Lab, LabConfig, LabServer, MeshTask, Prometheus, Sample, nginx_config, plan::CONTROLLER_NS,
+    Lab, LabConfig, LabServer, MeshTask, Prometheus, Sample, alert_rules, nginx_config,
+    plan::CONTROLLER_NS,
 };
-use serde::Deserialize as _;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
@@ -105,25 +105,25 @@ fn tool(test: &str, program: &str) -> Option<PathBuf> {
     found
 }
 
-/// The rules: the `spec` of the PrometheusRule in prometheusrule.yaml, a plain Prometheus rules
-/// file (`groups`).
-fn rules() -> Yaml {
+/// The rules file inside prometheusrule.yaml (the PrometheusRule's `spec`); `zero_holds`:
+/// every `for` set to 0s.
+fn rules_text(zero_holds: bool) -> String {
     let path = workspace_root()
         .join(MONITORING)
         .join("prometheusrule.yaml");
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let rule = serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Yaml::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .find(|doc| doc["kind"] == "PrometheusRule")
-        .unwrap_or_else(|| panic!("{}: no PrometheusRule", path.display()));
-    rule["spec"].clone()
+    alert_rules(&text, zero_holds).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Writes `rules` as `dir/meshdoctor-rules.yaml` and returns its path.
-fn write_rules(dir: &Path, rules: &Yaml) -> PathBuf {
+/// The rules file, parsed.
+fn rules() -> Yaml {
+    serde_yaml::from_str(&rules_text(false)).expect("the rules file is YAML")
+}
+
+/// Writes `rules` (a rules file's text) as `dir/meshdoctor-rules.yaml` and returns its path.
+fn write_rules(dir: &Path, rules: &str) -> PathBuf {
     let path = dir.join(RULES_FILE);
-    let text = serde_yaml::to_string(rules).expect("rules to YAML");
-    fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    fs::write(&path, rules).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     path
 }
 
@@ -158,7 +158,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     };
     let dir = std::env::temp_dir().join(format!("meshdoctor-monitoring-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    write_rules(&dir, &rules());
+    write_rules(&dir, &rules_text(false));
     let tests = workspace_root().join(MONITORING).join("rules-test.yaml");
     fs::copy(&tests, dir.join("rules-test.yaml"))
         .unwrap_or_else(|e| panic!("{}: {e}", tests.display()));
@@ -452,23 +452,6 @@ fn evaluate(prom: &Prometheus, exprs: &[Expr], problems: &mut Vec<String>) -> Ve
         .collect()
 }
 
-/// The rules as the lab's Prometheus loads them: every `for` hold set to 0s, so an alert fires
-/// at the first evaluation that finds its condition. The holds themselves are covered by
-/// promtool's unit tests (rules-test.yaml, in alert_rules_pass_promtool_check_and_unit_tests).
-fn rules_without_holds() -> Yaml {
-    let mut rules = rules();
-    for group in rules["groups"].as_sequence_mut().into_iter().flatten() {
-        for rule in group["rules"].as_sequence_mut().into_iter().flatten() {
-            if let Some(rule) = rule.as_mapping_mut()
-                && rule.contains_key("for")
-            {
-                rule.insert("for".into(), "0s".into());
-            }
-        }
-    }
-    rules
-}
-
 /// A lab run scraped by Prometheus. Fields drop in order: Prometheus and nginx before the lab.
 struct Run {
     prom: Prometheus,
@@ -493,7 +476,10 @@ fn lab_with_prometheus(faults: &[&str], nginx: &Path) -> Run {
         .map(|f| f.parse().expect("fault spec"))
         .collect();
     let lab = Lab::up(cfg).expect("lab up");
-    let rules = write_rules(lab.dir(), &rules_without_holds());
+    // Every `for` hold 0s, so an alert fires at the first evaluation that finds its condition:
+    // the run lasts seconds. The holds are covered by promtool's unit tests (rules-test.yaml,
+    // alert_rules_pass_promtool_check_and_unit_tests).
+    let rules = write_rules(lab.dir(), &rules_text(true));
     let prom = Prometheus::start(&lab, &[rules]).expect("Prometheus start");
     let nginx = start_nginx(&lab, nginx);
     lab.add_task("web.yaml", &app_task_yaml())

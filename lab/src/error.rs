@@ -59,6 +59,9 @@ pub enum LabError {
     /// The lab's Prometheus refused a request or answered something unexpected.
     #[error("Prometheus: cannot {what}: {reason}")]
     Prometheus { what: String, reason: String },
+    /// A PrometheusRule manifest the lab Prometheus cannot take its rules from.
+    #[error("PrometheusRule: {0}")]
+    BadRules(String),
     /// A lab process died while the lab needed it.
     #[error("{process} exited ({status}); last lines of {log}:\n{tail}")]
     ProcessExited {

@@ -37,6 +37,8 @@ pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
 pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
 pub use pki::{Pem, TestCa};
-pub use prometheus::{AGENT_JOB, Alert, CONTROLLER_JOB, PROMETHEUS_ADDR, Prometheus, Sample};
+pub use prometheus::{
+    AGENT_JOB, Alert, CONTROLLER_JOB, PROMETHEUS_ADDR, Prometheus, Sample, alert_rules,
+};
 pub use server::{LabServer, UnboundConfig, UnboundTls, die_with_parent, nginx_config};
 pub use task::{DEFAULT_QPS, DEFAULT_SECS, MeshTask, default_task_yaml, task_yaml};

@@ -219,6 +219,41 @@ impl Prometheus {
     }
 }
 
+/// The Prometheus rules file inside a PrometheusRule manifest (the first document of kind
+/// PrometheusRule in `manifest`): its `spec`, which has `groups` like a rules file.
+///
+/// `zero_holds` sets every rule's `for` to 0s, so that an alert fires at the first evaluation
+/// that finds its condition: a lab run lasts seconds, not the minutes real holds ask for
+/// (promtool's unit tests are the place to test those).
+pub fn alert_rules(manifest: &str, zero_holds: bool) -> Result<String, LabError> {
+    use serde::Deserialize as _;
+    let bad = |reason: String| LabError::BadRules(reason);
+    let mut spec = None;
+    for doc in serde_yaml::Deserializer::from_str(manifest) {
+        let doc = serde_yaml::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
+        if doc["kind"] == "PrometheusRule" {
+            spec = Some(doc["spec"].clone());
+            break;
+        }
+    }
+    let mut spec = spec.ok_or_else(|| bad("no document of kind PrometheusRule".into()))?;
+    let groups = spec["groups"]
+        .as_sequence_mut()
+        .ok_or_else(|| bad("spec has no groups list".into()))?;
+    if zero_holds {
+        for group in groups {
+            for rule in group["rules"].as_sequence_mut().into_iter().flatten() {
+                if let Some(rule) = rule.as_mapping_mut()
+                    && rule.contains_key("for")
+                {
+                    rule.insert("for".into(), "0s".into());
+                }
+            }
+        }
+    }
+    serde_yaml::to_string(&spec).map_err(|e| bad(e.to_string()))
+}
+
 fn prometheus_error(what: &str, reason: String) -> LabError {
     LabError::Prometheus {
         what: what.into(),
@@ -453,6 +488,24 @@ mod tests {
             jobs[1]["static_configs"][1],
             json!({"targets": ["192.0.2.2:9090"], "labels": {"node": "node-2"}})
         );
+    }
+
+    #[test]
+    fn alert_rules_are_the_prometheusrule_spec_with_holds_optional() {
+        let manifest = "# comment\nkind: ConfigMap\n---\napiVersion: monitoring.coreos.com/v1\n\
+                        kind: PrometheusRule\nmetadata: {name: m}\nspec:\n  groups:\n  - name: g\n    \
+                        rules:\n    - alert: A\n      expr: up == 0\n      for: 5m\n    \
+                        - record: r\n      expr: sum(up)\n";
+        let held: serde_yaml::Value =
+            serde_yaml::from_str(&alert_rules(manifest, false).unwrap()).unwrap();
+        assert_eq!(held["groups"][0]["rules"][0]["for"], "5m");
+        assert!(held.get("metadata").is_none());
+        let zero: serde_yaml::Value =
+            serde_yaml::from_str(&alert_rules(manifest, true).unwrap()).unwrap();
+        assert_eq!(zero["groups"][0]["rules"][0]["for"], "0s");
+        assert!(zero["groups"][0]["rules"][1].get("for").is_none());
+        assert!(alert_rules("kind: ConfigMap\n", true).is_err());
+        assert!(alert_rules("kind: PrometheusRule\nspec: {}\n", true).is_err());
     }
 
     #[test]

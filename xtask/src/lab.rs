@@ -1,5 +1,6 @@
 //! `cargo xtask lab`: the main job in one command. Builds the lab (with the `--fault`s in place),
-//! runs a full-mesh task, prints the round's findings and report and tears everything down.
+//! runs a full-mesh task, prints the round's findings and report (and with `--prometheus` the
+//! alerts deploy/monitoring's rules raise) and tears everything down.
 
 use meshdoctor_api::TaskSpec as _;
 use std::{
@@ -11,14 +12,19 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use meshdoctor_api::{NetReach, Protocol, RoundReport, RoundStatus, table};
 use meshdoctor_lab::{
-    DEFAULT_QPS, DEFAULT_SECS, Fault, Lab, LabConfig, LabError, MeshTask, cleanup_leftovers,
+    DEFAULT_QPS, DEFAULT_SECS, Fault, Lab, LabConfig, LabError, MeshTask, PROMETHEUS_ADDR,
+    Prometheus, alert_rules, cleanup_leftovers,
 };
 
-use crate::{cargo, setup, sh, step, teardown_on_signal};
+use crate::{cargo, setup, sh, step, teardown_on_signal, workspace_root};
 
 /// Slack on top of the task's own deadline when waiting for a round report: controller start,
 /// agent registration and the join.
 const REPORT_SLACK: Duration = Duration::from_secs(30);
+/// How long `--prometheus` waits for its targets and its rules.
+const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(20);
+/// Scrapes and rule evaluations (each every second) between the round report and the alerts.
+const ALERT_SETTLE: Duration = Duration::from_secs(3);
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -65,6 +71,12 @@ pub struct LabArgs {
     /// loses what) are printed above the pair table.
     #[arg(long = "fault", value_name = "SPEC", verbatim_doc_comment)]
     faults: Vec<Fault>,
+    /// Also run Prometheus in the lab (in mdlab-ctl on [::1]:9090), scraping the controller
+    /// and the agents every second and evaluating deploy/monitoring's alert rules with every
+    /// `for` set to 0s (a lab run lasts seconds); the alerts firing after the round are
+    /// printed. It stops with the command, with --keep too.
+    #[arg(long)]
+    prometheus: bool,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -148,6 +160,12 @@ pub fn run(args: LabArgs) -> Result<()> {
         }
     }
     let lab = Lab::up(cfg)?;
+    // Declared after the lab: dropped (stopped) before it.
+    let prometheus = if args.prometheus {
+        Some(start_prometheus(&lab)?)
+    } else {
+        None
+    };
     let up_after = started.elapsed();
     eprintln!(
         "lab up in {:.1} s: controller and {} agents registered; waiting for round 1 of {}",
@@ -179,6 +197,10 @@ pub fn run(args: LabArgs) -> Result<()> {
         }
     }
 
+    if let Some(prometheus) = prometheus {
+        print_alerts(&prometheus)?;
+    }
+
     if args.keep {
         let dir = lab.dir().display().to_string();
         lab.keep();
@@ -202,6 +224,45 @@ pub fn run(args: LabArgs) -> Result<()> {
     }
     if report.status == RoundStatus::Fail {
         bail!("round 1 of {} failed", task.name());
+    }
+    Ok(())
+}
+
+/// Prometheus in the lab with deploy/monitoring's alert rules (holds 0s), once it scrapes
+/// every target.
+fn start_prometheus(lab: &Lab) -> Result<Prometheus> {
+    let manifest = workspace_root().join("deploy/monitoring/prometheusrule.yaml");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let rules = alert_rules(&text, true).with_context(|| manifest.display().to_string())?;
+    let path = lab.dir().join("meshdoctor-rules.yaml");
+    std::fs::write(&path, rules).with_context(|| format!("writing {}", path.display()))?;
+    let prometheus = Prometheus::start(lab, &[path])?;
+    prometheus.wait_targets_up(PROMETHEUS_TIMEOUT)?;
+    eprintln!(
+        "Prometheus: {PROMETHEUS_ADDR} in mdlab-ctl, scraping the controller and {} agents, \
+         rules from {}",
+        lab.nodes(),
+        manifest.display()
+    );
+    Ok(prometheus)
+}
+
+/// The alerts firing a few scrapes and evaluations after the round, one line each:
+/// `alertname severity label=value ...`.
+fn print_alerts(prometheus: &Prometheus) -> Result<()> {
+    std::thread::sleep(ALERT_SETTLE);
+    prometheus.wait_rules_evaluated(PROMETHEUS_TIMEOUT)?;
+    let firing = prometheus.firing()?;
+    if firing.is_empty() {
+        eprintln!("alerts: none firing");
+    }
+    for alert in firing {
+        let mut labels = alert.labels;
+        let name = labels.remove("alertname").unwrap_or_default();
+        let severity = labels.remove("severity").unwrap_or_default();
+        let rest: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        eprintln!("alert firing: {name} {severity} {}", rest.join(" "));
     }
     Ok(())
 }
