@@ -20,6 +20,7 @@ use std::{
 };
 
 use meshdoctor_api::{Task, TaskSpec as _};
+use meshdoctor_e2e::{tools_present, workspace_root};
 use serde_yaml::Value;
 
 /// The Kubernetes version the manifests are validated for: the one k8s-openapi is built with.
@@ -226,29 +227,11 @@ fn tools(test: &str) -> Option<Tools> {
     if !runs(&python, &["-c", "import jsonschema"]) {
         missing.push(format!("python jsonschema ({})", python.display()));
     }
-    if missing.is_empty() {
-        return Some(Tools {
-            kubectl,
-            validate,
-            python,
-        });
-    }
-    let msg = format!(
-        "{test}: missing {}: run `cargo xtask setup`",
-        missing.join(", ")
-    );
-    if std::env::var_os("CI").is_some() || std::env::var_os("MESHDOCTOR_BIN_DIR").is_some() {
-        panic!("{msg} (setup has run, so the tools must be there)");
-    }
-    eprintln!("skipped {msg}");
-    None
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    tools_present(test, &missing.join(", ")).then_some(Tools {
+        kubectl,
+        validate,
+        python,
+    })
 }
 
 /// `kubectl kustomize DIR` (DIR relative to the workspace root).

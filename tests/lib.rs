@@ -1,5 +1,7 @@
-//! Helpers shared by the end-to-end tests: root detection and the statistics the loss
-//! assertions use.
+//! Helpers shared by the end-to-end tests: root detection, tools setup installs, and the
+//! statistics the loss assertions use.
+
+use std::path::{Path, PathBuf};
 
 /// True when the test can run; prints why it is skipped otherwise. The lab needs root
 /// (network namespaces, eBPF, nftables).
@@ -9,6 +11,36 @@ pub fn can_run(test: &str) -> bool {
         eprintln!("skipped {test}: needs root (network namespaces, eBPF)");
     }
     root
+}
+
+/// The workspace root, where deploy/ is.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Whether `cargo xtask setup` has run for this test: under `cargo xtask test` (which runs
+/// setup first and sets MESHDOCTOR_BIN_DIR) or in CI. Then a missing tool is a failure, not a
+/// reason to skip.
+pub fn setup_has_run() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("MESHDOCTOR_BIN_DIR").is_some()
+}
+
+/// Skips a test whose tools are missing (`missing` says which), with a message; panics instead
+/// when setup has run, since it installs them. Returns whether the test can go on.
+pub fn tools_present(test: &str, missing: &str) -> bool {
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: missing {missing}: run `cargo xtask setup`");
+    assert!(
+        !setup_has_run(),
+        "{msg} (setup has run, so it must be there)"
+    );
+    eprintln!("skipped {msg}");
+    false
 }
 
 /// The central interval holding a Binomial(n, p) count with probability at least `conf`,
