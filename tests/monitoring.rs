@@ -8,11 +8,11 @@
 //!   evaluates and each series selector in it matches series, the faulty interface tops every
 //!   "loss" panel, and MeshdoctorInterfaceLoss fires for it and for nothing else; at the end an
 //!   agent is killed and MeshdoctorAgentDown must name its node.
+//! - A healthy run (a fresh lab and a fresh TSDB): every expression still evaluates, and no
+//!   alert fires.
 //!
 //! Both runs also run an AppHttpHealthy task against an nginx in the lab, so the application
 //! panels have series.
-//! - A healthy run (a fresh lab and a fresh TSDB): every expression still evaluates, and no
-//!   alert fires.
 //!
 //! Prometheus and promtool come from `cargo xtask setup` (Debian's `prometheus`). Without them
 //! a test is skipped with a message, unless it runs under `cargo xtask test` or in CI, where a
