@@ -1,0 +1,243 @@
+//! What the commands print: the check result as tables (through `meshdoctor_api::table`, the
+//! tables the lab prints too) or as JSON / YAML, and the rows of `tasks` and `agents`.
+
+use meshdoctor_api::{
+    Family, Finding, PathResult, PathState, RoundReport, RoundStatus, RoundSummary, table,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::args::Output;
+
+/// One pair-path that did not pass: what `resume` re-probes, and a row of the failed table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedPath {
+    pub src_node: String,
+    pub dst_node: String,
+    pub src_interface: String,
+    pub dst_interface: String,
+    pub network: String,
+    pub family: Family,
+    pub state: PathState,
+    /// Probes the source attempted (failed sends included).
+    pub sent: u32,
+    pub lost: u32,
+    pub loss_ratio: f64,
+    /// Where most lost probes were lost (`LossSegments::dominant`).
+    pub segment: Option<String>,
+    /// The kernel's top drop reason, else the source's top send error.
+    pub reason: Option<String>,
+}
+
+impl FailedPath {
+    pub fn of(p: &PathResult) -> Self {
+        Self {
+            src_node: p.src_node.clone(),
+            dst_node: p.dst_node.clone(),
+            src_interface: p.src_interface.clone(),
+            dst_interface: p.dst_interface.clone(),
+            network: p.network.clone(),
+            family: p.family,
+            state: p.state,
+            sent: p.sent + p.send_failed,
+            lost: p.lost,
+            loss_ratio: p.loss_ratio,
+            segment: p.segments.dominant().map(str::to_string),
+            reason: p
+                .drops
+                .first()
+                .map(|d| d.reason.clone())
+                .or_else(|| p.errors.first().map(|(e, _)| e.clone())),
+        }
+    }
+
+    /// The task's `spec.pairPaths` entry that selects this pair-path again.
+    pub fn pair_path(&self) -> Value {
+        serde_json::json!({
+            "srcNode": self.src_node,
+            "dstNode": self.dst_node,
+            "network": self.network,
+            "family": self.family,
+        })
+    }
+}
+
+/// The pair-paths of a round that were lossy or whose source did not report.
+pub fn failed_paths(report: &RoundReport) -> Vec<FailedPath> {
+    report
+        .paths
+        .iter()
+        .filter(|p| p.state != PathState::Ok)
+        .map(FailedPath::of)
+        .collect()
+}
+
+/// The verdict in numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckSummary {
+    pub status: RoundStatus,
+    pub failed_paths: usize,
+    pub findings: usize,
+    #[serde(flatten)]
+    pub round: RoundSummary,
+    pub failure_reasons: Vec<String>,
+    /// The summary line the table output ends with.
+    pub text: String,
+}
+
+/// Everything `check` and `resume` print: the machine output is this, serialized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckOutput {
+    /// The task name on the controller.
+    pub task: String,
+    pub report: RoundReport,
+    pub findings: Vec<Finding>,
+    pub failed_paths: Vec<FailedPath>,
+    pub summary: CheckSummary,
+}
+
+impl CheckOutput {
+    pub fn new(task: &str, report: RoundReport) -> Self {
+        let failed_paths = failed_paths(&report);
+        let summary = CheckSummary {
+            status: report.status,
+            failed_paths: failed_paths.len(),
+            findings: report.findings.len(),
+            round: report.summary.clone(),
+            failure_reasons: report.failure_reasons.clone(),
+            text: table::summary_line(&report),
+        };
+        Self {
+            task: task.to_string(),
+            findings: report.findings.clone(),
+            failed_paths,
+            report,
+            summary,
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.summary.status == RoundStatus::Fail
+    }
+
+    /// The human view: the faulty interfaces first (where), then the failed pair-paths (what),
+    /// then the verdict.
+    pub fn render_table(&self) -> String {
+        let mut out = String::from("FAULTY INTERFACES\n");
+        out.push_str(&table::render_findings(&self.findings));
+        out.push_str("\nFAILED PAIR-PATHS\n");
+        if self.failed_paths.is_empty() {
+            out.push_str("no failed pair-path\n");
+        } else {
+            let mut failed = self.report.clone();
+            failed.paths.retain(|p| p.state != PathState::Ok);
+            out.push_str(&table::render_table(&failed));
+        }
+        out.push('\n');
+        out.push_str(&self.summary.text);
+        out.push('\n');
+        out
+    }
+
+    pub fn render(&self, output: Output) -> anyhow::Result<String> {
+        match output {
+            Output::Table => Ok(self.render_table()),
+            _ => machine(output, self),
+        }
+    }
+}
+
+/// `value` as pretty JSON or YAML, newline-terminated.
+pub fn machine(output: Output, value: &impl Serialize) -> anyhow::Result<String> {
+    Ok(match output {
+        Output::Yaml => serde_yaml::to_string(value)?,
+        _ => serde_json::to_string_pretty(value)? + "\n",
+    })
+}
+
+/// A list from the controller: JSON or YAML as it is, or one `row` per item.
+pub fn render_list(
+    output: Output,
+    value: &Value,
+    row: fn(&Value) -> String,
+) -> anyhow::Result<String> {
+    if output != Output::Table {
+        return machine(output, value);
+    }
+    Ok(value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| row(item) + "\n")
+        .collect())
+}
+
+fn text(v: &Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
+/// A `tasks` row: name and rounds done, or why the task is invalid.
+pub fn task_row(t: &Value) -> String {
+    match t.get("error") {
+        Some(e) if !e.is_null() => format!("{}  INVALID  {}", text(&t["name"]), text(e)),
+        _ => {
+            let st = &t["status"];
+            format!(
+                "{}  done {}/{}  last {}  finished {}",
+                text(&t["name"]),
+                st["doneRound"],
+                st["expectedRound"],
+                text(&st["lastRoundStatus"]),
+                st["finish"]
+            )
+        }
+    }
+}
+
+/// An `agents` row: node, timestamping, and interfaces with their network and addresses.
+pub fn agent_row(a: &Value) -> String {
+    let ifaces: Vec<String> = a["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let addrs: Vec<&str> = ["ipv4", "ipv6"]
+                .iter()
+                .filter_map(|f| i[*f].as_str())
+                .collect();
+            format!(
+                "{}({}: {})",
+                i["name"].as_str().unwrap_or("?"),
+                i["network"].as_str().unwrap_or("?"),
+                addrs.join(", ")
+            )
+        })
+        .collect();
+    format!(
+        "{}  {}  {}",
+        a["node"].as_str().unwrap_or("?"),
+        a["timestamping"].as_str().unwrap_or("?"),
+        ifaces.join("  ")
+    )
+}
+
+/// A report of `report TASK`: the full pair table and the summary, or the report as it is.
+pub fn render_report(output: Output, report: &RoundReport, raw: &Value) -> anyhow::Result<String> {
+    if output != Output::Table {
+        return machine(output, raw);
+    }
+    let mut out = String::new();
+    if report.app.is_none() {
+        out.push_str(&table::render_findings(&report.findings));
+        out.push('\n');
+    }
+    out.push_str(&table::render_table(report));
+    out.push_str(&table::summary_line(report));
+    out.push('\n');
+    Ok(out)
+}
