@@ -562,6 +562,40 @@ fn cel_rules_agree_with_the_rust_validation() {
             with(&http, &[("target.tlsCaFile", json!("/etc/ca.pem"))]),
             None,
         ),
+        // NetReach: pairPaths select mesh pair-paths, never a node to itself.
+        (
+            "NetReach",
+            with(
+                &reach,
+                &[
+                    ("pairPaths", json!([{"srcNode": "a", "dstNode": "b"}])),
+                    (
+                        "target",
+                        json!({"endpoint": false, "addresses": ["192.0.2.1"]}),
+                    ),
+                ],
+            ),
+            Some("target.endpoint is false (no mesh)"),
+        ),
+        (
+            "NetReach",
+            with(
+                &reach,
+                &[(
+                    "pairPaths",
+                    json!([{"srcNode": "a", "dstNode": "b", "network": "sec", "family": "ipv4"}]),
+                )],
+            ),
+            None,
+        ),
+        (
+            "NetReach",
+            with(
+                &reach,
+                &[("pairPaths", json!([{"srcNode": "a", "dstNode": "a"}]))],
+            ),
+            Some("an agent does not probe itself"),
+        ),
     ];
     let mut failed_rules = BTreeSet::new();
     for (kind, spec, want) in &cases {

@@ -4,6 +4,9 @@
 //! same network, in every enabled family both ends have an address for. Each such directed
 //! pair-path gets a round-unique 16-bit index that agents put in their probe ids, which is how
 //! both ends' reports are joined later.
+//!
+//! A task's `spec.pairPaths` narrows the round to the mesh's pair-paths it matches (and drops
+//! the listed addresses and Service targets): the re-probe of what failed.
 
 use std::collections::BTreeMap;
 
@@ -35,8 +38,9 @@ pub struct RoundMeta<'a> {
     pub report_deadline_ms: u64,
 }
 
-/// Plans of one round by node; `service_targets` are probed like listed addresses. Every agent of the roster gets one, also without targets: the
-/// plan arms its observers so that it records the probes it answers.
+/// Plans of one round by node; `service_targets` are probed like listed addresses. Every
+/// agent of the roster gets one, also without targets (none of its pair-paths selected by
+/// `spec.pairPaths`): the plan arms its observers so that it records the probes it answers.
 pub fn build_plans(
     task: &NetReach,
     roster: &[AgentRegistration],
@@ -80,6 +84,9 @@ pub fn build_plans(
                         else {
                             continue;
                         };
+                        if !task.selects_pair_path(src, dst, &si.network, family) {
+                            continue;
+                        }
                         let dst_port = match protocol {
                             Protocol::Icmp => None,
                             _ => dst_agent.probe_port,
@@ -104,7 +111,13 @@ pub fn build_plans(
             }
         }
         // Listed addresses: from every agent, over the selected interfaces (the primary one
-        // by default) that have an address of the listed one's family.
+        // by default) that have an address of the listed one's family; none when the round
+        // is limited to spec.pairPaths.
+        let listed = if task.spec.pair_paths.is_empty() {
+            &listed[..]
+        } else {
+            &[]
+        };
         let sources = src_agent
             .interfaces
             .iter()
@@ -113,7 +126,7 @@ pub fn build_plans(
                 None => i.name == PRIMARY_INTERFACE,
             });
         for si in sources {
-            for a in &listed {
+            for a in listed {
                 let family = Family::of(&a.ip);
                 let Some(src_addr) = si.addr(family) else {
                     continue;
@@ -358,6 +371,65 @@ pub(crate) mod tests {
         assert_eq!(t.len(), 4);
         assert!(plans["node-3"].targets.is_empty());
         assert!(t.iter().all(|t| t.dst_node != "node-3"));
+    }
+
+    #[test]
+    fn pair_paths_select_matching_mesh_paths_only() {
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        let task = mk_task(", addresses: ['192.0.2.10']");
+        let mut task = NetReach {
+            spec: meshdoctor_api::task::NetReachSpec {
+                pair_paths: serde_json::from_value(serde_json::json!([
+                    {"srcNode": "node-1", "dstNode": "node-2"},
+                    {"srcNode": "node-2", "dstNode": "node-3", "network": "sec"},
+                    {"srcNode": "node-2", "dstNode": "node-1", "network": "pod", "family": "ipv6"},
+                    {"srcNode": "node-3", "dstNode": "node-1", "network": "storage"},
+                ]))
+                .unwrap(),
+                ..task.spec
+            },
+            ..task
+        };
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let of = |node: &str| -> Vec<(&str, &str, Family)> {
+            plans[node]
+                .targets
+                .iter()
+                .map(|t| (t.dst_node.as_str(), t.network.as_str(), t.family))
+                .collect()
+        };
+        use Family::{Ipv4, Ipv6};
+        // Both networks and families of node-1 -> node-2; no listed address.
+        assert_eq!(
+            of("node-1"),
+            [
+                ("node-2", "pod", Ipv4),
+                ("node-2", "pod", Ipv6),
+                ("node-2", "sec", Ipv4),
+                ("node-2", "sec", Ipv6),
+            ]
+        );
+        // Narrowed by network, and by network and family.
+        assert_eq!(
+            of("node-2"),
+            [
+                ("node-1", "pod", Ipv6),
+                ("node-3", "sec", Ipv4),
+                ("node-3", "sec", Ipv6),
+            ]
+        );
+        // No path on that network: a plan without targets, still armed to answer.
+        assert!(of("node-3").is_empty());
+        let indexes: Vec<u16> = all_targets(&plans).iter().map(|t| t.path).collect();
+        assert_eq!(indexes, (0..7).collect::<Vec<u16>>());
+
+        // Service targets are dropped too; without pairPaths the whole mesh is back.
+        let service = task.listed_addresses();
+        let plans = build_plans(&task, &roster, &service, mk_meta()).unwrap();
+        assert!(all_targets(&plans).iter().all(|t| !t.external));
+        task.spec.pair_paths.clear();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        assert_eq!(all_targets(&plans).len(), 24 + 3);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::{
     default_duration, default_qps, default_timeout, validate_common, validate_expect, yes,
 };
 use crate::{
-    Protocol,
+    Family, Protocol,
     plan::{MAX_PROBES_PER_PATH, MAX_TCP_PROBES_PER_PATH},
 };
 
@@ -62,7 +62,13 @@ pub struct NetReach {
     feature = "crd",
     schemars(
         description = super::crd_schema::SPEC_DESCRIPTION,
-        transform = super::crd_schema::plain_docs
+        transform = super::crd_schema::plain_docs,
+        extend("x-kubernetes-validations" = [{
+            "rule": "!has(self.pairPaths) || size(self.pairPaths) == 0 || self.target.endpoint",
+            "message": "pairPaths selects agent-to-agent pair-paths of the mesh, but \
+                        target.endpoint is false (no mesh); drop one of them",
+            "fieldPath": ".pairPaths",
+        }])
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -83,6 +89,54 @@ pub struct NetReachSpec {
     pub expect: SuccessCondition,
     #[serde(default)]
     pub target: NetReachTarget,
+    /// meshdoctor's extension: when given, a round probes only the agent-to-agent pair-paths
+    /// of the mesh that match an entry, and no listed addresses or Service targets. This is
+    /// how `meshdoctor resume` re-probes just the pair-paths that failed, without the load
+    /// and the noise of the whole mesh. Entries select, they never add: a pair-path the mesh
+    /// would not plan (a node that is not registered, a network the interfaces filter leaves
+    /// out) is simply not probed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pair_paths: Vec<PairPath>,
+}
+
+/// One entry of NetReach's `spec.pairPaths`: the directed pair-paths from `srcNode`'s agent to
+/// `dstNode`'s, narrowed to one network and one family when those are given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.srcNode != self.dstNode",
+        "message": "dstNode is also srcNode: an agent does not probe itself",
+        "fieldPath": ".dstNode",
+    }]))
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PairPath {
+    /// The node of the probing agent.
+    #[cfg_attr(feature = "crd", schemars(length(min = 1)))]
+    pub src_node: String,
+    /// The node of the probed agent.
+    #[cfg_attr(feature = "crd", schemars(length(min = 1)))]
+    pub dst_node: String,
+    /// The network both interfaces are on (as agents register it); every network when
+    /// omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "crd", schemars(length(min = 1)))]
+    pub network: Option<String>,
+    /// `ipv4` or `ipv6`; every enabled family when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<Family>,
+}
+
+impl PairPath {
+    /// Whether the mesh's pair-path `src` -> `dst` over `network` in `family` is selected.
+    pub fn matches(&self, src: &str, dst: &str, network: &str, family: Family) -> bool {
+        self.src_node == src
+            && self.dst_node == dst
+            && self.network.as_deref().is_none_or(|n| n == network)
+            && self.family.is_none_or(|f| f == family)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +261,14 @@ pub struct NetReachTarget {
 }
 
 impl NetReachTarget {
+    /// Whether `spec.target.ipv4` / `ipv6` turns `family` on.
+    pub fn family_enabled(&self, family: Family) -> bool {
+        match family {
+            Family::Ipv4 => self.ipv4,
+            Family::Ipv6 => self.ipv6,
+        }
+    }
+
     /// The Service targets (kdoctor's field names) that are turned on.
     pub fn service_targets(&self) -> impl Iterator<Item = &'static str> {
         [
@@ -304,7 +366,7 @@ impl Kind for NetReach {
             }
             _ => {}
         }
-        Ok(())
+        self.validate_pair_paths()
     }
 }
 
@@ -314,6 +376,60 @@ impl NetReach {
     /// `spec.target.addresses`, parsed (a loaded task's are all valid).
     pub fn listed_addresses(&self) -> Vec<ListedAddress> {
         self.parse_addresses().unwrap_or_default()
+    }
+
+    /// Whether the mesh's pair-path `src` -> `dst` over `network` in `family` is probed:
+    /// always without `spec.pairPaths`, else when an entry matches it.
+    pub fn selects_pair_path(&self, src: &str, dst: &str, network: &str, family: Family) -> bool {
+        let pairs = &self.spec.pair_paths;
+        pairs.is_empty() || pairs.iter().any(|p| p.matches(src, dst, network, family))
+    }
+
+    /// `spec.pairPaths`: each entry must be able to match a pair-path of the mesh. An entry
+    /// that cannot (no mesh, a node to itself, a family turned off) would silently probe
+    /// nothing, which a resume would read as "all clear".
+    fn validate_pair_paths(&self) -> Result<(), Invalid> {
+        let t = &self.spec.target;
+        if self.spec.pair_paths.is_empty() {
+            return Ok(());
+        }
+        if !t.endpoint {
+            return Err(Invalid::new(
+                "spec.pairPaths",
+                "selects agent-to-agent pair-paths of the mesh, but spec.target.endpoint is \
+                 false (no mesh); drop one of them",
+            ));
+        }
+        for (i, p) in self.spec.pair_paths.iter().enumerate() {
+            let field = |f: &str| format!("spec.pairPaths[{i}].{f}");
+            for (f, value) in [("srcNode", &p.src_node), ("dstNode", &p.dst_node)] {
+                if value.is_empty() {
+                    return Err(Invalid::new(field(f), "must name a node"));
+                }
+            }
+            if p.src_node == p.dst_node {
+                return Err(Invalid::new(
+                    field("dstNode"),
+                    format!(
+                        "{:?} is also srcNode: an agent does not probe itself",
+                        p.dst_node
+                    ),
+                ));
+            }
+            if p.network.as_deref() == Some("") {
+                return Err(Invalid::new(
+                    field("network"),
+                    "must name a network when given",
+                ));
+            }
+            if let Some(family) = p.family.filter(|&f| !t.family_enabled(f)) {
+                return Err(Invalid::new(
+                    field("family"),
+                    format!("{family} but spec.target.{family} is false"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `spec.target.addresses`, parsed; an error names the entry and what was expected.
@@ -390,6 +506,21 @@ impl TaskSpec for NetReach {
             w.push(agent_spec_warning());
         }
         let protocol = self.spec.request.protocol;
+        if !self.spec.pair_paths.is_empty() {
+            let mut skipped = Vec::new();
+            if t.addresses.as_ref().is_some_and(|a| !a.is_empty()) {
+                skipped.push("addresses");
+            }
+            skipped.extend(t.service_targets());
+            if !skipped.is_empty() {
+                w.push(format!(
+                    "spec.target.{}: not probed: spec.pairPaths limits rounds to the listed \
+                     agent-to-agent pair-paths",
+                    skipped.join(", spec.target.")
+                ));
+            }
+            return w;
+        }
         for field in t.service_targets() {
             w.push(match (protocol, field) {
                 (Protocol::Icmp, _) => format!(
@@ -643,6 +774,109 @@ spec:
         assert!(
             e.ends_with("\"2001:db8::1\" is an ipv6 address but spec.target.ipv6 is false"),
             "{e}"
+        );
+    }
+
+    /// GOOD with `spec.pairPaths` set to the flow sequence `pairs`.
+    fn with_pairs(pairs: &str) -> String {
+        format!("{GOOD}  pairPaths: {pairs}\n")
+    }
+
+    #[test]
+    fn pair_paths_parse_and_select() {
+        let t = NetReach::from_yaml(
+            "f",
+            &with_pairs(
+                "[{srcNode: a, dstNode: b}, {srcNode: b, dstNode: a, network: sec, family: ipv6}]",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            t.spec.pair_paths[1],
+            PairPath {
+                src_node: "b".into(),
+                dst_node: "a".into(),
+                network: Some("sec".into()),
+                family: Some(Family::Ipv6),
+            }
+        );
+        assert!(t.selects_pair_path("a", "b", "pod", Family::Ipv4));
+        assert!(!t.selects_pair_path("a", "c", "pod", Family::Ipv4));
+        assert!(t.selects_pair_path("b", "a", "sec", Family::Ipv6));
+        assert!(!t.selects_pair_path("b", "a", "sec", Family::Ipv4));
+        assert!(!t.selects_pair_path("b", "a", "pod", Family::Ipv6));
+        // Omitted when empty, so a task without them serializes as before.
+        let plain = NetReach::from_yaml("f", GOOD).unwrap();
+        assert!(plain.selects_pair_path("x", "y", "pod", Family::Ipv4));
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json["spec"].get("pairPaths").is_none(), "{json}");
+    }
+
+    #[test]
+    fn pair_paths_errors_name_the_entry_and_field() {
+        for (pairs, field, says) in [
+            (
+                "[{srcNode: a, dstNode: b}, {srcNode: '', dstNode: b}]",
+                "spec.pairPaths[1].srcNode",
+                "must name a node",
+            ),
+            (
+                "[{srcNode: a, dstNode: ''}]",
+                "spec.pairPaths[0].dstNode",
+                "must name a node",
+            ),
+            (
+                "[{srcNode: a, dstNode: a}]",
+                "spec.pairPaths[0].dstNode",
+                "does not probe itself",
+            ),
+            (
+                "[{srcNode: a, dstNode: b, network: ''}]",
+                "spec.pairPaths[0].network",
+                "must name a network",
+            ),
+            (
+                "[{srcNode: a}]",
+                "spec.pairPaths[0]",
+                "missing field `dstNode`",
+            ),
+            (
+                "[{srcNode: a, dstNode: b, family: ipv5}]",
+                "spec.pairPaths[0].family",
+                "unknown variant",
+            ),
+            (
+                "[{srcNode: a, dstNode: b, node: c}]",
+                "spec.pairPaths[0].node",
+                "unknown field `node`",
+            ),
+        ] {
+            assert_err(&with_pairs(pairs), field, says);
+        }
+        let v4_only = with_pairs("[{srcNode: a, dstNode: b, family: ipv6}]")
+            .replace("ipv6: true", "ipv6: false");
+        assert_err(
+            &v4_only,
+            "spec.pairPaths[0].family",
+            "ipv6 but spec.target.ipv6 is false",
+        );
+        // Addresses without the mesh: pairPaths would select nothing.
+        let no_mesh = with_pairs("[{srcNode: a, dstNode: b}]").replace(
+            "ipv6: true\n",
+            "ipv6: true\n    endpoint: false\n    addresses: ['192.0.2.1']\n",
+        );
+        assert_err(&no_mesh, "spec.pairPaths", "spec.target.endpoint is false");
+        // With the mesh, listed addresses and Service targets are skipped, with a warning.
+        let skipped = no_mesh
+            .replace("endpoint: false", "endpoint: true")
+            .replace("addresses:", "clusterIP: true\n    addresses:");
+        let w = NetReach::from_yaml("f", &skipped).unwrap().warnings();
+        assert_eq!(
+            w,
+            [
+                "spec.target.addresses, spec.target.clusterIP: not probed: spec.pairPaths limits \
+              rounds to the listed agent-to-agent pair-paths"
+            ]
         );
     }
 

@@ -111,13 +111,13 @@ pub fn cluster_targets(
     let t = &task.spec.target;
     let protocol = task.spec.request.protocol;
     let wanted = |on: Option<bool>| on == Some(true);
-    let family_on = |ip: &IpAddr| match Family::of(ip) {
-        Family::Ipv4 => t.ipv4,
-        Family::Ipv6 => t.ipv6,
-    };
-    // None asked for, or icmp: not a round failure (the task's mesh runs; its warnings say why
-    // these are skipped).
-    if t.service_targets().next().is_none() || protocol == Protocol::Icmp {
+    let family_on = |ip: &IpAddr| t.family_enabled(Family::of(ip));
+    // None asked for, icmp, or rounds limited to spec.pairPaths: not a round failure (the
+    // task's mesh runs; its warnings say why these are skipped).
+    if t.service_targets().next().is_none()
+        || protocol == Protocol::Icmp
+        || !task.spec.pair_paths.is_empty()
+    {
         return (vec![], vec![]);
     }
     let mut targets = Vec::new();
