@@ -1,6 +1,8 @@
 //! The HTTP API (axum): agent registration, plan long-polling and report intake for agents
 //! (bearer token when configured), plus read-only views of agents, tasks, reports, findings
-//! and metrics.
+//! and metrics. The standalone controller also takes tasks: `PUT`/`DELETE /v1/tasks/{name}`
+//! (same token) write or remove the task's file in the tasks directory and apply it at once,
+//! which is how the CLI runs a one-shot check without access to the controller's disk.
 //!
 //! Request bodies are parsed by hand so that any malformed agent input is a 400 with a JSON
 //! message, whatever the content type, and never a panic.
@@ -13,7 +15,7 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use meshdoctor_api::{AgentRegistration, AgentReport, RoundPlan};
 use serde::{Deserialize, de::DeserializeOwned};
@@ -23,6 +25,7 @@ use tracing::warn;
 use crate::{
     rounds::{AgentView, Controller, ReportError, TaskFindings, TaskView},
     store::{RoundRef, StoreError},
+    tasks::{TaskFileError, TasksDir, Written},
 };
 
 /// Longest plan long-poll an agent may ask for.
@@ -59,6 +62,7 @@ pub fn router(ctl: Arc<Controller>, token: Option<String>) -> Router {
         .route("/v1/agents/{node}/plans", get(plans))
         .route("/v1/reports", post(report))
         .route("/v1/tasks", get(tasks))
+        .route("/v1/tasks/{name}", put(put_task).delete(delete_task))
         .route("/v1/tasks/{name}/rounds/{round}", get(round_report))
         .route("/v1/findings", get(findings))
         .route("/healthz", get(|| async { "ok" }))
@@ -182,6 +186,87 @@ async fn report(
 
 async fn tasks(State(s): State<AppState>) -> Json<Vec<TaskView>> {
     Json(s.ctl.tasks())
+}
+
+/// Why the Kubernetes backend takes no task over this API.
+const TASKS_ARE_OBJECTS: &str = "tasks are NetReach/AppHttpHealthy/NetDns objects in \
+     Kubernetes: create them with kubectl or `meshdoctor --kubeconfig`";
+
+/// Runs a blocking task-file operation on the tasks directory: 409 when there is none (the
+/// Kubernetes backend), the operation's error mapped to its status.
+async fn on_tasks_dir<T: Send + 'static>(
+    ctl: Arc<Controller>,
+    op: impl FnOnce(&Arc<Controller>, &TasksDir) -> Result<T, TaskFileError> + Send + 'static,
+) -> ApiResult<T> {
+    if ctl.tasks_dir().is_none() {
+        return Err(ApiError(StatusCode::CONFLICT, TASKS_ARE_OBJECTS.into()));
+    }
+    let done = tokio::task::spawn_blocking(move || {
+        let dir = ctl.tasks_dir().expect("checked above");
+        op(&ctl, dir)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    done.map_err(|e| {
+        let status = match e {
+            TaskFileError::BadName(_)
+            | TaskFileError::Invalid(_)
+            | TaskFileError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
+            TaskFileError::Taken { .. } => StatusCode::CONFLICT,
+            TaskFileError::NotFound { .. } => StatusCode::NOT_FOUND,
+            TaskFileError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    })
+}
+
+/// Creates or replaces task `name` from one task document (YAML or JSON, as a task file):
+/// 201 or 200 with the task as `GET /v1/tasks` lists it.
+async fn put_task(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<TaskView>)> {
+    authorize(&s, &headers)?;
+    let text = String::from_utf8(body.to_vec()).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "request body: not UTF-8 text".into(),
+        )
+    })?;
+    let (written, file) = on_tasks_dir(s.ctl.clone(), move |ctl, dir| {
+        let written = dir.put(ctl, &name, &text)?;
+        Ok((written, dir.file_of(&name).display().to_string()))
+    })
+    .await?;
+    let view = s
+        .ctl
+        .tasks()
+        .into_iter()
+        .find(|v| v.file == file)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{file} was written but is not among the tasks"),
+            )
+        })?;
+    let status = match written {
+        Written::Created => StatusCode::CREATED,
+        Written::Replaced => StatusCode::OK,
+    };
+    Ok((status, Json(view)))
+}
+
+/// Removes task `name`'s file, which stops the task: 204.
+async fn delete_task(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    authorize(&s, &headers)?;
+    on_tasks_dir(s.ctl.clone(), move |ctl, dir| dir.delete(ctl, &name)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The faulty interfaces of every task's latest round: the one call a dashboard or an on-call

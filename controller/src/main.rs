@@ -13,7 +13,6 @@ use meshdoctor_controller::{
     kubernetes::{self, lease},
     rounds::{Controller, Settings},
     store::ReportStore,
-    tasks,
 };
 use tracing::{info, warn};
 
@@ -142,10 +141,10 @@ async fn main() -> anyhow::Result<()> {
     let mut stop_leading = None;
     match (args.backend, &args.tasks_dir) {
         (Backend::Standalone, Some(dir)) => {
-            let files = tasks::load_dir(dir)
+            ctl.set_tasks_dir(dir.clone())
+                .sync(&ctl)
                 .with_context(|| format!("cannot read tasks dir {}", dir.display()))?;
-            ctl.sync_tasks(files);
-            tokio::spawn(reload_tasks(ctl.clone(), dir.clone()));
+            tokio::spawn(reload_tasks(ctl.clone()));
         }
         (Backend::Standalone, None) => anyhow::bail!("--tasks-dir is required (standalone)"),
         (Backend::Kubernetes, _) => stop_leading = Some(start_kubernetes(&ctl, &args.kube).await?),
@@ -224,15 +223,20 @@ async fn start_kubernetes(
 }
 
 /// Re-reads the tasks directory periodically; a transient read error keeps the current tasks.
-async fn reload_tasks(ctl: Arc<Controller>, dir: PathBuf) {
+async fn reload_tasks(ctl: Arc<Controller>) {
     let mut tick = tokio::time::interval(RELOAD_EVERY);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let d = dir.clone();
-        match tokio::task::spawn_blocking(move || tasks::load_dir(&d)).await {
-            Ok(Ok(files)) => ctl.sync_tasks(files),
-            Ok(Err(e)) => warn!("cannot re-read tasks dir {}: {e}", dir.display()),
+        let c = ctl.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            let dir = c.tasks_dir().expect("set before the reload loop starts");
+            dir.sync(&c)
+                .map_err(|e| format!("{}: {e}", dir.path().display()))
+        });
+        match synced.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("cannot re-read tasks dir {e}"),
             Err(e) => warn!("task reload failed: {e}"),
         }
     }

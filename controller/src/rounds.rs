@@ -26,8 +26,9 @@
 use meshdoctor_api::TaskSpec as _;
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -59,7 +60,7 @@ use crate::{
         round_wanted,
     },
     store::{ReportStore, RoundRef, StoreError},
-    tasks::TaskFile,
+    tasks::{TaskFile, TasksDir},
 };
 
 /// Round timing knobs (the controller's `--wait-agents`, `--start-delay`, `--report-grace`).
@@ -202,6 +203,9 @@ pub struct Controller {
     published: watch::Sender<u32>,
     /// Tasks by file.
     tasks: Mutex<BTreeMap<String, TaskEntry>>,
+    /// The standalone backend's tasks directory, which `PUT`/`DELETE /v1/tasks/{name}`
+    /// write to; unset with the Kubernetes backend, whose tasks are objects.
+    tasks_dir: OnceLock<TasksDir>,
     generations: Mutex<u64>,
     /// Latest round's findings by task name; filled from the stored reports on first use, so
     /// that a restarted controller still answers before its next round.
@@ -236,6 +240,7 @@ impl Controller {
             }),
             published: watch::Sender::new(0),
             tasks: Mutex::default(),
+            tasks_dir: OnceLock::new(),
             generations: Mutex::new(0),
             findings: Mutex::default(),
         })
@@ -251,6 +256,17 @@ impl Controller {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Makes `dir` this controller's task source (standalone), read and written by
+    /// [`TasksDir`]; the first call wins.
+    pub fn set_tasks_dir(&self, dir: PathBuf) -> &TasksDir {
+        self.tasks_dir.get_or_init(|| TasksDir::new(dir))
+    }
+
+    /// The tasks directory, when tasks come from one.
+    pub fn tasks_dir(&self) -> Option<&TasksDir> {
+        self.tasks_dir.get()
     }
 
     pub fn set_ready(&self, ready: bool) {

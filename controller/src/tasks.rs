@@ -7,11 +7,22 @@
 //! applies the result): a new file starts a task, a file whose task changed restarts it, a
 //! removed file stops it. Task names are unique across kinds, because reports are stored and
 //! served by name.
+//!
+//! [`TasksDir`] is the directory as both its readers and its writer use it: the reload loop,
+//! and `PUT`/`DELETE /v1/tasks/{name}`, which write or remove one file and apply the directory
+//! at once.
 
 use meshdoctor_api::TaskSpec as _;
-use std::{collections::HashMap, io, path::Path, sync::Arc};
+use std::{
+    collections::HashMap,
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+};
 
-use meshdoctor_api::Task;
+use meshdoctor_api::{Task, TaskError, task::is_task_name};
+
+use crate::rounds::Controller;
 
 /// One task file and what came of parsing it.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +84,169 @@ pub(crate) fn dedupe(sources: Vec<(String, String, Result<Task, String>)>) -> Ve
             TaskFile { file, name, task }
         })
         .collect()
+}
+
+/// Why a task file could not be written or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskFileError {
+    #[error(
+        "{0:?} is not a task name: a DNS subdomain name (dot-separated labels of lowercase \
+         letters, digits and '-', each starting and ending with a letter or digit; at most 253 \
+         characters)"
+    )]
+    BadName(String),
+    /// The document does not parse or validate: the parser's message, naming the field.
+    #[error(transparent)]
+    Invalid(#[from] TaskError),
+    #[error("metadata.name: {given:?} differs from the name in the path, {name:?}")]
+    NameMismatch { name: String, given: String },
+    /// Another file defines a task of that name (names are unique across kinds).
+    #[error("metadata.name: task {name:?} is already defined in {file}")]
+    Taken { name: String, file: String },
+    #[error("no task file {name}.yaml or {name}.yml")]
+    NotFound { name: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether [`TasksDir::put`] created the task's file or replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    Replaced,
+}
+
+/// The standalone backend's tasks directory. Every read that is applied to the controller
+/// goes through [`Self::sync`], under one lock: otherwise a reload that listed the directory
+/// just before a `PUT` wrote its file could be applied just after the `PUT`'s own sync, and
+/// stop the new task until the next reload (restarting its schedule clock).
+#[derive(Debug)]
+pub struct TasksDir {
+    path: PathBuf,
+    sync: Mutex<()>,
+}
+
+impl TasksDir {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            sync: Mutex::new(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the directory and applies it to `ctl` ([`Controller::sync_tasks`]). Blocking.
+    pub fn sync(&self, ctl: &Arc<Controller>) -> io::Result<()> {
+        let _applying = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
+        ctl.sync_tasks(load_dir(&self.path)?);
+        Ok(())
+    }
+
+    /// The task file `name` is (or would be) stored in.
+    pub fn file_of(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.yaml"))
+    }
+
+    /// Validates `text` (one task document, YAML or JSON) as task `name`, writes it to
+    /// `name.yaml` atomically (a temporary file renamed over it, so the reload loop never
+    /// reads half a file), removes a `name.yml` it replaces, and syncs. Nothing is written
+    /// when the task is invalid. Blocking.
+    pub fn put(
+        &self,
+        ctl: &Arc<Controller>,
+        name: &str,
+        text: &str,
+    ) -> Result<Written, TaskFileError> {
+        check_name(name)?;
+        let task = Task::from_yaml("request body", text)?;
+        if task.name() != name {
+            return Err(TaskFileError::NameMismatch {
+                name: name.into(),
+                given: task.name().into(),
+            });
+        }
+        let io_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| TaskFileError::Io { path, source }
+        };
+        let (yaml, yml) = self.files_of(name);
+        let list = load_dir(&self.path).map_err(io_err(&self.path))?;
+        let ours = |f: &str| f == yaml.display().to_string() || f == yml.display().to_string();
+        if let Some(other) = list
+            .iter()
+            .find(|f| !ours(&f.file) && f.task.as_ref().is_ok_and(|t| t.name() == name))
+        {
+            return Err(TaskFileError::Taken {
+                name: name.into(),
+                file: other.file.clone(),
+            });
+        }
+        let written = if yaml.exists() || yml.exists() {
+            Written::Replaced
+        } else {
+            Written::Created
+        };
+        let tmp = self.path.join(format!(".{name}.yaml.tmp"));
+        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &yaml).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_err(&yaml)(e)
+        })?;
+        match std::fs::remove_file(&yml) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&yml)(e)),
+            _ => {}
+        }
+        self.sync(ctl).map_err(io_err(&self.path))?;
+        Ok(written)
+    }
+
+    /// Removes task `name`'s file (`name.yaml` or `name.yml`) and syncs, which stops the
+    /// task. Blocking.
+    pub fn delete(&self, ctl: &Arc<Controller>, name: &str) -> Result<(), TaskFileError> {
+        check_name(name)?;
+        let mut removed = false;
+        for file in <[PathBuf; 2]>::from(self.files_of(name)) {
+            match std::fs::remove_file(&file) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(TaskFileError::Io {
+                        path: file.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        if !removed {
+            return Err(TaskFileError::NotFound { name: name.into() });
+        }
+        self.sync(ctl).map_err(|source| TaskFileError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
+    /// `name.yaml` and `name.yml`.
+    fn files_of(&self, name: &str) -> (PathBuf, PathBuf) {
+        (self.file_of(name), self.path.join(format!("{name}.yml")))
+    }
+}
+
+/// A name from a URL becomes a file name: only task names ([`is_task_name`]), which cannot
+/// leave the directory.
+fn check_name(name: &str) -> Result<(), TaskFileError> {
+    if is_task_name(name) {
+        Ok(())
+    } else {
+        Err(TaskFileError::BadName(name.into()))
+    }
 }
 
 #[cfg(test)]

@@ -385,3 +385,165 @@ async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files()
     assert_eq!(names, ["other"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Serves `ctl`'s API (with the agents' token) on a free local port; its base URL.
+async fn serve(ctl: std::sync::Arc<Controller>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, api_server::router(ctl, Some(TOKEN.into()))).await
+    });
+    base
+}
+
+fn quiet_settings() -> Settings {
+    Settings {
+        wait_agents: 1,
+        start_delay: Duration::from_millis(300),
+        report_grace: Duration::from_secs(1),
+        max_history: 10,
+        pair_metrics: false,
+    }
+}
+
+/// The `error` of a JSON error answer, after checking its status.
+async fn error_of(r: reqwest::Response, status: u16) -> String {
+    assert_eq!(r.status(), status);
+    r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_put_and_deleted_over_http() {
+    let dir = temp_dir("task-api");
+    let tasks_dir = dir.join("tasks");
+    let ctl = Controller::new(quiet_settings(), ReportStore::new(&dir));
+    ctl.set_tasks_dir(tasks_dir.clone()).sync(&ctl).unwrap();
+    let base = serve(ctl.clone()).await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{base}{p}");
+    let put = |name: &str, body: String, auth: bool| {
+        let rb = http.put(url(&format!("/v1/tasks/{name}"))).body(body);
+        if auth { rb.bearer_auth(TOKEN) } else { rb }.send()
+    };
+    let file = tasks_dir.join("mesh.yaml");
+
+    // The token is required.
+    let r = put("mesh", TASK.into(), false).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(!file.exists());
+
+    // Created: the file is there and the task listed, at once.
+    let r = put("mesh", TASK.into(), true).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&view["name"], &view["kind"], &view["file"]),
+        (
+            &Value::from("mesh"),
+            &Value::from("NetReach"),
+            &Value::from(file.display().to_string())
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), TASK);
+    let listed: Vec<Value> = get_json(&http, url("/v1/tasks"), false).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["name"], "mesh");
+
+    // Replaced, as JSON, with pairPaths.
+    let json = serde_json::json!({
+        "apiVersion": "meshdoctor.io/v1beta1",
+        "kind": "NetReach",
+        "metadata": {"name": "mesh"},
+        "spec": {"pairPaths": [{"srcNode": "node-1", "dstNode": "node-2", "family": "ipv4"}]},
+    });
+    let r = put("mesh", json.to_string(), true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let task = tasks::load_dir(&tasks_dir).unwrap().remove(0).task.unwrap();
+    assert_eq!(task.as_net_reach().unwrap().spec.pair_paths.len(), 1);
+
+    // Invalid documents, a name that differs from the path's, or a bad name: 400, no file.
+    for (name, body, says) in [
+        (
+            "web",
+            TASK.replace("qps: 5", "qps: lots"),
+            "spec.request.qps: invalid type",
+        ),
+        ("web", "{not: [yaml".to_string(), "request body: "),
+        (
+            "web",
+            TASK.replace("target: {", "target: {colour: red, "),
+            "spec.target.colour: unknown field `colour`",
+        ),
+        (
+            "web",
+            TASK.into(),
+            "metadata.name: \"mesh\" differs from the name in the path, \"web\"",
+        ),
+        ("a..b", TASK.into(), "\"a..b\" is not a task name"),
+        (
+            "..%2Fescape",
+            TASK.into(),
+            "\"../escape\" is not a task name",
+        ),
+        (&"a".repeat(254), TASK.into(), "is not a task name"),
+    ] {
+        let e = error_of(put(name, body, true).await.unwrap(), 400).await;
+        assert!(e.contains(says), "{name}: expected {says:?} in {e}");
+    }
+    let files: Vec<_> = std::fs::read_dir(&tasks_dir).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(!dir.join("escape").exists());
+
+    // Another file holding the name: 409, not a second task of that name.
+    let r = put("mesh2", TASK.replace("name: mesh", "name: mesh2"), true);
+    assert_eq!(r.await.unwrap().status(), 201);
+    std::fs::rename(tasks_dir.join("mesh2.yaml"), tasks_dir.join("other.yaml")).unwrap();
+    let e = error_of(
+        put("mesh2", TASK.replace("name: mesh", "name: mesh2"), true)
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert!(e.contains("already defined in"), "{e}");
+    std::fs::remove_file(tasks_dir.join("other.yaml")).unwrap();
+
+    // Deleted: 204, gone from the list; then 404. Also without the token: 401.
+    let delete = |name: &str, auth: bool| {
+        let rb = http.delete(url(&format!("/v1/tasks/{name}")));
+        if auth { rb.bearer_auth(TOKEN) } else { rb }.send()
+    };
+    assert_eq!(delete("mesh", false).await.unwrap().status(), 401);
+    assert_eq!(delete("mesh", true).await.unwrap().status(), 204);
+    assert!(!file.exists());
+    assert!(ctl.tasks().is_empty());
+    let e = error_of(delete("mesh", true).await.unwrap(), 404).await;
+    assert!(e.contains("no task file mesh.yaml or mesh.yml"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn tasks_api_without_a_tasks_dir_points_to_kubernetes() {
+    let dir = temp_dir("task-api-kube");
+    let base = serve(Controller::new(quiet_settings(), ReportStore::new(&dir))).await;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/tasks/mesh");
+    let r = http
+        .put(&url)
+        .bearer_auth(TOKEN)
+        .body(TASK)
+        .send()
+        .await
+        .unwrap();
+    let e = error_of(r, 409).await;
+    assert!(
+        e.contains("objects in Kubernetes: create them with kubectl"),
+        "{e}"
+    );
+    let r = http.delete(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -601,21 +601,34 @@ pub(crate) fn parse_kind<T: Kind>(file: &str, text: &str) -> Result<T, TaskError
     Ok(task)
 }
 
-/// `metadata.name` must be a DNS subdomain name, as a Kubernetes object name.
+/// Whether `name` is a DNS-1123 subdomain name, as a Kubernetes object name: at most 253
+/// characters, dot-separated labels of lowercase letters, digits and '-' that start and end
+/// alphanumeric. Public because a task's name is also its file name and its URL path segment
+/// (`PUT /v1/tasks/{name}`): such a name has no path separator and is never `.` or `..`.
+pub fn is_task_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+        })
+}
+
+/// `metadata.name` must be a DNS subdomain name ([`is_task_name`]).
 pub(crate) fn validate_name(name: &str) -> Result<(), Invalid> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    if ok {
+    if is_task_name(name) {
         Ok(())
     } else {
         Err(Invalid::new(
             "metadata.name",
-            format!("{name:?} is not a DNS subdomain name (lowercase letters, digits, '-', '.')"),
+            format!(
+                "{name:?} is not a DNS subdomain name (dot-separated labels of lowercase \
+                 letters, digits and '-', each starting and ending with a letter or digit; at \
+                 most 253 characters)"
+            ),
         ))
     }
 }
@@ -829,7 +842,10 @@ pub(crate) mod tests {
 
     #[test]
     fn names_must_be_dns_subdomains() {
-        for bad in ["", "Mesh", "-a", "a-", "a_b"] {
+        let long = "a".repeat(254);
+        for bad in [
+            "", "Mesh", "-a", "a-", "a_b", "a..b", "a.-b", "..", ".", "a/b", &long,
+        ] {
             assert_eq!(
                 validate_name(bad).unwrap_err().field,
                 "metadata.name",
@@ -837,6 +853,7 @@ pub(crate) mod tests {
             );
         }
         assert!(validate_name("mesh-1.eu").is_ok());
+        assert!(is_task_name(&"a".repeat(253)));
     }
 
     #[test]
