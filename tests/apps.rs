@@ -18,9 +18,9 @@ use std::{
 };
 
 use meshdoctor_api::{AgentAppState, RoundReport, RoundStatus, table};
-use meshdoctor_e2e::can_run;
+use meshdoctor_e2e::{can_run, find_program, start_nginx};
 use meshdoctor_lab::{
-    Lab, LabConfig, LabServer, TestCa, UnboundConfig, UnboundTls, nginx_config, plan::CONTROLLER_NS,
+    Lab, LabConfig, LabServer, TestCa, UnboundConfig, UnboundTls, plan::CONTROLLER_NS,
 };
 
 /// The servers' address: the controller namespace's eth0, on the pod network.
@@ -34,19 +34,9 @@ const SECS: u64 = 2;
 const PER_AGENT: u64 = QPS * SECS;
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    ["/usr/sbin", "/usr/local/sbin", "/sbin"]
-        .iter()
-        .map(PathBuf::from)
-        .chain(std::env::split_paths(&path))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 /// The binary, or `None` after saying why the test is skipped.
 fn server_or_skip(test: &str, name: &str) -> Option<PathBuf> {
-    let found = find_binary(name);
+    let found = find_program(name);
     if found.is_none() {
         eprintln!("skipped {test}: {name} is not installed (cargo xtask setup installs it)");
     }
@@ -250,32 +240,6 @@ fn write_pki(dir: &Path) {
     ] {
         std::fs::write(dir.join(file), pem).unwrap();
     }
-}
-
-/// Starts nginx in the controller namespace with `servers` (server blocks) as its http
-/// section's content; its files (config, logs, temp paths) live in `dir`. One process
-/// (`master_process off`), so stopping it stops the server.
-fn start_nginx(lab: &Lab, bin: &Path, name: &str, dir: &Path, servers: &str) -> LabServer {
-    let d = dir.display();
-    let access_log = format!("  access_log {d}/{name}-access.log;\n{servers}");
-    let conf = nginx_config(dir, name, &access_log);
-    let conf_path = dir.join(format!("{name}.conf"));
-    std::fs::write(&conf_path, conf).unwrap();
-    let error_log = dir.join(format!("{name}-error.log"));
-    lab.spawn_server(
-        name,
-        CONTROLLER_NS,
-        bin,
-        &[
-            "-p",
-            &d.to_string(),
-            "-c",
-            &conf_path.display().to_string(),
-            "-e",
-            &error_log.display().to_string(),
-        ],
-    )
-    .expect("start nginx")
 }
 
 #[test]

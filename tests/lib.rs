@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use meshdoctor_lab::{Lab, LabServer, nginx_config, plan::CONTROLLER_NS};
+
 /// True when the test can run; prints why it is skipped otherwise. The lab needs root
 /// (network namespaces, eBPF, nftables).
 pub fn can_run(test: &str) -> bool {
@@ -41,6 +43,44 @@ pub fn tools_present(test: &str, missing: &str) -> bool {
     );
     eprintln!("skipped {msg}");
     false
+}
+
+/// `program`'s path: on PATH or in an sbin directory (where Debian puts nginx and unbound,
+/// often not on a user's PATH).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    ["/usr/sbin", "/usr/local/sbin", "/sbin"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Starts nginx (`bin`) in the controller namespace with `servers` (server blocks) as its http
+/// section's content; its files (config, logs, temp paths) live in `dir`. One process
+/// (`master_process off`), so stopping it stops the server.
+pub fn start_nginx(lab: &Lab, bin: &Path, name: &str, dir: &Path, servers: &str) -> LabServer {
+    let d = dir.display();
+    let access_log = format!("  access_log {d}/{name}-access.log;\n{servers}");
+    let conf = nginx_config(dir, name, &access_log);
+    let conf_path = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf_path, conf).unwrap_or_else(|e| panic!("{}: {e}", conf_path.display()));
+    let error_log = dir.join(format!("{name}-error.log"));
+    lab.spawn_server(
+        name,
+        CONTROLLER_NS,
+        bin,
+        &[
+            "-p",
+            &d.to_string(),
+            "-c",
+            &conf_path.display().to_string(),
+            "-e",
+            &error_log.display().to_string(),
+        ],
+    )
+    .expect("start nginx")
 }
 
 /// The central interval holding a Binomial(n, p) count with probability at least `conf`,

@@ -28,11 +28,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshdoctor_e2e::{can_run, tools_present, workspace_root};
-use meshdoctor_lab::{
-    Lab, LabConfig, LabServer, MeshTask, Prometheus, Sample, alert_rules, nginx_config,
-    plan::CONTROLLER_NS,
-};
+use meshdoctor_e2e::{can_run, find_program, start_nginx, tools_present, workspace_root};
+use meshdoctor_lab::{Lab, LabConfig, LabServer, MeshTask, Prometheus, Sample, alert_rules};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
@@ -87,11 +84,7 @@ const SETTLE: Duration = Duration::from_secs(4);
 /// and sets MESHDOCTOR_BIN_DIR) or in CI, where setup has installed it and its absence fails
 /// the test.
 fn tool(test: &str, program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file());
+    let found = find_program(program);
     let missing = if found.is_none() { program } else { "" };
     found.filter(|_| tools_present(test, missing))
 }
@@ -472,7 +465,7 @@ fn lab_with_prometheus(faults: &[&str], nginx: &Path) -> Run {
     // alert_rules_pass_promtool_check_and_unit_tests).
     let rules = write_rules(lab.dir(), &rules_text(true));
     let prom = Prometheus::start(&lab, &[rules]).expect("Prometheus start");
-    let nginx = start_nginx(&lab, nginx);
+    let nginx = start_web(&lab, nginx);
     lab.add_task("web.yaml", &app_task_yaml())
         .expect("add the application task");
     prom.wait_targets_up(TARGETS_TIMEOUT)
@@ -506,21 +499,13 @@ fn lab_with_prometheus(faults: &[&str], nginx: &Path) -> Run {
 
 /// nginx in the controller's namespace answering 200 on [`WEB_ADDR`], its files in
 /// `<lab dir>/nginx`.
-fn start_nginx(lab: &Lab, nginx: &Path) -> LabServer {
+fn start_web(lab: &Lab, nginx: &Path) -> LabServer {
     let dir = lab.dir().join("nginx");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let server =
         format!("  server {{ listen {WEB_ADDR}; location / {{ return 200 \"ok\\n\"; }} }}\n");
-    let conf = dir.join("nginx.conf");
-    fs::write(&conf, nginx_config(&dir, "nginx", &server))
-        .unwrap_or_else(|e| panic!("{}: {e}", conf.display()));
-    let (prefix, conf) = (dir.display().to_string(), conf.display().to_string());
-    let error_log = format!("{prefix}/nginx-error.log");
-    let args = ["-p", &prefix, "-c", &conf, "-e", &error_log];
-    let mut server = lab
-        .spawn_server("nginx", CONTROLLER_NS, nginx, &args)
-        .expect("start nginx");
+    let mut server = start_nginx(lab, nginx, "nginx", &dir, &server);
     let addr = WEB_ADDR.parse().expect("WEB_ADDR");
     server
         .wait_listening(addr, Duration::from_secs(10))

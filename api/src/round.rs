@@ -216,6 +216,17 @@ pub struct PathResult {
     pub probes: Vec<ProbeSample>,
 }
 
+impl PathResult {
+    /// Why most of its lost probes were lost: the kernel's top drop reason, the finer one,
+    /// else the source's top socket error (both lists are sorted most first).
+    pub fn top_reason(&self) -> Option<&str> {
+        self.drops
+            .first()
+            .map(|d| d.reason.as_str())
+            .or_else(|| self.errors.first().map(|(e, _)| e.as_str()))
+    }
+}
+
 /// Lost probes of one path that one node's kernel dropped with one reason at one location.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

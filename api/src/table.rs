@@ -129,13 +129,7 @@ pub fn render_table(report: &RoundReport) -> String {
                 p.lost.to_string(),
                 format!("{:.1}", p.loss_ratio * 100.0),
                 p.segments.dominant().unwrap_or("-").into(),
-                // `drops` and `errors` are sorted most first; the kernel's reason is the finer.
-                p.drops
-                    .first()
-                    .map(|d| d.reason.as_str())
-                    .or_else(|| p.errors.first().map(|(e, _)| e.as_str()))
-                    .unwrap_or("-")
-                    .into(),
+                p.top_reason().unwrap_or("-").into(),
                 us(p.kernel_rtt.as_ref(), |s| s.p50_us),
                 us(p.kernel_rtt.as_ref(), |s| s.p99_us),
                 us(p.user_rtt.as_ref(), |s| s.p50_us),

@@ -3,6 +3,7 @@
 
 use meshdoctor_api::{
     Family, Finding, PathResult, PathState, RoundReport, RoundStatus, RoundSummary, table,
+    task::PairPath,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,22 +45,19 @@ impl FailedPath {
             lost: p.lost,
             loss_ratio: p.loss_ratio,
             segment: p.segments.dominant().map(str::to_string),
-            reason: p
-                .drops
-                .first()
-                .map(|d| d.reason.clone())
-                .or_else(|| p.errors.first().map(|(e, _)| e.clone())),
+            reason: p.top_reason().map(str::to_string),
         }
     }
 
     /// The task's `spec.pairPaths` entry that selects this pair-path again.
     pub fn pair_path(&self) -> Value {
-        serde_json::json!({
-            "srcNode": self.src_node,
-            "dstNode": self.dst_node,
-            "network": self.network,
-            "family": self.family,
-        })
+        let entry = PairPath {
+            src_node: self.src_node.clone(),
+            dst_node: self.dst_node.clone(),
+            network: Some(self.network.clone()),
+            family: Some(self.family),
+        };
+        serde_json::to_value(entry).expect("strings and an enum serialize")
     }
 }
 

@@ -5,7 +5,7 @@
 //! as the end with the highest loss ratio. Per-pair series are opt-in (`--pair-metrics`).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     hash::Hash,
     sync::{
         Mutex, PoisonError,
@@ -14,7 +14,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use meshdoctor_api::{PathResult, PathState, RoundReport, RoundStatus};
+use meshdoctor_api::{Family as IpFamily, Packet, PathResult, PathState, RoundReport, RoundStatus};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -55,11 +55,8 @@ struct PathStateLabels {
 /// One end of the round's pair-paths: an interface of an agent, as sender or receiver.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndLabels {
-    task: String,
-    node: String,
-    interface: String,
-    network: String,
-    family: String,
+    #[prometheus(flatten)]
+    interface: InterfaceLabels,
     /// `source` or `destination`.
     role: String,
 }
@@ -393,88 +390,65 @@ impl Metrics {
 
     fn probe_round_closed(&self, report: &RoundReport) {
         let task = report.task.as_str();
-        let mut states: BTreeMap<&str, i64> = [("ok", 0), ("lossy", 0), ("notReported", 0)].into();
-        let mut ends: HashMap<EndLabels, (u64, u64)> = HashMap::new();
-        let mut segments: HashMap<SegmentLabels, u64> = HashMap::new();
-        let mut pairs: HashMap<PairLabels, (u64, u64)> = HashMap::new();
-        let mut drops: HashMap<DropLabels, u64> = HashMap::new();
+        let mut sums = RoundSums {
+            task,
+            ..RoundSums::default()
+        };
         for p in &report.paths {
-            let state = match p.state {
-                PathState::Ok => "ok",
-                PathState::Lossy => "lossy",
-                PathState::NotReported => "notReported",
-            };
-            *states.entry(state).or_default() += 1;
-            if p.state == PathState::NotReported {
-                // Nothing is known of a path whose source did not report.
-                continue;
-            }
-            let attempted = u64::from(p.sent + p.send_failed);
-            let lost = u64::from(p.lost);
-            for end in path_ends(task, p) {
-                let counts = ends.entry(end).or_default();
-                counts.0 += attempted;
-                counts.1 += lost;
-            }
-            for (n, segment) in p.segments.named() {
-                let labels = SegmentLabels {
-                    task: task.into(),
-                    network: p.network.clone(),
-                    family: p.family.to_string(),
-                    segment: segment.into(),
-                };
-                *segments.entry(labels).or_default() += u64::from(n);
-            }
-            if self.pair_loss.is_some() && !p.external {
-                let counts = pairs
-                    .entry(PairLabels {
-                        task: task.into(),
-                        src_node: p.src_node.clone(),
-                        dst_node: p.dst_node.clone(),
-                        network: p.network.clone(),
-                        family: p.family.to_string(),
-                    })
-                    .or_default();
-                counts.0 += attempted;
-                counts.1 += lost;
-            }
-            for d in &p.drops {
-                let labels = DropLabels {
-                    task: task.into(),
-                    node: d.node.clone(),
-                    reason: d.reason.clone(),
-                    packet: d.packet.to_string(),
-                };
-                *drops.entry(labels).or_default() += u64::from(d.count);
-            }
-            self.observe_times(task, p);
+            sums.add(self, p);
         }
-        for (state, n) in states {
+        // Every state, 0 when no path is in it.
+        for state in ["ok", "lossy", "notReported"] {
             self.round_paths
                 .get_or_create(&PathStateLabels {
                     task: task.into(),
                     state: state.into(),
                 })
-                .set(n);
+                .set(sums.states.get(state).copied().unwrap_or(0));
         }
         // Created at 0 next to each other, so that `lost / sent` exists for every end.
-        for (end, (attempted, lost)) in ends {
-            self.sent.get_or_create(&end).inc_by(attempted);
-            self.lost.get_or_create(&end).inc_by(lost);
+        for ((end, role), (attempted, lost)) in sums.ends {
+            let labels = EndLabels {
+                interface: end.labels(task),
+                role: role.into(),
+            };
+            self.sent.get_or_create(&labels).inc_by(attempted);
+            self.lost.get_or_create(&labels).inc_by(lost);
         }
-        for (labels, n) in segments {
+        for ((network, family, segment), n) in sums.segments {
+            let labels = SegmentLabels {
+                task: task.into(),
+                network: network.into(),
+                family: family.to_string(),
+                segment: segment.into(),
+            };
             self.lost_by_segment.get_or_create(&labels).inc_by(n);
         }
-        for (labels, n) in drops {
+        for ((node, reason, packet), n) in sums.drops {
+            let labels = DropLabels {
+                task: task.into(),
+                node: node.into(),
+                reason: reason.into(),
+                packet: packet.to_string(),
+            };
             self.drops.get_or_create(&labels).inc_by(n);
         }
         if let Some(pair_loss) = &self.pair_loss {
             pair_loss.replace(
                 task,
-                pairs
+                sums.pairs
                     .into_iter()
                     .filter(|(_, (attempted, _))| *attempted > 0)
-                    .map(|(labels, (attempted, lost))| (labels, lost as f64 / attempted as f64)),
+                    .map(|((src, dst, network, family), (attempted, lost))| {
+                        let labels = PairLabels {
+                            task: task.into(),
+                            src_node: src.into(),
+                            dst_node: dst.into(),
+                            network: network.into(),
+                            family: family.to_string(),
+                        };
+                        (labels, lost as f64 / attempted as f64)
+                    }),
             );
         }
         self.findings
@@ -495,41 +469,6 @@ impl Metrics {
                 (labels, f.loss_ratio)
             }),
         );
-    }
-
-    /// Network RTT at the source interface, and the stack times of both nodes, of every probe
-    /// that came back with the hooks that measure them.
-    fn observe_times(&self, task: &str, p: &PathResult) {
-        let family = p.family.to_string();
-        let stack = |node: &str, side: &str| StackLabels {
-            task: task.into(),
-            node: node.into(),
-            family: family.clone(),
-            side: side.into(),
-        };
-        let rtt = self.network_rtt.get_or_create(&InterfaceLabels {
-            task: task.into(),
-            node: p.src_node.clone(),
-            interface: p.src_interface.clone(),
-            network: p.network.clone(),
-            family: family.clone(),
-        });
-        let src_stack = self.stack.get_or_create(&stack(&p.src_node, "source"));
-        for s in &p.probes {
-            if s.kernel_rtt_ns > 0 && s.dst_stack_ns > 0 && s.kernel_rtt_ns >= s.dst_stack_ns {
-                rtt.observe(seconds(s.kernel_rtt_ns - s.dst_stack_ns));
-            }
-            if s.kernel_rtt_ns > 0 && s.user_rtt_ns >= s.kernel_rtt_ns {
-                src_stack.observe(seconds(s.user_rtt_ns - s.kernel_rtt_ns));
-            }
-        }
-        drop((rtt, src_stack));
-        if !p.external && p.probes.iter().any(|s| s.dst_stack_ns > 0) {
-            let dst_stack = self.stack.get_or_create(&stack(&p.dst_node, "destination"));
-            for s in p.probes.iter().filter(|s| s.dst_stack_ns > 0) {
-                dst_stack.observe(seconds(s.dst_stack_ns));
-            }
-        }
     }
 
     pub fn set_agents(&self, n: usize) {
@@ -559,20 +498,159 @@ fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-/// The ends of a pair-path: its source interface, and its destination interface when the
-/// destination is an agent.
-fn path_ends(task: &str, p: &PathResult) -> impl Iterator<Item = EndLabels> {
-    let end = |node: &str, interface: &str, role: &str| EndLabels {
-        task: task.into(),
-        node: node.into(),
-        interface: interface.into(),
-        network: p.network.clone(),
-        family: p.family.to_string(),
-        role: role.into(),
-    };
-    let src = end(&p.src_node, &p.src_interface, "source");
-    let dst = (!p.external).then(|| end(&p.dst_node, &p.dst_interface, "destination"));
-    std::iter::once(src).chain(dst)
+/// One interface of one agent in a round, borrowed from the report.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct End<'a> {
+    node: &'a str,
+    interface: &'a str,
+    network: &'a str,
+    family: IpFamily,
+}
+
+impl<'a> End<'a> {
+    fn source(p: &'a PathResult) -> Self {
+        Self {
+            node: &p.src_node,
+            interface: &p.src_interface,
+            network: &p.network,
+            family: p.family,
+        }
+    }
+
+    /// The ends of a pair-path: its source interface, and its destination interface when the
+    /// destination is an agent.
+    fn of_path(p: &'a PathResult) -> impl Iterator<Item = (Self, &'static str)> {
+        let dst = (!p.external).then(|| {
+            let end = Self {
+                node: &p.dst_node,
+                interface: &p.dst_interface,
+                ..Self::source(p)
+            };
+            (end, "destination")
+        });
+        std::iter::once((Self::source(p), "source")).chain(dst)
+    }
+
+    fn labels(&self, task: &str) -> InterfaceLabels {
+        InterfaceLabels {
+            task: task.into(),
+            node: self.node.into(),
+            interface: self.interface.into(),
+            network: self.network.into(),
+            family: self.family.to_string(),
+        }
+    }
+}
+
+/// A round's pair-paths summed under keys borrowed from the report, so that a series' labels
+/// are built once per round rather than once per path, and each histogram is looked up once.
+#[derive(Default)]
+struct RoundSums<'a> {
+    task: &'a str,
+    /// Paths by state.
+    states: HashMap<&'static str, i64>,
+    /// (end, role) -> (probes attempted, lost).
+    ends: HashMap<(End<'a>, &'static str), (u64, u64)>,
+    segments: HashMap<(&'a str, IpFamily, &'static str), u64>,
+    /// (src node, dst node, network, family) -> (probes attempted, lost); with pair metrics.
+    pairs: HashMap<(&'a str, &'a str, &'a str, IpFamily), (u64, u64)>,
+    /// (dropping node, reason, packet) -> count.
+    drops: HashMap<(&'a str, &'a str, Packet), u64>,
+    /// Network RTT histograms by source interface.
+    rtt: HashMap<End<'a>, Histogram>,
+    /// Stack time histograms by (node, family, side).
+    stack: HashMap<(&'a str, IpFamily, &'static str), Histogram>,
+}
+
+impl<'a> RoundSums<'a> {
+    fn add(&mut self, m: &Metrics, p: &'a PathResult) {
+        let state = match p.state {
+            PathState::Ok => "ok",
+            PathState::Lossy => "lossy",
+            PathState::NotReported => "notReported",
+        };
+        *self.states.entry(state).or_default() += 1;
+        if p.state == PathState::NotReported {
+            // Nothing is known of a path whose source did not report.
+            return;
+        }
+        let attempted = u64::from(p.sent + p.send_failed);
+        let lost = u64::from(p.lost);
+        for end in End::of_path(p) {
+            let counts = self.ends.entry(end).or_default();
+            counts.0 += attempted;
+            counts.1 += lost;
+        }
+        for (n, segment) in p.segments.named() {
+            *self
+                .segments
+                .entry((&p.network, p.family, segment))
+                .or_default() += u64::from(n);
+        }
+        if m.pair_loss.is_some() && !p.external {
+            let counts = self
+                .pairs
+                .entry((&p.src_node, &p.dst_node, &p.network, p.family))
+                .or_default();
+            counts.0 += attempted;
+            counts.1 += lost;
+        }
+        for d in &p.drops {
+            *self
+                .drops
+                .entry((&d.node, &d.reason, d.packet))
+                .or_default() += u64::from(d.count);
+        }
+        self.observe_times(m, p);
+    }
+
+    /// Network RTT at the source interface, and the stack times of both nodes, of every probe
+    /// that came back with the hooks that measure them.
+    fn observe_times(&mut self, m: &Metrics, p: &'a PathResult) {
+        let task = self.task;
+        let src = End::source(p);
+        let rtt = self
+            .rtt
+            .entry(src)
+            .or_insert_with(|| m.network_rtt.get_or_create(&src.labels(task)).clone());
+        for s in &p.probes {
+            if s.kernel_rtt_ns > 0 && s.dst_stack_ns > 0 && s.kernel_rtt_ns >= s.dst_stack_ns {
+                rtt.observe(seconds(s.kernel_rtt_ns - s.dst_stack_ns));
+            }
+        }
+        let src_stack = self.stack_histogram(m, &p.src_node, p.family, "source");
+        for s in &p.probes {
+            if s.kernel_rtt_ns > 0 && s.user_rtt_ns >= s.kernel_rtt_ns {
+                src_stack.observe(seconds(s.user_rtt_ns - s.kernel_rtt_ns));
+            }
+        }
+        if !p.external && p.probes.iter().any(|s| s.dst_stack_ns > 0) {
+            let dst_stack = self.stack_histogram(m, &p.dst_node, p.family, "destination");
+            for s in p.probes.iter().filter(|s| s.dst_stack_ns > 0) {
+                dst_stack.observe(seconds(s.dst_stack_ns));
+            }
+        }
+    }
+
+    fn stack_histogram(
+        &mut self,
+        m: &Metrics,
+        node: &'a str,
+        family: IpFamily,
+        side: &'static str,
+    ) -> &Histogram {
+        let task = self.task;
+        self.stack.entry((node, family, side)).or_insert_with(|| {
+            m.stack
+                .get_or_create(&StackLabels {
+                    task: task.into(),
+                    node: node.into(),
+                    family: family.to_string(),
+                    side: side.into(),
+                })
+                .clone()
+        })
+    }
 }
 
 #[cfg(test)]

@@ -562,6 +562,11 @@ mod tests {
         reply(send, code, body);
     }
 
+    /// Expects the GET of the Lease, and answers it.
+    async fn answer_get(server: &mut ApiServer, code: u16, body: &Value) {
+        answer(server, Method::GET, PATH, code, body).await;
+    }
+
     fn reply(send: SendResponse<Response<Body>>, code: u16, body: &Value) {
         let response = Response::builder()
             .status(StatusCode::from_u16(code).unwrap())
@@ -590,14 +595,7 @@ mod tests {
     async fn absent_lease_is_created_and_leads() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                404,
-                &status(404, "NotFound"),
-            )
-            .await;
+            answer_get(&mut server, 404, &status(404, "NotFound")).await;
             let (body, send) = expect(&mut server, Method::POST, LEASES).await;
             assert_eq!(body["metadata"]["name"], "meshdoctor");
             assert_eq!(body["spec"]["holderIdentity"], "me");
@@ -616,14 +614,7 @@ mod tests {
     async fn fresh_lease_of_another_is_followed_without_writing() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("other"), 0, 0, "8"),
-            )
-            .await;
+            answer_get(&mut server, 200, &lease_json(Some("other"), 0, 0, "8")).await;
             server
         });
         let mut elector = elector(client);
@@ -639,14 +630,7 @@ mod tests {
     async fn expired_lease_of_another_is_taken_over_with_its_resource_version() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("other"), 0, 2, "8"),
-            )
-            .await;
+            answer_get(&mut server, 200, &lease_json(Some("other"), 0, 2, "8")).await;
             let (body, send) = expect(&mut server, Method::PUT, PATH).await;
             assert_eq!(body["metadata"]["resourceVersion"], "8");
             assert_eq!(body["spec"]["holderIdentity"], "me");
@@ -665,25 +649,11 @@ mod tests {
     async fn take_over_lost_to_another_candidate_rereads_and_follows() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("other"), 0, 2, "8"),
-            )
-            .await;
+            answer_get(&mut server, 200, &lease_json(Some("other"), 0, 2, "8")).await;
             let (body, send) = expect(&mut server, Method::PUT, PATH).await;
             assert_eq!(body["metadata"]["resourceVersion"], "8");
             reply(send, 409, &status(409, "Conflict"));
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("third"), 20, 3, "9"),
-            )
-            .await;
+            answer_get(&mut server, 200, &lease_json(Some("third"), 20, 3, "9")).await;
         });
         let mut elector = elector(client);
         assert!(!elector.tick(ts(20), Instant::now()).await);
@@ -694,14 +664,7 @@ mod tests {
     async fn create_lost_to_another_candidate_rereads_and_follows() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                404,
-                &status(404, "NotFound"),
-            )
-            .await;
+            answer_get(&mut server, 404, &status(404, "NotFound")).await;
             answer(
                 &mut server,
                 Method::POST,
@@ -710,14 +673,7 @@ mod tests {
                 &status(409, "AlreadyExists"),
             )
             .await;
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("other"), 0, 0, "1"),
-            )
-            .await;
+            answer_get(&mut server, 200, &lease_json(Some("other"), 0, 0, "1")).await;
         });
         let mut elector = elector(client);
         assert!(!elector.tick(ts(0), Instant::now()).await);
@@ -729,34 +685,13 @@ mod tests {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
             // Renewed at ts(0), then the apiserver fails: GET, then PUT, then GET again.
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("me"), -5, 0, "4"),
-            )
-            .await;
+            answer_get(&mut server, 200, &lease_json(Some("me"), -5, 0, "4")).await;
             let (body, send) = expect(&mut server, Method::PUT, PATH).await;
             assert_eq!(body["metadata"]["resourceVersion"], "4");
             assert_eq!(body["spec"]["renewTime"], micro(ts(0)));
             reply(send, 200, &stored(body, "5"));
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                500,
-                &status(500, "InternalError"),
-            )
-            .await;
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("me"), 0, 0, "5"),
-            )
-            .await;
+            answer_get(&mut server, 500, &status(500, "InternalError")).await;
+            answer_get(&mut server, 200, &lease_json(Some("me"), 0, 0, "5")).await;
             answer(
                 &mut server,
                 Method::PUT,
@@ -765,14 +700,7 @@ mod tests {
                 &status(500, "InternalError"),
             )
             .await;
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                500,
-                &status(500, "InternalError"),
-            )
-            .await;
+            answer_get(&mut server, 500, &status(500, "InternalError")).await;
         });
         let mut elector = elector(client);
         let start = Instant::now();
@@ -788,14 +716,7 @@ mod tests {
     async fn step_down_clears_my_holder() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("me"), 0, 3, "7"),
-            )
-            .await;
+            answer_get(&mut server, 200, &lease_json(Some("me"), 0, 3, "7")).await;
             let (body, send) = expect(&mut server, Method::PUT, PATH).await;
             assert_eq!(body["metadata"]["resourceVersion"], "7");
             assert_eq!(body["spec"].get("holderIdentity"), None);
@@ -813,14 +734,7 @@ mod tests {
     async fn step_down_leaves_a_lease_of_another_alone() {
         let (client, mut server) = mock_client();
         let apiserver = tokio::spawn(async move {
-            answer(
-                &mut server,
-                Method::GET,
-                PATH,
-                200,
-                &lease_json(Some("other"), 0, 3, "7"),
-            )
-            .await;
+            answer_get(&mut server, 200, &lease_json(Some("other"), 0, 3, "7")).await;
         });
         let (leading, _watching) = watch::channel(false);
         assert!(!step_down(client, &cfg(), &leading).await.unwrap());
@@ -835,14 +749,7 @@ mod tests {
         let (leading, mut watching) = watch::channel(false);
         let elector = tokio::spawn(run(client, cfg(), leading));
 
-        answer(
-            &mut server,
-            Method::GET,
-            PATH,
-            404,
-            &status(404, "NotFound"),
-        )
-        .await;
+        answer_get(&mut server, 404, &status(404, "NotFound")).await;
         let (body, send) = expect(&mut server, Method::POST, LEASES).await;
         let created = Instant::now();
         reply(send, 201, &stored(body, "1"));
