@@ -10,6 +10,12 @@ pub enum LabError {
     /// The address plan has one /24 per network, with .254 taken by the controller.
     #[error("a lab has 1..={max} nodes, not {nodes}")]
     NodeCount { nodes: usize, max: usize },
+    /// `LabConfig::second_cluster` must leave at least one node to the first cluster.
+    #[error(
+        "second_cluster is {second_cluster} in a lab of {nodes} nodes: it must be less than nodes \
+         (the first cluster needs at least one node)"
+    )]
+    SecondCluster { second_cluster: usize, nodes: usize },
     /// Another live process is using the lab (the namespace names are per machine).
     #[error("another process is using the lab ({lock} is locked); wait for it to finish")]
     Busy { lock: PathBuf },
@@ -18,7 +24,9 @@ pub enum LabError {
     /// A fault that does not fit the lab (no such node or interface, a rate out of range).
     #[error("fault {fault}: {reason}")]
     BadFault { fault: String, reason: String },
-    #[error("no lab process named {0:?} (processes are \"controller\" and \"node-N\")")]
+    #[error(
+        "no lab process named {0:?} (processes are \"controller\", \"controller-2\" with a second cluster, and \"node-N\")"
+    )]
     NoSuchProcess(String),
     #[error("cannot run `{command}`: {source}")]
     Spawn {

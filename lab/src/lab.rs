@@ -1,4 +1,5 @@
-//! The lab with its processes: the controller in `mdlab-ctl` and one agent per node.
+//! The lab with its processes: the controller in `mdlab-ctl` and one agent per node, and with
+//! [`LabConfig::second_cluster`] a second controller next to the first for the last nodes.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -18,7 +19,10 @@ use crate::{
     fault::FAULT_TABLE_PREFIX,
     http, in_netns,
     net::{TERM_GRACE, is_running},
-    plan::{CONTROLLER_NS, CONTROLLER_PORT, CONTROLLER_URL, INTERFACES, node_name, node_ns},
+    plan::{
+        CONTROLLER_NS, CONTROLLER_PORT, INTERFACES, SECOND_CONTROLLER_PORT, cluster_of, node_name,
+        node_ns,
+    },
     task::default_task_yaml,
 };
 
@@ -48,21 +52,32 @@ pub struct LabConfig {
     /// Number of nodes (agents), `1..=plan::MAX_NODES`.
     pub nodes: usize,
     /// Lab directory: `tasks/`, `data/`, `logs/`, `faults/` (the nft rulesets) and `token` are
-    /// (re)created in it.
+    /// (re)created in it, and `tasks-2/` and `data-2/` with a second cluster.
     pub dir: PathBuf,
     /// Where `meshdoctor-controller` and `meshdoctor-agent` are.
     pub bin_dir: PathBuf,
     /// Task files written to `tasks/` before the controller starts: (file name, YAML).
     pub tasks: Vec<(String, String)>,
-    /// How long to wait for the controller to list every agent.
+    /// How long to wait for the controller to list every agent (for each controller).
     pub ready_timeout: Duration,
     /// Faults injected before any agent starts, so they are in place before the first probe;
     /// checked against the lab before anything is built.
     pub faults: Vec<Fault>,
     /// Extra command-line flags for every agent (e.g. `--event-buffer-kib 4`).
     pub agent_args: Vec<String>,
-    /// Extra command-line flags for the controller (e.g. `--pair-metrics`).
+    /// Extra command-line flags for the controller (e.g. `--pair-metrics`); both controllers
+    /// get them when there is a second cluster.
     pub controller_args: Vec<String>,
+    /// The last `second_cluster` nodes form a second cluster, on the same (routable) lab
+    /// network: their agents register with a second controller, process `controller-2`, also
+    /// in `mdlab-ctl`, listening on
+    /// [`SECOND_CONTROLLER_PORT`](crate::plan::SECOND_CONTROLLER_PORT) (agents use
+    /// [`SECOND_CONTROLLER_URL`](crate::plan::SECOND_CONTROLLER_URL)), with the tasks dir
+    /// `tasks-2/` (empty: [`tasks`](Self::tasks) go to the first controller only), the data dir
+    /// `data-2/` and the same token. See [`plan::cluster_of`](crate::plan::cluster_of).
+    /// 0 (the default) is a single cluster; otherwise less than `nodes`, so the first cluster
+    /// keeps at least one node.
+    pub second_cluster: usize,
 }
 
 impl LabConfig {
@@ -78,6 +93,7 @@ impl LabConfig {
             faults: Vec::new(),
             agent_args: Vec::new(),
             controller_args: Vec::new(),
+            second_cluster: 0,
         }
     }
 }
@@ -131,9 +147,16 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds the network (removing leftovers of a crashed run first), starts the controller and
-    /// then the agents, and waits until the controller lists all of them.
+    /// Builds the network (removing leftovers of a crashed run first), starts the controller
+    /// (both controllers with a [second cluster](LabConfig::second_cluster)) and then the
+    /// agents, and waits until each controller lists all of its agents.
     pub fn up(cfg: LabConfig) -> Result<Lab, LabError> {
+        if cfg.second_cluster >= cfg.nodes.max(1) {
+            return Err(LabError::SecondCluster {
+                second_cluster: cfg.second_cluster,
+                nodes: cfg.nodes,
+            });
+        }
         for fault in &cfg.faults {
             fault.check(cfg.nodes)?;
         }
@@ -161,42 +184,26 @@ impl Lab {
         for fault in &cfg.faults {
             lab.inject(fault)?;
         }
-        let dir = cfg.dir.display().to_string();
-        let nodes = cfg.nodes.to_string();
-        let (tasks, data) = (format!("{dir}/tasks"), format!("{dir}/data"));
-        let (listen, token) = (format!("[::]:{CONTROLLER_PORT}"), format!("{dir}/token"));
-        let mut args = vec![
-            "--tasks-dir",
-            &tasks,
-            "--data-dir",
-            &data,
-            "--listen",
-            &listen,
-            "--token-file",
-            &token,
-            "--wait-agents",
-            &nodes,
-        ];
-        args.extend(cfg.controller_args.iter().map(String::as_str));
-        lab.spawn(
-            "controller",
-            CONTROLLER_NS,
-            &cfg.bin_dir.join(CONTROLLER_BIN),
-            &args,
-        )?;
+        let first_cluster = cfg.nodes - cfg.second_cluster;
+        lab.spawn_controller(&cfg, "controller", CONTROLLER_PORT, "", first_cluster)?;
+        if cfg.second_cluster > 0 {
+            lab.spawn_controller(
+                &cfg,
+                "controller-2",
+                SECOND_CONTROLLER_PORT,
+                "-2",
+                cfg.second_cluster,
+            )?;
+        }
+        let token = format!("{}/token", cfg.dir.display());
         let interfaces: Vec<String> = INTERFACES
             .iter()
             .map(|i| format!("{}={}", i.name, i.network))
             .collect();
         for i in 1..=cfg.nodes {
             let node = node_name(i);
-            let mut args = vec![
-                "--node",
-                &node,
-                "--controller",
-                CONTROLLER_URL,
-                "--token-file",
-            ];
+            let controller = cluster_of(i, cfg.nodes, cfg.second_cluster).controller_url();
+            let mut args = vec!["--node", &node, "--controller", controller, "--token-file"];
             args.push(&token);
             for iface in &interfaces {
                 args.extend(["--interface", iface]);
@@ -206,11 +213,19 @@ impl Lab {
             args.extend(cfg.agent_args.iter().map(String::as_str));
             lab.spawn(&node, &node_ns(i), &cfg.bin_dir.join(AGENT_BIN), &args)?;
         }
-        lab.wait_agents(cfg.nodes, cfg.ready_timeout)?;
+        lab.wait_agents(CONTROLLER_PORT, first_cluster, cfg.ready_timeout)?;
+        if cfg.second_cluster > 0 {
+            lab.wait_agents(
+                SECOND_CONTROLLER_PORT,
+                cfg.second_cluster,
+                cfg.ready_timeout,
+            )?;
+        }
         Ok(lab)
     }
 
-    /// The lab directory (tasks/, data/, logs/, token).
+    /// The lab directory (tasks/, data/, logs/, token; tasks-2/ and data-2/ with a second
+    /// cluster).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -224,7 +239,7 @@ impl Lab {
         self.dir.join("token")
     }
 
-    /// Log file of a process: `controller` or a node name (`node-1`).
+    /// Log file of a process: `controller`, `controller-2` or a node name (`node-1`).
     pub fn log_path(&self, process: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{process}.log"))
     }
@@ -246,7 +261,8 @@ impl Lab {
 
     /// Writes a task file into `tasks/` while the lab runs (atomically, so the controller, which
     /// re-reads the directory every 2 s, never sees half a file); the controller then starts
-    /// it. Returns the file's path.
+    /// it. Returns the file's path. With a second cluster this is the first cluster's
+    /// controller; `tasks-2/` in [`dir`](Self::dir) is the second's.
     pub fn add_task(&self, file: &str, yaml: &str) -> Result<PathBuf, LabError> {
         let dir = self.dir.join("tasks");
         let path = dir.join(file);
@@ -309,9 +325,18 @@ impl Lab {
     }
 
     /// GET on the controller's API, from inside its namespace; any status but 2xx is an error
-    /// ([`LabError::Http`] with the status).
+    /// ([`LabError::Http`] with the status). With a second cluster this is the first cluster's
+    /// controller; see [`controller_get_on`](Self::controller_get_on).
     pub fn controller_get(&self, path: &str) -> Result<serde_json::Value, LabError> {
-        let response = self.get(path)?;
+        self.controller_get_on(CONTROLLER_PORT, path)
+    }
+
+    /// [`controller_get`](Self::controller_get) on the controller listening on `port`:
+    /// [`CONTROLLER_PORT`](crate::plan::CONTROLLER_PORT) (the first cluster's), or
+    /// [`SECOND_CONTROLLER_PORT`](crate::plan::SECOND_CONTROLLER_PORT) for the second
+    /// cluster's (see [`LabConfig::second_cluster`]).
+    pub fn controller_get_on(&self, port: u16, path: &str) -> Result<serde_json::Value, LabError> {
+        let response = self.get_on(port, path)?;
         let http_error = |status, reason| LabError::Http {
             path: path.into(),
             status,
@@ -384,7 +409,11 @@ impl Lab {
     }
 
     fn get(&self, path: &str) -> Result<http::Response, LabError> {
-        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, CONTROLLER_PORT));
+        self.get_on(CONTROLLER_PORT, path)
+    }
+
+    fn get_on(&self, port: u16, path: &str) -> Result<http::Response, LabError> {
+        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
         in_netns(CONTROLLER_NS, || http::get(addr, path, Some(&self.token)))?.map_err(|reason| {
             LabError::Http {
                 path: path.into(),
@@ -392,6 +421,44 @@ impl Lab {
                 reason,
             }
         })
+    }
+
+    /// Starts a controller named `name` listening on `port`, with the tasks and data dirs
+    /// `tasks{suffix}/` and `data{suffix}/` of the lab directory, waiting for `agents` agents.
+    fn spawn_controller(
+        &mut self,
+        cfg: &LabConfig,
+        name: &str,
+        port: u16,
+        suffix: &str,
+        agents: usize,
+    ) -> Result<(), LabError> {
+        let dir = cfg.dir.display().to_string();
+        let agents = agents.to_string();
+        let (tasks, data) = (
+            format!("{dir}/tasks{suffix}"),
+            format!("{dir}/data{suffix}"),
+        );
+        let (listen, token) = (format!("[::]:{port}"), format!("{dir}/token"));
+        let mut args = vec![
+            "--tasks-dir",
+            &tasks,
+            "--data-dir",
+            &data,
+            "--listen",
+            &listen,
+            "--token-file",
+            &token,
+            "--wait-agents",
+            &agents,
+        ];
+        args.extend(cfg.controller_args.iter().map(String::as_str));
+        self.spawn(
+            name,
+            CONTROLLER_NS,
+            &cfg.bin_dir.join(CONTROLLER_BIN),
+            &args,
+        )
     }
 
     fn spawn(&mut self, name: &str, ns: &str, bin: &Path, args: &[&str]) -> Result<(), LabError> {
@@ -436,7 +503,9 @@ impl Lab {
         Ok(())
     }
 
-    fn wait_agents(&mut self, nodes: usize, timeout: Duration) -> Result<(), LabError> {
+    /// Waits until the controller on `port` lists `nodes` agents, failing early if any lab
+    /// process dies.
+    fn wait_agents(&mut self, port: u16, nodes: usize, timeout: Duration) -> Result<(), LabError> {
         let deadline = Instant::now() + timeout;
         loop {
             for p in &mut self.procs {
@@ -444,7 +513,7 @@ impl Lab {
                     return Err(p.exited_error(status));
                 }
             }
-            let last = match self.controller_get("/v1/agents") {
+            let last = match self.controller_get_on(port, "/v1/agents") {
                 Ok(serde_json::Value::Array(agents)) if agents.len() >= nodes => return Ok(()),
                 Ok(serde_json::Value::Array(agents)) => {
                     format!("{} of {nodes} agents registered", agents.len())
@@ -456,7 +525,9 @@ impl Lab {
                 Err(e) => e.to_string(),
             };
             if Instant::now() >= deadline {
-                return Err(self.timeout(format!("registration of {nodes} agents"), timeout, last));
+                let what =
+                    format!("registration of {nodes} agents with the controller on port {port}");
+                return Err(self.timeout(what, timeout, last));
             }
             thread::sleep(POLL);
         }
@@ -508,14 +579,24 @@ pub(crate) fn excerpt(text: &str) -> String {
 /// Old tasks, data and logs are removed: a controller finding the previous run's data would
 /// resume it instead of running the task afresh.
 fn prepare_dir(cfg: &LabConfig) -> Result<String, LabError> {
-    for sub in ["tasks", "data", "logs", "faults"] {
+    let second = cfg.second_cluster > 0;
+    for (sub, used) in [
+        ("tasks", true),
+        ("data", true),
+        ("logs", true),
+        ("faults", true),
+        ("tasks-2", second),
+        ("data-2", second),
+    ] {
         let path = cfg.dir.join(sub);
         match fs::remove_dir_all(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LabError::io(path)(e)),
         }
-        fs::create_dir_all(&path).map_err(LabError::io(&path))?;
+        if used {
+            fs::create_dir_all(&path).map_err(LabError::io(&path))?;
+        }
     }
     for (name, yaml) in &cfg.tasks {
         let path = cfg.dir.join("tasks").join(name);
@@ -536,4 +617,34 @@ fn prepare_dir(cfg: &LabConfig) -> Result<String, LabError> {
         .and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()))
         .map_err(LabError::io(&path))?;
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No root needed: the split is checked before anything is built or started.
+    #[test]
+    fn up_refuses_a_second_cluster_without_a_first() {
+        for (nodes, second) in [(3, 3), (3, 4), (1, 1)] {
+            let mut cfg = LabConfig::new(nodes);
+            cfg.bin_dir = "/nonexistent".into();
+            cfg.second_cluster = second;
+            let err = Lab::up(cfg)
+                .err()
+                .expect("no node left to the first cluster");
+            assert!(
+                matches!(err, LabError::SecondCluster { second_cluster, nodes: n }
+                    if second_cluster == second && n == nodes),
+                "{err}"
+            );
+            assert!(err.to_string().contains("must be less than nodes"), "{err}");
+        }
+        // A valid split gets past the check (and stops at the missing binaries).
+        let mut cfg = LabConfig::new(3);
+        cfg.bin_dir = "/nonexistent".into();
+        cfg.second_cluster = 2;
+        let err = Lab::up(cfg).err().expect("no binaries");
+        assert!(matches!(err, LabError::MissingBinary { .. }), "{err}");
+    }
 }

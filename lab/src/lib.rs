@@ -5,6 +5,8 @@
 //!   plan](crate::plan)) and removes them on drop. It needs root and nothing else.
 //! - [`Lab`] adds the processes: `meshdoctor-controller` in `mdlab-ctl` and one
 //!   `meshdoctor-agent` per node, with a lab directory for tasks, data, logs and the token.
+//!   With [`LabConfig::second_cluster`] the last nodes form a second cluster with its own
+//!   controller (`controller-2` on [`plan::SECOND_CONTROLLER_PORT`]), for cross-cluster checks.
 //!
 //! Both inject [`Fault`]s: random loss of the probes' echo packets on one node, interface,
 //! family and direction, on the link (in the switch) or in the node's stack, made with nftables

@@ -18,6 +18,11 @@ pub const CONTROLLER_HOST: u8 = 254;
 pub const CONTROLLER_PORT: u16 = 7070;
 /// How agents reach the controller.
 pub const CONTROLLER_URL: &str = "http://192.0.2.254:7070";
+/// Port of the second cluster's controller (`LabConfig::second_cluster`), which runs next to the
+/// first one in [`CONTROLLER_NS`].
+pub const SECOND_CONTROLLER_PORT: u16 = 7071;
+/// How the second cluster's agents reach their controller.
+pub const SECOND_CONTROLLER_URL: &str = "http://192.0.2.254:7071";
 /// Where each agent serves its API and `/metrics`, inside its node.
 pub const AGENT_PORT: u16 = 9090;
 /// Node `i` has host number `i` on every network, below the controller's.
@@ -104,6 +109,45 @@ pub fn node_addr(i: usize, iface: &LabInterface, family: Family) -> IpAddr {
     iface.addr(node_host(i), family)
 }
 
+/// One of the lab's two clusters. Both share the lab network (every node reaches every other),
+/// each has its own controller in [`CONTROLLER_NS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cluster {
+    /// The controller on [`CONTROLLER_PORT`]; every node when there is no second cluster.
+    First,
+    /// The controller on [`SECOND_CONTROLLER_PORT`]: the last `second_cluster` nodes.
+    Second,
+}
+
+impl Cluster {
+    /// Port the cluster's controller listens on.
+    pub fn controller_port(self) -> u16 {
+        match self {
+            Cluster::First => CONTROLLER_PORT,
+            Cluster::Second => SECOND_CONTROLLER_PORT,
+        }
+    }
+
+    /// How the cluster's agents reach their controller.
+    pub fn controller_url(self) -> &'static str {
+        match self {
+            Cluster::First => CONTROLLER_URL,
+            Cluster::Second => SECOND_CONTROLLER_URL,
+        }
+    }
+}
+
+/// The cluster of node `i` (1-based) in a lab of `nodes` nodes whose last `second_cluster` form
+/// the second cluster.
+pub fn cluster_of(i: usize, nodes: usize, second_cluster: usize) -> Cluster {
+    debug_assert!((1..=nodes).contains(&i) && second_cluster < nodes);
+    if i > nodes - second_cluster {
+        Cluster::Second
+    } else {
+        Cluster::First
+    }
+}
+
 /// Name of the switch-side veth of `iface` for the namespace called `owner` (e.g. `n3-net1`);
 /// at most 15 bytes for every node number the plan allows.
 pub(crate) fn switch_port(owner: &str, iface: &LabInterface) -> String {
@@ -135,6 +179,29 @@ mod tests {
             CONTROLLER_URL,
             format!("http://{}:{CONTROLLER_PORT}", ETH0.ipv4(CONTROLLER_HOST))
         );
+        assert_eq!(
+            SECOND_CONTROLLER_URL,
+            format!(
+                "http://{}:{SECOND_CONTROLLER_PORT}",
+                ETH0.ipv4(CONTROLLER_HOST)
+            )
+        );
+    }
+
+    #[test]
+    fn the_last_nodes_form_the_second_cluster() {
+        let clusters = |nodes, second| -> Vec<Cluster> {
+            (1..=nodes).map(|i| cluster_of(i, nodes, second)).collect()
+        };
+        use Cluster::{First, Second};
+        assert_eq!(clusters(3, 0), [First, First, First]);
+        assert_eq!(clusters(3, 1), [First, First, Second]);
+        assert_eq!(clusters(4, 2), [First, First, Second, Second]);
+        assert_eq!(clusters(2, 1), [First, Second]);
+        assert_eq!(First.controller_url(), CONTROLLER_URL);
+        assert_eq!(Second.controller_url(), SECOND_CONTROLLER_URL);
+        assert_eq!(First.controller_port(), CONTROLLER_PORT);
+        assert_eq!(Second.controller_port(), SECOND_CONTROLLER_PORT);
     }
 
     #[test]
