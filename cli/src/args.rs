@@ -11,16 +11,10 @@ pub const DEFAULT_STATE: &str = "meshdoctor-resume.json";
 #[derive(Debug, Parser)]
 #[command(name = "meshdoctor", version, about)]
 pub struct Args {
-    /// Controller base URL.
-    #[arg(
-        long,
-        env = "MESHDOCTOR_CONTROLLER",
-        default_value = "http://127.0.0.1:7070",
-        global = true
-    )]
-    pub controller: String,
-    /// File holding the API token the write endpoints need (MESHDOCTOR_TOKEN gives the value
-    /// itself).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// File holding the API token the standalone controller's write endpoints need
+    /// (MESHDOCTOR_TOKEN gives the value itself).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// Output format: tables for humans, JSON or YAML for scripts.
@@ -29,6 +23,116 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Where the controller is: its URL, or a kubeconfig whose API server proxies to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub controller: String,
+    /// Set for Kubernetes: `None` is KUBECONFIG or ~/.kube/config.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Kubernetes even without `kubeconfig` or `context`.
+    pub kube: bool,
+    /// Namespace and name of the controller Service.
+    pub namespace: String,
+    pub service: String,
+}
+
+impl Target {
+    /// Whether the controller is reached through the Kubernetes API server.
+    pub fn kubernetes(&self) -> bool {
+        self.kube || self.kubeconfig.is_some() || self.context.is_some()
+    }
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+pub struct TargetArgs {
+    /// Controller base URL: the standalone controller, or a port-forward.
+    #[arg(
+        long,
+        env = "MESHDOCTOR_CONTROLLER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub controller: String,
+    /// Reach the controller through this kubeconfig's API server (the Service proxy);
+    /// check's tasks are then NetReach objects.
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (implies Kubernetes).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Kubernetes, with the kubeconfig of KUBECONFIG or ~/.kube/config.
+    #[arg(long, global = true)]
+    pub kube: bool,
+    /// Namespace of the controller Service in Kubernetes.
+    #[arg(long, default_value = DEFAULT_NAMESPACE, global = true)]
+    pub namespace: String,
+    /// Name of the controller Service in Kubernetes.
+    #[arg(long, default_value = DEFAULT_SERVICE, global = true)]
+    pub controller_service: String,
+}
+
+impl TargetArgs {
+    pub fn target(&self) -> Target {
+        Target {
+            controller: self.controller.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            kube: self.kube,
+            namespace: self.namespace.clone(),
+            service: self.controller_service.clone(),
+        }
+    }
+}
+
+/// The destination cluster of a cross-cluster check: its controller lists the agents the
+/// source cluster's agents probe.
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct DstArgs {
+    /// The destination cluster's controller URL: probe its agents from this cluster's.
+    #[arg(long, conflicts_with_all = ["dst_kubeconfig", "dst_context"])]
+    pub dst_controller: Option<String>,
+    /// The destination cluster's kubeconfig (NetDoctor's dstKubeConfig): probe its agents
+    /// from this cluster's; their networks must be routable from here.
+    #[arg(long)]
+    pub dst_kubeconfig: Option<PathBuf>,
+    /// The destination kubeconfig's context.
+    #[arg(long)]
+    pub dst_context: Option<String>,
+    /// Namespace of the destination controller Service.
+    #[arg(long, default_value = DEFAULT_NAMESPACE)]
+    pub dst_namespace: String,
+    /// Name of the destination controller Service.
+    #[arg(long, default_value = DEFAULT_SERVICE)]
+    pub dst_controller_service: String,
+    /// Prefix of the destination nodes in reports: `dst/node-3`.
+    #[arg(long, default_value = "dst")]
+    pub dst_name: String,
+}
+
+impl DstArgs {
+    /// The destination controller, if a cross-cluster check was asked for.
+    pub fn target(&self) -> Option<Target> {
+        let kube = self.dst_kubeconfig.is_some() || self.dst_context.is_some();
+        if self.dst_controller.is_none() && !kube {
+            return None;
+        }
+        Some(Target {
+            controller: self.dst_controller.clone().unwrap_or_default(),
+            kubeconfig: self.dst_kubeconfig.clone(),
+            context: self.dst_context.clone(),
+            kube,
+            namespace: self.dst_namespace.clone(),
+            service: self.dst_controller_service.clone(),
+        })
+    }
+}
+
+/// The namespace of deploy/.
+pub const DEFAULT_NAMESPACE: &str = "meshdoctor";
+/// The controller Service of deploy/.
+pub const DEFAULT_SERVICE: &str = "meshdoctor-controller";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -56,7 +160,8 @@ pub enum Command {
     Tasks,
     /// The registered agents and their interfaces.
     Agents,
-    /// Deletes every `meshdoctor-check-*` task on the controller and the state file.
+    /// Deletes the `meshdoctor-check-*` tasks check left on the controller (in Kubernetes:
+    /// the NetReach objects it created) and the state file.
     Clean(StateArgs),
     /// Prints a shell completion script.
     Completions {
@@ -110,6 +215,8 @@ pub struct CheckArgs {
     /// The round fails when fewer probes than this ratio (0..=1) come back.
     #[arg(long)]
     pub success_rate: Option<f64>,
+    #[command(flatten)]
+    pub dst: DstArgs,
     #[command(flatten)]
     pub state: StateArgs,
 }

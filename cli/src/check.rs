@@ -7,8 +7,8 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use meshdoctor_api::{RoundReport, Task};
-use reqwest::StatusCode;
+use http::StatusCode;
+use meshdoctor_api::{AgentRegistration, RoundReport, Task};
 use serde_json::{Value, json};
 
 use crate::{
@@ -73,6 +73,43 @@ pub fn task_document(args: &CheckArgs) -> anyhow::Result<Value> {
     };
     one_round(&mut doc)?;
     Ok(doc)
+}
+
+/// Makes `doc` a cross-cluster check: the destination controller's `agents` (its GET
+/// /v1/agents) become `spec.target.remoteAgents`, named `{dst_name}/{node}`. A check from
+/// flags then probes them alone (NetDoctor's dstKubeConfig); a task file keeps its own
+/// `endpoint`. The result is validated as the controller will.
+pub fn add_remote_agents(
+    doc: &mut Value,
+    agents: &Value,
+    dst_name: &str,
+    from_file: bool,
+) -> anyhow::Result<()> {
+    let agents: Vec<AgentRegistration> = serde_json::from_value(agents.clone())
+        .context("the destination controller's /v1/agents is not a list of agents")?;
+    if agents.is_empty() {
+        bail!("the destination controller has no agents registered: nothing to probe");
+    }
+    let remote: Vec<Value> = agents
+        .iter()
+        .map(|a| {
+            let mut agent = json!({
+                "node": format!("{dst_name}/{}", a.node),
+                "interfaces": a.interfaces,
+            });
+            if let Some(port) = a.probe_port {
+                agent["probePort"] = json!(port);
+            }
+            agent
+        })
+        .collect();
+    let target = &mut doc["spec"]["target"];
+    target["remoteAgents"] = Value::Array(remote);
+    if !from_file {
+        target["endpoint"] = json!(false);
+    }
+    Task::from_yaml("the cross-cluster check", &doc.to_string()).map_err(|e| anyhow!("{e}"))?;
+    Ok(())
 }
 
 /// Replaces the schedule with one round starting now, with a deadline long enough for the

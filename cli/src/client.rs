@@ -1,20 +1,47 @@
-//! The controller's HTTP API: GETs, and the token-guarded task writes. Every error names the
-//! controller and, for an HTTP error, carries the controller's own `{"error"}` message.
+//! The controller, reached one of two ways: its HTTP API directly (the standalone controller,
+//! or a port-forward), or through a kubeconfig's API server. In Kubernetes the reads go
+//! through the API server's proxy to the controller Service (the leader is the only Ready
+//! replica behind it) and `check`'s tasks are NetReach objects, which is all the RBAC a user
+//! needs (deploy/base/cli-rbac.yaml). Every error names where it was sent and carries the
+//! controller's or the API server's own message.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow};
-use reqwest::{Method, StatusCode};
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::Value;
+
+use crate::args::Target;
+
+/// Label on every task `check` creates in Kubernetes: `clean` finds them by it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshdoctor-cli");
 
 /// One controller.
 pub struct Client {
-    base: String,
-    token: Option<String>,
-    http: reqwest::Client,
+    transport: Transport,
 }
 
-/// A response the controller refused; `status` lets callers treat a 404 as "not yet".
+enum Transport {
+    Http {
+        base: String,
+        token: Option<String>,
+        http: reqwest::Client,
+    },
+    Kube {
+        client: kube::Client,
+        /// The API server's URL and the context, for messages.
+        server: String,
+        /// `/api/v1/namespaces/{ns}/services/{service}/proxy`.
+        proxy: String,
+        /// `/apis/meshdoctor.io/v1beta1/netreaches`.
+        netreaches: String,
+    },
+}
+
+/// A response the controller or the API server refused; `status` lets callers treat a 404
+/// as "not yet".
 #[derive(Debug)]
 pub struct HttpError {
     pub status: StatusCode,
@@ -30,8 +57,13 @@ impl std::fmt::Display for HttpError {
 impl std::error::Error for HttpError {}
 
 impl Client {
-    /// `token_file` wins over `MESHDOCTOR_TOKEN`; neither is needed for reads.
-    pub fn new(base: &str, token_file: Option<&Path>) -> anyhow::Result<Self> {
+    /// The controller `target` names. In Kubernetes, `token_file` is not used (the API
+    /// server authenticates); over HTTP it wins over `MESHDOCTOR_TOKEN`, and neither is needed
+    /// for reads.
+    pub async fn connect(target: &Target, token_file: Option<&Path>) -> anyhow::Result<Self> {
+        if target.kubernetes() {
+            return Self::kube(target).await;
+        }
         let token = match token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -44,93 +76,256 @@ impl Client {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty()),
         };
+        Ok(Self::http(&target.controller, token))
+    }
+
+    /// The controller's HTTP API at `base`.
+    pub fn http(base: &str, token: Option<String>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
-            .context("building the HTTP client")?;
-        Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            http,
+            .unwrap_or_default();
+        Self {
+            transport: Transport::Http {
+                base: base.trim_end_matches('/').to_string(),
+                token,
+                http,
+            },
+        }
+    }
+
+    /// The controller behind the API server of `target`'s kubeconfig and context.
+    async fn kube(target: &Target) -> anyhow::Result<Self> {
+        let options = KubeConfigOptions {
+            context: target.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let config = match &target.kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path)
+                    .map_err(|e| anyhow!("--kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| anyhow!("--kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| anyhow!("the kubeconfig (KUBECONFIG or ~/.kube/config): {e}"))?,
+        };
+        let mut server = config.cluster_url.to_string();
+        if let Some(context) = &target.context {
+            server = format!("{server} (context {context})");
+        }
+        let client = kube::Client::try_from(config)
+            .map_err(|e| anyhow!("a client for the API server at {server}: {e}"))?;
+        Ok(Self::with_kube_client(client, server, target))
+    }
+
+    /// The controller behind `client`'s API server: the Service and namespace of `target`.
+    pub fn with_kube_client(client: kube::Client, server: String, target: &Target) -> Self {
+        let proxy = format!(
+            "/api/v1/namespaces/{}/services/{}/proxy",
+            target.namespace, target.service
+        );
+        let netreaches = format!("/apis/{}/netreaches", meshdoctor_api::task::API_VERSION);
+        Self {
+            transport: Transport::Kube {
+                client,
+                server,
+                proxy,
+                netreaches,
+            },
+        }
+    }
+
+    /// Where requests go, for messages: the URL, or the Service through the API server.
+    pub fn describe(&self) -> String {
+        match &self.transport {
+            Transport::Http { base, .. } => base.clone(),
+            Transport::Kube { server, proxy, .. } => format!("{server}{proxy}"),
+        }
+    }
+
+    /// GETs `path` of the controller's API and parses the JSON answer.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = match &self.transport {
+            Transport::Http { .. } => path.to_string(),
+            Transport::Kube { proxy, .. } => format!("{proxy}{path}"),
+        };
+        let (_, text) = self.send(Method::GET, &url, None).await?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}{path}: the controller's answer is not JSON",
+                self.describe()
+            )
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
+    /// Creates or replaces the task `name` from a NetReach document (its metadata name is
+    /// `name`): a PUT on the standalone controller, a NetReach object (labelled
+    /// [`MANAGED_BY`]) in Kubernetes.
+    pub async fn put_task(&self, name: &str, task: &Value) -> anyhow::Result<()> {
+        match &self.transport {
+            Transport::Http { .. } => {
+                self.send(Method::PUT, &format!("/v1/tasks/{name}"), Some(task))
+                    .await?;
+            }
+            Transport::Kube { netreaches, .. } => {
+                let mut object = task.clone();
+                object["metadata"]["labels"][MANAGED_BY.0] = MANAGED_BY.1.into();
+                self.send(Method::POST, netreaches, Some(&object)).await?;
+            }
+        }
+        Ok(())
     }
 
-    /// Sends one request; `Ok((status, body))` for a 2xx answer.
+    /// Deletes a task; `Ok(false)` when there was no such task.
+    pub async fn delete_task(&self, name: &str) -> anyhow::Result<bool> {
+        let path = match &self.transport {
+            Transport::Http { .. } => format!("/v1/tasks/{name}"),
+            Transport::Kube { netreaches, .. } => format!("{netreaches}/{name}"),
+        };
+        match self.send(Method::DELETE, &path, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(StatusCode::NOT_FOUND) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Names of the tasks `check` created (named with `prefix`; in Kubernetes also labelled
+    /// [`MANAGED_BY`], so that nobody else's NetReach is touched).
+    pub async fn check_tasks(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let (list, items) = match &self.transport {
+            Transport::Http { .. } => (self.get("/v1/tasks").await?, None),
+            Transport::Kube { netreaches, .. } => {
+                let path = format!(
+                    "{netreaches}?labelSelector={}%3D{}",
+                    MANAGED_BY.0, MANAGED_BY.1
+                );
+                let (_, text) = self.send(Method::GET, &path, None).await?;
+                let list: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{path}: the API server's answer is not JSON"))?;
+                (list, Some("items"))
+            }
+        };
+        let (array, name) = match items {
+            Some(key) => (&list[key], "/metadata/name"),
+            None => (&list, "/name"),
+        };
+        Ok(array
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.pointer(name).and_then(Value::as_str))
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Sends one request; `Ok((status, body))` for a 2xx answer, an [`HttpError`] carrying
+    /// the answer's own message otherwise.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(StatusCode, String)> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method.clone(), &url);
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the controller at {}: {} (is it running? --controller / \
-                 MESHDOCTOR_CONTROLLER)",
-                self.base,
-                cause(&e)
-            )
-        })?;
-        let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .with_context(|| format!("reading the answer to {method} {url}"))?;
+        let where_ = format!("{method} {}{path}", self.base_url());
+        let (status, text) = match &self.transport {
+            Transport::Http { base, token, http } => {
+                let url = format!("{base}{path}");
+                let mut req = http.request(method.clone(), &url);
+                if let Some(token) = token {
+                    req = req.bearer_auth(token);
+                }
+                if let Some(body) = body {
+                    req = req.json(body);
+                }
+                let resp = req.send().await.map_err(|e| {
+                    anyhow!(
+                        "cannot reach the controller at {base}: {} (is it running? \
+                         --controller / MESHDOCTOR_CONTROLLER)",
+                        cause(&e)
+                    )
+                })?;
+                let status = resp.status();
+                let text = resp
+                    .text()
+                    .await
+                    .with_context(|| format!("reading the answer to {where_}"))?;
+                (status, text)
+            }
+            Transport::Kube { client, server, .. } => {
+                let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(path)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(kube::client::Body::from(bytes))
+                    .context("building the request")?;
+                let resp = tokio::time::timeout(Duration::from_secs(30), client.send(req))
+                    .await
+                    .map_err(|_| anyhow!("{where_}: the API server did not answer in 30s"))?
+                    .map_err(|e| {
+                        anyhow!("cannot reach the Kubernetes API server at {server}: {e}")
+                    })?;
+                let status = resp.status();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .with_context(|| format!("reading the answer to {where_}"))?
+                    .to_bytes();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
         if !status.is_success() {
-            let said = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_else(|| text.trim().to_string());
-            let hint = if status == StatusCode::UNAUTHORIZED {
-                " (give the API token: --token-file or MESHDOCTOR_TOKEN)"
-            } else {
-                ""
-            };
             return Err(HttpError {
                 status,
-                message: format!("{method} {url}: HTTP {status}: {said}{hint}"),
+                message: format!(
+                    "{where_}: HTTP {status}: {}{}",
+                    said(&text),
+                    self.hint(status)
+                ),
             }
             .into());
         }
         Ok((status, text))
     }
 
-    /// GETs `path` and parses the JSON answer.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let (_, text) = self.send(Method::GET, path, None).await?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}{path}: the controller's answer is not JSON", self.base))
-    }
-
-    /// PUTs a task document; the answer is the task view.
-    pub async fn put_task(&self, name: &str, task: &Value) -> anyhow::Result<Value> {
-        let path = format!("/v1/tasks/{name}");
-        let (_, text) = self.send(Method::PUT, &path, Some(task)).await?;
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Deletes a task; `Ok(false)` when there was no such task.
-    pub async fn delete_task(&self, name: &str) -> anyhow::Result<bool> {
-        match self
-            .send(Method::DELETE, &format!("/v1/tasks/{name}"), None)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if status_of(&e) == Some(StatusCode::NOT_FOUND) => Ok(false),
-            Err(e) => Err(e),
+    /// The URL prefix of the request paths, for messages.
+    fn base_url(&self) -> &str {
+        match &self.transport {
+            Transport::Http { base, .. } => base,
+            Transport::Kube { server, .. } => server,
         }
     }
+
+    /// What to do about a refusal, where there is a likely fix.
+    fn hint(&self, status: StatusCode) -> &'static str {
+        match (&self.transport, status) {
+            (Transport::Http { .. }, StatusCode::UNAUTHORIZED) => {
+                " (give the API token: --token-file or MESHDOCTOR_TOKEN)"
+            }
+            (Transport::Kube { .. }, StatusCode::FORBIDDEN) => {
+                " (bind your user to the ClusterRole meshdoctor-cli: deploy/base/cli-rbac.yaml)"
+            }
+            (Transport::Kube { .. }, StatusCode::SERVICE_UNAVAILABLE) => {
+                " (is the controller running and Ready? --namespace / --controller-service)"
+            }
+            _ => "",
+        }
+    }
+}
+
+/// The message of an error answer: the controller's `{"error"}`, the API server's Status
+/// `message`, else the body itself.
+fn said(text: &str) -> String {
+    let json = serde_json::from_str::<Value>(text).ok();
+    json.as_ref()
+        .and_then(|v| v.get("error").or_else(|| v.get("message")))
+        .and_then(Value::as_str)
+        .map_or_else(|| text.trim().to_string(), str::to_string)
 }
 
 /// The HTTP status of a refused request, if that is what `e` is.

@@ -21,7 +21,7 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
         clap_complete::generate(*shell, &mut cmd, "meshdoctor", &mut std::io::stdout());
         return Ok(false);
     }
-    let client = Client::new(&args.controller, args.token_file.as_deref())?;
+    let client = Client::connect(&args.target.target(), args.token_file.as_deref()).await?;
     let out = args.output;
     match &args.command {
         Command::Check(check) => run_check(&client, out, check).await,
@@ -35,7 +35,15 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
 }
 
 async fn run_check(client: &Client, out: Output, args: &CheckArgs) -> anyhow::Result<bool> {
-    let doc = check::task_document(args)?;
+    let mut doc = check::task_document(args)?;
+    if let Some(dst) = args.dst.target() {
+        let dst_client = Client::connect(&dst, None).await?;
+        let agents = dst_client
+            .get("/v1/agents")
+            .await
+            .context("listing the destination cluster's agents")?;
+        check::add_remote_agents(&mut doc, &agents, &args.dst.dst_name, args.file.is_some())?;
+    }
     let result = check::run(client, &doc, None, &args.state).await?;
     print_check(out, &result)
 }
@@ -94,21 +102,14 @@ async fn list(
 
 /// Deletes the tasks `check` left behind (`--keep`, or an interrupted run) and the state file.
 async fn clean(client: &Client, state: &Path) -> anyhow::Result<bool> {
-    let tasks = client.get("/v1/tasks").await?;
-    let names: Vec<&str> = tasks
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["name"].as_str())
-        .filter(|n| n.starts_with(TASK_PREFIX))
-        .collect();
+    let names = client.check_tasks(TASK_PREFIX).await?;
     for name in &names {
         if client.delete_task(name).await? {
             println!("deleted task {name}");
         }
     }
     if names.is_empty() {
-        println!("no {TASK_PREFIX}* task on {}", client.base());
+        println!("no {TASK_PREFIX}* task on {}", client.describe());
     }
     match std::fs::remove_file(state) {
         Ok(()) => println!("removed {}", state.display()),
