@@ -150,7 +150,27 @@ impl FakeApiServer {
         self.state.lock().unwrap()
     }
 
-    async fn handle(&self, req: http::Request<kube::client::Body>) -> http::Response<FakeBody> {
+    /// Serves the fake over HTTP on a free port of 127.0.0.1 for as long as the runtime runs,
+    /// for a program under test that reads a kubeconfig (`server: http://{addr}`).
+    pub async fn serve(&self) -> std::net::SocketAddr {
+        let fake = self.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let fake = fake.clone();
+            async move { fake.handle(req).await.map(axum::body::Body::new) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1:0");
+        let addr = listener.local_addr().expect("a bound address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    async fn handle<B>(&self, req: http::Request<B>) -> http::Response<FakeBody>
+    where
+        B: http_body::Body,
+        B::Error: std::fmt::Debug,
+    {
         use http_body_util::BodyExt as _;
         let method = req.method().as_str().to_string();
         let uri = req.uri().to_string();
