@@ -27,6 +27,9 @@ pub struct AgentRegistration {
 
 /// One interface an agent can probe from and answer on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Also NetReach's `spec.target.remoteAgents[].interfaces` (another cluster's registrations,
+// copied into the task), hence a schema in the CRD.
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InterfaceInfo {
     /// Name inside the agent's network namespace (`eth0`, `net1`).
@@ -34,8 +37,10 @@ pub struct InterfaceInfo {
     /// Network the interface belongs to (the multus network name; the interface name if unknown).
     /// Full meshes pair interfaces of the same network.
     pub network: String,
+    /// Its IPv4 address, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<Ipv4Addr>,
+    /// Its IPv6 address, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<Ipv6Addr>,
 }

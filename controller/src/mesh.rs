@@ -5,6 +5,10 @@
 //! pair-path gets a round-unique 16-bit index that agents put in their probe ids, which is how
 //! both ends' reports are joined later.
 //!
+//! The agents of another cluster in `spec.target.remoteAgents` are peers like the local ones,
+//! probed from every local agent by the same rules, but they take no part in the round: their
+//! targets are `external` (no destination report is expected) and they get no plan.
+//!
 //! A task's `spec.pairPaths` narrows the round to the mesh's pair-paths it matches (and drops
 //! the listed addresses and Service targets): the re-probe of what failed.
 
@@ -13,7 +17,7 @@ use std::collections::BTreeMap;
 use meshdoctor_api::{
     AgentRegistration, Family, IncomingPath, InterfaceInfo, NetReach, PlannedTarget, Protocol,
     RoundPlan,
-    task::{ListedAddress, NetReachTarget, PRIMARY_INTERFACE},
+    task::{ListedAddress, NetReachTarget, PRIMARY_INTERFACE, RemoteAgent},
 };
 
 /// Most pair-paths one round can carry: path indexes are 16 bits of the probe id.
@@ -23,9 +27,25 @@ pub const MAX_PATHS: usize = 1 << 16;
 pub enum MeshError {
     #[error(
         "the full mesh has {paths} pair-paths but a round carries at most {MAX_PATHS} \
-         (16-bit path index); narrow spec.target.interfaces or the families"
+         (16-bit path index); narrow spec.target.interfaces, the families or \
+         spec.target.remoteAgents"
     )]
     TooManyPaths { paths: usize },
+    /// Reports could not tell the two apart (the task cannot know the roster when loaded).
+    #[error(
+        "spec.target.remoteAgents names {node:?}, which is also a registered agent of this \
+         cluster: prefix remote agents with their cluster's name"
+    )]
+    RemoteIsLocal { node: String },
+}
+
+/// An agent a local agent probes: another agent of the roster, or one of
+/// `spec.target.remoteAgents` (`external`: it has no plan and sends no report).
+struct Peer<'a> {
+    node: &'a str,
+    interfaces: &'a [InterfaceInfo],
+    probe_port: Option<u16>,
+    external: bool,
 }
 
 /// What all plans of one round share besides the task spec.
@@ -41,6 +61,7 @@ pub struct RoundMeta<'a> {
 /// Plans of one round by node; `service_targets` are probed like listed addresses. Every
 /// agent of the roster gets one, also without targets (none of its pair-paths selected by
 /// `spec.pairPaths`): the plan arms its observers so that it records the probes it answers.
+/// Remote agents get none.
 pub fn build_plans(
     task: &NetReach,
     roster: &[AgentRegistration],
@@ -51,6 +72,28 @@ pub fn build_plans(
     // Sorted and de-duplicated by node, so path indexes are stable for a given roster.
     let agents: BTreeMap<&str, &AgentRegistration> =
         roster.iter().map(|a| (a.node.as_str(), a)).collect();
+    let remotes: BTreeMap<&str, &RemoteAgent> = target
+        .remotes()
+        .iter()
+        .map(|r| (r.node.as_str(), r))
+        .collect();
+    if let Some(&node) = remotes.keys().find(|n| agents.contains_key(*n)) {
+        return Err(MeshError::RemoteIsLocal { node: node.into() });
+    }
+    // The local mesh (with endpoint), then the remote agents.
+    let local_peers = agents.values().filter(|_| target.endpoint).map(|a| Peer {
+        node: &a.node,
+        interfaces: &a.interfaces,
+        probe_port: a.probe_port,
+        external: false,
+    });
+    let remote_peers = remotes.values().map(|r| Peer {
+        node: &r.node,
+        interfaces: &r.interfaces,
+        probe_port: r.probe_port,
+        external: true,
+    });
+    let peers: Vec<Peer<'_>> = local_peers.chain(remote_peers).collect();
     let families = families(target);
 
     let protocol = task.spec.request.protocol;
@@ -70,12 +113,9 @@ pub fn build_plans(
     };
     for (&src, src_agent) in &agents {
         let targets = per_src.entry(src).or_default();
-        let peers = agents
-            .iter()
-            .filter(|&(&dst, _)| target.endpoint && dst != src);
-        for (&dst, dst_agent) in peers {
+        for dst in peers.iter().filter(|p| p.node != src) {
             for si in src_agent.interfaces.iter().filter(|i| selected(target, i)) {
-                for di in dst_agent.interfaces.iter().filter(|i| selected(target, i)) {
+                for di in dst.interfaces.iter().filter(|i| selected(target, i)) {
                     if si.network != di.network {
                         continue;
                     }
@@ -84,18 +124,18 @@ pub fn build_plans(
                         else {
                             continue;
                         };
-                        if !task.selects_pair_path(src, dst, &si.network, family) {
+                        if !task.selects_pair_path(src, dst.node, &si.network, family) {
                             continue;
                         }
                         let dst_port = match protocol {
                             Protocol::Icmp => None,
-                            _ => dst_agent.probe_port,
+                            _ => dst.probe_port,
                         };
                         push(
                             targets,
                             PlannedTarget {
                                 path: 0,
-                                dst_node: dst.to_string(),
+                                dst_node: dst.node.to_string(),
                                 src_interface: si.name.clone(),
                                 dst_interface: di.name.clone(),
                                 network: si.network.clone(),
@@ -103,7 +143,7 @@ pub fn build_plans(
                                 src_addr,
                                 dst_addr,
                                 dst_port,
-                                external: false,
+                                external: dst.external,
                             },
                         );
                     }
@@ -252,6 +292,14 @@ pub(crate) mod tests {
         plans.values().flat_map(|p| &p.targets).collect()
     }
 
+    /// A plan's pair-paths as `spec.pairPaths` selects them: (dstNode, network, family).
+    fn pair_paths_of(plan: &RoundPlan) -> Vec<(&str, &str, Family)> {
+        plan.targets
+            .iter()
+            .map(|t| (t.dst_node.as_str(), t.network.as_str(), t.family))
+            .collect()
+    }
+
     #[test]
     fn full_mesh_dual_stack_two_networks() {
         let roster: Vec<_> = (1..=4).map(mk_agent).collect();
@@ -391,13 +439,7 @@ pub(crate) mod tests {
             ..task
         };
         let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
-        let of = |node: &str| -> Vec<(&str, &str, Family)> {
-            plans[node]
-                .targets
-                .iter()
-                .map(|t| (t.dst_node.as_str(), t.network.as_str(), t.family))
-                .collect()
-        };
+        let of = |node: &str| pair_paths_of(&plans[node]);
         use Family::{Ipv4, Ipv6};
         // Both networks and families of node-1 -> node-2; no listed address.
         assert_eq!(
@@ -446,8 +488,186 @@ pub(crate) mod tests {
         let mut other = agent.clone();
         other.node = "node-2".into();
         // 2 ordered pairs x 200 x 200 interface pairs.
-        let err = build_plans(&mk_task(""), &[agent, other], &[], mk_meta()).unwrap_err();
+        let roster = [agent, other];
+        let err = build_plans(&mk_task(""), &roster, &[], mk_meta()).unwrap_err();
         assert_eq!(err, MeshError::TooManyPaths { paths: 80_000 });
         assert!(err.to_string().contains("80000 pair-paths"));
+        // Remote pair-paths count too: 2 local agents x 200 x 200 toward one remote agent.
+        let mut task = mk_task("");
+        task.spec.target.endpoint = false;
+        task.spec.target.remote_agents = Some(vec![RemoteAgent {
+            node: "dst/node-1".into(),
+            interfaces: roster[0].interfaces.clone(),
+            probe_port: None,
+        }]);
+        let err = build_plans(&task, &roster, &[], mk_meta()).unwrap_err();
+        assert_eq!(err, MeshError::TooManyPaths { paths: 80_000 });
+    }
+
+    /// Remote agent `dst/node-{n}`: `eth0` on network `pod` (dual-stack), `net2` on `sec`
+    /// (IPv4 only), and `net9` on `storage`, a network no local agent has; responders on 7080.
+    fn mk_remote(n: u8) -> RemoteAgent {
+        let iface = |name: &str, network: &str, net: u8, v6: bool| InterfaceInfo {
+            name: name.into(),
+            network: network.into(),
+            ipv4: Some([10, net, 0, n].into()),
+            ipv6: v6.then(|| format!("fd00:{net}::{n}").parse().unwrap()),
+        };
+        RemoteAgent {
+            node: format!("dst/node-{n}"),
+            interfaces: vec![
+                iface("eth0", "pod", 1, true),
+                iface("net2", "sec", 2, false),
+                iface("net9", "storage", 3, true),
+            ],
+            probe_port: Some(7080),
+        }
+    }
+
+    /// What a plan's targets toward remote agents are: (dst, src if, dst if, network, family).
+    fn remote_paths(plan: &RoundPlan) -> Vec<(&str, &str, &str, &str, Family)> {
+        plan.targets
+            .iter()
+            .filter(|t| t.dst_node.starts_with("dst/"))
+            .map(|t| {
+                assert!(t.external, "{t:?}");
+                let (src, dst) = (t.src_interface.as_str(), t.dst_interface.as_str());
+                (t.dst_node.as_str(), src, dst, t.network.as_str(), t.family)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn remote_agents_are_probed_from_every_local_agent_as_external_targets() {
+        use Family::{Ipv4, Ipv6};
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        let mut task = mk_task("");
+        task.spec.target.remote_agents = Some(vec![mk_remote(9)]);
+        task.spec.request.protocol = Protocol::Tcp;
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        // Remote agents get no plan.
+        assert_eq!(
+            plans.keys().collect::<Vec<_>>(),
+            ["node-1", "node-2", "node-3"]
+        );
+        let targets = all_targets(&plans);
+        // The 24-path local mesh, then from each agent eth0 -> eth0 in both families and
+        // net1 -> net2 in IPv4 (the remote's only address there); nothing over storage.
+        assert_eq!(targets.len(), 24 + 3 * 3);
+        for plan in plans.values() {
+            assert_eq!(
+                remote_paths(plan),
+                [
+                    ("dst/node-9", "eth0", "eth0", "pod", Ipv4),
+                    ("dst/node-9", "eth0", "eth0", "pod", Ipv6),
+                    ("dst/node-9", "net1", "net2", "sec", Ipv4),
+                ]
+            );
+        }
+        let remote: Vec<&&PlannedTarget> = targets.iter().filter(|t| t.external).collect();
+        assert_eq!(remote.len(), 9);
+        for t in &remote {
+            assert_eq!(t.dst_port, Some(7080));
+            let di = mk_remote(9)
+                .interfaces
+                .into_iter()
+                .find(|i| i.name == t.dst_interface);
+            assert_eq!(di.and_then(|i| i.addr(t.family)), Some(t.dst_addr));
+        }
+        // No destination report is expected: no incoming path toward a remote agent.
+        let incoming: usize = plans.values().map(|p| p.incoming.len()).sum();
+        assert_eq!(incoming, 24);
+        let indexes: HashSet<u16> = targets.iter().map(|t| t.path).collect();
+        assert_eq!(indexes.len(), 33);
+
+        // Over icmp, no port; narrowed by spec.target.interfaces on both ends.
+        task.spec.request.protocol = Protocol::Icmp;
+        task.spec.target.interfaces = Some(vec!["sec".into()]);
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        for plan in plans.values() {
+            assert_eq!(
+                remote_paths(plan),
+                [("dst/node-9", "net1", "net2", "sec", Ipv4)]
+            );
+            assert!(plan.targets.iter().all(|t| t.dst_port.is_none()));
+        }
+    }
+
+    #[test]
+    fn without_the_mesh_only_remote_agents_are_probed_in_a_stable_order() {
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        let mut task = mk_task("");
+        task.spec.target.endpoint = false;
+        task.spec.target.remote_agents = Some(vec![mk_remote(9), mk_remote(8)]);
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        assert_eq!(plans.len(), 3);
+        let targets = all_targets(&plans);
+        assert_eq!(targets.len(), 3 * 2 * 3);
+        assert!(targets.iter().all(|t| t.external));
+        let dst: Vec<&str> = plans["node-1"]
+            .targets
+            .iter()
+            .map(|t| t.dst_node.as_str())
+            .collect();
+        assert_eq!(
+            dst,
+            ["dst/node-8"; 3]
+                .into_iter()
+                .chain(["dst/node-9"; 3])
+                .collect::<Vec<_>>()
+        );
+        // Path indexes do not depend on the order of the list.
+        let paths: Vec<u16> = targets.iter().map(|t| t.path).collect();
+        assert_eq!(paths, (0..18).collect::<Vec<u16>>());
+        task.spec.target.remote_agents = Some(vec![mk_remote(8), mk_remote(9)]);
+        assert_eq!(build_plans(&task, &roster, &[], mk_meta()).unwrap(), plans);
+    }
+
+    #[test]
+    fn pair_paths_select_remote_pair_paths() {
+        use Family::{Ipv4, Ipv6};
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        let mut task = mk_task("");
+        task.spec.target.remote_agents = Some(vec![mk_remote(9)]);
+        task.spec.pair_paths = serde_json::from_value(serde_json::json!([
+            {"srcNode": "node-1", "dstNode": "dst/node-9", "network": "sec"},
+            {"srcNode": "node-2", "dstNode": "dst/node-9", "family": "ipv6"},
+            {"srcNode": "node-3", "dstNode": "node-1", "network": "pod", "family": "ipv4"},
+        ]))
+        .unwrap();
+        for endpoint in [true, false] {
+            task.spec.target.endpoint = endpoint;
+            let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+            let of = |node: &str| pair_paths_of(&plans[node]);
+            assert_eq!(of("node-1"), [("dst/node-9", "sec", Ipv4)]);
+            assert_eq!(of("node-2"), [("dst/node-9", "pod", Ipv6)]);
+            // The local pair-path only with the mesh.
+            let local = if endpoint {
+                &[("node-1", "pod", Ipv4)][..]
+            } else {
+                &[]
+            };
+            assert_eq!(of("node-3"), local, "endpoint: {endpoint}");
+        }
+    }
+
+    #[test]
+    fn a_remote_agent_named_like_a_local_one_is_an_error() {
+        let roster: Vec<_> = (1..=3).map(mk_agent).collect();
+        let mut task = mk_task("");
+        let mut twin = mk_remote(2);
+        twin.node = "node-2".into();
+        task.spec.target.remote_agents = Some(vec![mk_remote(9), twin]);
+        let err = build_plans(&task, &roster, &[], mk_meta()).unwrap_err();
+        assert_eq!(
+            err,
+            MeshError::RemoteIsLocal {
+                node: "node-2".into()
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("prefix remote agents with their cluster's name")
+        );
     }
 }

@@ -51,7 +51,7 @@ pub use netdns::{
 pub use netreach::NetReachResource;
 pub use netreach::{
     ListedAddress, NetReach, NetReachRequest, NetReachSpec, NetReachTarget, PRIMARY_INTERFACE,
-    PairPath,
+    PairPath, RemoteAgent,
 };
 pub use schedule::{
     CronSchedule, MAX_SCHEDULE_LEN, RoundWindow, Schedule, ScheduleForm, SchedulePlan,

@@ -1,9 +1,11 @@
 //! `NetReach`: probe the full mesh of agents over every interface and family.
 //!
 //! kdoctor's NetReach fields, with meshdoctor's extensions (`request.protocol`,
-//! `target.interfaces`, `target.addresses`). kdoctor's NetReach GETs every agent pod over HTTP;
-//! meshdoctor's probes the same mesh (`target.endpoint`) with ICMP, UDP, TCP connects or HTTP
-//! GETs, timestamped in the kernel, and listed addresses without an agent. kdoctor's
+//! `target.interfaces`, `target.addresses`, `target.remoteAgents`, `pairPaths`). kdoctor's
+//! NetReach GETs every agent pod over HTTP; meshdoctor's probes the same mesh
+//! (`target.endpoint`) with ICMP, UDP, TCP connects or HTTP GETs, timestamped in the kernel,
+//! listed addresses without an agent, and the agents of another cluster whose network this one
+//! routes to (`target.remoteAgents`: the cross-cluster check). kdoctor's
 //! Service targets (`clusterIP`, `nodePort`, `loadBalancer`, `ingress`) are probed by the
 //! Kubernetes backend through the agent Service and Ingress (tcp, udp or http); the standalone
 //! controller and icmp tasks skip them, which [`NetReach::warnings`] says.
@@ -17,7 +19,7 @@ use super::{
     default_duration, default_qps, default_timeout, validate_common, validate_expect, yes,
 };
 use crate::{
-    Family, Protocol,
+    Family, InterfaceInfo, Protocol,
     plan::{MAX_PROBES_PER_PATH, MAX_TCP_PROBES_PER_PATH},
 };
 
@@ -64,9 +66,11 @@ pub struct NetReach {
         description = super::crd_schema::SPEC_DESCRIPTION,
         transform = super::crd_schema::plain_docs,
         extend("x-kubernetes-validations" = [{
-            "rule": "!has(self.pairPaths) || size(self.pairPaths) == 0 || self.target.endpoint",
-            "message": "pairPaths selects agent-to-agent pair-paths of the mesh, but \
-                        target.endpoint is false (no mesh); drop one of them",
+            "rule": "!has(self.pairPaths) || size(self.pairPaths) == 0 || self.target.endpoint \
+                     || (has(self.target.remoteAgents) && size(self.target.remoteAgents) > 0)",
+            "message": "pairPaths selects agent-to-agent pair-paths, but target.endpoint is \
+                        false (no mesh) and target.remoteAgents lists no agent; drop pairPaths \
+                        or probe the mesh or remote agents",
             "fieldPath": ".pairPaths",
         }])
     )
@@ -90,7 +94,8 @@ pub struct NetReachSpec {
     #[serde(default)]
     pub target: NetReachTarget,
     /// meshdoctor's extension: when given, a round probes only the agent-to-agent pair-paths
-    /// of the mesh that match an entry, and no listed addresses or Service targets. This is
+    /// that match an entry: the mesh's, and those toward `target.remoteAgents` (`dstNode` a
+    /// remote agent's `node`); no listed addresses or Service targets. This is
     /// how `meshdoctor resume` re-probes just the pair-paths that failed, without the load
     /// and the noise of the whole mesh. Entries select, they never add: a pair-path the mesh
     /// would not plan (a node that is not registered, a network the interfaces filter leaves
@@ -197,13 +202,14 @@ impl Default for NetReachRequest {
         },
         {
             "rule": "self.endpoint || (has(self.addresses) && size(self.addresses) > 0) \
+                     || (has(self.remoteAgents) && size(self.remoteAgents) > 0) \
                      || (has(self.clusterIP) && self.clusterIP) \
                      || (has(self.nodePort) && self.nodePort) \
                      || (has(self.loadBalancer) && self.loadBalancer) \
                      || (has(self.ingress) && self.ingress)",
-            "message": "endpoint: false needs addresses or a Service target (clusterIP, \
-                        nodePort, loadBalancer, ingress): without the agent mesh, only those \
-                        are probed",
+            "message": "endpoint: false needs addresses, remoteAgents or a Service target \
+                        (clusterIP, nodePort, loadBalancer, ingress): without the agent mesh, \
+                        only those are probed",
             "fieldPath": ".endpoint",
         },
         {
@@ -227,8 +233,8 @@ pub struct NetReachTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "crd", schemars(length(min = 1)))]
     pub interfaces: Option<Vec<String>>,
-    /// kdoctor: probe every agent pod (the mesh). `false` needs `addresses`: then only they
-    /// are probed.
+    /// kdoctor: probe every agent pod (the mesh). `false` needs `addresses`, `remoteAgents` or
+    /// a Service target: then only they are probed.
     #[serde(default = "yes")]
     pub endpoint: bool,
     /// meshdoctor's extension: addresses without an agent, probed from every agent, e.g. a
@@ -239,6 +245,20 @@ pub struct NetReachTarget {
     /// `beyond`, never placed on an interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<String>>,
+    /// meshdoctor's extension: agents of another cluster whose pod network this cluster routes
+    /// to, probed from every local agent like peers of the mesh (the cross-cluster check of
+    /// `meshdoctor check --dst-controller`, which copies them from that cluster's `GET
+    /// /v1/agents`). Nothing registers them here, so the task carries what probing needs:
+    /// their names, interfaces and responder port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(extend(
+            "x-kubernetes-list-type" = "map",
+            "x-kubernetes-list-map-keys" = ["node"]
+        ))
+    )]
+    pub remote_agents: Option<Vec<RemoteAgent>>,
     /// kdoctor: also probe the secondary (multus) interfaces. Omitted or `true`, meshdoctor
     /// meshes over every network; `false` limits the mesh to the primary interface `eth0`
     /// (filled into `interfaces`, which must then be omitted).
@@ -269,6 +289,11 @@ impl NetReachTarget {
         }
     }
 
+    /// `spec.target.remoteAgents`, none when omitted.
+    pub fn remotes(&self) -> &[RemoteAgent] {
+        self.remote_agents.as_deref().unwrap_or_default()
+    }
+
     /// The Service targets (kdoctor's field names) that are turned on.
     pub fn service_targets(&self) -> impl Iterator<Item = &'static str> {
         [
@@ -283,6 +308,74 @@ impl NetReachTarget {
     }
 }
 
+/// One entry of NetReach's `spec.target.remoteAgents`: an agent of another cluster, as that
+/// cluster's controller registered it.
+///
+/// Every local agent probes it like a peer of the mesh (over the networks and enabled
+/// families both ends have, narrowed by `target.interfaces` and `pairPaths`), but it takes no
+/// part in the round: it gets no plan and sends no report, so only the source's hooks see
+/// these probes and a loss past them is `beyond`, as for listed addresses. Unlike a listed
+/// address it is a pair-path of the mesh: reports name its node and interface, and
+/// `pairPaths` select it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteAgent {
+    /// The name reports give the agent (their `dstNode`) and `pairPaths` select it by; one
+    /// entry per name. Prefix its cluster (`dst/node-3`) so that it cannot be taken for a
+    /// local node.
+    #[cfg_attr(feature = "crd", schemars(length(min = 1)))]
+    pub node: String,
+    /// Its interfaces as it registered them (`name`, `network`, `ipv4`, `ipv6`): a local
+    /// interface probes the remote ones on the same network.
+    #[serde(deserialize_with = "strict_interfaces")]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(
+            length(min = 1),
+            extend(
+                "x-kubernetes-list-type" = "map",
+                "x-kubernetes-list-map-keys" = ["name"]
+            )
+        )
+    )]
+    pub interfaces: Vec<InterfaceInfo>,
+    /// Its responders' port (its registration's `probePort`): tcp, udp and http probes need
+    /// it; icmp ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1)))]
+    pub probe_port: Option<u16>,
+}
+
+/// [`InterfaceInfo`] as a task spells it: strict like the rest of the task, so that a typo
+/// (`ipv6a`) is an error rather than an interface without that address. Registrations stay
+/// lenient (a newer agent may send more). Being serde's `remote` of the same type, it cannot
+/// drift from it: a field added there fails to compile here.
+#[derive(Deserialize)]
+#[serde(
+    remote = "InterfaceInfo",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
+struct StrictInterface {
+    name: String,
+    network: String,
+    #[serde(default)]
+    ipv4: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    ipv6: Option<std::net::Ipv6Addr>,
+}
+
+fn strict_interfaces<'de, D>(de: D) -> Result<Vec<InterfaceInfo>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Strict(#[serde(with = "StrictInterface")] InterfaceInfo);
+    let list = Vec::<Strict>::deserialize(de)?;
+    Ok(list.into_iter().map(|Strict(i)| i).collect())
+}
+
 impl Default for NetReachTarget {
     fn default() -> Self {
         Self {
@@ -291,6 +384,7 @@ impl Default for NetReachTarget {
             interfaces: None,
             endpoint: true,
             addresses: None,
+            remote_agents: None,
             multus_interface: None,
             cluster_ip: None,
             node_port: None,
@@ -341,15 +435,18 @@ impl Kind for NetReach {
         }
         if !t.endpoint
             && t.addresses.as_ref().is_none_or(Vec::is_empty)
+            && t.remotes().is_empty()
             && t.service_targets().next().is_none()
         {
             return Err(Invalid::new(
                 "spec.target.endpoint",
-                "false needs spec.target.addresses or a Service target (clusterIP, nodePort, \
-                 loadBalancer, ingress): without the agent mesh, only those are probed",
+                "false needs spec.target.addresses, spec.target.remoteAgents or a Service \
+                 target (clusterIP, nodePort, loadBalancer, ingress): without the agent mesh, \
+                 only those are probed",
             ));
         }
         self.parse_addresses()?;
+        self.validate_remote_agents()?;
         match &t.interfaces {
             Some(i) if i.is_empty() => {
                 return Err(Invalid::new(
@@ -385,27 +482,52 @@ impl NetReach {
         pairs.is_empty() || pairs.iter().any(|p| p.matches(src, dst, network, family))
     }
 
-    /// `spec.pairPaths`: each entry must be able to match a pair-path of the mesh. An entry
-    /// that cannot (no mesh, a node to itself, a family turned off) would silently probe
-    /// nothing, which a resume would read as "all clear".
+    /// `spec.pairPaths`: each entry must be able to match a pair-path of the mesh or toward
+    /// a remote agent. An entry that cannot (no mesh and no remote agent, a node to itself, a
+    /// remote agent as the source, without the mesh a destination that is no remote agent, a
+    /// family turned off) would silently probe nothing, which a resume would read as "all
+    /// clear".
     fn validate_pair_paths(&self) -> Result<(), Invalid> {
         let t = &self.spec.target;
         if self.spec.pair_paths.is_empty() {
             return Ok(());
         }
-        if !t.endpoint {
+        let remotes = t.remotes();
+        if !t.endpoint && remotes.is_empty() {
             return Err(Invalid::new(
                 "spec.pairPaths",
-                "selects agent-to-agent pair-paths of the mesh, but spec.target.endpoint is \
-                 false (no mesh); drop one of them",
+                "selects agent-to-agent pair-paths, but spec.target.endpoint is false (no \
+                 mesh) and spec.target.remoteAgents lists no agent; drop pairPaths or probe \
+                 the mesh or remote agents",
             ));
         }
+        let remote = |node: &str| remotes.iter().any(|r| r.node == node);
         for (i, p) in self.spec.pair_paths.iter().enumerate() {
             let field = |f: &str| format!("spec.pairPaths[{i}].{f}");
             for (f, value) in [("srcNode", &p.src_node), ("dstNode", &p.dst_node)] {
                 if value.is_empty() {
                     return Err(Invalid::new(field(f), "must name a node"));
                 }
+            }
+            if remote(&p.src_node) {
+                return Err(Invalid::new(
+                    field("srcNode"),
+                    format!(
+                        "{:?} is a remote agent (spec.target.remoteAgents): it is probed, it \
+                         probes nothing",
+                        p.src_node
+                    ),
+                ));
+            }
+            if !t.endpoint && !remote(&p.dst_node) {
+                return Err(Invalid::new(
+                    field("dstNode"),
+                    format!(
+                        "{:?} is not in spec.target.remoteAgents, and spec.target.endpoint is \
+                         false: only remote agents are probed",
+                        p.dst_node
+                    ),
+                ));
             }
             if p.src_node == p.dst_node {
                 return Err(Invalid::new(
@@ -427,6 +549,90 @@ impl NetReach {
                     field("family"),
                     format!("{family} but spec.target.{family} is false"),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `spec.target.remoteAgents`: nothing registers them, so each entry must be probe-able as
+    /// written: a unique name, interfaces with a name, a network and a unicast address, and
+    /// the responder port the protocol needs. An enabled family no interface has an address
+    /// of is fine (its pair-paths are not planned), as for registered agents.
+    fn validate_remote_agents(&self) -> Result<(), Invalid> {
+        let protocol = self.spec.request.protocol;
+        let agents = self.spec.target.remotes();
+        for (i, agent) in agents.iter().enumerate() {
+            let field = |f: &str| format!("spec.target.remoteAgents[{i}]{f}");
+            if agent.node.is_empty() {
+                return Err(Invalid::new(
+                    field(".node"),
+                    "must name the agent (reports show it as dstNode), e.g. dst/node-3",
+                ));
+            }
+            if let Some(j) = agents[..i].iter().position(|a| a.node == agent.node) {
+                return Err(Invalid::new(
+                    field(".node"),
+                    format!(
+                        "{:?} is also remoteAgents[{j}]: one entry per agent",
+                        agent.node
+                    ),
+                ));
+            }
+            match (protocol, agent.probe_port) {
+                (_, Some(0)) => return Err(Invalid::new(field(".probePort"), "port 0")),
+                (Protocol::Icmp, _) | (_, Some(_)) => {}
+                (p, None) => {
+                    return Err(Invalid::new(
+                        field(".probePort"),
+                        format!(
+                            "missing for {:?}: {} probes go to the agent's responder port (its \
+                             registration's probePort)",
+                            agent.node,
+                            p.name()
+                        ),
+                    ));
+                }
+            }
+            if agent.interfaces.is_empty() {
+                return Err(Invalid::new(
+                    field(".interfaces"),
+                    "must list at least one interface",
+                ));
+            }
+            for (k, iface) in agent.interfaces.iter().enumerate() {
+                let field = |f: &str| field(&format!(".interfaces[{k}]{f}"));
+                for (f, value, what) in [
+                    (".name", &iface.name, "must name an interface"),
+                    (".network", &iface.network, "must name the network it is on"),
+                ] {
+                    if value.is_empty() {
+                        return Err(Invalid::new(field(f), what));
+                    }
+                }
+                if let Some(j) = agent.interfaces[..k]
+                    .iter()
+                    .position(|o| o.name == iface.name)
+                {
+                    return Err(Invalid::new(
+                        field(".name"),
+                        format!(
+                            "{:?} is also interfaces[{j}]: one entry per interface",
+                            iface.name
+                        ),
+                    ));
+                }
+                if iface.ipv4.is_none() && iface.ipv6.is_none() {
+                    return Err(Invalid::new(
+                        field(""),
+                        "needs an address: ipv4, ipv6 or both",
+                    ));
+                }
+                for family in [Family::Ipv4, Family::Ipv6] {
+                    if let Some(ip) = iface.addr(family) {
+                        unicast(ip, &ip.to_string())
+                            .map_err(|why| Invalid::new(field(&format!(".{family}")), why))?;
+                    }
+                }
             }
         }
         Ok(())
@@ -474,9 +680,7 @@ impl NetReach {
                     "{entry:?} is an {flag} address but spec.target.{flag} is false"
                 )));
             }
-            if ip.is_unspecified() || ip.is_multicast() {
-                return Err(bad(format!("{entry:?}: not a unicast address")));
-            }
+            unicast(ip, entry).map_err(bad)?;
             out.push(ListedAddress {
                 label: entry.clone(),
                 ip,
@@ -485,6 +689,15 @@ impl NetReach {
         }
         Ok(out)
     }
+}
+
+/// Refuses what no probe can be sent to: the unspecified address and multicast. `written` is
+/// the address as the task wrote it.
+fn unicast(ip: IpAddr, written: &str) -> Result<(), String> {
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{written:?}: not a unicast address"));
+    }
+    Ok(())
 }
 
 /// One entry of NetReach's `spec.target.addresses`.
@@ -878,6 +1091,279 @@ spec:
               rounds to the listed agent-to-agent pair-paths"
             ]
         );
+    }
+
+    /// Two agents of another cluster, without the local mesh.
+    const REMOTE: &str = "
+    endpoint: false
+    remoteAgents:
+      - node: dst/node-3
+        probePort: 7080
+        interfaces:
+          - {name: eth0, network: eth0, ipv4: 10.1.0.3, ipv6: 'fd00::3'}
+          - {name: net1, network: sec, ipv4: 10.2.0.3}
+      - node: dst/node-4
+        probePort: 7080
+        interfaces:
+          - {name: eth0, network: eth0, ipv6: 'fd00::4'}
+";
+
+    /// GOOD probing [`REMOTE`] over `protocol`, with `from` replaced by `to`.
+    fn with_remote(protocol: &str, from: &str, to: &str) -> String {
+        GOOD.replace("request:", &format!("request:\n    protocol: {protocol}"))
+            .replace("ipv6: true\n", &format!("ipv6: true{REMOTE}"))
+            .replace(from, to)
+    }
+
+    #[test]
+    fn a_cross_cluster_task_probes_remote_agents_and_selects_their_pair_paths() {
+        let pairs = "  pairPaths: [{srcNode: node-1, dstNode: dst/node-3, network: sec}]\n";
+        let yaml = format!("{}{pairs}", with_remote("tcp", "", ""));
+        let t = NetReach::from_yaml("f", &yaml).unwrap();
+        let remotes = t.spec.target.remotes();
+        assert_eq!(
+            remotes[0],
+            RemoteAgent {
+                node: "dst/node-3".into(),
+                interfaces: vec![
+                    InterfaceInfo {
+                        name: "eth0".into(),
+                        network: "eth0".into(),
+                        ipv4: Some([10, 1, 0, 3].into()),
+                        ipv6: Some("fd00::3".parse().unwrap()),
+                    },
+                    InterfaceInfo {
+                        name: "net1".into(),
+                        network: "sec".into(),
+                        ipv4: Some([10, 2, 0, 3].into()),
+                        ipv6: None,
+                    },
+                ],
+                probe_port: Some(7080),
+            }
+        );
+        assert_eq!(remotes[1].interfaces[0].ipv4, None);
+        assert!(t.selects_pair_path("node-1", "dst/node-3", "sec", Family::Ipv4));
+        assert!(!t.selects_pair_path("node-1", "dst/node-3", "eth0", Family::Ipv4));
+        // Remote agents are pair-paths, not listed addresses: pairPaths keeps them, silently.
+        assert!(t.warnings().is_empty(), "{:?}", t.warnings());
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["spec"]["target"]["remoteAgents"][0]["probePort"], 7080);
+        let back: NetReach = serde_json::from_value(json).unwrap();
+        assert_eq!(back, t);
+        let plain = serde_json::to_value(NetReach::from_yaml("f", GOOD).unwrap()).unwrap();
+        assert!(
+            plain["spec"]["target"].get("remoteAgents").is_none(),
+            "{plain}"
+        );
+
+        // Without pairPaths; icmp needs no port; an enabled family without any address (ipv4
+        // of node-4) and an address of a disabled family are fine.
+        let icmp = with_remote("icmp", "        probePort: 7080\n", "");
+        assert!(NetReach::from_yaml("f", &icmp).is_ok());
+        let v4_only = with_remote("udp", "ipv6: true\n", "ipv6: false\n");
+        assert!(NetReach::from_yaml("f", &v4_only).is_ok());
+        // With the mesh too.
+        let both = with_remote("http", "endpoint: false", "endpoint: true");
+        assert!(NetReach::from_yaml("f", &format!("{both}{pairs}")).is_ok());
+        // Without the mesh, an empty list probes nothing.
+        let none = GOOD.replace(
+            "ipv6: true\n",
+            "ipv6: true\n    endpoint: false\n    remoteAgents: []\n",
+        );
+        assert_err(
+            &none,
+            "spec.target.endpoint",
+            "false needs spec.target.addresses, spec.target.remoteAgents or a Service target",
+        );
+    }
+
+    #[test]
+    fn remote_agents_errors_name_the_entry_and_field() {
+        let node_4 = "      - node: dst/node-4\n        probePort: 7080\n";
+        let node_4_iface = "{name: eth0, network: eth0, ipv6: 'fd00::4'}";
+        for (from, to, field, says) in [
+            (
+                "node: dst/node-4",
+                "node: ''",
+                "spec.target.remoteAgents[1].node",
+                "must name the agent (reports show it as dstNode)",
+            ),
+            (
+                "node: dst/node-4",
+                "node: dst/node-3",
+                "spec.target.remoteAgents[1].node",
+                "\"dst/node-3\" is also remoteAgents[0]: one entry per agent",
+            ),
+            (
+                node_4,
+                "      - node: dst/node-4\n",
+                "spec.target.remoteAgents[1].probePort",
+                "missing for \"dst/node-4\": tcp probes go to the agent's responder port (its \
+                 registration's probePort)",
+            ),
+            (
+                "probePort: 7080",
+                "probePort: 0",
+                "spec.target.remoteAgents[0].probePort",
+                "port 0",
+            ),
+            (
+                "probePort: 7080",
+                "probePort: 70000",
+                "spec.target.remoteAgents[0].probePort",
+                "invalid value",
+            ),
+            (
+                "probePort: 7080",
+                "port: 7080",
+                "spec.target.remoteAgents[0].port",
+                "unknown field `port`",
+            ),
+            (
+                &format!("interfaces:\n          - {node_4_iface}"),
+                "interfaces: []",
+                "spec.target.remoteAgents[1].interfaces",
+                "must list at least one interface",
+            ),
+            (
+                &format!("        interfaces:\n          - {node_4_iface}\n"),
+                "",
+                "spec.target.remoteAgents[1]",
+                "missing field `interfaces`",
+            ),
+            (
+                node_4_iface,
+                "{name: '', network: eth0, ipv6: 'fd00::4'}",
+                "spec.target.remoteAgents[1].interfaces[0].name",
+                "must name an interface",
+            ),
+            (
+                node_4_iface,
+                "{name: eth0, network: '', ipv6: 'fd00::4'}",
+                "spec.target.remoteAgents[1].interfaces[0].network",
+                "must name the network it is on",
+            ),
+            (
+                "name: net1",
+                "name: eth0",
+                "spec.target.remoteAgents[0].interfaces[1].name",
+                "\"eth0\" is also interfaces[0]: one entry per interface",
+            ),
+            (
+                node_4_iface,
+                "{name: eth0, network: eth0}",
+                "spec.target.remoteAgents[1].interfaces[0]",
+                "needs an address: ipv4, ipv6 or both",
+            ),
+            (
+                "ipv4: 10.2.0.3",
+                "ipv4: 224.0.0.1",
+                "spec.target.remoteAgents[0].interfaces[1].ipv4",
+                "\"224.0.0.1\": not a unicast address",
+            ),
+            (
+                "'fd00::4'",
+                "'::'",
+                "spec.target.remoteAgents[1].interfaces[0].ipv6",
+                "\"::\": not a unicast address",
+            ),
+            (
+                "ipv4: 10.2.0.3",
+                "ipv4: 'fd00::9'",
+                "spec.target.remoteAgents[0].interfaces[1].ipv4",
+                "invalid IPv4 address syntax",
+            ),
+            (
+                "ipv4: 10.2.0.3",
+                "ip4: 10.2.0.3",
+                "spec.target.remoteAgents[0].interfaces[1].ip4",
+                "unknown field `ip4`",
+            ),
+        ] {
+            assert_err(&with_remote("tcp", from, to), field, says);
+        }
+        for protocol in ["udp", "http"] {
+            assert_err(
+                &with_remote(protocol, node_4, "      - node: dst/node-4\n"),
+                "spec.target.remoteAgents[1].probePort",
+                &format!("{protocol} probes go to the agent's responder port"),
+            );
+        }
+        // pairPaths: a remote agent does not probe; without the mesh, only remote agents are
+        // probed.
+        for (pair, field, says) in [
+            (
+                "{srcNode: dst/node-3, dstNode: node-1}",
+                "spec.pairPaths[0].srcNode",
+                "\"dst/node-3\" is a remote agent (spec.target.remoteAgents): it is probed, it \
+                 probes nothing",
+            ),
+            (
+                "{srcNode: node-1, dstNode: node-2}",
+                "spec.pairPaths[0].dstNode",
+                "\"node-2\" is not in spec.target.remoteAgents, and spec.target.endpoint is \
+                 false: only remote agents are probed",
+            ),
+        ] {
+            let yaml = format!("{}  pairPaths: [{pair}]\n", with_remote("tcp", "", ""));
+            assert_err(&yaml, field, says);
+        }
+        // With the mesh, a local destination is fine.
+        let mesh = with_remote("tcp", "endpoint: false", "endpoint: true");
+        let yaml = format!("{mesh}  pairPaths: [{{srcNode: node-1, dstNode: node-2}}]\n");
+        assert!(NetReach::from_yaml("f", &yaml).is_ok());
+    }
+
+    /// The CRD's CEL rules take remote agents as the Rust validation does: as a target
+    /// without the mesh, and as what pairPaths select without it.
+    #[cfg(feature = "crd")]
+    #[test]
+    fn cel_rules_accept_remote_agents_as_the_rust_validation_does() {
+        use kube::{CustomResourceExt as _, core::cel::Validator};
+        let crd = NetReachResource::crd();
+        let schema = crd.spec.versions[0].schema.as_ref();
+        let schema =
+            serde_json::to_value(schema.and_then(|s| s.open_api_v3_schema.as_ref())).unwrap();
+        let pairs = "  pairPaths: [{srcNode: node-1, dstNode: dst/node-3}]\n";
+        let no_remote = GOOD.replace(
+            "ipv6: true\n",
+            "ipv6: true\n    endpoint: false\n    addresses: ['192.0.2.1']\n",
+        );
+        let empty = GOOD.replace(
+            "ipv6: true\n",
+            "ipv6: true\n    endpoint: false\n    remoteAgents: []\n",
+        );
+        for (yaml, failed) in [
+            (format!("{}{pairs}", with_remote("tcp", "", "")), None),
+            (with_remote("icmp", "", ""), None),
+            (
+                format!("{no_remote}{pairs}"),
+                Some("target.endpoint is false (no mesh) and target.remoteAgents lists no agent"),
+            ),
+            (
+                empty,
+                Some("endpoint: false needs addresses, remoteAgents or"),
+            ),
+        ] {
+            let object: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+            let cel = Validator::new().validate(&schema, &object, None);
+            let rust = NetReach::from_yaml("f", &yaml);
+            match failed {
+                None => {
+                    assert!(cel.is_ok(), "{yaml}: {cel:?}");
+                    assert!(rust.is_ok(), "{yaml}: {rust:?}");
+                }
+                Some(says) => {
+                    let errors = cel.unwrap_err();
+                    assert!(
+                        errors.len() == 1 && errors[0].to_string().contains(says),
+                        "{yaml}: {errors:?}"
+                    );
+                    assert!(rust.is_err(), "{yaml}");
+                }
+            }
+        }
     }
 
     #[test]
