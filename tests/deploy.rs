@@ -908,17 +908,18 @@ fn grant(scope: &str, group: &str, resource: &str, verb: &str, name: &str) -> Gr
     )
 }
 
-/// Everything the bindings in `docs` grant `ServiceAccount namespace/name`.
-fn grants_of(docs: &[Doc], namespace: &str, name: &str) -> BTreeSet<Grant> {
+/// Everything the bindings in `docs` grant a subject: `ServiceAccount namespace/name`, or a
+/// `User` (namespace "").
+fn grants_of(docs: &[Doc], kind: &str, namespace: &str, name: &str) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for b in docs
         .iter()
         .filter(|d| matches!(d.kind(), "RoleBinding" | "ClusterRoleBinding"))
     {
         let bound = seq(b.value.get("subjects")).iter().any(|s| {
-            s["kind"].as_str() == Some("ServiceAccount")
+            s["kind"].as_str() == Some(kind)
                 && s["name"].as_str() == Some(name)
-                && s["namespace"].as_str() == Some(namespace)
+                && s["namespace"].as_str().unwrap_or_default() == namespace
         });
         if !bound {
             continue;
@@ -1085,7 +1086,12 @@ fn rbac_is_least_privilege_and_the_agent_has_none() {
             agent.id()
         );
         // The controller: exactly the documented permissions.
-        let got = grants_of(&docs, "meshdoctor", "meshdoctor-controller");
+        let got = grants_of(
+            &docs,
+            "ServiceAccount",
+            "meshdoctor",
+            "meshdoctor-controller",
+        );
         let want = expected_controller_grants();
         assert!(
             got == want,
@@ -1127,6 +1133,50 @@ fn rbac_is_least_privilege_and_the_agent_has_none() {
             "{dir}: the CRDs' plurals (the ClusterRole names these)"
         );
     }
+}
+
+/// The bindings deploy/base/cli-rbac.yaml tells an admin to create for user alice.
+fn cli_user_bindings() -> Vec<Doc> {
+    let text = "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: alice-meshdoctor-cli}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: meshdoctor-cli}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-meshdoctor-cli, namespace: meshdoctor}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: meshdoctor-cli}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
+";
+    parse_docs("the documented CLI bindings", text)
+}
+
+#[test]
+fn cli_users_may_do_exactly_what_the_cli_does() {
+    let Some(tools) = tools("cli_users_may_do_exactly_what_the_cli_does") else {
+        return;
+    };
+    let mut docs = rendered(&tools, "deploy");
+    assert!(
+        grants_of(&docs, "User", "", "alice").is_empty(),
+        "nothing is bound to users by the manifests"
+    );
+    docs.extend(cli_user_bindings());
+    // cli/src/client.rs: POST, GET (list by label) and DELETE of NetReach objects; GET through
+    // the controller Service's proxy.
+    let mut want: BTreeSet<Grant> = ["get", "list", "create", "delete"]
+        .into_iter()
+        .map(|verb| grant("cluster", "meshdoctor.io", "netreaches", verb, ""))
+        .collect();
+    want.insert(grant(
+        "meshdoctor",
+        "",
+        "services/proxy",
+        "get",
+        "meshdoctor-controller",
+    ));
+    assert_eq!(grants_of(&docs, "User", "", "alice"), want);
 }
 
 #[test]

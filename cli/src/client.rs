@@ -308,7 +308,8 @@ impl Client {
                 " (give the API token: --token-file or MESHDOCTOR_TOKEN)"
             }
             (Transport::Kube { .. }, StatusCode::FORBIDDEN) => {
-                " (bind your user to the ClusterRole meshdoctor-cli: deploy/base/cli-rbac.yaml)"
+                " (bind your user to the ClusterRole and the Role meshdoctor-cli: \
+                 deploy/base/cli-rbac.yaml)"
             }
             (Transport::Kube { .. }, StatusCode::SERVICE_UNAVAILABLE) => {
                 " (is the controller running and Ready? --namespace / --controller-service)"

@@ -239,7 +239,7 @@ async fn errors_carry_the_api_servers_message_and_a_hint() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("HTTP 403 Forbidden: netreaches.meshdoctor.io is forbidden: User \"alice\"")
-            && err.contains("ClusterRole meshdoctor-cli"),
+            && err.contains("the ClusterRole and the Role meshdoctor-cli"),
         "{err}"
     );
 
