@@ -13,7 +13,10 @@ use std::{
 
 use meshdoctor_api::RoundReport;
 use meshdoctor_e2e::can_run;
-use meshdoctor_lab::{Fault, Lab, LabConfig, default_bin_dir, plan::CONTROLLER_NS};
+use meshdoctor_lab::{
+    Fault, Lab, LabConfig, default_bin_dir,
+    plan::{CONTROLLER_NS, SECOND_CONTROLLER_PORT},
+};
 
 /// Probing per check: 50 probes per pair-path, enough to see a 100% fault for certain.
 const DURATION: &str = "2";
@@ -153,4 +156,93 @@ fn check_finds_the_faulty_interface_and_resume_clears_it() {
     );
     let again = meshdoctor(&lab, &state, &["resume"]);
     assert_eq!(again.status.code(), Some(0));
+}
+
+/// NetDoctor's cross-cluster check: node-1 and node-2 belong to the lab's first controller,
+/// node-3 and node-4 to a second one (a second cluster on a routable network). `check
+/// --dst-controller` on the first probes the second's agents from the first's; with node-4's
+/// net1 dropping what it receives, exactly the pair-paths to it over net1 fail, and after the
+/// repair resume re-probes those alone.
+#[test]
+fn cross_cluster_check_probes_the_other_clusters_agents() {
+    if !can_run("cross_cluster_check_probes_the_other_clusters_agents") {
+        return;
+    }
+    let mut cfg = LabConfig::new(4);
+    cfg.tasks.clear();
+    cfg.second_cluster = 2;
+    let lab = Lab::up(cfg).expect("lab up");
+    let state = state_file(&lab);
+    let dst = format!("http://[::1]:{SECOND_CONTROLLER_PORT}");
+    let check = [
+        "check",
+        "-o",
+        "json",
+        "--duration",
+        DURATION,
+        "--qps",
+        QPS,
+        "--dst-controller",
+        &dst,
+        "--dst-name",
+        "east",
+    ];
+    let cross = |dsts: &[&str], networks: &[&str]| -> BTreeSet<_> {
+        let mut out = BTreeSet::new();
+        for src in ["node-1", "node-2"] {
+            for dst in dsts {
+                for net in networks {
+                    out.insert((
+                        src.into(),
+                        format!("east/{dst}"),
+                        net.to_string(),
+                        "ipv4".into(),
+                    ));
+                }
+            }
+        }
+        out
+    };
+
+    let healthy = meshdoctor(&lab, &state, &check);
+    assert_eq!(
+        healthy.status.code(),
+        Some(0),
+        "the two clusters reach each other"
+    );
+    let report = json_report(&healthy);
+    assert_eq!(
+        pair_paths(&report, |_| true),
+        cross(&["node-3", "node-4"], &["default", "net1"]),
+        "every agent of the first cluster probes every agent of the second, network by network"
+    );
+    assert!(
+        report
+            .paths
+            .iter()
+            .all(|p| p.external && p.received == p.sent)
+    );
+
+    let fault: Fault = "node-4:net1:ingress:ipv4:100:link".parse().unwrap();
+    lab.inject(&fault).unwrap();
+    let faulty = meshdoctor(&lab, &state, &check);
+    assert_eq!(faulty.status.code(), Some(1), "the check must fail");
+    let report = json_report(&faulty);
+    assert_eq!(
+        pair_paths(&report, |p| p.lost > 0),
+        cross(&["node-4"], &["net1"])
+    );
+
+    lab.remove_fault(&fault).unwrap();
+    let resumed = meshdoctor(&lab, &state, &["resume", "-o", "json"]);
+    assert_eq!(
+        resumed.status.code(),
+        Some(0),
+        "resume after the repair is clean"
+    );
+    assert_eq!(
+        pair_paths(&json_report(&resumed), |_| true),
+        cross(&["node-4"], &["net1"]),
+        "resume probes the failed pair-paths and nothing else"
+    );
 }
