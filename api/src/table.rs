@@ -82,10 +82,11 @@ pub fn render_table(report: &RoundReport) -> String {
     if let Some(app) = &report.app {
         return render_app_table(app);
     }
-    const HEADER: [&str; 14] = [
+    const HEADER: [&str; 15] = [
         "SRC",
         "DST",
         "IFACE",
+        "NETWORK",
         "FAMILY",
         "STATE",
         "SENT",
@@ -100,13 +101,13 @@ pub fn render_table(report: &RoundReport) -> String {
     ];
     /// Columns from SENT on are numbers, right-aligned, except the text ones: where the lost
     /// probes were lost, and why.
-    const FIRST_NUMERIC: usize = 5;
-    const SEGMENT: usize = 8;
-    const REASON: usize = 9;
+    const FIRST_NUMERIC: usize = 6;
+    const SEGMENT: usize = 9;
+    const REASON: usize = 10;
 
     let mut paths: Vec<&PathResult> = report.paths.iter().collect();
     paths.sort_by(|a, b| path_order(a, b));
-    let rows: Vec<[String; 14]> = paths
+    let rows: Vec<[String; 15]> = paths
         .into_iter()
         .map(|p| {
             let iface = if p.src_interface == p.dst_interface {
@@ -123,6 +124,7 @@ pub fn render_table(report: &RoundReport) -> String {
                 p.src_node.clone(),
                 p.dst_node.clone(),
                 iface,
+                p.network.clone(),
                 p.family.to_string(),
                 state.into(),
                 (p.sent + p.send_failed).to_string(),
@@ -499,10 +501,10 @@ mod tests {
              RTT over 2 probes, p50/p99 µs: kernel 40.0/60.0, user space 90.0/110.0\n  - loss"
         );
         let expected = "\
-SRC      DST     IFACE  FAMILY  STATE  SENT  LOST  LOSS%  SEGMENT   REASON          KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
-node-2   node-1  eth0   ipv6    ok       50     0    0.0  -         -                   50.0     120.0         -         -
-node-2   node-1  net1   ipv6    lossy    50     5   10.0  dstStack  NETFILTER_DROP      50.0     120.0         -         -
-node-10  node-1  eth0   ipv4    ok       50     0    0.0  -         -                   50.0     120.0         -         -
+SRC      DST     IFACE  NETWORK  FAMILY  STATE  SENT  LOST  LOSS%  SEGMENT   REASON          KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
+node-2   node-1  eth0   eth0     ipv6    ok       50     0    0.0  -         -                   50.0     120.0         -         -
+node-2   node-1  net1   net1     ipv6    lossy    50     5   10.0  dstStack  NETFILTER_DROP      50.0     120.0         -         -
+node-10  node-1  eth0   eth0     ipv4    ok       50     0    0.0  -         -                   50.0     120.0         -         -
 ";
         assert_eq!(table, expected);
     }
