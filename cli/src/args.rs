@@ -145,7 +145,7 @@ pub enum Output {
 pub enum Command {
     /// Runs one NetReach round now (the full mesh by default) and prints the faulty
     /// interfaces, the failed pair-paths and a summary. Exits 1 when the expectation failed.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Re-checks only the pair-paths that failed in the last check or resume (the state file).
     /// Exits 0 once they are clean.
     Resume(StateArgs),
