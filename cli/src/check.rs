@@ -207,18 +207,22 @@ async fn wait_for_round(client: &Client, name: &str, doc: &Value) -> anyhow::Res
                 break serde_json::from_value::<RoundReport>(value)
                     .context("the round report does not parse");
             }
-            Err(e) if status_of(&e) == Some(StatusCode::NOT_FOUND) => {}
+            // Not yet; or, through the API server, no Ready controller for a moment (a
+            // leader hand-over): the new leader runs the task.
+            Err(e) if status_of(&e).is_some_and(transient) => {
+                if start.elapsed() > limit {
+                    break Err(anyhow!(
+                        "no report for round 1 of task {name} after {}s (the round's deadline \
+                         plus {}s of grace): are agents registered? (meshdoctor agents); last \
+                         answer: {e:#}",
+                        start.elapsed().as_secs(),
+                        GRACE.as_secs()
+                    ));
+                }
+            }
             Err(e) => break Err(e),
         }
         let elapsed = start.elapsed();
-        if elapsed > limit {
-            break Err(anyhow!(
-                "no report for round 1 of task {name} after {}s (the round's deadline plus {}s \
-                 of grace): are agents registered? (meshdoctor agents)",
-                elapsed.as_secs(),
-                GRACE.as_secs()
-            ));
-        }
         if let Some(bar) = &bar {
             bar.set_position(elapsed.as_secs().min(probing.as_secs()));
             if elapsed >= probing {
@@ -231,6 +235,15 @@ async fn wait_for_round(client: &Client, name: &str, doc: &Value) -> anyhow::Res
         bar.finish_and_clear();
     }
     result
+}
+
+/// Answers worth polling past: no report yet (404), no Ready controller behind the Service or
+/// no answer from it through the API server (503, 502).
+fn transient(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY
+    )
 }
 
 fn progress_bar(name: &str, probing: Duration) -> Option<indicatif::ProgressBar> {

@@ -41,7 +41,8 @@ fn kubeconfig(dir: &Path, name: &str, server: &str) -> PathBuf {
 
 /// A cluster: the fake API server with the NetReach collection and a controller behind the
 /// Service proxy that serves `round_of` a NetReach object once it has been polled for once
-/// (and 404 before, as a round in progress), `report` for other rounds, and `agents`.
+/// (503 before, as during a leader hand-over), the golden report for other rounds, and
+/// `agents`.
 struct Cluster {
     fake: FakeApiServer,
     kubeconfig: PathBuf,
@@ -65,8 +66,15 @@ async fn cluster(dir: &Path, name: &str, agents: Value) -> Cluster {
         match parts[..] {
             ["v1", "agents"] => (200, agents.clone()),
             ["v1", "tasks", task, "rounds", "1"] => match objects.get(NETREACHES, task) {
-                Some(object) if polls > 1 => (200, round_of(task, &object)),
-                _ => (
+                // A leader hand-over: for a moment no controller is Ready.
+                Some(_) if polls == 1 => (
+                    503,
+                    json!({"kind": "Status", "status": "Failure", "code": 503,
+                           "reason": "ServiceUnavailable",
+                           "message": "no endpoints available for service \"meshdoctor-controller\""}),
+                ),
+                Some(object) => (200, round_of(task, &object)),
+                None => (
                     404,
                     json!({"error": format!("no report for task {task:?} round 1")}),
                 ),
