@@ -15,10 +15,17 @@ pub struct Args {
     pub target: TargetArgs,
     /// File holding the API token the standalone controller's write endpoints need
     /// (MESHDOCTOR_TOKEN gives the value itself).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Controller")]
     pub token_file: Option<PathBuf>,
     /// Output format: tables for humans, JSON or YAML for scripts.
-    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    #[arg(
+        long,
+        short,
+        value_enum,
+        default_value_t = Output::Table,
+        global = true,
+        help_heading = "Output"
+    )]
     pub output: Output,
     #[command(subcommand)]
     pub command: Command,
@@ -46,6 +53,7 @@ impl Target {
 }
 
 #[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Controller")]
 pub struct TargetArgs {
     /// Controller base URL: the standalone controller, or a port-forward.
     #[arg(
@@ -89,6 +97,7 @@ impl TargetArgs {
 /// The destination cluster of a cross-cluster check: its controller lists the agents the
 /// source cluster's agents probe.
 #[derive(Debug, Clone, Default, ClapArgs)]
+#[command(next_help_heading = "Cross-cluster check")]
 pub struct DstArgs {
     /// The destination cluster's controller URL: probe its agents from this cluster's.
     #[arg(long, conflicts_with_all = ["dst_kubeconfig", "dst_context"])]
@@ -171,6 +180,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "State")]
 pub struct StateArgs {
     /// Where check writes the failed pair-paths and resume reads them.
     #[arg(long, default_value = DEFAULT_STATE)]
