@@ -133,13 +133,15 @@ pub fn run(args: LabArgs) -> Result<()> {
 
     step("setup");
     setup::run()?;
-    step("build the agent and the controller");
+    step("build the agent, the controller and the CLI");
     sh(cargo().args([
         "build",
         "-p",
         "meshdoctor-agent",
         "-p",
         "meshdoctor-controller",
+        "-p",
+        "meshdoctor-cli",
     ]))?;
 
     step(&format!("lab with {} nodes", args.nodes));
@@ -207,6 +209,8 @@ pub fn run(args: LabArgs) -> Result<()> {
         eprintln!(
             "\nthe lab keeps running:\n  \
              controller API: ip netns exec mdlab-ctl curl http://[::1]:7070/v1/tasks\n  \
+             one-shot check: ip netns exec mdlab-ctl target/debug/meshdoctor --controller \
+             http://[::1]:7070 --token-file {dir}/token check\n  \
              agent metrics:  ip netns exec mdlab-n1 curl http://127.0.0.1:9090/metrics\n  \
              logs:           {dir}/logs/\n  \
              stop it with:   cargo xtask lab down"
