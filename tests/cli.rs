@@ -83,6 +83,27 @@ fn json_report(output: &Output) -> RoundReport {
     serde_json::from_value(value).expect("a round report")
 }
 
+/// Removes `fault`, then `resume` must come back clean having probed exactly `failed`.
+fn repair_and_resume(
+    lab: &Lab,
+    state: &Path,
+    fault: &Fault,
+    failed: &BTreeSet<(String, String, String, String)>,
+) {
+    lab.remove_fault(fault).unwrap();
+    let resumed = meshdoctor(lab, state, &["resume", "-o", "json"]);
+    assert_eq!(
+        resumed.status.code(),
+        Some(0),
+        "resume after the repair is clean"
+    );
+    assert_eq!(
+        &pair_paths(&json_report(&resumed), |_| true),
+        failed,
+        "resume probes the failed pair-paths and nothing else"
+    );
+}
+
 fn state_file(lab: &Lab) -> PathBuf {
     lab.dir().join("meshdoctor-resume.json")
 }
@@ -141,19 +162,7 @@ fn check_finds_the_faulty_interface_and_resume_clears_it() {
     // clean removed the state file with the task: check again to record the failures.
     assert_eq!(meshdoctor(&lab, &state, &check).status.code(), Some(1));
 
-    lab.remove_fault(&fault).unwrap();
-    let resumed = meshdoctor(&lab, &state, &["resume", "-o", "json"]);
-    assert_eq!(
-        resumed.status.code(),
-        Some(0),
-        "resume after the repair is clean"
-    );
-    let report = json_report(&resumed);
-    assert_eq!(
-        pair_paths(&report, |_| true),
-        expected,
-        "resume probes the failed pair-paths and nothing else"
-    );
+    repair_and_resume(&lab, &state, &fault, &expected);
     let again = meshdoctor(&lab, &state, &["resume"]);
     assert_eq!(again.status.code(), Some(0));
 }
@@ -233,16 +242,5 @@ fn cross_cluster_check_probes_the_other_clusters_agents() {
         cross(&["node-4"], &["net1"])
     );
 
-    lab.remove_fault(&fault).unwrap();
-    let resumed = meshdoctor(&lab, &state, &["resume", "-o", "json"]);
-    assert_eq!(
-        resumed.status.code(),
-        Some(0),
-        "resume after the repair is clean"
-    );
-    assert_eq!(
-        pair_paths(&json_report(&resumed), |_| true),
-        cross(&["node-4"], &["net1"]),
-        "resume probes the failed pair-paths and nothing else"
-    );
+    repair_and_resume(&lab, &state, &fault, &cross(&["node-4"], &["net1"]));
 }

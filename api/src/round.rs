@@ -127,7 +127,7 @@ pub struct AppSummary {
 /// The round's totals. In an application round the counts are requests, not probes: `sent` is
 /// requests sent, `received` successes, `lost` failures, `mean_rtt_ms` the mean latency of
 /// successes, and `paths` 0 (the detail is in [`RoundReport::app`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoundSummary {
     pub paths: u32,

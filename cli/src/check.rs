@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use http::StatusCode;
-use meshdoctor_api::{AgentRegistration, RoundReport, Task};
+use meshdoctor_api::{AgentRegistration, RoundReport, Task, task::RemoteAgent};
 use serde_json::{Value, json};
 
 use crate::{
@@ -90,21 +90,16 @@ pub fn add_remote_agents(
     if agents.is_empty() {
         bail!("the destination controller has no agents registered: nothing to probe");
     }
-    let remote: Vec<Value> = agents
-        .iter()
-        .map(|a| {
-            let mut agent = json!({
-                "node": format!("{dst_name}/{}", a.node),
-                "interfaces": a.interfaces,
-            });
-            if let Some(port) = a.probe_port {
-                agent["probePort"] = json!(port);
-            }
-            agent
+    let remote: Vec<RemoteAgent> = agents
+        .into_iter()
+        .map(|a| RemoteAgent {
+            node: format!("{dst_name}/{}", a.node),
+            interfaces: a.interfaces,
+            probe_port: a.probe_port,
         })
         .collect();
     let target = &mut doc["spec"]["target"];
-    target["remoteAgents"] = Value::Array(remote);
+    target["remoteAgents"] = serde_json::to_value(remote)?;
     if !from_file {
         target["endpoint"] = json!(false);
     }

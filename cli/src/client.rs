@@ -138,27 +138,28 @@ impl Client {
         }
     }
 
-    /// Where requests go, for messages: the URL, or the Service through the API server.
-    pub fn describe(&self) -> String {
+    /// Where requests go, for messages: the controller's URL, or the API server's (with the
+    /// context).
+    pub fn server(&self) -> &str {
         match &self.transport {
-            Transport::Http { base, .. } => base.clone(),
-            Transport::Kube { server, proxy, .. } => format!("{server}{proxy}"),
+            Transport::Http { base, .. } => base,
+            Transport::Kube { server, .. } => server,
         }
     }
 
     /// GETs `path` of the controller's API and parses the JSON answer.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let url = match &self.transport {
-            Transport::Http { .. } => path.to_string(),
-            Transport::Kube { proxy, .. } => format!("{proxy}{path}"),
-        };
-        let (_, text) = self.send(Method::GET, &url, None).await?;
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{}{path}: the controller's answer is not JSON",
-                self.describe()
-            )
-        })
+        match &self.transport {
+            Transport::Http { .. } => self.get_json(path).await,
+            Transport::Kube { proxy, .. } => self.get_json(&format!("{proxy}{path}")).await,
+        }
+    }
+
+    /// GETs `url` (below [`Self::server`]) and parses the JSON answer.
+    async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
+        let text = self.send(Method::GET, url, None).await?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}{url}: the answer is not JSON", self.server()))
     }
 
     /// Creates or replaces the task `name` from a NetReach document (its metadata name is
@@ -195,22 +196,18 @@ impl Client {
     /// Names of the tasks `check` created (named with `prefix`; in Kubernetes also labelled
     /// [`MANAGED_BY`], so that nobody else's NetReach is touched).
     pub async fn check_tasks(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
-        let (list, items) = match &self.transport {
-            Transport::Http { .. } => (self.get("/v1/tasks").await?, None),
+        let (array, name) = match &self.transport {
+            Transport::Http { .. } => (self.get("/v1/tasks").await?, "/name"),
             Transport::Kube { netreaches, .. } => {
                 let path = format!(
                     "{netreaches}?labelSelector={}%3D{}",
                     MANAGED_BY.0, MANAGED_BY.1
                 );
-                let (_, text) = self.send(Method::GET, &path, None).await?;
-                let list: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{path}: the API server's answer is not JSON"))?;
-                (list, Some("items"))
+                (
+                    self.get_json(&path).await?["items"].take(),
+                    "/metadata/name",
+                )
             }
-        };
-        let (array, name) = match items {
-            Some(key) => (&list[key], "/metadata/name"),
-            None => (&list, "/name"),
         };
         Ok(array
             .as_array()
@@ -222,15 +219,15 @@ impl Client {
             .collect())
     }
 
-    /// Sends one request; `Ok((status, body))` for a 2xx answer, an [`HttpError`] carrying
+    /// Sends one request; the body of a 2xx answer, an [`HttpError`] carrying
     /// the answer's own message otherwise.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> anyhow::Result<(StatusCode, String)> {
-        let where_ = format!("{method} {}{path}", self.base_url());
+    ) -> anyhow::Result<String> {
+        let where_ = format!("{method} {}{path}", self.server());
         let (status, text) = match &self.transport {
             Transport::Http { base, token, http } => {
                 let url = format!("{base}{path}");
@@ -290,15 +287,7 @@ impl Client {
             }
             .into());
         }
-        Ok((status, text))
-    }
-
-    /// The URL prefix of the request paths, for messages.
-    fn base_url(&self) -> &str {
-        match &self.transport {
-            Transport::Http { base, .. } => base,
-            Transport::Kube { server, .. } => server,
-        }
+        Ok(text)
     }
 
     /// What to do about a refusal, where there is a likely fix.

@@ -109,7 +109,7 @@ async fn clean(client: &Client, state: &Path) -> anyhow::Result<bool> {
         }
     }
     if names.is_empty() {
-        println!("no {TASK_PREFIX}* task on {}", client.describe());
+        println!("no {TASK_PREFIX}* task on {}", client.server());
     }
     match std::fs::remove_file(state) {
         Ok(()) => println!("removed {}", state.display()),

@@ -69,16 +69,7 @@ pub fn mk_round(task: &str, round: u32, status: RoundStatus) -> RoundReport {
         expected_agents: vec!["a".into(), "b".into()],
         not_reported: vec![],
         findings: vec![],
-        summary: RoundSummary {
-            paths: 0,
-            lossy_paths: 0,
-            sent: 0,
-            received: 0,
-            lost: 0,
-            success_rate: 0.0,
-            mean_rtt_ms: None,
-            unobserved_events: 0,
-        },
+        summary: RoundSummary::default(),
         paths: vec![],
         app: None,
     }

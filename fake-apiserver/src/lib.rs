@@ -104,16 +104,11 @@ impl FakeApiServer {
     /// Deletes an object, as another client would.
     pub fn delete(&self, path: &str, name: &str) {
         let mut state = self.lock();
-        state.rv += 1;
-        let rv = state.rv;
-        let c = state
-            .collections
-            .get_mut(path)
-            .expect("registered collection");
-        if let Some(mut obj) = c.objects.remove(name) {
-            obj["metadata"]["resourceVersion"] = rv.to_string().into();
-            c.publish(rv, "DELETED", obj);
-        }
+        assert!(
+            state.collections.contains_key(path),
+            "registered collection"
+        );
+        state.remove(path, name);
     }
 
     /// An object as the fake holds it.
@@ -179,10 +174,9 @@ impl FakeApiServer {
         let bytes = req.into_body().collect().await.unwrap().to_bytes();
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let param = |key: &str| {
-            query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .map(str::to_string)
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
         };
         let proxy = self.lock().proxies.iter().find_map(|(prefix, handler)| {
             let rest = path.strip_prefix(prefix.as_str())?;
@@ -339,24 +333,23 @@ impl FakeState {
                 }
                 json_reply(200, self.store(&collection, &name, obj))
             }
-            ("DELETE", Some(name)) => {
-                let Some(c) = self.collections.get_mut(&collection) else {
-                    return not_found(&name);
-                };
-                let Some(mut obj) = c.objects.remove(&name) else {
-                    return not_found(&name);
-                };
-                self.rv += 1;
-                obj["metadata"]["resourceVersion"] = self.rv.to_string().into();
-                let c = self
-                    .collections
-                    .get_mut(&collection)
-                    .expect("looked up above");
-                c.publish(self.rv, "DELETED", obj.clone());
-                json_reply(200, obj)
-            }
+            ("DELETE", Some(name)) => match self.remove(&collection, &name) {
+                Some(obj) => json_reply(200, obj),
+                None => not_found(&name),
+            },
             _ => status_reply(405, "MethodNotAllowed", &format!("{method} {path}")),
         }
+    }
+
+    /// Removes an object and tells the watchers; `None` when there is none.
+    fn remove(&mut self, collection: &str, name: &str) -> Option<serde_json::Value> {
+        let mut obj = self.collections.get_mut(collection)?.objects.remove(name)?;
+        self.rv += 1;
+        let rv = self.rv;
+        obj["metadata"]["resourceVersion"] = rv.to_string().into();
+        let c = self.collections.get_mut(collection)?;
+        c.publish(rv, "DELETED", obj.clone());
+        Some(obj)
     }
 
     fn object(&self, collection: &str, name: &str) -> Option<serde_json::Value> {
@@ -394,29 +387,10 @@ struct Query {
     selector: Option<String>,
 }
 
-/// Whether `obj` carries every `key=value` of an (URL-encoded) equality label selector.
+/// Whether `obj` carries every `key=value` of an equality label selector.
 fn labels_match(obj: &serde_json::Value, selector: &str) -> bool {
-    let selector = percent_decode(selector);
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
         let (key, value) = term.split_once('=').unwrap_or((term, ""));
         obj["metadata"]["labels"][key] == value
     })
-}
-
-/// `%XX` escapes decoded (the selector's `/`, `=` and `,`).
-fn percent_decode(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        let hex = |c: Option<u8>| c.and_then(|c| char::from(c).to_digit(16));
-        match b {
-            b'%' => {
-                let (hi, lo) = (hex(bytes.next()), hex(bytes.next()));
-                out.push(hi.zip(lo).map_or(b'?', |(h, l)| (h * 16 + l) as u8));
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
