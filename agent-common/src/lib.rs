@@ -20,6 +20,31 @@ pub const PROTO_UDP: u8 = 17;
 /// SYN-ACK whose client port is outside the range is no probe.
 pub const TCP_PORT_BASE: u16 = 61440;
 
+/// The probe id: 64 bits that name a probe in every packet's cookie (and, for TCP, in the
+/// observers' path lookup): the round tag in the top 32 bits, then the pair-path index (16),
+/// then the probe's sequence number within its path (16). The observers only ever read the
+/// round tag ([`probe_round_tag`]), to drop probes of rounds that are not armed; the agent and
+/// the controller's plans split the rest. Defined once here because the eBPF programs, the
+/// agent and the API all build or split ids.
+pub const fn probe_id(round_tag: u32, path: u16, seq: u16) -> u64 {
+    ((round_tag as u64) << 32) | ((path as u64) << 16) | seq as u64
+}
+
+/// The (round tag, path, sequence) of a [`probe_id`].
+pub const fn probe_id_parts(id: u64) -> (u32, u16, u16) {
+    ((id >> 32) as u32, (id >> 16) as u16, id as u16)
+}
+
+/// The round tag of a [`probe_id`], the one part the observers test.
+pub const fn probe_round_tag(id: u64) -> u32 {
+    (id >> 32) as u32
+}
+
+/// Most probes one pair-path carries in one round: the sequence number is 16 bits.
+pub const MAX_PROBES_PER_PATH: u32 = 1 << 16;
+/// Most pair-paths one round carries: the path index is 16 bits.
+pub const MAX_PATHS: usize = 1 << 16;
+
 /// Ring buffer of [`ProbeEvent`]s.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// `HashMap<u32 round tag, u8>`: the rounds whose probes the observers report.
@@ -172,4 +197,16 @@ mod user {
     unsafe impl aya::Pod for super::DropLayout {}
     unsafe impl aya::Pod for super::TcpPathKey {}
     unsafe impl aya::Pod for super::TcpPath {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_id_round_trips() {
+        let id = probe_id(0xdead_beef, 513, 65535);
+        assert_eq!(probe_id_parts(id), (0xdead_beef, 513, 65535));
+        assert_eq!(probe_round_tag(id), 0xdead_beef);
+    }
 }

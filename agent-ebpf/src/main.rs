@@ -30,7 +30,7 @@ use aya_ebpf::{
 use meshdoctor_agent_common::{
     COOKIE_LEN, COOKIE_OFFSET, CounterKey, DropLayout, Hook, IpFamily, Kind, NO_FIELD, PROBE_MAGIC,
     PROTO_ICMP, PROTO_TCP, PROTO_UDP, ProbeEvent, TCP_PORT_BASE, TcpPath, TcpPathKey,
-    UDP_KIND_OFFSET, UNKNOWN_REASON,
+    UDP_KIND_OFFSET, UNKNOWN_REASON, probe_id, probe_round_tag,
 };
 
 /// Probe events for user space. 256 KiB holds ~6500 events: a few seconds of a busy round even
@@ -225,8 +225,7 @@ fn parse_probe<P: Packet>(pkt: &P, family: IpFamily) -> Option<Probe> {
             cookie_probe(kind, PROTO_ICMP, cookie)?
         }
     };
-    let round_tag = (probe.probe_id >> 32) as u32;
-    ACTIVE_ROUNDS.get_ptr(round_tag)?;
+    ACTIVE_ROUNDS.get_ptr(probe_round_tag(probe.probe_id))?;
     Some(probe)
 }
 
@@ -290,7 +289,7 @@ fn tcp_probe<P: Packet>(pkt: &P, family: IpFamily, l4: usize) -> Option<Probe> {
     Some(Probe {
         kind,
         proto: PROTO_TCP,
-        probe_id: (u64::from(path.round_tag) << 32) | (u64::from(path.path) << 16) | u64::from(seq),
+        probe_id: probe_id(path.round_tag, path.path, seq),
     })
 }
 

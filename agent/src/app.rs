@@ -11,12 +11,9 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use meshdoctor_api::{
-    AgentReport, AppPlan, AppResult, AppTarget, DnsPlan, DnsRecord, HttpPlan, LoadStats,
-    MAX_APP_IN_FLIGHT, RoundPlan,
-    task::{
-        DnsProtocol, MAX_APP_HTTP_QPS, MAX_DNS_QPS, MAX_DURATION_IN_SECOND,
-        MAX_PER_REQUEST_TIMEOUT_IN_MS,
-    },
+    AgentReport, AppPlan, AppResult, AppTarget, DnsPlan, DnsProtocol, DnsRecord, HttpPlan,
+    LoadStats, MAX_APP_IN_FLIGHT, RoundPlan,
+    task::{MAX_APP_HTTP_QPS, MAX_DNS_QPS, MAX_DURATION_IN_SECOND, MAX_PER_REQUEST_TIMEOUT_IN_MS},
 };
 use meshdoctor_loadgen::{
     LoadSpec,
@@ -180,7 +177,7 @@ fn dns_requester(d: &DnsPlan) -> Result<DnsRequester, String> {
 
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::{TlsMaterial, task::HttpMethod};
+    use meshdoctor_api::{HttpMethod, TlsMaterial};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;

@@ -3,18 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Bitmap, LoadStats, RoundPlan};
-
-/// How an agent timestamps probe packets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Timestamping {
-    /// eBPF TC observers on every probed interface, `bpf_ktime_get_ns`.
-    #[default]
-    Ebpf,
-    /// No eBPF: user-space timestamps only, no per-hook presence.
-    Socket,
-}
+use crate::{Bitmap, LoadStats, RoundPlan, Timestamping};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -6,6 +6,9 @@
 //! every stage shares.
 
 pub mod agent_report;
+#[cfg(feature = "crd")]
+mod crd_schema;
+pub mod kinds;
 pub mod load;
 pub mod plan;
 pub mod round;
@@ -13,15 +16,18 @@ pub mod stats;
 pub mod status;
 pub mod table;
 pub mod task;
+pub mod time;
 
 pub use agent_report::{
-    AgentReport, AnsweredPath, AppResult, ObserverStats, Packet, ProbeDrop, SentPath, Timestamping,
+    AgentReport, AnsweredPath, AppResult, ObserverStats, Packet, ProbeDrop, SentPath,
 };
+pub use kinds::{DnsProtocol, Family, HttpHeader, HttpMethod, Protocol, TaskKind, Timestamping};
 pub use load::{LatencyUs, LoadStats};
+pub use meshdoctor_agent_common::{probe_id, probe_id_parts};
 pub use plan::{
-    AgentRegistration, AppPlan, AppTarget, DnsPlan, DnsRecord, Family, HttpPlan, IncomingPath,
-    InterfaceInfo, MAX_APP_IN_FLIGHT, MAX_TCP_PROBES_PER_PATH, PlannedTarget, Protocol, RoundPlan,
-    TCP_PROBE_PORT_BASE, TlsMaterial, app_max_in_flight, probe_id, probe_id_parts,
+    AgentRegistration, AppPlan, AppTarget, DnsPlan, DnsRecord, HttpPlan, IncomingPath,
+    InterfaceInfo, MAX_APP_IN_FLIGHT, MAX_TCP_PROBES_PER_PATH, PlannedTarget, RoundPlan,
+    TCP_PROBE_PORT_BASE, TlsMaterial, app_max_in_flight,
 };
 pub use round::{
     AgentApp, AgentAppState, AppRoundReport, AppSummary, Direction, DropCount, Evidence, Finding,
@@ -33,4 +39,4 @@ pub use status::{
     Condition, ConditionStatus, DEFAULT_MAX_HISTORY, HistoryEntry, LastRoundStatus, RoundDigest,
     TaskStatus,
 };
-pub use task::{AppHttpHealthy, NetDns, NetReach, Task, TaskError, TaskKind, TaskSpec};
+pub use task::{AppHttpHealthy, NetDns, NetReach, Task, TaskError, TaskSpec};

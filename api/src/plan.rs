@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::{DnsProtocol, HttpHeader, HttpMethod};
+pub use meshdoctor_agent_common::MAX_PROBES_PER_PATH;
+
+use crate::kinds::{DnsProtocol, Family, HttpHeader, HttpMethod, Protocol, Timestamping};
 
 /// What an agent tells the controller when it starts, and again whenever it re-registers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,7 +20,7 @@ pub struct AgentRegistration {
     pub node: String,
     pub interfaces: Vec<InterfaceInfo>,
     /// How this agent timestamps probes (eBPF at TC, or the socket fallback).
-    pub timestamping: crate::Timestamping,
+    pub timestamping: Timestamping,
     /// Port of its probe responders on every address, the same number for UDP (echo) and TCP
     /// (connect and HTTP GET probes); `None` when it runs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,75 +56,12 @@ impl InterfaceInfo {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl Family {
-    pub fn of(addr: &IpAddr) -> Self {
-        match addr {
-            IpAddr::V4(_) => Self::Ipv4,
-            IpAddr::V6(_) => Self::Ipv6,
-        }
-    }
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Ipv4 => "ipv4",
-            Self::Ipv6 => "ipv6",
-        })
-    }
-}
-
-/// NetReach probe protocol (`spec.request.protocol`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// ICMP / ICMPv6 echo, answered by the peer's kernel.
-    #[default]
-    Icmp,
-    /// A UDP datagram answered by the peer agent's responder: crosses port-based policy,
-    /// conntrack and a user-space receiver, which ICMP does not.
-    Udp,
-    /// A TCP connect to the peer agent's responder: the SYN is the request, the SYN-ACK the
-    /// reply; what services' traffic meets (SYN policy, conntrack, the listen backlog).
-    Tcp,
-    /// An HTTP GET over a fresh TCP connection to the peer agent's responder: the connect
-    /// probe plus a user-space server answering; kdoctor's NetReach probe.
-    Http,
-}
-
-impl Protocol {
-    /// Whether the probe is a TCP connection, recognized by the observers from its 4-tuple
-    /// ([`TCP_PROBE_PORT_BASE`]) instead of a cookie in its payload.
-    pub fn is_tcp(self) -> bool {
-        matches!(self, Self::Tcp | Self::Http)
-    }
-
-    /// The lowercase name the task spec uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Icmp => "icmp",
-            Self::Udp => "udp",
-            Self::Tcp => "tcp",
-            Self::Http => "http",
-        }
-    }
-}
-
 /// TCP probes leave from source port `TCP_PROBE_PORT_BASE + seq`: with the path's addresses
 /// and the destination port, the 4-tuple names the probe, so that both ends' observers can
 /// timestamp the SYN and SYN-ACK without a cookie (a SYN carries no payload). The range sits
 /// above Linux's default ephemeral ports (32768-60999), so it does not collide with other
 /// connections, and probes close with a reset, so no TIME_WAIT blocks the next round.
-pub const TCP_PROBE_PORT_BASE: u16 = 61440;
+pub const TCP_PROBE_PORT_BASE: u16 = meshdoctor_agent_common::TCP_PORT_BASE;
 /// Most TCP probes per path and round: the ports from [`TCP_PROBE_PORT_BASE`] to 65535.
 pub const MAX_TCP_PROBES_PER_PATH: u32 = 65536 - TCP_PROBE_PORT_BASE as u32;
 
@@ -220,21 +159,12 @@ impl AppTarget {
             ),
             Self::Dns(d) => format!(
                 "{} {} {} {}",
-                dns_protocol_name(d.protocol),
+                d.protocol.name(),
                 d.server,
                 d.record,
                 d.domain
             ),
         }
-    }
-}
-
-/// kdoctor's name of a DNS transport: `udp`, `tcp`, `tcp-tls`.
-pub fn dns_protocol_name(protocol: DnsProtocol) -> &'static str {
-    match protocol {
-        DnsProtocol::Udp => "udp",
-        DnsProtocol::Tcp => "tcp",
-        DnsProtocol::TcpTls => "tcp-tls",
     }
 }
 
@@ -383,28 +313,9 @@ pub struct IncomingPath {
     pub dst_addr: IpAddr,
 }
 
-/// Most probes one pair-path can carry in one round (the sequence number is 16 bits).
-pub const MAX_PROBES_PER_PATH: u32 = 1 << 16;
-
-/// The 64-bit probe id carried in every probe's payload: round tag, path, sequence.
-pub fn probe_id(round_tag: u32, path: u16, seq: u16) -> u64 {
-    (u64::from(round_tag) << 32) | (u64::from(path) << 16) | u64::from(seq)
-}
-
-/// Splits a probe id into (round tag, path, sequence).
-pub fn probe_id_parts(id: u64) -> (u32, u16, u16) {
-    ((id >> 32) as u32, (id >> 16) as u16, id as u16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probe_id_round_trips() {
-        let id = probe_id(0xdead_beef, 513, 65535);
-        assert_eq!(probe_id_parts(id), (0xdead_beef, 513, 65535));
-    }
 
     #[test]
     fn probes_per_target_is_qps_times_duration() {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Direction, Family, Finding, RoundReport, RoundStatus, Segment,
-    task::{format_duration, format_timestamp_ms},
+    time::{format_duration, format_timestamp_ms},
 };
 
 /// Round history entries kept per task by default, newest first (kdoctor's `crdMaxHistory`).
@@ -45,7 +45,7 @@ pub enum LastRoundStatus {
 #[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[cfg_attr(
     feature = "crd",
-    schemars(transform = crate::task::crd_schema::plain_docs)
+    schemars(transform = crate::crd_schema::plain_docs)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatus {

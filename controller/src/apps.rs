@@ -22,10 +22,9 @@ use std::collections::BTreeMap;
 
 use meshdoctor_api::{
     AgentApp, AgentAppState, AgentRegistration, AgentReport, AppPlan, AppRoundReport, AppSummary,
-    AppTarget, DnsPlan, DnsRecord, HttpPlan, LoadStats, RoundPlan, RoundSummary, Task, TaskKind,
-    TlsMaterial, app_max_in_flight,
-    plan::dns_protocol_name,
-    task::{AppHttpHealthyTarget, DnsProtocol, NetDnsSpec},
+    AppTarget, DnsPlan, DnsProtocol, DnsRecord, HttpPlan, LoadStats, RoundPlan, RoundSummary, Task,
+    TaskKind, TlsMaterial, app_max_in_flight,
+    task::{AppHttpHealthyTarget, NetDnsSpec},
 };
 
 use crate::mesh::RoundMeta;
@@ -162,7 +161,7 @@ pub fn spec_label(task: &Task) -> String {
                     None => u.server.clone(),
                 },
             );
-            format!("{} {server} {}", dns_protocol_name(r.protocol), r.domain)
+            format!("{} {server} {}", r.protocol.name(), r.domain)
         }
     }
 }

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use meshdoctor_api::{DEFAULT_MAX_HISTORY, task::parse_duration};
+use meshdoctor_api::{DEFAULT_MAX_HISTORY, time::parse_duration};
 use meshdoctor_controller::{
     api_server,
     kubernetes::{self, lease},

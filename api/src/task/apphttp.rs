@@ -7,15 +7,16 @@
 //! `body` (inline) and `tlsCaFile` / `tlsCertFile` / `tlsKeyFile` (absolute paths, read by each
 //! agent) beside kdoctor's `bodyConfigmapName/Namespace` and `tlsSecretName/Namespace`.
 
-use std::{fmt, net::Ipv6Addr, path::Path};
+use std::net::Ipv6Addr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::{
-    Invalid, Kind, MAX_APP_HTTP_QPS, Metadata, SchedulePlan, TaskKind, TaskSpec, default_duration,
-    default_mean_delay, default_qps, default_success_rate, default_timeout,
-    netreach::agent_spec_warning, validate_common, validate_expect, validate_label, validate_pair,
+    Invalid, Kind, MAX_APP_HTTP_QPS, Metadata, SchedulePlan, TaskSpec, agent_spec_warning,
+    default_duration, default_mean_delay, default_qps, default_success_rate, default_timeout,
+    validate_common, validate_expect, validate_file, validate_label, validate_pair,
 };
+use crate::{HttpHeader, HttpMethod, TaskKind};
 
 /// An AppHttpHealthy task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,8 +52,8 @@ pub struct AppHttpHealthy {
 #[cfg_attr(
     feature = "crd",
     schemars(
-        description = super::crd_schema::SPEC_DESCRIPTION,
-        transform = super::crd_schema::plain_docs
+        description = crate::crd_schema::SPEC_DESCRIPTION,
+        transform = crate::crd_schema::plain_docs
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -61,7 +62,7 @@ pub struct AppHttpHealthySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "crd",
-        schemars(schema_with = "super::crd_schema::preserved_object")
+        schemars(schema_with = "crate::crd_schema::preserved_object")
     )]
     pub agent_spec: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -132,96 +133,6 @@ impl Default for HttpSuccessCondition {
     }
 }
 
-/// The HTTP methods kdoctor's CRD allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
-#[serde(rename_all = "UPPERCASE")]
-pub enum HttpMethod {
-    Get,
-    Post,
-    Put,
-    Delete,
-    Connect,
-    Options,
-    Patch,
-    Head,
-}
-
-impl HttpMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Get => "GET",
-            Self::Post => "POST",
-            Self::Put => "PUT",
-            Self::Delete => "DELETE",
-            Self::Connect => "CONNECT",
-            Self::Options => "OPTIONS",
-            Self::Patch => "PATCH",
-            Self::Head => "HEAD",
-        }
-    }
-}
-
-impl fmt::Display for HttpMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One request header, written `"Key: Value"` and split on the first `:` only, so a value may
-/// contain `:` (kdoctor splits on every `:` and keeps the first piece).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpHeader {
-    pub name: String,
-    pub value: String,
-}
-
-impl HttpHeader {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let Some((name, value)) = s.split_once(':') else {
-            return Err(format!("expected \"Key: Value\", got {s:?} (no ':')"));
-        };
-        let name = name.trim();
-        // RFC 9110 token characters.
-        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if name.is_empty() || !name.chars().all(tchar) {
-            return Err(format!(
-                "header name {name:?} in {s:?} is not an HTTP token (letters, digits, \
-                 !#$%&'*+-.^_`|~)"
-            ));
-        }
-        let value = value.trim();
-        if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(format!(
-                "header value of {name:?} contains a control character (CR, LF, NUL, ...)"
-            ));
-        }
-        Ok(Self {
-            name: name.into(),
-            value: value.into(),
-        })
-    }
-}
-
-impl fmt::Display for HttpHeader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.name, self.value)
-    }
-}
-
-impl Serialize for HttpHeader {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for HttpHeader {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[cfg_attr(
@@ -261,7 +172,7 @@ pub struct AppHttpHealthyTarget {
     pub http2: bool,
     /// `"Key: Value"` entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "crd", schemars(schema_with = "super::crd_schema::headers"))]
+    #[cfg_attr(feature = "crd", schemars(schema_with = "crate::crd_schema::headers"))]
     pub header: Vec<HttpHeader>,
     /// meshdoctor's extension: the request body, inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,18 +260,6 @@ fn validate_url(url: &str) -> Result<(), Invalid> {
         return Err(Invalid::new(field, format!("invalid URL {url:?}: no host")));
     }
     Ok(())
-}
-
-/// A TLS file field: the controller reads it on its own host, so only an absolute path is
-/// unambiguous.
-pub(super) fn validate_file(field: &str, path: Option<&String>) -> Result<(), Invalid> {
-    match path {
-        Some(p) if !Path::new(p).is_absolute() => Err(Invalid::new(
-            field,
-            format!("must be an absolute path (read by the controller), got {p:?}"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 impl Kind for AppHttpHealthy {

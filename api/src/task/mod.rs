@@ -31,21 +31,20 @@ pub mod netdns;
 pub mod netreach;
 pub mod schedule;
 
-use std::{fmt, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 #[cfg(feature = "crd")]
 pub use apphttp::AppHttpHealthyResource;
 pub use apphttp::{
-    AppHttpHealthy, AppHttpHealthySpec, AppHttpHealthyTarget, HttpHeader, HttpMethod,
-    HttpSuccessCondition, NetHttpRequest,
+    AppHttpHealthy, AppHttpHealthySpec, AppHttpHealthyTarget, HttpSuccessCondition, NetHttpRequest,
 };
 #[cfg(feature = "crd")]
 pub use netdns::NetDnsResource;
 pub use netdns::{
-    DEFAULT_DNS_DOMAIN, DnsProtocol, NetDns, NetDnsRequest, NetDnsSpec, NetDnsTarget,
-    NetDnsTargetDns, NetDnsTargetUser,
+    DEFAULT_DNS_DOMAIN, NetDns, NetDnsRequest, NetDnsSpec, NetDnsTarget, NetDnsTargetDns,
+    NetDnsTargetUser,
 };
 #[cfg(feature = "crd")]
 pub use netreach::NetReachResource;
@@ -55,8 +54,9 @@ pub use netreach::{
 };
 pub use schedule::{
     CronSchedule, MAX_SCHEDULE_LEN, RoundWindow, Schedule, ScheduleForm, SchedulePlan,
-    format_duration, format_timestamp_ms, parse_duration,
 };
+
+use crate::{TaskKind, time::format_duration};
 
 /// meshdoctor's API group and version.
 pub const API_VERSION: &str = "meshdoctor.io/v1beta1";
@@ -125,79 +125,6 @@ fn printer_columns()
         column("schedule", "string", ".spec.schedule.schedule", true),
         column("Age", "date", ".metadata.creationTimestamp", false),
     ]
-}
-
-/// The parts of the kinds' CRD schemas that schemars attributes cannot express: fields whose
-/// Rust type is not their JSON, user-facing descriptions, NetDns's required target.
-#[cfg(feature = "crd")]
-pub(crate) mod crd_schema {
-    use schemars::{Schema, SchemaGenerator, json_schema};
-
-    /// kdoctor's `agentSpec` and `sourceAgentNodeSelector`, accepted and unused: any object,
-    /// kept as written (the apiserver would otherwise prune every field of it).
-    pub fn preserved_object(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "object",
-            "nullable": true,
-            "x-kubernetes-preserve-unknown-fields": true,
-        })
-    }
-
-    /// The description of the three kinds' `spec`, instead of the Rust docs of the spec types
-    /// (which are about the Rust types).
-    pub const SPEC_DESCRIPTION: &str =
-        "What the task probes, when and how hard, and what makes a round succeed.";
-
-    /// Turns rustdoc links into plain code in every description of `schema` and below: the
-    /// descriptions are the types' doc comments, which `kubectl explain` shows, and `[`X`]`
-    /// is noise there.
-    pub fn plain_docs(schema: &mut Schema) {
-        fn walk(map: &mut serde_json::Map<String, serde_json::Value>) {
-            for (key, value) in map.iter_mut() {
-                match value {
-                    serde_json::Value::String(doc) if key == "description" => {
-                        *doc = doc.replace("[`", "`").replace("`]", "`");
-                    }
-                    serde_json::Value::Object(inner) => walk(inner),
-                    serde_json::Value::Array(items) => items
-                        .iter_mut()
-                        .filter_map(serde_json::Value::as_object_mut)
-                        .for_each(walk),
-                    _ => {}
-                }
-            }
-        }
-        if let Some(map) = schema.as_object_mut() {
-            walk(map);
-        }
-    }
-
-    /// Makes NetDns's `spec.target` required, without the default schemars derives from its
-    /// `#[serde(default)]`: that default (no server) fails the target's own CEL rule, and
-    /// Kubernetes would otherwise accept a NetDns without a target.
-    pub fn netdns_target_required(schema: &mut Schema) {
-        if let Some(target) = schema
-            .get_mut("properties")
-            .and_then(|p| p.get_mut("target"))
-            .and_then(serde_json::Value::as_object_mut)
-        {
-            target.remove("default");
-        }
-        match schema.get_mut("required") {
-            Some(serde_json::Value::Array(required)) => required.push("target".into()),
-            _ => {
-                schema.insert("required".into(), serde_json::json!(["target"]));
-            }
-        }
-    }
-
-    /// AppHttpHealthy's `header`: `"Key: Value"` strings ([`super::HttpHeader`] parses them).
-    pub fn headers(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "array",
-            "items": {"type": "string", "pattern": "^[^:]+:.*$"},
-        })
-    }
 }
 
 /// A task file could not be used. Every variant names the file and the field.
@@ -293,44 +220,6 @@ pub(crate) fn default_timeout() -> u32 {
 }
 pub(crate) fn yes() -> bool {
     true
-}
-
-/// The kind of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum TaskKind {
-    NetReach,
-    AppHttpHealthy,
-    /// Spelled `Netdns` by kdoctor; both spellings are accepted.
-    #[serde(alias = "Netdns")]
-    NetDns,
-}
-
-impl TaskKind {
-    pub const ALL: [TaskKind; 3] = [Self::NetReach, Self::AppHttpHealthy, Self::NetDns];
-
-    /// The kind named by a document's `kind`, in either spelling.
-    pub fn from_kind(kind: &str) -> Option<Self> {
-        match kind {
-            "NetReach" => Some(Self::NetReach),
-            "AppHttpHealthy" => Some(Self::AppHttpHealthy),
-            "NetDns" | "Netdns" => Some(Self::NetDns),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NetReach => "NetReach",
-            Self::AppHttpHealthy => "AppHttpHealthy",
-            Self::NetDns => "NetDns",
-        }
-    }
-}
-
-impl fmt::Display for TaskKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The request load of a round, whatever the kind.
@@ -734,6 +623,25 @@ pub(crate) fn validate_label(field: &str, value: &str) -> Result<(), Invalid> {
             format!("{value:?} is not a Kubernetes name (lowercase letters, digits, '-')"),
         ))
     }
+}
+
+/// A TLS file field: the controller reads it on its own host, so only an absolute path is
+/// unambiguous.
+pub(crate) fn validate_file(field: &str, path: Option<&String>) -> Result<(), Invalid> {
+    match path {
+        Some(p) if !Path::new(p).is_absolute() => Err(Invalid::new(
+            field,
+            format!("must be an absolute path (read by the controller), got {p:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The warning of every kind whose task sets kdoctor's `spec.agentSpec`.
+pub(crate) fn agent_spec_warning() -> String {
+    "spec.agentSpec: ignored: meshdoctor runs every task on all registered agents (no per-task \
+     agent workload)"
+        .into()
 }
 
 /// Two fields that go together: both or neither.

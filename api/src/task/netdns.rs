@@ -17,10 +17,11 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Invalid, Kind, MAX_DNS_QPS, Metadata, SchedulePlan, SuccessCondition, TaskKind, TaskSpec,
-    default_duration, default_qps, default_timeout, netreach::agent_spec_warning, validate_common,
-    validate_expect, validate_label, yes,
+    Invalid, Kind, MAX_DNS_QPS, Metadata, SchedulePlan, SuccessCondition, TaskSpec,
+    agent_spec_warning, default_duration, default_qps, default_timeout, validate_common,
+    validate_expect, validate_file, validate_label, yes,
 };
+use crate::{DnsProtocol, TaskKind};
 
 /// `request.domain` when omitted (kdoctor's CRD default).
 pub const DEFAULT_DNS_DOMAIN: &str = "kubernetes.default.svc.cluster.local";
@@ -59,9 +60,9 @@ pub struct NetDns {
 #[cfg_attr(
     feature = "crd",
     schemars(
-        description = super::crd_schema::SPEC_DESCRIPTION,
-        transform = super::crd_schema::plain_docs,
-        transform = super::crd_schema::netdns_target_required
+        description = crate::crd_schema::SPEC_DESCRIPTION,
+        transform = crate::crd_schema::plain_docs,
+        transform = crate::crd_schema::netdns_target_required
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -70,14 +71,14 @@ pub struct NetDnsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "crd",
-        schemars(schema_with = "super::crd_schema::preserved_object")
+        schemars(schema_with = "crate::crd_schema::preserved_object")
     )]
     pub agent_spec: Option<serde_yaml::Value>,
     /// Declared but unused in kdoctor; accepted and unused here too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "crd",
-        schemars(schema_with = "super::crd_schema::preserved_object")
+        schemars(schema_with = "crate::crd_schema::preserved_object")
     )]
     pub source_agent_node_selector: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -130,31 +131,6 @@ impl Default for NetDnsRequest {
 
 fn default_domain() -> String {
     DEFAULT_DNS_DOMAIN.into()
-}
-
-/// DNS transport.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
-pub enum DnsProtocol {
-    #[default]
-    #[serde(rename = "udp")]
-    Udp,
-    #[serde(rename = "tcp")]
-    Tcp,
-    /// DNS over TLS. kdoctor does not verify the server's certificate; meshdoctor always does.
-    #[serde(rename = "tcp-tls")]
-    TcpTls,
-}
-
-impl DnsProtocol {
-    /// The server port when `targetUser.port` is omitted: 853 for DNS over TLS (RFC 7858; kdoctor
-    /// keeps 53, where no DoT server listens), 53 otherwise.
-    pub fn default_port(self) -> u16 {
-        match self {
-            Self::Udp | Self::Tcp => 53,
-            Self::TcpTls => 853,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -305,7 +281,7 @@ fn validate_domain(field: &str, domain: &str) -> Result<(), Invalid> {
 /// Checks `targetUser`'s TLS fields, whatever the protocol (unused ones only warn).
 fn validate_tls(user: &NetDnsTargetUser) -> Result<(), Invalid> {
     let f = |n: &str| format!("spec.target.targetUser.{n}");
-    super::apphttp::validate_file(&f("tlsCaFile"), user.tls_ca_file.as_ref())?;
+    validate_file(&f("tlsCaFile"), user.tls_ca_file.as_ref())?;
     if let Some(name) = &user.tls_server_name
         && name.parse::<IpAddr>().is_err()
     {
@@ -434,7 +410,7 @@ impl TaskSpec for NetDns {
                 w.push(format!(
                     "spec.target.targetUser.{field}: not used: spec.request.protocol is {}, not \
                      tcp-tls",
-                    crate::plan::dns_protocol_name(protocol)
+                    protocol.name()
                 ));
             }
         }

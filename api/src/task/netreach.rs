@@ -15,11 +15,11 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Invalid, Kind, MAX_QPS, Metadata, SchedulePlan, SuccessCondition, TaskKind, TaskSpec,
+    Invalid, Kind, MAX_QPS, Metadata, SchedulePlan, SuccessCondition, TaskSpec, agent_spec_warning,
     default_duration, default_qps, default_timeout, validate_common, validate_expect, yes,
 };
 use crate::{
-    Family, InterfaceInfo, Protocol,
+    Family, InterfaceInfo, Protocol, TaskKind,
     plan::{MAX_PROBES_PER_PATH, MAX_TCP_PROBES_PER_PATH},
 };
 
@@ -63,8 +63,8 @@ pub struct NetReach {
 #[cfg_attr(
     feature = "crd",
     schemars(
-        description = super::crd_schema::SPEC_DESCRIPTION,
-        transform = super::crd_schema::plain_docs,
+        description = crate::crd_schema::SPEC_DESCRIPTION,
+        transform = crate::crd_schema::plain_docs,
         extend("x-kubernetes-validations" = [{
             "rule": "!has(self.pairPaths) || size(self.pairPaths) == 0 || self.target.endpoint \
                      || (has(self.target.remoteAgents) && size(self.target.remoteAgents) > 0)",
@@ -82,7 +82,7 @@ pub struct NetReachSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "crd",
-        schemars(schema_with = "super::crd_schema::preserved_object")
+        schemars(schema_with = "crate::crd_schema::preserved_object")
     )]
     pub agent_spec: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -751,12 +751,6 @@ impl TaskSpec for NetReach {
         }
         w
     }
-}
-
-pub(crate) fn agent_spec_warning() -> String {
-    "spec.agentSpec: ignored: meshdoctor runs every task on all registered agents (no per-task \
-     agent workload)"
-        .into()
 }
 
 #[cfg(test)]
