@@ -17,11 +17,12 @@ use std::{
     time::Duration,
 };
 
-use meshdoctor_api::{AgentAppState, RoundReport, RoundStatus, table};
+use meshdoctor_api::{AgentAppState, RoundReport, RoundStatus};
 use meshdoctor_e2e::{can_run, find_program, start_nginx};
 use meshdoctor_lab::{
     Lab, LabConfig, LabServer, TestCa, UnboundConfig, UnboundTls, plan::CONTROLLER_NS,
 };
+use meshdoctor_table as table;
 
 /// The servers' address: the controller namespace's eth0, on the pod network.
 const SERVER: &str = "192.0.2.254";

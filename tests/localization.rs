@@ -217,7 +217,7 @@ fn run(s: &Scenario) -> Outcome {
         if round == 1 || !found.is_empty() {
             out.lines.push(format!(
                 "    round {round}: {}",
-                meshdoctor_api::table::render_findings(&report.findings)
+                meshdoctor_table::render_findings(&report.findings)
                     .lines()
                     .collect::<Vec<_>>()
                     .join("\n             ")

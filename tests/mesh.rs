@@ -23,7 +23,7 @@ fn run_round(nodes: usize, qps: u32, secs: u32, faults: &[&str]) -> RoundReport 
     let report = lab
         .wait_round("mesh", 1, Duration::from_secs(u64::from(secs) + 60))
         .expect("round 1 report");
-    eprintln!("{}", meshdoctor_api::table::render_table(&report));
+    eprintln!("{}", meshdoctor_table::render_table(&report));
     report
 }
 
@@ -186,7 +186,7 @@ fn an_agent_dying_mid_round_is_named_and_the_others_data_is_kept() {
     let r = lab
         .wait_round("mesh", 1, Duration::from_secs(60))
         .expect("round 1 report");
-    eprintln!("{}", meshdoctor_api::table::render_table(&r));
+    eprintln!("{}", meshdoctor_table::render_table(&r));
     assert_eq!(r.status, RoundStatus::Fail);
     assert_eq!(r.not_reported, vec!["node-3".to_string()]);
     assert!(
@@ -230,7 +230,7 @@ fn a_full_ring_buffer_makes_loss_unobserved_never_misplaced() {
     let r = lab
         .wait_round("mesh", 1, Duration::from_secs(60))
         .expect("round 1 report");
-    eprintln!("{}", meshdoctor_api::table::render_table(&r));
+    eprintln!("{}", meshdoctor_table::render_table(&r));
     eprintln!("unobserved events: {}", r.summary.unobserved_events);
     assert!(
         r.summary.unobserved_events > 0,
@@ -276,7 +276,7 @@ fn mesh_answered_by_the_agents(name: &str, protocol: &'static str) {
     let r = lab
         .wait_round("mesh", 1, Duration::from_secs(60))
         .expect("round 1 report");
-    eprintln!("{}", meshdoctor_api::table::render_table(&r));
+    eprintln!("{}", meshdoctor_table::render_table(&r));
     assert_eq!(r.status, RoundStatus::Succeed, "{:?}", r.failure_reasons);
     // 3 x 2 ordered pairs x 2 interfaces x 2 families.
     assert_eq!(r.paths.len(), 24);
@@ -369,7 +369,7 @@ spec:
     let r = lab
         .wait_round("listed", 1, Duration::from_secs(60))
         .expect("round 1 report");
-    eprintln!("{}", meshdoctor_api::table::render_table(&r));
+    eprintln!("{}", meshdoctor_table::render_table(&r));
     assert_eq!(r.status, RoundStatus::Fail);
     // 3 agents x 4 addresses, from eth0 only.
     assert_eq!(r.paths.len(), 12);

@@ -14,8 +14,9 @@ pub mod plan;
 pub mod round;
 pub mod stats;
 pub mod status;
-pub mod table;
 pub mod task;
+#[cfg(any(test, feature = "testing"))]
+mod testing;
 pub mod time;
 
 pub use agent_report::{

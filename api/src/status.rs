@@ -568,29 +568,12 @@ mod tests {
     /// A round of task `t` with no paths, started at `round` s and closed 500 ms later, with
     /// agents `a` and `b`.
     fn mk_round(round: u32, status: RoundStatus) -> RoundReport {
-        RoundReport {
-            task: "t".into(),
-            round,
-            round_tag: round,
-            status,
-            failure_reasons: vec![],
-            start_ms: u64::from(round) * 1000,
-            end_ms: u64::from(round) * 1000 + 500,
-            expected_agents: vec!["a".into(), "b".into()],
-            not_reported: vec![],
-            findings: vec![],
-            summary: RoundSummary::default(),
-            paths: vec![],
-            app: None,
-        }
+        RoundReport::test("t", round, status)
     }
 
     /// A link-loss finding on `node`'s net1, or a stack one with a kernel drop reason.
     fn mk_finding(node: &str, reason: Option<&str>) -> Finding {
         Finding {
-            node: node.into(),
-            interface: "net1".into(),
-            network: "sec".into(),
             family: Family::Ipv6,
             direction: Direction::Egress,
             segment: if reason.is_some() {
@@ -599,7 +582,6 @@ mod tests {
                 Segment::Link
             },
             packets: vec![Packet::Request, Packet::Reply],
-            lost: 30,
             probes: 100,
             loss_ratio: 0.3,
             interval: Interval {
@@ -616,6 +598,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             evidence: vec![],
+            ..Finding::test(node)
         }
     }
 

@@ -1,10 +1,10 @@
-//! What the commands print: the check result as tables (through `meshdoctor_api::table`, the
+//! What the commands print: the check result as tables (through `meshdoctor_table`, the
 //! tables the lab prints too) or as JSON / YAML, and the rows of `tasks` and `agents`.
 
 use meshdoctor_api::{
-    Family, Finding, PathResult, PathState, RoundReport, RoundStatus, RoundSummary, table,
-    task::PairPath,
+    Family, Finding, PathResult, PathState, RoundReport, RoundStatus, RoundSummary, task::PairPath,
 };
+use meshdoctor_table as table;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 
 use meshdoctor_api::{
-    Direction, DropCount, Evidence, Family, Finding, HookCounts, Interval, LossSegments, Packet,
-    PathResult, PathSegment, PathState, ReasonCount, RoundReport, RoundStatus, RoundSummary,
-    RttStats, Segment,
+    DropCount, Evidence, Family, Finding, HookCounts, Interval, LossSegments, Packet, PathResult,
+    ReasonCount, RoundReport, RoundStatus, RoundSummary, RttStats,
 };
 use meshdoctor_cli::{args::Output, output::CheckOutput};
 
@@ -42,34 +41,15 @@ fn path(
     segments: LossSegments,
 ) -> PathResult {
     let octet = |node: &str| node.trim_start_matches("node-").parse::<u8>().unwrap();
-    let net = if iface == "eth0" { 1 } else { 2 };
+    let (net, network) = if iface == "eth0" {
+        (1, "pod")
+    } else {
+        (2, "storage")
+    };
     PathResult {
         path: n,
-        src_node: src.into(),
-        dst_node: dst.into(),
-        src_interface: iface.into(),
-        dst_interface: iface.into(),
-        network: if iface == "eth0" {
-            "pod".into()
-        } else {
-            "storage".into()
-        },
-        family: Family::Ipv4,
         src_addr: format!("10.{net}.0.{}", octet(src)).parse().unwrap(),
         dst_addr: format!("10.{net}.0.{}", octet(dst)).parse().unwrap(),
-        external: false,
-        state: if lost == 0 {
-            PathState::Ok
-        } else {
-            PathState::Lossy
-        },
-        planned: 50,
-        sent: 50,
-        received: 50 - lost,
-        lost,
-        loss_ratio: f64::from(lost) / 50.0,
-        send_failed: 0,
-        dst_reported: true,
         hooks: HookCounts {
             src_egress: 50,
             dst_ingress: 50 - segments.forward,
@@ -77,27 +57,18 @@ fn path(
             src_ingress: 50 - lost,
             delivered: 50 - lost,
         },
-        segments,
         kernel_rtt: RttStats::from_ns([40_000, 50_000, 120_000]),
         user_rtt: RttStats::from_ns([90_000, 100_000, 200_000]),
-        network_rtt: None,
-        dst_stack: None,
-        drops: Vec::new(),
-        errors: Vec::new(),
-        probes: Vec::new(),
+        ..PathResult::test(src, dst, (iface, network), Family::Ipv4, 50).with_loss(lost, segments)
     }
 }
 
 fn evidence(path: u16, src: &str, dst: &str, lost: u32) -> Evidence {
     Evidence {
         path,
-        src_node: src.into(),
-        src_interface: "net1".into(),
-        dst_node: dst.into(),
-        dst_interface: "net1".into(),
-        segment: PathSegment::Forward,
         lost,
         probes: 50,
+        ..Evidence::test(src, dst)
     }
 }
 
@@ -141,13 +112,7 @@ fn faulty_round() -> RoundReport {
         count: 4,
     }];
     let finding = Finding {
-        node: "node-3".into(),
-        interface: "net1".into(),
         network: "storage".into(),
-        family: Family::Ipv4,
-        direction: Direction::Ingress,
-        segment: Segment::Link,
-        packets: vec![Packet::Request],
         lost: 22,
         probes: 100,
         loss_ratio: 0.22,
@@ -165,6 +130,7 @@ fn faulty_round() -> RoundReport {
             evidence(3, "node-1", "node-3", 10),
             evidence(7, "node-2", "node-3", 12),
         ],
+        ..Finding::test("node-3")
     };
     let sent = 50 * paths.len() as u64;
     RoundReport {

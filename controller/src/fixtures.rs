@@ -1,11 +1,7 @@
-//! Builders shared by the controller's unit tests.
+//! Builders shared by the controller's tests (unit tests, and its integration tests through the
+//! `testing` feature); the report types' own builders are the api's (`PathResult::test`, ...).
 
 use std::path::PathBuf;
-
-use meshdoctor_api::{
-    Direction, Evidence, Family, Finding, HookCounts, Interval, LossSegments, Packet, PathResult,
-    PathSegment, PathState, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
-};
 
 /// A fresh directory under the system's temp dir, unique per test and process.
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -16,107 +12,6 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A finding of 30 lost of 150 probes arriving on `node`'s net1 (IPv4 link), dropped for
-/// `NETFILTER_DROP`, with evidence from two peers.
-pub fn mk_finding(node: &str) -> Finding {
-    let evidence = |src: &str| Evidence {
-        path: 0,
-        src_node: src.into(),
-        src_interface: "net1".into(),
-        dst_node: node.into(),
-        dst_interface: "net1".into(),
-        segment: PathSegment::Forward,
-        lost: 15,
-        probes: 75,
-    };
-    Finding {
-        node: node.into(),
-        interface: "net1".into(),
-        network: "sec".into(),
-        family: Family::Ipv4,
-        direction: Direction::Ingress,
-        segment: Segment::Link,
-        packets: vec![Packet::Request],
-        lost: 30,
-        probes: 150,
-        loss_ratio: 0.2,
-        interval: Interval {
-            low: 0.12,
-            high: 0.3,
-            level: 0.99,
-        },
-        drop_reasons: vec![ReasonCount {
-            reason: "NETFILTER_DROP".into(),
-            location: "nft_do_chain+0x4c1".into(),
-            count: 30,
-        }],
-        evidence: vec![evidence("node-a"), evidence("node-b")],
-    }
-}
-
-/// A round report of `task` with no paths: what status and storage tests need.
-pub fn mk_round(task: &str, round: u32, status: RoundStatus) -> RoundReport {
-    RoundReport {
-        task: task.into(),
-        round,
-        round_tag: round,
-        status,
-        failure_reasons: vec![],
-        start_ms: u64::from(round) * 1000,
-        end_ms: u64::from(round) * 1000 + 500,
-        expected_agents: vec!["a".into(), "b".into()],
-        not_reported: vec![],
-        findings: vec![],
-        summary: RoundSummary::default(),
-        paths: vec![],
-        app: None,
-    }
-}
-
-/// A clean pair-path between agents: `probes` sent and received on `interface` of both
-/// nodes, nothing observed; tests change what they need with struct update syntax.
-pub fn mk_path(
-    src: &str,
-    dst: &str,
-    (interface, network): (&str, &str),
-    family: Family,
-    probes: u32,
-) -> PathResult {
-    let addr = match family {
-        Family::Ipv4 => "192.0.2.1".parse().unwrap(),
-        Family::Ipv6 => "2001:db8::1".parse().unwrap(),
-    };
-    PathResult {
-        path: 0,
-        src_node: src.into(),
-        dst_node: dst.into(),
-        src_interface: interface.into(),
-        dst_interface: interface.into(),
-        network: network.into(),
-        family,
-        src_addr: addr,
-        dst_addr: addr,
-        external: false,
-        state: PathState::Ok,
-        planned: probes,
-        sent: probes,
-        received: probes,
-        lost: 0,
-        loss_ratio: 0.0,
-        send_failed: 0,
-        dst_reported: true,
-        hooks: HookCounts::default(),
-        segments: LossSegments::default(),
-        kernel_rtt: None,
-        user_rtt: None,
-        network_rtt: None,
-        dst_stack: None,
-        drops: Vec::new(),
-        errors: Vec::new(),
-        probes: Vec::new(),
-    }
 }
 
 /// A running agent pod on `node` with `ips`, and a network-status annotation when given.

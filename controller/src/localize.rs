@@ -411,8 +411,6 @@ fn finding(
 mod tests {
     use meshdoctor_api::{DropCount, LossSegments, round::HookCounts};
 
-    use crate::fixtures;
-
     use super::*;
 
     use Direction::{Egress, Ingress};
@@ -636,7 +634,7 @@ mod tests {
                     count,
                 })
                 .collect(),
-            ..fixtures::mk_path(src, dst, (interface, network), family, probes)
+            ..PathResult::test(src, dst, (interface, network), family, probes)
         };
         (p, PathLoss::new(true, buckets))
     }

@@ -656,16 +656,13 @@ impl<'a> RoundSums<'a> {
 #[cfg(test)]
 mod tests {
     use meshdoctor_api::{
-        DropCount, Family as IpFamily, LossSegments, Packet, ProbeDrop, ProbeSample,
+        DropCount, Family as IpFamily, Finding, LossSegments, Packet, ProbeDrop, ProbeSample,
     };
 
     use super::*;
-    use crate::{
-        fixtures::{mk_finding, mk_path, mk_round},
-        join::{
-            join,
-            tests::{mk_plans, mk_report, mk_reports},
-        },
+    use crate::join::{
+        join,
+        tests::{mk_plans, mk_report, mk_reports},
     };
 
     /// A failed round of `task` with findings on `nodes`, whose path 0 (node-1 to node-2)
@@ -685,10 +682,10 @@ mod tests {
             interface: None,
         };
         reports.get_mut("node-2").unwrap().drops = vec![drop(3), drop(4)];
-        let mut report = mk_round(task, round, RoundStatus::Fail);
+        let mut report = RoundReport::test(task, round, RoundStatus::Fail);
         report.expected_agents = vec!["node-1".into(), "node-2".into()];
         report.paths = join(&plans, &reports).paths;
-        report.findings = nodes.iter().map(|n| mk_finding(n)).collect();
+        report.findings = nodes.iter().map(|n| Finding::test(n)).collect();
         report
     }
 
@@ -748,7 +745,7 @@ mod tests {
             ],
         );
 
-        m.round_closed(&mk_round("mesh", 3, RoundStatus::Succeed));
+        m.round_closed(&RoundReport::test("mesh", 3, RoundStatus::Succeed));
         let text = m.encode().unwrap();
         assert!(!text.contains("task=\"mesh\",node=\"node-3\""), "{text}");
         assert!(text.contains("meshdoctor_interface_findings{task=\"mesh\"} 0\n"));
@@ -872,14 +869,14 @@ mod tests {
         let text = on.encode().unwrap();
         assert_eq!(value(&text, pair), ratio);
         // A round whose paths are gone (e.g. the node left) removes the pair.
-        on.round_closed(&mk_round("mesh", 2, RoundStatus::Succeed));
+        on.round_closed(&RoundReport::test("mesh", 2, RoundStatus::Succeed));
         assert!(!on.encode().unwrap().contains(pair));
     }
 
     #[test]
     fn agents_that_did_not_report_are_counted_by_node() {
         let m = Metrics::default();
-        let mut round = mk_round("mesh", 1, RoundStatus::Fail);
+        let mut round = RoundReport::test("mesh", 1, RoundStatus::Fail);
         round.not_reported = vec!["b".into()];
         m.round_closed(&round);
         m.round_closed(&round);
@@ -902,7 +899,7 @@ mod tests {
     #[test]
     fn app_rounds_count_requests_not_probes() {
         let m = Metrics::default();
-        let mut round = mk_round("web", 1, RoundStatus::Fail);
+        let mut round = RoundReport::test("web", 1, RoundStatus::Fail);
         round.app = Some(meshdoctor_api::AppRoundReport {
             kind: meshdoctor_api::TaskKind::AppHttpHealthy,
             target: "GET http://web/".into(),
@@ -955,8 +952,13 @@ mod tests {
                 for (interface, network) in [("eth0", "default"), ("net1", "sec")] {
                     for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
                         let faulty = interface == "net1" && dst % nodes == 0;
-                        let path =
-                            mk_path(&node(src), &node(dst), (interface, network), family, 10);
+                        let path = PathResult::test(
+                            &node(src),
+                            &node(dst),
+                            (interface, network),
+                            family,
+                            10,
+                        );
                         paths.push(PathResult {
                             path: paths.len() as u16,
                             state: if faulty {
@@ -995,10 +997,10 @@ mod tests {
                 }
             }
         }
-        let mut report = mk_round("mesh", 1, RoundStatus::Fail);
+        let mut report = RoundReport::test("mesh", 1, RoundStatus::Fail);
         report.expected_agents = (0..nodes).map(node).collect();
         report.paths = paths;
-        let mut finding = mk_finding("node-1");
+        let mut finding = Finding::test("node-1");
         finding.family = IpFamily::Ipv4;
         report.findings = vec![finding];
         report

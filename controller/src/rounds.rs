@@ -867,7 +867,7 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{mk_finding, mk_round, temp_dir};
+    use crate::fixtures::temp_dir;
 
     fn mk_task_file(name: &str) -> TaskFile {
         mk_file(
@@ -903,7 +903,7 @@ mod tests {
     fn close_round(ctl: &Controller, file: &str, round: u32, current: bool) {
         let mut tasks = lock(&ctl.tasks);
         let (name, status) = tasks.get_mut(file).unwrap().status.as_mut().unwrap();
-        let report = mk_round(name, round, RoundStatus::Succeed);
+        let report = RoundReport::test(name, round, RoundStatus::Succeed);
         status.record(&report, report.end_ms, current);
     }
 
@@ -1148,16 +1148,16 @@ mod tests {
     async fn findings_are_the_latest_round_of_each_task() {
         let dir = temp_dir("findings");
         let store = ReportStore::new(&dir);
-        let mut lossy = mk_round("mesh", 4, RoundStatus::Fail);
-        lossy.findings = vec![mk_finding("node-3")];
+        let mut lossy = RoundReport::test("mesh", 4, RoundStatus::Fail);
+        lossy.findings = vec![Finding::test("node-3")];
         store.write(&lossy).await.unwrap();
         store
-            .write(&mk_round("mesh", 3, RoundStatus::Succeed))
+            .write(&RoundReport::test("mesh", 3, RoundStatus::Succeed))
             .await
             .unwrap();
         // A stored report of a task that is no longer loaded is not shown.
         store
-            .write(&mk_round("gone", 1, RoundStatus::Fail))
+            .write(&RoundReport::test("gone", 1, RoundStatus::Fail))
             .await
             .unwrap();
         let ctl = Controller::new(settings(99), store);
@@ -1171,7 +1171,7 @@ mod tests {
         let stored = TaskFindings {
             task: "mesh".into(),
             round: 4,
-            findings: vec![mk_finding("node-3")],
+            findings: vec![Finding::test("node-3")],
         };
         assert_eq!(ctl.findings().await, std::slice::from_ref(&stored));
 

@@ -155,7 +155,7 @@ mod tests {
     use crate::fixtures::temp_dir;
 
     fn mk_round(round: u32) -> RoundReport {
-        crate::fixtures::mk_round("mesh", round, RoundStatus::Succeed)
+        RoundReport::test("mesh", round, RoundStatus::Succeed)
     }
 
     #[tokio::test]

@@ -10,11 +10,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use meshdoctor_api::{NetReach, Protocol, RoundReport, RoundStatus, table};
+use meshdoctor_api::{NetReach, Protocol, RoundReport, RoundStatus};
 use meshdoctor_lab::{
     DEFAULT_QPS, DEFAULT_SECS, Fault, Lab, LabConfig, LabError, MeshTask, PROMETHEUS_ADDR,
     Prometheus, alert_rules, cleanup_leftovers,
 };
+use meshdoctor_table as table;
 
 use crate::{cargo, setup, sh, step, teardown_on_signal, workspace_root};
 

@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 
 use std::collections::BTreeMap;
 
-use crate::{
+use meshdoctor_api::{
     AgentAppState, AppRoundReport, Finding, Packet, PathResult, PathState, RoundReport,
     RoundStatus, RttStats,
 };
@@ -192,8 +192,9 @@ pub fn render_app_table(app: &AppRoundReport) -> String {
                 row[1] = state.into();
                 return row;
             };
-            let lat =
-                |pick: fn(&crate::LatencyUs) -> String| s.latency.as_ref().map_or_else(dash, pick);
+            let lat = |pick: fn(&meshdoctor_api::LatencyUs) -> String| {
+                s.latency.as_ref().map_or_else(dash, pick)
+            };
             let errors = match &a.error {
                 Some(e) => e.clone(),
                 None => counts(&s.errors),
@@ -367,7 +368,7 @@ fn mesh_summary_line(report: &RoundReport, status: &str) -> String {
         "{} round {} {status}: {} paths ({} lossy), {} sent, {} lost ({loss:.2}%){rtt}",
         report.task, report.round, s.paths, s.lossy_paths, s.sent, s.lost,
     );
-    let all = |pick: fn(&crate::ProbeSample) -> u64| {
+    let all = |pick: fn(&meshdoctor_api::ProbeSample) -> u64| {
         RttStats::from_ns(
             report
                 .paths
@@ -389,7 +390,7 @@ fn mesh_summary_line(report: &RoundReport, status: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Direction, Family, RoundStatus, RoundSummary, Segment, round::HookCounts};
+    use meshdoctor_api::{Direction, Family, RoundStatus, RoundSummary, Segment};
 
     #[test]
     fn natural_order_of_node_names() {
@@ -399,49 +400,13 @@ mod tests {
     }
 
     fn path(src: &str, dst: &str, iface: &str, family: Family, sent: u32, lost: u32) -> PathResult {
-        let (src_addr, dst_addr) = match family {
-            Family::Ipv4 => ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()),
-            Family::Ipv6 => (
-                "2001:db8:0:1::1".parse().unwrap(),
-                "2001:db8:0:1::2".parse().unwrap(),
-            ),
+        let segments = meshdoctor_api::LossSegments {
+            dst_stack: lost,
+            ..Default::default()
         };
-        let rtt = RttStats::from_ns([40_000, 50_000, 120_000]);
         PathResult {
-            path: 0,
-            src_node: src.into(),
-            dst_node: dst.into(),
-            src_interface: iface.into(),
-            dst_interface: iface.into(),
-            network: iface.into(),
-            family,
-            src_addr,
-            dst_addr,
-            external: false,
-            state: if lost == 0 {
-                PathState::Ok
-            } else {
-                PathState::Lossy
-            },
-            planned: sent,
-            sent,
-            received: sent - lost,
-            lost,
-            loss_ratio: f64::from(lost) / f64::from(sent),
-            send_failed: 0,
-            dst_reported: true,
-            hooks: HookCounts::default(),
-            segments: crate::LossSegments {
-                dst_stack: lost,
-                ..Default::default()
-            },
-            kernel_rtt: rtt,
-            user_rtt: None,
-            network_rtt: None,
-            dst_stack: None,
-            drops: Vec::new(),
-            errors: Vec::new(),
-            probes: Vec::new(),
+            kernel_rtt: RttStats::from_ns([40_000, 50_000, 120_000]),
+            ..PathResult::test(src, dst, (iface, iface), family, sent).with_loss(lost, segments)
         }
     }
 
@@ -482,13 +447,13 @@ mod tests {
         let table = render_table(&report);
         let mut with_probes = report.clone();
         with_probes.paths[0].probes = vec![
-            crate::ProbeSample {
+            meshdoctor_api::ProbeSample {
                 seq: 0,
                 kernel_rtt_ns: 40_000,
                 user_rtt_ns: 90_000,
                 dst_stack_ns: 1,
             },
-            crate::ProbeSample {
+            meshdoctor_api::ProbeSample {
                 seq: 1,
                 kernel_rtt_ns: 60_000,
                 user_rtt_ns: 110_000,
@@ -511,7 +476,7 @@ node-10  node-1  eth0   eth0     ipv4    ok       50     0    0.0  -         -  
 
     #[test]
     fn app_rounds_have_one_row_per_agent() {
-        use crate::{AgentApp, AppSummary, LatencyUs, LoadStats, TaskKind};
+        use meshdoctor_api::{AgentApp, AppSummary, LatencyUs, LoadStats, TaskKind};
         let stats =
             |requests: u64, ok: u64, codes: &[(&str, u64)], errors: &[(&str, u64)]| LoadStats {
                 planned: 20,
@@ -578,7 +543,7 @@ node-10  node-1  eth0   eth0     ipv4    ok       50     0    0.0  -         -  
                 ),
             ],
         };
-        let mut report = crate::RoundReport {
+        let mut report = meshdoctor_api::RoundReport {
             task: "web".into(),
             round: 2,
             round_tag: 9,
@@ -620,8 +585,8 @@ node-10  not-reported    -   -     -       -         -     -      -       -     
         assert!(render_table(&report).contains("tls ca.crt: no certificate"));
     }
 
-    fn mk_drop(reason: &str, count: u32) -> crate::DropCount {
-        crate::DropCount {
+    fn mk_drop(reason: &str, count: u32) -> meshdoctor_api::DropCount {
+        meshdoctor_api::DropCount {
             node: "node-1".into(),
             packet: Packet::Request,
             reason: reason.into(),
@@ -630,34 +595,28 @@ node-10  not-reported    -   -     -       -         -     -      -       -     
         }
     }
 
-    fn mk_evidence(src: &str, dst: &str, segment: crate::PathSegment) -> crate::Evidence {
-        crate::Evidence {
-            path: 0,
-            src_node: src.into(),
-            src_interface: "net1".into(),
-            dst_node: dst.into(),
-            dst_interface: "net1".into(),
+    fn mk_evidence(
+        src: &str,
+        dst: &str,
+        segment: meshdoctor_api::PathSegment,
+    ) -> meshdoctor_api::Evidence {
+        meshdoctor_api::Evidence {
             segment,
             lost: 10,
             probes: 50,
+            ..meshdoctor_api::Evidence::test(src, dst)
         }
     }
 
     /// A finding on `node`'s net1 with evidence from node-1/node-2/node-4 (node-4 both ways).
     fn mk_finding(node: &str, direction: Direction, segment: Segment) -> Finding {
-        use crate::PathSegment::{Forward, Reply};
+        use meshdoctor_api::PathSegment::{Forward, Reply};
         Finding {
-            node: node.into(),
-            interface: "net1".into(),
             network: "net1".into(),
-            family: Family::Ipv4,
             direction,
             segment,
             packets: vec![Packet::Request, Packet::Reply],
-            lost: 30,
-            probes: 150,
-            loss_ratio: 0.2,
-            interval: crate::Interval {
+            interval: meshdoctor_api::Interval {
                 low: 0.12345,
                 high: 0.30001,
                 level: 0.99,
@@ -669,6 +628,7 @@ node-10  not-reported    -   -     -       -         -     -      -       -     
                 mk_evidence(node, "node-4", Reply),
                 mk_evidence("node-4", node, Forward),
             ],
+            ..Finding::test(node)
         }
     }
 
@@ -684,7 +644,7 @@ node-10  not-reported    -   -     -       -         -     -      -       -     
         stack.drop_reasons = ["NETFILTER_DROP", "NOSOCKET", "OTHERHOST"]
             .iter()
             .zip([3, 1, 1])
-            .map(|(reason, count)| crate::ReasonCount {
+            .map(|(reason, count)| meshdoctor_api::ReasonCount {
                 reason: (*reason).into(),
                 location: "nft_do_chain+0x4c1".into(),
                 count,

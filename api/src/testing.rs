@@ -1,0 +1,142 @@
+//! Builders of report types for tests (the `testing` feature, and this crate's own tests): one
+//! healthy value of each, which a test changes with struct update syntax or the builder
+//! methods, instead of spelling out every field again.
+
+use crate::{
+    Direction, Evidence, Family, Finding, HookCounts, Interval, LossSegments, Packet, PathResult,
+    PathSegment, PathState, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
+};
+
+impl PathResult {
+    /// A clean pair-path between agents: `probes` sent and received over `interface` of both
+    /// nodes on `network`, nothing observed, no RTTs.
+    pub fn test(
+        src: &str,
+        dst: &str,
+        (interface, network): (&str, &str),
+        family: Family,
+        probes: u32,
+    ) -> Self {
+        let addr = match family {
+            Family::Ipv4 => "192.0.2.1".parse().expect("an IPv4 address"),
+            Family::Ipv6 => "2001:db8::1".parse().expect("an IPv6 address"),
+        };
+        Self {
+            path: 0,
+            src_node: src.into(),
+            dst_node: dst.into(),
+            src_interface: interface.into(),
+            dst_interface: interface.into(),
+            network: network.into(),
+            family,
+            src_addr: addr,
+            dst_addr: addr,
+            external: false,
+            state: PathState::Ok,
+            planned: probes,
+            sent: probes,
+            received: probes,
+            lost: 0,
+            loss_ratio: 0.0,
+            send_failed: 0,
+            dst_reported: true,
+            hooks: HookCounts::default(),
+            segments: LossSegments::default(),
+            kernel_rtt: None,
+            user_rtt: None,
+            network_rtt: None,
+            dst_stack: None,
+            drops: Vec::new(),
+            errors: Vec::new(),
+            probes: Vec::new(),
+        }
+    }
+
+    /// The same path with `lost` of its probes lost where `segments` says: received, ratio and
+    /// state follow.
+    pub fn with_loss(self, lost: u32, segments: LossSegments) -> Self {
+        Self {
+            state: if lost == 0 {
+                PathState::Ok
+            } else {
+                PathState::Lossy
+            },
+            received: self.sent - lost,
+            lost,
+            loss_ratio: f64::from(lost) / f64::from(self.sent),
+            segments,
+            ..self
+        }
+    }
+}
+
+impl RoundReport {
+    /// A succeeded or failed round of `task` with no paths, started at `round` seconds and
+    /// closed 500 ms later, with agents `a` and `b`.
+    pub fn test(task: &str, round: u32, status: RoundStatus) -> Self {
+        Self {
+            task: task.into(),
+            round,
+            round_tag: round,
+            status,
+            failure_reasons: vec![],
+            start_ms: u64::from(round) * 1000,
+            end_ms: u64::from(round) * 1000 + 500,
+            expected_agents: vec!["a".into(), "b".into()],
+            not_reported: vec![],
+            findings: vec![],
+            summary: RoundSummary::default(),
+            paths: vec![],
+            app: None,
+        }
+    }
+}
+
+impl Evidence {
+    /// 15 of 75 probes lost forward from `src`'s net1 to `dst`'s net1.
+    pub fn test(src: &str, dst: &str) -> Self {
+        Self {
+            path: 0,
+            src_node: src.into(),
+            src_interface: "net1".into(),
+            dst_node: dst.into(),
+            dst_interface: "net1".into(),
+            segment: PathSegment::Forward,
+            lost: 15,
+            probes: 75,
+        }
+    }
+}
+
+impl Finding {
+    /// 30 lost of 150 probes arriving on `node`'s net1 (network `sec`, IPv4 link), dropped for
+    /// `NETFILTER_DROP`, with evidence from node-a and node-b.
+    pub fn test(node: &str) -> Self {
+        Self {
+            node: node.into(),
+            interface: "net1".into(),
+            network: "sec".into(),
+            family: Family::Ipv4,
+            direction: Direction::Ingress,
+            segment: Segment::Link,
+            packets: vec![Packet::Request],
+            lost: 30,
+            probes: 150,
+            loss_ratio: 0.2,
+            interval: Interval {
+                low: 0.12,
+                high: 0.3,
+                level: 0.99,
+            },
+            drop_reasons: vec![ReasonCount {
+                reason: "NETFILTER_DROP".into(),
+                location: "nft_do_chain+0x4c1".into(),
+                count: 30,
+            }],
+            evidence: vec![
+                Evidence::test("node-a", node),
+                Evidence::test("node-b", node),
+            ],
+        }
+    }
+}
