@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use meshdoctor_api::{AgentRegistration, AgentReport, RoundPlan};
+use meshdoctor_api::{
+    AgentRegistration, AgentReport, RoundPlan,
+    routes::{self, PlansQuery},
+};
 use reqwest::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +87,7 @@ impl ControllerClient {
     }
 
     pub async fn register(&self, reg: &AgentRegistration) -> Result<(), ClientError> {
-        let url = format!("{}/v1/agents", self.base);
+        let url = format!("{}{}", self.base, routes::AGENTS);
         self.send(url.clone(), self.http.post(&url).json(reg))
             .await?;
         Ok(())
@@ -92,11 +95,11 @@ impl ControllerClient {
 
     /// Plans with a round tag above `after`, waiting up to [`POLL_WAIT`] for one.
     pub async fn plans(&self, node: &str, after: u32) -> Result<Vec<RoundPlan>, ClientError> {
-        let url = format!(
-            "{}/v1/agents/{node}/plans?after={after}&waitMs={}",
-            self.base,
-            POLL_WAIT.as_millis()
-        );
+        let query = PlansQuery {
+            after,
+            wait_ms: POLL_WAIT.as_millis() as u64,
+        };
+        let url = format!("{}{}", self.base, routes::agent_plans(node, &query));
         let resp = self.send(url.clone(), self.http.get(&url)).await?;
         resp.json()
             .await
@@ -104,7 +107,7 @@ impl ControllerClient {
     }
 
     pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
-        let url = format!("{}/v1/reports", self.base);
+        let url = format!("{}{}", self.base, routes::REPORTS);
         self.send(url.clone(), self.http.post(&url).json(report))
             .await?;
         Ok(())

@@ -1,9 +1,10 @@
-//! Types shared by the meshdoctor controller, agent and CLI.
+//! Types shared by the meshdoctor controller, agent and CLI: the wire and file formats.
 //!
 //! The data flows one way, and the modules follow it: a [`task`] spec becomes a round [`plan`]
 //! per agent, each agent answers with an [`agent_report`], and the controller joins those into a
-//! [`round`] report, folded into the task's [`status`]. [`stats`] holds the small numeric types
-//! every stage shares.
+//! [`round`] report, folded into the task's [`status`]. The controller's HTTP API is [`routes`]
+//! and [`views`]. Leaves every stage shares: [`kinds`] (the small enums: task kind, family,
+//! protocols), [`stats`] and [`load`] (numbers), [`time`] (durations and timestamps).
 
 pub mod agent_report;
 #[cfg(feature = "crd")]
@@ -12,12 +13,14 @@ pub mod kinds;
 pub mod load;
 pub mod plan;
 pub mod round;
+pub mod routes;
 pub mod stats;
 pub mod status;
 pub mod task;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 pub mod time;
+pub mod views;
 
 pub use agent_report::{
     AgentReport, AnsweredPath, AppResult, ObserverStats, Packet, ProbeDrop, SentPath,

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Direction, Family, Finding, RoundReport, RoundStatus, Segment,
+    Direction, Family, Finding, RoundReport, RoundStatus, Segment, routes,
     time::{format_duration, format_timestamp_ms},
 };
 
@@ -325,7 +325,7 @@ impl RoundDigest {
                 errors: app.summary.errors.clone(),
                 worst_agents: app.summary.worst_agents.clone(),
             }),
-            report: format!("/v1/tasks/{}/rounds/{}", report.task, report.round),
+            report: routes::task_round(&report.task, routes::RoundRef::Number(report.round)),
         }
     }
 }

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshdoctor_api::RoundReport;
+use meshdoctor_api::{
+    RoundReport,
+    routes::{self, RoundRef},
+};
 
 use crate::{
     Fault, LabError, LabServer, Network,
@@ -361,7 +364,7 @@ impl Lab {
         round: u32,
         timeout: Duration,
     ) -> Result<RoundReport, LabError> {
-        let path = format!("/v1/tasks/{task}/rounds/{round}");
+        let path = routes::task_round(task, RoundRef::Number(round));
         let deadline = Instant::now() + timeout;
         loop {
             let last = match self.get(&path) {
@@ -513,13 +516,14 @@ impl Lab {
                     return Err(p.exited_error(status));
                 }
             }
-            let last = match self.controller_get_on(port, "/v1/agents") {
+            let last = match self.controller_get_on(port, routes::AGENTS) {
                 Ok(serde_json::Value::Array(agents)) if agents.len() >= nodes => return Ok(()),
                 Ok(serde_json::Value::Array(agents)) => {
                     format!("{} of {nodes} agents registered", agents.len())
                 }
                 Ok(other) => format!(
-                    "/v1/agents is not an array: {}",
+                    "{} is not an array: {}",
+                    routes::AGENTS,
                     excerpt(&other.to_string())
                 ),
                 Err(e) => e.to_string(),
