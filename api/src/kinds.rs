@@ -37,6 +37,16 @@ impl TaskKind {
             Self::NetDns => "NetDns",
         }
     }
+
+    /// The plural of the kind's custom resource (`kubectl get netreaches`), which also names
+    /// a task object in messages: `netreaches/mesh`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::NetReach => "netreaches",
+            Self::AppHttpHealthy => "apphttphealthies",
+            Self::NetDns => "netdnses",
+        }
+    }
 }
 
 impl fmt::Display for TaskKind {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-pub use meshdoctor_agent_common::MAX_PROBES_PER_PATH;
+pub use meshdoctor_agent_common::{MAX_PATHS, MAX_PROBES_PER_PATH};
 
 use crate::kinds::{DnsProtocol, Family, HttpHeader, HttpMethod, Protocol, Timestamping};
 

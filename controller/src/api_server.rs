@@ -7,7 +7,13 @@
 //! Request bodies are parsed by hand so that any malformed agent input is a 400 with a JSON
 //! message, whatever the content type, and never a panic.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
@@ -17,15 +23,21 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
-use meshdoctor_api::{AgentRegistration, AgentReport, RoundPlan};
-use serde::{Deserialize, de::DeserializeOwned};
+use meshdoctor_api::{
+    AgentRegistration, AgentReport, RoundPlan,
+    routes::{self, PlansQuery, RoundRef},
+    views::{AgentView, ErrorBody, TaskFindings, TaskView},
+};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::warn;
 
 use crate::{
-    rounds::{AgentView, Controller, ReportError, TaskFindings, TaskView},
-    store::{RoundRef, StoreError},
-    tasks::{TaskFileError, TasksDir, Written},
+    driver::Controller,
+    mailbox::ReportError,
+    sinks::store::StoreError,
+    task_table::TaskDef,
+    tasks_dir::{TaskFileError, TasksDir, Written},
 };
 
 /// Longest plan long-poll an agent may ask for.
@@ -33,10 +45,45 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Reports carry per-probe vectors: up to 65536 probes x a few vectors per path.
 const MAX_BODY: usize = 64 << 20;
 
+/// Whether this controller serves agents (`GET /readyz`): always in standalone, only while
+/// leading in Kubernetes, so that the Service sends agents to the leader.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the routes serve from.
+#[derive(Clone)]
+pub struct Serving {
+    pub ctl: Arc<Controller>,
+    /// The agents' bearer token, when one guards their endpoints and the task writes.
+    pub token: Option<String>,
+    /// The standalone backend's tasks directory, which `PUT`/`DELETE /v1/tasks/{name}` write
+    /// to; `None` with the Kubernetes backend, whose tasks are objects.
+    pub tasks_dir: Option<Arc<TasksDir>>,
+    pub ready: Readiness,
+}
+
 #[derive(Clone)]
 struct AppState {
     ctl: Arc<Controller>,
     token: Option<Arc<str>>,
+    tasks_dir: Option<Arc<TasksDir>>,
+    ready: Readiness,
 }
 
 /// An error answer: a status and a JSON `{"error": message}`.
@@ -45,29 +92,31 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The API routes. `token`, when set, guards the agent endpoints.
-pub fn router(ctl: Arc<Controller>, token: Option<String>) -> Router {
+/// The API routes.
+pub fn router(serving: Serving) -> Router {
     let state = AppState {
-        ctl,
-        token: token.map(Arc::from),
+        ctl: serving.ctl,
+        token: serving.token.map(Arc::from),
+        tasks_dir: serving.tasks_dir,
+        ready: serving.ready,
     };
     Router::new()
-        .route("/v1/agents", post(register).get(agents))
-        .route("/v1/agents/{node}/plans", get(plans))
-        .route("/v1/reports", post(report))
-        .route("/v1/tasks", get(tasks))
-        .route("/v1/tasks/{name}", put(put_task).delete(delete_task))
-        .route("/v1/tasks/{name}/rounds/{round}", get(round_report))
-        .route("/v1/findings", get(findings))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(routes::AGENTS, post(register).get(agents))
+        .route(routes::AGENT_PLANS, get(plans))
+        .route(routes::REPORTS, post(report))
+        .route(routes::TASKS, get(tasks))
+        .route(routes::TASK, put(put_task).delete(delete_task))
+        .route(routes::TASK_ROUND, get(round_report))
+        .route(routes::FINDINGS, get(findings))
+        .route(routes::HEALTHZ, get(|| async { "ok" }))
+        .route(routes::READYZ, get(readyz))
+        .route(routes::METRICS, get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -75,7 +124,7 @@ pub fn router(ctl: Arc<Controller>, token: Option<String>) -> Router {
 /// 200 when this controller serves agents; 503 on a Kubernetes replica that does not lead, so
 /// the controller Service routes agents to the leader only.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.ctl.is_ready() {
+    if state.ready.get() {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not leading")
@@ -136,15 +185,6 @@ async fn agents(State(s): State<AppState>) -> Json<Vec<AgentView>> {
     Json(s.ctl.agents())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PlansQuery {
-    #[serde(default)]
-    after: u32,
-    #[serde(default)]
-    wait_ms: u64,
-}
-
 async fn plans(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -192,21 +232,20 @@ async fn tasks(State(s): State<AppState>) -> Json<Vec<TaskView>> {
 const TASKS_ARE_OBJECTS: &str = "tasks are NetReach/AppHttpHealthy/NetDns objects in \
      Kubernetes: create them with kubectl or `meshdoctor --kubeconfig`";
 
-/// Runs a blocking task-file operation on the tasks directory: 409 when there is none (the
-/// Kubernetes backend), the operation's error mapped to its status.
+/// Runs a blocking task-file operation on the tasks directory, whose listings go to the
+/// controller: 409 when there is none (the Kubernetes backend), the operation's error mapped
+/// to its status.
 async fn on_tasks_dir<T: Send + 'static>(
-    ctl: Arc<Controller>,
-    op: impl FnOnce(&Arc<Controller>, &TasksDir) -> Result<T, TaskFileError> + Send + 'static,
+    s: &AppState,
+    op: impl FnOnce(&dyn Fn(Vec<TaskDef>), &TasksDir) -> Result<T, TaskFileError> + Send + 'static,
 ) -> ApiResult<T> {
-    if ctl.tasks_dir().is_none() {
+    let Some(dir) = s.tasks_dir.clone() else {
         return Err(ApiError(StatusCode::CONFLICT, TASKS_ARE_OBJECTS.into()));
-    }
-    let done = tokio::task::spawn_blocking(move || {
-        let dir = ctl.tasks_dir().expect("checked above");
-        op(&ctl, dir)
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    };
+    let ctl = s.ctl.clone();
+    let done = tokio::task::spawn_blocking(move || op(&|defs| ctl.sync_tasks(defs), &dir))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     done.map_err(|e| {
         let status = match e {
             TaskFileError::BadName(_)
@@ -235,8 +274,8 @@ async fn put_task(
             "request body: not UTF-8 text".into(),
         )
     })?;
-    let (written, file) = on_tasks_dir(s.ctl.clone(), move |ctl, dir| {
-        let written = dir.put(ctl, &name, &text)?;
+    let (written, file) = on_tasks_dir(&s, move |apply, dir| {
+        let written = dir.put(apply, &name, &text)?;
         Ok((written, dir.file_of(&name).display().to_string()))
     })
     .await?;
@@ -265,7 +304,7 @@ async fn delete_task(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     authorize(&s, &headers)?;
-    on_tasks_dir(s.ctl.clone(), move |ctl, dir| dir.delete(ctl, &name)).await?;
+    on_tasks_dir(&s, move |apply, dir| dir.delete(apply, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,4 +1,4 @@
-//! What a backend adds to the round driver ([`crate::rounds`]), which is the same for both:
+//! What a backend adds to the round driver ([`crate::driver`]), which is the same for both:
 //! who takes part in a round, which cluster targets a NetReach task probes besides the mesh,
 //! and where a task's status goes.
 //!
@@ -8,6 +8,8 @@
 //! objects.
 
 use meshdoctor_api::{AgentRegistration, NetReach, TaskStatus, task::ListedAddress};
+
+use crate::task_table::TaskSource;
 
 pub trait Backend: Send + Sync + 'static {
     /// The agents that take part in a round, from the registered ones.
@@ -23,7 +25,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The status of the task from `source` changed. Called under the driver's task lock:
     /// must not block.
-    fn status_changed(&self, _source: &str, _status: &TaskStatus) {}
+    fn status_changed(&self, _source: &TaskSource, _status: &TaskStatus) {}
 }
 
 /// Tasks from files, agents over HTTP, status in memory.

@@ -9,10 +9,11 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use meshdoctor_api::{DEFAULT_MAX_HISTORY, time::parse_duration};
 use meshdoctor_controller::{
-    api_server,
+    api_server::{self, Readiness, Serving},
+    driver::{Controller, Settings},
     kubernetes::{self, lease},
-    rounds::{Controller, Settings},
-    store::ReportStore,
+    sinks::store::ReportStore,
+    tasks_dir::TasksDir,
 };
 use tracing::{info, warn};
 
@@ -138,23 +139,34 @@ async fn main() -> anyhow::Result<()> {
         pair_metrics: args.pair_metrics,
     };
     let ctl = Controller::new(settings, ReportStore::new(&args.data_dir));
+    let ready = Readiness::default();
     let mut stop_leading = None;
+    let mut tasks_dir = None;
     match (args.backend, &args.tasks_dir) {
         (Backend::Standalone, Some(dir)) => {
-            ctl.set_tasks_dir(dir.clone())
-                .sync(&ctl)
-                .with_context(|| format!("cannot read tasks dir {}", dir.display()))?;
-            tokio::spawn(reload_tasks(ctl.clone()));
+            let dir = Arc::new(TasksDir::new(dir.clone()));
+            dir.sync(&|defs| ctl.sync_tasks(defs))
+                .with_context(|| format!("cannot read tasks dir {}", dir.path().display()))?;
+            tokio::spawn(reload_tasks(ctl.clone(), dir.clone()));
+            tasks_dir = Some(dir);
         }
         (Backend::Standalone, None) => anyhow::bail!("--tasks-dir is required (standalone)"),
-        (Backend::Kubernetes, _) => stop_leading = Some(start_kubernetes(&ctl, &args.kube).await?),
+        (Backend::Kubernetes, _) => {
+            stop_leading = Some(start_kubernetes(&ctl, &ready, &args.kube).await?);
+        }
     }
+    let serving = Serving {
+        ctl,
+        token,
+        tasks_dir,
+        ready,
+    };
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     info!(addr = %listener.local_addr()?, "controller listening");
-    axum::serve(listener, api_server::router(ctl, token))
+    axum::serve(listener, api_server::router(serving))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
             info!("shutting down");
@@ -171,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
 /// shutdown, so that another replica takes over at once.
 async fn start_kubernetes(
     ctl: &Arc<Controller>,
+    ready: &Readiness,
     args: &KubeArgs,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
     let client = kube::Client::try_default()
@@ -185,12 +198,12 @@ async fn start_kubernetes(
     };
     let (leading, is_leading) = tokio::sync::watch::channel(false);
     // Only the leader is Ready, so the controller Service sends agents to it.
-    ctl.set_ready(false);
-    let ready = ctl.clone();
+    ready.set(false);
+    let ready = ready.clone();
     let mut watch_ready = is_leading.clone();
     tokio::spawn(async move {
         while watch_ready.changed().await.is_ok() {
-            ready.set_ready(*watch_ready.borrow_and_update());
+            ready.set(*watch_ready.borrow_and_update());
         }
     });
     let elector = tokio::spawn(lease::run(
@@ -223,15 +236,14 @@ async fn start_kubernetes(
 }
 
 /// Re-reads the tasks directory periodically; a transient read error keeps the current tasks.
-async fn reload_tasks(ctl: Arc<Controller>) {
+async fn reload_tasks(ctl: Arc<Controller>, dir: Arc<TasksDir>) {
     let mut tick = tokio::time::interval(RELOAD_EVERY);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let c = ctl.clone();
+        let (ctl, dir) = (ctl.clone(), dir.clone());
         let synced = tokio::task::spawn_blocking(move || {
-            let dir = c.tasks_dir().expect("set before the reload loop starts");
-            dir.sync(&c)
+            dir.sync(&|defs| ctl.sync_tasks(defs))
                 .map_err(|e| format!("{}: {e}", dir.path().display()))
         });
         match synced.await {

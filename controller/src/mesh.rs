@@ -21,7 +21,7 @@ use meshdoctor_api::{
 };
 
 /// Most pair-paths one round can carry: path indexes are 16 bits of the probe id.
-pub const MAX_PATHS: usize = 1 << 16;
+pub use meshdoctor_api::plan::MAX_PATHS;
 
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum MeshError {
@@ -48,12 +48,12 @@ struct Peer<'a> {
     external: bool,
 }
 
-/// What all plans of one round share besides the task spec.
+/// What all plans of one round share besides the task spec. The round tag is not among them:
+/// the mailbox sets it when it opens the round ([`crate::mailbox`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoundMeta<'a> {
     pub task: &'a str,
     pub round: u32,
-    pub round_tag: u32,
     pub start_at_ms: u64,
     pub report_deadline_ms: u64,
 }
@@ -213,7 +213,7 @@ pub fn build_plans(
             let plan = RoundPlan {
                 task: meta.task.to_string(),
                 round: meta.round,
-                round_tag: meta.round_tag,
+                round_tag: 0,
                 protocol: rq.protocol,
                 start_at_ms: meta.start_at_ms,
                 duration_ms: u64::from(rq.duration_in_second) * 1000,
@@ -282,7 +282,6 @@ pub(crate) mod tests {
         RoundMeta {
             task: "mesh",
             round: 1,
-            round_tag: 7,
             start_at_ms: 1_000,
             report_deadline_ms: 9_000,
         }
@@ -312,9 +311,10 @@ pub(crate) mod tests {
         assert_eq!(indexes.len(), 48);
         assert!(targets.iter().all(|t| t.src_interface == t.dst_interface));
         let p = &plans["node-1"];
+        // The mailbox tags the plans when it opens the round.
         assert_eq!(
             (p.round_tag, p.qps, p.duration_ms, p.timeout_ms),
-            (7, 10, 2000, 500)
+            (0, 10, 2000, 500)
         );
         assert!(p.targets.iter().all(|t| t.dst_node != "node-1"));
         assert_eq!(p.targets.len(), 12);

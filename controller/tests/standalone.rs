@@ -2,17 +2,21 @@
 //! plans, post reports built from them, and read back the judged round, over HTTP and through
 //! the controller's own API (deadline and task reload).
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use meshdoctor_api::routes::RoundRef;
 use meshdoctor_api::{
     AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, LastRoundStatus,
     PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
-    api_server, now_ms,
-    rounds::{Controller, ReportError, Settings},
-    store::{ReportStore, RoundRef},
-    tasks,
+    api_server::{self, Readiness, Serving},
+    driver::{Controller, Settings},
+    fixtures,
+    mailbox::ReportError,
+    now_ms,
+    sinks::store::ReportStore,
+    tasks_dir::{self, TasksDir},
 };
 use serde_json::Value;
 
@@ -37,12 +41,9 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     rb.send().await.unwrap().json().await.unwrap()
 }
 
+/// A fresh directory with an empty `tasks/`.
 fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "meshdoctor-{test}-{}-{}",
-        std::process::id(),
-        now_ms()
-    ));
+    let dir = fixtures::temp_dir(test);
     std::fs::create_dir_all(dir.join("tasks")).unwrap();
     dir
 }
@@ -119,12 +120,8 @@ async fn agents_run_a_round_over_http() {
         pair_metrics: false,
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
-    ctl.sync_tasks(tasks::load_dir(&dir.join("tasks")).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, api_server::router(ctl, Some(TOKEN.into()))).await
-    });
+    ctl.sync_tasks(tasks_dir::load_dir(&dir.join("tasks")).unwrap());
+    let base = serve(ctl, None).await;
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{base}{p}");
 
@@ -327,7 +324,7 @@ async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files()
         pair_metrics: false,
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
-    ctl.sync_tasks(tasks::load_dir(&tasks_dir).unwrap());
+    ctl.sync_tasks(tasks_dir::load_dir(&tasks_dir).unwrap());
     ctl.register(mk_agent(1));
     ctl.register(mk_agent(2));
     let wait = Duration::from_secs(5);
@@ -380,19 +377,24 @@ async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files()
         TASK.replace("name: mesh", "name: other"),
     )
     .unwrap();
-    ctl.sync_tasks(tasks::load_dir(&tasks_dir).unwrap());
+    ctl.sync_tasks(tasks_dir::load_dir(&tasks_dir).unwrap());
     let names: Vec<String> = ctl.tasks().into_iter().map(|t| t.name).collect();
     assert_eq!(names, ["other"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Serves `ctl`'s API (with the agents' token) on a free local port; its base URL.
-async fn serve(ctl: std::sync::Arc<Controller>) -> String {
+/// Serves `ctl`'s API (with the agents' token, and task writes to `tasks_dir`) on a free
+/// local port; its base URL.
+async fn serve(ctl: Arc<Controller>, tasks_dir: Option<Arc<TasksDir>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, api_server::router(ctl, Some(TOKEN.into()))).await
-    });
+    let serving = Serving {
+        ctl,
+        token: Some(TOKEN.into()),
+        tasks_dir,
+        ready: Readiness::default(),
+    };
+    tokio::spawn(async move { axum::serve(listener, api_server::router(serving)).await });
     base
 }
 
@@ -420,8 +422,9 @@ async fn tasks_are_put_and_deleted_over_http() {
     let dir = temp_dir("task-api");
     let tasks_dir = dir.join("tasks");
     let ctl = Controller::new(quiet_settings(), ReportStore::new(&dir));
-    ctl.set_tasks_dir(tasks_dir.clone()).sync(&ctl).unwrap();
-    let base = serve(ctl.clone()).await;
+    let dir_of_tasks = Arc::new(TasksDir::new(tasks_dir.clone()));
+    dir_of_tasks.sync(&|defs| ctl.sync_tasks(defs)).unwrap();
+    let base = serve(ctl.clone(), Some(dir_of_tasks)).await;
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{base}{p}");
     let put = |name: &str, body: String, auth: bool| {
@@ -461,7 +464,11 @@ async fn tasks_are_put_and_deleted_over_http() {
     });
     let r = put("mesh", json.to_string(), true).await.unwrap();
     assert_eq!(r.status(), 200);
-    let task = tasks::load_dir(&tasks_dir).unwrap().remove(0).task.unwrap();
+    let task = tasks_dir::load_dir(&tasks_dir)
+        .unwrap()
+        .remove(0)
+        .task
+        .unwrap();
     assert_eq!(task.as_net_reach().unwrap().spec.pair_paths.len(), 1);
 
     // Invalid documents, a name that differs from the path's, or a bad name: 400, no file.
@@ -528,7 +535,11 @@ async fn tasks_are_put_and_deleted_over_http() {
 #[tokio::test]
 async fn tasks_api_without_a_tasks_dir_points_to_kubernetes() {
     let dir = temp_dir("task-api-kube");
-    let base = serve(Controller::new(quiet_settings(), ReportStore::new(&dir))).await;
+    let base = serve(
+        Controller::new(quiet_settings(), ReportStore::new(&dir)),
+        None,
+    )
+    .await;
     let http = reqwest::Client::new();
     let url = format!("{base}/v1/tasks/mesh");
     let r = http

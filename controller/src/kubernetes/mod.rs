@@ -60,10 +60,14 @@ use tracing::{info, warn};
 
 use crate::{
     backend::Backend,
-    rounds::{Controller, VALID},
+    driver::Controller,
+    task_table::{TaskSource, VALID},
 };
 use agents::{NotAgent, PodAgent, pod_agent};
-use tasks::{TaskObject, parse_source, resource, task_files, task_object};
+use tasks::{TaskObject, resource, task_defs, task_object};
+
+/// A task object: its kind and name.
+type ObjectName = (TaskKind, String);
 
 /// Field manager of the status this controller applies.
 pub const FIELD_MANAGER: &str = "meshdoctor-controller";
@@ -92,7 +96,7 @@ pub struct Kubernetes {
     services: Store<Service>,
     ingresses: Store<Ingress>,
     cfg: Config,
-    statuses: mpsc::UnboundedSender<(String, TaskStatus)>,
+    statuses: mpsc::UnboundedSender<(ObjectName, TaskStatus)>,
 }
 
 impl Backend for Kubernetes {
@@ -117,22 +121,24 @@ impl Backend for Kubernetes {
         targets::cluster_targets(task, &ep, &node_ips.into_iter().collect::<Vec<_>>())
     }
 
-    fn status_changed(&self, source: &str, status: &TaskStatus) {
+    fn status_changed(&self, source: &TaskSource, status: &TaskStatus) {
+        let TaskSource::Object { kind, name } = source else {
+            return;
+        };
         // The generation the driver's task came from: a spec change restarts the task, which
         // writes a new status at once, so the object's current generation is the task's.
-        let generation = parse_source(source).and_then(|(kind, name)| {
-            let store = &self.tasks.iter().find(|(k, _)| *k == kind)?.1;
-            store
-                .get(&ObjectRef::new_with(name, resource(kind)))?
-                .metadata
-                .generation
-        });
+        let generation = self
+            .tasks
+            .iter()
+            .find(|(k, _)| k == kind)
+            .and_then(|(_, store)| store.get(&ObjectRef::new_with(name, resource(*kind))))
+            .and_then(|o| o.metadata.generation);
         let mut status = status.clone();
         for c in &mut status.conditions {
             c.observed_generation = generation;
         }
         // The receiver lives as long as the backend runs; after that nothing is written.
-        let _ = self.statuses.send((source.to_string(), status));
+        let _ = self.statuses.send(((*kind, name.clone()), status));
     }
 }
 
@@ -168,7 +174,7 @@ impl Kubernetes {
 /// The mirrors, running, and what [`run`] needs of them.
 pub struct Watched {
     pub backend: Arc<Kubernetes>,
-    statuses: mpsc::UnboundedReceiver<(String, TaskStatus)>,
+    statuses: mpsc::UnboundedReceiver<(ObjectName, TaskStatus)>,
     /// Notified when a task object changed.
     tasks_changed: watch::Sender<()>,
     /// Notified when an agent pod changed.
@@ -314,7 +320,7 @@ async fn sync_tasks(
         if is_leading {
             let objects = backend.task_objects();
             let seeds = seeds(&objects);
-            ctl.sync_tasks_seeded(task_files(&objects), seeds);
+            ctl.sync_tasks_seeded(task_defs(&objects), seeds);
         } else {
             ctl.sync_tasks(vec![]);
         }
@@ -327,14 +333,14 @@ async fn sync_tasks(
 
 /// The statuses earlier leaders wrote, for tasks whose spec did not change since: the new
 /// leader continues their round count and history instead of starting over.
-fn seeds(objects: &[TaskObject]) -> BTreeMap<String, TaskStatus> {
+fn seeds(objects: &[TaskObject]) -> BTreeMap<TaskSource, TaskStatus> {
     objects
         .iter()
         .filter_map(|o| {
             let status = o.status.clone()?;
             let valid = status.conditions.iter().find(|c| c.type_ == VALID)?;
             (valid.observed_generation.is_some() && valid.observed_generation == o.generation)
-                .then(|| (tasks::source(o.kind, &o.name), status))
+                .then(|| (o.source(), status))
         })
         .collect()
 }
@@ -344,12 +350,12 @@ fn seeds(objects: &[TaskObject]) -> BTreeMap<String, TaskStatus> {
 async fn write_statuses(
     client: Client,
     recorder: Recorder,
-    mut rx: mpsc::UnboundedReceiver<(String, TaskStatus)>,
+    mut rx: mpsc::UnboundedReceiver<(ObjectName, TaskStatus)>,
     leading: watch::Receiver<bool>,
 ) {
-    let mut pending: BTreeMap<String, TaskStatus> = BTreeMap::new();
-    // The bad conditions already published, by source and condition type.
-    let mut published: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut pending: BTreeMap<ObjectName, TaskStatus> = BTreeMap::new();
+    // The bad conditions already published, by task object and condition type.
+    let mut published: BTreeMap<(ObjectName, String), String> = BTreeMap::new();
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -368,10 +374,8 @@ async fn write_statuses(
             continue;
         }
         let mut retry = false;
-        for (source, status) in std::mem::take(&mut pending) {
-            let Some((kind, name)) = parse_source(&source) else {
-                continue;
-            };
+        for (object, status) in std::mem::take(&mut pending) {
+            let (kind, name) = (object.0, object.1.as_str());
             match apply_status(&client, kind, name, &status).await {
                 Ok(()) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {
@@ -380,12 +384,12 @@ async fn write_statuses(
                 }
                 Err(e) => {
                     warn!(task = name, "cannot write status (retrying): {e}");
-                    pending.insert(source.clone(), status.clone());
+                    pending.insert(object.clone(), status.clone());
                     retry = true;
                 }
             }
             for c in &status.conditions {
-                let key = (source.clone(), c.type_.clone());
+                let key = (object.clone(), c.type_.clone());
                 if c.status == ConditionStatus::False {
                     let note = format!("{}: {}", c.reason, c.message);
                     if published.get(&key) != Some(&note) {

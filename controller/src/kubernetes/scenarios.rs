@@ -9,9 +9,9 @@ use tokio::sync::watch;
 
 use super::{Config, Kubernetes, run, watch as start_watching};
 use crate::{
+    driver::{Controller, Settings},
     fixtures::{FakeApiServer, MULTUS, Write, mk_pod, mk_registration, temp_dir},
-    rounds::{Controller, Settings},
-    store::ReportStore,
+    sinks::store::ReportStore,
 };
 
 const NETREACHES: &str = "/apis/meshdoctor.io/v1beta1/netreaches";

@@ -1,4 +1,4 @@
-//! Tasks as custom resources: the three kinds' objects turned into the same [`TaskFile`]s the
+//! Tasks as custom resources: the three kinds' objects turned into the same [`TaskDef`]s the
 //! standalone backend reads from a directory, so the round driver does not know where a task
 //! came from (pure; the watchers in [`super`] feed it).
 //!
@@ -16,7 +16,7 @@ use meshdoctor_api::{
 };
 use serde_json::json;
 
-use crate::tasks::{TaskFile, dedupe};
+use crate::task_table::{TaskDef, TaskSource};
 
 /// The API resource of a task kind, from its generated custom resource type.
 pub fn resource(kind: TaskKind) -> ApiResource {
@@ -25,20 +25,6 @@ pub fn resource(kind: TaskKind) -> ApiResource {
         TaskKind::AppHttpHealthy => ApiResource::erase::<AppHttpHealthyResource>(&()),
         TaskKind::NetDns => ApiResource::erase::<NetDnsResource>(&()),
     }
-}
-
-/// The source name of a task object in the round driver and in messages: `netreaches/mesh`.
-pub fn source(kind: TaskKind, name: &str) -> String {
-    format!("{}/{name}", resource(kind).plural)
-}
-
-/// The kind and name of a source written by [`source`].
-pub fn parse_source(source: &str) -> Option<(TaskKind, &str)> {
-    let (plural, name) = source.split_once('/')?;
-    let kind = TaskKind::ALL
-        .into_iter()
-        .find(|&k| resource(k).plural == plural)?;
-    Some((kind, name))
 }
 
 /// A task object as the watchers last saw it.
@@ -57,7 +43,10 @@ pub struct TaskObject {
 /// Reads a task object of `kind`.
 pub fn task_object(kind: TaskKind, obj: &DynamicObject) -> TaskObject {
     let name = obj.metadata.name.clone().unwrap_or_default();
-    let source = source(kind, &name);
+    let source = TaskSource::Object {
+        kind,
+        name: name.clone(),
+    };
     // The document a task file would hold: the status is not part of the task.
     let doc = json!({
         "apiVersion": resource(kind).api_version,
@@ -65,7 +54,7 @@ pub fn task_object(kind: TaskKind, obj: &DynamicObject) -> TaskObject {
         "metadata": { "name": name },
         "spec": obj.data.get("spec").cloned().unwrap_or_else(|| json!({})),
     });
-    let task = Task::from_yaml(&source, &doc.to_string()).map_err(|e| e.to_string());
+    let task = Task::from_yaml(&source.to_string(), &doc.to_string()).map_err(|e| e.to_string());
     let status = obj
         .data
         .get("status")
@@ -79,17 +68,28 @@ pub fn task_object(kind: TaskKind, obj: &DynamicObject) -> TaskObject {
     }
 }
 
-/// The task sources of all objects, in the round driver's terms; names are unique across
-/// kinds (the later source of a duplicate name gets an error).
-pub fn task_files<'a>(objects: impl IntoIterator<Item = &'a TaskObject>) -> Vec<TaskFile> {
+impl TaskObject {
+    /// Where the driver knows the task from.
+    pub fn source(&self) -> TaskSource {
+        TaskSource::Object {
+            kind: self.kind,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// The task definitions of all objects, in the round driver's terms, ordered as their names in
+/// messages (`apphttphealthies/x` before `netreaches/x`); names are unique across kinds (the
+/// later definition of a duplicate name gets an error).
+pub fn task_defs<'a>(objects: impl IntoIterator<Item = &'a TaskObject>) -> Vec<TaskDef> {
     let mut sorted: BTreeMap<String, &TaskObject> = BTreeMap::new();
     for o in objects {
-        sorted.insert(source(o.kind, &o.name), o);
+        sorted.insert(o.source().to_string(), o);
     }
-    dedupe(
+    TaskDef::unique(
         sorted
-            .into_iter()
-            .map(|(source, o)| (source, o.name.clone(), o.task.clone()))
+            .into_values()
+            .map(|o| (o.source(), o.name.clone(), o.task.clone()))
             .collect(),
     )
 }
@@ -144,7 +144,7 @@ mod tests {
                 ),
             ),
         ];
-        let files = task_files(&objects);
+        let files = task_defs(&objects);
         assert_eq!(files.len(), 2);
         // Sorted by source: apphttphealthies/x first, so the NetReach is the duplicate.
         assert!(files[0].task.is_ok());
@@ -153,10 +153,13 @@ mod tests {
     }
 
     #[test]
-    fn sources_round_trip() {
+    fn sources_are_named_by_the_resource_plural() {
         for kind in TaskKind::ALL {
-            assert_eq!(parse_source(&source(kind, "t")), Some((kind, "t")));
+            let source = TaskSource::Object {
+                kind,
+                name: "t".into(),
+            };
+            assert_eq!(source.to_string(), format!("{}/t", resource(kind).plural));
         }
-        assert_eq!(parse_source("pods/t"), None);
     }
 }

@@ -4,10 +4,9 @@
 use std::{
     io,
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
-use meshdoctor_api::RoundReport;
+use meshdoctor_api::{RoundReport, routes::RoundRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,36 +28,6 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// Which round of a task to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoundRef {
-    Number(u32),
-    Latest,
-}
-
-impl FromStr for RoundRef {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "latest" => Ok(Self::Latest),
-            n => n
-                .parse()
-                .map(Self::Number)
-                .map_err(|_| format!("round must be a number or \"latest\", got {n:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for RoundRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Number(n) => write!(f, "{n}"),
-            Self::Latest => f.write_str("latest"),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -181,8 +150,6 @@ mod tests {
             store.read("../etc", RoundRef::Latest).await,
             Err(StoreError::BadName(_))
         ));
-        assert_eq!("latest".parse::<RoundRef>(), Ok(RoundRef::Latest));
-        assert!("x".parse::<RoundRef>().is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -3,10 +3,9 @@
 //! `GET /v1/tasks`) instead of aborting the controller, so one typo does not stop every other
 //! task.
 //!
-//! The directory is re-read while the controller runs ([`crate::rounds::Controller::sync_tasks`]
-//! applies the result): a new file starts a task, a file whose task changed restarts it, a
-//! removed file stops it. Task names are unique across kinds, because reports are stored and
-//! served by name.
+//! The directory is re-read while the controller runs and each listing handed to whoever
+//! applies it (the driver: [`crate::task_table`] says what a new, changed or removed file
+//! does). Task names are unique across kinds, because reports are stored and served by name.
 //!
 //! [`TasksDir`] is the directory as both its readers and its writer use it: the reload loop,
 //! and `PUT`/`DELETE /v1/tasks/{name}`, which write or remove one file and apply the directory
@@ -14,30 +13,18 @@
 
 use meshdoctor_api::TaskSpec as _;
 use std::{
-    collections::HashMap,
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Mutex, PoisonError},
 };
 
 use meshdoctor_api::{Task, TaskError, task::is_task_name};
 
-use crate::rounds::Controller;
+use crate::task_table::{TaskDef, TaskSource};
 
-/// One task file and what came of parsing it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskFile {
-    pub file: String,
-    /// The task name, or the file stem when the file is invalid.
-    pub name: String,
-    /// The task, or the error (`file: field: reason`). Two files are the same task when they
-    /// parse to the same task: comments and formatting do not count.
-    pub task: Result<Arc<Task>, String>,
-}
-
-/// Reads every task file of `dir`, sorted by file name. Fails only when the directory itself
-/// cannot be read.
-pub fn load_dir(dir: &Path) -> io::Result<Vec<TaskFile>> {
+/// Reads every task file of `dir`, sorted by file name (an invalid file is listed under its
+/// stem, with its error). Fails only when the directory itself cannot be read.
+pub fn load_dir(dir: &Path) -> io::Result<Vec<TaskDef>> {
     let mut paths: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -47,7 +34,7 @@ pub fn load_dir(dir: &Path) -> io::Result<Vec<TaskFile>> {
         })
         .collect();
     paths.sort();
-    Ok(dedupe(
+    Ok(TaskDef::unique(
         paths
             .iter()
             .map(|path| {
@@ -55,35 +42,10 @@ pub fn load_dir(dir: &Path) -> io::Result<Vec<TaskFile>> {
                     .file_stem()
                     .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
                 let task = Task::from_file(path).map_err(|e| e.to_string());
-                (path.display().to_string(), stem, task)
+                (TaskSource::File(path.display().to_string()), stem, task)
             })
             .collect(),
     ))
-}
-
-/// Task sources in order, each `(source, name when invalid, task or error)`, with the later of
-/// two sources that define the same task name turned into an error (names are unique across
-/// kinds: reports are stored and served by name). Both backends go through here.
-pub(crate) fn dedupe(sources: Vec<(String, String, Result<Task, String>)>) -> Vec<TaskFile> {
-    let mut seen: HashMap<String, String> = HashMap::new();
-    sources
-        .into_iter()
-        .map(|(file, stem, task)| {
-            let task = task.and_then(|t| match seen.get(t.name()) {
-                Some(first) => Err(format!(
-                    "{file}: metadata.name: task {:?} is already defined in {first} (names are \
-                     unique across kinds)",
-                    t.name()
-                )),
-                None => {
-                    seen.insert(t.name().to_string(), file.clone());
-                    Ok(Arc::new(t))
-                }
-            });
-            let name = task.as_ref().map_or(stem, |t| t.name().to_string());
-            TaskFile { file, name, task }
-        })
-        .collect()
 }
 
 /// Why a task file could not be written or removed.
@@ -142,10 +104,10 @@ impl TasksDir {
         &self.path
     }
 
-    /// Reads the directory and applies it to `ctl` ([`Controller::sync_tasks`]). Blocking.
-    pub fn sync(&self, ctl: &Arc<Controller>) -> io::Result<()> {
+    /// Reads the directory and hands the listing to `apply`. Blocking.
+    pub fn sync(&self, apply: &dyn Fn(Vec<TaskDef>)) -> io::Result<()> {
         let _applying = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
-        ctl.sync_tasks(load_dir(&self.path)?);
+        apply(load_dir(&self.path)?);
         Ok(())
     }
 
@@ -160,7 +122,7 @@ impl TasksDir {
     /// when the task is invalid. Blocking.
     pub fn put(
         &self,
-        ctl: &Arc<Controller>,
+        apply: &dyn Fn(Vec<TaskDef>),
         name: &str,
         text: &str,
     ) -> Result<Written, TaskFileError> {
@@ -178,14 +140,18 @@ impl TasksDir {
         };
         let (yaml, yml) = self.files_of(name);
         let list = load_dir(&self.path).map_err(io_err(&self.path))?;
-        let ours = |f: &str| f == yaml.display().to_string() || f == yml.display().to_string();
+        let ours = |f: &TaskSource| {
+            [&yaml, &yml]
+                .iter()
+                .any(|p| *f == TaskSource::File(p.display().to_string()))
+        };
         if let Some(other) = list
             .iter()
-            .find(|f| !ours(&f.file) && f.task.as_ref().is_ok_and(|t| t.name() == name))
+            .find(|f| !ours(&f.source) && f.task.as_ref().is_ok_and(|t| t.name() == name))
         {
             return Err(TaskFileError::Taken {
                 name: name.into(),
-                file: other.file.clone(),
+                file: other.source.to_string(),
             });
         }
         let written = if yaml.exists() || yml.exists() {
@@ -203,13 +169,13 @@ impl TasksDir {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&yml)(e)),
             _ => {}
         }
-        self.sync(ctl).map_err(io_err(&self.path))?;
+        self.sync(apply).map_err(io_err(&self.path))?;
         Ok(written)
     }
 
     /// Removes task `name`'s file (`name.yaml` or `name.yml`) and syncs, which stops the
     /// task. Blocking.
-    pub fn delete(&self, ctl: &Arc<Controller>, name: &str) -> Result<(), TaskFileError> {
+    pub fn delete(&self, apply: &dyn Fn(Vec<TaskDef>), name: &str) -> Result<(), TaskFileError> {
         check_name(name)?;
         let mut removed = false;
         for file in <[PathBuf; 2]>::from(self.files_of(name)) {
@@ -227,7 +193,7 @@ impl TasksDir {
         if !removed {
             return Err(TaskFileError::NotFound { name: name.into() });
         }
-        self.sync(ctl).map_err(|source| TaskFileError::Io {
+        self.sync(apply).map_err(|source| TaskFileError::Io {
             path: self.path.display().to_string(),
             source,
         })

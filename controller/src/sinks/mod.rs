@@ -1,0 +1,53 @@
+//! Where a closed round goes, each a small module of its own: the report [`store`] on disk, the
+//! Prometheus [`metrics`], and the latest [`findings`] of each task. (Its fourth destination,
+//! the task's status, is the task table's: [`crate::task_table::TaskTable::record`].)
+
+pub mod findings;
+pub mod metrics;
+pub mod store;
+
+use meshdoctor_api::{RoundReport, views::TaskFindings};
+use tracing::{info, warn};
+
+use self::{findings::Findings, metrics::Metrics, store::ReportStore};
+
+/// The sinks of closed rounds.
+pub struct Sinks {
+    pub store: ReportStore,
+    pub metrics: Metrics,
+    pub findings: Findings,
+}
+
+impl Sinks {
+    pub fn new(store: ReportStore, metrics: Metrics) -> Self {
+        Self {
+            store,
+            metrics,
+            findings: Findings::default(),
+        }
+    }
+
+    /// Stores the report, accounts it in the metrics and remembers its findings.
+    pub async fn round_closed(&self, report: &RoundReport) {
+        match self.store.write(report).await {
+            Ok(path) => info!(
+                task = report.task, round = report.round, status = ?report.status,
+                reasons = ?report.failure_reasons, path = %path.display(), "round closed"
+            ),
+            Err(e) => warn!(
+                task = report.task,
+                round = report.round,
+                "round closed but its report was not stored: {e}"
+            ),
+        }
+        self.metrics.round_closed(report);
+        // Application rounds localize nothing: they have no findings entry.
+        if report.app.is_none() {
+            self.findings.remember(TaskFindings {
+                task: report.task.clone(),
+                round: report.round,
+                findings: report.findings.clone(),
+            });
+        }
+    }
+}
