@@ -588,6 +588,10 @@ mod tests {
             report.failure_reasons
         );
         assert_eq!(report.app.as_ref().unwrap().target, "GET https://web");
+        // It never started: it does not end before its start, in the report or the history.
+        assert!(report.start_ms <= report.end_ms, "{report:?}");
+        let history = &status(&ctl, "web").history[0];
+        assert!(history.start_ms <= history.end_ms, "{history:?}");
         assert!(
             ctl.wait_plans("node-1", 0, Duration::ZERO)
                 .await

@@ -160,3 +160,184 @@ pub fn close(
     report.failure_reasons = reasons;
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use meshdoctor_api::{
+        AgentReport, AppResult, LoadStats, PathState, Protocol, Timestamping, task::ListedAddress,
+    };
+
+    use super::*;
+    use crate::{
+        apps::tests::http_task,
+        join::tests::mk_report,
+        mesh::tests::{mk_agent, mk_meta, mk_task},
+    };
+
+    fn inputs(roster: Vec<AgentRegistration>) -> Inputs {
+        Inputs {
+            roster,
+            service_targets: vec![],
+            target_problems: vec![],
+            tls: Ok(None),
+        }
+    }
+
+    /// Plans a round of `task` over node-1 and node-2, as the mailbox would publish it.
+    fn planned(task: &Task, inputs: Inputs) -> (Round, BTreeMap<String, RoundPlan>) {
+        let (round, plans) = plan(task, inputs, mk_meta());
+        let mut plans = plans.unwrap();
+        plans.values_mut().for_each(|p| p.round_tag = 42);
+        (round, plans)
+    }
+
+    fn collected(
+        plans: BTreeMap<String, RoundPlan>,
+        reports: Vec<AgentReport>,
+    ) -> Result<Collected, String> {
+        Ok(Collected {
+            tag: 42,
+            plans,
+            reports: reports.into_iter().map(|r| (r.node.clone(), r)).collect(),
+        })
+    }
+
+    #[test]
+    fn a_net_reach_round_is_joined_judged_and_localized() {
+        let mut net_reach = mk_task(", interfaces: [pod]");
+        net_reach.spec.target.ipv6 = false;
+        let task = Task::NetReach(net_reach);
+        let roster = vec![mk_agent(1), mk_agent(2)];
+        let (round, plans) = planned(&task, inputs(roster));
+        assert_eq!(round.expected_agents, ["node-1", "node-2"]);
+        assert_eq!(round.target, None);
+
+        let reports = vec![
+            mk_report(&plans, "node-1", &[]),
+            mk_report(&plans, "node-2", &[]),
+        ];
+        let report = close(
+            &task,
+            round.clone(),
+            collected(plans.clone(), reports),
+            5_000,
+        );
+        assert_eq!(
+            report.status,
+            RoundStatus::Succeed,
+            "{:?}",
+            report.failure_reasons
+        );
+        assert_eq!(
+            (report.task.as_str(), report.round, report.round_tag),
+            ("mesh", 1, 42)
+        );
+        assert_eq!((report.start_ms, report.end_ms), (1_000, 5_000));
+        assert_eq!(report.paths.len(), 2);
+        assert!(report.paths.iter().all(|p| p.state == PathState::Ok));
+        assert!(report.findings.is_empty() && report.app.is_none());
+
+        // node-2 did not report: its paths are not loss, and the round fails saying so.
+        let reports = vec![mk_report(&plans, "node-1", &[])];
+        let report = close(&task, round, collected(plans, reports), 5_000);
+        assert_eq!(report.status, RoundStatus::Fail);
+        assert_eq!(report.not_reported, ["node-2"]);
+        assert_eq!(report.failure_reasons[0], "agents did not report: node-2");
+        assert_eq!(report.summary.lost, 0);
+    }
+
+    #[test]
+    fn target_problems_fail_a_round_that_runs() {
+        let task = Task::NetReach(mk_task(""));
+        let service = ListedAddress {
+            label: "clusterIP 10.96.0.10:9091".into(),
+            ip: "10.96.0.10".parse().unwrap(),
+            port: Some(9091),
+        };
+        let inputs = Inputs {
+            service_targets: vec![service],
+            target_problems: vec!["spec.target.loadBalancer: no load-balancer IP".into()],
+            ..inputs(vec![mk_agent(1)])
+        };
+        let (round, plans) = planned(&task, inputs);
+        assert_eq!(
+            plans["node-1"].targets.len(),
+            1,
+            "the Service target is probed"
+        );
+        let report = close(&task, round, collected(plans, vec![]), 5_000);
+        assert_eq!(report.status, RoundStatus::Fail);
+        assert_eq!(
+            report.failure_reasons[0],
+            "spec.target.loadBalancer: no load-balancer IP"
+        );
+    }
+
+    #[test]
+    fn an_app_round_is_aggregated_and_judged() {
+        let task = http_task(", host: web", "");
+        let (round, plans) = planned(&task, inputs(vec![mk_agent(1), mk_agent(2)]));
+        assert_eq!(round.target.as_deref(), Some("GET http://web"));
+        assert!(
+            plans
+                .values()
+                .all(|p| p.app.is_some() && p.protocol == Protocol::Icmp)
+        );
+        let ok = |node: &str| AgentReport {
+            app: Some(AppResult {
+                target: "GET http://web".into(),
+                error: None,
+                stats: LoadStats {
+                    planned: 20,
+                    requests: 20,
+                    successes: 20,
+                    codes: [("200".to_string(), 20)].into(),
+                    ..Default::default()
+                },
+            }),
+            ..AgentReport::on_plan(node, &plans[node], Timestamping::Ebpf)
+        };
+        let reports = vec![ok("node-1"), ok("node-2")];
+        let report = close(
+            &task,
+            round.clone(),
+            collected(plans.clone(), reports),
+            5_000,
+        );
+        assert_eq!(
+            report.status,
+            RoundStatus::Succeed,
+            "{:?}",
+            report.failure_reasons
+        );
+        let app = report.app.as_ref().unwrap();
+        assert_eq!(
+            (app.target.as_str(), app.summary.requests),
+            ("GET http://web", 40)
+        );
+        assert_eq!((report.summary.sent, report.summary.received), (40, 40));
+        assert!(report.paths.is_empty() && report.findings.is_empty());
+
+        let reports = vec![ok("node-1")];
+        let report = close(&task, round, collected(plans, reports), 5_000);
+        assert_eq!(report.failure_reasons, ["agents did not report: node-2"]);
+    }
+
+    #[test]
+    fn a_round_that_cannot_be_planned_fails_with_why_and_never_ends_before_it_starts() {
+        let task = http_task(", host: 'https://web', tlsCaFile: /nope/ca.pem", "");
+        let inputs = Inputs {
+            tls: Err("spec.target.tlsCaFile: cannot read \"/nope/ca.pem\"".into()),
+            ..inputs(vec![mk_agent(1)])
+        };
+        let (round, plans) = plan(&task, inputs, mk_meta());
+        let why = plans.unwrap_err();
+        // Planned before its scheduled start (1 000), closed at once (500).
+        let report = close(&task, round, Err(why.clone()), 500);
+        assert_eq!(report.status, RoundStatus::Fail);
+        assert_eq!(report.failure_reasons, [why]);
+        assert_eq!(report.round_tag, 0, "never published");
+        assert_eq!((report.start_ms, report.end_ms), (500, 500));
+        assert_eq!(report.app.unwrap().target, "GET https://web");
+    }
+}
