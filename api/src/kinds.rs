@@ -116,6 +116,20 @@ impl Protocol {
             Self::Http => "http",
         }
     }
+
+    pub const ALL: [Protocol; 4] = [Self::Icmp, Self::Udp, Self::Tcp, Self::Http];
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    /// A [`Protocol::name`], in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("expected icmp, tcp, udp or http, got {s:?}"))
+    }
 }
 
 /// DNS transport.
@@ -251,4 +265,13 @@ pub enum Timestamping {
     Ebpf,
     /// No eBPF: user-space timestamps only, no per-hook presence.
     Socket,
+}
+
+impl fmt::Display for Timestamping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ebpf => "ebpf",
+            Self::Socket => "socket",
+        })
+    }
 }

@@ -39,6 +39,16 @@ pub enum LastRoundStatus {
     Unknown,
 }
 
+impl std::fmt::Display for LastRoundStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Succeed => "succeed",
+            Self::Fail => "fail",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
 /// What a task has done so far: the CR status of the Kubernetes backend, the controller API's
 /// `status` of a task elsewhere.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -199,7 +199,7 @@ pub struct CheckArgs {
     ])]
     pub file: Option<PathBuf>,
     /// Probe protocol.
-    #[arg(long, value_parser = parse_protocol)]
+    #[arg(long, value_parser = str::parse::<Protocol>)]
     pub protocol: Option<Protocol>,
     /// Networks (or interface names) to mesh over, comma-separated; all when omitted.
     #[arg(long, visible_alias = "networks", value_delimiter = ',')]
@@ -229,9 +229,4 @@ pub struct CheckArgs {
     pub dst: DstArgs,
     #[command(flatten)]
     pub state: StateArgs,
-}
-
-fn parse_protocol(s: &str) -> Result<Protocol, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
-        .map_err(|_| format!("expected icmp, tcp, udp or http, got {s:?}"))
 }

@@ -8,8 +8,12 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use http::StatusCode;
-use meshdoctor_api::{AgentRegistration, RoundReport, Task, task::RemoteAgent};
-use serde_json::{Value, json};
+use meshdoctor_api::{
+    NetReach, RoundReport, Task, TaskSpec as _,
+    routes::RoundRef,
+    task::{PairPath, RemoteAgent, SchedulePlan},
+    views::AgentView,
+};
 
 use crate::{
     args::{CheckArgs, StateArgs},
@@ -25,120 +29,110 @@ pub const TASK_PREFIX: &str = "meshdoctor-check-";
 const GRACE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
 
-/// The task document of a check: the `--file` (validated locally first) or the flags, as
-/// JSON, with a one-round schedule. The name is set by [`run`].
-pub fn task_document(args: &CheckArgs) -> anyhow::Result<Value> {
-    let mut doc = match &args.file {
+/// A NetReach with every default, which the flags change.
+const FLAGS_TASK: &str =
+    "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {name: meshdoctor-check}\n";
+
+/// `task` validated as the controller will validate it (and with its defaults filled in);
+/// `what` names it in errors.
+fn validated(task: &NetReach, what: &str) -> anyhow::Result<NetReach> {
+    let text = serde_json::to_string(task).context("encoding the task")?;
+    NetReach::from_yaml(what, &text).map_err(|e| anyhow!("{e}"))
+}
+
+/// The task of a check: the `--file` (validated locally first) or the flags, with a
+/// one-round schedule. The name is set by [`run`].
+pub fn check_task(args: &CheckArgs) -> anyhow::Result<NetReach> {
+    let task = match &args.file {
         Some(path) => {
             let task = Task::from_file(path).map_err(|e| anyhow!("bad task file: {e}"))?;
-            let Some(reach) = task.as_net_reach() else {
+            let Task::NetReach(reach) = task else {
                 bail!(
                     "{}: kind: a check runs a NetReach task, this is {}",
                     path.display(),
                     task.kind()
                 );
             };
-            serde_json::to_value(reach)?
+            reach
         }
         None => {
-            let mut request = json!({});
+            let mut task =
+                NetReach::from_yaml("the command line", FLAGS_TASK).map_err(|e| anyhow!("{e}"))?;
+            let (request, target) = (&mut task.spec.request, &mut task.spec.target);
             if let Some(p) = args.protocol {
-                request["protocol"] = json!(p);
+                request.protocol = p;
             }
             if let Some(q) = args.qps {
-                request["qps"] = json!(q);
+                request.qps = q;
             }
             if let Some(d) = args.duration {
-                request["durationInSecond"] = json!(d);
+                request.duration_in_second = d;
             }
-            let mut target = json!({"ipv4": !args.no_ipv4, "ipv6": args.ipv6 && !args.no_ipv6});
+            target.ipv4 = !args.no_ipv4;
+            target.ipv6 = args.ipv6 && !args.no_ipv6;
             if let Some(i) = &args.interfaces {
-                target["interfaces"] = json!(i);
+                target.interfaces = Some(i.clone());
             }
-            let mut spec = json!({"request": request, "target": target});
             if let Some(r) = args.success_rate {
-                spec["expect"] = json!({"successRate": r});
+                task.spec.expect.success_rate = r;
             }
-            let doc = json!({
-                "apiVersion": "meshdoctor.io/v1beta1",
-                "kind": "NetReach",
-                "metadata": {"name": "meshdoctor-check"},
-                "spec": spec,
-            });
-            // Validate the flags as the controller will, and fill in the defaults.
-            let task = Task::from_yaml("the command line", &doc.to_string())
-                .map_err(|e| anyhow!("{e}"))?;
-            serde_json::to_value(task)?
+            // Validate the flags as the controller will.
+            validated(&task, "the command line")?
         }
     };
-    one_round(&mut doc)?;
-    Ok(doc)
+    Ok(one_round(task))
 }
 
-/// Makes `doc` a cross-cluster check: the destination controller's `agents` (its GET
-/// /v1/agents) become `spec.target.remoteAgents`, named `{dst_name}/{node}`. A check from
-/// flags then probes them alone (NetDoctor's dstKubeConfig); a task file keeps its own
-/// `endpoint`. The result is validated as the controller will.
+/// Makes `task` a cross-cluster check: the destination controller's `agents` become
+/// `spec.target.remoteAgents`, named `{dst_name}/{node}`. A check from flags then probes them
+/// alone (NetDoctor's dstKubeConfig); a task file keeps its own `endpoint`. The result is
+/// validated as the controller will.
 pub fn add_remote_agents(
-    doc: &mut Value,
-    agents: &Value,
+    task: &NetReach,
+    agents: Vec<AgentView>,
     dst_name: &str,
     from_file: bool,
-) -> anyhow::Result<()> {
-    let agents: Vec<AgentRegistration> = serde_json::from_value(agents.clone())
-        .context("the destination controller's /v1/agents is not a list of agents")?;
+) -> anyhow::Result<NetReach> {
     if agents.is_empty() {
         bail!("the destination controller has no agents registered: nothing to probe");
     }
-    let remote: Vec<RemoteAgent> = agents
-        .into_iter()
-        .map(|a| RemoteAgent {
-            node: format!("{dst_name}/{}", a.node),
-            interfaces: a.interfaces,
-            probe_port: a.probe_port,
-        })
-        .collect();
-    let target = &mut doc["spec"]["target"];
-    target["remoteAgents"] = serde_json::to_value(remote)?;
+    let mut task = task.clone();
+    let target = &mut task.spec.target;
+    target.remote_agents = Some(
+        agents
+            .into_iter()
+            .map(|a| RemoteAgent {
+                node: format!("{dst_name}/{}", a.registration.node),
+                interfaces: a.registration.interfaces,
+                probe_port: a.registration.probe_port,
+            })
+            .collect(),
+    );
     if !from_file {
-        target["endpoint"] = json!(false);
+        target.endpoint = false;
     }
-    Task::from_yaml("the cross-cluster check", &doc.to_string()).map_err(|e| anyhow!("{e}"))?;
-    Ok(())
+    validated(&task, "the cross-cluster check")
 }
 
 /// Replaces the schedule with one round starting now, with a deadline long enough for the
 /// probing: "0 N" starts at once and gives the round N minutes.
-fn one_round(doc: &mut Value) -> anyhow::Result<()> {
-    let secs = probing_secs(doc);
-    let minutes = (secs + 30).div_ceil(60).max(1);
-    let spec = doc
-        .get_mut("spec")
-        .and_then(Value::as_object_mut)
-        .context("the task has no spec")?;
-    spec.insert(
-        "schedule".into(),
-        json!({"schedule": format!("0 {minutes}"), "roundNumber": 1}),
-    );
-    Ok(())
+fn one_round(mut task: NetReach) -> NetReach {
+    let minutes = (probing(&task).as_secs() + 30).div_ceil(60).max(1);
+    task.spec.schedule = SchedulePlan {
+        schedule: format!("0 {minutes}"),
+        round_timeout_minute: None,
+        round_number: 1,
+    };
+    task
 }
 
-/// Seconds the probing of a round lasts: duration plus the last probe's timeout.
-fn probing_secs(doc: &Value) -> u64 {
-    let request = &doc["spec"]["request"];
-    let duration = request["durationInSecond"].as_u64().unwrap_or(2);
-    let timeout_ms = request["perRequestTimeoutInMS"].as_u64().unwrap_or(500);
-    duration + timeout_ms.div_ceil(1000)
-}
-
-/// The round deadline of a document made by [`one_round`].
-fn round_deadline(doc: &Value) -> Duration {
-    let minutes = doc["spec"]["schedule"]["schedule"]
-        .as_str()
-        .and_then(|s| s.split_whitespace().nth(1))
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(1);
-    Duration::from_secs(minutes * 60)
+/// How long the probing of a round lasts: duration plus the last probe's timeout, in whole
+/// seconds.
+fn probing(task: &NetReach) -> Duration {
+    let load = task.load();
+    Duration::from_secs(
+        load.duration.as_secs() + load.per_request_timeout.as_millis().div_ceil(1000) as u64,
+    )
 }
 
 /// A fresh task name: the prefix and the Unix time.
@@ -149,26 +143,27 @@ pub fn task_name() -> String {
     format!("{TASK_PREFIX}{secs}")
 }
 
-/// Runs `doc` (plus `pair_paths` when given) as one round and returns its result, then writes
-/// the state file and deletes the task unless `keep`.
+/// Runs `task` (restricted to `pair_paths` when given) as one round and returns its result,
+/// then writes the state file and deletes the task unless `keep`.
 pub async fn run(
     client: &Client,
-    doc: &Value,
-    pair_paths: Option<Vec<Value>>,
+    task: &NetReach,
+    pair_paths: Option<Vec<PairPath>>,
     state: &StateArgs,
 ) -> anyhow::Result<CheckOutput> {
     let name = task_name();
-    let mut sent = doc.clone();
-    sent["metadata"] = json!({"name": name});
+    let mut base = task.clone();
+    base.metadata.name = name.clone();
+    let mut sent = base.clone();
     if let Some(pp) = pair_paths {
-        sent["spec"]["pairPaths"] = Value::Array(pp);
+        sent.spec.pair_paths = pp;
     }
     client
-        .put_task(&name, &sent)
+        .put_task(&sent)
         .await
         .with_context(|| format!("creating task {name}"))?;
     let outcome = tokio::select! {
-        r = wait_for_round(client, &name, doc) => r,
+        r = wait_for_round(client, &name, task) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     if !state.keep
@@ -178,8 +173,6 @@ pub async fn run(
     }
     let report = outcome?;
     let out = CheckOutput::new(&name, report);
-    let mut base = doc.clone();
-    base["metadata"] = json!({"name": name});
     State {
         task: base,
         last_task: name,
@@ -190,18 +183,18 @@ pub async fn run(
 }
 
 /// Polls round 1 of `name` until its report exists, with a progress bar on a terminal.
-async fn wait_for_round(client: &Client, name: &str, doc: &Value) -> anyhow::Result<RoundReport> {
-    let probing = Duration::from_secs(probing_secs(doc));
-    let limit = round_deadline(doc) + GRACE;
+async fn wait_for_round(
+    client: &Client,
+    name: &str,
+    task: &NetReach,
+) -> anyhow::Result<RoundReport> {
+    let probing = probing(task);
+    let limit = task.round_timeout() + GRACE;
     let bar = progress_bar(name, probing);
     let start = Instant::now();
-    let path = format!("/v1/tasks/{name}/rounds/1");
     let result = loop {
-        match client.get(&path).await {
-            Ok(value) => {
-                break serde_json::from_value::<RoundReport>(value)
-                    .context("the round report does not parse");
-            }
+        match client.round(name, RoundRef::Number(1)).await {
+            Ok(report) => break Ok(report),
             // Not yet; or, through the API server, no Ready controller for a moment (a
             // leader hand-over): the new leader runs the task.
             Err(e) if status_of(&e).is_some_and(transient) => {

@@ -10,13 +10,23 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, anyhow};
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde_json::Value;
+use meshdoctor_api::{
+    NetReach,
+    routes::{self, RoundRef},
+    task::NetReachResource,
+    views::{AgentView, ErrorBody, TaskView},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::args::Target;
 
 /// Label on every task `check` creates in Kubernetes: `clean` finds them by it.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshdoctor-cli");
+
+/// The body of a request without one.
+const NO_BODY: Option<&()> = None;
 
 /// One controller.
 pub struct Client {
@@ -147,33 +157,57 @@ impl Client {
         }
     }
 
-    /// GETs `path` of the controller's API and parses the JSON answer.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    /// GETs `path` of the controller's API and decodes the JSON answer.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         match &self.transport {
             Transport::Http { .. } => self.get_json(path).await,
             Transport::Kube { proxy, .. } => self.get_json(&format!("{proxy}{path}")).await,
         }
     }
 
-    /// GETs `url` (below [`Self::server`]) and parses the JSON answer.
-    async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
-        let text = self.send(Method::GET, url, None).await?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}{url}: the answer is not JSON", self.server()))
+    /// GETs `url` (below [`Self::server`]) and decodes the JSON answer.
+    async fn get_json<T: DeserializeOwned>(&self, url: &str) -> anyhow::Result<T> {
+        let text = self.send(Method::GET, url, NO_BODY).await?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}{url}: the answer is not what this meshdoctor reads",
+                self.server()
+            )
+        })
     }
 
-    /// Creates or replaces the task `name` from a NetReach document (its metadata name is
-    /// `name`): a PUT on the standalone controller, a NetReach object (labelled
-    /// [`MANAGED_BY`]) in Kubernetes.
-    pub async fn put_task(&self, name: &str, task: &Value) -> anyhow::Result<()> {
+    /// The registered agents.
+    pub async fn agents(&self) -> anyhow::Result<Vec<AgentView>> {
+        self.get(routes::AGENTS).await
+    }
+
+    /// The controller's tasks.
+    pub async fn tasks(&self) -> anyhow::Result<Vec<TaskView>> {
+        self.get(routes::TASKS).await
+    }
+
+    /// A round report of task `name`, as the controller stored it.
+    pub async fn round(
+        &self,
+        name: &str,
+        round: RoundRef,
+    ) -> anyhow::Result<meshdoctor_api::RoundReport> {
+        self.get(&routes::task_round(name, round)).await
+    }
+
+    /// Creates or replaces `task`: a PUT on the standalone controller, a NetReach object
+    /// (labelled [`MANAGED_BY`]) in Kubernetes.
+    pub async fn put_task(&self, task: &NetReach) -> anyhow::Result<()> {
+        let name = &task.metadata.name;
         match &self.transport {
             Transport::Http { .. } => {
-                self.send(Method::PUT, &format!("/v1/tasks/{name}"), Some(task))
+                self.send(Method::PUT, &routes::task(name), Some(task))
                     .await?;
             }
             Transport::Kube { netreaches, .. } => {
-                let mut object = task.clone();
-                object["metadata"]["labels"][MANAGED_BY.0] = MANAGED_BY.1.into();
+                let mut object = NetReachResource::new(name, task.spec.clone());
+                object.metadata.labels =
+                    Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into());
                 self.send(Method::POST, netreaches, Some(&object)).await?;
             }
         }
@@ -183,10 +217,10 @@ impl Client {
     /// Deletes a task; `Ok(false)` when there was no such task.
     pub async fn delete_task(&self, name: &str) -> anyhow::Result<bool> {
         let path = match &self.transport {
-            Transport::Http { .. } => format!("/v1/tasks/{name}"),
+            Transport::Http { .. } => routes::task(name),
             Transport::Kube { netreaches, .. } => format!("{netreaches}/{name}"),
         };
-        match self.send(Method::DELETE, &path, None).await {
+        match self.send(Method::DELETE, &path, NO_BODY).await {
             Ok(_) => Ok(true),
             Err(e) if status_of(&e) == Some(StatusCode::NOT_FOUND) => Ok(false),
             Err(e) => Err(e),
@@ -196,26 +230,34 @@ impl Client {
     /// Names of the tasks `check` created (named with `prefix`; in Kubernetes also labelled
     /// [`MANAGED_BY`], so that nobody else's NetReach is touched).
     pub async fn check_tasks(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
-        let (array, name) = match &self.transport {
-            Transport::Http { .. } => (self.get("/v1/tasks").await?, "/name"),
+        /// Only the names of the listed objects: another tool's NetReach whose spec this
+        /// meshdoctor cannot read must not fail the listing.
+        #[derive(Deserialize)]
+        struct Objects {
+            items: Vec<Named>,
+        }
+        #[derive(Deserialize)]
+        struct Named {
+            metadata: ObjectMeta,
+        }
+        let names = match &self.transport {
+            Transport::Http { .. } => self.tasks().await?.into_iter().map(|t| t.name).collect(),
             Transport::Kube { netreaches, .. } => {
                 let path = format!(
                     "{netreaches}?labelSelector={}%3D{}",
                     MANAGED_BY.0, MANAGED_BY.1
                 );
-                (
-                    self.get_json(&path).await?["items"].take(),
-                    "/metadata/name",
-                )
+                let objects: Objects = self.get_json(&path).await?;
+                objects
+                    .items
+                    .into_iter()
+                    .filter_map(|o| o.metadata.name)
+                    .collect::<Vec<_>>()
             }
         };
-        Ok(array
-            .as_array()
+        Ok(names
             .into_iter()
-            .flatten()
-            .filter_map(|t| t.pointer(name).and_then(Value::as_str))
             .filter(|n| n.starts_with(prefix))
-            .map(str::to_string)
             .collect())
     }
 
@@ -225,7 +267,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&(impl Serialize + ?Sized)>,
     ) -> anyhow::Result<String> {
         let where_ = format!("{method} {}{path}", self.server());
         let (status, text) = match &self.transport {
@@ -253,7 +295,10 @@ impl Client {
                 (status, text)
             }
             Transport::Kube { client, server, .. } => {
-                let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+                let bytes = match body {
+                    Some(b) => serde_json::to_vec(b).context("encoding the request")?,
+                    None => Vec::new(),
+                };
                 let req = Request::builder()
                     .method(method.clone())
                     .uri(path)
@@ -308,14 +353,18 @@ impl Client {
     }
 }
 
-/// The message of an error answer: the controller's `{"error"}`, the API server's Status
+/// The message of an error answer: the controller's [`ErrorBody`], the API server's Status
 /// `message`, else the body itself.
 fn said(text: &str) -> String {
-    let json = serde_json::from_str::<Value>(text).ok();
-    json.as_ref()
-        .and_then(|v| v.get("error").or_else(|| v.get("message")))
-        .and_then(Value::as_str)
-        .map_or_else(|| text.trim().to_string(), str::to_string)
+    /// The API server's `Status`, as far as a message goes.
+    #[derive(Deserialize)]
+    struct Status {
+        message: String,
+    }
+    serde_json::from_str::<ErrorBody>(text)
+        .map(|e| e.error)
+        .or_else(|_| serde_json::from_str::<Status>(text).map(|s| s.message))
+        .unwrap_or_else(|_| text.trim().to_string())
 }
 
 /// The HTTP status of a refused request, if that is what `e` is.

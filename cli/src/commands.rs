@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use clap::CommandFactory as _;
-use meshdoctor_api::{RoundReport, RoundStatus};
+use meshdoctor_api::{RoundStatus, routes::RoundRef};
 
 use crate::{
     args::{Args, CheckArgs, Command, Output, StateArgs},
@@ -27,24 +27,32 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
         Command::Check(check) => run_check(&client, out, check).await,
         Command::Resume(state) => resume(&client, out, state).await,
         Command::Report { task, round } => report(&client, out, task, *round).await,
-        Command::Tasks => list(&client, out, "/v1/tasks", output::task_row).await,
-        Command::Agents => list(&client, out, "/v1/agents", output::agent_row).await,
+        Command::Tasks => {
+            let tasks = client.tasks().await?;
+            print!("{}", output::render_list(out, &tasks, output::task_row)?);
+            Ok(false)
+        }
+        Command::Agents => {
+            let agents = client.agents().await?;
+            print!("{}", output::render_list(out, &agents, output::agent_row)?);
+            Ok(false)
+        }
         Command::Clean(state) => clean(&client, &state.state).await,
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }
 
 async fn run_check(client: &Client, out: Output, args: &CheckArgs) -> anyhow::Result<bool> {
-    let mut doc = check::task_document(args)?;
+    let mut task = check::check_task(args)?;
     if let Some(dst) = args.dst.target() {
         let dst_client = Client::connect(&dst, None).await?;
         let agents = dst_client
-            .get("/v1/agents")
+            .agents()
             .await
             .context("listing the destination cluster's agents")?;
-        check::add_remote_agents(&mut doc, &agents, &args.dst.dst_name, args.file.is_some())?;
+        task = check::add_remote_agents(&task, agents, &args.dst.dst_name, args.file.is_some())?;
     }
-    let result = check::run(client, &doc, None, &args.state).await?;
+    let result = check::run(client, &task, None, &args.state).await?;
     print_check(out, &result)
 }
 
@@ -79,25 +87,10 @@ async fn report(
     task: &str,
     round: Option<u32>,
 ) -> anyhow::Result<bool> {
-    let which = round.map_or_else(|| "latest".to_string(), |r| r.to_string());
-    let raw = client
-        .get(&format!("/v1/tasks/{task}/rounds/{which}"))
-        .await?;
-    let report: RoundReport =
-        serde_json::from_value(raw.clone()).context("the round report does not parse")?;
-    print!("{}", output::render_report(out, &report, &raw)?);
+    let which = round.map_or(RoundRef::Latest, RoundRef::Number);
+    let report = client.round(task, which).await?;
+    print!("{}", output::render_report(out, &report)?);
     Ok(report.status == RoundStatus::Fail)
-}
-
-async fn list(
-    client: &Client,
-    out: Output,
-    path: &str,
-    row: fn(&serde_json::Value) -> String,
-) -> anyhow::Result<bool> {
-    let value = client.get(path).await?;
-    print!("{}", output::render_list(out, &value, row)?);
-    Ok(false)
 }
 
 /// Deletes the tasks `check` left behind (`--keep`, or an interrupted run) and the state file.

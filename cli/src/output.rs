@@ -2,11 +2,12 @@
 //! tables the lab prints too) or as JSON / YAML, and the rows of `tasks` and `agents`.
 
 use meshdoctor_api::{
-    Family, Finding, PathResult, PathState, RoundReport, RoundStatus, RoundSummary, task::PairPath,
+    Family, Finding, PathResult, PathState, RoundReport, RoundStatus, RoundSummary,
+    task::PairPath,
+    views::{AgentView, TaskView},
 };
 use meshdoctor_table as table;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::args::Output;
 
@@ -50,14 +51,13 @@ impl FailedPath {
     }
 
     /// The task's `spec.pairPaths` entry that selects this pair-path again.
-    pub fn pair_path(&self) -> Value {
-        let entry = PairPath {
+    pub fn pair_path(&self) -> PairPath {
+        PairPath {
             src_node: self.src_node.clone(),
             dst_node: self.dst_node.clone(),
             network: Some(self.network.clone()),
             family: Some(self.family),
-        };
-        serde_json::to_value(entry).expect("strings and an enum serialize")
+        }
     }
 }
 
@@ -156,78 +156,51 @@ pub fn machine(output: Output, value: &impl Serialize) -> anyhow::Result<String>
     })
 }
 
-/// A list from the controller: JSON or YAML as it is, or one `row` per item.
-pub fn render_list(
+/// A list from the controller: JSON or YAML, or one `row` per item.
+pub fn render_list<T: Serialize>(
     output: Output,
-    value: &Value,
-    row: fn(&Value) -> String,
+    items: &[T],
+    row: fn(&T) -> String,
 ) -> anyhow::Result<String> {
     if output != Output::Table {
-        return machine(output, value);
+        return machine(output, &items);
     }
-    Ok(value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|item| row(item) + "\n")
-        .collect())
-}
-
-fn text(v: &Value) -> String {
-    v.as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| v.to_string())
+    Ok(items.iter().map(|item| row(item) + "\n").collect())
 }
 
 /// A `tasks` row: name and rounds done, or why the task is invalid.
-pub fn task_row(t: &Value) -> String {
-    match t.get("error") {
-        Some(e) if !e.is_null() => format!("{}  INVALID  {}", text(&t["name"]), text(e)),
-        _ => {
-            let st = &t["status"];
-            format!(
-                "{}  done {}/{}  last {}  finished {}",
-                text(&t["name"]),
-                st["doneRound"],
-                st["expectedRound"],
-                text(&st["lastRoundStatus"]),
-                st["finish"]
-            )
-        }
+pub fn task_row(t: &TaskView) -> String {
+    match (&t.error, &t.status) {
+        (Some(e), _) => format!("{}  INVALID  {e}", t.name),
+        (None, Some(st)) => format!(
+            "{}  done {}/{}  last {}  finished {}",
+            t.name, st.done_round, st.expected_round, st.last_round_status, st.finish
+        ),
+        (None, None) => format!("{}  no status yet", t.name),
     }
 }
 
 /// An `agents` row: node, timestamping, and interfaces with their network and addresses.
-pub fn agent_row(a: &Value) -> String {
-    let ifaces: Vec<String> = a["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
+pub fn agent_row(a: &AgentView) -> String {
+    let r = &a.registration;
+    let ifaces: Vec<String> = r
+        .interfaces
+        .iter()
         .map(|i| {
-            let addrs: Vec<&str> = ["ipv4", "ipv6"]
-                .iter()
-                .filter_map(|f| i[*f].as_str())
+            let addrs: Vec<String> = [i.ipv4.map(|a| a.to_string()), i.ipv6.map(|a| a.to_string())]
+                .into_iter()
+                .flatten()
                 .collect();
-            format!(
-                "{}({}: {})",
-                i["name"].as_str().unwrap_or("?"),
-                i["network"].as_str().unwrap_or("?"),
-                addrs.join(", ")
-            )
+            format!("{}({}: {})", i.name, i.network, addrs.join(", "))
         })
         .collect();
-    format!(
-        "{}  {}  {}",
-        a["node"].as_str().unwrap_or("?"),
-        a["timestamping"].as_str().unwrap_or("?"),
-        ifaces.join("  ")
-    )
+    format!("{}  {}  {}", r.node, r.timestamping, ifaces.join("  "))
 }
 
-/// A report of `report TASK`: the full pair table and the summary, or the report as it is.
-pub fn render_report(output: Output, report: &RoundReport, raw: &Value) -> anyhow::Result<String> {
+/// A report of `report TASK`: the full pair table and the summary, or the report itself.
+pub fn render_report(output: Output, report: &RoundReport) -> anyhow::Result<String> {
     if output != Output::Table {
-        return machine(output, raw);
+        return machine(output, report);
     }
     let mut out = String::new();
     if report.app.is_none() {

@@ -5,17 +5,17 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use meshdoctor_api::NetReach;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::output::FailedPath;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
-    /// The task document of the last run (without `spec.pairPaths`); its name is replaced on
-    /// every run.
-    pub task: Value,
+    /// The task of the last run (without `spec.pairPaths`); its name is replaced on every
+    /// run.
+    pub task: NetReach,
     /// The controller's name of the last run.
     pub last_task: String,
     /// What failed in the last run; empty once clean.

@@ -16,6 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, put},
 };
+use meshdoctor_api::{TaskKind, TaskStatus, views::TaskView};
 use serde_json::{Value, json};
 use support::round_of;
 
@@ -89,14 +90,22 @@ async fn delete_task(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn tasks(State(s): State<Shared>) -> Json<Value> {
+async fn tasks(State(s): State<Shared>) -> Json<Vec<TaskView>> {
     let m = s.lock().unwrap();
-    Json(json!(
+    Json(
         m.tasks
             .keys()
-            .map(|n| json!({"name": n, "status": {"doneRound": 0, "expectedRound": 1}}))
-            .collect::<Vec<_>>()
-    ))
+            .map(|n| TaskView {
+                name: n.clone(),
+                file: format!("tasks/{n}.yaml"),
+                kind: Some(TaskKind::NetReach),
+                schedule: Some("0 1".into()),
+                error: None,
+                warnings: vec![],
+                status: Some(TaskStatus::new(1, 10)),
+            })
+            .collect(),
+    )
 }
 
 async fn round(

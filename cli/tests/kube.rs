@@ -204,7 +204,7 @@ async fn check_resume_and_clean_through_the_api_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reports_and_agents_are_read_through_the_service_proxy() {
     let dir = temp_dir("read");
-    let agents = json!([{"node": "node-1", "timestamping": "ebpf",
+    let agents = json!([{"node": "node-1", "timestamping": "ebpf", "lastSeenMs": 1,
                          "interfaces": [{"name": "eth0", "network": "eth0", "ipv4": "10.0.0.1"}]}]);
     let c = cluster(&dir, "src", agents).await;
     let kc = c.kubeconfig.to_str().unwrap();
@@ -286,10 +286,10 @@ async fn dst_kubeconfig_probes_the_other_clusters_agents() {
     let dir = temp_dir("dst");
     let src = cluster(&dir, "src", json!([])).await;
     let dst_agents = json!([
-        {"node": "node-7", "timestamping": "ebpf", "probePort": 7080, "interfaces": [
+        {"node": "node-7", "timestamping": "ebpf", "probePort": 7080, "lastSeenMs": 1, "interfaces": [
             {"name": "eth0", "network": "eth0", "ipv4": "10.7.0.7", "ipv6": "fd00:7::7"},
             {"name": "net1", "network": "storage", "ipv4": "10.8.0.7"}]},
-        {"node": "node-8", "timestamping": "socket", "probePort": 7080, "interfaces": [
+        {"node": "node-8", "timestamping": "socket", "probePort": 7080, "lastSeenMs": 1, "interfaces": [
             {"name": "eth0", "network": "eth0", "ipv4": "10.7.0.8"}]},
     ]);
     let dst = cluster(&dir, "dst", dst_agents).await;
