@@ -11,7 +11,7 @@
 //!
 //! They never change a packet's fate: they always return `TC_ACT_UNSPEC` (`TCX_NEXT`), because
 //! `TC_ACT_OK` would end the TCX chain and skip every later program and legacy filter on the
-//! device (research/ebpf.md, pitfalls 2 and 3).
+//! device (docs/ebpf.md, "TC_ACT_OK ends the chain" and "Legacy tc filter priority").
 #![no_std]
 #![no_main]
 

@@ -2,10 +2,11 @@
 //!
 //! One [`Observer`] serves one network namespace: it is loaded with that namespace's inode as
 //! the `NETNS_ID` global, because ifindex is only unique within a netns and the kernel cannot
-//! tell a TC program which netns its device is in (research/ebpf.md §0.5). Load it and attach
-//! it from a thread that has `setns`'d into the target namespace; interface names are resolved
-//! there. Afterwards the handle may be used from any thread: maps, links and the ring buffer
-//! are file descriptors that keep their netns.
+//! tell a TC program which netns its device is in
+//! (docs/ebpf.md, "Which netns a TC program runs in"). Load it and attach it from a thread that
+//! has `setns`'d into the target namespace; interface names are resolved there. Afterwards the
+//! handle may be used from any thread: maps, links and the ring buffer are file descriptors that
+//! keep their netns.
 //!
 //! Flow: [`Observer::load`] → [`Observer::attach`] per interface → [`Observer::events`] once
 //! (spawn a task that loops on [`EventStream::next`]) → [`Observer::arm`] a round tag

@@ -1,6 +1,6 @@
 //! A small in-memory Kubernetes API server behind a [`kube::Client`], for tests of the code
 //! that talks to Kubernetes (the controller's backend, the CLI's `--kubeconfig` path): no
-//! apiserver can run where the tests run (see shared/research/kube-and-style.md).
+//! apiserver can run where the tests run (see docs/testing.md).
 
 use std::{
     collections::BTreeMap,

@@ -2,8 +2,8 @@
 //! kernel's type information (`/sys/kernel/btf/vmlinux`).
 //!
 //! Rust eBPF has no CO-RE relocations, so the drop tracer reads kernel structs at offsets the
-//! agent resolves here at start-up (research/ebpf.md §3.7). aya parses BTF too, but keeps its
-//! type queries private.
+//! agent resolves here at start-up (docs/ebpf.md, "Drop reasons and struct offsets from BTF").
+//! aya parses BTF too, but keeps its type queries private.
 
 use std::{borrow::Cow, path::Path};
 

@@ -80,7 +80,7 @@ format:
 print fmt: \"skbaddr=%p protocol=%u location=%p\", REC->skbaddr, REC->protocol, REC->location
 ";
 
-    /// `skb:kfree_skb` on 6.18 (research/ebpf.md §2.2).
+    /// `skb:kfree_skb` on 6.18 (docs/ebpf.md, "The skb:kfree_skb tracepoint").
     const FORMAT_6_18: &str = "name: kfree_skb
 format:
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;

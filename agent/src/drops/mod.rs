@@ -1,10 +1,11 @@
 //! The kernel drop tracer's user-space half: everything `trace_drops` needs to know about the
 //! running kernel, and the names of what it reports.
 //!
-//! Nothing here is hard-coded per kernel version (research/ebpf.md §2.2): the tracepoint's field
-//! offsets come from its tracefs `format` file, struct offsets from BTF, reason names from BTF's
-//! `enum skb_drop_reason`, and drop locations from `/proc/kallsyms`. A kernel whose tracepoint
-//! has no `reason` field (before 5.17) still works; its drops are reported as `unknown`.
+//! Nothing here is hard-coded per kernel version (docs/ebpf.md, "The skb:kfree_skb tracepoint"
+//! and "Drop reasons and struct offsets from BTF"): the tracepoint's field offsets come from its
+//! tracefs `format` file, struct offsets from BTF, reason names from BTF's `enum skb_drop_reason`,
+//! and drop locations from `/proc/kallsyms`. A kernel whose tracepoint has no `reason` field
+//! (before 5.17) still works; its drops are reported as `unknown`.
 
 mod btf;
 mod format;
