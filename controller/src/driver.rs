@@ -26,7 +26,7 @@ use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use crate::{
-    apps::target::{TlsFile, TlsPart, tls_files},
+    apps::target::{TargetError, TlsFile, TlsPart, tls_files},
     backend::{Backend, Standalone},
     mailbox::{Mailbox, ReportError},
     mesh::RoundMeta,
@@ -85,15 +85,17 @@ async fn sleep_until_ms(at_ms: u64) {
 
 /// Reads the TLS files of a round's target, on the controller's host, into the PEM material
 /// its plans carry; `None` when there are none. An error names the field and the path.
-pub async fn read_tls(files: &[TlsFile]) -> Result<Option<TlsMaterial>, String> {
+pub async fn read_tls(files: &[TlsFile]) -> Result<Option<TlsMaterial>, TargetError> {
     let mut tls = TlsMaterial::default();
     for f in files {
-        let pem = tokio::fs::read_to_string(&f.path).await.map_err(|e| {
-            format!(
-                "spec.target.{}: cannot read {:?} on the controller: {e}",
-                f.field, f.path
-            )
-        })?;
+        let pem =
+            tokio::fs::read_to_string(&f.path)
+                .await
+                .map_err(|e| TargetError::Unreadable {
+                    field: f.field,
+                    path: f.path.clone(),
+                    reason: e.to_string(),
+                })?;
         let part = match f.part {
             TlsPart::Ca => &mut tls.ca_pem,
             TlsPart::Cert => &mut tls.cert_pem,
@@ -421,7 +423,8 @@ mod tests {
         Some(
             read_tls(&tls_files(task))
                 .await
-                .and_then(|tls| app_target(task, tls)),
+                .and_then(|tls| app_target(task, tls))
+                .map_err(|e| e.to_string()),
         )
     }
 

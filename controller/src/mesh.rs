@@ -23,7 +23,7 @@ use meshdoctor_api::{
 /// Most pair-paths one round can carry: path indexes are 16 bits of the probe id.
 pub use meshdoctor_api::plan::MAX_PATHS;
 
-#[derive(Debug, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MeshError {
     #[error(
         "the full mesh has {paths} pair-paths but a round carries at most {MAX_PATHS} \

@@ -17,13 +17,22 @@ use meshdoctor_api::{
 };
 
 use crate::{
-    apps::{self, AppExpect, aggregate::aggregate},
+    apps::{self, AppExpect, aggregate::aggregate, target::TargetError},
     join::join,
     judge::failure_reasons,
     localize::{LocalizeConfig, localize},
     mailbox::Collected,
-    mesh::{RoundMeta, build_plans},
+    mesh::{MeshError, RoundMeta, build_plans},
 };
+
+/// Why a round cannot be planned (it fails at once, naming the cause).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
 
 /// What a round needs from outside the pure core, gathered by the driver.
 #[derive(Debug, Clone)]
@@ -36,7 +45,7 @@ pub struct Inputs {
     pub target_problems: Vec<String>,
     /// Application rounds: the PEM contents of the target's TLS files
     /// ([`apps::target::tls_files`]), or why one could not be read.
-    pub tls: Result<Option<TlsMaterial>, String>,
+    pub tls: Result<Option<TlsMaterial>, TargetError>,
 }
 
 /// A round, planned: what [`close`] needs besides what the round collects.
@@ -60,7 +69,7 @@ pub fn plan(
     task: &Task,
     inputs: Inputs,
     meta: RoundMeta<'_>,
-) -> (Round, Result<BTreeMap<String, RoundPlan>, String>) {
+) -> (Round, Result<BTreeMap<String, RoundPlan>, PlanError>) {
     let Inputs {
         roster,
         service_targets,
@@ -69,7 +78,7 @@ pub fn plan(
     } = inputs;
     let (plans, problems, target) = match task {
         Task::NetReach(t) => (
-            build_plans(t, &roster, &service_targets, meta).map_err(|e| e.to_string()),
+            build_plans(t, &roster, &service_targets, meta).map_err(PlanError::from),
             target_problems,
             None,
         ),
@@ -78,7 +87,9 @@ pub fn plan(
             let label = resolved
                 .as_ref()
                 .map_or_else(|_| apps::target::spec_label(task), AppTarget::label);
-            let plans = resolved.map(|t| apps::target::build_app_plans(task, &t, &roster, meta));
+            let plans = resolved
+                .map(|t| apps::target::build_app_plans(task, &t, &roster, meta))
+                .map_err(PlanError::from);
             (plans, vec![], Some(label))
         }
     };
@@ -98,7 +109,7 @@ pub fn plan(
 pub fn close(
     task: &Task,
     round: Round,
-    collected: Result<Collected, String>,
+    collected: Result<Collected, PlanError>,
     now_ms: u64,
 ) -> RoundReport {
     let Round {
@@ -112,7 +123,11 @@ pub fn close(
     let ran = collected.is_ok();
     let (collected, mut reasons, start_ms) = match collected {
         Ok(c) => (c, problems, start_ms),
-        Err(e) => (Collected::default(), vec![e], start_ms.min(now_ms)),
+        Err(e) => (
+            Collected::default(),
+            vec![e.to_string()],
+            start_ms.min(now_ms),
+        ),
     };
     let mut report = RoundReport {
         task: name,
@@ -194,7 +209,7 @@ mod tests {
     fn collected(
         plans: BTreeMap<String, RoundPlan>,
         reports: Vec<AgentReport>,
-    ) -> Result<Collected, String> {
+    ) -> Result<Collected, PlanError> {
         Ok(Collected {
             tag: 42,
             plans,
@@ -326,16 +341,28 @@ mod tests {
     #[test]
     fn a_round_that_cannot_be_planned_fails_with_why_and_never_ends_before_it_starts() {
         let task = http_task(", host: 'https://web', tlsCaFile: /nope/ca.pem", "");
+        let unreadable = TargetError::Unreadable {
+            field: "tlsCaFile",
+            path: "/nope/ca.pem".into(),
+            reason: "No such file or directory (os error 2)".into(),
+        };
         let inputs = Inputs {
-            tls: Err("spec.target.tlsCaFile: cannot read \"/nope/ca.pem\"".into()),
+            tls: Err(unreadable.clone()),
             ..inputs(vec![mk_agent(1)])
         };
         let (round, plans) = plan(&task, inputs, mk_meta());
         let why = plans.unwrap_err();
+        assert_eq!(why, PlanError::Target(unreadable));
         // Planned before its scheduled start (1 000), closed at once (500).
-        let report = close(&task, round, Err(why.clone()), 500);
+        let report = close(&task, round, Err(why), 500);
         assert_eq!(report.status, RoundStatus::Fail);
-        assert_eq!(report.failure_reasons, [why]);
+        assert_eq!(
+            report.failure_reasons,
+            [
+                "spec.target.tlsCaFile: cannot read \"/nope/ca.pem\" on the controller: No such \
+                 file or directory (os error 2)"
+            ]
+        );
         assert_eq!(report.round_tag, 0, "never published");
         assert_eq!((report.start_ms, report.end_ms), (500, 500));
         assert_eq!(report.app.unwrap().target, "GET https://web");

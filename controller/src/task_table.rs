@@ -17,7 +17,7 @@
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use meshdoctor_api::{
-    RoundReport, Task, TaskKind, TaskSpec as _, TaskStatus,
+    RoundReport, Task, TaskError, TaskKind, TaskSpec as _, TaskStatus,
     status::{Condition, ConditionStatus},
     views::TaskView,
 };
@@ -41,6 +41,31 @@ impl fmt::Display for TaskSource {
     }
 }
 
+/// Why a definition cannot run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DefError {
+    /// It does not parse or validate (the message names the source and the field).
+    #[error(transparent)]
+    Invalid(Arc<TaskError>),
+    /// An earlier source defines a task of the same name.
+    #[error(
+        "{at}: metadata.name: task {name:?} is already defined in {first} (names are unique \
+         across kinds)"
+    )]
+    Duplicate {
+        at: TaskSource,
+        name: String,
+        first: TaskSource,
+    },
+}
+
+/// Definitions are equal when they say the same: an unchanged invalid file is no change.
+impl PartialEq for DefError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
 /// One task definition and what came of parsing it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskDef {
@@ -48,30 +73,32 @@ pub struct TaskDef {
     /// The task name, or, when the definition is invalid, the name it is listed under (the
     /// file stem, the object name).
     pub name: String,
-    /// The task, or the error (`source: field: reason`). Two definitions are the same task
-    /// when they parse to the same task.
-    pub task: Result<Arc<Task>, String>,
+    /// The task, or why it cannot run. Two definitions are the same task when they parse to
+    /// the same task.
+    pub task: Result<Arc<Task>, DefError>,
 }
 
 impl TaskDef {
     /// Definitions in order, each `(source, name when invalid, task or error)`, with the later
     /// of two that define the same task name turned into an error: names are unique across
     /// kinds, because reports are stored and served by name. Both backends go through here.
-    pub fn unique(defs: Vec<(TaskSource, String, Result<Task, String>)>) -> Vec<Self> {
+    pub fn unique(defs: Vec<(TaskSource, String, Result<Task, Arc<TaskError>>)>) -> Vec<Self> {
         let mut seen: BTreeMap<String, TaskSource> = BTreeMap::new();
         defs.into_iter()
             .map(|(source, stem, task)| {
-                let task = task.and_then(|t| match seen.get(t.name()) {
-                    Some(first) => Err(format!(
-                        "{source}: metadata.name: task {:?} is already defined in {first} (names \
-                         are unique across kinds)",
-                        t.name()
-                    )),
-                    None => {
-                        seen.insert(t.name().to_string(), source.clone());
-                        Ok(Arc::new(t))
-                    }
-                });
+                let task = task
+                    .map_err(DefError::Invalid)
+                    .and_then(|t| match seen.get(t.name()) {
+                        Some(first) => Err(DefError::Duplicate {
+                            at: source.clone(),
+                            name: t.name().to_string(),
+                            first: first.clone(),
+                        }),
+                        None => {
+                            seen.insert(t.name().to_string(), source.clone());
+                            Ok(Arc::new(t))
+                        }
+                    });
                 let name = task.as_ref().map_or(stem, |t| t.name().to_string());
                 Self { source, name, task }
             })
@@ -123,7 +150,7 @@ pub enum Change {
         why: Start,
     },
     /// A definition cannot be used: say so.
-    Invalid { source: TaskSource, error: String },
+    Invalid { source: TaskSource, error: DefError },
     /// The status of `source` changed: publish it (the Kubernetes backend writes it).
     Status(TaskSource, Box<TaskStatus>),
 }
@@ -213,7 +240,7 @@ impl TaskTable {
                         .unwrap_or_else(|| {
                             (def.name.clone(), TaskStatus::new(0, self.max_history))
                         });
-                    let invalid = condition(VALID, false, "InvalidSpec", error.clone(), now_ms);
+                    let invalid = condition(VALID, false, "InvalidSpec", error.to_string(), now_ms);
                     status.set_condition(invalid);
                     changes.push(Change::Invalid {
                         source: def.source.clone(),
@@ -341,7 +368,7 @@ impl TaskTable {
                     file: e.def.source.to_string(),
                     kind: task.map(|t| t.kind()),
                     schedule: task.map(|t| t.schedule_plan().schedule.clone()),
-                    error: e.def.task.as_ref().err().cloned(),
+                    error: e.def.task.as_ref().err().map(ToString::to_string),
                     warnings: task.map(|t| t.warnings()).unwrap_or_default(),
                     status: task.and(e.status.as_ref()).map(|(_, s)| s.clone()),
                 }
@@ -375,7 +402,7 @@ pub(crate) mod tests {
     pub(crate) fn mk_def(file: &str, yaml: &str) -> TaskDef {
         let task = Task::from_yaml(file, yaml)
             .map(Arc::new)
-            .map_err(|e| e.to_string());
+            .map_err(|e| DefError::Invalid(Arc::new(e)));
         TaskDef {
             source: TaskSource::File(file.into()),
             name: task.as_ref().map_or("invalid".into(), |t| t.name().into()),
@@ -556,7 +583,7 @@ pub(crate) mod tests {
             (
                 TaskSource::File("a.yaml".into()),
                 "a".into(),
-                Task::from_yaml("a.yaml", MESH).map_err(|e| e.to_string()),
+                Task::from_yaml("a.yaml", MESH).map_err(Arc::new),
             ),
             (
                 TaskSource::Object {
@@ -564,12 +591,11 @@ pub(crate) mod tests {
                     name: "mesh".into(),
                 },
                 "mesh".into(),
-                Task::from_yaml("x", &WEB.replace("name: web", "name: mesh"))
-                    .map_err(|e| e.to_string()),
+                Task::from_yaml("x", &WEB.replace("name: web", "name: mesh")).map_err(Arc::new),
             ),
         ]);
         assert!(defs[0].task.is_ok());
-        let e = defs[1].task.as_ref().unwrap_err();
+        let e = defs[1].task.as_ref().unwrap_err().to_string();
         assert_eq!(
             e,
             "apphttphealthies/mesh: metadata.name: task \"mesh\" is already defined in a.yaml \

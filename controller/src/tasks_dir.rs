@@ -15,7 +15,7 @@ use meshdoctor_api::TaskSpec as _;
 use std::{
     io,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use meshdoctor_api::{Task, TaskError, task::is_task_name};
@@ -41,7 +41,7 @@ pub fn load_dir(dir: &Path) -> io::Result<Vec<TaskDef>> {
                 let stem = path
                     .file_stem()
                     .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-                let task = Task::from_file(path).map_err(|e| e.to_string());
+                let task = Task::from_file(path).map_err(Arc::new);
                 (TaskSource::File(path.display().to_string()), stem, task)
             })
             .collect(),
@@ -258,20 +258,20 @@ mod tests {
         assert_eq!(files.len(), 6);
         assert_eq!(files[0].name, "mesh");
         assert_eq!(files[0].task.as_ref().unwrap().kind(), TaskKind::NetReach);
-        let dup = files[1].task.as_ref().unwrap_err();
+        let dup = files[1].task.as_ref().unwrap_err().to_string();
         assert!(
             dup.contains("b.yml: metadata.name: task \"mesh\" is already defined in"),
             "{dup}"
         );
         assert_eq!(files[2].name, "c");
-        let bad = files[2].task.as_ref().unwrap_err();
+        let bad = files[2].task.as_ref().unwrap_err().to_string();
         assert!(bad.contains("c.yaml: spec.request.qps: must be"), "{bad}");
         assert_eq!(files[3].task.as_ref().unwrap().kind(), TaskKind::NetDns);
         assert_eq!(
             files[4].task.as_ref().unwrap().kind(),
             TaskKind::AppHttpHealthy
         );
-        let dup = files[5].task.as_ref().unwrap_err();
+        let dup = files[5].task.as_ref().unwrap_err().to_string();
         assert!(dup.contains("unique across kinds"), "{dup}");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(load_dir(&dir).is_err());

@@ -62,26 +62,47 @@ pub fn tls_files(task: &Task) -> Vec<TlsFile> {
     }
 }
 
+/// Why an application round cannot be planned from its task: each names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// A TLS file ([`tls_files`]) could not be read on the controller's host.
+    #[error("spec.target.{field}: cannot read {path:?} on the controller: {reason}")]
+    Unreadable {
+        field: &'static str,
+        path: String,
+        reason: String,
+    },
+    /// A field only the Kubernetes backend can act on: what to use instead.
+    #[error("spec.target.{field}: {why}")]
+    KubernetesOnly {
+        field: &'static str,
+        why: &'static str,
+    },
+    #[error("spec.target.targetUser.server: {0:?} is not an IP address")]
+    NotAnIp(String),
+    #[error("NetReach rounds have no application target")]
+    NotAnApplication,
+}
+
 /// The target of an application task (pure): `tls` is the PEM material read for it (NetDns:
 /// only its `ca_pem`, the `tlsCaFile`).
-pub fn app_target(task: &Task, tls: Option<TlsMaterial>) -> Result<AppTarget, String> {
+pub fn app_target(task: &Task, tls: Option<TlsMaterial>) -> Result<AppTarget, TargetError> {
     match task {
-        Task::NetReach(_) => Err("NetReach rounds have no application target".into()),
+        Task::NetReach(_) => Err(TargetError::NotAnApplication),
         Task::AppHttpHealthy(t) => {
             let target = &t.spec.target;
             if target.body_configmap_name.is_some() {
-                return Err(
-                    "spec.target.bodyConfigmapName: ConfigMaps are read by the Kubernetes \
-                     backend only; use spec.target.body"
-                        .into(),
-                );
+                return Err(TargetError::KubernetesOnly {
+                    field: "bodyConfigmapName",
+                    why: "ConfigMaps are read by the Kubernetes backend only; use spec.target.body",
+                });
             }
             if target.tls_secret_name.is_some() {
-                return Err(
-                    "spec.target.tlsSecretName: Secrets are read by the Kubernetes backend \
-                     only; use spec.target.tlsCaFile, tlsCertFile and tlsKeyFile"
-                        .into(),
-                );
+                return Err(TargetError::KubernetesOnly {
+                    field: "tlsSecretName",
+                    why: "Secrets are read by the Kubernetes backend only; use \
+                          spec.target.tlsCaFile, tlsCertFile and tlsKeyFile",
+                });
             }
             Ok(AppTarget::Http(HttpPlan {
                 url: target.host.clone(),
@@ -96,19 +117,16 @@ pub fn app_target(task: &Task, tls: Option<TlsMaterial>) -> Result<AppTarget, St
         Task::NetDns(t) => {
             let spec = &t.spec;
             let Some(user) = &spec.target.target_user else {
-                return Err(
-                    "spec.target.targetDns: cluster DNS Services are resolved by the Kubernetes \
-                     backend only; use spec.target.targetUser {server, port}"
-                        .into(),
-                );
+                return Err(TargetError::KubernetesOnly {
+                    field: "targetDns",
+                    why: "cluster DNS Services are resolved by the Kubernetes backend only; use \
+                          spec.target.targetUser {server, port}",
+                });
             };
             let protocol = spec.request.protocol;
-            let server = user.addr(protocol).ok_or_else(|| {
-                format!(
-                    "spec.target.targetUser.server: {:?} is not an IP address",
-                    user.server
-                )
-            })?;
+            let server = user
+                .addr(protocol)
+                .ok_or_else(|| TargetError::NotAnIp(user.server.clone()))?;
             // udp and tcp ignore the TLS settings (the task warns), as plain http does.
             let dot = protocol == DnsProtocol::TcpTls;
             Ok(AppTarget::Dns(DnsPlan {
@@ -213,6 +231,7 @@ mod tests {
         assert!(
             app_target(&cm, None)
                 .unwrap_err()
+                .to_string()
                 .starts_with("spec.target.bodyConfigmapName:")
         );
         let secret = http_task(
@@ -222,12 +241,14 @@ mod tests {
         assert!(
             app_target(&secret, None)
                 .unwrap_err()
+                .to_string()
                 .starts_with("spec.target.tlsSecretName:")
         );
         let cluster = dns_task("{targetDns: {}}");
         assert!(
             app_target(&cluster, None)
                 .unwrap_err()
+                .to_string()
                 .starts_with("spec.target.targetDns:")
         );
         assert_eq!(spec_label(&cluster), "tcp cluster DNS web.lab.test.");

@@ -146,7 +146,7 @@ pub fn pod_agent(pod: &Pod) -> Result<PodAgent, NotAgent> {
 /// Parses the network-status annotation: a JSON list of `{name, interface, ips, default}`.
 /// Entries multus writes without an interface are the default network's on `eth0`, or are
 /// skipped when not default (nothing to match them to). The error says what was expected.
-pub fn parse_network_status(text: &str) -> Result<Vec<Attachment>, String> {
+fn parse_network_status(text: &str) -> Result<Vec<Attachment>, String> {
     #[derive(Deserialize)]
     struct Entry {
         name: String,

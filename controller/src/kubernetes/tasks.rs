@@ -7,11 +7,11 @@
 //! another version, a rule CEL cannot express) is one task with an error, shown in its status,
 //! instead of a watch that fails to decode its whole list.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use kube::{api::ApiResource, core::DynamicObject};
 use meshdoctor_api::{
-    Task, TaskKind, TaskStatus,
+    Task, TaskError, TaskKind, TaskStatus,
     task::{AppHttpHealthyResource, NetDnsResource, NetReachResource},
 };
 use serde_json::json;
@@ -28,14 +28,14 @@ pub fn resource(kind: TaskKind) -> ApiResource {
 }
 
 /// A task object as the watchers last saw it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TaskObject {
     pub kind: TaskKind,
     pub name: String,
     /// `metadata.generation`: bumped by the apiserver on every spec change.
     pub generation: Option<i64>,
     /// The task, or why it cannot run (`netreaches/mesh: spec.request.qps: ...`).
-    pub task: Result<Task, String>,
+    pub task: Result<Task, Arc<TaskError>>,
     /// The status the object carries (written by an earlier leader), if it parses.
     pub status: Option<TaskStatus>,
 }
@@ -54,7 +54,7 @@ pub fn task_object(kind: TaskKind, obj: &DynamicObject) -> TaskObject {
         "metadata": { "name": name },
         "spec": obj.data.get("spec").cloned().unwrap_or_else(|| json!({})),
     });
-    let task = Task::from_yaml(&source.to_string(), &doc.to_string()).map_err(|e| e.to_string());
+    let task = Task::from_yaml(&source.to_string(), &doc.to_string()).map_err(Arc::new);
     let status = obj
         .data
         .get("status")
@@ -118,13 +118,13 @@ mod tests {
             TaskKind::NetReach,
             &mk_object(TaskKind::NetReach, "bad", json!({"request": {"qps": 0}})),
         );
-        let e = bad.task.unwrap_err();
+        let e = bad.task.unwrap_err().to_string();
         assert!(e.starts_with("netreaches/bad: spec.request.qps: "), "{e}");
         let bad = task_object(
             TaskKind::NetDns,
             &mk_object(TaskKind::NetDns, "dns", json!({"target": {"nope": 1}})),
         );
-        let e = bad.task.unwrap_err();
+        let e = bad.task.unwrap_err().to_string();
         assert!(e.starts_with("netdnses/dns: spec.target"), "{e}");
     }
 
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(files.len(), 2);
         // Sorted by source: apphttphealthies/x first, so the NetReach is the duplicate.
         assert!(files[0].task.is_ok());
-        let e = files[1].task.as_ref().unwrap_err();
+        let e = files[1].task.as_ref().unwrap_err().to_string();
         assert!(e.contains("already defined in apphttphealthies/x"), "{e}");
     }
 
