@@ -3,10 +3,7 @@
 
 use std::{
     collections::HashSet,
-    fs::File,
-    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -30,12 +27,11 @@ pub(crate) const ADDR_A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x231, 0, 0, 0
 pub(crate) const ADDR_B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x231, 0, 0, 0, 0, 2);
 
 pub(crate) fn skip_unless_root() -> bool {
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
+    let skip = !meshdoctor_lab::is_root();
+    if skip {
         println!("skipped: needs root");
-        return true;
     }
-    false
+    skip
 }
 
 fn ip(args: &[&str]) {
@@ -112,17 +108,7 @@ impl Pair {
     /// Runs `f` on a fresh thread that first joins netns `ns`; sockets, links and maps
     /// created there keep that netns.
     pub fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-                // SAFETY: valid fd; only this thread's netns changes.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {ns}: {}", io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("netns thread panicked")
-        })
+        meshdoctor_lab::in_netns(ns, f).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
