@@ -1,4 +1,11 @@
-use std::{io, path::PathBuf, time::Duration};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Lines of a process's log quoted when it died.
+const TAIL_LINES: usize = 20;
 
 /// Why the lab could not be built, driven or queried. Every message names what was being done
 /// (the command line, the file, the HTTP path) and what the system said.
@@ -92,5 +99,22 @@ impl LabError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }
+    }
+
+    /// Lab process `process` exited with `status`: quotes the last lines of its `log`.
+    pub(crate) fn process_exited(process: &str, status: String, log: &Path) -> Self {
+        let tail = match fs::read_to_string(log) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+            }
+            Err(e) => format!("(cannot read: {e})"),
+        };
+        Self::ProcessExited {
+            process: process.into(),
+            status,
+            log: log.into(),
+            tail,
+        }
     }
 }

@@ -32,8 +32,6 @@ use crate::{
 const CONTROLLER_BIN: &str = "meshdoctor-controller";
 const AGENT_BIN: &str = "meshdoctor-agent";
 const POLL: Duration = Duration::from_millis(200);
-/// Lines of a dead process's log quoted in the error.
-const TAIL_LINES: usize = 20;
 
 /// The directory holding the agent and controller binaries: `$MESHDOCTOR_BIN_DIR`, else the
 /// debug profile of the cargo target directory (`$CARGO_TARGET_DIR` or `<workspace>/target`),
@@ -119,22 +117,8 @@ impl Proc {
     }
 
     fn exited_error(&self, status: String) -> LabError {
-        LabError::ProcessExited {
-            process: self.name.clone(),
-            status,
-            log: self.log.clone(),
-            tail: log_tail(&self.log),
-        }
+        LabError::process_exited(&self.name, status, &self.log)
     }
-}
-
-pub(crate) fn log_tail(path: &Path) -> String {
-    let mut text = String::new();
-    if let Err(e) = File::open(path).and_then(|mut f| f.read_to_string(&mut text)) {
-        return format!("(cannot read: {e})");
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }
 
 /// A running lab: the [`Network`], the controller and the agents.

@@ -12,7 +12,6 @@ use std::{
 
 use crate::{
     LabError, in_netns,
-    lab::log_tail,
     net::{TERM_GRACE, is_running},
 };
 
@@ -141,12 +140,7 @@ impl LabServer {
     }
 
     fn exited(&self, status: String) -> LabError {
-        LabError::ProcessExited {
-            process: self.name.clone(),
-            status,
-            log: self.log.clone(),
-            tail: log_tail(&self.log),
-        }
+        LabError::process_exited(&self.name, status, &self.log)
     }
 }
 

@@ -18,28 +18,24 @@
 //! - Failures are labelled by kind (`connect`, `tls`, `reset`, `protocol`, `io`; the runner adds
 //!   `timeout`) so a report says what broke, with the error chain as detail.
 
-use std::error::Error as StdError;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
+use crate::conn::{Connector, Template, TlsSetup, chain, find, io_kind};
+pub use crate::conn::{HttpFailure, HttpReply};
 use crate::http1::Http1;
 use crate::{Outcome, Requester};
 
@@ -108,24 +104,6 @@ pub fn parse_header(entry: &str) -> Result<(String, String), HttpTargetError> {
             reason: "no ':' between name and value".into(),
         })?;
     Ok((name.trim().to_owned(), value.trim().to_owned()))
-}
-
-/// A reply, as [`HttpRequester::send`] saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpReply {
-    pub status: StatusCode,
-    pub version: Version,
-    /// Body bytes received (drained, not kept).
-    pub body_bytes: u64,
-}
-
-/// A request that got no usable reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind}: {detail}")]
-pub struct HttpFailure {
-    /// `connect`, `tls`, `reset`, `protocol` or `io`.
-    pub kind: &'static str,
-    pub detail: String,
 }
 
 /// Sends the target's request over a fixed pool of keep-alive connections.
@@ -276,7 +254,7 @@ impl HttpRequester {
                 match shared.as_ref().filter(|(_, c)| !c.is_closed()) {
                     Some((id, conn)) => (*id, conn.clone()),
                     None => {
-                        let conn = Box::pin(self.connector.http2()).await?;
+                        let conn = Box::pin(http2_connect(&self.connector)).await?;
                         let id = self.h2_generation.fetch_add(1, Ordering::Relaxed);
                         *shared = Some((id, conn.clone()));
                         (id, conn)
@@ -329,27 +307,6 @@ type Sender2 = http2::SendRequest<Full<Bytes>>;
 /// other request replaced it meanwhile.
 type H2Slot = tokio::sync::Mutex<Option<(u64, Sender2)>>;
 
-/// The target's request: what every HTTP/2 send builds anew (hyper consumes it; clones are
-/// reference counts except the header map), and what HTTP/1.1 serializes once.
-#[derive(Debug)]
-pub(crate) struct Template {
-    pub(crate) method: Method,
-    /// Origin form (`/path?q`) for HTTP/1.1, absolute for HTTP/2.
-    pub(crate) uri: Uri,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
-}
-
-impl Template {
-    fn build(&self) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(self.body.clone()));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
 enum Pool {
     Http1(Http1),
     /// Shared multiplexed connections, taken round-robin; `None` until first used.
@@ -359,129 +316,18 @@ enum Pool {
     },
 }
 
-struct TlsSetup {
-    connector: TlsConnector,
-    name: ServerName<'static>,
-}
-
-/// Opens connections to the target.
-pub(crate) struct Connector {
-    /// Host name or IP literal (IPv6 without brackets), resolved at each connect.
-    host: String,
-    port: u16,
-    tls: Option<TlsSetup>,
-    http2: bool,
-}
-
-impl Connector {
-    pub(crate) async fn io(&self) -> Result<Io, HttpFailure> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| HttpFailure {
-                kind: "connect",
-                detail: chain(&e),
-            })?;
-        // Requests are small and latency is what we measure: no Nagle delay.
-        let _ = tcp.set_nodelay(true);
-        let Some(tls) = &self.tls else {
-            return Ok(Io::Plain(tcp));
-        };
-        // Everything failing during the handshake (alerts, bad certificates, a peer that does
-        // not speak TLS and hangs up) is a TLS failure.
-        let stream = tls
-            .connector
-            .connect(tls.name.clone(), tcp)
-            .await
-            .map_err(|e| HttpFailure {
-                kind: "tls",
-                detail: chain(&e),
-            })?;
-        if self.http2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(HttpFailure {
-                kind: "protocol",
-                detail: "the server did not negotiate HTTP/2 (ALPN h2)".into(),
-            });
+/// A new HTTP/2 connection to the target, driven by its own task.
+async fn http2_connect(connector: &Connector) -> Result<Sender2, HttpFailure> {
+    let io = TokioIo::new(connector.io().await?);
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+        .await
+        .map_err(|e| failure(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("http2 connection ended: {e}");
         }
-        Ok(Io::Tls(Box::new(stream)))
-    }
-
-    async fn http2(&self) -> Result<Sender2, HttpFailure> {
-        let io = TokioIo::new(self.io().await?);
-        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| failure(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("http2 connection ended: {e}");
-            }
-        });
-        Ok(sender)
-    }
-}
-
-/// A plain or TLS connection: an enum rather than a boxed trait object, so reads and writes
-/// are direct calls.
-pub(crate) enum Io {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
+    });
+    Ok(sender)
 }
 
 /// Reads the whole body, counting its bytes.
@@ -633,46 +479,6 @@ fn kind(e: &hyper::Error) -> &'static str {
     } else {
         "protocol"
     }
-}
-
-pub(crate) fn io_kind(e: &io::Error) -> &'static str {
-    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-        return "tls";
-    }
-    match e.kind() {
-        io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::UnexpectedEof => "reset",
-        _ => "io",
-    }
-}
-
-/// The first error of type `T` in `e`'s source chain (`e` included).
-fn find<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cur = err.source();
-    }
-    None
-}
-
-/// `e` and its sources, `: `-separated, skipping a source whose text its parent already holds.
-pub(crate) fn chain(e: &(dyn StdError + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cur = err.source();
-    }
-    text
 }
 
 #[cfg(test)]

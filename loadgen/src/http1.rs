@@ -29,7 +29,7 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use crate::http::{Connector, HttpFailure, HttpReply, Io, Template, chain, io_kind};
+use crate::conn::{Connector, HttpFailure, HttpReply, Io, Template, chain, io_kind};
 
 /// Most bytes of a response head (status line and header fields), and of a chunked body's
 /// trailer section.

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 
+mod conn;
 pub mod dns;
 pub mod http;
 mod http1;
