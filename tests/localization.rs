@@ -388,3 +388,47 @@ fn localization_scenarios_find_exactly_the_injected_faults() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert_eq!((precision, recall), (1.0, 1.0));
 }
+
+/// A round restricted by `spec.pairPaths` (what `meshdoctor resume` runs) leaves the
+/// destination agent without targets of its own: it must stay armed until the round's end to
+/// see the probes it answers (it disarmed 100 ms after the start, and the loss was blamed on
+/// the requests' side). With a third of node-2's echo replies dropped on its eth0 link, the
+/// re-probe of the two pair-paths toward it places every lost probe on the way back and names
+/// node-2's eth0 egress. (One pair-path alone could not tell node-2's egress from its peer's
+/// ingress: both ends of the link explain it equally.)
+#[test]
+fn a_pair_paths_round_blames_the_answering_agent() {
+    if !can_run("a_pair_paths_round_blames_the_answering_agent") {
+        return;
+    }
+    let fault: Fault = "node-2:eth0:egress:ipv4:30:link:replies".parse().unwrap();
+    let mut task = MeshTask {
+        timeout_ms: 1000,
+        ..MeshTask::new("pair", QPS, SECS)
+    }
+    .yaml();
+    task.push_str(
+        "  pairPaths:\n  - {srcNode: node-1, dstNode: node-2, network: default, family: ipv4}\n  \
+         - {srcNode: node-3, dstNode: node-2, network: default, family: ipv4}\n",
+    );
+    let mut cfg = LabConfig::new(3);
+    cfg.tasks = vec![("pair.yaml".into(), task)];
+    cfg.faults = vec![fault.clone()];
+    let lab = Lab::up(cfg).expect("lab up");
+    let report = lab
+        .wait_round("pair", 1, Duration::from_secs(60))
+        .expect("round report");
+    eprintln!("{}", meshdoctor_table::render_findings(&report.findings));
+    assert_eq!(report.paths.len(), 2, "only the selected pair-paths");
+    for path in &report.paths {
+        assert!(path.lost > 0, "{path:?}");
+        assert_eq!(
+            path.segments.reply, path.lost,
+            "every lost probe is lost on the way back: {:?}",
+            path.segments
+        );
+    }
+    let places: Vec<Place> = report.findings.iter().map(Place::of_finding).collect();
+    assert_eq!(places, [Place::of_fault(&fault)], "{:?}", report.findings);
+    assert_eq!(report.findings[0].packets, [Packet::Reply]);
+}

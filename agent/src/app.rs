@@ -22,7 +22,7 @@ use meshdoctor_loadgen::{
 };
 use tracing::{info, warn};
 
-use crate::{round::wait_for_start, runtime::Agent};
+use crate::{round::wait_until_ms, runtime::Agent};
 
 /// Runs the application plan and returns the report to post.
 pub async fn run(agent: &Agent, plan: &RoundPlan, app: &AppPlan) -> AgentReport {
@@ -81,7 +81,7 @@ async fn load<R: meshdoctor_loadgen::Requester>(
     requester: Arc<R>,
     spec: &LoadSpec,
 ) -> LoadStats {
-    wait_for_start(plan.start_at_ms).await;
+    wait_until_ms(plan.start_at_ms).await;
     meshdoctor_loadgen::run(requester, spec).await
 }
 

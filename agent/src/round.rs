@@ -50,7 +50,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     let n = plan.probes_per_target() as usize;
     let probes: Shared = Arc::new(Mutex::new(vec![TargetProbes::new(n); plan.targets.len()]));
 
-    wait_for_start(plan.start_at_ms).await;
+    wait_until_ms(plan.start_at_ms).await;
 
     // One socket per source interface and address, shared by that source's targets; a socket
     // that would not open is the send error of every probe of its targets.
@@ -93,6 +93,10 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     send_all(plan, &sockets, &probes, n).await;
     wait_for_replies(&probes, timeout).await;
     receivers.abort_all();
+    // The observers also see the probes this agent answers, which its peers send until the
+    // round's end: an agent with few or no targets of its own (a round of `spec.pairPaths`)
+    // stays armed until then.
+    wait_until_ms(plan.start_at_ms + plan.duration_ms + plan.timeout_ms).await;
     // Let the observers' last events drain from the ring buffer.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -107,12 +111,13 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     report
 }
 
-pub(crate) async fn wait_for_start(start_at_ms: u64) {
+/// Sleeps until the wall-clock time `at_ms` (Unix ms), the clock plans are written in.
+pub(crate) async fn wait_until_ms(at_ms: u64) {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    if let Some(wait) = start_at_ms.checked_sub(now_ms) {
+    if let Some(wait) = at_ms.checked_sub(now_ms) {
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
