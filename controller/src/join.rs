@@ -223,29 +223,51 @@ pub(crate) fn slot(segments: &mut LossSegments, segment: Option<PathSegment>) ->
 
 /// The drop records of lost probes (sequence within the plan, not delivered), one per node,
 /// probe and packet, counted by node, packet, reason and location, most first; and the packet
-/// the destination dropped per probe, the request first should a report claim both.
+/// the destination dropped per probe.
+///
+/// A destination that answered a probe (its reply left, `dst_egress`, or it recorded dropping
+/// the reply) had taken its first request in: a request drop it records for that probe is a
+/// retransmission's (a client retransmits a SYN whose SYN-ACK was lost; the server drops the
+/// duplicate), not how the probe was lost, and it is left out.
 fn lost_probe_drops(
     src: &str,
     dst: &str,
     drops: Drops<'_>,
     planned: usize,
     delivered: &Bitmap,
+    dst_egress: &Bitmap,
 ) -> (Vec<DropCount>, HashMap<u16, Packet>) {
+    let dst_answered: BTreeSet<u16> = drops
+        .dst
+        .iter()
+        .filter(|d| d.packet == Packet::Reply)
+        .map(|d| d.seq)
+        .chain(
+            (0..planned)
+                .filter(|&i| dst_egress.get(i))
+                .map(|i| i as u16),
+        )
+        .collect();
     let mut seen = BTreeSet::new();
     let mut counts: BTreeMap<(&str, Packet, &str, &str), u32> = BTreeMap::new();
     let mut dst_dropped: HashMap<u16, Packet> = HashMap::new();
     for (node, records) in [(src, drops.src), (dst, drops.dst)] {
         for d in records {
             let i = usize::from(d.seq);
-            if i >= planned || delivered.get(i) || !seen.insert((node, d.seq, d.packet)) {
+            let retransmitted =
+                node == dst && d.packet == Packet::Request && dst_answered.contains(&d.seq);
+            if i >= planned
+                || delivered.get(i)
+                || retransmitted
+                || !seen.insert((node, d.seq, d.packet))
+            {
                 continue;
             }
             *counts
                 .entry((node, d.packet, &d.reason, &d.location))
                 .or_default() += 1;
             if node == dst {
-                let packet = dst_dropped.entry(d.seq).or_insert(d.packet);
-                *packet = (*packet).min(d.packet);
+                dst_dropped.insert(d.seq, d.packet);
             }
         }
     }
@@ -351,7 +373,8 @@ fn join_path(src: &str, t: &PlannedTarget, planned: u32, ends: Ends<'_>) -> (Pat
         Some(d) => (&d.dst_ingress, &d.dst_egress, &d.stack_ns[..]),
         None => (&empty, &empty, &[][..]),
     };
-    let (drops, dst_dropped) = lost_probe_drops(src, &t.dst_node, ends.drops, n, delivered);
+    let (drops, dst_dropped) =
+        lost_probe_drops(src, &t.dst_node, ends.drops, n, delivered, dst_egress);
     result.drops = drops;
 
     let mut buckets: BTreeMap<(PathSegment, Option<Packet>), u32> = BTreeMap::new();
@@ -879,6 +902,48 @@ pub(crate) mod tests {
         // node-2's own path saw none of it.
         assert!(j.paths[1].drops.is_empty());
         assert_eq!(j.losses[1].buckets, []);
+    }
+
+    /// A TCP probe whose SYN-ACK was lost: the client retransmits the SYN, and the server,
+    /// which answered the first one, drops the duplicate. That drop is not the probe's loss.
+    #[test]
+    fn a_retransmitted_requests_drop_keeps_the_reply_side_verdict() {
+        let plans = mk_plans();
+        let mut reports = mk_observed_reports(&plans, &[3, 4]);
+        let answered = &mut reports.get_mut("node-2").unwrap().answered;
+        let a = answered.iter_mut().find(|a| a.path == 0).unwrap();
+        // Probe 3's SYN-ACK left node-2 and was lost on the way; probe 4's was dropped by
+        // node-2's own stack on the way out.
+        a.dst_egress = bits(20, &[4]);
+        reports.get_mut("node-2").unwrap().drops = vec![
+            mk_drop(0, 3, Packet::Request, "NOT_SPECIFIED"),
+            mk_drop(0, 4, Packet::Reply, "NETFILTER_DROP"),
+            mk_drop(0, 4, Packet::Request, "NOT_SPECIFIED"),
+        ];
+        let j = join(&plans, &reports);
+        let p = &j.paths[0];
+        assert_eq!((p.segments.reply, p.segments.dst_stack), (1, 1));
+        let counts: Vec<(&str, Packet, &str, u32)> = p
+            .drops
+            .iter()
+            .map(|d| (d.node.as_str(), d.packet, d.reason.as_str(), d.count))
+            .collect();
+        assert_eq!(counts, [("node-2", Packet::Reply, "NETFILTER_DROP", 1)]);
+        assert_eq!(
+            j.losses[0].buckets,
+            [
+                LossBucket {
+                    segment: PathSegment::DstStack,
+                    dropped: Some(Packet::Reply),
+                    lost: 1
+                },
+                LossBucket {
+                    segment: PathSegment::Reply,
+                    dropped: None,
+                    lost: 1
+                },
+            ]
+        );
     }
 
     #[test]
