@@ -77,6 +77,10 @@ pub const MAX_DNS_QPS: u32 = 50_000;
 pub const MAX_DURATION_IN_SECOND: u32 = 3600;
 /// Longest `request.perRequestTimeoutInMS`.
 pub const MAX_PER_REQUEST_TIMEOUT_IN_MS: u32 = 60_000;
+/// What a round must leave its agents, after the probing and the last probe's timeout, to
+/// report before the round's deadline (the next round's start for `@every` and cron
+/// schedules): a schedule that leaves less is refused rather than run and failed every time.
+pub const REPORT_TIME: Duration = Duration::from_secs(1);
 
 /// The CRD files `cargo xtask crds` writes to `deploy/crds/`, one CRD each, as
 /// `(file name, YAML)`: generated here, from the same types the task files parse into, so the
@@ -582,6 +586,20 @@ pub(crate) fn validate_request(
             format!(
                 "durationInSecond plus perRequestTimeoutInMS ({}) is longer than {}",
                 format_duration(round),
+                window.why
+            ),
+        ));
+    }
+    // The controller stops waiting for reports at the round's deadline: a round that probes
+    // until then would fail every time with agents that "did not report".
+    if round + REPORT_TIME > window.limit {
+        return Err(Invalid::new(
+            field("durationInSecond"),
+            format!(
+                "durationInSecond plus perRequestTimeoutInMS ({}) leaves the agents less than {} \
+                 to report within {}: shorten the probing or space the rounds further apart",
+                format_duration(round),
+                format_duration(REPORT_TIME),
                 window.why
             ),
         ));

@@ -891,7 +891,8 @@ spec:
 
     #[test]
     fn tcp_probes_are_bounded_by_their_source_ports() {
-        let busy = GOOD.replace(
+        // 9.8 s of probing leaves the agents 1 s to report before the next round.
+        let busy = GOOD.replace("'@every 10s'", "'@every 11s'").replace(
             "qps: 20\n    durationInSecond: 3",
             "qps: 500\n    durationInSecond: 9",
         );
@@ -1451,6 +1452,22 @@ spec:
             e.starts_with("tasks/mesh.yaml: spec.request.qps: qps x durationInSecond = 66000"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_schedule_leaves_the_agents_time_to_report() {
+        // 5 s of probing and a 1 s timeout fill a 6 s round: nobody could report in time.
+        let tight = GOOD
+            .replace("'@every 10s'", "'@every 6s'")
+            .replace("durationInSecond: 3", "durationInSecond: 5")
+            .replace("perRequestTimeoutInMS: 800", "perRequestTimeoutInMS: 1000");
+        assert_err(
+            &tight.replace("mesh.yaml", "t.yaml"),
+            "spec.request.durationInSecond",
+            "durationInSecond plus perRequestTimeoutInMS (6s) leaves the agents less than 1s to \
+             report within the 6s between @every rounds",
+        );
+        assert!(NetReach::from_yaml("t", &tight.replace("'@every 6s'", "'@every 7s'")).is_ok());
     }
 
     #[test]

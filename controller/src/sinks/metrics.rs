@@ -681,7 +681,15 @@ mod tests {
             location: "nft_do_chain+0x4c1".into(),
             interface: None,
         };
-        reports.get_mut("node-2").unwrap().drops = vec![drop(3), drop(4)];
+        let node2 = reports.get_mut("node-2").unwrap();
+        node2.drops = vec![drop(3), drop(4)];
+        // Dropped on the way in: node-2 never answered them.
+        let answered = node2.answered.iter_mut().find(|a| a.path == 0).unwrap();
+        let n = plans["node-1"].probes_per_target() as usize;
+        answered.dst_egress = meshdoctor_api::Bitmap::with_len(n);
+        (0..n)
+            .filter(|i| ![3, 4].contains(i))
+            .for_each(|i| answered.dst_egress.set(i));
         let mut report = RoundReport::test(task, round, RoundStatus::Fail);
         report.expected_agents = vec!["node-1".into(), "node-2".into()];
         report.paths = join(&plans, &reports).paths;
