@@ -71,10 +71,13 @@ fn test(args: &[String]) -> Result<()> {
     sh(cargo().arg("build"))?;
     step("cargo test");
     // The api crate's CRD tests (drift of deploy/crds, the CEL rules) need its crd feature.
-    sh(cargo()
-        .args(["test", "--features", "meshdoctor-api/crd"])
-        .args(args)
-        .env("MESHDOCTOR_BIN_DIR", meshdoctor_lab::default_bin_dir()))
+    // The test results are this command's report: on stdout.
+    sh_passthrough(
+        cargo()
+            .args(["test", "--features", "meshdoctor-api/crd"])
+            .args(args)
+            .env("MESHDOCTOR_BIN_DIR", meshdoctor_lab::default_bin_dir()),
+    )
 }
 
 /// On Ctrl-C or SIGTERM, remove whatever lab exists and exit: the lab's daemons run in their
@@ -122,8 +125,16 @@ fn step(title: &str) {
     eprintln!("\n==> {title}");
 }
 
-/// Runs a command with inherited stdio, echoing it first; a non-zero exit is an error.
+/// Runs a command whose output is progress, not a result (an installer, a build), echoing it
+/// first; a non-zero exit is an error. Its stdout goes to our stderr, so that our stdout carries
+/// only what a command reports (`cargo xtask lab --json`), also on a first run that installs
+/// packages.
 fn sh(cmd: &mut Command) -> Result<()> {
+    sh_passthrough(cmd.stdout(std::io::stderr()))
+}
+
+/// Runs a command with inherited stdio, echoing it first; a non-zero exit is an error.
+fn sh_passthrough(cmd: &mut Command) -> Result<()> {
     let line = command_line(cmd);
     eprintln!("$ {line}");
     let status = cmd
@@ -157,4 +168,36 @@ fn command_line(cmd: &Command) -> String {
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `sh` runs prints on stderr, never on stdout: checked in a child test process
+    /// (this test again), whose two streams are captured apart.
+    #[test]
+    fn commands_print_progress_on_stderr() {
+        const MARK: &str = "installer-output";
+        if std::env::var_os("XTASK_SH_CHILD").is_some() {
+            sh(Command::new("sh").args(["-c", &format!("echo {MARK}")])).unwrap();
+            return;
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::commands_print_progress_on_stderr",
+                "--nocapture",
+            ])
+            .env("XTASK_SH_CHILD", "1")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(!stdout.contains(MARK), "on stdout:\n{stdout}");
+        assert!(stderr.contains(MARK), "not on stderr:\n{stderr}");
+    }
 }
