@@ -9,7 +9,7 @@ use std::{
 };
 
 use meshdoctor_api::{
-    AgentReport, Bitmap, ObserverStats, PlannedTarget, RoundPlan, SentPath, probe_id,
+    AgentReport, Bitmap, ObserverStats, PlannedTarget, Protocol, RoundPlan, SentPath, probe_id,
 };
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{debug, warn};
@@ -52,17 +52,20 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
 
     wait_until_ms(plan.start_at_ms).await;
 
-    // One socket per source interface and address, shared by that source's targets; a socket
-    // that would not open is the send error of every probe of its targets.
-    let mut opened: HashMap<(&str, IpAddr), Result<Arc<ProbeSocket>, String>> = HashMap::new();
+    // One socket per protocol, source interface and address, shared by that source's targets
+    // (an icmp round probes its Service targets over http); a socket that would not open is
+    // the send error of every probe of its targets.
+    type SocketKey<'a> = (Protocol, &'a str, IpAddr);
+    let mut opened: HashMap<SocketKey<'_>, Result<Arc<ProbeSocket>, String>> = HashMap::new();
     let sockets: Vec<Result<Arc<ProbeSocket>, String>> = plan
         .targets
         .iter()
         .map(|t| {
+            let protocol = plan.protocol_of(t);
             opened
-                .entry((t.src_interface.as_str(), t.src_addr))
+                .entry((protocol, t.src_interface.as_str(), t.src_addr))
                 .or_insert_with(|| {
-                    ProbeSocket::open(plan.protocol, &t.src_interface, t.src_addr, timeout)
+                    ProbeSocket::open(protocol, &t.src_interface, t.src_addr, timeout)
                         .map(Arc::new)
                         .map_err(|e| {
                             warn!(interface = %t.src_interface, src = %t.src_addr, "cannot open probe socket: {e}");
@@ -310,7 +313,7 @@ mod tests {
     use super::*;
     use crate::hooks::tests::ev;
     use meshdoctor_agent_common::{Hook, Kind};
-    use meshdoctor_api::{Family, Protocol};
+    use meshdoctor_api::Family;
 
     fn mk_plan() -> RoundPlan {
         RoundPlan {
@@ -336,6 +339,7 @@ mod tests {
                 dst_addr: "192.0.2.2".parse().unwrap(),
                 dst_port: None,
                 external: false,
+                protocol: None,
             }],
         }
     }
@@ -374,5 +378,83 @@ mod tests {
                 drop_tracer: false,
             }
         );
+    }
+
+    /// An icmp round whose plan probes one target over http (a Service target, as kdoctor
+    /// does): the agent pings the icmp target and sends HTTP GETs to the other, over a veth
+    /// pair, every probe answered.
+    #[test]
+    fn an_icmp_round_probes_its_http_targets_over_http() {
+        use std::{
+            io::{Read as _, Write as _},
+            net::TcpListener,
+            sync::atomic::{AtomicUsize, Ordering},
+        };
+
+        use crate::testnet::{ADDR_A4, ADDR_B4, Pair, skip_unless_root};
+
+        if skip_unless_root() {
+            return;
+        }
+        let pair = Pair::new();
+        // An HTTP server in B that counts the GETs it answers.
+        let listener = Pair::run_in(&pair.ns_b, || TcpListener::bind((ADDR_B4, 0)).unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let gets = Arc::new(AtomicUsize::new(0));
+        let served = gets.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                if conn
+                    .read(&mut buf)
+                    .is_ok_and(|n| buf[..n].starts_with(b"GET "))
+                {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    let _ = conn.write_all(crate::tcp::HTTP_RESPONSE);
+                }
+            }
+        });
+        let icmp_target = PlannedTarget {
+            path: 1,
+            dst_node: "node-b".into(),
+            src_interface: pair.veth_a.clone(),
+            dst_interface: "-".into(),
+            network: "default".into(),
+            family: Family::Ipv4,
+            src_addr: ADDR_A4.into(),
+            dst_addr: ADDR_B4.into(),
+            dst_port: None,
+            external: true,
+            protocol: None,
+        };
+        let http_target = PlannedTarget {
+            path: 2,
+            dst_node: format!("clusterIP {ADDR_B4}:{port} over http"),
+            dst_port: Some(port),
+            protocol: Some(Protocol::Http),
+            ..icmp_target.clone()
+        };
+        let plan = RoundPlan {
+            round_tag: 0x0bad_f00d,
+            qps: 10,
+            timeout_ms: 500,
+            start_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+            targets: vec![icmp_target, http_target],
+            ..mk_plan()
+        };
+        let report = Pair::run_in(&pair.ns_a, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(run(&Agent::for_test("node-a"), &plan))
+        });
+        for s in &report.sent {
+            assert_eq!((s.path, s.sent, s.received), (s.path, 10, 10), "{s:?}");
+        }
+        assert_eq!(gets.load(Ordering::Relaxed), 10, "one GET per http probe");
     }
 }

@@ -45,30 +45,32 @@ const HTTP_REQUEST: &[u8] =
     b"GET / HTTP/1.1\r\nHost: meshdoctor\r\nUser-Agent: meshdoctor-agent\r\n\r\n";
 
 /// What the responder answers a GET with.
-const HTTP_RESPONSE: &[u8] =
+pub(crate) const HTTP_RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
 
 /// The TCP probe paths of a round as this agent's observers must know them: its own targets
-/// (it is the client) and the paths toward it (it is the server, on `own_port`). Empty for
-/// other protocols.
+/// probed over tcp or http (it is the client; in an icmp round, its Service targets) and the
+/// paths toward it (it is the server, on `own_port`) in a tcp or http round.
 pub fn round_paths(plan: &RoundPlan, own_port: Option<u16>) -> Vec<(TcpPathKey, TcpPath)> {
-    if !plan.protocol.is_tcp() {
-        return Vec::new();
-    }
     let value = |path| TcpPath {
         round_tag: plan.round_tag,
         path,
         _pad: 0,
     };
-    let outgoing = plan.targets.iter().filter_map(|t| {
-        Some((
-            path_key(t.src_addr, t.dst_addr, t.dst_port?)?,
-            value(t.path),
-        ))
-    });
+    let outgoing = plan
+        .targets
+        .iter()
+        .filter(|t| plan.protocol_of(t).is_tcp())
+        .filter_map(|t| {
+            Some((
+                path_key(t.src_addr, t.dst_addr, t.dst_port?)?,
+                value(t.path),
+            ))
+        });
     let incoming = plan
         .incoming
         .iter()
+        .filter(|_| plan.protocol.is_tcp())
         .filter_map(|p| Some((path_key(p.src_addr, p.dst_addr, own_port?)?, value(p.path))));
     outgoing.chain(incoming).collect()
 }

@@ -101,6 +101,11 @@ pub struct RoundPlan {
 }
 
 impl RoundPlan {
+    /// The protocol that probes `target`: its own, else the round's.
+    pub fn protocol_of(&self, target: &PlannedTarget) -> Protocol {
+        target.protocol.unwrap_or(self.protocol)
+    }
+
     /// Probes planned per target: `qps x duration`, at least one.
     pub fn probes_per_target(&self) -> u32 {
         ((u64::from(self.qps) * self.duration_ms) / 1000).max(1) as u32
@@ -302,6 +307,10 @@ pub struct PlannedTarget {
     /// address as listed, and nobody reports the destination's hooks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub external: bool,
+    /// The protocol that probes this target when not the plan's: the Service targets of an
+    /// icmp round are probed over http. [`RoundPlan::protocol_of`] says which applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
 }
 
 /// A pair-path toward an agent, as that agent's observers must know it in TCP rounds.

@@ -144,6 +144,7 @@ pub fn build_plans(
                                 dst_addr,
                                 dst_port,
                                 external: dst.external,
+                                protocol: None,
                             },
                         );
                     }
@@ -184,6 +185,7 @@ pub fn build_plans(
                         dst_addr: a.ip,
                         dst_port: a.port,
                         external: true,
+                        protocol: a.protocol,
                     },
                 );
             }

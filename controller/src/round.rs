@@ -268,6 +268,7 @@ mod tests {
             label: "clusterIP 10.96.0.10:9091".into(),
             ip: "10.96.0.10".parse().unwrap(),
             port: Some(9091),
+            protocol: None,
         };
         let inputs = Inputs {
             service_targets: vec![service],

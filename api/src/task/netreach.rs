@@ -685,6 +685,7 @@ impl NetReach {
                 label: entry.clone(),
                 ip,
                 port,
+                protocol: None,
             });
         }
         Ok(out)
@@ -700,13 +701,16 @@ fn unicast(ip: IpAddr, written: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One entry of NetReach's `spec.target.addresses`.
+/// One entry of NetReach's `spec.target.addresses`, or a Service target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedAddress {
     /// As written in the task: the path's destination name in reports.
     pub label: String,
     pub ip: IpAddr,
     pub port: Option<u16>,
+    /// The protocol that probes it when not the task's: an icmp task probes its Service
+    /// targets over http, as kdoctor does (no ping reaches a Service port).
+    pub protocol: Option<Protocol>,
 }
 
 impl TaskSpec for NetReach {
@@ -737,8 +741,10 @@ impl TaskSpec for NetReach {
         for field in t.service_targets() {
             w.push(match (protocol, field) {
                 (Protocol::Icmp, _) => format!(
-                    "spec.target.{field}: skipped: icmp cannot probe a Service port; set \
-                     spec.request.protocol to tcp, udp or http"
+                    "spec.target.{field}: probed over http, as kdoctor does (no ping reaches a \
+                     Service port), while the mesh stays icmp; by the Kubernetes backend only \
+                     (through the agent Service and Ingress), ignored by the standalone \
+                     controller"
                 ),
                 (Protocol::Udp, "ingress") => {
                     "spec.target.ingress: skipped: an Ingress serves HTTP, not udp".to_string()
@@ -856,7 +862,7 @@ spec:
         assert!(w[0].starts_with("spec.agentSpec: ignored"), "{w:?}");
         assert!(w[1].starts_with("spec.target.clusterIP: "), "{w:?}");
         assert!(
-            w[2].starts_with("spec.target.nodePort: skipped: icmp cannot probe a Service port"),
+            w[2].starts_with("spec.target.nodePort: probed over http, as kdoctor does"),
             "{w:?}"
         );
         // Over http the Kubernetes backend probes them; an Ingress takes no udp.
@@ -928,11 +934,13 @@ spec:
                     label: "192.0.2.10:80".into(),
                     ip: "192.0.2.10".parse().unwrap(),
                     port: Some(80),
+                    protocol: None,
                 },
                 ListedAddress {
                     label: "[2001:db8::1]:443".into(),
                     ip: "2001:db8::1".parse().unwrap(),
                     port: Some(443),
+                    protocol: None,
                 },
             ]
         );

@@ -431,3 +431,87 @@ async fn only_the_leader_runs_tasks_and_a_new_leader_continues_from_the_status()
     s.leading.send_replace(false);
     eventually("the tasks to stop", || s.ctl.tasks().is_empty()).await;
 }
+
+/// kdoctor's documented NetReach (every target kind on, no `request.protocol`): ported as it
+/// is, it probes the mesh over icmp and its Service targets over http to the agent Service's
+/// port and the Ingress, as kdoctor does (they used to be skipped: no ping reaches a Service
+/// port), and the plan and the task's warnings say so.
+#[tokio::test]
+async fn kdoctors_netreach_example_probes_its_service_targets_over_http() {
+    use crate::backend::Backend as _;
+    let s = start(true);
+    for (node, ip) in [("node-a", "10.244.1.5"), ("node-b", "10.244.2.5")] {
+        s.ctl.register(mk_registration(node, ip));
+        let pod = format!("agent-{}", &node[5..]);
+        s.fake.apply(PODS, mk_pod(&pod, node, &[ip], None));
+    }
+    s.fake.apply(
+        "/api/v1/namespaces/meshdoctor/services",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "meshdoctor-agent", "namespace": "meshdoctor"},
+               "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20",
+                        "ports": [{"name": "probe-tcp", "port": 9091, "protocol": "TCP",
+                                   "nodePort": 30091}]},
+               "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}}),
+    );
+    s.fake.apply(
+        "/apis/networking.k8s.io/v1/namespaces/meshdoctor/ingresses",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "meshdoctor-agent", "namespace": "meshdoctor"},
+               "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}}),
+    );
+    eventually("the agent pods", || s.backend.agents().len() == 2).await;
+    eventually("the Service and the Ingress", || {
+        let (targets, _) = s.backend.service_targets(&crate::mesh::tests::mk_task(
+            ", clusterIP: true, ingress: true",
+        ));
+        targets.len() == 2
+    })
+    .await;
+    s.fake.apply(
+        NETREACHES,
+        mk_netreach(
+            "kdoctor",
+            1,
+            json!({"target": {"endpoint": true, "clusterIP": true, "nodePort": true,
+                              "loadBalancer": true, "ingress": true, "ipv4": true},
+                   "request": {"durationInSecond": 1}}),
+        ),
+    );
+    let plan = s
+        .ctl
+        .wait_plans("node-a", 0, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        plan.protocol,
+        meshdoctor_api::Protocol::Icmp,
+        "the mesh stays icmp"
+    );
+    let by_protocol = |http: bool| -> Vec<(&str, Option<u16>)> {
+        plan.targets
+            .iter()
+            .filter(|t| (plan.protocol_of(t) == meshdoctor_api::Protocol::Http) == http)
+            .map(|t| (t.dst_node.as_str(), t.dst_port))
+            .collect()
+    };
+    assert_eq!(by_protocol(false), [("node-b", None), ("node-b", None)]);
+    assert_eq!(
+        by_protocol(true),
+        [
+            ("clusterIP 10.96.0.20:9091 over http", Some(9091)),
+            ("nodePort 192.0.2.1:30091 over http", Some(30091)),
+            ("loadBalancer 203.0.113.5:9091 over http", Some(9091)),
+            ("ingress 203.0.113.9:80 over http", Some(80)),
+        ]
+    );
+    let view = s.ctl.tasks().remove(0);
+    assert!(
+        view.warnings
+            .iter()
+            .any(|w| w.starts_with("spec.target.clusterIP: probed over http, as kdoctor does")),
+        "{:?}",
+        view.warnings
+    );
+}

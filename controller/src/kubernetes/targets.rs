@@ -13,10 +13,12 @@
 //! - `loadBalancer`: the Service's load-balancer ingress IPs at the probe port;
 //! - `ingress`: the Ingress's load-balancer IPs at port 80 (tcp and http only).
 //!
-//! ICMP cannot probe a Service port (kube-proxy does not answer pings to cluster IPs), so icmp
-//! tasks skip them with a note; so do udp tasks for the Ingress. A target that is asked for but
-//! does not exist (no Service, no load-balancer address yet) is a problem that fails the round
-//! with a reason naming the field, instead of silently probing less.
+//! No ping reaches a Service port (kube-proxy does not answer pings to cluster IPs), so an
+//! icmp task probes its Service targets over http, as kdoctor does, while its mesh stays icmp:
+//! the targets carry their protocol and say so in their label (`clusterIP 10.96.0.10:9091 over
+//! http`). A udp task skips the Ingress (it serves HTTP). A target that is asked for but does
+//! not exist (no Service, no load-balancer address yet) is a problem that fails the round with
+//! a reason naming the field, instead of silently probing less.
 
 use std::net::IpAddr;
 
@@ -109,15 +111,16 @@ pub fn cluster_targets(
     node_ips: &[IpAddr],
 ) -> (Vec<ListedAddress>, Vec<String>) {
     let t = &task.spec.target;
-    let protocol = task.spec.request.protocol;
+    // The protocol of the Service probes: an icmp task's are http (see the module docs).
+    let (protocol, instead) = match task.spec.request.protocol {
+        Protocol::Icmp => (Protocol::Http, Some(Protocol::Http)),
+        p => (p, None),
+    };
     let wanted = |on: Option<bool>| on == Some(true);
     let family_on = |ip: &IpAddr| t.family_enabled(Family::of(ip));
-    // None asked for, icmp, or rounds limited to spec.pairPaths: not a round failure (the
-    // task's mesh runs; its warnings say why these are skipped).
-    if t.service_targets().next().is_none()
-        || protocol == Protocol::Icmp
-        || !task.spec.pair_paths.is_empty()
-    {
+    // None asked for, or rounds limited to spec.pairPaths: not a round failure (the task's
+    // mesh runs; its warnings say why these are skipped).
+    if t.service_targets().next().is_none() || !task.spec.pair_paths.is_empty() {
         return (vec![], vec![]);
     }
     let mut targets = Vec::new();
@@ -127,10 +130,12 @@ pub fn cluster_targets(
         let before = targets.len();
         for ip in ips.iter().filter(|ip| family_on(ip)) {
             let addr = std::net::SocketAddr::new(*ip, port);
+            let over = instead.map_or_else(String::new, |p| format!(" over {}", p.name()));
             targets.push(ListedAddress {
-                label: format!("{kind} {addr}"),
+                label: format!("{kind} {addr}{over}"),
                 ip: *ip,
                 port: Some(port),
+                protocol: instead,
             });
         }
         targets.len() - before
@@ -323,9 +328,14 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(targets[2].label, "nodePort 192.0.2.1:30092");
         assert!(targets.iter().all(|t| !t.label.starts_with("ingress")));
-        // icmp: skipped (the task's warnings say so), no problem.
+        // icmp: probed over http as kdoctor does (no ping reaches a Service port), and the
+        // labels say so.
         let (targets, problems) = cluster_targets(&mk_task("icmp", all), &ep, &nodes);
-        assert!(targets.is_empty() && problems.is_empty());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(targets.len(), 6);
+        assert_eq!(targets[0].label, "clusterIP 10.96.0.20:9091 over http");
+        assert_eq!(targets[5].label, "ingress 203.0.113.9:80 over http");
+        assert!(targets.iter().all(|t| t.protocol == Some(Protocol::Http)));
     }
 
     #[test]
