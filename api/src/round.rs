@@ -277,7 +277,7 @@ impl std::fmt::Display for Segment {
     }
 }
 
-/// One path segment of design.md's "Loss attribution" table.
+/// One path segment of the loss table (docs/architecture.md, "Where a lost probe was lost").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum PathSegment {
@@ -383,7 +383,8 @@ pub struct HookCounts {
     pub delivered: u32,
 }
 
-/// Lost probes of a path by the segment that lost them (design.md, "Loss attribution").
+/// Lost probes of a path by the segment that lost them (docs/architecture.md, "Where a lost
+/// probe was lost").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LossSegments {

@@ -191,8 +191,9 @@ struct Drops<'a> {
     dst: &'a [&'a ProbeDrop],
 }
 
-/// The segment of one lost probe: the first hook that did not see it (design.md, "Loss
-/// attribution"); `None` (unobserved) when the end owning that hook may have missed the event.
+/// The segment of one lost probe: the first hook that did not see it (docs/architecture.md,
+/// "Where a lost probe was lost"); `None` (unobserved) when the end owning that hook may have
+/// missed the event.
 fn classify(seen: [bool; 4], observed: Observed) -> Option<PathSegment> {
     let [src_egress, dst_ingress, dst_egress, src_ingress] = seen;
     match () {

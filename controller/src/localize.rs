@@ -1,5 +1,5 @@
 //! Localization: from the lost probes of many pair-paths to the few places that explain them
-//! (design.md, "Loss attribution").
+//! (docs/architecture.md, "Localization").
 //!
 //! A place is a node's interface, in one family and direction, on its link side or its stack
 //! side. The join says in which segment each lost probe was lost; each segment can only have
@@ -482,7 +482,8 @@ mod tests {
     /// Where a probe may be lost: the segment, its places, and the packet then on the way.
     type Stage = (PathSegment, &'static [(End, Direction, Segment)], Packet);
 
-    /// The places a probe passes, in order: the test's own model of design.md's table.
+    /// The places a probe passes, in order: the test's own model of the loss table
+    /// (docs/architecture.md).
     const STAGES: [Stage; 6] = [
         (PathSegment::SrcSend, &[(End::Src, Egress, Stack)], Request),
         (
