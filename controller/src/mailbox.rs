@@ -120,7 +120,8 @@ impl Mailbox {
             .collect()
     }
 
-    /// Like [`Self::plans_after`], waiting up to `wait` for a plan when there is none yet.
+    /// Plans for `node` with a round tag above `after`, oldest first, waiting up to `wait` for
+    /// one when there is none yet.
     pub async fn wait_plans(&self, node: &str, after: u32, wait: Duration) -> Vec<RoundPlan> {
         let mut published = self.published.subscribe();
         let deadline = tokio::time::Instant::now() + wait;

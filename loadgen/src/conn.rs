@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// A reply, as [`HttpRequester::send`] saw it.
+/// A reply, as [`crate::http::HttpRequester`] saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpReply {
     pub status: StatusCode,
