@@ -7,6 +7,8 @@
 
 mod bench;
 mod crds;
+#[cfg(test)]
+mod import_cycles;
 mod lab;
 mod setup;
 
