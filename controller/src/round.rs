@@ -206,6 +206,22 @@ mod tests {
         (round, plans)
     }
 
+    /// `round` closed at 5 s from what it `collected`, which must succeed.
+    fn succeeded(
+        task: &Task,
+        round: &Round,
+        collected: Result<Collected, PlanError>,
+    ) -> RoundReport {
+        let report = close(task, round.clone(), collected, 5_000);
+        assert_eq!(
+            report.status,
+            RoundStatus::Succeed,
+            "{:?}",
+            report.failure_reasons
+        );
+        report
+    }
+
     fn collected(
         plans: BTreeMap<String, RoundPlan>,
         reports: Vec<AgentReport>,
@@ -231,18 +247,7 @@ mod tests {
             mk_report(&plans, "node-1", &[]),
             mk_report(&plans, "node-2", &[]),
         ];
-        let report = close(
-            &task,
-            round.clone(),
-            collected(plans.clone(), reports),
-            5_000,
-        );
-        assert_eq!(
-            report.status,
-            RoundStatus::Succeed,
-            "{:?}",
-            report.failure_reasons
-        );
+        let report = succeeded(&task, &round, collected(plans.clone(), reports));
         assert_eq!(
             (report.task.as_str(), report.round, report.round_tag),
             ("mesh", 1, 42)
@@ -314,18 +319,7 @@ mod tests {
             ..AgentReport::on_plan(node, &plans[node], Timestamping::Ebpf)
         };
         let reports = vec![ok("node-1"), ok("node-2")];
-        let report = close(
-            &task,
-            round.clone(),
-            collected(plans.clone(), reports),
-            5_000,
-        );
-        assert_eq!(
-            report.status,
-            RoundStatus::Succeed,
-            "{:?}",
-            report.failure_reasons
-        );
+        let report = succeeded(&task, &round, collected(plans.clone(), reports));
         let app = report.app.as_ref().unwrap();
         assert_eq!(
             (app.target.as_str(), app.summary.requests),
