@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
-    AgentApp, AgentAppState, AgentReport, AppRoundReport, AppSummary, LoadStats, RoundPlan,
-    RoundSummary, TaskKind,
+    AgentApp, AgentAppState, AgentReport, AppResult, AppRoundReport, AppSummary, LoadStats,
+    RoundPlan, RoundSummary, TaskKind,
 };
 
 use super::{AppExpect, SuccessCodes};
@@ -99,6 +99,81 @@ fn planned_requests(plan: &RoundPlan) -> u64 {
     u64::from(plan.qps) * plan.duration_ms / 1000
 }
 
+/// Why an agent's report without an application result counts as an error.
+const NO_RESULT: &str = "its report has no application result (an agent too old for application \
+                         rounds?)";
+
+/// An agent that ran no load: it did not report, or could not.
+fn idle(node: &str, state: AgentAppState, error: Option<String>) -> AgentApp {
+    AgentApp {
+        node: node.into(),
+        state,
+        error,
+        success_rate: None,
+        failures: None,
+        stats: None,
+    }
+}
+
+/// An agent's load, judged on its own: its failures described, its state.
+fn agent_app(node: &str, result: &AppResult, expect: &AppExpect) -> AgentApp {
+    let st = &result.stats;
+    let failures = describe_failures(expect.kind, expect.codes, st);
+    let state = if result.error.is_some() {
+        AgentAppState::Error
+    } else if failures.is_some() || st.not_sent > 0 || st.requests == 0 {
+        AgentAppState::Failures
+    } else {
+        AgentAppState::Ok
+    };
+    AgentApp {
+        node: node.into(),
+        state,
+        error: result.error.clone(),
+        success_rate: (st.requests > 0).then(|| st.successes as f64 / st.requests as f64),
+        failures,
+        stats: Some(st.clone()),
+    }
+}
+
+/// Adds an agent's counts to the round's.
+fn add(s: &mut AppSummary, st: &LoadStats) {
+    s.planned += st.planned;
+    s.requests += st.requests;
+    s.successes += st.successes;
+    s.not_sent += st.not_sent;
+    s.tps += st.tps;
+    for (code, n) in &st.codes {
+        *s.codes.entry(code.clone()).or_default() += n;
+    }
+    for (kind, n) in &st.errors {
+        *s.errors.entry(kind.clone()).or_default() += n;
+    }
+    if let Some(l) = &st.latency {
+        s.min_latency_us = Some(s.min_latency_us.map_or(l.min, |m| m.min(l.min)));
+        s.max_latency_us = Some(s.max_latency_us.map_or(l.max, |m| m.max(l.max)));
+    }
+}
+
+/// The agents with failures or errors, worst first: errors, then the most requests short.
+fn worst_first(agents: &[AgentApp]) -> Vec<&AgentApp> {
+    let mut worst: Vec<&AgentApp> = agents
+        .iter()
+        .filter(|a| matches!(a.state, AgentAppState::Failures | AgentAppState::Error))
+        .collect();
+    let shortfall = |a: &AgentApp| {
+        a.stats.as_ref().map_or(0, |st| {
+            st.requests.saturating_sub(st.successes) + st.not_sent
+        })
+    };
+    worst.sort_by(|a, b| {
+        (b.state == AgentAppState::Error)
+            .cmp(&(a.state == AgentAppState::Error))
+            .then_with(|| shortfall(b).cmp(&shortfall(a)))
+    });
+    worst
+}
+
 /// Sums the reports of an application round on `target` (its label) by the plans.
 pub fn aggregate(
     expect: &AppExpect,
@@ -121,94 +196,43 @@ pub fn aggregate(
 
     for (node, plan) in plans {
         max_in_flight = max_in_flight.or(plan.app.as_ref().map(|a| a.max_in_flight));
-        let Some(report) = reports.get(node) else {
-            not_reported.push(node.clone());
-            agents.push(AgentApp {
-                node: node.clone(),
-                state: AgentAppState::NotReported,
-                error: None,
-                success_rate: None,
-                failures: None,
-                stats: None,
-            });
-            continue;
-        };
-        s.reported += 1;
-        let Some(result) = &report.app else {
-            let error = "its report has no application result (an agent too old for \
-                         application rounds?)"
-                .to_string();
-            agent_errors.push(format!("{node}: {error}"));
-            s.planned += planned_requests(plan);
-            agents.push(AgentApp {
-                node: node.clone(),
-                state: AgentAppState::Error,
-                error: Some(error),
-                success_rate: None,
-                failures: None,
-                stats: None,
-            });
-            continue;
-        };
-        let st = &result.stats;
-        s.planned += st.planned;
-        s.requests += st.requests;
-        s.successes += st.successes;
-        s.not_sent += st.not_sent;
-        s.tps += st.tps;
-        for (code, n) in &st.codes {
-            *s.codes.entry(code.clone()).or_default() += n;
-        }
-        for (kind, n) in &st.errors {
-            *s.errors.entry(kind.clone()).or_default() += n;
-        }
-        if let Some(l) = &st.latency {
-            latency_sum_us += l.mean * st.successes as f64;
-            s.min_latency_us = Some(s.min_latency_us.map_or(l.min, |m| m.min(l.min)));
-            s.max_latency_us = Some(s.max_latency_us.map_or(l.max, |m| m.max(l.max)));
-            if slowest.is_none_or(|(_, mean)| l.mean > mean) {
-                slowest = Some((node, l.mean));
+        let app = match reports.get(node).map(|r| r.app.as_ref()) {
+            None => {
+                not_reported.push(node.clone());
+                idle(node, AgentAppState::NotReported, None)
             }
-        }
-        if st.not_sent > 0 {
-            unsent.push((node.clone(), st.not_sent));
-        }
-        let failures = describe_failures(expect.kind, expect.codes, st);
-        let state = if let Some(e) = &result.error {
-            agent_errors.push(format!("{node}: cannot run the load: {e}"));
-            AgentAppState::Error
-        } else if failures.is_some() || st.not_sent > 0 || st.requests == 0 {
-            AgentAppState::Failures
-        } else {
-            AgentAppState::Ok
+            Some(None) => {
+                s.reported += 1;
+                s.planned += planned_requests(plan);
+                agent_errors.push(format!("{node}: {NO_RESULT}"));
+                idle(node, AgentAppState::Error, Some(NO_RESULT.into()))
+            }
+            Some(Some(result)) => {
+                s.reported += 1;
+                let st = &result.stats;
+                add(&mut s, st);
+                if let Some(l) = &st.latency {
+                    latency_sum_us += l.mean * st.successes as f64;
+                    if slowest.is_none_or(|(_, mean)| l.mean > mean) {
+                        slowest = Some((node, l.mean));
+                    }
+                }
+                if st.not_sent > 0 {
+                    unsent.push((node.clone(), st.not_sent));
+                }
+                if let Some(e) = &result.error {
+                    agent_errors.push(format!("{node}: cannot run the load: {e}"));
+                }
+                agent_app(node, result, expect)
+            }
         };
-        agents.push(AgentApp {
-            node: node.clone(),
-            state,
-            error: result.error.clone(),
-            success_rate: (st.requests > 0).then(|| st.successes as f64 / st.requests as f64),
-            failures,
-            stats: Some(st.clone()),
-        });
+        agents.push(app);
     }
 
     s.failures = s.requests.saturating_sub(s.successes);
     s.success_rate = (s.requests > 0).then(|| s.successes as f64 / s.requests as f64);
     s.mean_latency_ms = (s.successes > 0).then(|| latency_sum_us / s.successes as f64 / 1000.0);
-    let mut worst: Vec<&AgentApp> = agents
-        .iter()
-        .filter(|a| matches!(a.state, AgentAppState::Failures | AgentAppState::Error))
-        .collect();
-    let shortfall = |a: &AgentApp| {
-        a.stats.as_ref().map_or(0, |st| {
-            st.requests.saturating_sub(st.successes) + st.not_sent
-        })
-    };
-    worst.sort_by(|a, b| {
-        (b.state == AgentAppState::Error)
-            .cmp(&(a.state == AgentAppState::Error))
-            .then_with(|| shortfall(b).cmp(&shortfall(a)))
-    });
+    let worst = worst_first(&agents);
     s.worst_agents = worst
         .iter()
         .take(WORST_AGENTS)
