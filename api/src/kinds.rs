@@ -39,7 +39,8 @@ impl TaskKind {
     }
 
     /// The plural of the kind's custom resource (`kubectl get netreaches`), which also names
-    /// a task object in messages: `netreaches/mesh`.
+    /// a task object in messages: `netreaches/mesh`. Spelled here as well as in the kube derive
+    /// because this module builds without kube; the controller's tests check they agree.
     pub fn plural(self) -> &'static str {
         match self {
             Self::NetReach => "netreaches",

@@ -12,6 +12,8 @@ use crate::{AgentRegistration, Finding, TaskKind, TaskStatus};
 pub struct AgentView {
     #[serde(flatten)]
     pub registration: AgentRegistration,
+    /// When it last asked for plans (Unix ms); 0 when the answer does not say.
+    #[serde(default)]
     pub last_seen_ms: u64,
 }
 

@@ -27,16 +27,8 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
         Command::Check(check) => run_check(&client, out, check).await,
         Command::Resume(state) => resume(&client, out, state).await,
         Command::Report { task, round } => report(&client, out, task, *round).await,
-        Command::Tasks => {
-            let tasks = client.tasks().await?;
-            print!("{}", output::render_list(out, &tasks, output::task_row)?);
-            Ok(false)
-        }
-        Command::Agents => {
-            let agents = client.agents().await?;
-            print!("{}", output::render_list(out, &agents, output::agent_row)?);
-            Ok(false)
-        }
+        Command::Tasks => list(out, &client.tasks().await?, output::task_row),
+        Command::Agents => list(out, &client.agents().await?, output::agent_row),
         Command::Clean(state) => clean(&client, &state.state).await,
         Command::Completions { .. } => unreachable!("handled above"),
     }
@@ -91,6 +83,15 @@ async fn report(
     let report = client.round(task, which).await?;
     print!("{}", output::render_report(out, &report)?);
     Ok(report.status == RoundStatus::Fail)
+}
+
+fn list<T: serde::Serialize>(
+    out: Output,
+    items: &[T],
+    row: fn(&T) -> String,
+) -> anyhow::Result<bool> {
+    print!("{}", output::render_list(out, items, row)?);
+    Ok(false)
 }
 
 /// Deletes the tasks `check` left behind (`--keep`, or an interrupted run) and the state file.

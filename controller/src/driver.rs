@@ -14,7 +14,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -28,7 +28,8 @@ use tracing::{info, warn};
 use crate::{
     apps::target::{TargetError, TlsFile, TlsPart, tls_files},
     backend::{Backend, Standalone},
-    mailbox::{Mailbox, ReportError},
+    lock,
+    mailbox::{Collected, Mailbox, ReportError},
     mesh::RoundMeta,
     now_ms,
     round::{self, Inputs},
@@ -55,7 +56,8 @@ pub struct Settings {
     pub pair_metrics: bool,
 }
 
-/// The task table and the schedules running for it.
+/// The task table and the schedules running for it: a runner per source whose table entry
+/// started one, kept in step by [`Controller::execute`], their only writer.
 struct Tasks {
     table: TaskTable,
     runners: BTreeMap<TaskSource, AbortHandle>,
@@ -73,19 +75,13 @@ pub struct Controller {
     sinks: Sinks,
 }
 
-/// Locks without panicking: a poisoned lock still holds consistent data here, because no
-/// section leaves a structure half-updated.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 async fn sleep_until_ms(at_ms: u64) {
     tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now_ms()))).await;
 }
 
 /// Reads the TLS files of a round's target, on the controller's host, into the PEM material
 /// its plans carry; `None` when there are none. An error names the field and the path.
-pub async fn read_tls(files: &[TlsFile]) -> Result<Option<TlsMaterial>, TargetError> {
+async fn read_tls(files: &[TlsFile]) -> Result<Option<TlsMaterial>, TargetError> {
     let mut tls = TlsMaterial::default();
     for f in files {
         let pem =
@@ -143,8 +139,8 @@ impl Controller {
 
     /// Adds or replaces an agent (agents re-register on restart with their current interfaces).
     pub fn register(&self, registration: meshdoctor_api::AgentRegistration) {
-        let agents = self.roster.register(registration);
-        self.sinks.metrics.set_agents(agents);
+        self.roster
+            .register(registration, |agents| self.sinks.metrics.set_agents(agents));
     }
 
     pub fn agents(&self) -> Vec<AgentView> {
@@ -361,7 +357,11 @@ impl Controller {
                     () = sleep_until_ms(deadline) => {}
                     () = opened.all_reported.notified() => {}
                 }
-                Ok(self.mailbox.close(opened.tag).unwrap_or_default())
+                // Only this round closes its tag: it is still open.
+                Ok(self.mailbox.close(opened.tag).unwrap_or(Collected {
+                    tag: opened.tag,
+                    ..Collected::default()
+                }))
             }
             Err(e) => {
                 warn!(task = id.name, round, "cannot plan the round: {e}");
@@ -419,13 +419,11 @@ mod tests {
     }
 
     /// The TLS material of `task`'s files, read, made its target.
-    async fn resolve_target(task: &Task) -> Option<Result<meshdoctor_api::AppTarget, String>> {
-        Some(
-            read_tls(&tls_files(task))
-                .await
-                .and_then(|tls| app_target(task, tls))
-                .map_err(|e| e.to_string()),
-        )
+    async fn resolve_target(task: &Task) -> Result<meshdoctor_api::AppTarget, String> {
+        read_tls(&tls_files(task))
+            .await
+            .and_then(|tls| app_target(task, tls))
+            .map_err(|e| e.to_string())
     }
 
     #[tokio::test]
@@ -613,7 +611,7 @@ mod tests {
             &format!(", host: 'https://web', tlsCaFile: {}", ca.display()),
             "",
         );
-        let target = resolve_target(&task).await.unwrap().unwrap();
+        let target = resolve_target(&task).await.unwrap();
         let AppTarget::Http(h) = target else {
             panic!("not http")
         };
@@ -633,7 +631,7 @@ mod tests {
             ),
             "",
         );
-        let err = resolve_target(&task).await.unwrap().unwrap_err();
+        let err = resolve_target(&task).await.unwrap_err();
         assert!(
             err.starts_with("spec.target.tlsCertFile: cannot read")
                 && err.contains("nope.pem")
@@ -642,14 +640,15 @@ mod tests {
         );
         // Plain http ships no TLS material (the task warns that it is unused).
         let plain = http_task(&format!(", host: web, tlsCaFile: {}", ca.display()), "");
-        let Some(Ok(AppTarget::Http(h))) = resolve_target(&plain).await else {
+        let Ok(AppTarget::Http(h)) = resolve_target(&plain).await else {
             panic!("not http")
         };
         assert_eq!(h.tls, None);
+        // A DNS target without TLS files resolves too.
         assert!(
             resolve_target(&dns_task("{targetUser: {server: 192.0.2.1}}"))
                 .await
-                .is_some()
+                .is_ok()
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -664,7 +663,7 @@ mod tests {
             ca.display()
         );
         let dot = dns_task_over("tcp-tls", &user);
-        let Some(Ok(AppTarget::Dns(d))) = resolve_target(&dot).await else {
+        let Ok(AppTarget::Dns(d)) = resolve_target(&dot).await else {
             panic!("not dns")
         };
         assert_eq!(
@@ -683,7 +682,7 @@ mod tests {
         // Without the TLS fields: no CA (webpki roots) and the IP as the name; a port given
         // stays.
         let bare = dns_task_over("tcp-tls", "{targetUser: {server: 192.0.2.254, port: 8853}}");
-        let Some(Ok(AppTarget::Dns(d))) = resolve_target(&bare).await else {
+        let Ok(AppTarget::Dns(d)) = resolve_target(&bare).await else {
             panic!("not dns")
         };
         assert_eq!(d.server.port(), 8853);
@@ -696,8 +695,7 @@ mod tests {
             missing.display()
         );
         for protocol in ["udp", "tcp"] {
-            let Some(Ok(AppTarget::Dns(d))) =
-                resolve_target(&dns_task_over(protocol, &unused)).await
+            let Ok(AppTarget::Dns(d)) = resolve_target(&dns_task_over(protocol, &unused)).await
             else {
                 panic!("{protocol}: not dns")
             };
@@ -711,7 +709,6 @@ mod tests {
         // Over tcp-tls the missing file fails the round, naming the field and the path.
         let err = resolve_target(&dns_task_over("tcp-tls", &unused))
             .await
-            .unwrap()
             .unwrap_err();
         assert!(
             err.starts_with("spec.target.targetUser.tlsCaFile: cannot read")

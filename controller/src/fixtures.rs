@@ -86,4 +86,5 @@ pub fn mk_registration(node: &str, ip: &str) -> meshdoctor_api::AgentRegistratio
 }
 
 /// The in-memory API server of the Kubernetes backend's scenarios.
+#[cfg(test)]
 pub use meshdoctor_fake_apiserver::{FakeApiServer, Write};

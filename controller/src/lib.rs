@@ -7,9 +7,9 @@
 //!
 //! Around it, one part per job: the agent [`roster`], the open-round [`mailbox`], the
 //! [`sinks`] of closed rounds (report store, metrics, findings), and the [`driver`], the async
-//! loops that tie them together. The standalone backend's IO: [`tasks_dir`] (task files) and
-//! [`api_server`] (the HTTP API); the Kubernetes backend is [`kubernetes`], both behind
-//! [`backend`].
+//! loops that tie them together; [`api_server`] serves the HTTP API of both backends. The
+//! standalone backend's own IO is [`tasks_dir`] (task files); the Kubernetes backend is
+//! [`kubernetes`]; what differs between them for a round is behind [`backend`].
 
 pub mod api_server;
 pub mod apps;
@@ -29,6 +29,12 @@ pub mod schedule;
 pub mod sinks;
 pub mod task_table;
 pub mod tasks_dir;
+
+/// Locks without panicking: a poisoned lock still holds consistent data in this crate, because
+/// no section leaves a structure half-updated.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Wall-clock now in Unix milliseconds; plans and reports carry wall-clock times because
 /// agents on different hosts only share that clock.

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -78,10 +78,8 @@ impl Default for Mailbox {
 }
 
 impl Mailbox {
-    /// Locks without panicking: a poisoned lock still holds consistent data here, because no
-    /// section leaves it half-updated.
     fn lock(&self) -> MutexGuard<'_, Rounds> {
-        self.rounds.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.rounds)
     }
 
     /// Opens round `round` of `task` with `plans`, tags them and publishes them.

@@ -20,8 +20,7 @@ use meshdoctor_api::{
     task::{ListedAddress, NetReachTarget, PRIMARY_INTERFACE, RemoteAgent},
 };
 
-/// Most pair-paths one round can carry: path indexes are 16 bits of the probe id.
-pub use meshdoctor_api::plan::MAX_PATHS;
+use meshdoctor_api::plan::MAX_PATHS;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MeshError {

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Mutex, MutexGuard},
 };
 
 use meshdoctor_api::{AgentRegistration, views::AgentView};
@@ -30,11 +30,12 @@ impl Default for Roster {
 
 impl Roster {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, AgentView>> {
-        self.agents.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.agents)
     }
 
-    /// Adds or replaces an agent; the roster's new size.
-    pub fn register(&self, registration: AgentRegistration) -> usize {
+    /// Adds or replaces an agent; `sized` learns the roster's new size, in the order of the
+    /// registrations.
+    pub fn register(&self, registration: AgentRegistration, sized: impl FnOnce(usize)) {
         let mut agents = self.lock();
         info!(node = %registration.node, interfaces = registration.interfaces.len(), "agent registered");
         agents.insert(
@@ -45,7 +46,7 @@ impl Roster {
             },
         );
         self.size.send_replace(agents.len());
-        agents.len()
+        sized(agents.len());
     }
 
     pub fn agents(&self) -> Vec<AgentView> {

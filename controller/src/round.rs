@@ -9,8 +9,6 @@
 //! for Service targets, reads the TLS files, publishes the plans in the mailbox, collects the
 //! reports and hands the report to the sinks.
 
-use std::collections::BTreeMap;
-
 use meshdoctor_api::{
     AgentRegistration, AppTarget, RoundPlan, RoundReport, RoundStatus, Task, TlsMaterial,
     task::ListedAddress,
@@ -21,7 +19,7 @@ use crate::{
     join::join,
     judge::failure_reasons,
     localize::{LocalizeConfig, localize},
-    mailbox::Collected,
+    mailbox::{ByNode, Collected},
     mesh::{MeshError, RoundMeta, build_plans},
 };
 
@@ -69,7 +67,7 @@ pub fn plan(
     task: &Task,
     inputs: Inputs,
     meta: RoundMeta<'_>,
-) -> (Round, Result<BTreeMap<String, RoundPlan>, PlanError>) {
+) -> (Round, Result<ByNode<RoundPlan>, PlanError>) {
     let Inputs {
         roster,
         service_targets,
@@ -105,7 +103,8 @@ pub fn plan(
 }
 
 /// The report of `round` of `task` at `now_ms`, from what it collected, or from why it could
-/// not be planned (then it never started: it starts and ends now).
+/// not be planned. A round closed before its scheduled start (it could not be planned, or had
+/// no agent) never started: it starts and ends when it closed.
 pub fn close(
     task: &Task,
     round: Round,
@@ -121,14 +120,11 @@ pub fn close(
         target,
     } = round;
     let ran = collected.is_ok();
-    let (collected, mut reasons, start_ms) = match collected {
-        Ok(c) => (c, problems, start_ms),
-        Err(e) => (
-            Collected::default(),
-            vec![e.to_string()],
-            start_ms.min(now_ms),
-        ),
+    let (collected, mut reasons) = match collected {
+        Ok(c) => (c, problems),
+        Err(e) => (Collected::default(), vec![e.to_string()]),
     };
+    let start_ms = start_ms.min(now_ms);
     let mut report = RoundReport {
         task: name,
         round,
@@ -136,7 +132,7 @@ pub fn close(
         status: RoundStatus::Succeed,
         failure_reasons: vec![],
         start_ms,
-        end_ms: now_ms.max(start_ms),
+        end_ms: now_ms,
         expected_agents,
         not_reported: vec![],
         summary: Default::default(),
@@ -199,7 +195,7 @@ mod tests {
     }
 
     /// Plans a round of `task` over node-1 and node-2, as the mailbox would publish it.
-    fn planned(task: &Task, inputs: Inputs) -> (Round, BTreeMap<String, RoundPlan>) {
+    fn planned(task: &Task, inputs: Inputs) -> (Round, ByNode<RoundPlan>) {
         let (round, plans) = plan(task, inputs, mk_meta());
         let mut plans = plans.unwrap();
         plans.values_mut().for_each(|p| p.round_tag = 42);
@@ -223,7 +219,7 @@ mod tests {
     }
 
     fn collected(
-        plans: BTreeMap<String, RoundPlan>,
+        plans: ByNode<RoundPlan>,
         reports: Vec<AgentReport>,
     ) -> Result<Collected, PlanError> {
         Ok(Collected {

@@ -378,13 +378,15 @@ impl TaskTable {
         views
     }
 
-    /// Names of the valid tasks of `kind`.
+    /// Names of the valid tasks of `kind`, sorted.
     pub fn names_of(&self, kind: TaskKind) -> Vec<String> {
-        self.entries
+        let names: std::collections::BTreeSet<String> = self
+            .entries
             .values()
             .filter(|e| e.def.task.as_ref().is_ok_and(|t| t.kind() == kind))
             .map(|e| e.def.name.clone())
-            .collect()
+            .collect();
+        names.into_iter().collect()
     }
 }
 
@@ -547,6 +549,25 @@ pub(crate) mod tests {
         let changes = apply(&mut table, vec![]);
         assert_eq!(stopped(&changes), ["mesh.yaml"]);
         assert!(table.views().is_empty());
+    }
+
+    #[test]
+    fn names_of_a_kind_are_the_valid_tasks_sorted() {
+        let mut table = TaskTable::new(10);
+        let broken = MESH
+            .replace("name: mesh", "name: broken")
+            .replace("'@every 10s'", "'x'");
+        apply(
+            &mut table,
+            vec![
+                mk_def("z.yaml", &MESH.replace("name: mesh", "name: alpha")),
+                mk_def("a.yaml", MESH),
+                mk_def("b.yaml", WEB),
+                mk_def("c.yaml", &broken),
+            ],
+        );
+        assert_eq!(table.names_of(TaskKind::NetReach), ["alpha", "mesh"]);
+        assert_eq!(table.names_of(TaskKind::AppHttpHealthy), ["web"]);
     }
 
     #[test]

@@ -411,10 +411,20 @@ impl Kind for NetReach {
         let sp = &self.spec;
         let rq = &sp.request;
         let probes = u64::from(rq.qps) * u64::from(rq.duration_in_second);
+        // An icmp task probes its Service targets over http (see `warnings`).
+        let http_services = rq.protocol == Protocol::Icmp
+            && sp.pair_paths.is_empty()
+            && sp.target.service_targets().next().is_some();
         let (max, why) = if rq.protocol.is_tcp() {
             (
                 MAX_TCP_PROBES_PER_PATH,
                 " for tcp and http (one source port per probe)",
+            )
+        } else if http_services {
+            (
+                MAX_TCP_PROBES_PER_PATH,
+                " when an icmp task has Service targets, which it probes over http (one source \
+                 port per probe)",
             )
         } else {
             (MAX_PROBES_PER_PATH, "")
@@ -914,6 +924,16 @@ spec:
                  path; at most 4096 for tcp and http (one source port per probe)"
             );
         }
+        // An icmp task probes its Service targets over http: they bound it too.
+        let services = busy.replace("ipv6: true", "ipv6: true\n    clusterIP: true");
+        let e = err(&services);
+        assert!(
+            e.ends_with(
+                "at most 4096 when an icmp task has Service targets, which it probes over http \
+                 (one source port per probe)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,10 +2,7 @@
 //! rounds close, and read from the stored reports on first use, so that a restarted controller
 //! still answers before its next round.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Mutex, PoisonError},
-};
+use std::{collections::BTreeMap, sync::Mutex};
 
 use meshdoctor_api::{Finding, views::TaskFindings};
 use serde::Deserialize;
@@ -23,7 +20,7 @@ pub struct Findings {
 impl Findings {
     /// Keeps `latest` unless a later round of its task is already known; returns the latest.
     pub fn remember(&self, latest: TaskFindings) -> TaskFindings {
-        let mut findings = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut findings = crate::lock(&self.latest);
         let entry = findings
             .entry(latest.task.clone())
             .or_insert_with(|| latest.clone());
@@ -38,12 +35,7 @@ impl Findings {
     pub async fn of(&self, tasks: Vec<String>, store: &ReportStore) -> Vec<TaskFindings> {
         let mut out = Vec::new();
         for task in tasks {
-            let cached = self
-                .latest
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&task)
-                .cloned();
+            let cached = crate::lock(&self.latest).get(&task).cloned();
             let latest = match cached {
                 Some(f) => Some(f),
                 None => self.stored(&task, store).await.unwrap_or_else(|e| {
