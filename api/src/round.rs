@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Family, LoadStats, Packet, RttStats, TaskKind};
+use crate::{Family, LoadStats, Packet, PlannedTarget, RttStats, TaskKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -217,6 +217,40 @@ pub struct PathResult {
 }
 
 impl PathResult {
+    /// Pair-path `t` of source `src` with `planned` probes, before anything is known of it:
+    /// `notReported`, nothing counted.
+    pub fn planned(src: &str, t: &PlannedTarget, planned: u32, dst_reported: bool) -> Self {
+        Self {
+            path: t.path,
+            src_node: src.to_string(),
+            dst_node: t.dst_node.clone(),
+            src_interface: t.src_interface.clone(),
+            dst_interface: t.dst_interface.clone(),
+            network: t.network.clone(),
+            family: t.family,
+            src_addr: t.src_addr,
+            dst_addr: t.dst_addr,
+            external: t.external,
+            state: PathState::NotReported,
+            planned,
+            sent: 0,
+            received: 0,
+            lost: 0,
+            loss_ratio: 0.0,
+            send_failed: 0,
+            dst_reported,
+            hooks: HookCounts::default(),
+            segments: LossSegments::default(),
+            kernel_rtt: None,
+            user_rtt: None,
+            network_rtt: None,
+            dst_stack: None,
+            drops: Vec::new(),
+            errors: Vec::new(),
+            probes: Vec::new(),
+        }
+    }
+
     /// Why most of its lost probes were lost: the kernel's top drop reason, the finer one,
     /// else the source's top socket error (both lists are sorted most first).
     pub fn top_reason(&self) -> Option<&str> {

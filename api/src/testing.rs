@@ -3,8 +3,8 @@
 //! methods, instead of spelling out every field again.
 
 use crate::{
-    Direction, Evidence, Family, Finding, HookCounts, Interval, LossSegments, Packet, PathResult,
-    PathSegment, PathState, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
+    Direction, Evidence, Family, Finding, Interval, LossSegments, Packet, PathResult, PathSegment,
+    PathState, PlannedTarget, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
 
 impl PathResult {
@@ -21,9 +21,8 @@ impl PathResult {
             Family::Ipv4 => "192.0.2.1".parse().expect("an IPv4 address"),
             Family::Ipv6 => "2001:db8::1".parse().expect("an IPv6 address"),
         };
-        Self {
+        let target = PlannedTarget {
             path: 0,
-            src_node: src.into(),
             dst_node: dst.into(),
             src_interface: interface.into(),
             dst_interface: interface.into(),
@@ -31,24 +30,15 @@ impl PathResult {
             family,
             src_addr: addr,
             dst_addr: addr,
+            dst_port: None,
             external: false,
+            protocol: None,
+        };
+        Self {
             state: PathState::Ok,
-            planned: probes,
             sent: probes,
             received: probes,
-            lost: 0,
-            loss_ratio: 0.0,
-            send_failed: 0,
-            dst_reported: true,
-            hooks: HookCounts::default(),
-            segments: LossSegments::default(),
-            kernel_rtt: None,
-            user_rtt: None,
-            network_rtt: None,
-            dst_stack: None,
-            drops: Vec::new(),
-            errors: Vec::new(),
-            probes: Vec::new(),
+            ..Self::planned(src, &target, probes, true)
         }
     }
 

@@ -323,35 +323,7 @@ struct Ends<'a> {
 }
 
 fn join_path(src: &str, t: &PlannedTarget, planned: u32, ends: Ends<'_>) -> (PathResult, PathLoss) {
-    let mut result = PathResult {
-        path: t.path,
-        src_node: src.to_string(),
-        dst_node: t.dst_node.clone(),
-        src_interface: t.src_interface.clone(),
-        dst_interface: t.dst_interface.clone(),
-        network: t.network.clone(),
-        family: t.family,
-        src_addr: t.src_addr,
-        dst_addr: t.dst_addr,
-        external: t.external,
-        state: PathState::NotReported,
-        planned,
-        sent: 0,
-        received: 0,
-        lost: 0,
-        loss_ratio: 0.0,
-        send_failed: 0,
-        dst_reported: ends.dst_reported,
-        hooks: HookCounts::default(),
-        segments: LossSegments::default(),
-        kernel_rtt: None,
-        user_rtt: None,
-        network_rtt: None,
-        dst_stack: None,
-        drops: Vec::new(),
-        errors: Vec::new(),
-        probes: Vec::new(),
-    };
+    let mut result = PathResult::planned(src, t, planned, ends.dst_reported);
     let SrcSide::Reported(sent) = ends.src else {
         return (result, PathLoss::default());
     };
