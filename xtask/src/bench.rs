@@ -42,6 +42,10 @@ enum What {
     Http,
     /// UDP A queries to unbound: meshdoctor-load, dnsperf.
     Dns,
+    /// The controller (release build) against N simulated agents over its HTTP API: per round
+    /// plan and report bytes, CPU, peak memory, close time, storage, findings' precision and
+    /// recall.
+    Scale(crate::scale::ScaleArgs),
 }
 
 /// What one client did.
@@ -63,7 +67,18 @@ impl Run {
     }
 }
 
+/// The loads measured against a peer.
+enum Load {
+    Http,
+    Dns,
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
+    let what = match args.what {
+        What::Scale(scale) => return crate::scale::run(scale),
+        What::Http => Load::Http,
+        What::Dns => Load::Dns,
+    };
     step("setup");
     setup::run()?;
     step("build meshdoctor-load (release)");
@@ -96,8 +111,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         c.args(target);
         c
     };
-    let runs = match args.what {
-        What::Http => {
+    let runs = match what {
+        Load::Http => {
             let port = free_tcp_port()?;
             let _server = Server::nginx(&dir, port)?;
             let url = format!("http://127.0.0.1:{port}/");
@@ -134,7 +149,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 )?,
             ]
         }
-        What::Dns => {
+        Load::Dns => {
             let port = free_udp_port()?;
             let _server = Server::unbound(&dir, port)?;
             let server = SocketAddr::from(([127, 0, 0, 1], port)).to_string();
@@ -184,7 +199,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,

@@ -10,6 +10,7 @@ mod crds;
 #[cfg(test)]
 mod import_cycles;
 mod lab;
+mod scale;
 mod setup;
 
 use std::{

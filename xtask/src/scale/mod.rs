@@ -1,0 +1,417 @@
+//! `cargo xtask bench scale`: the real controller binary (release build) over its real HTTP
+//! API against simulated agents ([`sim`]): N of them register (eth0 and net1, both families),
+//! long-poll their plans and post, each, the report a real agent would post for its plan,
+//! with K interface faults injected. Per round it prints what the controller costs: plan and
+//! report bytes, CPU seconds, peak RSS, the time from the last report to the round report,
+//! stored bytes, and the findings' precision and recall against the faults.
+//!
+//! CPU is the controller's user + system time between the round report of the previous round
+//! (registration for the first) and this one's, read from /proc; peak RSS is its VmHWM, reset
+//! at the start of each round (`clear_refs`). Compare runs on one machine.
+
+mod sim;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use futures_util::{StreamExt as _, stream};
+use meshdoctor_api::{
+    RoundPlan, RoundReport,
+    routes::{self, PlansQuery, RoundRef},
+};
+
+use crate::{cargo, setup, sh, step};
+
+#[derive(Args)]
+pub struct ScaleArgs {
+    /// Simulated agents (nodes).
+    #[arg(long, default_value_t = 128)]
+    nodes: u32,
+    /// Interface faults to inject (30% of the packets each).
+    #[arg(long, default_value_t = 0)]
+    faults: u32,
+    /// Rounds to run.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Probes per second per pair-path (50 probes per path over the 5 s of a round).
+    #[arg(long, default_value_t = 10)]
+    qps: u32,
+    /// Seconds between rounds.
+    #[arg(long, default_value_t = 30)]
+    every: u32,
+}
+
+/// HTTP requests in flight to the controller at once.
+const CONCURRENCY: usize = 64;
+const TASK: &str = "scale";
+
+/// What one round cost.
+struct Row {
+    round: u32,
+    agents: usize,
+    paths: usize,
+    plan_bytes: u64,
+    report_bytes: u64,
+    cpu: Duration,
+    peak_rss_kib: u64,
+    close: Duration,
+    stored_bytes: u64,
+    findings: usize,
+    score: sim::Score,
+}
+
+pub fn run(args: ScaleArgs) -> Result<()> {
+    step("setup");
+    setup::run()?;
+    step("build meshdoctor-controller (release)");
+    sh(cargo().args(["build", "--release", "-p", "meshdoctor-controller"]))?;
+    let dir = std::env::temp_dir().join(format!("meshdoctor-scale-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("tasks"))?;
+    fs::write(dir.join("tasks/scale.yaml"), task_yaml(&args))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let controller = Controller::start(&dir, port, args.nodes)?;
+    step(&format!(
+        "{} agents, {} faults, {} rounds every {} s",
+        args.nodes, args.faults, args.rounds, args.every
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(drive(&args, &base, &controller, &dir));
+    drop(controller);
+    let _ = fs::remove_dir_all(&dir);
+    print_table(&args, &rows?);
+    Ok(())
+}
+
+/// The benchmark's NetReach: the full mesh, both families, every interface.
+fn task_yaml(args: &ScaleArgs) -> String {
+    format!(
+        "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {{name: {TASK}}}\nspec:\n  \
+         schedule: {{schedule: '@every {}s', roundNumber: {}}}\n  \
+         request: {{qps: {}, durationInSecond: 5, perRequestTimeoutInMS: 500}}\n  \
+         expect: {{successRate: 1}}\n  target: {{ipv4: true, ipv6: true}}\n",
+        args.every, args.rounds, args.qps
+    )
+}
+
+/// The controller under test, killed on drop.
+struct Controller {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Controller {
+    fn start(dir: &Path, port: u16, nodes: u32) -> Result<Self> {
+        let bin = crate::bench::target_dir().join("release/meshdoctor-controller");
+        let log = fs::File::create(dir.join("controller.log"))?;
+        let child = Command::new(&bin)
+            .args(["--tasks-dir", &dir.join("tasks").display().to_string()])
+            .args(["--data-dir", &dir.join("data").display().to_string()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--wait-agents", &nodes.to_string()])
+            // Time to publish every plan before the start, and to take every report.
+            .args(["--start-delay", "3s", "--report-grace", "120s"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self {
+            child,
+            data: dir.join("data"),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU time so far.
+    fn cpu(&self) -> Result<Duration> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command (which may hold spaces) start after the last ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').context("/proc stat")? + 2..]
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok(Duration::from_millis(ticks * 1000 / hz))
+    }
+
+    /// Peak resident memory since the last [`Self::reset_peak`], in KiB.
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmHWM in /proc status")
+    }
+
+    fn reset_peak(&self) -> Result<()> {
+        fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").context("clear_refs")
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        fn size(p: &Path) -> u64 {
+            match fs::read_dir(p) {
+                Ok(entries) => entries.flatten().map(|e| size(&e.path())).sum(),
+                Err(_) => fs::metadata(p).map_or(0, |m| m.len()),
+            }
+        }
+        size(&self.data)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Result<Vec<Row>> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()?;
+    wait_healthy(&http, base, ctl, dir).await?;
+    let registrations: Vec<_> = (1..=args.nodes).map(sim::registration).collect();
+    let faults = sim::faults(args.nodes, args.faults);
+    for f in &faults {
+        eprintln!(
+            "  fault: {} {} {} {} {:.0}%",
+            f.node,
+            f.interface,
+            f.family,
+            f.direction,
+            f.rate * 100.0
+        );
+    }
+    let mut cpu_before = ctl.cpu()?;
+    ctl.reset_peak()?;
+    let registered = stream::iter(&registrations)
+        .map(|r| post(&http, format!("{base}{}", routes::AGENTS), r))
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    registered.into_iter().collect::<Result<Vec<_>>>()?;
+    let mut rows = Vec::new();
+    let mut after = 0;
+    for round in 1..=args.rounds {
+        let plans = poll_plans(&http, base, &registrations, after).await?;
+        let plan_bytes: u64 = plans.values().map(|(_, bytes)| bytes).sum();
+        let plans: BTreeMap<String, RoundPlan> =
+            plans.into_iter().map(|(node, (plan, _))| (node, plan)).collect();
+        after = plans.values().map(|p| p.round_tag).max().unwrap_or(after);
+        let paths = plans.values().map(|p| p.targets.len()).sum();
+        let reports = sim::reports(&plans, &faults);
+        let bodies: Vec<Vec<u8>> = reports
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<_, _>>()?;
+        let report_bytes = bodies.iter().map(|b| b.len() as u64).sum();
+        drop(reports);
+        let posted = stream::iter(bodies)
+            .map(|body| post_bytes(&http, format!("{base}{}", routes::REPORTS), body))
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        posted.into_iter().collect::<Result<Vec<_>>>()?;
+        let last_report = Instant::now();
+        let report = wait_round(&http, base, round, ctl, dir).await?;
+        let close = last_report.elapsed();
+        let cpu_now = ctl.cpu()?;
+        let score = sim::score(&report.findings, &faults);
+        rows.push(Row {
+            round,
+            agents: plans.len(),
+            paths,
+            plan_bytes,
+            report_bytes,
+            cpu: cpu_now.saturating_sub(cpu_before),
+            peak_rss_kib: ctl.peak_rss_kib()?,
+            close,
+            stored_bytes: ctl.stored_bytes(),
+            findings: report.findings.len(),
+            score,
+        });
+        eprintln!(
+            "  round {round}: {} findings, precision {:.2}, recall {:.2}",
+            report.findings.len(),
+            score.precision,
+            score.recall
+        );
+        cpu_before = cpu_now;
+        ctl.reset_peak()?;
+    }
+    Ok(rows)
+}
+
+/// Fails with the controller's log when it is not answering.
+async fn wait_healthy(
+    http: &reqwest::Client,
+    base: &str,
+    ctl: &Controller,
+    dir: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{base}{}", routes::HEALTHZ))
+        .send()
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "the controller (pid {}) does not answer: {}",
+                ctl.pid(),
+                fs::read_to_string(dir.join("controller.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn post(http: &reqwest::Client, url: String, body: &impl serde::Serialize) -> Result<()> {
+    post_bytes(http, url, serde_json::to_vec(body)?).await
+}
+
+async fn post_bytes(http: &reqwest::Client, url: String, body: Vec<u8>) -> Result<()> {
+    let resp = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    if !resp.status().is_success() {
+        bail!("POST {url}: {} {}", resp.status(), resp.text().await?);
+    }
+    Ok(())
+}
+
+/// Every agent's plan of the next round (tagged above `after`) and its size in bytes.
+async fn poll_plans(
+    http: &reqwest::Client,
+    base: &str,
+    agents: &[meshdoctor_api::AgentRegistration],
+    after: u32,
+) -> Result<BTreeMap<String, (RoundPlan, u64)>> {
+    let http = Arc::new(http.clone());
+    let polls = stream::iter(agents)
+        .map(|a| {
+            let http = http.clone();
+            let query = PlansQuery {
+                after,
+                wait_ms: 30_000,
+            };
+            let url = format!("{base}{}", routes::agent_plans(&a.node, &query));
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                loop {
+                    let bytes = http.get(&url).send().await?.error_for_status()?.bytes().await?;
+                    let mut plans: Vec<RoundPlan> = serde_json::from_slice(&bytes)?;
+                    if let Some(plan) = plans.pop() {
+                        return Ok::<_, anyhow::Error>((a.node.clone(), (plan, bytes.len() as u64)));
+                    }
+                    if Instant::now() > deadline {
+                        bail!("no plan for {} in 10 minutes", a.node);
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    polls.into_iter().collect()
+}
+
+/// Round `round`'s report, once the controller has stored it.
+async fn wait_round(
+    http: &reqwest::Client,
+    base: &str,
+    round: u32,
+    ctl: &Controller,
+    dir: &Path,
+) -> Result<RoundReport> {
+    let url = format!(
+        "{base}{}",
+        routes::task_round(TASK, RoundRef::Number(round))
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let resp = http.get(&url).send().await?;
+        if resp.status().is_success() {
+            return Ok(resp.json().await?);
+        }
+        if Instant::now() > deadline {
+            bail!("no report of round {round} in 10 minutes");
+        }
+        if ctl.cpu().is_err() {
+            bail!(
+                "the controller died: {}",
+                fs::read_to_string(dir.join("controller.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_table(args: &ScaleArgs, rows: &[Row]) {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "\nscale: {} nodes, {} faults, full mesh, eth0 + net1, IPv4 + IPv6, {} probes per path",
+        args.nodes,
+        args.faults,
+        args.qps * 5
+    );
+    println!(
+        "{:>5} {:>6} {:>9} {:>10} {:>11} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9} {:>6}",
+        "round",
+        "agents",
+        "paths",
+        "plan MiB",
+        "report MiB",
+        "CPU s",
+        "peak MiB",
+        "close s",
+        "store MiB",
+        "B/path",
+        "findings",
+        "P/R"
+    );
+    for r in rows {
+        println!(
+            "{:>5} {:>6} {:>9} {:>10.1} {:>11.1} {:>8.2} {:>9.0} {:>8.2} {:>10.1} {:>8.0} {:>9} {:>3.2}/{:.2}",
+            r.round,
+            r.agents,
+            r.paths,
+            mib(r.plan_bytes),
+            mib(r.report_bytes),
+            r.cpu.as_secs_f64(),
+            r.peak_rss_kib as f64 / 1024.0,
+            r.close.as_secs_f64(),
+            mib(r.stored_bytes),
+            r.stored_bytes as f64 / (r.paths.max(1) as f64 * f64::from(r.round)),
+            r.findings,
+            r.score.precision,
+            r.score.recall
+        );
+    }
+}
