@@ -43,6 +43,18 @@ pub struct RoundReport {
     pub app: Option<AppRoundReport>,
 }
 
+impl RoundReport {
+    /// Drops the per-probe samples of the paths that lost nothing: what a stored report
+    /// keeps, as their statistics say all there is to say of them.
+    pub fn drop_healthy_samples(&mut self) {
+        for p in &mut self.paths {
+            if p.lost == 0 {
+                p.probes = Vec::new();
+            }
+        }
+    }
+}
+
 /// The application part of a round report: kdoctor's per-agent `roundTaskDetail` and an
 /// aggregate over the agents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +155,12 @@ pub struct RoundSummary {
     pub mean_rtt_ms: Option<f64>,
     /// Probe events the observers dropped (full ring buffer), summed over agents.
     pub unobserved_events: u64,
+    /// Kernel RTT over every probe of the round that came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_rtt: Option<RttStats>,
+    /// User-space RTT over every probe of the round that came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_rtt: Option<RttStats>,
 }
 
 /// Where a pair-path stands after the join.
@@ -212,7 +230,10 @@ pub struct PathResult {
     /// "HTTP status 503").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<(String, u32)>,
-    /// Per-probe times, for probes that came back.
+    /// Per-probe times of the probes that came back. A stored report keeps them for the
+    /// paths that lost probes only ([`RoundReport::drop_healthy_samples`]): a healthy path's
+    /// times are in its RTT statistics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbeSample>,
 }
 

@@ -783,6 +783,7 @@ mod tests {
             success_rate: 0.925,
             mean_rtt_ms: Some(0.25),
             unobserved_events: 0,
+            ..Default::default()
         };
         r.failure_reasons = vec!["success rate 0.925 is below 1".into()];
         r.findings = (1..=12)

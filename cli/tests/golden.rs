@@ -152,6 +152,7 @@ fn faulty_round() -> RoundReport {
             success_rate: (sent - 22) as f64 / sent as f64,
             mean_rtt_ms: Some(0.1),
             unobserved_events: 0,
+            ..Default::default()
         },
         findings: vec![finding],
         paths,

@@ -321,8 +321,26 @@ async fn round_report(
     let round: RoundRef = round
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    match s.ctl.store().read(&name, round).await {
-        Ok(Some(json)) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
+    match s.ctl.store().open(&name, round).await {
+        // Streamed from the file: a big round's report is never in memory whole.
+        Ok(Some((file, len))) => {
+            let chunks = futures_util::stream::unfold(file, |mut file| async move {
+                let mut chunk = vec![0u8; 64 << 10];
+                match tokio::io::AsyncReadExt::read(&mut file, &mut chunk).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        Some((Ok(Bytes::from(chunk)), file))
+                    }
+                    Err(e) => Some((Err(e), file)),
+                }
+            });
+            let headers = [
+                (header::CONTENT_TYPE, "application/json".to_string()),
+                (header::CONTENT_LENGTH, len.to_string()),
+            ];
+            Ok((headers, axum::body::Body::from_stream(chunks)).into_response())
+        }
         Ok(None) => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no report for task {name:?} round {round}"),

@@ -369,7 +369,8 @@ impl Controller {
             }
         };
         let report = round::close(&task, planned, collected, now_ms());
-        self.sinks.round_closed(&report).await;
+        // Stored first: a status that counts the round points to a report that is there.
+        let report = self.sinks.round_closed(report).await;
         let mut tasks = lock(&self.tasks);
         if let Some(change) = tasks.table.record(&id, &report, deadline, now_ms()) {
             self.execute(&mut tasks, vec![change]);

@@ -441,13 +441,14 @@ fn summarize(paths: &[PathResult], unobserved_events: u64) -> RoundSummary {
         .map(|p| u64::from(p.sent) + u64::from(p.send_failed))
         .sum();
     let received: u64 = reported().map(|p| u64::from(p.received)).sum();
-    let user: Vec<u64> = reported()
-        .flat_map(|p| &p.probes)
-        .filter(|s| s.user_rtt_ns > 0)
-        .map(|s| s.user_rtt_ns)
-        .collect();
-    let mean_rtt_ms = (!user.is_empty())
-        .then(|| user.iter().map(|&x| x as f64).sum::<f64>() / user.len() as f64 / 1e6);
+    let times = |pick: fn(&ProbeSample) -> u64| {
+        reported()
+            .flat_map(|p| &p.probes)
+            .map(pick)
+            .filter(|&ns| ns > 0)
+    };
+    let user_rtt = RttStats::from_ns(times(|s| s.user_rtt_ns));
+    let mean_rtt_ms = user_rtt.map(|u| u.mean_us / 1000.0);
     RoundSummary {
         paths: paths.len() as u32,
         lossy_paths: paths.iter().filter(|p| p.state == PathState::Lossy).count() as u32,
@@ -457,6 +458,8 @@ fn summarize(paths: &[PathResult], unobserved_events: u64) -> RoundSummary {
         success_rate: ratio(received, sent),
         mean_rtt_ms,
         unobserved_events,
+        kernel_rtt: RttStats::from_ns(times(|s| s.kernel_rtt_ns)),
+        user_rtt,
     }
 }
 

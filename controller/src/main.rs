@@ -12,7 +12,7 @@ use meshdoctor_controller::{
     api_server::{self, Readiness, Serving},
     driver::{Controller, Settings},
     kubernetes::{self, lease},
-    sinks::store::ReportStore,
+    sinks::store::{ReportStore, Retention},
     tasks_dir::TasksDir,
 };
 use tracing::{info, warn};
@@ -62,6 +62,17 @@ struct Args {
     /// Round history entries kept in each task's status (kdoctor's crdMaxHistory).
     #[arg(long, default_value_t = DEFAULT_MAX_HISTORY, value_parser = history_len)]
     max_history: usize,
+    /// Stored round reports kept per task, newest first (the newest round of every task always
+    /// stays).
+    #[arg(long, default_value_t = Retention::default().rounds as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_rounds: u64,
+    /// Stored round reports older than this are removed.
+    #[arg(long, default_value = "7d", value_parser = parse_age)]
+    keep_for: Duration,
+    /// Bytes all stored round reports may take (e.g. 768Mi, 2Gi, 500M): the oldest are removed
+    /// beyond it. Keep it below the data volume (the manifests' emptyDir is 1Gi).
+    #[arg(long, default_value = "768Mi", value_parser = parse_bytes)]
+    keep_bytes: u64,
     /// Also export the loss ratio of every agent-to-agent pair-path
     /// (meshdoctor_pair_loss_ratio): nodes² series, for small clusters or a short
     /// investigation.
@@ -94,6 +105,39 @@ struct KubeArgs {
     /// crash); renewed every third of it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_ttl: Duration,
+}
+
+/// A duration as `parse_duration` takes it, or a number of days: `7d`.
+fn parse_age(s: &str) -> Result<Duration, String> {
+    match s.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) if days > 0 => Ok(Duration::from_secs(days.saturating_mul(86_400))),
+        _ => parse_duration(s),
+    }
+}
+
+/// A size in bytes with an optional SI (`K`, `M`, `G`) or binary (`Ki`, `Mi`, `Gi`) suffix.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let factor: u64 = match unit {
+        "" => 1,
+        "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "expected a size like 768Mi, 2Gi or 500M, got {s:?}"
+            ));
+        }
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("expected a size above zero like 768Mi, got {s:?}"))
 }
 
 fn history_len(s: &str) -> Result<usize, String> {
@@ -138,7 +182,13 @@ async fn main() -> anyhow::Result<()> {
         max_history: args.max_history,
         pair_metrics: args.pair_metrics,
     };
-    let ctl = Controller::new(settings, ReportStore::new(&args.data_dir));
+    let retention = Retention {
+        rounds: usize::try_from(args.keep_rounds).unwrap_or(usize::MAX),
+        age: args.keep_for,
+        bytes: args.keep_bytes,
+    };
+    let store = ReportStore::new(&args.data_dir).with_retention(retention);
+    let ctl = Controller::new(settings, store);
     let ready = Readiness::default();
     let mut stop_leading = None;
     let mut tasks_dir = None;
@@ -251,5 +301,22 @@ async fn reload_tasks(ctl: Arc<Controller>, dir: Arc<TasksDir>) {
             Ok(Err(e)) => warn!("cannot re-read tasks dir {e}"),
             Err(e) => warn!("task reload failed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages() {
+        assert_eq!(parse_bytes("768Mi"), Ok(768 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("1Ti").unwrap_err().contains("like 768Mi"));
+        assert!(parse_bytes("0").is_err() && parse_bytes("").is_err());
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_age("0d").is_err());
     }
 }

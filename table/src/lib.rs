@@ -368,17 +368,7 @@ fn mesh_summary_line(report: &RoundReport, status: &str) -> String {
         "{} round {} {status}: {} paths ({} lossy), {} sent, {} lost ({loss:.2}%){rtt}",
         report.task, report.round, s.paths, s.lossy_paths, s.sent, s.lost,
     );
-    let all = |pick: fn(&meshdoctor_api::ProbeSample) -> u64| {
-        RttStats::from_ns(
-            report
-                .paths
-                .iter()
-                .flat_map(|p| &p.probes)
-                .map(pick)
-                .filter(|&ns| ns > 0),
-        )
-    };
-    if let (Some(k), Some(u)) = (all(|p| p.kernel_rtt_ns), all(|p| p.user_rtt_ns)) {
+    if let (Some(k), Some(u)) = (s.kernel_rtt, s.user_rtt) {
         line.push_str(&format!(
             "\nRTT over {} probes, p50/p99 µs: kernel {:.1}/{:.1}, user space {:.1}/{:.1}",
             u.count, k.p50_us, k.p99_us, u.p50_us, u.p99_us
@@ -432,6 +422,7 @@ mod tests {
                 success_rate: 145.0 / 150.0,
                 mean_rtt_ms: None,
                 unobserved_events: 0,
+                ..Default::default()
             },
             paths: vec![
                 path("node-10", "node-1", "eth0", Family::Ipv4, 50, 0),
@@ -446,20 +437,8 @@ mod tests {
         report.paths[1].drops = vec![mk_drop("NETFILTER_DROP", 4), mk_drop("IP_INADDRERRORS", 1)];
         let table = render_table(&report);
         let mut with_probes = report.clone();
-        with_probes.paths[0].probes = vec![
-            meshdoctor_api::ProbeSample {
-                seq: 0,
-                kernel_rtt_ns: 40_000,
-                user_rtt_ns: 90_000,
-                dst_stack_ns: 1,
-            },
-            meshdoctor_api::ProbeSample {
-                seq: 1,
-                kernel_rtt_ns: 60_000,
-                user_rtt_ns: 110_000,
-                dst_stack_ns: 1,
-            },
-        ];
+        with_probes.summary.kernel_rtt = RttStats::from_ns([40_000, 60_000]);
+        with_probes.summary.user_rtt = RttStats::from_ns([90_000, 110_000]);
         assert_eq!(
             summary_line(&with_probes),
             "mesh round 1 FAILED: 3 paths (1 lossy), 150 sent, 5 lost (3.33%)\n\
@@ -563,6 +542,7 @@ node-10  node-1  eth0   eth0     ipv4    ok       50     0    0.0  -         -  
                 success_rate: 28.0 / 38.0,
                 mean_rtt_ms: Some(0.1504),
                 unobserved_events: 0,
+                ..Default::default()
             },
             paths: vec![],
             app: Some(app),

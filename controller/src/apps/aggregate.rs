@@ -252,6 +252,7 @@ pub fn aggregate(
         success_rate: s.success_rate.unwrap_or(0.0),
         mean_rtt_ms: s.mean_latency_ms,
         unobserved_events: 0,
+        ..Default::default()
     };
     AppAggregate {
         app: AppRoundReport {

@@ -62,14 +62,20 @@ impl Findings {
             #[serde(default)]
             findings: Vec<Finding>,
         }
-        let Some(json) = store.read(task, RoundRef::Latest).await? else {
+        let Some((file, _)) = store.open(task, RoundRef::Latest).await? else {
             return Ok(None);
         };
-        let stored: Stored =
-            serde_json::from_slice(&json).map_err(|source| StoreError::Decode {
-                task: task.into(),
-                source,
-            })?;
+        // Streamed: a big round's report is not read into memory whole.
+        let file = file.into_std().await;
+        let stored: Stored = tokio::task::spawn_blocking(move || {
+            serde_json::from_reader(std::io::BufReader::new(file))
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+        .map_err(|source| StoreError::Decode {
+            task: task.into(),
+            source,
+        })?;
         Ok(Some(self.remember(TaskFindings {
             task: task.into(),
             round: stored.round,
@@ -80,6 +86,8 @@ impl Findings {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use meshdoctor_api::{RoundReport, RoundStatus};
 
     use super::*;
@@ -91,14 +99,14 @@ mod tests {
         let store = ReportStore::new(&dir);
         let mut lossy = RoundReport::test("mesh", 4, RoundStatus::Fail);
         lossy.findings = vec![Finding::test("node-3")];
-        store.write(&lossy).await.unwrap();
+        store.write(Arc::new(lossy)).await.unwrap();
         store
-            .write(&RoundReport::test("mesh", 3, RoundStatus::Succeed))
+            .write(Arc::new(RoundReport::test("mesh", 3, RoundStatus::Succeed)))
             .await
             .unwrap();
         // A stored report of a task that is not asked for is not shown.
         store
-            .write(&RoundReport::test("gone", 1, RoundStatus::Fail))
+            .write(Arc::new(RoundReport::test("gone", 1, RoundStatus::Fail)))
             .await
             .unwrap();
         let findings = Findings::default();

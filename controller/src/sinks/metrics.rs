@@ -15,6 +15,8 @@ use std::{
 };
 
 use meshdoctor_api::{Family as IpFamily, Packet, PathResult, PathState, RoundReport, RoundStatus};
+
+use super::store::Usage;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -185,6 +187,10 @@ pub struct Metrics {
     last_report: Family<NodeLabels, GaugeF64>,
     missed_reports: Family<NodeLabels, Counter>,
     late_reports: Counter,
+    stored_bytes: Gauge<i64, AtomicI64>,
+    stored_reports: Gauge<i64, AtomicI64>,
+    pruned_reports: Counter,
+    store_failures: Counter,
     requests: Family<RequestLabels, Counter>,
     mean_latency: Family<TaskLabels, GaugeF64>,
 }
@@ -315,6 +321,28 @@ impl Metrics {
                 r,
                 "meshdoctor_reports_late",
                 "Agent reports that arrived for no open round (late or unknown)",
+            ),
+            stored_bytes: register(
+                r,
+                "meshdoctor_report_store_bytes",
+                "Bytes of the stored round reports, after the latest write and its pruning",
+            ),
+            stored_reports: register(
+                r,
+                "meshdoctor_report_store_reports",
+                "Stored round reports, after the latest write and its pruning",
+            ),
+            pruned_reports: register(
+                r,
+                "meshdoctor_report_store_pruned",
+                "Stored round reports removed by the retention (--keep-rounds, --keep-for, \
+                 --keep-bytes)",
+            ),
+            store_failures: register(
+                r,
+                "meshdoctor_report_store_failures",
+                "Round reports that could not be stored (a full or failing disk): their rounds \
+                 closed, but GET of the round answers 404",
             ),
             requests: register(
                 r,
@@ -484,6 +512,19 @@ impl Metrics {
 
     pub fn late_report(&self) {
         self.late_reports.inc();
+    }
+
+    /// A report was stored; the store is now `usage`.
+    pub fn stored(&self, usage: Usage) {
+        self.stored_bytes
+            .set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
+        self.stored_reports
+            .set(i64::try_from(usage.reports).unwrap_or(i64::MAX));
+        self.pruned_reports.inc_by(usage.pruned);
+    }
+
+    pub fn store_failed(&self) {
+        self.store_failures.inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -6,6 +6,8 @@ pub mod findings;
 pub mod metrics;
 pub mod store;
 
+use std::sync::Arc;
+
 use meshdoctor_api::{RoundReport, views::TaskFindings};
 use tracing::{info, warn};
 
@@ -27,20 +29,10 @@ impl Sinks {
         }
     }
 
-    /// Stores the report, accounts it in the metrics and remembers its findings.
-    pub async fn round_closed(&self, report: &RoundReport) {
-        match self.store.write(report).await {
-            Ok(path) => info!(
-                task = report.task, round = report.round, status = ?report.status,
-                reasons = ?report.failure_reasons, path = %path.display(), "round closed"
-            ),
-            Err(e) => warn!(
-                task = report.task,
-                round = report.round,
-                "round closed but its report was not stored: {e}"
-            ),
-        }
-        self.metrics.round_closed(report);
+    /// Accounts the report in the metrics, remembers its findings and stores it, with the
+    /// per-probe samples of its lossy paths only; the report as stored.
+    pub async fn round_closed(&self, mut report: RoundReport) -> Arc<RoundReport> {
+        self.metrics.round_closed(&report);
         // Application rounds localize nothing: they have no findings entry.
         if report.app.is_none() {
             self.findings.remember(TaskFindings {
@@ -49,5 +41,25 @@ impl Sinks {
                 findings: report.findings.clone(),
             });
         }
+        report.drop_healthy_samples();
+        let report = Arc::new(report);
+        let (task, round) = (&report.task, report.round);
+        match self.store.write(report.clone()).await {
+            Ok((path, usage)) => {
+                self.metrics.stored(usage);
+                info!(
+                    task, round, status = ?report.status, reasons = ?report.failure_reasons,
+                    path = %path.display(), "round closed"
+                );
+            }
+            Err(e) => {
+                self.metrics.store_failed();
+                warn!(
+                    task,
+                    round, "round closed but its report was not stored: {e}"
+                );
+            }
+        }
+        report
     }
 }

@@ -1,9 +1,15 @@
-//! Round reports on local disk: `<data-dir>/reports/<task>/<round>.json`, written atomically
-//! (temp file + rename) so a reader or a crash never sees half a report.
+//! Round reports on local disk: `<data-dir>/reports/<task>/<round>.json`, compact JSON written
+//! off the async workers and atomically (temp file + rename), so a reader or a crash never sees
+//! half a report, and read back as a stream, never whole. After each write the store is pruned
+//! to its [`Retention`]: the newest rounds of each task, for a time, within a byte budget; the
+//! newest round of every task always stays (the findings and `latest` are read from it).
 
 use std::{
-    io,
+    fs, io,
+    io::Write as _,
     path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use meshdoctor_api::{RoundReport, routes::RoundRef};
@@ -28,11 +34,44 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the store's writer stopped: {0}")]
+    Join(String),
+}
+
+/// What the store keeps (the controller's `--keep-rounds`, `--keep-for`, `--keep-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest rounds kept per task.
+    pub rounds: usize,
+    /// Reports older than this are removed.
+    pub age: Duration,
+    /// The reports of all tasks together stay within this many bytes (oldest removed first).
+    pub bytes: u64,
+}
+
+impl Default for Retention {
+    /// Fits the manifests' 1 GiB emptyDir, with room for the report being written.
+    fn default() -> Self {
+        Self {
+            rounds: 100,
+            age: Duration::from_secs(7 * 24 * 3600),
+            bytes: 768 << 20,
+        }
+    }
+}
+
+/// The store after a write: its size, and what the write pruned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub reports: u64,
+    pub pruned: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct ReportStore {
     root: PathBuf,
+    retention: Retention,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -42,11 +81,31 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
+/// A stored report: its task, round, size and age.
+struct Stored {
+    path: PathBuf,
+    task: String,
+    round: u32,
+    bytes: u64,
+    modified: SystemTime,
+}
+
+/// The round of a report file name, `None` for anything else (temp files among them).
+fn round_of(name: &str) -> Option<u32> {
+    name.strip_suffix(".json")?.parse().ok()
+}
+
 impl ReportStore {
+    /// The store below `data_dir`, with the default [`Retention`].
     pub fn new(data_dir: &Path) -> Self {
         Self {
             root: data_dir.join("reports"),
+            retention: Retention::default(),
         }
+    }
+
+    pub fn with_retention(self, retention: Retention) -> Self {
+        Self { retention, ..self }
     }
 
     fn task_dir(&self, task: &str) -> Result<PathBuf, StoreError> {
@@ -61,24 +120,108 @@ impl ReportStore {
         Ok(self.root.join(task))
     }
 
-    /// Writes a report, replacing any earlier one of the same round; returns its path.
-    pub async fn write(&self, report: &RoundReport) -> Result<PathBuf, StoreError> {
+    /// Writes a report, replacing any earlier one of the same round, then prunes the store;
+    /// returns its path and the store's usage. Runs off the async workers: a report of a big
+    /// mesh takes a while to encode. A failed write leaves no temp file behind.
+    pub async fn write(&self, report: Arc<RoundReport>) -> Result<(PathBuf, Usage), StoreError> {
         let dir = self.task_dir(&report.task)?;
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(io_err(&dir))?;
-        let path = dir.join(format!("{}.json", report.round));
-        let tmp = dir.join(format!(".{}.json.tmp", report.round));
-        let json = serde_json::to_vec_pretty(report)?;
-        tokio::fs::write(&tmp, json).await.map_err(io_err(&tmp))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(io_err(&path))?;
-        Ok(path)
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let path = dir.join(format!("{}.json", report.round));
+            let tmp = dir.join(format!(".{}.json.tmp", report.round));
+            let written = (|| {
+                let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+                let mut out = io::BufWriter::new(file);
+                serde_json::to_writer(&mut out, &*report)?;
+                out.flush().map_err(io_err(&tmp))?;
+                fs::rename(&tmp, &path).map_err(io_err(&path))
+            })();
+            if written.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            written?;
+            Ok((path, store.prune()))
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
     }
 
-    /// The stored JSON of a round, `None` when there is none.
-    pub async fn read(&self, task: &str, round: RoundRef) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Every stored report; unreadable entries are skipped.
+    fn stored(&self) -> Vec<Stored> {
+        let mut out = Vec::new();
+        for task in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            let Some(name) = task.file_name().to_str().map(String::from) else {
+                continue;
+            };
+            for f in fs::read_dir(task.path()).into_iter().flatten().flatten() {
+                let (Some(round), Ok(meta)) =
+                    (f.file_name().to_str().and_then(round_of), f.metadata())
+                else {
+                    continue;
+                };
+                out.push(Stored {
+                    path: f.path(),
+                    task: name.clone(),
+                    round,
+                    bytes: meta.len(),
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        out
+    }
+
+    /// Removes what the retention does not keep; the newest round of each task stays.
+    fn prune(&self) -> Usage {
+        let mut stored = self.stored();
+        // Newest first within each task.
+        stored.sort_by(|a, b| a.task.cmp(&b.task).then(b.round.cmp(&a.round)));
+        let now = SystemTime::now();
+        let r = self.retention;
+        let mut keep = Vec::new();
+        let mut remove = Vec::new();
+        let mut rank = 0;
+        for (i, s) in stored.iter().enumerate() {
+            rank = if i > 0 && stored[i - 1].task == s.task {
+                rank + 1
+            } else {
+                0
+            };
+            let old = now.duration_since(s.modified).unwrap_or_default() > r.age;
+            if rank > 0 && (rank >= r.rounds || old) {
+                remove.push(s);
+            } else {
+                keep.push((rank, s));
+            }
+        }
+        // Within the byte budget: the oldest go first, never a task's newest.
+        let mut bytes: u64 = keep.iter().map(|(_, s)| s.bytes).sum();
+        keep.sort_by_key(|(_, s)| s.modified);
+        for (_, s) in keep.iter().filter(|(rank, _)| *rank > 0) {
+            if bytes <= r.bytes {
+                break;
+            }
+            bytes -= s.bytes;
+            remove.push(s);
+        }
+        let pruned = remove
+            .iter()
+            .filter(|s| fs::remove_file(&s.path).is_ok())
+            .count() as u64;
+        Usage {
+            bytes,
+            reports: (stored.len() - remove.len()) as u64,
+            pruned,
+        }
+    }
+
+    /// The stored report of a round as a file and its length, `None` when there is none.
+    pub async fn open(
+        &self,
+        task: &str,
+        round: RoundRef,
+    ) -> Result<Option<(tokio::fs::File, u64)>, StoreError> {
         let round = match round {
             RoundRef::Number(n) => n,
             RoundRef::Latest => match self.latest_round(task).await? {
@@ -87,11 +230,26 @@ impl ReportStore {
             },
         };
         let path = self.task_dir(task)?.join(format!("{round}.json"));
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let len = file.metadata().await.map_err(io_err(&path))?.len();
+        Ok(Some((file, len)))
+    }
+
+    /// The stored JSON of a round, whole, `None` when there is none.
+    pub async fn read(&self, task: &str, round: RoundRef) -> Result<Option<Vec<u8>>, StoreError> {
+        use tokio::io::AsyncReadExt as _;
+        let Some((mut file, len)) = self.open(task, round).await? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut out)
+            .await
+            .map_err(|e| io_err(&self.root)(e))?;
+        Ok(Some(out))
     }
 
     /// Highest round number stored for a task. A restarted controller numbers its rounds
@@ -105,12 +263,7 @@ impl ReportStore {
         };
         let mut latest = None;
         while let Some(entry) = entries.next_entry().await.map_err(io_err(&dir))? {
-            let name = entry.file_name();
-            let round = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|n| n.parse::<u32>().ok());
-            latest = latest.max(round);
+            latest = latest.max(entry.file_name().to_str().and_then(round_of));
         }
         Ok(latest)
     }
@@ -123,8 +276,8 @@ mod tests {
     use super::*;
     use crate::fixtures::temp_dir;
 
-    fn mk_round(round: u32) -> RoundReport {
-        RoundReport::test("mesh", round, RoundStatus::Succeed)
+    fn mk_round(task: &str, round: u32) -> RoundReport {
+        RoundReport::test(task, round, RoundStatus::Succeed)
     }
 
     #[tokio::test]
@@ -133,12 +286,14 @@ mod tests {
         let store = ReportStore::new(&dir);
         assert_eq!(store.latest_round("mesh").await.unwrap(), None);
         for r in [2, 10, 9] {
-            store.write(&mk_round(r)).await.unwrap();
+            store.write(Arc::new(mk_round("mesh", r))).await.unwrap();
         }
         assert_eq!(store.latest_round("mesh").await.unwrap(), Some(10));
         let latest = store.read("mesh", RoundRef::Latest).await.unwrap().unwrap();
+        // Compact JSON.
+        assert!(!latest.contains(&b'\n'));
         let back: RoundReport = serde_json::from_slice(&latest).unwrap();
-        assert_eq!(back, mk_round(10));
+        assert_eq!(back, mk_round("mesh", 10));
         assert!(
             store
                 .read("mesh", RoundRef::Number(3))
@@ -150,6 +305,73 @@ mod tests {
             store.read("../etc", RoundRef::Latest).await,
             Err(StoreError::BadName(_))
         ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn rounds(dir: &Path, task: &str) -> Vec<u32> {
+        let mut r: Vec<u32> = fs::read_dir(dir.join("reports").join(task))
+            .unwrap()
+            .filter_map(|e| round_of(e.unwrap().file_name().to_str()?))
+            .collect();
+        r.sort();
+        r
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_rounds_within_the_budget() {
+        let dir = temp_dir("store-keep");
+        let size = serde_json::to_vec(&mk_round("a", 1)).unwrap().len() as u64;
+        let store = ReportStore::new(&dir).with_retention(Retention {
+            rounds: 3,
+            age: Duration::from_secs(3600),
+            bytes: 5 * size,
+        });
+        // By count: the newest 3 of a task.
+        for round in 1..=5 {
+            store.write(Arc::new(mk_round("a", round))).await.unwrap();
+        }
+        assert_eq!(rounds(&dir, "a"), [3, 4, 5]);
+        // By bytes: the oldest of all tasks go first; b's newest stays.
+        for round in 1..=3 {
+            let (_, usage) = store.write(Arc::new(mk_round("b", round))).await.unwrap();
+            assert!(usage.bytes <= 5 * size, "{usage:?}");
+        }
+        assert_eq!(rounds(&dir, "a").len() + rounds(&dir, "b").len(), 5);
+        assert_eq!(rounds(&dir, "b"), [1, 2, 3]);
+        assert_eq!(rounds(&dir, "a"), [4, 5]);
+        // By age: only each task's newest is left.
+        let retention = store.retention;
+        let store = store.with_retention(Retention {
+            age: Duration::ZERO,
+            ..retention
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let (_, usage) = store.write(Arc::new(mk_round("c", 1))).await.unwrap();
+        assert_eq!((rounds(&dir, "a"), rounds(&dir, "b")), (vec![5], vec![3]));
+        assert_eq!((usage.reports, usage.pruned), (3, 3));
+        // A budget below one report still keeps every task's newest.
+        let tiny = store.with_retention(Retention {
+            bytes: 1,
+            ..Retention::default()
+        });
+        let (_, usage) = tiny.write(Arc::new(mk_round("c", 2))).await.unwrap();
+        assert_eq!(rounds(&dir, "c"), [2]);
+        assert_eq!(usage.reports, 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_no_temp_file() {
+        let dir = temp_dir("store-fail");
+        let store = ReportStore::new(&dir);
+        // The round's file name is taken by a directory: the rename fails.
+        fs::create_dir_all(dir.join("reports/mesh/1.json/x")).unwrap();
+        assert!(store.write(Arc::new(mk_round("mesh", 1))).await.is_err());
+        let names: Vec<String> = fs::read_dir(dir.join("reports/mesh"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["1.json"]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

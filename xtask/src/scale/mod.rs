@@ -215,8 +215,10 @@ async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Re
     for round in 1..=args.rounds {
         let plans = poll_plans(&http, base, &registrations, after).await?;
         let plan_bytes: u64 = plans.values().map(|(_, bytes)| bytes).sum();
-        let plans: BTreeMap<String, RoundPlan> =
-            plans.into_iter().map(|(node, (plan, _))| (node, plan)).collect();
+        let plans: BTreeMap<String, RoundPlan> = plans
+            .into_iter()
+            .map(|(node, (plan, _))| (node, plan))
+            .collect();
         after = plans.values().map(|p| p.round_tag).max().unwrap_or(after);
         let paths = plans.values().map(|p| p.targets.len()).sum();
         let reports = sim::reports(&plans, &faults);
@@ -325,10 +327,19 @@ async fn poll_plans(
             async move {
                 let deadline = Instant::now() + Duration::from_secs(600);
                 loop {
-                    let bytes = http.get(&url).send().await?.error_for_status()?.bytes().await?;
+                    let bytes = http
+                        .get(&url)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .bytes()
+                        .await?;
                     let mut plans: Vec<RoundPlan> = serde_json::from_slice(&bytes)?;
                     if let Some(plan) = plans.pop() {
-                        return Ok::<_, anyhow::Error>((a.node.clone(), (plan, bytes.len() as u64)));
+                        return Ok::<_, anyhow::Error>((
+                            a.node.clone(),
+                            (plan, bytes.len() as u64),
+                        ));
                     }
                     if Instant::now() > deadline {
                         bail!("no plan for {} in 10 minutes", a.node);

@@ -22,7 +22,11 @@ pub fn registration(i: u32) -> AgentRegistration {
             name: name.into(),
             network: network.into(),
             ipv4: Some([10, net, hi, lo].into()),
-            ipv6: Some(format!("fd00:{net}::{i:x}").parse().expect("an IPv6 address")),
+            ipv6: Some(
+                format!("fd00:{net}::{i:x}")
+                    .parse()
+                    .expect("an IPv6 address"),
+            ),
         })
         .collect();
     AgentRegistration {
@@ -63,7 +67,10 @@ impl Fault {
 pub fn faults(nodes: u32, k: u32) -> Vec<Fault> {
     (0..k)
         .map(|j| Fault {
-            node: format!("node-{}", u64::from(j) * u64::from(nodes) / u64::from(k.max(1)) + 1),
+            node: format!(
+                "node-{}",
+                u64::from(j) * u64::from(nodes) / u64::from(k.max(1)) + 1
+            ),
             interface: INTERFACES[(j % 2) as usize].0.into(),
             family: if j / 2 % 2 == 0 {
                 Family::Ipv4
@@ -116,13 +123,22 @@ pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<Age
         for t in &plan.targets {
             let (mut arrived, mut back) = (Bitmap::with_len(n), Bitmap::with_len(n));
             for seq in 0..n {
-                let key = (u64::from(plan.round_tag) << 40) ^ (u64::from(t.path) << 16) ^ seq as u64;
+                let key =
+                    (u64::from(plan.round_tag) << 40) ^ (u64::from(t.path) << 16) ^ seq as u64;
                 let request = [
                     (src.as_str(), t.src_interface.as_str(), Direction::Egress),
-                    (t.dst_node.as_str(), t.dst_interface.as_str(), Direction::Ingress),
+                    (
+                        t.dst_node.as_str(),
+                        t.dst_interface.as_str(),
+                        Direction::Ingress,
+                    ),
                 ];
                 let reply = [
-                    (t.dst_node.as_str(), t.dst_interface.as_str(), Direction::Egress),
+                    (
+                        t.dst_node.as_str(),
+                        t.dst_interface.as_str(),
+                        Direction::Egress,
+                    ),
                     (src.as_str(), t.src_interface.as_str(), Direction::Ingress),
                 ];
                 if lost(faults, t.family, request, key) {
@@ -135,7 +151,13 @@ pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<Age
             }
             let rtt = |base: u64| {
                 (0..n)
-                    .map(|i| if back.get(i) { base + (i as u64 % 7) * 1_000 } else { 0 })
+                    .map(|i| {
+                        if back.get(i) {
+                            base + (i as u64 % 7) * 1_000
+                        } else {
+                            0
+                        }
+                    })
                     .collect()
             };
             if !t.external {
@@ -143,7 +165,9 @@ pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<Age
                     path: t.path,
                     dst_ingress: arrived.clone(),
                     dst_egress: arrived.clone(),
-                    stack_ns: (0..n).map(|i| if arrived.get(i) { 20_000 } else { 0 }).collect(),
+                    stack_ns: (0..n)
+                        .map(|i| if arrived.get(i) { 20_000 } else { 0 })
+                        .collect(),
                     interfaces: vec![t.dst_interface.clone()],
                 });
             }
