@@ -11,7 +11,7 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -90,7 +90,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "--bin",
         "meshdoctor-load",
     ]))?;
-    let load = target_dir().join("release/meshdoctor-load");
+    let load = crate::target_dir().join("release/meshdoctor-load");
     let dir = std::env::temp_dir().join(format!("meshdoctor-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let (secs, conc) = (args.secs.to_string(), args.concurrency.to_string());
@@ -197,13 +197,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     print_table(&runs);
     let _ = fs::remove_dir_all(&dir);
     Ok(())
-}
-
-pub(crate) fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    )
 }
 
 /// A client pinned to CPU 1.

@@ -116,6 +116,12 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo builds the workspace: `$CARGO_TARGET_DIR`, else `target/` in the root.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
 /// The cargo that runs us (`$CARGO`), in the workspace root.
 fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));

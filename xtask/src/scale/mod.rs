@@ -116,7 +116,7 @@ struct Controller {
 
 impl Controller {
     fn start(dir: &Path, port: u16, nodes: u32) -> Result<Self> {
-        let bin = crate::bench::target_dir().join("release/meshdoctor-controller");
+        let bin = crate::target_dir().join("release/meshdoctor-controller");
         let log = fs::File::create(dir.join("controller.log"))?;
         let child = Command::new(&bin)
             .args(["--tasks-dir", &dir.join("tasks").display().to_string()])
