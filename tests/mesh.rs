@@ -70,11 +70,12 @@ fn healthy_full_mesh_has_no_loss_and_kernel_rtt_for_every_probe() {
             (50, 50, 50, 50, 50),
             "{name}"
         );
-        // A healthy path's per-probe times are in its statistics (stored reports keep samples
-        // of lossy paths only): every probe has a kernel and a user RTT, a destination stack
-        // time, and a network RTT, which exists only where the stack time is below the kernel
-        // RTT.
-        assert!(p.probes.is_empty(), "{name}: samples of a healthy path");
+        // Every probe has a kernel and a user RTT and a destination stack time; the network
+        // RTT is the kernel RTT less the mean stack time.
+        assert!(
+            p.lost_probes.is_empty(),
+            "{name}: lost probes of a healthy path"
+        );
         let stats = |s: Option<meshdoctor_api::RttStats>, what: &str| {
             s.unwrap_or_else(|| panic!("{name}: no {what} statistics"))
         };
@@ -86,6 +87,10 @@ fn healthy_full_mesh_has_no_loss_and_kernel_rtt_for_every_probe() {
             "{name}"
         );
         assert!(k.min_us > 0.0 && stack.min_us > 0.0, "{name}");
+        assert!(
+            (net.mean_us - (k.mean_us - stack.mean_us)).abs() < 1e-6,
+            "{name}: network {net:?}, kernel {k:?}, stack {stack:?}"
+        );
         assert!(
             k.min_us <= u.min_us && k.p50_us <= u.p50_us,
             "{name}: kernel RTT {k:?} above user RTT {u:?}"

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meshdoctor_agent_common::{Hook, Kind, ProbeEvent};
-use meshdoctor_api::{AnsweredPath, Bitmap, Packet, probe_id_parts};
+use meshdoctor_api::{AnsweredPath, Histogram, Packet, probe_id_parts};
 
 /// Kernel times (CLOCK_MONOTONIC ns) of one probe at the hooks this agent can see; 0 = unseen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -160,30 +160,39 @@ impl RoundHooks {
         }
         by_path
             .into_iter()
-            .map(|(path, probes)| {
-                let len = probes
-                    .iter()
-                    .map(|(s, _)| usize::from(*s) + 1)
-                    .max()
-                    .unwrap_or(0);
+            .map(|(path, mut probes)| {
+                probes.sort_unstable_by_key(|(seq, _)| *seq);
+                let span = probes.last().map_or(0, |(s, _)| u32::from(*s) + 1);
                 let mut a = AnsweredPath {
                     path,
-                    dst_ingress: Bitmap::with_len(len),
-                    dst_egress: Bitmap::with_len(len),
-                    stack_ns: vec![0; len],
+                    span,
+                    ingress_missed: Vec::new(),
+                    egress_missed: Vec::new(),
+                    stack: Histogram::default(),
                     interfaces: Vec::new(),
                 };
                 let mut ifindexes = HashSet::new();
+                // The next sequence number not yet accounted for (u32: past u16::MAX).
+                let mut next = 0u32;
                 for (seq, t) in probes {
-                    let s = usize::from(seq);
+                    if u32::from(seq) < next {
+                        continue; // the same probe of another round: its first stands
+                    }
+                    // Sequence numbers nobody saw, between the last seen and this one.
+                    a.ingress_missed.extend(next as u16..seq);
+                    a.egress_missed.extend(next as u16..seq);
+                    next = u32::from(seq) + 1;
                     if t.dst_ingress != 0 {
-                        a.dst_ingress.set(s);
                         ifindexes.insert(t.dst_ifindex);
+                    } else {
+                        a.ingress_missed.push(seq);
                     }
-                    if t.dst_egress != 0 {
-                        a.dst_egress.set(s);
+                    if t.dst_egress == 0 {
+                        a.egress_missed.push(seq);
                     }
-                    a.stack_ns[s] = t.stack_time().unwrap_or(0);
+                    if let Some(stack) = t.stack_time() {
+                        a.stack.record(stack);
+                    }
                 }
                 a.interfaces = ifindexes.into_iter().map(&ifname).collect();
                 a.interfaces.sort();
@@ -275,9 +284,10 @@ pub(crate) mod tests {
         assert_eq!(a.len(), 1);
         let p = &a[0];
         assert_eq!(p.path, 4);
-        assert!(p.dst_ingress.get(0) && p.dst_ingress.get(2) && !p.dst_ingress.get(1));
-        assert!(p.dst_egress.get(0) && !p.dst_egress.get(2));
-        assert_eq!(p.stack_ns, vec![30, 0, 0]);
+        assert_eq!(p.span, 3);
+        assert_eq!(p.ingress_missed, [1]);
+        assert_eq!(p.egress_missed, [1, 2]);
+        assert_eq!(p.stack, Histogram::from_iter([30]));
         assert_eq!(p.interfaces, vec!["if3".to_string()]);
     }
 }

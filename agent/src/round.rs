@@ -9,7 +9,8 @@ use std::{
 };
 
 use meshdoctor_api::{
-    AgentReport, Bitmap, ObserverStats, PlannedTarget, Protocol, RoundPlan, SentPath, probe_id,
+    AgentReport, Histogram, LostProbe, ObserverStats, PlannedTarget, Protocol, RoundPlan, SentPath,
+    probe_id,
 };
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{debug, warn};
@@ -279,30 +280,40 @@ fn sent_path(
         received: 0,
         send_errors: p.send_errors.iter().map(|(e, c)| (e.clone(), *c)).collect(),
         failures: p.failures.iter().map(|(e, c)| (e.clone(), *c)).collect(),
-        sent_mask: Bitmap::with_len(n),
-        src_egress: Bitmap::with_len(n),
-        src_ingress: Bitmap::with_len(n),
-        delivered: Bitmap::with_len(n),
-        kernel_rtt_ns: vec![0; n],
-        user_rtt_ns: vec![0; n],
+        src_egress: 0,
+        src_ingress: 0,
+        unsent: Vec::new(),
+        lost: Vec::new(),
+        kernel_rtt: Histogram::default(),
+        user_rtt: Histogram::default(),
+        src_stack: Histogram::default(),
     };
     for seq in 0..n {
         let h = hooks.get(probe_id(plan.round_tag, t.path, seq as u16));
-        if h.src_egress != 0 {
-            s.src_egress.set(seq);
+        s.src_egress += u32::from(h.src_egress != 0);
+        s.src_ingress += u32::from(h.src_ingress != 0);
+        let kernel = h.kernel_rtt();
+        if let Some(k) = kernel {
+            s.kernel_rtt.record(k);
         }
-        if h.src_ingress != 0 {
-            s.src_ingress.set(seq);
+        if p.send_ns[seq] == 0 {
+            s.unsent.push(seq as u16);
+            continue;
         }
-        s.kernel_rtt_ns[seq] = h.kernel_rtt().unwrap_or(0);
-        if p.send_ns[seq] != 0 {
-            s.sent += 1;
-            s.sent_mask.set(seq);
+        s.sent += 1;
+        if p.recv_ns[seq] == 0 {
+            s.lost.push(LostProbe {
+                seq: seq as u16,
+                src_egress: h.src_egress != 0,
+                src_ingress: h.src_ingress != 0,
+            });
+            continue;
         }
-        if p.recv_ns[seq] != 0 {
-            s.received += 1;
-            s.delivered.set(seq);
-            s.user_rtt_ns[seq] = p.recv_ns[seq] - p.send_ns[seq];
+        s.received += 1;
+        let user = p.recv_ns[seq] - p.send_ns[seq];
+        s.user_rtt.record(user);
+        if let Some(k) = kernel.filter(|&k| k <= user) {
+            s.src_stack.record(user - k);
         }
     }
     s
@@ -360,10 +371,19 @@ mod tests {
         let r = build_report(&agent, &plan, &[p], &h, 4);
         let s = &r.sent[0];
         assert_eq!((s.planned, s.sent, s.received), (3, 2, 1));
-        assert_eq!(s.kernel_rtt_ns, vec![700, 0, 0]);
-        assert_eq!(s.user_rtt_ns, vec![900, 0, 0]);
-        assert!(s.src_egress.get(1) && !s.src_ingress.get(1) && !s.delivered.get(1));
-        assert!(s.sent_mask.get(0) && s.sent_mask.get(1) && !s.sent_mask.get(2));
+        assert_eq!((s.src_egress, s.src_ingress), (2, 1));
+        assert_eq!(s.kernel_rtt, Histogram::from_iter([700]));
+        assert_eq!(s.user_rtt, Histogram::from_iter([900]));
+        assert_eq!(s.src_stack, Histogram::from_iter([200]));
+        let lost = LostProbe {
+            seq: 1,
+            src_egress: true,
+            src_ingress: false,
+        };
+        assert_eq!(
+            (s.lost.as_slice(), s.unsent.as_slice()),
+            (&[lost][..], &[2][..])
+        );
         assert_eq!(
             s.send_errors,
             vec![("Network is unreachable".to_string(), 1)]

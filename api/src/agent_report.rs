@@ -1,9 +1,10 @@
 //! What an agent posts at the end of a round: what it sent, and what its observers saw of the
-//! probes it answered. The controller joins both ends by path index and sequence number.
+//! probes it answered. The controller joins both ends by path index and, for the probes that
+//! did not make it, by sequence number.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Bitmap, LoadStats, RoundPlan, Timestamping};
+use crate::{Histogram, LoadStats, RoundPlan, Timestamping};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -60,7 +61,9 @@ pub struct AppResult {
     pub stats: LoadStats,
 }
 
-/// The source side of one pair-path. Index `seq` of every bitmap and vector is probe `seq`.
+/// The source side of one pair-path: counts and time histograms for all its probes, one
+/// record per probe only for the probes that did not make it (the only ones the join
+/// classifies), so that a healthy path costs a few numbers however many probes it had.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SentPath {
@@ -78,32 +81,82 @@ pub struct SentPath {
     /// and HTTP: "connection refused", "HTTP status 503"), counted. They are lost too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<(String, u32)>,
-    /// Probes handed to the kernel (`sendto` succeeded).
+    /// Requests seen leaving at TC egress on the source interface.
+    pub src_egress: u32,
+    /// Replies seen arriving at TC ingress on the source interface.
+    pub src_ingress: u32,
+    /// Sequence numbers of the planned probes not handed to the kernel (`sendto` failed, or
+    /// the round ended first), ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsent: Vec<u16>,
+    /// The probes handed to the kernel whose reply was not delivered in time, ascending, with
+    /// what the source's hooks saw of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<LostProbe>,
+    /// Kernel RTT (src ingress - src egress) of every probe both hooks saw in order.
+    pub kernel_rtt: Histogram,
+    /// User-space RTT (receive - send, CLOCK_MONOTONIC) of every delivered probe.
+    pub user_rtt: Histogram,
+    /// Source stack time (user RTT - kernel RTT) of every delivered probe with a kernel RTT.
     #[serde(default)]
-    pub sent_mask: Bitmap,
-    /// Request seen leaving at TC egress on the source interface.
-    pub src_egress: Bitmap,
-    /// Reply seen arriving at TC ingress on the source interface.
-    pub src_ingress: Bitmap,
-    /// Reply delivered to the socket before the timeout.
-    pub delivered: Bitmap,
-    /// Kernel RTT (src ingress - src egress) per probe in ns; 0 where not measured.
-    pub kernel_rtt_ns: Vec<u64>,
-    /// User-space RTT (receive - send, CLOCK_MONOTONIC) per probe in ns; 0 where not measured.
-    pub user_rtt_ns: Vec<u64>,
+    pub src_stack: Histogram,
+}
+
+/// A probe sent and not delivered, on the wire as `[seq, hooks]`: bit 1 set when its request
+/// was seen leaving at the source's TC egress, bit 2 when its reply was seen arriving at the
+/// source's TC ingress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "(u16, u8)", into = "(u16, u8)")]
+pub struct LostProbe {
+    pub seq: u16,
+    pub src_egress: bool,
+    pub src_ingress: bool,
+}
+
+impl TryFrom<(u16, u8)> for LostProbe {
+    type Error = String;
+
+    fn try_from((seq, hooks): (u16, u8)) -> Result<Self, String> {
+        if hooks > 3 {
+            return Err(format!(
+                "lost probe {seq}: hook bits {hooks} beyond srcEgress (1) and srcIngress (2)"
+            ));
+        }
+        Ok(Self {
+            seq,
+            src_egress: hooks & 1 != 0,
+            src_ingress: hooks & 2 != 0,
+        })
+    }
+}
+
+impl From<LostProbe> for (u16, u8) {
+    fn from(p: LostProbe) -> Self {
+        (p.seq, u8::from(p.src_egress) | u8::from(p.src_ingress) << 1)
+    }
 }
 
 /// The destination side of one pair-path, as seen by the answering agent's observers.
+///
+/// The destination does not know how many probes a path planned (an ICMP or UDP probe names
+/// its path itself), so it reports how far the sequence numbers it saw reach and which below
+/// that each hook missed: on a healthy path, `span` alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnsweredPath {
     pub path: u16,
-    /// Request seen at TC ingress on this agent.
-    pub dst_ingress: Bitmap,
-    /// Reply seen at TC egress on this agent.
-    pub dst_egress: Bitmap,
-    /// Destination stack time (dst egress - dst ingress) per probe in ns; 0 where not measured.
-    pub stack_ns: Vec<u64>,
+    /// One past the highest sequence number either hook saw: the probes from `span` on were
+    /// seen by neither.
+    pub span: u32,
+    /// Sequence numbers below `span` whose request was not seen arriving at TC ingress,
+    /// ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_missed: Vec<u16>,
+    /// Sequence numbers below `span` whose reply was not seen leaving at TC egress, ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_missed: Vec<u16>,
+    /// Destination stack time (dst egress - dst ingress) of every probe both hooks saw.
+    pub stack: Histogram,
     /// Interface names the requests arrived on (normally exactly the planned one).
     pub interfaces: Vec<String>,
 }

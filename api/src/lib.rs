@@ -4,11 +4,12 @@
 //! per agent, each agent answers with an [`agent_report`], and the controller joins those into a
 //! [`round`] report, folded into the task's [`status`]. The controller's HTTP API is [`routes`]
 //! and [`views`]. Leaves every stage shares: [`kinds`] (the small enums: task kind, family,
-//! protocols), [`stats`] and [`load`] (numbers), [`time`] (durations and timestamps).
+//! protocols), [`histogram`], [`stats`] and [`load`] (numbers), [`time`] (durations and timestamps).
 
 pub mod agent_report;
 #[cfg(feature = "crd")]
 mod crd_schema;
+pub mod histogram;
 pub mod kinds;
 pub mod load;
 pub mod plan;
@@ -23,8 +24,9 @@ pub mod time;
 pub mod views;
 
 pub use agent_report::{
-    AgentReport, AnsweredPath, AppResult, ObserverStats, Packet, ProbeDrop, SentPath,
+    AgentReport, AnsweredPath, AppResult, LostProbe, ObserverStats, Packet, ProbeDrop, SentPath,
 };
+pub use histogram::Histogram;
 pub use kinds::{DnsProtocol, Family, HttpHeader, HttpMethod, Protocol, TaskKind, Timestamping};
 pub use load::{LatencyUs, LoadStats};
 pub use meshdoctor_agent_common::{probe_id, probe_id_parts};
@@ -35,10 +37,10 @@ pub use plan::{
 };
 pub use round::{
     AgentApp, AgentAppState, AppRoundReport, AppSummary, Direction, DropCount, Evidence, Finding,
-    HookCounts, Interval, LossSegments, PathResult, PathSegment, PathState, ProbeSample,
+    HookCounts, Interval, LossSegments, LostSample, PathResult, PathSegment, PathState,
     ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
-pub use stats::{Bitmap, RttStats, clopper_pearson};
+pub use stats::{RttStats, clopper_pearson};
 pub use status::{
     Condition, ConditionStatus, DEFAULT_MAX_HISTORY, HistoryEntry, LastRoundStatus, RoundDigest,
     TaskStatus,

@@ -43,18 +43,6 @@ pub struct RoundReport {
     pub app: Option<AppRoundReport>,
 }
 
-impl RoundReport {
-    /// Drops the per-probe samples of the paths that lost nothing: what a stored report
-    /// keeps, as their statistics say all there is to say of them.
-    pub fn drop_healthy_samples(&mut self) {
-        for p in &mut self.paths {
-            if p.lost == 0 {
-                p.probes = Vec::new();
-            }
-        }
-    }
-}
-
 /// The application part of a round report: kdoctor's per-agent `roundTaskDetail` and an
 /// aggregate over the agents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,7 +205,7 @@ pub struct PathResult {
     pub kernel_rtt: Option<RttStats>,
     /// User-space RTT: socket receive - send.
     pub user_rtt: Option<RttStats>,
-    /// Network RTT: kernel RTT minus the destination's stack time.
+    /// Network RTT: kernel RTT less the destination's mean stack time.
     pub network_rtt: Option<RttStats>,
     /// Destination stack time: dst egress - dst ingress.
     pub dst_stack: Option<RttStats>,
@@ -230,11 +218,10 @@ pub struct PathResult {
     /// "HTTP status 503").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<(String, u32)>,
-    /// Per-probe times of the probes that came back. A stored report keeps them for the
-    /// paths that lost probes only ([`RoundReport::drop_healthy_samples`]): a healthy path's
-    /// times are in its RTT statistics.
+    /// Every lost probe sent (not `send_failed` ones) and where it was lost, by sequence
+    /// number: whether losses came in a burst or spread over the round.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub probes: Vec<ProbeSample>,
+    pub lost_probes: Vec<LostSample>,
 }
 
 impl PathResult {
@@ -268,7 +255,7 @@ impl PathResult {
             dst_stack: None,
             drops: Vec::new(),
             errors: Vec::new(),
-            probes: Vec::new(),
+            lost_probes: Vec::new(),
         }
     }
 
@@ -462,6 +449,19 @@ pub struct LossSegments {
 }
 
 impl LossSegments {
+    /// The counter of `segment` (`None`: unobserved).
+    pub fn count_mut(&mut self, segment: Option<PathSegment>) -> &mut u32 {
+        match segment {
+            None => &mut self.unobserved,
+            Some(PathSegment::SrcSend) => &mut self.src_send,
+            Some(PathSegment::Forward) => &mut self.forward,
+            Some(PathSegment::DstStack) => &mut self.dst_stack,
+            Some(PathSegment::Reply) => &mut self.reply,
+            Some(PathSegment::SrcReceive) => &mut self.src_receive,
+            Some(PathSegment::Beyond) => &mut self.beyond,
+        }
+    }
+
     /// The segment that lost most probes, named as in the report; `None` without loss.
     pub fn dominant(&self) -> Option<&'static str> {
         self.named()
@@ -485,13 +485,13 @@ impl LossSegments {
     }
 }
 
+/// One lost probe of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProbeSample {
+pub struct LostSample {
     pub seq: u16,
-    /// 0 when a hook was not observed.
-    pub kernel_rtt_ns: u64,
-    pub user_rtt_ns: u64,
-    /// 0 when the destination's hooks were not observed.
-    pub dst_stack_ns: u64,
+    /// The first hook that did not see it; absent when an end that owns that hook may have
+    /// missed the event (`unobserved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<PathSegment>,
 }

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use meshdoctor_api::{
-    DropCount, Evidence, Family, Finding, HookCounts, Interval, LossSegments, Packet, PathResult,
-    ReasonCount, RoundReport, RoundStatus, RoundSummary, RttStats,
+    DropCount, Evidence, Family, Finding, Histogram, HookCounts, Interval, LossSegments, Packet,
+    PathResult, ReasonCount, RoundReport, RoundStatus, RoundSummary, RttStats,
 };
 use meshdoctor_cli::{args::Output, output::CheckOutput};
 
@@ -57,8 +57,8 @@ fn path(
             src_ingress: 50 - lost,
             delivered: 50 - lost,
         },
-        kernel_rtt: RttStats::from_ns([40_000, 50_000, 120_000]),
-        user_rtt: RttStats::from_ns([90_000, 100_000, 200_000]),
+        kernel_rtt: RttStats::from_histogram(&Histogram::from_iter([40_000, 50_000, 120_000])),
+        user_rtt: RttStats::from_histogram(&Histogram::from_iter([90_000, 100_000, 200_000])),
         ..PathResult::test(src, dst, (iface, network), Family::Ipv4, 50).with_loss(lost, segments)
     }
 }

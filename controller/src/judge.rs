@@ -87,10 +87,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::join::{
-        join,
-        tests::{mk_plans, mk_report, mk_reports},
-    };
+    use crate::join::tests::{join_reports, mk_plans, mk_report, mk_reports};
 
     fn judged(
         expect: SuccessCondition,
@@ -102,7 +99,7 @@ mod tests {
             mk_report(&plans, "node-1", lost1),
             mk_report(&plans, "node-2", &[]),
         ]);
-        let mut j = join(&plans, &reports);
+        let mut j = join_reports(&plans, &reports);
         tweak(&mut j);
         failure_reasons(&expect, &j)
     }
@@ -147,7 +144,7 @@ mod tests {
     #[test]
     fn silent_agent_fails_without_loss() {
         let plans = mk_plans();
-        let j = join(&plans, &mk_reports(vec![mk_report(&plans, "node-2", &[])]));
+        let j = join_reports(&plans, &mk_reports(vec![mk_report(&plans, "node-2", &[])]));
         assert_eq!(
             failure_reasons(&SuccessCondition::default(), &j),
             ["agents did not report: node-1"]
@@ -156,10 +153,10 @@ mod tests {
 
     #[test]
     fn nothing_sent_fails() {
-        let j = join(&mk_plans(), &BTreeMap::new());
+        let j = join_reports(&mk_plans(), &BTreeMap::new());
         let r = failure_reasons(&SuccessCondition::default(), &j);
         assert_eq!(r[1], "no probe was sent over the 2 planned paths");
-        let empty = join(&BTreeMap::new(), &BTreeMap::new());
+        let empty = join_reports(&BTreeMap::new(), &BTreeMap::new());
         assert_eq!(
             failure_reasons(&SuccessCondition::default(), &empty),
             ["no probe was sent over the 0 planned paths"]
@@ -188,7 +185,7 @@ mod tests {
         let s = &mut r1.sent[0];
         (s.sent, s.received) = (16, 16);
         s.send_errors = vec![("Operation not permitted".into(), 4)];
-        let j = join(
+        let j = join_reports(
             &plans,
             &mk_reports(vec![r1, mk_report(&plans, "node-2", &[])]),
         );

@@ -607,7 +607,7 @@ mod tests {
         }
         let mut segments = LossSegments::default();
         for (&(segment, _), &n) in &buckets {
-            *crate::join::slot(&mut segments, Some(segment)) += n;
+            *segments.count_mut(Some(segment)) += n;
         }
         let received = hooks.delivered;
         let lost = probes - received;
@@ -862,10 +862,7 @@ mod tests {
 
     #[test]
     fn joined_reports_with_drop_records_localize_to_the_stack() {
-        use crate::join::{
-            join,
-            tests::{mk_plans, mk_report, mk_reports},
-        };
+        use crate::join::tests::{join_reports, mk_plans, mk_report, mk_reports};
         use meshdoctor_api::ProbeDrop;
 
         let plans = mk_plans();
@@ -880,11 +877,7 @@ mod tests {
         // node-2 took the requests in and dropped them: no reply ever left it.
         let node2 = reports.get_mut("node-2").unwrap();
         let answered = node2.answered.iter_mut().find(|a| a.path == 0).unwrap();
-        let mut replied = meshdoctor_api::Bitmap::with_len(20);
-        (0..20)
-            .filter(|i| !lost.contains(i))
-            .for_each(|i| replied.set(i));
-        answered.dst_egress = replied;
+        answered.egress_missed = lost.map(|i| i as u16).to_vec();
         for i in lost {
             node2.drops.push(ProbeDrop {
                 path: 0,
@@ -895,7 +888,7 @@ mod tests {
                 interface: Some("eth0".into()),
             });
         }
-        let joined = join(&plans, &reports);
+        let joined = join_reports(&plans, &reports);
         let findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
         assert_eq!(findings.len(), 1, "{findings:#?}");
         let f = &findings[0];

@@ -16,7 +16,7 @@ use std::{
 use meshdoctor_api::{AgentReport, RoundPlan};
 use tokio::sync::{Notify, watch};
 
-use crate::now_ms;
+use crate::{join::fold::Received, now_ms};
 
 /// Plans or reports of a round, by node.
 pub type ByNode<T> = BTreeMap<String, T>;
@@ -36,7 +36,8 @@ struct OpenRound {
     task: String,
     round: u32,
     plans: ByNode<RoundPlan>,
-    reports: ByNode<AgentReport>,
+    /// The reports so far, folded per path as they arrive.
+    received: Received,
     all_reported: Arc<Notify>,
 }
 
@@ -50,7 +51,7 @@ struct Rounds {
 pub struct Collected {
     pub tag: u32,
     pub plans: ByNode<RoundPlan>,
-    pub reports: ByNode<AgentReport>,
+    pub received: Received,
 }
 
 /// An opened round: its tag, and what fires once every planned agent reported.
@@ -89,6 +90,7 @@ impl Mailbox {
         if plans.is_empty() {
             all_reported.notify_one();
         }
+        let received = Received::new(&plans);
         let mut rounds = self.lock();
         let tag = rounds.next_tag;
         rounds.next_tag = rounds.next_tag.wrapping_add(1);
@@ -101,7 +103,7 @@ impl Mailbox {
                 task: task.into(),
                 round,
                 plans,
-                reports: BTreeMap::new(),
+                received,
                 all_reported: all_reported.clone(),
             },
         );
@@ -135,7 +137,8 @@ impl Mailbox {
         }
     }
 
-    /// Takes an agent's report for an open round; a repeated report replaces the earlier one.
+    /// Takes an agent's report for an open round, folded into the round's paths; a repeated
+    /// report replaces the earlier one.
     pub fn deliver(&self, report: AgentReport) -> Result<(), ReportError> {
         let mut rounds = self.lock();
         let tag = report.round_tag;
@@ -155,8 +158,8 @@ impl Mailbox {
                 node: report.node,
             });
         }
-        round.reports.insert(report.node.clone(), report);
-        if round.reports.len() == round.plans.len() {
+        round.received.add(report);
+        if round.received.nodes.len() == round.plans.len() {
             round.all_reported.notify_one();
         }
         Ok(())
@@ -167,7 +170,7 @@ impl Mailbox {
         self.lock().open.remove(&tag).map(|r| Collected {
             tag,
             plans: r.plans,
-            reports: r.reports,
+            received: r.received,
         })
     }
 
@@ -263,7 +266,7 @@ mod tests {
             .await
             .unwrap();
         let collected = mailbox.close(a.tag).unwrap();
-        assert_eq!(collected.reports["node-1"], report);
+        assert_eq!(collected.received.nodes["node-1"], report);
         assert_eq!(
             mailbox.deliver(report),
             Err(ReportError::NoOpenRound(a.tag))

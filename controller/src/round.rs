@@ -16,7 +16,7 @@ use meshdoctor_api::{
 
 use crate::{
     apps::{self, AppExpect, aggregate::aggregate, target::TargetError},
-    join::join,
+    join::{PathTimes, join},
     judge::failure_reasons,
     localize::{LocalizeConfig, localize},
     mailbox::{ByNode, Collected},
@@ -102,6 +102,14 @@ pub fn plan(
     (round, plans)
 }
 
+/// A closed round: its report, and its paths' times for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closed {
+    pub report: RoundReport,
+    /// Per path of `report.paths`, same index; empty for application rounds.
+    pub times: Vec<PathTimes>,
+}
+
 /// The report of `round` of `task` at `now_ms`, from what it collected, or from why it could
 /// not be planned. A round closed before its scheduled start (it could not be planned, or had
 /// no agent) never started: it starts and ends when it closed.
@@ -110,7 +118,7 @@ pub fn close(
     round: Round,
     collected: Result<Collected, PlanError>,
     now_ms: u64,
-) -> RoundReport {
+) -> Closed {
     let Round {
         task: name,
         round,
@@ -140,10 +148,13 @@ pub fn close(
         paths: vec![],
         app: None,
     };
-    let Collected { plans, reports, .. } = &collected;
+    let Collected {
+        plans, received, ..
+    } = collected;
+    let mut times = Vec::new();
     let app = |expect: AppExpect| {
         let label = target.unwrap_or_else(|| apps::target::spec_label(task));
-        let agg = aggregate(&expect, &label, plans, reports);
+        let agg = aggregate(&expect, &label, &plans, &received.nodes);
         // A round that could not be planned ran nothing: its reason says why, and the empty
         // aggregate's ("no agent ran the round") would only mislead.
         if ran {
@@ -157,19 +168,20 @@ pub fn close(
         Task::AppHttpHealthy(t) => app(AppExpect::http(t)),
         Task::NetDns(t) => app(AppExpect::dns(t)),
         Task::NetReach(t) => {
-            let joined = join(plans, reports);
+            let joined = join(&plans, received);
             reasons.extend(failure_reasons(&t.spec.expect, &joined));
             report.findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
             report.not_reported = joined.not_reported;
             report.summary = joined.summary;
             report.paths = joined.paths;
+            times = joined.times;
         }
     }
     if !reasons.is_empty() {
         report.status = RoundStatus::Fail;
     }
     report.failure_reasons = reasons;
-    report
+    Closed { report, times }
 }
 
 #[cfg(test)]
@@ -181,6 +193,7 @@ mod tests {
     use super::*;
     use crate::{
         apps::tests::http_task,
+        join::fold::Received,
         join::tests::mk_report,
         mesh::tests::{mk_agent, mk_meta, mk_task},
     };
@@ -208,7 +221,7 @@ mod tests {
         round: &Round,
         collected: Result<Collected, PlanError>,
     ) -> RoundReport {
-        let report = close(task, round.clone(), collected, 5_000);
+        let report = close(task, round.clone(), collected, 5_000).report;
         assert_eq!(
             report.status,
             RoundStatus::Succeed,
@@ -224,8 +237,8 @@ mod tests {
     ) -> Result<Collected, PlanError> {
         Ok(Collected {
             tag: 42,
+            received: Received::of(&plans, reports),
             plans,
-            reports: reports.into_iter().map(|r| (r.node.clone(), r)).collect(),
         })
     }
 
@@ -255,7 +268,7 @@ mod tests {
 
         // node-2 did not report: its paths are not loss, and the round fails saying so.
         let reports = vec![mk_report(&plans, "node-1", &[])];
-        let report = close(&task, round, collected(plans, reports), 5_000);
+        let report = close(&task, round, collected(plans, reports), 5_000).report;
         assert_eq!(report.status, RoundStatus::Fail);
         assert_eq!(report.not_reported, ["node-2"]);
         assert_eq!(report.failure_reasons[0], "agents did not report: node-2");
@@ -282,7 +295,7 @@ mod tests {
             1,
             "the Service target is probed"
         );
-        let report = close(&task, round, collected(plans, vec![]), 5_000);
+        let report = close(&task, round, collected(plans, vec![]), 5_000).report;
         assert_eq!(report.status, RoundStatus::Fail);
         assert_eq!(
             report.failure_reasons[0],
@@ -325,7 +338,7 @@ mod tests {
         assert!(report.paths.is_empty() && report.findings.is_empty());
 
         let reports = vec![ok("node-1")];
-        let report = close(&task, round, collected(plans, reports), 5_000);
+        let report = close(&task, round, collected(plans, reports), 5_000).report;
         assert_eq!(report.failure_reasons, ["agents did not report: node-2"]);
     }
 
@@ -345,7 +358,7 @@ mod tests {
         let why = plans.unwrap_err();
         assert_eq!(why, PlanError::Target(unreadable));
         // Planned before its scheduled start (1 000), closed at once (500).
-        let report = close(&task, round, Err(why), 500);
+        let report = close(&task, round, Err(why), 500).report;
         assert_eq!(report.status, RoundStatus::Fail);
         assert_eq!(
             report.failure_reasons,

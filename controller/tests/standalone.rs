@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use meshdoctor_api::routes::RoundRef;
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, AnsweredPath, Bitmap, InterfaceInfo, LastRoundStatus,
+    AgentRegistration, AgentReport, AnsweredPath, Histogram, InterfaceInfo, LastRoundStatus,
     PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
@@ -64,11 +64,11 @@ fn mk_agent(n: u8) -> AgentRegistration {
 
 /// A report where every probe of `plan` came back, and `answered` answered in full.
 fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
-    let n = plan.probes_per_target() as usize;
-    let all = || {
-        let mut b = Bitmap::with_len(n);
-        (0..n).for_each(|i| b.set(i));
-        b
+    let n = plan.probes_per_target();
+    let times = |ns: u64| {
+        let mut h = Histogram::default();
+        h.record_n(ns, n.into());
+        h
     };
     AgentReport {
         sent: plan
@@ -76,26 +76,28 @@ fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
             .iter()
             .map(|t| SentPath {
                 path: t.path,
-                planned: n as u32,
-                sent: n as u32,
-                received: n as u32,
+                planned: n,
+                sent: n,
+                received: n,
                 send_errors: vec![],
                 failures: vec![],
-                sent_mask: all(),
-                src_egress: all(),
-                src_ingress: all(),
-                delivered: all(),
-                kernel_rtt_ns: vec![300_000; n],
-                user_rtt_ns: vec![400_000; n],
+                src_egress: n,
+                src_ingress: n,
+                unsent: vec![],
+                lost: vec![],
+                kernel_rtt: times(300_000),
+                user_rtt: times(400_000),
+                src_stack: times(100_000),
             })
             .collect(),
         answered: answered
             .iter()
             .map(|&path| AnsweredPath {
                 path,
-                dst_ingress: all(),
-                dst_egress: all(),
-                stack_ns: vec![50_000; n],
+                span: n,
+                ingress_missed: vec![],
+                egress_missed: vec![],
+                stack: times(50_000),
                 interfaces: vec!["eth0".into()],
             })
             .collect(),

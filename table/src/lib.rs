@@ -380,7 +380,7 @@ fn mesh_summary_line(report: &RoundReport, status: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshdoctor_api::{Direction, Family, RoundStatus, RoundSummary, Segment};
+    use meshdoctor_api::{Direction, Family, Histogram, RoundStatus, RoundSummary, Segment};
 
     #[test]
     fn natural_order_of_node_names() {
@@ -395,7 +395,7 @@ mod tests {
             ..Default::default()
         };
         PathResult {
-            kernel_rtt: RttStats::from_ns([40_000, 50_000, 120_000]),
+            kernel_rtt: RttStats::from_histogram(&Histogram::from_iter([40_000, 50_000, 120_000])),
             ..PathResult::test(src, dst, (iface, iface), family, sent).with_loss(lost, segments)
         }
     }
@@ -437,8 +437,10 @@ mod tests {
         report.paths[1].drops = vec![mk_drop("NETFILTER_DROP", 4), mk_drop("IP_INADDRERRORS", 1)];
         let table = render_table(&report);
         let mut with_probes = report.clone();
-        with_probes.summary.kernel_rtt = RttStats::from_ns([40_000, 60_000]);
-        with_probes.summary.user_rtt = RttStats::from_ns([90_000, 110_000]);
+        with_probes.summary.kernel_rtt =
+            RttStats::from_histogram(&Histogram::from_iter([40_000, 60_000]));
+        with_probes.summary.user_rtt =
+            RttStats::from_histogram(&Histogram::from_iter([90_000, 110_000]));
         assert_eq!(
             summary_line(&with_probes),
             "mesh round 1 FAILED: 3 paths (1 lossy), 150 sent, 5 lost (3.33%)\n\

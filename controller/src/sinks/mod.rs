@@ -12,6 +12,7 @@ use meshdoctor_api::{RoundReport, views::TaskFindings};
 use tracing::{info, warn};
 
 use self::{findings::Findings, metrics::Metrics, store::ReportStore};
+use crate::round::Closed;
 
 /// The sinks of closed rounds.
 pub struct Sinks {
@@ -29,10 +30,11 @@ impl Sinks {
         }
     }
 
-    /// Accounts the report in the metrics, remembers its findings and stores it, with the
-    /// per-probe samples of its lossy paths only; the report as stored.
-    pub async fn round_closed(&self, mut report: RoundReport) -> Arc<RoundReport> {
-        self.metrics.round_closed(&report);
+    /// Accounts the round in the metrics, remembers its findings and stores its report; the
+    /// report as stored.
+    pub async fn round_closed(&self, closed: Closed) -> Arc<RoundReport> {
+        self.metrics.round_closed(&closed);
+        let report = closed.report;
         // Application rounds localize nothing: they have no findings entry.
         if report.app.is_none() {
             self.findings.remember(TaskFindings {
@@ -41,7 +43,6 @@ impl Sinks {
                 findings: report.findings.clone(),
             });
         }
-        report.drop_healthy_samples();
         let report = Arc::new(report);
         let (task, round) = (&report.task, report.round);
         match self.store.write(report.clone()).await {

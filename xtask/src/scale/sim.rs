@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, AnsweredPath, Bitmap, Direction, Family, Finding,
-    InterfaceInfo, ObserverStats, RoundPlan, SentPath, Timestamping,
+    AgentRegistration, AgentReport, AnsweredPath, Direction, Family, Finding, Histogram,
+    InterfaceInfo, LostProbe, ObserverStats, RoundPlan, SentPath, Timestamping,
 };
 
 /// The interfaces every simulated agent has: the pod network and a multus secondary.
@@ -106,12 +106,6 @@ fn lost(faults: &[Fault], family: Family, at: [(&str, &str, Direction); 2], key:
     })
 }
 
-fn all(n: usize) -> Bitmap {
-    let mut b = Bitmap::with_len(n);
-    (0..n).for_each(|i| b.set(i));
-    b
-}
-
 /// The report each agent of `plans` posts when `faults` lose probe packets on their links:
 /// every probe sent, seen where it went, timed where it came back.
 pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<AgentReport> {
@@ -121,7 +115,29 @@ pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<Age
         let n = plan.probes_per_target() as usize;
         let mut sent = Vec::with_capacity(plan.targets.len());
         for t in &plan.targets {
-            let (mut arrived, mut back) = (Bitmap::with_len(n), Bitmap::with_len(n));
+            let mut s = SentPath {
+                path: t.path,
+                planned: n as u32,
+                sent: n as u32,
+                received: 0,
+                send_errors: vec![],
+                failures: vec![],
+                src_egress: n as u32,
+                src_ingress: 0,
+                unsent: vec![],
+                lost: vec![],
+                kernel_rtt: Histogram::default(),
+                user_rtt: Histogram::default(),
+                src_stack: Histogram::default(),
+            };
+            let mut a = AnsweredPath {
+                path: t.path,
+                span: n as u32,
+                ingress_missed: vec![],
+                egress_missed: vec![],
+                stack: Histogram::default(),
+                interfaces: vec![t.dst_interface.clone()],
+            };
             for seq in 0..n {
                 let key =
                     (u64::from(plan.round_tag) << 40) ^ (u64::from(t.path) << 16) ^ seq as u64;
@@ -141,50 +157,33 @@ pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<Age
                     ),
                     (src.as_str(), t.src_interface.as_str(), Direction::Ingress),
                 ];
+                let lost_probe = LostProbe {
+                    seq: seq as u16,
+                    src_egress: true,
+                    src_ingress: false,
+                };
                 if lost(faults, t.family, request, key) {
+                    a.ingress_missed.push(seq as u16);
+                    a.egress_missed.push(seq as u16);
+                    s.lost.push(lost_probe);
                     continue;
                 }
-                arrived.set(seq);
-                if !lost(faults, t.family, reply, key ^ 1) {
-                    back.set(seq);
+                a.stack.record(20_000);
+                if lost(faults, t.family, reply, key ^ 1) {
+                    s.lost.push(lost_probe);
+                    continue;
                 }
+                let kernel = 80_000 + (seq as u64 % 7) * 1_000;
+                s.received += 1;
+                s.src_ingress += 1;
+                s.kernel_rtt.record(kernel);
+                s.user_rtt.record(kernel + 40_000);
+                s.src_stack.record(40_000);
             }
-            let rtt = |base: u64| {
-                (0..n)
-                    .map(|i| {
-                        if back.get(i) {
-                            base + (i as u64 % 7) * 1_000
-                        } else {
-                            0
-                        }
-                    })
-                    .collect()
-            };
             if !t.external {
-                answered.entry(&t.dst_node).or_default().push(AnsweredPath {
-                    path: t.path,
-                    dst_ingress: arrived.clone(),
-                    dst_egress: arrived.clone(),
-                    stack_ns: (0..n)
-                        .map(|i| if arrived.get(i) { 20_000 } else { 0 })
-                        .collect(),
-                    interfaces: vec![t.dst_interface.clone()],
-                });
+                answered.entry(&t.dst_node).or_default().push(a);
             }
-            sent.push(SentPath {
-                path: t.path,
-                planned: n as u32,
-                sent: n as u32,
-                received: back.count(),
-                send_errors: vec![],
-                failures: vec![],
-                sent_mask: all(n),
-                src_egress: all(n),
-                src_ingress: back.clone(),
-                delivered: back.clone(),
-                kernel_rtt_ns: rtt(80_000),
-                user_rtt_ns: rtt(120_000),
-            });
+            sent.push(s);
         }
         out.push(AgentReport {
             sent,
@@ -283,12 +282,16 @@ mod tests {
         let s = &r1.sent[0];
         let lost = 1000 - s.received;
         assert!((230..370).contains(&lost), "{lost}");
-        assert_eq!(r2.answered[0].dst_ingress.count(), s.received);
+        let a = &r2.answered[0];
+        assert_eq!(a.span - a.ingress_missed.len() as u32, s.received);
+        assert_eq!(a.stack.count(), u64::from(s.received));
         // node-2 -> node-1: node-1 answered everything, the replies were lost at node-2.
         let s = &r2.sent[0];
         assert!((230..370).contains(&(1000 - s.received)), "{}", s.received);
-        assert_eq!(r1.answered[0].dst_egress.count(), 1000);
-        assert!(r1.answered[0].dst_egress.count() > s.src_ingress.count());
+        let a = &r1.answered[0];
+        assert_eq!((a.span, a.egress_missed.len()), (1000, 0));
+        assert_eq!(s.src_ingress, s.received);
+        assert_eq!(s.lost.len() as u32, 1000 - s.received);
     }
 
     #[test]

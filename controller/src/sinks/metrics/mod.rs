@@ -16,25 +16,24 @@ use std::{
 
 use meshdoctor_api::{Family as IpFamily, Packet, PathResult, PathState, RoundReport, RoundStatus};
 
+use self::time_histogram::TimeHistogram;
 use super::store::Usage;
+use crate::{join::PathTimes, round::Closed};
+
+mod time_histogram;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets},
     registry::Registry,
 };
 
 type GaugeF64 = Gauge<f64, AtomicU64>;
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, TimeHistogram, fn() -> TimeHistogram>;
 
 /// Histogram buckets: 14 from 10 µs by a factor of 2.5 (to 1.5 s), wide enough for a veth
 /// pair's microseconds and a WAN path's hundreds of milliseconds.
-fn histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1e-5, 2.5, 14))
+fn histogram() -> TimeHistogram {
+    TimeHistogram::new(exponential_buckets(1e-5, 2.5, 14))
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -360,7 +359,8 @@ impl Metrics {
         }
     }
 
-    pub fn round_closed(&self, report: &RoundReport) {
+    pub fn round_closed(&self, closed: &Closed) {
+        let Closed { report, times } = closed;
         let task = TaskLabels {
             task: report.task.clone(),
         };
@@ -382,13 +382,14 @@ impl Metrics {
             let missed = self
                 .missed_reports
                 .get_or_create(&NodeLabels { node: node.clone() });
-            if report.not_reported.contains(node) {
+            // Sorted: a binary search keeps a round of thousands of agents linear.
+            if report.not_reported.binary_search(node).is_ok() {
                 missed.inc();
             }
         }
         match &report.app {
             Some(app) => self.app_round_closed(&task, app),
-            None => self.probe_round_closed(report),
+            None => self.probe_round_closed(report, times),
         }
     }
 
@@ -416,14 +417,14 @@ impl Metrics {
         }
     }
 
-    fn probe_round_closed(&self, report: &RoundReport) {
+    fn probe_round_closed(&self, report: &RoundReport, times: &[PathTimes]) {
         let task = report.task.as_str();
         let mut sums = RoundSums {
             task,
             ..RoundSums::default()
         };
-        for p in &report.paths {
-            sums.add(self, p);
+        for (p, t) in report.paths.iter().zip(times) {
+            sums.add(self, p, t);
         }
         // Every state, 0 when no path is in it.
         for state in ["ok", "lossy", "notReported"] {
@@ -535,10 +536,6 @@ impl Metrics {
     }
 }
 
-fn seconds(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
 /// One interface of one agent in a round, borrowed from the report.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct End<'a> {
@@ -598,13 +595,13 @@ struct RoundSums<'a> {
     /// (dropping node, reason, packet) -> count.
     drops: HashMap<(&'a str, &'a str, Packet), u64>,
     /// Network RTT histograms by source interface.
-    rtt: HashMap<End<'a>, Histogram>,
+    rtt: HashMap<End<'a>, TimeHistogram>,
     /// Stack time histograms by (node, family, side).
-    stack: HashMap<(&'a str, IpFamily, &'static str), Histogram>,
+    stack: HashMap<(&'a str, IpFamily, &'static str), TimeHistogram>,
 }
 
 impl<'a> RoundSums<'a> {
-    fn add(&mut self, m: &Metrics, p: &'a PathResult) {
+    fn add(&mut self, m: &Metrics, p: &'a PathResult, times: &PathTimes) {
         let state = match p.state {
             PathState::Ok => "ok",
             PathState::Lossy => "lossy",
@@ -642,34 +639,27 @@ impl<'a> RoundSums<'a> {
                 .entry((&d.node, &d.reason, d.packet))
                 .or_default() += u64::from(d.count);
         }
-        self.observe_times(m, p);
+        self.observe_times(m, p, times);
     }
 
-    /// Network RTT at the source interface, and the stack times of both nodes, of every probe
-    /// that came back with the hooks that measure them.
-    fn observe_times(&mut self, m: &Metrics, p: &'a PathResult) {
+    /// Network RTT at the source interface (kernel RTT less the destination's mean stack
+    /// time), and the stack times of both nodes, of the probes whose hooks measured them.
+    fn observe_times(&mut self, m: &Metrics, p: &'a PathResult, times: &PathTimes) {
         let task = self.task;
-        let src = End::source(p);
-        let rtt = self
-            .rtt
-            .entry(src)
-            .or_insert_with(|| m.network_rtt.get_or_create(&src.labels(task)).clone());
-        for s in &p.probes {
-            if s.kernel_rtt_ns > 0 && s.dst_stack_ns > 0 && s.kernel_rtt_ns >= s.dst_stack_ns {
-                rtt.observe(seconds(s.kernel_rtt_ns - s.dst_stack_ns));
-            }
+        if !times.dst_stack.is_empty() {
+            let src = End::source(p);
+            self.rtt
+                .entry(src)
+                .or_insert_with(|| m.network_rtt.get_or_create(&src.labels(task)).clone())
+                .add(&times.kernel_rtt, times.dst_stack.mean());
         }
-        let src_stack = self.stack_histogram(m, &p.src_node, p.family, "source");
-        for s in &p.probes {
-            if s.kernel_rtt_ns > 0 && s.user_rtt_ns >= s.kernel_rtt_ns {
-                src_stack.observe(seconds(s.user_rtt_ns - s.kernel_rtt_ns));
-            }
+        if !times.src_stack.is_empty() {
+            self.stack_histogram(m, &p.src_node, p.family, "source")
+                .add(&times.src_stack, 0.0);
         }
-        if !p.external && p.probes.iter().any(|s| s.dst_stack_ns > 0) {
-            let dst_stack = self.stack_histogram(m, &p.dst_node, p.family, "destination");
-            for s in p.probes.iter().filter(|s| s.dst_stack_ns > 0) {
-                dst_stack.observe(seconds(s.dst_stack_ns));
-            }
+        if !p.external && !times.dst_stack.is_empty() {
+            self.stack_histogram(m, &p.dst_node, p.family, "destination")
+                .add(&times.dst_stack, 0.0);
         }
     }
 
@@ -679,7 +669,7 @@ impl<'a> RoundSums<'a> {
         node: &'a str,
         family: IpFamily,
         side: &'static str,
-    ) -> &Histogram {
+    ) -> &TimeHistogram {
         let task = self.task;
         self.stack.entry((node, family, side)).or_insert_with(|| {
             m.stack
@@ -696,19 +686,14 @@ impl<'a> RoundSums<'a> {
 
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::{
-        DropCount, Family as IpFamily, Finding, LossSegments, Packet, ProbeDrop, ProbeSample,
-    };
+    use meshdoctor_api::{DropCount, Family as IpFamily, Finding, LossSegments, Packet, ProbeDrop};
 
     use super::*;
-    use crate::join::{
-        join,
-        tests::{mk_plans, mk_report, mk_reports},
-    };
+    use crate::join::tests::{join_reports, mk_plans, mk_report, mk_reports};
 
     /// A failed round of `task` with findings on `nodes`, whose path 0 (node-1 to node-2)
     /// lost probes 3 and 4 to node-2's netfilter.
-    fn mk_lossy_round(task: &str, round: u32, nodes: &[&str]) -> RoundReport {
+    fn mk_lossy_round(task: &str, round: u32, nodes: &[&str]) -> Closed {
         let plans = mk_plans();
         let mut reports = mk_reports(vec![
             mk_report(&plans, "node-1", &[3, 4]),
@@ -726,16 +711,24 @@ mod tests {
         node2.drops = vec![drop(3), drop(4)];
         // Dropped on the way in: node-2 never answered them.
         let answered = node2.answered.iter_mut().find(|a| a.path == 0).unwrap();
-        let n = plans["node-1"].probes_per_target() as usize;
-        answered.dst_egress = meshdoctor_api::Bitmap::with_len(n);
-        (0..n)
-            .filter(|i| ![3, 4].contains(i))
-            .for_each(|i| answered.dst_egress.set(i));
+        answered.egress_missed = vec![3, 4];
         let mut report = RoundReport::test(task, round, RoundStatus::Fail);
         report.expected_agents = vec!["node-1".into(), "node-2".into()];
-        report.paths = join(&plans, &reports).paths;
+        let joined = join_reports(&plans, &reports);
+        report.paths = joined.paths;
         report.findings = nodes.iter().map(|n| Finding::test(n)).collect();
-        report
+        Closed {
+            report,
+            times: joined.times,
+        }
+    }
+
+    /// A round with no path times (an application round, a test report).
+    fn untimed(report: RoundReport) -> Closed {
+        Closed {
+            report,
+            times: vec![],
+        }
     }
 
     fn ratio_line(task: &str, node: &str) -> String {
@@ -794,7 +787,7 @@ mod tests {
             ],
         );
 
-        m.round_closed(&RoundReport::test("mesh", 3, RoundStatus::Succeed));
+        m.round_closed(&untimed(RoundReport::test("mesh", 3, RoundStatus::Succeed)));
         let text = m.encode().unwrap();
         assert!(!text.contains("task=\"mesh\",node=\"node-3\""), "{text}");
         assert!(text.contains("meshdoctor_interface_findings{task=\"mesh\"} 0\n"));
@@ -804,8 +797,8 @@ mod tests {
     fn both_ends_of_a_lossy_path_count_its_loss_and_the_round_its_segments() {
         let m = Metrics::default();
         let round = mk_lossy_round("mesh", 1, &[]);
-        let probes = u64::from(round.paths[0].sent);
-        assert_eq!(round.paths[0].lost, 2);
+        let probes = u64::from(round.report.paths[0].sent);
+        assert_eq!(round.report.paths[0].lost, 2);
         m.round_closed(&round);
         let text = m.encode().unwrap();
         let end = |metric: &str, node: &str, role: &str| {
@@ -858,7 +851,7 @@ mod tests {
     fn network_rtt_and_stack_times_land_in_their_buckets() {
         let m = Metrics::default();
         let round = mk_lossy_round("mesh", 1, &[]);
-        let received: u32 = round.paths.iter().map(|p| p.received).sum();
+        let received: u32 = round.report.paths.iter().map(|p| p.received).sum();
         m.round_closed(&round);
         let text = m.encode().unwrap();
         let rtt = |le: &str| {
@@ -871,6 +864,7 @@ mod tests {
         // the network RTT is 700 µs (bucket 977 µs, not 391 µs) and the source's stack 200 µs.
         let node1 = u64::from(
             round
+                .report
                 .paths
                 .iter()
                 .find(|p| p.src_node == "node-1")
@@ -913,12 +907,12 @@ mod tests {
 
         let on = Metrics::new(true);
         let round = mk_lossy_round("mesh", 1, &[]);
-        let ratio = 2.0 / f64::from(round.paths[0].sent);
+        let ratio = 2.0 / f64::from(round.report.paths[0].sent);
         on.round_closed(&round);
         let text = on.encode().unwrap();
         assert_eq!(value(&text, pair), ratio);
         // A round whose paths are gone (e.g. the node left) removes the pair.
-        on.round_closed(&RoundReport::test("mesh", 2, RoundStatus::Succeed));
+        on.round_closed(&untimed(RoundReport::test("mesh", 2, RoundStatus::Succeed)));
         assert!(!on.encode().unwrap().contains(pair));
     }
 
@@ -927,6 +921,7 @@ mod tests {
         let m = Metrics::default();
         let mut round = RoundReport::test("mesh", 1, RoundStatus::Fail);
         round.not_reported = vec!["b".into()];
+        let round = untimed(round);
         m.round_closed(&round);
         m.round_closed(&round);
         m.report_received("a");
@@ -963,7 +958,7 @@ mod tests {
             },
             agents: vec![],
         });
-        m.round_closed(&round);
+        m.round_closed(&untimed(round.clone()));
         let text = m.encode().unwrap();
         assert_lines(
             &text,
@@ -980,7 +975,7 @@ mod tests {
             "{text}"
         );
         round.app.as_mut().unwrap().summary.mean_latency_ms = None;
-        m.round_closed(&round);
+        m.round_closed(&untimed(round));
         assert!(
             !m.encode()
                 .unwrap()
@@ -993,9 +988,9 @@ mod tests {
     /// interface and family, which gives every interface both roles as a full mesh would (the
     /// series are per interface, not per pair). node-1's net1 loses a reply of every path
     /// toward it, dropped by its netfilter.
-    fn mk_mesh_round(nodes: usize, peers: usize) -> RoundReport {
+    fn mk_mesh_round(nodes: usize, peers: usize) -> Closed {
         let node = |i: usize| format!("node-{}", i % nodes + 1);
-        let mut paths = Vec::new();
+        let (mut paths, mut times) = (Vec::new(), Vec::new());
         for src in 0..nodes {
             for dst in (1..=peers).map(|k| src + k) {
                 for (interface, network) in [("eth0", "default"), ("net1", "sec")] {
@@ -1032,15 +1027,14 @@ mod tests {
                                 })
                                 .into_iter()
                                 .collect(),
-                            probes: (0..9)
-                                .map(|seq| ProbeSample {
-                                    seq,
-                                    kernel_rtt_ns: 80_000 + u64::from(seq) * 10_000,
-                                    user_rtt_ns: 120_000,
-                                    dst_stack_ns: 20_000,
-                                })
-                                .collect(),
                             ..path
+                        });
+                        let kernel_rtt = (0..9).map(|seq| 80_000 + seq * 10_000).collect();
+                        times.push(PathTimes {
+                            kernel_rtt,
+                            user_rtt: [120_000; 9].into_iter().collect(),
+                            src_stack: [40_000; 9].into_iter().collect(),
+                            dst_stack: [20_000; 9].into_iter().collect(),
                         });
                     }
                 }
@@ -1052,7 +1046,7 @@ mod tests {
         let mut finding = Finding::test("node-1");
         finding.family = IpFamily::Ipv4;
         report.findings = vec![finding];
-        report
+        Closed { report, times }
     }
 
     fn series(m: &Metrics) -> usize {

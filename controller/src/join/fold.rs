@@ -1,0 +1,231 @@
+//! What a round received from its agents, folded per planned path as each report arrives.
+//!
+//! A report is taken apart on arrival: its source and destination sides go to the records of
+//! the paths they belong to, and what is left of it (observer health, drop records, an
+//! application result) is kept by node. A round so holds one compact record per path rather
+//! than every report whole, and the join ([`super::join`]) reads the records in plan order.
+//!
+//! The plan is the authority: a side is taken only from the agent at that end of the path,
+//! sequence numbers and times beyond the plan are dropped, and lists come out sorted and unique,
+//! so the join can trust what it reads.
+
+use std::collections::HashMap;
+
+use meshdoctor_api::{AgentReport, AnsweredPath, Histogram, RoundPlan, SentPath};
+
+use crate::mailbox::ByNode;
+
+/// Both ends' sides of one planned path, as far as they reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathSides {
+    pub sent: Option<Box<SentPath>>,
+    pub answered: Option<Box<AnsweredPath>>,
+}
+
+/// Which agents may report a path's sides, and how many probes it planned.
+#[derive(Debug, Clone, PartialEq)]
+struct Owners {
+    src: u32,
+    /// `None` for a destination that is no agent of the round (a listed address, a remote
+    /// agent): nobody reports that side.
+    dst: Option<u32>,
+    planned: u32,
+}
+
+/// Reports of one round, folded (see the module).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Received {
+    /// Every report without its paths, by node.
+    pub nodes: ByNode<AgentReport>,
+    /// Node ids: plan order.
+    node_ids: HashMap<String, u32>,
+    /// Path id -> index in `paths`.
+    slots: HashMap<u16, usize>,
+    owners: Vec<Owners>,
+    /// In plan order: by source node, then the source's targets.
+    paths: Vec<PathSides>,
+}
+
+impl Received {
+    /// Nothing received yet of a round planned as `plans`.
+    pub fn new(plans: &ByNode<RoundPlan>) -> Self {
+        let node_ids: HashMap<String, u32> = plans
+            .keys()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        let mut received = Self::default();
+        for (src, plan) in plans.values().enumerate() {
+            let planned = plan.probes_per_target();
+            for t in &plan.targets {
+                received.slots.insert(t.path, received.owners.len());
+                received.owners.push(Owners {
+                    src: src as u32,
+                    dst: node_ids.get(&t.dst_node).copied().filter(|_| !t.external),
+                    planned,
+                });
+            }
+        }
+        received.paths = vec![PathSides::default(); received.owners.len()];
+        received.node_ids = node_ids;
+        received
+    }
+
+    /// `plans` with `reports` folded in, in order (tests and tools).
+    pub fn of(plans: &ByNode<RoundPlan>, reports: impl IntoIterator<Item = AgentReport>) -> Self {
+        let mut received = Self::new(plans);
+        reports.into_iter().for_each(|r| received.add(r));
+        received
+    }
+
+    /// Folds in `report`, replacing an earlier one of its node. A node without a plan is
+    /// ignored (the mailbox refuses it first), as is a side of a path the node is not the
+    /// planned end of, or the second side of a path the report repeats.
+    pub fn add(&mut self, mut report: AgentReport) {
+        let Some(&node) = self.node_ids.get(&report.node) else {
+            return;
+        };
+        if self.nodes.contains_key(&report.node) {
+            self.forget(node);
+        }
+        for sent in std::mem::take(&mut report.sent) {
+            if let Some(&i) = self.slots.get(&sent.path)
+                && self.owners[i].src == node
+                && self.paths[i].sent.is_none()
+            {
+                self.paths[i].sent = Some(Box::new(trim_sent(sent, self.owners[i].planned)));
+            }
+        }
+        for answered in std::mem::take(&mut report.answered) {
+            if let Some(&i) = self.slots.get(&answered.path)
+                && self.owners[i].dst == Some(node)
+                && self.paths[i].answered.is_none()
+            {
+                let planned = self.owners[i].planned;
+                self.paths[i].answered = Some(Box::new(trim_answered(answered, planned)));
+            }
+        }
+        self.nodes.insert(report.node.clone(), report);
+    }
+
+    /// Drops what `node` reported of its paths.
+    fn forget(&mut self, node: u32) {
+        for (owners, sides) in self.owners.iter().zip(&mut self.paths) {
+            if owners.src == node {
+                sides.sent = None;
+            }
+            if owners.dst == Some(node) {
+                sides.answered = None;
+            }
+        }
+    }
+
+    /// The paths' sides, in plan order: by source node, then the source's targets.
+    pub fn into_paths(self) -> (ByNode<AgentReport>, Vec<PathSides>) {
+        (self.nodes, self.paths)
+    }
+}
+
+/// Sorted, unique and below `planned`.
+fn trim_seqs(seqs: &mut Vec<u16>, planned: u32) {
+    seqs.retain(|&s| u32::from(s) < planned);
+    seqs.sort_unstable();
+    seqs.dedup();
+}
+
+/// Empty when it claims more times than the path planned probes.
+fn trim_times(h: &mut Histogram, planned: u32) {
+    if h.count() > u64::from(planned) {
+        *h = Histogram::default();
+    }
+}
+
+fn trim_sent(mut s: SentPath, planned: u32) -> SentPath {
+    for h in [&mut s.kernel_rtt, &mut s.user_rtt, &mut s.src_stack] {
+        trim_times(h, planned);
+    }
+    trim_seqs(&mut s.unsent, planned);
+    s.lost.retain(|p| u32::from(p.seq) < planned);
+    s.lost.sort_unstable_by_key(|p| p.seq);
+    s.lost.dedup_by_key(|p| p.seq);
+    // A probe not handed to the kernel was not lost in flight.
+    s.lost.retain(|p| s.unsent.binary_search(&p.seq).is_err());
+    s
+}
+
+fn trim_answered(mut a: AnsweredPath, planned: u32) -> AnsweredPath {
+    trim_times(&mut a.stack, planned);
+    a.span = a.span.min(planned);
+    trim_seqs(&mut a.ingress_missed, a.span);
+    trim_seqs(&mut a.egress_missed, a.span);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use meshdoctor_api::LostProbe;
+
+    use super::*;
+    use crate::join::tests::{mk_plans, mk_report};
+
+    #[test]
+    fn sides_are_taken_from_the_planned_ends_only() {
+        let plans = mk_plans();
+        // node-1 claims node-2's path 1 as its own and as answered by it.
+        let mut r1 = mk_report(&plans, "node-1", &[]);
+        let mut foreign = r1.sent[0].clone();
+        foreign.path = 1;
+        r1.sent.insert(0, foreign);
+        r1.answered.push(AnsweredPath {
+            path: 0,
+            ..r1.answered[0].clone()
+        });
+        let received = Received::of(&plans, [r1.clone()]);
+        let (nodes, paths) = received.into_paths();
+        assert!(nodes["node-1"].sent.is_empty(), "folded away");
+        assert_eq!(paths[0].sent.as_deref(), Some(&r1.sent[1]));
+        assert_eq!(paths[1].sent, None);
+        assert_eq!(paths[0].answered, None, "path 0 ends at node-2");
+        assert_eq!(paths[1].answered.as_deref(), Some(&r1.answered[0]));
+    }
+
+    #[test]
+    fn a_repeated_report_replaces_the_first() {
+        let plans = mk_plans();
+        let first = mk_report(&plans, "node-1", &[3]);
+        let mut second = mk_report(&plans, "node-1", &[]);
+        second.answered.clear();
+        let (nodes, paths) = Received::of(&plans, [first, second.clone()]).into_paths();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(paths[0].sent.as_deref(), Some(&second.sent[0]));
+        assert_eq!(
+            paths[1].answered, None,
+            "the second report answered nothing"
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_are_trimmed_to_the_plan() {
+        let plans = mk_plans();
+        let mut r1 = mk_report(&plans, "node-1", &[]);
+        let lost = |seq| LostProbe {
+            seq,
+            src_egress: true,
+            src_ingress: false,
+        };
+        r1.sent[0].lost = vec![lost(7), lost(3), lost(3), lost(500), lost(4)];
+        r1.sent[0].unsent = vec![4, 900, 4];
+        let mut r2 = mk_report(&plans, "node-2", &[]);
+        let a = &mut r2.answered[0];
+        (a.span, a.ingress_missed, a.egress_missed) = (60_000, vec![9, 2, 30_000], vec![2, 2]);
+        let (_, paths) = Received::of(&plans, [r1, r2]).into_paths();
+        let s = paths[0].sent.as_deref().unwrap();
+        assert_eq!(s.lost, [lost(3), lost(7)]);
+        assert_eq!(s.unsent, [4]);
+        let a = paths[0].answered.as_deref().unwrap();
+        assert_eq!(
+            (a.span, &a.ingress_missed[..], &a.egress_missed[..]),
+            (20, &[2, 9][..], &[2][..])
+        );
+    }
+}
