@@ -107,7 +107,11 @@ impl ControllerClient {
     }
 
     pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
-        let url = format!("{}{}", self.base, routes::REPORTS);
+        let url = format!(
+            "{}{}",
+            self.base,
+            routes::agent_report(&report.node, report.round_tag)
+        );
         self.send(url.clone(), self.http.post(&url).json(report))
             .await?;
         Ok(())

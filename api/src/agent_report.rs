@@ -48,6 +48,23 @@ impl AgentReport {
     }
 }
 
+/// The largest report an agent can justify for `plan` when `answered` planned paths end at it:
+/// the controller refuses a larger one unread.
+///
+/// Generous by design, as it only has to stop a report no plan explains: 1 MiB for the report's
+/// fixed part (identity, observer health, an application result), and per path, sent or
+/// answered, 8 KiB (its counts, error messages and time histograms, whose at most 496 buckets
+/// each fit) plus 1 KiB per planned probe (its entries in the lost, unsent or missed lists, and
+/// a drop record for its request and its reply).
+pub fn max_report_bytes(plan: &RoundPlan, answered: usize) -> u64 {
+    const FIXED: u64 = 1 << 20;
+    const PER_PATH: u64 = 8 << 10;
+    const PER_PROBE: u64 = 1 << 10;
+    let paths = (plan.targets.len() + answered) as u64;
+    let per_path = PER_PATH + u64::from(plan.probes_per_target()) * PER_PROBE;
+    FIXED.saturating_add(paths.saturating_mul(per_path))
+}
+
 /// One agent's application load against its round's target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 pub const AGENTS: &str = "/v1/agents";
 /// `GET` the plans of an agent's node, long-polled ([`PlansQuery`]).
 pub const AGENT_PLANS: &str = "/v1/agents/{node}/plans";
-/// `POST` an [`crate::AgentReport`] (agents).
-pub const REPORTS: &str = "/v1/reports";
+/// `POST` an agent's [`crate::AgentReport`] on the round tagged `{tag}`: the controller knows
+/// from the path which plan the report answers, so it refuses one larger than that plan can
+/// justify ([`crate::agent_report::max_report_bytes`]) before reading it.
+pub const AGENT_REPORT: &str = "/v1/agents/{node}/reports/{tag}";
 /// `GET` every task as a [`crate::views::TaskView`].
 pub const TASKS: &str = "/v1/tasks";
 /// `PUT` a task document, `DELETE` the task (standalone controller).
@@ -33,6 +35,11 @@ pub fn agent_plans(node: &str, query: &PlansQuery) -> String {
         "/v1/agents/{node}/plans?after={}&waitMs={}",
         query.after, query.wait_ms
     )
+}
+
+/// [`AGENT_REPORT`] of `node` on round `tag`.
+pub fn agent_report(node: &str, tag: u32) -> String {
+    format!("/v1/agents/{node}/reports/{tag}")
 }
 
 /// [`TASK`] of `name`.
@@ -98,6 +105,10 @@ mod tests {
             })
         };
         assert_eq!(task("mesh"), fill(TASK, &[("name", "mesh")]));
+        assert_eq!(
+            agent_report("node-1", 7),
+            fill(AGENT_REPORT, &[("node", "node-1"), ("tag", "7")])
+        );
         assert_eq!(
             task_round("mesh", RoundRef::Number(3)),
             fill(TASK_ROUND, &[("name", "mesh"), ("round", "3")])

@@ -17,7 +17,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -42,8 +42,8 @@ use crate::{
 
 /// Longest plan long-poll an agent may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
-/// Reports carry per-probe vectors: up to 65536 probes x a few vectors per path.
-const MAX_BODY: usize = 64 << 20;
+/// Registrations and task documents; a report has the bound its plan justifies instead.
+const MAX_BODY: usize = 4 << 20;
 
 /// Whether this controller serves agents (`GET /readyz`): always in standalone, only while
 /// leading in Kubernetes, so that the Service sends agents to the leader.
@@ -109,7 +109,7 @@ pub fn router(serving: Serving) -> Router {
     Router::new()
         .route(routes::AGENTS, post(register).get(agents))
         .route(routes::AGENT_PLANS, get(plans))
-        .route(routes::REPORTS, post(report))
+        .route(routes::AGENT_REPORT, post(report))
         .route(routes::TASKS, get(tasks))
         .route(routes::TASK, put(put_task).delete(delete_task))
         .route(routes::TASK_ROUND, get(round_report))
@@ -205,23 +205,70 @@ async fn plans(
         })
 }
 
+/// 404 (no such open round or plan), 400 (a report of another round); why, in the log.
+fn refused(node: &str, tag: u32, e: ReportError) -> ApiError {
+    warn!(node, round_tag = tag, "report refused: {e}");
+    let status = match e {
+        ReportError::NoOpenRound(_) | ReportError::NotPlanned { .. } => StatusCode::NOT_FOUND,
+        ReportError::Mismatch { .. } => StatusCode::BAD_REQUEST,
+    };
+    ApiError(status, e.to_string())
+}
+
+/// An agent's report on round `tag`: refused unread (413) when larger than its plan can
+/// justify, parsed and folded into its round off the async workers.
 async fn report(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    Path((node, tag)): Path<(String, u32)>,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&s, &headers)?;
-    let report: AgentReport = parse(&body)?;
-    let (node, tag) = (report.node.clone(), report.round_tag);
-    s.ctl.accept_report(report).map_err(|e| {
-        warn!(node, round_tag = tag, "report refused: {e}");
-        let status = match e {
-            ReportError::NoOpenRound(_) | ReportError::NotPlanned { .. } => StatusCode::NOT_FOUND,
-            ReportError::Mismatch { .. } => StatusCode::BAD_REQUEST,
-        };
-        ApiError(status, e.to_string())
-    })?;
-    Ok(Json(json!({})))
+    let limit = s
+        .ctl
+        .report_limit(&node, tag)
+        .map_err(|e| refused(&node, tag, e))?;
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the report of {node:?} on round tag {tag} exceeds the {limit} bytes its plan justifies"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    let body = axum::body::to_bytes(body, limit_usize)
+        .await
+        .map_err(|_| too_large())?;
+    let ctl = s.ctl.clone();
+    let accepted = tokio::task::spawn_blocking(move || {
+        let report: AgentReport = parse(&body)?;
+        if report.node != node || report.round_tag != tag {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the report names node {:?} round tag {}, its path node {node:?} tag {tag}",
+                    report.node, report.round_tag
+                ),
+            ));
+        }
+        ctl.accept_report(report)
+            .map_err(|e| refused(&node, tag, e))
+    })
+    .await;
+    match accepted {
+        Ok(result) => result.map(|()| Json(json!({}))),
+        Err(e) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the report could not be taken: {e}"),
+        )),
+    }
 }
 
 async fn tasks(State(s): State<AppState>) -> Json<Vec<TaskView>> {

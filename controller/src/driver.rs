@@ -23,7 +23,7 @@ use meshdoctor_api::{
     views::{AgentView, TaskFindings, TaskView},
 };
 use tokio::task::AbortHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     apps::target::{TargetError, TlsFile, TlsPart, tls_files},
@@ -163,6 +163,16 @@ impl Controller {
     }
 
     /// Takes an agent's report for an open round; a repeated report replaces the earlier one.
+    /// The most bytes `node`'s report on round `tag` may have; why it is refused unread.
+    pub fn report_limit(&self, node: &str, tag: u32) -> Result<u64, ReportError> {
+        let limit = self.mailbox.report_limit(node, tag);
+        if let Err(ReportError::NoOpenRound(_)) = limit {
+            self.sinks.metrics.late_report();
+        }
+        limit
+    }
+
+    /// Takes `report`, folded into its round (CPU work: called off the async workers).
     pub fn accept_report(&self, report: AgentReport) -> Result<(), ReportError> {
         let node = report.node.clone();
         let delivered = self.mailbox.deliver(report);
@@ -368,9 +378,22 @@ impl Controller {
                 Err(e)
             }
         };
-        let report = round::close(&task, planned, collected, now_ms());
+        // Closing and accounting go over every path: off the async workers.
+        let ctl = self.clone();
+        let closing = tokio::task::spawn_blocking(move || {
+            let closed = round::close(&task, planned, collected, now_ms());
+            ctl.sinks.account(&closed);
+            closed.report
+        });
+        let report = match closing.await {
+            Ok(report) => report,
+            Err(e) => {
+                error!(task = id.name, round, "closing the round failed: {e}");
+                return;
+            }
+        };
         // Stored first: a status that counts the round points to a report that is there.
-        let report = self.sinks.round_closed(report).await;
+        let report = self.sinks.store(report).await;
         let mut tasks = lock(&self.tasks);
         if let Some(change) = tasks.table.record(&id, &report, deadline, now_ms()) {
             self.execute(&mut tasks, vec![change]);

@@ -9,7 +9,7 @@
 //! the faulty interface once instead of blaming each pair. Every path crossing a place counts
 //! in its probe totals, lossy or not, so its loss ratio is the interface's, not the pairs'.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use meshdoctor_api::{
     Direction, Evidence, Family, Finding, Interval, Packet, PathResult, PathSegment, PathState,
@@ -46,7 +46,7 @@ fn total(counts: impl Iterator<Item = u32>) -> u32 {
 }
 
 /// A place where probe packets can be lost; ordered so that ties break the same way each time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Place<'a> {
     node: &'a str,
     interface: &'a str,
@@ -160,9 +160,30 @@ struct Bucket {
 /// The places that explain the round's loss, worst (most lost probes) first; empty for a
 /// healthy round. `losses` is the join's, index for index with `paths`.
 pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig) -> Vec<Finding> {
+    let reported = || {
+        paths
+            .iter()
+            .zip(losses)
+            .enumerate()
+            .filter(|(_, (p, _))| p.state != PathState::NotReported)
+    };
+    // Only a place that could have lost some probe can explain loss: the candidates are those
+    // of the lossy paths' buckets, and every other path only adds its crossings of them. A
+    // healthy mesh of thousands of nodes so costs a set lookup per path.
+    let mut wanted: HashSet<Place<'_>> = HashSet::new();
+    for (_, (p, loss)) in reported() {
+        for b in loss.buckets.iter().filter(|b| b.lost > 0) {
+            wanted.extend(
+                places(p, b.segment, b.dropped)
+                    .into_iter()
+                    .map(|(place, _)| place),
+            );
+        }
+    }
+    let nodes: HashSet<&str> = wanted.iter().map(|place| place.node).collect();
     let mut by_place: BTreeMap<Place<'_>, Candidate<'_>> = BTreeMap::new();
-    for (i, (p, loss)) in paths.iter().zip(losses).enumerate() {
-        if p.state == PathState::NotReported {
+    for (i, (p, loss)) in reported() {
+        if !nodes.contains(p.src_node.as_str()) && !nodes.contains(p.dst_node.as_str()) {
             continue;
         }
         // Past the source's send, the counts of a path whose observers may have missed events
@@ -172,6 +193,9 @@ pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig)
             .filter(|&s| s == PathSegment::SrcSend || loss.hooks_observed);
         for segment in observed {
             for (place, packet) in places(p, segment, None) {
+                if !wanted.contains(&place) {
+                    continue;
+                }
                 let c = by_place.entry(place).or_insert_with(|| Candidate {
                     place,
                     network: &p.network,
@@ -193,10 +217,7 @@ pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig)
     let candidates: Vec<Candidate<'_>> = by_place.into_values().collect();
 
     let mut buckets = Vec::new();
-    for (i, (p, loss)) in paths.iter().zip(losses).enumerate() {
-        if p.state == PathState::NotReported {
-            continue;
-        }
+    for (i, (p, loss)) in reported() {
         for b in loss.buckets.iter().filter(|b| b.lost > 0) {
             // A place without a crossing is a segment the path's observers could not vouch
             // for: not evidence.

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use meshdoctor_api::{AgentReport, RoundPlan};
+use meshdoctor_api::{AgentReport, RoundPlan, agent_report::max_report_bytes};
 use tokio::sync::{Notify, watch};
 
 use crate::{join::fold::Received, now_ms};
@@ -135,6 +135,20 @@ impl Mailbox {
                 return plans;
             }
         }
+    }
+
+    /// The most bytes `node`'s report on round `tag` may have: what its plan can justify.
+    pub fn report_limit(&self, node: &str, tag: u32) -> Result<u64, ReportError> {
+        let rounds = self.lock();
+        let round = rounds.open.get(&tag).ok_or(ReportError::NoOpenRound(tag))?;
+        let plan = round
+            .plans
+            .get(node)
+            .ok_or_else(|| ReportError::NotPlanned {
+                tag,
+                node: node.into(),
+            })?;
+        Ok(max_report_bytes(plan, round.received.paths_toward(node)))
     }
 
     /// Takes an agent's report for an open round, folded into the round's paths; a repeated

@@ -136,7 +136,7 @@ async fn agents_run_a_round_over_http() {
         .unwrap();
     assert_eq!(r.status(), 401);
     let r = http
-        .post(url("/v1/reports"))
+        .post(url("/v1/agents"))
         .bearer_auth(TOKEN)
         .body("{not json")
         .send()
@@ -194,13 +194,38 @@ async fn agents_run_a_round_over_http() {
     .await;
     assert!(empty.is_empty());
 
+    // A report is posted on its round: bad JSON is a 400, a body larger than the plan can
+    // justify a 413 before it is read, a report of another node a 400, a node without a plan
+    // a 404.
+    let report_url = |node: &str, tag: u32| url(&format!("/v1/agents/{node}/reports/{tag}"));
+    let post_report = |node: &str, tag: u32, body: Vec<u8>| {
+        http.post(report_url(node, tag))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+    };
+    let r = post_report("node-1", tag, b"{not json".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let limit = meshdoctor_api::agent_report::max_report_bytes(&plans[0], 1);
+    let r = post_report("node-1", tag, vec![b' '; limit as usize + 1])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("exceeds"));
     let reports = [
         mk_report("node-1", &plans[0], &[plans[1].targets[0].path]),
         mk_report("node-2", &plans[1], &[plans[0].targets[0].path]),
     ];
+    let as_node2 = serde_json::to_vec(&reports[0]).unwrap();
+    let r = post_report("node-2", tag, as_node2).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post_report("node-9", tag, b"{}".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 404);
     for report in &reports {
         let r = http
-            .post(url("/v1/reports"))
+            .post(report_url(&report.node, tag))
             .bearer_auth(TOKEN)
             .json(report)
             .send()
@@ -272,7 +297,7 @@ async fn agents_run_a_round_over_http() {
 
     // A report for the closed round is late: refused and counted.
     let r = http
-        .post(url("/v1/reports"))
+        .post(report_url("node-1", tag))
         .bearer_auth(TOKEN)
         .json(&reports[0])
         .send()

@@ -44,6 +44,8 @@ pub struct Received {
     owners: Vec<Owners>,
     /// In plan order: by source node, then the source's targets.
     paths: Vec<PathSides>,
+    /// Paths ending at each node (by node id): the sides it may report as answered.
+    toward: Vec<u32>,
 }
 
 impl Received {
@@ -67,8 +69,19 @@ impl Received {
             }
         }
         received.paths = vec![PathSides::default(); received.owners.len()];
+        received.toward = vec![0; node_ids.len()];
+        for dst in received.owners.iter().filter_map(|o| o.dst) {
+            received.toward[dst as usize] += 1;
+        }
         received.node_ids = node_ids;
         received
+    }
+
+    /// How many planned paths end at `node`.
+    pub fn paths_toward(&self, node: &str) -> usize {
+        self.node_ids
+            .get(node)
+            .map_or(0, |&id| self.toward[id as usize] as usize)
     }
 
     /// `plans` with `reports` folded in, in order (tests and tools).
@@ -181,6 +194,10 @@ mod tests {
             ..r1.answered[0].clone()
         });
         let received = Received::of(&plans, [r1.clone()]);
+        assert_eq!(
+            (received.paths_toward("node-1"), received.paths_toward("x")),
+            (1, 0)
+        );
         let (nodes, paths) = received.into_paths();
         assert!(nodes["node-1"].sent.is_empty(), "folded away");
         assert_eq!(paths[0].sent.as_deref(), Some(&r1.sent[1]));

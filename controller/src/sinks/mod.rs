@@ -30,11 +30,11 @@ impl Sinks {
         }
     }
 
-    /// Accounts the round in the metrics, remembers its findings and stores its report; the
-    /// report as stored.
-    pub async fn round_closed(&self, closed: Closed) -> Arc<RoundReport> {
-        self.metrics.round_closed(&closed);
-        let report = closed.report;
+    /// Accounts the round in the metrics and remembers its findings: CPU work over every
+    /// path, for the caller to run off the async workers.
+    pub fn account(&self, closed: &Closed) {
+        self.metrics.round_closed(closed);
+        let report = &closed.report;
         // Application rounds localize nothing: they have no findings entry.
         if report.app.is_none() {
             self.findings.remember(TaskFindings {
@@ -43,6 +43,10 @@ impl Sinks {
                 findings: report.findings.clone(),
             });
         }
+    }
+
+    /// Stores the report of a round already [accounted](Self::account); the report as stored.
+    pub async fn store(&self, report: RoundReport) -> Arc<RoundReport> {
         let report = Arc::new(report);
         let (task, round) = (&report.task, report.round);
         match self.store.write(report.clone()).await {

@@ -222,14 +222,17 @@ async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Re
         after = plans.values().map(|p| p.round_tag).max().unwrap_or(after);
         let paths = plans.values().map(|p| p.targets.len()).sum();
         let reports = sim::reports(&plans, &faults);
-        let bodies: Vec<Vec<u8>> = reports
+        let bodies: Vec<(String, Vec<u8>)> = reports
             .iter()
-            .map(serde_json::to_vec)
+            .map(|r| {
+                let url = format!("{base}{}", routes::agent_report(&r.node, r.round_tag));
+                serde_json::to_vec(r).map(|body| (url, body))
+            })
             .collect::<Result<_, _>>()?;
-        let report_bytes = bodies.iter().map(|b| b.len() as u64).sum();
+        let report_bytes = bodies.iter().map(|(_, b)| b.len() as u64).sum();
         drop(reports);
         let posted = stream::iter(bodies)
-            .map(|body| post_bytes(&http, format!("{base}{}", routes::REPORTS), body))
+            .map(|(url, body)| post_bytes(&http, url, body))
             .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
