@@ -20,34 +20,47 @@ pub const PROTO_UDP: u8 = 17;
 /// SYN-ACK whose client port is outside the range is no probe.
 pub const TCP_PORT_BASE: u16 = 61440;
 
+/// A pair-path's index within its round, unique per round: 32 bits, so that no mesh a probe
+/// budget allows (5,000 nodes x 2 interfaces x 2 families is 100 million pair-paths) runs out.
+pub type PathId = u32;
+
 /// The probe id: 64 bits that name a probe in every packet's cookie (and, for TCP, in the
-/// observers' path lookup): the round tag in the top 32 bits, then the pair-path index (16),
-/// then the probe's sequence number within its path (16). The observers only ever read the
-/// round tag ([`probe_round_tag`]), to drop probes of rounds that are not armed; the agent and
-/// the controller's plans split the rest. Defined once here because the eBPF programs, the
-/// agent and the API all build or split ids.
-pub const fn probe_id(round_tag: u32, path: u16, seq: u16) -> u64 {
-    ((round_tag as u64) << 32) | ((path as u64) << 16) | seq as u64
+/// observers' path lookup): the low 16 bits of the round tag on top ([`probe_tag`]), then the
+/// pair-path index (32), then the probe's sequence number within its path (16). Defined once
+/// here because the eBPF programs, the agent and the API all build or split ids.
+///
+/// 16 bits of the round tag tell apart the rounds an agent has armed at once: tags are handed
+/// out one after the other and a round is armed for minutes at most, so two rounds armed
+/// together are never 65,536 tags apart. The observers only ever test that part, to drop
+/// probes of rounds that are not armed; the agent and the controller's plans split the rest.
+pub const fn probe_id(round_tag: u32, path: PathId, seq: u16) -> u64 {
+    ((probe_tag(round_tag) as u64) << 48) | ((path as u64) << 16) | seq as u64
 }
 
-/// The (round tag, path, sequence) of a [`probe_id`].
-pub const fn probe_id_parts(id: u64) -> (u32, u16, u16) {
-    ((id >> 32) as u32, (id >> 16) as u16, id as u16)
+/// The part of a round tag its probes carry, by which the observers arm the round.
+pub const fn probe_tag(round_tag: u32) -> u32 {
+    round_tag & 0xffff
 }
 
-/// The round tag of a [`probe_id`], the one part the observers test.
+/// The ([`probe_tag`], path, sequence) of a [`probe_id`].
+pub const fn probe_id_parts(id: u64) -> (u32, PathId, u16) {
+    ((id >> 48) as u32, (id >> 16) as u32, id as u16)
+}
+
+/// The [`probe_tag`] of a [`probe_id`], the one part the observers test.
 pub const fn probe_round_tag(id: u64) -> u32 {
-    (id >> 32) as u32
+    (id >> 48) as u32
 }
 
 /// Most probes one pair-path carries in one round: the sequence number is 16 bits.
 pub const MAX_PROBES_PER_PATH: u32 = 1 << 16;
-/// Most pair-paths one round carries: the path index is 16 bits.
-pub const MAX_PATHS: usize = 1 << 16;
+/// Most pair-paths one round carries: the path index is 32 bits.
+pub const MAX_PATHS: u64 = 1 << 32;
 
 /// Ring buffer of [`ProbeEvent`]s.
 pub const MAP_EVENTS: &str = "EVENTS";
-/// `HashMap<u32 round tag, u8>`: the rounds whose probes the observers report.
+/// `HashMap<u32 probe tag, u8>`: the rounds whose probes the observers report, by
+/// [`probe_tag`].
 pub const MAP_ACTIVE_ROUNDS: &str = "ACTIVE_ROUNDS";
 /// `HashMap<TcpPathKey, TcpPath>`: the TCP probe paths of armed rounds, by 4-tuple minus the
 /// client port (which carries the sequence number).
@@ -173,8 +186,7 @@ pub struct TcpPathKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpPath {
     pub round_tag: u32,
-    pub path: u16,
-    pub _pad: u16,
+    pub path: PathId,
 }
 
 /// Key of the per-interface counters.
@@ -205,8 +217,10 @@ mod tests {
 
     #[test]
     fn probe_id_round_trips() {
-        let id = probe_id(0xdead_beef, 513, 65535);
-        assert_eq!(probe_id_parts(id), (0xdead_beef, 513, 65535));
-        assert_eq!(probe_round_tag(id), 0xdead_beef);
+        let id = probe_id(0xdead_beef, 0xfedc_ba98, 65535);
+        assert_eq!(probe_id_parts(id), (0xbeef, 0xfedc_ba98, 65535));
+        assert_eq!(probe_round_tag(id), probe_tag(0xdead_beef));
+        // Rounds armed together differ in their probe tags.
+        assert_ne!(probe_tag(0x1_0000), probe_tag(0x1_0001));
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meshdoctor_agent_common::{Hook, Kind, ProbeEvent};
-use meshdoctor_api::{AnsweredPath, Histogram, Packet, probe_id_parts};
+use meshdoctor_api::{AnsweredPath, Histogram, Packet, PathId, probe_id_parts};
 
 /// Kernel times (CLOCK_MONOTONIC ns) of one probe at the hooks this agent can see; 0 = unseen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -148,10 +148,10 @@ impl RoundHooks {
     /// one of `own_paths`. `ifname` names interfaces by index.
     pub fn answered(
         &self,
-        own_paths: &HashSet<u16>,
+        own_paths: &HashSet<PathId>,
         ifname: impl Fn(u32) -> String,
     ) -> Vec<AnsweredPath> {
-        let mut by_path: BTreeMap<u16, Vec<(u16, &HookTimes)>> = BTreeMap::new();
+        let mut by_path: BTreeMap<PathId, Vec<(u16, &HookTimes)>> = BTreeMap::new();
         for (&id, t) in &self.probes {
             let (_, path, seq) = probe_id_parts(id);
             if !own_paths.contains(&path) && (t.dst_ingress != 0 || t.dst_egress != 0) {

@@ -30,7 +30,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use axum::{Router, extract::State, routing::get};
 use clap::Parser;
-use meshdoctor_api::RoundPlan;
+use meshdoctor_api::{RoundPlan, task::DEFAULT_TOPOLOGY_KEY};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -73,6 +73,23 @@ struct Args {
     /// CAP_NET_RAW.
     #[arg(long)]
     no_ebpf: bool,
+    /// A label of this node, KEY=VALUE (repeatable), where a NetReach's mesh.topologyKey
+    /// finds its topology domain. Standalone only: in Kubernetes the controller reads the
+    /// Node's labels.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// This node's zone: the label topology.kubernetes.io/zone=ZONE.
+    #[arg(long, value_name = "ZONE")]
+    zone: Option<String>,
+}
+
+/// `KEY=VALUE`, neither part empty nor with whitespace.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let ok = |x: &str| !x.is_empty() && !x.contains(char::is_whitespace);
+    match s.split_once('=') {
+        Some((k, v)) if ok(k) && ok(v) => Ok((k.into(), v.into())),
+        _ => Err(format!("expected KEY=VALUE without spaces, got {s:?}")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,6 +140,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut agent = Agent::new(args.node.clone(), interfaces, observer, drop_tracer);
     agent.probe_port = start_responders(args.probe_port);
+    agent.labels = args.labels.into_iter().collect();
+    if let Some(zone) = args.zone {
+        agent.labels.insert(DEFAULT_TOPOLOGY_KEY.into(), zone);
+    }
     let agent = Arc::new(agent);
     if let Some(events) = agent.take_events() {
         tokio::spawn(agent.clone().dispatch_events(events));

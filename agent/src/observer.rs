@@ -29,7 +29,7 @@ use aya::{
 use meshdoctor_agent_common::{
     CounterKey, DropLayout, GLOBAL_DROP_LAYOUT, GLOBAL_NETNS_ID, MAP_ACTIVE_ROUNDS, MAP_COUNTERS,
     MAP_EVENTS, MAP_RINGBUF_DROPS, MAP_TCP_PATHS, PROG_DROPS, PROG_EGRESS, PROG_INGRESS,
-    ProbeEvent, TcpPath, TcpPathKey,
+    ProbeEvent, TcpPath, TcpPathKey, probe_tag,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -316,18 +316,20 @@ impl Observer {
             })
     }
 
-    /// Starts reporting probes whose round tag (`probe_id >> 32`) is `round_tag`. Call it before
-    /// sending the round's first probe. At most 64 rounds can be armed at once.
+    /// Starts reporting the probes of round `round_tag` (those whose id carries its
+    /// [`probe_tag`]). Call it before sending the round's first probe. At most 64 rounds can
+    /// be armed at once.
     pub fn arm(&mut self, round_tag: u32) -> Result<(), ObserverError> {
         self.active_rounds
-            .insert(round_tag, 1, 0)
+            .insert(probe_tag(round_tag), 1, 0)
             .map_err(map_err(MAP_ACTIVE_ROUNDS))
     }
 
     /// Stops reporting the round's probes (late replies are then ignored). Disarming a round
     /// that is not armed is not an error.
     pub fn disarm(&mut self, round_tag: u32) -> Result<(), ObserverError> {
-        ignore_missing(self.active_rounds.remove(&round_tag)).map_err(map_err(MAP_ACTIVE_ROUNDS))
+        ignore_missing(self.active_rounds.remove(&probe_tag(round_tag)))
+            .map_err(map_err(MAP_ACTIVE_ROUNDS))
     }
 
     /// Names the TCP probe paths of an armed round (see `crate::tcp`). A 4-tuple another

@@ -9,8 +9,8 @@ use std::{
 };
 
 use meshdoctor_api::{
-    AgentReport, Histogram, LostProbe, ObserverStats, PlannedTarget, Protocol, RoundPlan, SentPath,
-    probe_id,
+    AgentReport, Histogram, LostProbe, ObserverStats, PathId, PlannedTarget, Protocol, RoundPlan,
+    SentPath, probe_id, probe_tag,
 };
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{debug, warn};
@@ -76,7 +76,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
                 .clone()
         })
         .collect();
-    let path_index: Arc<HashMap<u16, usize>> = Arc::new(
+    let path_index: Arc<HashMap<PathId, usize>> = Arc::new(
         plan.targets
             .iter()
             .enumerate()
@@ -198,7 +198,7 @@ fn record(probes: &Shared, i: usize, f: impl FnOnce(&mut TargetProbes)) {
 async fn receive(
     sock: Arc<ProbeSocket>,
     tag: u32,
-    path_index: Arc<HashMap<u16, usize>>,
+    path_index: Arc<HashMap<PathId, usize>>,
     probes: Shared,
     timeout: Duration,
 ) {
@@ -211,7 +211,7 @@ async fn receive(
             }
         };
         let (rtag, path, seq) = meshdoctor_api::probe_id_parts(id);
-        let Some(&i) = path_index.get(&path).filter(|_| rtag == tag) else {
+        let Some(&i) = path_index.get(&path).filter(|_| rtag == probe_tag(tag)) else {
             continue;
         };
         let Ok(mut p) = probes.lock() else { return };
@@ -252,7 +252,7 @@ fn build_report(
         .zip(probes)
         .map(|(t, p)| sent_path(plan, t, p, hooks))
         .collect();
-    let own: HashSet<u16> = plan.targets.iter().map(|t| t.path).collect();
+    let own: HashSet<PathId> = plan.targets.iter().map(|t| t.path).collect();
     AgentReport {
         sent,
         answered: hooks.answered(&own, |i| agent.interface_name(i)),

@@ -2,7 +2,7 @@
 //! the hook times of the rounds in flight.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,6 +23,8 @@ pub struct Agent {
     pub node: String,
     /// Port of the UDP and TCP probe responders, announced to the controller; `None` when off.
     pub probe_port: Option<u16>,
+    /// The node's labels it registers with (`--label`, `--zone`).
+    pub labels: BTreeMap<String, String>,
     pub interfaces: Vec<Interface>,
     pub timestamping: Timestamping,
     pub metrics: Metrics,
@@ -53,6 +55,7 @@ impl Agent {
         Self {
             node,
             probe_port: None,
+            labels: BTreeMap::new(),
             interfaces,
             timestamping,
             metrics,
@@ -120,6 +123,7 @@ impl Agent {
             interfaces: self.interfaces.iter().map(|i| i.info.clone()).collect(),
             timestamping: self.timestamping,
             probe_port: self.probe_port,
+            labels: self.labels.clone(),
         }
     }
 

@@ -79,8 +79,13 @@ impl ProbeSocket {
     pub async fn send(&self, t: &PlannedTarget, seq: u16, probe_id: u64) -> io::Result<()> {
         match self {
             Self::Icmp(s) => {
-                s.send(t.dst_addr, &echo_request(t.family, t.path, seq, probe_id))
-                    .await
+                // The identifier is informational (replies are matched by the cookie): the
+                // path's low bits.
+                s.send(
+                    t.dst_addr,
+                    &echo_request(t.family, t.path as u16, seq, probe_id),
+                )
+                .await
             }
             Self::Udp(s) => {
                 let port = t.dst_port.ok_or_else(|| {

@@ -55,7 +55,6 @@ pub fn round_paths(plan: &RoundPlan, own_port: Option<u16>) -> Vec<(TcpPathKey, 
     let value = |path| TcpPath {
         round_tag: plan.round_tag,
         path,
-        _pad: 0,
     };
     let outgoing = plan
         .targets

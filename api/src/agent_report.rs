@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Histogram, LoadStats, RoundPlan, Timestamping};
+use crate::{Histogram, LoadStats, PathId, RoundPlan, Timestamping};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -84,7 +84,7 @@ pub struct AppResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SentPath {
-    pub path: u16,
+    pub path: PathId,
     /// Probes the plan asked for.
     pub planned: u32,
     /// Probes handed to the kernel (`sendto` succeeded).
@@ -161,7 +161,7 @@ impl From<LostProbe> for (u16, u8) {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnsweredPath {
-    pub path: u16,
+    pub path: PathId,
     /// One past the highest sequence number either hook saw: the probes from `span` on were
     /// seen by neither.
     pub span: u32,
@@ -215,7 +215,7 @@ impl std::fmt::Display for Packet {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeDrop {
-    pub path: u16,
+    pub path: PathId,
     pub seq: u16,
     pub packet: Packet,
     /// The kernel's `enum skb_drop_reason` name without its `SKB_DROP_REASON_` prefix (e.g.

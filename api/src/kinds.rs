@@ -276,3 +276,34 @@ impl fmt::Display for Timestamping {
         })
     }
 }
+
+/// Which pairs a round probes: `full` (every pair), `sampled` (`peers` per agent on a hash
+/// ring, rotated each round), `topology` (every pair inside a domain, `peers` across), `auto`
+/// (the full mesh while it fits the controller's probe budget, else the best shape that does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum MeshMode {
+    Full,
+    Sampled,
+    Topology,
+    #[default]
+    Auto,
+}
+
+impl MeshMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Sampled => "sampled",
+            Self::Topology => "topology",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for MeshMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

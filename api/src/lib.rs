@@ -27,9 +27,11 @@ pub use agent_report::{
     AgentReport, AnsweredPath, AppResult, LostProbe, ObserverStats, Packet, ProbeDrop, SentPath,
 };
 pub use histogram::Histogram;
-pub use kinds::{DnsProtocol, Family, HttpHeader, HttpMethod, Protocol, TaskKind, Timestamping};
+pub use kinds::{
+    DnsProtocol, Family, HttpHeader, HttpMethod, MeshMode, Protocol, TaskKind, Timestamping,
+};
 pub use load::{LatencyUs, LoadStats};
-pub use meshdoctor_agent_common::{probe_id, probe_id_parts};
+pub use meshdoctor_agent_common::{PathId, probe_id, probe_id_parts, probe_tag};
 pub use plan::{
     AgentRegistration, AppPlan, AppTarget, DnsPlan, DnsRecord, HttpPlan, IncomingPath,
     InterfaceInfo, MAX_APP_IN_FLIGHT, MAX_TCP_PROBES_PER_PATH, PlannedTarget, RoundPlan,
@@ -37,8 +39,8 @@ pub use plan::{
 };
 pub use round::{
     AgentApp, AgentAppState, AppRoundReport, AppSummary, Direction, DropCount, Evidence, Finding,
-    HookCounts, Interval, LossSegments, LostSample, PathResult, PathSegment, PathState,
-    ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
+    HookCounts, Interval, LossSegments, LostSample, MeshSummary, PathResult, PathSegment,
+    PathState, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
 };
 pub use stats::{RttStats, clopper_pearson};
 pub use status::{

@@ -4,11 +4,14 @@
 //! Kubernetes. That keeps the agent free of RBAC and makes the plan the single cap on what an
 //! agent will send.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
-pub use meshdoctor_agent_common::{MAX_PATHS, MAX_PROBES_PER_PATH};
+pub use meshdoctor_agent_common::{MAX_PATHS, MAX_PROBES_PER_PATH, PathId};
 
 use crate::kinds::{DnsProtocol, Family, HttpHeader, HttpMethod, Protocol, Timestamping};
 
@@ -25,6 +28,11 @@ pub struct AgentRegistration {
     /// (connect and HTTP GET probes); `None` when it runs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_port: Option<u16>,
+    /// Its node's labels, where a NetReach's `mesh.topologyKey` finds the node's topology
+    /// domain: given by the agent (`--label`, `--zone`) in standalone; in Kubernetes the
+    /// controller replaces them with the Node object's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One interface an agent can probe from and answer on.
@@ -291,7 +299,7 @@ impl std::fmt::Display for DnsRecord {
 #[serde(rename_all = "camelCase")]
 pub struct PlannedTarget {
     /// Index of the pair-path within the round; bits 16..32 of its probe ids.
-    pub path: u16,
+    pub path: PathId,
     pub dst_node: String,
     pub src_interface: String,
     pub dst_interface: String,
@@ -317,7 +325,7 @@ pub struct PlannedTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IncomingPath {
-    pub path: u16,
+    pub path: PathId,
     pub src_addr: IpAddr,
     pub dst_addr: IpAddr,
 }

@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Family, LoadStats, Packet, PlannedTarget, RttStats, TaskKind};
+use crate::{
+    Family, LoadStats, Packet, PathId, PlannedTarget, RttStats, TaskKind, kinds::MeshMode,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -41,6 +43,34 @@ pub struct RoundReport {
     /// `None` for NetReach, whose reports are unchanged by this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppRoundReport>,
+    /// NetReach: the mesh the round probed (its shape resolved for the roster and budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshSummary>,
+    /// What the round did although it should not have, one sentence each (a mesh above the
+    /// probe budget); the round still succeeds or fails on its results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The agents' topology domains (the value of the task's `mesh.topologyKey` label), by
+    /// node; agents without the label are not here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zones: BTreeMap<String, String>,
+}
+
+/// The mesh a NetReach round probed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSummary {
+    /// `full`, `sampled` or `topology`, as `auto` resolved.
+    pub mode: MeshMode,
+    /// Sampled: peers per agent, network and family; topology: the same across domains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<u32>,
+    /// Rounds until every pair is probed once: 1 for the full mesh.
+    pub coverage_rounds: u32,
+    /// The most probe packets per second the plans asked of one agent while probing.
+    pub max_agent_rate: u64,
+    /// The controller's probe budget (packets per second per agent).
+    pub budget: u32,
 }
 
 /// The application part of a round report: kdoctor's per-agent `roundTaskDetail` and an
@@ -167,7 +197,7 @@ pub enum PathState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PathResult {
-    pub path: u16,
+    pub path: PathId,
     pub src_node: String,
     pub dst_node: String,
     pub src_interface: String,
@@ -198,8 +228,9 @@ pub struct PathResult {
     pub dst_reported: bool,
     /// Probes seen at each hook: src egress, dst ingress, dst egress, src ingress.
     pub hooks: HookCounts,
-    /// Where the lost probes were lost: the first hook that did not see each one.
-    #[serde(default)]
+    /// Where the lost probes were lost: the first hook that did not see each one; absent
+    /// when nothing was lost.
+    #[serde(default, skip_serializing_if = "LossSegments::is_none")]
     pub segments: LossSegments,
     /// Kernel RTT: src ingress - src egress.
     pub kernel_rtt: Option<RttStats>,
@@ -404,7 +435,7 @@ pub struct ReasonCount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Evidence {
-    pub path: u16,
+    pub path: PathId,
     pub src_node: String,
     pub src_interface: String,
     pub dst_node: String,
@@ -449,6 +480,11 @@ pub struct LossSegments {
 }
 
 impl LossSegments {
+    /// No probe lost anywhere.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+
     /// The counter of `segment` (`None`: unobserved).
     pub fn count_mut(&mut self, segment: Option<PathSegment>) -> &mut u32 {
         match segment {

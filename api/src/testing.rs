@@ -78,6 +78,9 @@ impl RoundReport {
             summary: RoundSummary::default(),
             paths: vec![],
             app: None,
+            mesh: None,
+            warnings: vec![],
+            zones: Default::default(),
         }
     }
 }

@@ -596,6 +596,23 @@ fn cel_rules_agree_with_the_rust_validation() {
             ),
             Some("an agent does not probe itself"),
         ),
+        // NetReach: a mesh shape's peers, never with the full mesh.
+        (
+            "NetReach",
+            with(
+                &reach,
+                &[("target.mesh", json!({"mode": "sampled", "peers": 4}))],
+            ),
+            None,
+        ),
+        (
+            "NetReach",
+            with(
+                &reach,
+                &[("target.mesh", json!({"mode": "full", "peers": 4}))],
+            ),
+            Some("a full mesh probes every peer"),
+        ),
     ];
     let mut failed_rules = BTreeSet::new();
     for (kind, spec, want) in &cases {

@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 
 use meshdoctor_api::{
-    DropCount, Evidence, Family, Finding, Histogram, HookCounts, Interval, LossSegments, Packet,
-    PathResult, ReasonCount, RoundReport, RoundStatus, RoundSummary, RttStats,
+    DropCount, Evidence, Family, Finding, Histogram, HookCounts, Interval, LossSegments, MeshMode,
+    MeshSummary, Packet, PathId, PathResult, ReasonCount, RoundReport, RoundStatus, RoundSummary,
+    RttStats,
 };
 use meshdoctor_cli::{args::Output, output::CheckOutput};
 
@@ -33,7 +34,7 @@ fn golden(name: &str, actual: &str) {
 
 /// A pair-path over `iface` of 50 probes, `lost` of them lost `segments`-wise.
 fn path(
-    n: u16,
+    n: PathId,
     src: &str,
     dst: &str,
     iface: &str,
@@ -63,7 +64,7 @@ fn path(
     }
 }
 
-fn evidence(path: u16, src: &str, dst: &str, lost: u32) -> Evidence {
+fn evidence(path: PathId, src: &str, dst: &str, lost: u32) -> Evidence {
     Evidence {
         path,
         lost,
@@ -89,7 +90,7 @@ fn faulty_round() -> RoundReport {
                     (&"node-3", "net1") => 12,
                     _ => 0,
                 };
-                let n = paths.len() as u16;
+                let n = paths.len() as PathId;
                 paths.push(path(n, src, dst, iface, lost, forward(lost)));
             }
         }
@@ -157,6 +158,15 @@ fn faulty_round() -> RoundReport {
         findings: vec![finding],
         paths,
         app: None,
+        mesh: Some(MeshSummary {
+            mode: MeshMode::Full,
+            peers: None,
+            coverage_rounds: 1,
+            max_agent_rate: 400,
+            budget: 1000,
+        }),
+        warnings: vec![],
+        zones: Default::default(),
     }
 }
 

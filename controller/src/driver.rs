@@ -30,7 +30,7 @@ use crate::{
     backend::{Backend, Standalone},
     lock,
     mailbox::{Collected, Mailbox, ReportError},
-    mesh::RoundMeta,
+    mesh::{RoundMeta, shape::Budget},
     now_ms,
     round::{self, Inputs},
     schedule::{
@@ -54,6 +54,8 @@ pub struct Settings {
     pub max_history: usize,
     /// Export per-pair series (`meshdoctor_pair_loss_ratio`), which grow with nodes squared.
     pub pair_metrics: bool,
+    /// Limits on a round's mesh: the probe budget per agent, the most pair-paths.
+    pub budget: Budget,
 }
 
 /// The task table and the schedules running for it: a runner per source whose table entry
@@ -350,6 +352,7 @@ impl Controller {
             round,
             start_at_ms: start_ms,
             report_deadline_ms: deadline,
+            budget: self.settings.budget,
         };
         let (planned, plans) = round::plan(&task, inputs, meta);
         let collected = match plans {
@@ -425,6 +428,7 @@ mod tests {
             report_grace: Duration::from_millis(100),
             max_history: 10,
             pair_metrics: false,
+            budget: Default::default(),
         }
     }
 
@@ -481,6 +485,7 @@ mod tests {
             interfaces: vec![],
             timestamping: meshdoctor_api::Timestamping::Ebpf,
             probe_port: None,
+            labels: Default::default(),
         });
         ctl.sync_tasks(vec![mk_task_def("mesh")]);
         let plan = ctl
@@ -508,6 +513,7 @@ mod tests {
             interfaces: vec![],
             timestamping: meshdoctor_api::Timestamping::Ebpf,
             probe_port: None,
+            labels: Default::default(),
         });
     }
 

@@ -82,6 +82,7 @@ pub fn mk_registration(node: &str, ip: &str) -> meshdoctor_api::AgentRegistratio
         interfaces: vec![iface("eth0", ip), iface("net1", "192.168.1.205")],
         timestamping: meshdoctor_api::Timestamping::Ebpf,
         probe_port: Some(9091),
+        labels: Default::default(),
     }
 }
 

@@ -30,6 +30,10 @@ pub mod sinks;
 pub mod task_table;
 pub mod tasks_dir;
 
+/// Plans or reports of a round, by node name (sorted, so rounds and reports list nodes in a
+/// stable order).
+pub type ByNode<T> = std::collections::BTreeMap<String, T>;
+
 /// Locks without panicking: a poisoned lock still holds consistent data in this crate, because
 /// no section leaves a structure half-updated.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

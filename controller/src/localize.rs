@@ -145,7 +145,8 @@ struct Candidate<'a> {
     place: Place<'a>,
     network: &'a str,
     crossings: Vec<Crossing>,
-    pairs: BTreeSet<Pair<'a>>,
+    /// Only counted: a hash set, as the crossings of a busy place number in the thousands.
+    pairs: HashSet<Pair<'a>>,
 }
 
 /// Lost probes of one path-segment, and the places (by candidate index) that could have lost
@@ -200,7 +201,7 @@ pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig)
                     place,
                     network: &p.network,
                     crossings: Vec::new(),
-                    pairs: BTreeSet::new(),
+                    pairs: HashSet::new(),
                 });
                 c.crossings.push(Crossing {
                     path: i,
@@ -540,7 +541,7 @@ mod tests {
                 for (interface, network) in INTERFACES {
                     for family in [Ipv4, Ipv6] {
                         let route = Route {
-                            path: paths.len() as u16,
+                            path: paths.len() as meshdoctor_api::PathId,
                             src,
                             dst,
                             interface,
@@ -559,7 +560,7 @@ mod tests {
 
     /// One path of the mesh: its index, ends, interface (the same at both ends) and family.
     struct Route {
-        path: u16,
+        path: meshdoctor_api::PathId,
         src: &'static str,
         dst: &'static str,
         interface: &'static str,

@@ -16,10 +16,7 @@ use std::{
 use meshdoctor_api::{AgentReport, RoundPlan, agent_report::max_report_bytes};
 use tokio::sync::{Notify, watch};
 
-use crate::{join::fold::Received, now_ms};
-
-/// Plans or reports of a round, by node.
-pub type ByNode<T> = BTreeMap<String, T>;
+use crate::{ByNode, join::fold::Received, now_ms};
 
 /// A report the controller cannot take.
 #[derive(Debug, PartialEq, thiserror::Error)]

@@ -12,6 +12,7 @@ use meshdoctor_controller::{
     api_server::{self, Readiness, Serving},
     driver::{Controller, Settings},
     kubernetes::{self, lease},
+    mesh::shape::Budget,
     sinks::store::{ReportStore, Retention},
     tasks_dir::TasksDir,
 };
@@ -78,6 +79,15 @@ struct Args {
     /// investigation.
     #[arg(long)]
     pair_metrics: bool,
+    /// Most probe packets per second a NetReach round may ask of one agent (its own probes'
+    /// requests and replies and those it answers, while the round probes): the auto mesh
+    /// samples peers to stay within it, and a mesh above it is a warning in the round report.
+    #[arg(long, default_value_t = Budget::default().packets_per_sec, value_name = "PACKETS")]
+    probe_budget: u32,
+    /// Most pair-paths a round may have (the controller keeps a record of each while the round
+    /// runs): a round above it fails at once, naming the limit.
+    #[arg(long, default_value_t = Budget::default().max_paths, value_name = "PATHS")]
+    max_round_paths: u64,
 }
 
 /// The Kubernetes backend's settings.
@@ -181,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
         report_grace: args.report_grace,
         max_history: args.max_history,
         pair_metrics: args.pair_metrics,
+        budget: Budget {
+            packets_per_sec: args.probe_budget,
+            max_paths: args.max_round_paths,
+        },
     };
     let retention = Retention {
         rounds: usize::try_from(args.keep_rounds).unwrap_or(usize::MAX),

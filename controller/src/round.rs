@@ -9,17 +9,20 @@
 //! for Service targets, reads the TLS files, publishes the plans in the mailbox, collects the
 //! reports and hands the report to the sinks.
 
+use std::collections::BTreeMap;
+
 use meshdoctor_api::{
-    AgentRegistration, AppTarget, RoundPlan, RoundReport, RoundStatus, Task, TlsMaterial,
-    task::ListedAddress,
+    AgentRegistration, AppTarget, MeshSummary, RoundPlan, RoundReport, RoundStatus, Task,
+    TlsMaterial, task::ListedAddress,
 };
 
 use crate::{
+    ByNode,
     apps::{self, AppExpect, aggregate::aggregate, target::TargetError},
     join::{PathTimes, join},
     judge::failure_reasons,
     localize::{LocalizeConfig, localize},
-    mailbox::{ByNode, Collected},
+    mailbox::Collected,
     mesh::{MeshError, RoundMeta, build_plans},
 };
 
@@ -59,6 +62,12 @@ pub struct Round {
     pub problems: Vec<String>,
     /// Application rounds: the target's label.
     pub target: Option<String>,
+    /// NetReach: the mesh the plans make ...
+    pub mesh: Option<MeshSummary>,
+    /// ... what it does although it should not (above the probe budget) ...
+    pub warnings: Vec<String>,
+    /// ... and the agents' topology domains by node.
+    pub zones: BTreeMap<String, String>,
 }
 
 /// Plans round `meta.round` of `task`: the round, and every agent's plan by node (tagged when
@@ -74,12 +83,17 @@ pub fn plan(
         target_problems,
         tls,
     } = inputs;
+    let (mut mesh, mut warnings, mut zones) = (None, vec![], BTreeMap::new());
     let (plans, problems, target) = match task {
-        Task::NetReach(t) => (
-            build_plans(t, &roster, &service_targets, meta).map_err(PlanError::from),
-            target_problems,
-            None,
-        ),
+        Task::NetReach(t) => {
+            let plans = build_plans(t, &roster, &service_targets, meta).map(|planned| {
+                mesh = Some(planned.mesh);
+                warnings.extend(planned.warning);
+                zones = planned.zones;
+                planned.plans
+            });
+            (plans.map_err(PlanError::from), target_problems, None)
+        }
         Task::AppHttpHealthy(_) | Task::NetDns(_) => {
             let resolved = tls.and_then(|tls| apps::target::app_target(task, tls));
             let label = resolved
@@ -98,6 +112,9 @@ pub fn plan(
         expected_agents: roster.iter().map(|a| a.node.clone()).collect(),
         problems,
         target,
+        mesh,
+        warnings,
+        zones,
     };
     (round, plans)
 }
@@ -126,6 +143,9 @@ pub fn close(
         expected_agents,
         problems,
         target,
+        mesh,
+        warnings,
+        zones,
     } = round;
     let ran = collected.is_ok();
     let (collected, mut reasons) = match collected {
@@ -147,6 +167,9 @@ pub fn close(
         findings: vec![],
         paths: vec![],
         app: None,
+        mesh,
+        warnings,
+        zones,
     };
     let Collected {
         plans, received, ..

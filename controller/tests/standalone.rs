@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use meshdoctor_api::routes::RoundRef;
 use meshdoctor_api::{
     AgentRegistration, AgentReport, AnsweredPath, Histogram, InterfaceInfo, LastRoundStatus,
-    PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
+    PathId, PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
     api_server::{self, Readiness, Serving},
@@ -59,11 +59,12 @@ fn mk_agent(n: u8) -> AgentRegistration {
         }],
         timestamping: Timestamping::Ebpf,
         probe_port: Some(9091),
+        labels: Default::default(),
     }
 }
 
 /// A report where every probe of `plan` came back, and `answered` answered in full.
-fn mk_report(node: &str, plan: &RoundPlan, answered: &[u16]) -> AgentReport {
+fn mk_report(node: &str, plan: &RoundPlan, answered: &[PathId]) -> AgentReport {
     let n = plan.probes_per_target();
     let times = |ns: u64| {
         let mut h = Histogram::default();
@@ -120,6 +121,7 @@ async fn agents_run_a_round_over_http() {
         report_grace: Duration::from_secs(1),
         max_history: 10,
         pair_metrics: false,
+        budget: Default::default(),
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
     ctl.sync_tasks(tasks_dir::load_dir(&dir.join("tasks")).unwrap());
@@ -349,6 +351,7 @@ async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files()
         report_grace: Duration::from_millis(200),
         max_history: 10,
         pair_metrics: false,
+        budget: Default::default(),
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
     ctl.sync_tasks(tasks_dir::load_dir(&tasks_dir).unwrap());
@@ -432,6 +435,7 @@ fn quiet_settings() -> Settings {
         report_grace: Duration::from_secs(1),
         max_history: 10,
         pair_metrics: false,
+        budget: Default::default(),
     }
 }
 

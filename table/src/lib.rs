@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
-    AgentAppState, AppRoundReport, Finding, Packet, PathResult, PathState, RoundReport,
+    AgentAppState, AppRoundReport, Finding, MeshMode, Packet, PathResult, PathState, RoundReport,
     RoundStatus, RttStats,
 };
 
@@ -350,6 +350,9 @@ pub fn summary_line(report: &RoundReport) -> String {
     for reason in &report.failure_reasons {
         line.push_str(&format!("\n  - {reason}"));
     }
+    for warning in &report.warnings {
+        line.push_str(&format!("\n  ! {warning}"));
+    }
     line
 }
 
@@ -372,6 +375,22 @@ fn mesh_summary_line(report: &RoundReport, status: &str) -> String {
         line.push_str(&format!(
             "\nRTT over {} probes, p50/p99 µs: kernel {:.1}/{:.1}, user space {:.1}/{:.1}",
             u.count, k.p50_us, k.p99_us, u.p50_us, u.p99_us
+        ));
+    }
+    // A sampled mesh says how much of the mesh it covered (the full one is kdoctor's).
+    if let Some(m) = &report.mesh
+        && let Some(peers) = m.peers
+    {
+        let across = if m.mode == MeshMode::Topology {
+            " across domains"
+        } else {
+            ""
+        };
+        line.push_str(&format!(
+            "
+mesh: {}, {peers} peers per agent, network and family{across} (every pair \
+             within {} rounds), up to {} probe packets/s per agent (budget {})",
+            m.mode, m.coverage_rounds, m.max_agent_rate, m.budget
         ));
     }
     line
@@ -430,6 +449,9 @@ mod tests {
                 path("node-2", "node-1", "eth0", Family::Ipv6, 50, 0),
             ],
             app: None,
+            mesh: None,
+            warnings: vec![],
+            zones: Default::default(),
         };
         let mut report = report;
         // 5 of its 50 probes failed to send: still 50 attempted, 5 lost.
@@ -446,11 +468,30 @@ mod tests {
             "mesh round 1 FAILED: 3 paths (1 lossy), 150 sent, 5 lost (3.33%)\n\
              RTT over 2 probes, p50/p99 µs: kernel 40.0/60.0, user space 90.0/110.0\n  - loss"
         );
+        // A sampled mesh says how much it covered; warnings follow the failure reasons.
+        let mut sampled = with_probes.clone();
+        sampled.mesh = Some(meshdoctor_api::MeshSummary {
+            mode: MeshMode::Sampled,
+            peers: Some(6),
+            coverage_rounds: 834,
+            max_agent_rate: 960,
+            budget: 1000,
+        });
+        sampled.warnings = vec!["over budget".into()];
+        let line = summary_line(&sampled);
+        assert!(
+            line.ends_with(
+                "\nmesh: sampled, 6 peers per agent, network and family (every pair within 834 \
+                 rounds), up to 960 probe packets/s per agent (budget 1000)\n  - loss\n  ! over \
+                 budget"
+            ),
+            "{line}"
+        );
         let expected = "\
 SRC      DST     IFACE  NETWORK  FAMILY  STATE  SENT  LOST  LOSS%  SEGMENT   REASON          KRTT50µs  KRTT99µs  URTT50µs  URTT99µs
-node-2   node-1  eth0   eth0     ipv6    ok       50     0    0.0  -         -                   50.0     120.0         -         -
-node-2   node-1  net1   net1     ipv6    lossy    50     5   10.0  dstStack  NETFILTER_DROP      50.0     120.0         -         -
-node-10  node-1  eth0   eth0     ipv4    ok       50     0    0.0  -         -                   50.0     120.0         -         -
+node-2   node-1  eth0   eth0     ipv6    ok       50     0    0.0  -         -                   51.2     120.0         -         -
+node-2   node-1  net1   net1     ipv6    lossy    50     5   10.0  dstStack  NETFILTER_DROP      51.2     120.0         -         -
+node-10  node-1  eth0   eth0     ipv4    ok       50     0    0.0  -         -                   51.2     120.0         -         -
 ";
         assert_eq!(table, expected);
     }
@@ -548,6 +589,9 @@ node-10  node-1  eth0   eth0     ipv4    ok       50     0    0.0  -         -  
             },
             paths: vec![],
             app: Some(app),
+            mesh: None,
+            warnings: vec![],
+            zones: Default::default(),
         };
         let expected = "\
 NODE     STATE         REQ  OK  FAIL  UNSENT  SUCCESS%   TPS  MINµs  MEANµs  P50µs  P90µs  P99µs  MAXµs  CODES        ERRORS

@@ -324,7 +324,8 @@ mod tests {
                 .map(|e| {
                     assert_eq!(e.netns, netns);
                     let (t, path, seq) = meshdoctor_api::probe_id_parts(e.probe_id);
-                    assert_eq!((t, path, e.probe_id), (tag, 1, probe_id(tag, 1, seq)));
+                    assert_eq!((t, path), (meshdoctor_api::probe_tag(tag), 1));
+                    assert_eq!(e.probe_id, probe_id(tag, 1, seq));
                     let packet = if e.kind == Kind::Request as u8 {
                         Packet::Request
                     } else {

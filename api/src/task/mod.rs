@@ -27,6 +27,7 @@
 //! parsing (URLs, IP addresses, cron expressions, round windows) are the Rust validation's only.
 
 pub mod apphttp;
+pub mod mesh;
 pub mod netdns;
 pub mod netreach;
 pub mod schedule;
@@ -40,6 +41,7 @@ pub use apphttp::AppHttpHealthyResource;
 pub use apphttp::{
     AppHttpHealthy, AppHttpHealthySpec, AppHttpHealthyTarget, HttpSuccessCondition, NetHttpRequest,
 };
+pub use mesh::{DEFAULT_TOPOLOGY_KEY, MeshSpec};
 #[cfg(feature = "crd")]
 pub use netdns::NetDnsResource;
 pub use netdns::{

@@ -15,8 +15,9 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Invalid, Kind, MAX_QPS, Metadata, SchedulePlan, SuccessCondition, TaskSpec, agent_spec_warning,
-    default_duration, default_qps, default_timeout, validate_common, validate_expect, yes,
+    Invalid, Kind, MAX_QPS, MeshSpec, Metadata, SchedulePlan, SuccessCondition, TaskSpec,
+    agent_spec_warning, default_duration, default_qps, default_timeout, validate_common,
+    validate_expect, yes,
 };
 use crate::{
     Family, InterfaceInfo, Protocol, TaskKind,
@@ -278,6 +279,10 @@ pub struct NetReachTarget {
     /// latency, so this changes nothing.
     #[serde(default)]
     pub enable_latency_metric: bool,
+    /// meshdoctor's extension: which agent pairs a round probes ([`MeshSpec`]); `auto` when
+    /// omitted: the full mesh while it fits the controller's probe budget.
+    #[serde(default, skip_serializing_if = "MeshSpec::is_default")]
+    pub mesh: MeshSpec,
 }
 
 impl NetReachTarget {
@@ -391,6 +396,7 @@ impl Default for NetReachTarget {
             load_balancer: None,
             ingress: None,
             enable_latency_metric: false,
+            mesh: MeshSpec::default(),
         }
     }
 }
@@ -457,6 +463,7 @@ impl Kind for NetReach {
         }
         self.parse_addresses()?;
         self.validate_remote_agents()?;
+        t.mesh.validate()?;
         match &t.interfaces {
             Some(i) if i.is_empty() => {
                 return Err(Invalid::new(

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 
-use meshdoctor_api::{AgentReport, AnsweredPath, Histogram, RoundPlan, SentPath};
+use meshdoctor_api::{AgentReport, AnsweredPath, Histogram, PathId, RoundPlan, SentPath};
 
-use crate::mailbox::ByNode;
+use crate::ByNode;
 
 /// Both ends' sides of one planned path, as far as they reported.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,7 +40,7 @@ pub struct Received {
     /// Node ids: plan order.
     node_ids: HashMap<String, u32>,
     /// Path id -> index in `paths`.
-    slots: HashMap<u16, usize>,
+    slots: HashMap<PathId, usize>,
     owners: Vec<Owners>,
     /// In plan order: by source node, then the source's targets.
     paths: Vec<PathSides>,

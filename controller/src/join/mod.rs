@@ -12,15 +12,15 @@ mod path;
 use std::collections::{BTreeMap, HashMap};
 
 use meshdoctor_api::{
-    AnsweredPath, Histogram, Packet, PathResult, PathSegment, PathState, ProbeDrop, RoundPlan,
-    RoundSummary, RttStats, SentPath, Timestamping,
+    AnsweredPath, Histogram, Packet, PathId, PathResult, PathSegment, PathState, ProbeDrop,
+    RoundPlan, RoundSummary, RttStats, SentPath, Timestamping,
 };
 
 use self::{
     fold::Received,
     path::{Drops, Ends, Observed, join_path, ratio},
 };
-use crate::mailbox::ByNode;
+use crate::ByNode;
 
 /// The joined round, before judging.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +104,7 @@ impl PathTimes {
 }
 
 /// Drop records by node and path.
-type DropIndex<'a> = HashMap<&'a str, HashMap<u16, Vec<&'a ProbeDrop>>>;
+type DropIndex<'a> = HashMap<&'a str, HashMap<PathId, Vec<&'a ProbeDrop>>>;
 
 /// Joins the plans of a round (by source node) with what it `received`.
 pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
@@ -116,7 +116,7 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
             by_path.entry(d.path).or_default().push(d);
         }
     }
-    let drops_of = |node: &str, path: u16| -> &[&ProbeDrop] {
+    let drops_of = |node: &str, path: PathId| -> &[&ProbeDrop] {
         drops
             .get(node)
             .and_then(|p| p.get(&path))
@@ -227,7 +227,9 @@ pub(crate) mod tests {
     pub(crate) fn mk_plans() -> BTreeMap<String, RoundPlan> {
         let mut task = mk_task(", interfaces: [pod]");
         task.spec.target.ipv6 = false;
-        build_plans(&task, &[mk_agent(1), mk_agent(2)], &[], mk_meta()).unwrap()
+        build_plans(&task, &[mk_agent(1), mk_agent(2)], &[], mk_meta())
+            .unwrap()
+            .plans
     }
 
     /// A report of `node` for `plans` where every probe of its paths made it except the
@@ -463,7 +465,7 @@ pub(crate) mod tests {
         reports
     }
 
-    fn mk_drop(path: u16, seq: u16, packet: Packet, reason: &str) -> ProbeDrop {
+    fn mk_drop(path: PathId, seq: u16, packet: Packet, reason: &str) -> ProbeDrop {
         ProbeDrop {
             path,
             seq,

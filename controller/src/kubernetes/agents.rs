@@ -204,17 +204,25 @@ impl PodAgent {
 /// out, so they are neither probed nor reported missing.
 pub fn roster(
     pods: &BTreeMap<String, PodAgent>,
+    node_labels: impl Fn(&str) -> Option<BTreeMap<String, String>>,
     registered: impl IntoIterator<Item = AgentRegistration>,
 ) -> Vec<AgentRegistration> {
     registered
         .into_iter()
-        .filter_map(|r| pods.get(&r.node).map(|p| p.apply_to(&r)))
+        .filter_map(|r| {
+            let mut r = pods.get(&r.node)?.apply_to(&r);
+            // The Node object is the authority on its labels, as the pod is on its networks.
+            r.labels = node_labels(&r.node).unwrap_or_default();
+            Some(r)
+        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use meshdoctor_api::task::DEFAULT_TOPOLOGY_KEY;
 
     use super::*;
     use crate::fixtures::{MULTUS, mk_pod, mk_registration};
@@ -316,12 +324,18 @@ mod tests {
                 (node.to_string(), p)
             })
             .collect();
-        let roster = roster(
-            &pods,
-            ["node-a", "node-b", "node-c"].map(|n| mk_registration(n, "10.244.1.5")),
-        );
+        // node-a's Node has a zone; node-c's is not mirrored (yet): no labels, whatever the
+        // agent claims.
+        let zone = BTreeMap::from([(DEFAULT_TOPOLOGY_KEY.to_string(), "zone-a".to_string())]);
+        let node_labels = |node: &str| (node == "node-a").then(|| zone.clone());
+        let mut registered =
+            ["node-a", "node-b", "node-c"].map(|n| mk_registration(n, "10.244.1.5"));
+        registered[2].labels = BTreeMap::from([("claimed".into(), "x".into())]);
+        let roster = roster(&pods, node_labels, registered);
         let nodes: Vec<&str> = roster.iter().map(|r| &*r.node).collect();
         assert_eq!(nodes, ["node-a", "node-c"]);
+        assert_eq!(roster[0].labels, zone);
+        assert!(roster[1].labels.is_empty());
         assert_eq!(roster[0].interfaces[1].network, "default/macvlan-conf");
         assert_eq!(roster[1].interfaces[1].network, "net1");
     }

@@ -7,7 +7,7 @@
 //! [`lease`]) compute what the cluster means for rounds and what to write; this module is the
 //! thin IO around them:
 //! - reflectors (kube-runtime watchers with a store) mirror the task objects, the agent pods,
-//!   the agent Service and Ingress; every change wakes [`run`], which hands the task list to
+//!   the nodes' labels, the agent Service and Ingress; every change wakes [`run`], which hands the task list to
 //!   the round driver while this replica leads (and an empty list when it stops leading);
 //! - [`Kubernetes`] is the driver's [`Backend`]: it answers the roster and Service targets from
 //!   the mirrors and queues status changes;
@@ -37,7 +37,7 @@ use std::{
 
 use futures_util::{Stream, StreamExt as _};
 use k8s_openapi::api::{
-    core::v1::{ObjectReference, Pod, Service},
+    core::v1::{Node, ObjectReference, Pod, Service},
     networking::v1::Ingress,
 };
 use kube::{
@@ -93,6 +93,8 @@ pub struct Config {
 pub struct Kubernetes {
     tasks: [(TaskKind, Store<DynamicObject>); 3],
     pods: Store<Pod>,
+    /// The nodes, labels only.
+    nodes: Store<Node>,
     services: Store<Service>,
     ingresses: Store<Ingress>,
     cfg: Config,
@@ -101,7 +103,11 @@ pub struct Kubernetes {
 
 impl Backend for Kubernetes {
     fn roster(&self, registered: Vec<AgentRegistration>) -> Vec<AgentRegistration> {
-        agents::roster(&self.agents(), registered)
+        let node_labels = |node: &str| {
+            let node = self.nodes.get(&ObjectRef::new(node))?;
+            Some(node.metadata.labels.clone().unwrap_or_default())
+        };
+        agents::roster(&self.agents(), node_labels, registered)
     }
 
     fn service_targets(&self, task: &NetReach) -> (Vec<ListedAddress>, Vec<String>) {
@@ -207,6 +213,24 @@ pub fn watch(client: Client, cfg: Config) -> Watched {
         reflector::reflector(writer, watcher(api, by_label)),
         Some(pods_changed.clone()),
     );
+    // The nodes' labels name the agents' topology domains; only the labels are kept, a Node's
+    // status (its image list) being large. Read when a round is planned, like the Service.
+    let (nodes, writer) = reflector::store();
+    let api = Api::<Node>::all(client.clone());
+    let labels_only = |node: &mut Node| {
+        node.spec = None;
+        node.status = None;
+        node.metadata.managed_fields = None;
+        node.metadata.annotations = None;
+    };
+    spawn_mirror(
+        "nodes".into(),
+        reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).modify(labels_only),
+        ),
+        None,
+    );
     // The Service and Ingress are read when a round is planned: nobody waits on them.
     let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
     let (services, writer) = reflector::store();
@@ -227,6 +251,7 @@ pub fn watch(client: Client, cfg: Config) -> Watched {
     let backend = Arc::new(Kubernetes {
         tasks,
         pods,
+        nodes,
         services,
         ingresses,
         cfg,

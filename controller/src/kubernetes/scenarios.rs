@@ -16,6 +16,7 @@ use crate::{
 
 const NETREACHES: &str = "/apis/meshdoctor.io/v1beta1/netreaches";
 const PODS: &str = "/api/v1/namespaces/meshdoctor/pods";
+const NODES: &str = "/api/v1/nodes";
 const TASK_EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const POD_EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/meshdoctor/events";
 
@@ -37,6 +38,7 @@ fn start(leading: bool) -> Scenario {
         )
         .collection("/apis/meshdoctor.io/v1beta1/netdnses", "NetDnsList")
         .collection(PODS, "PodList")
+        .collection(NODES, "NodeList")
         .collection("/api/v1/namespaces/meshdoctor/services", "ServiceList")
         .collection(
             "/apis/networking.k8s.io/v1/namespaces/meshdoctor/ingresses",
@@ -48,6 +50,7 @@ fn start(leading: bool) -> Scenario {
         report_grace: Duration::from_millis(200),
         max_history: 10,
         pair_metrics: false,
+        budget: Default::default(),
     };
     let ctl = Controller::new(settings, ReportStore::new(&temp_dir("kube")));
     let cfg = Config {
@@ -217,6 +220,22 @@ async fn agent_pods_come_and_go_with_their_networks() {
     );
     eventually("pod a in the roster", || {
         s.backend.roster(registered()).len() == 1
+    })
+    .await;
+    // The Node's labels come with the agent (its zone), the Node's status not at all.
+    s.fake.apply(
+        NODES,
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}},
+            "status": {"images": [{"names": ["big/image:1"], "sizeBytes": 1}]},
+        }),
+    );
+    eventually("node-a's zone", || {
+        s.backend.roster(registered())[0]
+            .labels
+            .get("topology.kubernetes.io/zone")
+            == Some(&"z1".to_string())
     })
     .await;
     let roster = s.backend.roster(registered());

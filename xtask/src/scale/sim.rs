@@ -34,6 +34,7 @@ pub fn registration(i: u32) -> AgentRegistration {
         interfaces,
         timestamping: Timestamping::Ebpf,
         probe_port: Some(9091),
+        labels: Default::default(),
     }
 }
 
@@ -228,11 +229,11 @@ pub fn score(findings: &[Finding], faults: &[Fault]) -> Score {
 
 #[cfg(test)]
 mod tests {
-    use meshdoctor_api::{PlannedTarget, Protocol};
+    use meshdoctor_api::{PathId, PlannedTarget, Protocol};
 
     use super::*;
 
-    fn plan(src: u32, dst: u32, path: u16) -> (String, RoundPlan) {
+    fn plan(src: u32, dst: u32, path: PathId) -> (String, RoundPlan) {
         let (s, d) = (registration(src), registration(dst));
         let target = PlannedTarget {
             path,

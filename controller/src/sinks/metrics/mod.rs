@@ -1004,7 +1004,7 @@ mod tests {
                             10,
                         );
                         paths.push(PathResult {
-                            path: paths.len() as u16,
+                            path: paths.len() as meshdoctor_api::PathId,
                             state: if faulty {
                                 PathState::Lossy
                             } else {

@@ -12,24 +12,26 @@
 //! A task's `spec.pairPaths` narrows the round to the mesh's pair-paths it matches (and drops
 //! the listed addresses and Service targets): the re-probe of what failed.
 
-use std::collections::BTreeMap;
+pub mod shape;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshdoctor_api::{
-    AgentRegistration, Family, IncomingPath, InterfaceInfo, NetReach, PlannedTarget, Protocol,
-    RoundPlan,
-    task::{ListedAddress, NetReachTarget, PRIMARY_INTERFACE, RemoteAgent},
+    AgentRegistration, Family, IncomingPath, InterfaceInfo, MeshMode, MeshSummary, NetReach,
+    PathId, PlannedTarget, Protocol, RoundPlan,
+    task::{ListedAddress, MeshSpec, NetReachTarget, PRIMARY_INTERFACE, RemoteAgent},
 };
 
-use meshdoctor_api::plan::MAX_PATHS;
+use self::shape::{Budget, Load};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MeshError {
     #[error(
-        "the full mesh has {paths} pair-paths but a round carries at most {MAX_PATHS} \
-         (16-bit path index); narrow spec.target.interfaces, the families or \
-         spec.target.remoteAgents"
+        "the round would have about {paths} pair-paths, above the controller's limit of {max} \
+         (--max-round-paths): narrow spec.target.interfaces or the families, or sample the \
+         mesh (spec.target.mesh)"
     )]
-    TooManyPaths { paths: usize },
+    TooManyPaths { paths: u64, max: u64 },
     /// Reports could not tell the two apart (the task cannot know the roster when loaded).
     #[error(
         "spec.target.remoteAgents names {node:?}, which is also a registered agent of this \
@@ -38,13 +40,13 @@ pub enum MeshError {
     RemoteIsLocal { node: String },
 }
 
-/// An agent a local agent probes: another agent of the roster, or one of
-/// `spec.target.remoteAgents` (`external`: it has no plan and sends no report).
+/// An agent a local agent probes: another agent of the roster (`agent` is its index), or one
+/// of `spec.target.remoteAgents` (`external`: it has no plan and sends no report).
 struct Peer<'a> {
     node: &'a str,
     interfaces: &'a [InterfaceInfo],
     probe_port: Option<u16>,
-    external: bool,
+    agent: Option<usize>,
 }
 
 /// What all plans of one round share besides the task spec. The round tag is not among them:
@@ -55,18 +57,46 @@ pub struct RoundMeta<'a> {
     pub round: u32,
     pub start_at_ms: u64,
     pub report_deadline_ms: u64,
+    /// The controller's limits on a round's mesh.
+    pub budget: Budget,
+}
+
+/// A round's plans, with the mesh they make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub plans: BTreeMap<String, RoundPlan>,
+    pub mesh: MeshSummary,
+    /// Why the mesh exceeds the probe budget, if it does.
+    pub warning: Option<String>,
+    /// The agents' topology domains by node (those with the task's topology label).
+    pub zones: BTreeMap<String, String>,
+}
+
+/// Per network and family, how many of `agent`'s selected interfaces are there.
+fn slots<'a>(
+    target: &NetReachTarget,
+    families: &[Family],
+    interfaces: &'a [InterfaceInfo],
+) -> BTreeMap<(&'a str, Family), u64> {
+    let mut slots = BTreeMap::new();
+    for i in interfaces.iter().filter(|i| selected(target, i)) {
+        for &family in families.iter().filter(|&&f| i.addr(f).is_some()) {
+            *slots.entry((i.network.as_str(), family)).or_default() += 1;
+        }
+    }
+    slots
 }
 
 /// Plans of one round by node; `service_targets` are probed like listed addresses. Every
 /// agent of the roster gets one, also without targets (none of its pair-paths selected by
-/// `spec.pairPaths`): the plan arms its observers so that it records the probes it answers.
-/// Remote agents get none.
+/// `spec.pairPaths`, or the sampled mesh gave it none): the plan arms its observers so that it
+/// records the probes it answers. Remote agents get none.
 pub fn build_plans(
     task: &NetReach,
     roster: &[AgentRegistration],
     service_targets: &[ListedAddress],
     meta: RoundMeta<'_>,
-) -> Result<BTreeMap<String, RoundPlan>, MeshError> {
+) -> Result<Planned, MeshError> {
     let target = &task.spec.target;
     // Sorted and de-duplicated by node, so path indexes are stable for a given roster.
     let agents: BTreeMap<&str, &AgentRegistration> =
@@ -80,17 +110,21 @@ pub fn build_plans(
         return Err(MeshError::RemoteIsLocal { node: node.into() });
     }
     // The local mesh (with endpoint), then the remote agents.
-    let local_peers = agents.values().filter(|_| target.endpoint).map(|a| Peer {
-        node: &a.node,
-        interfaces: &a.interfaces,
-        probe_port: a.probe_port,
-        external: false,
-    });
+    let local_peers = agents
+        .values()
+        .enumerate()
+        .filter(|_| target.endpoint)
+        .map(|(i, a)| Peer {
+            node: &a.node,
+            interfaces: &a.interfaces,
+            probe_port: a.probe_port,
+            agent: Some(i),
+        });
     let remote_peers = remotes.values().map(|r| Peer {
         node: &r.node,
         interfaces: &r.interfaces,
         probe_port: r.probe_port,
-        external: true,
+        agent: None,
     });
     let peers: Vec<Peer<'_>> = local_peers.chain(remote_peers).collect();
     let families = families(target);
@@ -99,19 +133,112 @@ pub fn build_plans(
     // Validated when the task was loaded; the Service targets probe the same way.
     let mut listed = task.listed_addresses();
     listed.extend_from_slice(service_targets);
-    let mut per_src: BTreeMap<&str, Vec<PlannedTarget>> = BTreeMap::new();
-    let mut paths = 0usize;
-    let mut push = |targets: &mut Vec<PlannedTarget>, t: PlannedTarget| {
-        if paths < MAX_PATHS {
-            targets.push(PlannedTarget {
-                path: paths as u16,
-                ..t
-            });
+    // Listed addresses: from every agent, over the selected interfaces (the primary one by
+    // default) that have an address of the listed one's family; none when the round is
+    // limited to spec.pairPaths.
+    let listed = if task.spec.pair_paths.is_empty() {
+        &listed[..]
+    } else {
+        &[]
+    };
+    let sources = |a: &'_ AgentRegistration| {
+        a.interfaces
+            .iter()
+            .filter(|i| match &target.interfaces {
+                Some(_) => selected(target, i),
+                None => i.name == PRIMARY_INTERFACE,
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // The shape, from what the roster asks of the budget.
+    let key = target.mesh.topology_key();
+    let zones: BTreeMap<String, String> = agents
+        .iter()
+        .filter_map(|(node, a)| Some((node.to_string(), a.labels.get(key)?.clone())))
+        .collect();
+    let agent_slots: Vec<_> = agents
+        .values()
+        .map(|a| slots(target, &families, &a.interfaces))
+        .collect();
+    let remote_pairs = |mine: &BTreeMap<(&str, Family), u64>| -> u64 {
+        remotes
+            .values()
+            .map(|r| {
+                let theirs = slots(target, &families, &r.interfaces);
+                mine.iter()
+                    .map(|(k, n)| n * theirs.get(k).copied().unwrap_or(0))
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    let load = Load {
+        pairs_per_peer: agent_slots
+            .iter()
+            .map(|s| s.values().map(|n| n * n).sum::<u64>())
+            .max()
+            .unwrap_or(0)
+            * u64::from(target.endpoint),
+        listed: agents
+            .values()
+            .zip(&agent_slots)
+            .map(|(a, s)| {
+                let from = sources(a);
+                let listed_paths = listed
+                    .iter()
+                    .map(|l| {
+                        from.iter()
+                            .filter(|i| i.addr(Family::of(&l.ip)).is_some())
+                            .count()
+                    })
+                    .sum::<usize>() as u64;
+                listed_paths + remote_pairs(s)
+            })
+            .max()
+            .unwrap_or(0),
+        qps: task.spec.request.qps,
+    };
+    // A re-probe of spec.pairPaths probes exactly those: over the full mesh.
+    let spec = if task.spec.pair_paths.is_empty() {
+        target.mesh.clone()
+    } else {
+        MeshSpec {
+            mode: MeshMode::Full,
+            ..MeshSpec::default()
         }
+    };
+    let nodes: Vec<&str> = agents.keys().copied().collect();
+    let (shape, warning) = shape::resolve(&spec, &nodes, &zones, load, meta.budget);
+    let estimate = nodes.len() as u64 * (shape.each_way() * load.pairs_per_peer + load.listed);
+    if estimate > meta.budget.max_paths {
+        return Err(MeshError::TooManyPaths {
+            paths: estimate,
+            max: meta.budget.max_paths,
+        });
+    }
+
+    let mut per_src: BTreeMap<&str, Vec<PlannedTarget>> = BTreeMap::new();
+    let mut paths: PathId = 0;
+    let mut push = |targets: &mut Vec<PlannedTarget>, t: PlannedTarget| {
+        targets.push(PlannedTarget { path: paths, ..t });
         paths += 1;
     };
-    for (&src, src_agent) in &agents {
+    for (i, (&src, src_agent)) in agents.iter().enumerate() {
         let targets = per_src.entry(src).or_default();
+        // The (peer, network, family) the shape picks for this source; all in a full mesh.
+        let chosen: Option<BTreeSet<(usize, &str, Family)>> =
+            (shape.mode != MeshMode::Full).then(|| {
+                agent_slots[i]
+                    .keys()
+                    .flat_map(|&(network, family)| {
+                        shape
+                            .peers_of(i, meta.round, shape::salt(network, family))
+                            .into_iter()
+                            .map(move |p| (p, network, family))
+                    })
+                    .collect()
+            });
         for dst in peers.iter().filter(|p| p.node != src) {
             for si in src_agent.interfaces.iter().filter(|i| selected(target, i)) {
                 for di in dst.interfaces.iter().filter(|i| selected(target, i)) {
@@ -123,7 +250,13 @@ pub fn build_plans(
                         else {
                             continue;
                         };
-                        if !task.selects_pair_path(src, dst.node, &si.network, family) {
+                        let picked = match (&chosen, dst.agent) {
+                            (Some(chosen), Some(p)) => {
+                                chosen.contains(&(p, si.network.as_str(), family))
+                            }
+                            _ => true,
+                        };
+                        if !picked || !task.selects_pair_path(src, dst.node, &si.network, family) {
                             continue;
                         }
                         let dst_port = match protocol {
@@ -142,7 +275,7 @@ pub fn build_plans(
                                 src_addr,
                                 dst_addr,
                                 dst_port,
-                                external: dst.external,
+                                external: dst.agent.is_none(),
                                 protocol: None,
                             },
                         );
@@ -150,22 +283,7 @@ pub fn build_plans(
                 }
             }
         }
-        // Listed addresses: from every agent, over the selected interfaces (the primary one
-        // by default) that have an address of the listed one's family; none when the round
-        // is limited to spec.pairPaths.
-        let listed = if task.spec.pair_paths.is_empty() {
-            &listed[..]
-        } else {
-            &[]
-        };
-        let sources = src_agent
-            .interfaces
-            .iter()
-            .filter(|i| match &target.interfaces {
-                Some(_) => selected(target, i),
-                None => i.name == PRIMARY_INTERFACE,
-            });
-        for si in sources {
+        for si in sources(src_agent) {
             for a in listed {
                 let family = Family::of(&a.ip);
                 let Some(src_addr) = si.addr(family) else {
@@ -190,14 +308,13 @@ pub fn build_plans(
             }
         }
     }
-    if paths > MAX_PATHS {
-        return Err(MeshError::TooManyPaths { paths });
-    }
 
     let rq = &task.spec.request;
     let mut incoming: BTreeMap<String, Vec<IncomingPath>> = BTreeMap::new();
-    if rq.protocol.is_tcp() {
-        for t in per_src.values().flatten().filter(|t| !t.external) {
+    let mut toward: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in per_src.values().flatten().filter(|t| !t.external) {
+        *toward.entry(t.dst_node.as_str()).or_default() += 1;
+        if rq.protocol.is_tcp() {
             incoming
                 .entry(t.dst_node.clone())
                 .or_default()
@@ -208,7 +325,16 @@ pub fn build_plans(
                 });
         }
     }
-    Ok(per_src
+    let max_agent_rate = per_src
+        .iter()
+        .map(|(node, t)| {
+            let paths = t.len() as u64 + toward.get(node).copied().unwrap_or(0);
+            2 * u64::from(rq.qps) * paths
+        })
+        .max()
+        .unwrap_or(0);
+    let mesh = shape.summary(max_agent_rate, meta.budget);
+    let plans = per_src
         .into_iter()
         .map(|(node, targets)| {
             let plan = RoundPlan {
@@ -227,7 +353,13 @@ pub fn build_plans(
             };
             (node.to_string(), plan)
         })
-        .collect())
+        .collect();
+    Ok(Planned {
+        plans,
+        mesh,
+        warning,
+        zones,
+    })
 }
 
 fn families(target: &NetReachTarget) -> Vec<Family> {
@@ -276,6 +408,7 @@ pub(crate) mod tests {
             interfaces: vec![iface("eth0", "pod", 1), iface("net1", "sec", 2)],
             timestamping: Timestamping::Ebpf,
             probe_port: Some(9091),
+            labels: Default::default(),
         }
     }
 
@@ -285,6 +418,7 @@ pub(crate) mod tests {
             round: 1,
             start_at_ms: 1_000,
             report_deadline_ms: 9_000,
+            budget: Budget::default(),
         }
     }
 
@@ -303,12 +437,14 @@ pub(crate) mod tests {
     #[test]
     fn full_mesh_dual_stack_two_networks() {
         let roster: Vec<_> = (1..=4).map(mk_agent).collect();
-        let plans = build_plans(&mk_task(""), &roster, &[], mk_meta()).unwrap();
+        let plans = build_plans(&mk_task(""), &roster, &[], mk_meta())
+            .unwrap()
+            .plans;
         assert_eq!(plans.len(), 4);
         let targets = all_targets(&plans);
         // 4 x 3 ordered pairs x 2 same-network interface pairs x 2 families.
         assert_eq!(targets.len(), 48);
-        let indexes: HashSet<u16> = targets.iter().map(|t| t.path).collect();
+        let indexes: HashSet<PathId> = targets.iter().map(|t| t.path).collect();
         assert_eq!(indexes.len(), 48);
         assert!(targets.iter().all(|t| t.src_interface == t.dst_interface));
         let p = &plans["node-1"];
@@ -327,7 +463,7 @@ pub(crate) mod tests {
         let mut task = mk_task("");
         for (protocol, port) in [(Protocol::Icmp, None), (Protocol::Tcp, Some(9091))] {
             task.spec.request.protocol = protocol;
-            let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+            let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
             let targets = all_targets(&plans);
             assert!(targets.iter().all(|t| t.dst_port == port), "{protocol:?}");
             for (node, plan) in &plans {
@@ -349,7 +485,7 @@ pub(crate) mod tests {
     fn listed_addresses_are_probed_from_every_agent_after_the_mesh() {
         let roster: Vec<_> = (1..=3).map(mk_agent).collect();
         let mut task = mk_task(", addresses: ['192.0.2.10', 'fd00:9::10']");
-        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
         let targets = all_targets(&plans);
         // The 24-path mesh, then each agent's eth0 to both addresses.
         assert_eq!(targets.len(), 24 + 3 * 2);
@@ -364,7 +500,7 @@ pub(crate) mod tests {
             assert_eq!(t.family, Family::of(&t.dst_addr));
             assert_eq!(t.dst_port, None);
         }
-        let indexes: HashSet<u16> = targets.iter().map(|t| t.path).collect();
+        let indexes: HashSet<PathId> = targets.iter().map(|t| t.path).collect();
         assert_eq!(indexes.len(), 30);
 
         // Without the mesh, over the named networks, with ports; no incoming paths.
@@ -372,7 +508,7 @@ pub(crate) mod tests {
         task.spec.target.interfaces = Some(vec!["pod".into(), "sec".into()]);
         task.spec.target.addresses = Some(vec!["192.0.2.10:80".into()]);
         task.spec.request.protocol = Protocol::Tcp;
-        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
         let targets = all_targets(&plans);
         assert_eq!(targets.len(), 3 * 2);
         assert!(targets.iter().all(|t| t.external && t.dst_port == Some(80)));
@@ -384,7 +520,7 @@ pub(crate) mod tests {
         let roster: Vec<_> = (1..=3).map(mk_agent).collect();
         let mut task = mk_task("");
         task.spec.target.ipv6 = false;
-        let targets_v4 = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let targets_v4 = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
         let t = all_targets(&targets_v4);
         assert_eq!(t.len(), 12);
         assert!(
@@ -397,7 +533,9 @@ pub(crate) mod tests {
     fn interfaces_filter_matches_network_or_name() {
         let roster: Vec<_> = (1..=3).map(mk_agent).collect();
         for filter in [", interfaces: [sec]", ", interfaces: [net1]"] {
-            let plans = build_plans(&mk_task(filter), &roster, &[], mk_meta()).unwrap();
+            let plans = build_plans(&mk_task(filter), &roster, &[], mk_meta())
+                .unwrap()
+                .plans;
             let t = all_targets(&plans);
             assert_eq!(t.len(), 12, "{filter}");
             assert!(
@@ -414,7 +552,9 @@ pub(crate) mod tests {
         a1.interfaces[1].ipv4 = None;
         let mut lonely = mk_agent(3);
         lonely.interfaces.clear();
-        let plans = build_plans(&mk_task(""), &[a1, mk_agent(2), lonely], &[], mk_meta()).unwrap();
+        let plans = build_plans(&mk_task(""), &[a1, mk_agent(2), lonely], &[], mk_meta())
+            .unwrap()
+            .plans;
         let t = all_targets(&plans);
         // node-1 <-> node-2, both directions: eth0 v4 and net1 v6 only.
         assert_eq!(t.len(), 4);
@@ -439,7 +579,7 @@ pub(crate) mod tests {
             },
             ..task
         };
-        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
         let of = |node: &str| pair_paths_of(&plans[node]);
         use Family::{Ipv4, Ipv6};
         // Both networks and families of node-1 -> node-2; no listed address.
@@ -463,37 +603,30 @@ pub(crate) mod tests {
         );
         // No path on that network: a plan without targets, still armed to answer.
         assert!(of("node-3").is_empty());
-        let indexes: Vec<u16> = all_targets(&plans).iter().map(|t| t.path).collect();
-        assert_eq!(indexes, (0..7).collect::<Vec<u16>>());
+        let indexes: Vec<PathId> = all_targets(&plans).iter().map(|t| t.path).collect();
+        assert_eq!(indexes, (0..7).collect::<Vec<PathId>>());
 
         // Service targets are dropped too; without pairPaths the whole mesh is back.
         let service = task.listed_addresses();
-        let plans = build_plans(&task, &roster, &service, mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &service, mk_meta())
+            .unwrap()
+            .plans;
         assert!(all_targets(&plans).iter().all(|t| !t.external));
         task.spec.pair_paths.clear();
-        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
         assert_eq!(all_targets(&plans).len(), 24 + 3);
     }
 
     #[test]
-    fn too_many_paths_is_an_error() {
-        let mut agent = mk_agent(1);
-        agent.interfaces = (0..200u16)
-            .map(|i| InterfaceInfo {
-                name: format!("if{i}"),
-                network: "pod".into(),
-                ipv4: Some([10, 0, (i >> 8) as u8, i as u8].into()),
-                ipv6: None,
-            })
-            .collect();
-        let mut other = agent.clone();
-        other.node = "node-2".into();
-        // 2 ordered pairs x 200 x 200 interface pairs.
-        let roster = [agent, other];
-        let err = build_plans(&mk_task(""), &roster, &[], mk_meta()).unwrap_err();
-        assert_eq!(err, MeshError::TooManyPaths { paths: 80_000 });
-        assert!(err.to_string().contains("80000 pair-paths"));
-        // Remote pair-paths count too: 2 local agents x 200 x 200 toward one remote agent.
+    fn too_many_paths_is_an_error_before_any_is_built() {
+        let roster: Vec<_> = (1..=4).map(mk_agent).collect();
+        let mut meta = mk_meta();
+        meta.budget.max_paths = 47;
+        // 4 x 3 ordered pairs x 2 interface pairs x 2 families.
+        let err = build_plans(&mk_task(""), &roster, &[], meta).unwrap_err();
+        assert_eq!(err, MeshError::TooManyPaths { paths: 48, max: 47 });
+        assert!(err.to_string().contains("--max-round-paths"), "{err}");
+        // Remote pair-paths count too: 4 local agents x 4 interface pairs toward one remote.
         let mut task = mk_task("");
         task.spec.target.endpoint = false;
         task.spec.target.remote_agents = Some(vec![RemoteAgent {
@@ -501,8 +634,14 @@ pub(crate) mod tests {
             interfaces: roster[0].interfaces.clone(),
             probe_port: None,
         }]);
-        let err = build_plans(&task, &roster, &[], mk_meta()).unwrap_err();
-        assert_eq!(err, MeshError::TooManyPaths { paths: 80_000 });
+        meta.budget.max_paths = 15;
+        let err = build_plans(&task, &roster, &[], meta).unwrap_err();
+        assert_eq!(err, MeshError::TooManyPaths { paths: 16, max: 15 });
+        meta.budget.max_paths = 16;
+        assert_eq!(
+            build_plans(&task, &roster, &[], meta).unwrap().plans.len(),
+            4
+        );
     }
 
     /// Remote agent `dst/node-{n}`: `eth0` on network `pod` (dual-stack), `net2` on `sec`
@@ -545,7 +684,7 @@ pub(crate) mod tests {
         let mut task = mk_task("");
         task.spec.target.remote_agents = Some(vec![mk_remote(9)]);
         task.spec.request.protocol = Protocol::Tcp;
-        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
         // Remote agents get no plan.
         assert_eq!(
             plans.keys().collect::<Vec<_>>(),
@@ -578,13 +717,13 @@ pub(crate) mod tests {
         // No destination report is expected: no incoming path toward a remote agent.
         let incoming: usize = plans.values().map(|p| p.incoming.len()).sum();
         assert_eq!(incoming, 24);
-        let indexes: HashSet<u16> = targets.iter().map(|t| t.path).collect();
+        let indexes: HashSet<PathId> = targets.iter().map(|t| t.path).collect();
         assert_eq!(indexes.len(), 33);
 
         // Over icmp, no port; narrowed by spec.target.interfaces on both ends.
         task.spec.request.protocol = Protocol::Icmp;
         task.spec.target.interfaces = Some(vec!["sec".into()]);
-        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
         for plan in plans.values() {
             assert_eq!(
                 remote_paths(plan),
@@ -600,7 +739,7 @@ pub(crate) mod tests {
         let mut task = mk_task("");
         task.spec.target.endpoint = false;
         task.spec.target.remote_agents = Some(vec![mk_remote(9), mk_remote(8)]);
-        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
         assert_eq!(plans.len(), 3);
         let targets = all_targets(&plans);
         assert_eq!(targets.len(), 3 * 2 * 3);
@@ -618,10 +757,13 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>()
         );
         // Path indexes do not depend on the order of the list.
-        let paths: Vec<u16> = targets.iter().map(|t| t.path).collect();
-        assert_eq!(paths, (0..18).collect::<Vec<u16>>());
+        let paths: Vec<PathId> = targets.iter().map(|t| t.path).collect();
+        assert_eq!(paths, (0..18).collect::<Vec<PathId>>());
         task.spec.target.remote_agents = Some(vec![mk_remote(8), mk_remote(9)]);
-        assert_eq!(build_plans(&task, &roster, &[], mk_meta()).unwrap(), plans);
+        assert_eq!(
+            build_plans(&task, &roster, &[], mk_meta()).unwrap().plans,
+            plans
+        );
     }
 
     #[test]
@@ -638,7 +780,7 @@ pub(crate) mod tests {
         .unwrap();
         for endpoint in [true, false] {
             task.spec.target.endpoint = endpoint;
-            let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap();
+            let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
             let of = |node: &str| pair_paths_of(&plans[node]);
             assert_eq!(of("node-1"), [("dst/node-9", "sec", Ipv4)]);
             assert_eq!(of("node-2"), [("dst/node-9", "pod", Ipv6)]);
