@@ -7,8 +7,11 @@ use std::{
     time::Duration,
 };
 
+use meshdoctor_agent_common::probe_round_tag;
 use meshdoctor_agent_common::{Hook, IpFamily, Kind, TcpPath, TcpPathKey};
-use meshdoctor_api::{AgentRegistration, Packet, ProbeDrop, Timestamping, probe_id_parts};
+use meshdoctor_api::{
+    AgentRegistration, Packet, ProbeDrop, Timestamping, probe_id_parts, probe_tag,
+};
 use tracing::warn;
 
 use crate::{
@@ -35,6 +38,7 @@ pub struct Agent {
     /// Drop locations named so far.
     symbols: Mutex<Symbols>,
     /// Hook times per armed round tag. Events of other round tags are ignored.
+    /// By [`probe_tag`]: what the events carry.
     rounds: Mutex<HashMap<u32, RoundHooks>>,
 }
 
@@ -139,7 +143,10 @@ impl Agent {
     /// so far.
     pub fn arm(&self, tag: u32, timeout: Duration, tcp_paths: &[(TcpPathKey, TcpPath)]) -> u64 {
         if let Ok(mut r) = self.rounds.lock() {
-            r.insert(tag, RoundHooks::with_timeout(timeout.as_nanos() as u64));
+            r.insert(
+                probe_tag(tag),
+                RoundHooks::with_timeout(timeout.as_nanos() as u64),
+            );
         }
         self.with_observer(|o| {
             o.add_tcp_paths(tcp_paths)?;
@@ -169,7 +176,7 @@ impl Agent {
             .rounds
             .lock()
             .ok()
-            .and_then(|mut r| r.remove(&tag))
+            .and_then(|mut r| r.remove(&probe_tag(tag)))
             .unwrap_or_default();
         (hooks, drops)
     }
@@ -222,9 +229,8 @@ impl Agent {
     pub async fn dispatch_events(self: Arc<Self>, mut events: EventStream) {
         while let Some(ev) = events.next().await {
             self.metrics.kernel_events.inc();
-            let tag = (ev.probe_id >> 32) as u32;
             if let Ok(mut rounds) = self.rounds.lock()
-                && let Some(r) = rounds.get_mut(&tag)
+                && let Some(r) = rounds.get_mut(&probe_round_tag(ev.probe_id))
             {
                 r.record(&ev);
             }

@@ -67,9 +67,9 @@ pub struct MeshSummary {
     pub peers: Option<u32>,
     /// Rounds until every pair is probed once: 1 for the full mesh.
     pub coverage_rounds: u32,
-    /// The most probe packets per second the plans asked of one agent while probing.
+    /// The most probes per second the plans asked one agent to send or answer.
     pub max_agent_rate: u64,
-    /// The controller's probe budget (packets per second per agent).
+    /// The controller's probe budget (probes per second an agent sends).
     pub budget: u32,
 }
 
@@ -379,8 +379,18 @@ pub struct Interval {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
+    /// Empty for a domain-pair finding.
     pub node: String,
+    /// Empty for a domain-pair finding.
     pub interface: String,
+    /// The node's topology domain (the task's `mesh.topologyKey` label), or, for a
+    /// domain-pair finding, the domain the lost packets left; empty when agents have none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// Set for a loss that follows domains instead of one interface: the domain the lost
+    /// packets were going to (from `zone`, egress, link side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_zone: Option<String>,
     pub network: String,
     pub family: Family,
     pub direction: Direction,

@@ -108,6 +108,8 @@ impl Finding {
         Self {
             node: node.into(),
             interface: "net1".into(),
+            zone: String::new(),
+            to_zone: None,
             network: "sec".into(),
             family: Family::Ipv4,
             direction: Direction::Ingress,

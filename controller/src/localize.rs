@@ -8,6 +8,12 @@
 //! 007 and NetBouncer) that keeps taking the place explaining the most unexplained loss names
 //! the faulty interface once instead of blaming each pair. Every path crossing a place counts
 //! in its probe totals, lossy or not, so its loss ratio is the interface's, not the pairs'.
+//!
+//! When the agents are in topology domains (zones), the way from one domain to another is a
+//! place too: the links between them, crossed by the requests of every path from a node of
+//! the one to a node of the other and by the replies of every path back. Loss there shows on
+//! every pair across, while each node's interface shows it on its own pairs across only, so the
+//! cover names the domain pair once instead of every interface of the domain.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -46,10 +52,13 @@ fn total(counts: impl Iterator<Item = u32>) -> u32 {
 }
 
 /// A place where probe packets can be lost; ordered so that ties break the same way each time.
+/// The way between two domains is `node`: the domain packets leave, `interface`: the network,
+/// `to_domain`: the domain they go to, in the egress direction on the link side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Place<'a> {
     node: &'a str,
     interface: &'a str,
+    to_domain: Option<&'a str>,
     family: Family,
     direction: Direction,
     segment: Segment,
@@ -89,15 +98,18 @@ fn through(p: &PathResult, segment: PathSegment) -> u32 {
 
 /// The places that can lose a probe of `p` in `segment`, with the packet they would lose. In
 /// the destination's stack the drop record, when there is one, says which way the probe was
-/// going: the request in, or the reply out.
-fn places(
-    p: &PathResult,
+/// going: the request in, or the reply out. Between nodes of different `zones` (by node), the
+/// way between their domains can lose it too.
+fn places<'a>(
+    p: &'a PathResult,
     segment: PathSegment,
     dropped: Option<Packet>,
-) -> Vec<(Place<'_>, Packet)> {
+    zones: &'a Zones,
+) -> Vec<(Place<'a>, Packet)> {
     let src = |direction, segment| Place {
         node: p.src_node.as_str(),
         interface: p.src_interface.as_str(),
+        to_domain: None,
         family: p.family,
         direction,
         segment,
@@ -105,16 +117,32 @@ fn places(
     let dst = |direction, segment| Place {
         node: p.dst_node.as_str(),
         interface: p.dst_interface.as_str(),
+        to_domain: None,
         family: p.family,
         direction,
         segment,
+    };
+    let across = |from: &str, to: &str, packet| {
+        let (from, to) = (zones.get(from)?, zones.get(to)?);
+        let place = Place {
+            node: from.as_str(),
+            interface: p.network.as_str(),
+            to_domain: Some(to.as_str()),
+            family: p.family,
+            direction: Direction::Egress,
+            segment: Segment::Link,
+        };
+        (from != to).then_some((place, packet))
     };
     use Direction::{Egress, Ingress};
     use Packet::{Reply, Request};
     use Segment::{Link, Stack};
     match segment {
         PathSegment::SrcSend => vec![(src(Egress, Stack), Request)],
-        PathSegment::Forward => vec![(src(Egress, Link), Request), (dst(Ingress, Link), Request)],
+        PathSegment::Forward => [(src(Egress, Link), Request), (dst(Ingress, Link), Request)]
+            .into_iter()
+            .chain(across(&p.src_node, &p.dst_node, Request))
+            .collect(),
         PathSegment::DstStack => {
             let ingress = (dst(Ingress, Stack), Request);
             let egress = (dst(Egress, Stack), Reply);
@@ -124,7 +152,10 @@ fn places(
                 None => vec![ingress, egress],
             }
         }
-        PathSegment::Reply => vec![(dst(Egress, Link), Reply), (src(Ingress, Link), Reply)],
+        PathSegment::Reply => [(dst(Egress, Link), Reply), (src(Ingress, Link), Reply)]
+            .into_iter()
+            .chain(across(&p.dst_node, &p.src_node, Reply))
+            .collect(),
         PathSegment::SrcReceive => vec![(src(Ingress, Stack), Reply)],
         // Toward a listed address: past the source's hooks nothing says where, and the
         // target is not a place of the mesh.
@@ -158,9 +189,18 @@ struct Bucket {
     places: Vec<(usize, Packet)>,
 }
 
+/// Agents' topology domains, by node ([`meshdoctor_api::RoundReport::zones`]).
+pub type Zones = BTreeMap<String, String>;
+
 /// The places that explain the round's loss, worst (most lost probes) first; empty for a
-/// healthy round. `losses` is the join's, index for index with `paths`.
-pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig) -> Vec<Finding> {
+/// healthy round. `losses` is the join's, index for index with `paths`; `zones` the agents'
+/// domains (empty: no domain pairs).
+pub fn localize(
+    paths: &[PathResult],
+    losses: &[PathLoss],
+    zones: &Zones,
+    cfg: &LocalizeConfig,
+) -> Vec<Finding> {
     let reported = || {
         paths
             .iter()
@@ -175,16 +215,33 @@ pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig)
     for (_, (p, loss)) in reported() {
         for b in loss.buckets.iter().filter(|b| b.lost > 0) {
             wanted.extend(
-                places(p, b.segment, b.dropped)
+                places(p, b.segment, b.dropped, zones)
                     .into_iter()
                     .map(|(place, _)| place),
             );
         }
     }
-    let nodes: HashSet<&str> = wanted.iter().map(|place| place.node).collect();
+    let nodes: HashSet<&str> = wanted
+        .iter()
+        .filter(|place| place.to_domain.is_none())
+        .map(|place| place.node)
+        .collect();
+    let domains: HashSet<(&str, &str)> = wanted
+        .iter()
+        .filter_map(|place| Some((place.node, place.to_domain?)))
+        .collect();
+    let across = |p: &PathResult| -> bool {
+        let (Some(a), Some(b)) = (zones.get(&p.src_node), zones.get(&p.dst_node)) else {
+            return false;
+        };
+        domains.contains(&(a.as_str(), b.as_str())) || domains.contains(&(b.as_str(), a.as_str()))
+    };
     let mut by_place: BTreeMap<Place<'_>, Candidate<'_>> = BTreeMap::new();
     for (i, (p, loss)) in reported() {
-        if !nodes.contains(p.src_node.as_str()) && !nodes.contains(p.dst_node.as_str()) {
+        if !nodes.contains(p.src_node.as_str())
+            && !nodes.contains(p.dst_node.as_str())
+            && !across(p)
+        {
             continue;
         }
         // Past the source's send, the counts of a path whose observers may have missed events
@@ -193,7 +250,7 @@ pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig)
             .into_iter()
             .filter(|&s| s == PathSegment::SrcSend || loss.hooks_observed);
         for segment in observed {
-            for (place, packet) in places(p, segment, None) {
+            for (place, packet) in places(p, segment, None, zones) {
                 if !wanted.contains(&place) {
                     continue;
                 }
@@ -222,7 +279,7 @@ pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig)
         for b in loss.buckets.iter().filter(|b| b.lost > 0) {
             // A place without a crossing is a segment the path's observers could not vouch
             // for: not evidence.
-            let places: Vec<(usize, Packet)> = places(p, b.segment, b.dropped)
+            let places: Vec<(usize, Packet)> = places(p, b.segment, b.dropped, zones)
                 .into_iter()
                 .filter_map(|(place, packet)| index.get(&place).map(|&c| (c, packet)))
                 .collect();
@@ -242,7 +299,7 @@ pub fn localize(paths: &[PathResult], losses: &[PathLoss], cfg: &LocalizeConfig)
         .iter()
         .enumerate()
         .map(|(k, &c)| {
-            let f = finding(paths, &candidates, &buckets, &accepted, k, cfg);
+            let f = finding(paths, &candidates, &buckets, &accepted, k, zones, cfg);
             (candidates[c].place, f)
         })
         .collect();
@@ -314,6 +371,7 @@ fn finding(
     buckets: &[Bucket],
     accepted: &[usize],
     k: usize,
+    zones: &Zones,
     cfg: &LocalizeConfig,
 ) -> Finding {
     let c = accepted[k];
@@ -382,8 +440,13 @@ fn finding(
         })
         .collect();
 
-    // The kernel's reasons for the packets this place lost, from its own node's records.
-    let dropped: BTreeSet<(usize, Packet)> = mine.iter().map(|(b, pk)| (b.path, *pk)).collect();
+    // The kernel's reasons for the packets this place lost, from its own node's records (a
+    // way between domains is links only: no kernel of ours drops there).
+    let dropped: BTreeSet<(usize, Packet)> = mine
+        .iter()
+        .filter(|_| cand.place.to_domain.is_none())
+        .map(|(b, pk)| (b.path, *pk))
+        .collect();
     let mut reasons: BTreeMap<(&str, &str), u32> = BTreeMap::new();
     for (path, packet) in dropped {
         for d in &paths[path].drops {
@@ -404,9 +467,19 @@ fn finding(
     drop_reasons.sort_by_key(|r| std::cmp::Reverse(r.count));
 
     let place = cand.place;
+    let (node, interface, zone) = match place.to_domain {
+        Some(_) => ("", "", Some(place.node)),
+        None => (
+            place.node,
+            place.interface,
+            zones.get(place.node).map(String::as_str),
+        ),
+    };
     Finding {
-        node: place.node.into(),
-        interface: place.interface.into(),
+        node: node.into(),
+        interface: interface.into(),
+        zone: zone.unwrap_or_default().into(),
+        to_zone: place.to_domain.map(Into::into),
         network: cand.network.into(),
         family: place.family,
         direction: place.direction,
@@ -664,7 +737,7 @@ mod tests {
 
     fn run(faults: &[Fault], probes: u32) -> (Vec<PathResult>, Vec<Finding>) {
         let (paths, losses) = mk_mesh(faults, probes);
-        let findings = localize(&paths, &losses, &LocalizeConfig::default());
+        let findings = localize(&paths, &losses, &Zones::new(), &LocalizeConfig::default());
         (paths, findings)
     }
 
@@ -811,6 +884,66 @@ mod tests {
         assert!(covers(f, 0.02), "{f:#?}");
     }
 
+    /// node-1 and node-2 in zone-a, node-3 and node-4 in zone-b.
+    fn two_zones() -> Zones {
+        NODES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.to_string(),
+                    if i < 2 { "zone-a" } else { "zone-b" }.into(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loss_between_two_zones_is_one_domain_pair_finding() {
+        // The links from zone-a to zone-b lose 30% of pod-network IPv4 packets: each zone-a
+        // node's eth0 loses them toward the zone-b nodes only.
+        let mut faults = Vec::new();
+        for node in ["node-1", "node-2"] {
+            for peer in ["node-3", "node-4"] {
+                faults.push(Fault {
+                    peer: Some(peer),
+                    ..mk_fault(node, "eth0", Ipv4, Egress, Link, 30)
+                });
+            }
+        }
+        let (paths, losses) = mk_mesh(&faults, 200);
+        let zones = two_zones();
+        let findings = localize(&paths, &losses, &zones, &LocalizeConfig::default());
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let f = &findings[0];
+        assert_eq!(
+            (f.zone.as_str(), f.to_zone.as_deref(), f.node.as_str()),
+            ("zone-a", Some("zone-b"), "")
+        );
+        assert_eq!((f.network.as_str(), f.family), ("pod", Ipv4));
+        assert_eq!(f.packets, [Request, Reply]);
+        // Every pair across, both ways: zone-a's requests and zone-b's replies to zone-a.
+        assert_eq!(f.pairs(), 4);
+        assert_eq!(f.lost, mesh_lost(&paths));
+        assert!(covers(f, 0.3), "{f:#?}");
+        assert!(f.drop_reasons.is_empty());
+        // Without zones the same loss is blamed on each zone-a interface.
+        let findings = localize(&paths, &losses, &Zones::new(), &LocalizeConfig::default());
+        assert!(findings.len() >= 2, "{findings:#?}");
+    }
+
+    #[test]
+    fn an_interface_fault_stays_an_interface_finding_with_zones() {
+        let fault = mk_fault("node-1", "eth0", Ipv4, Egress, Link, 30);
+        let (paths, losses) = mk_mesh(&[fault], 200);
+        let findings = localize(&paths, &losses, &two_zones(), &LocalizeConfig::default());
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let f = &findings[0];
+        assert_eq!(place(f), ("node-1", "eth0", "pod", Ipv4, Egress, Link));
+        assert_eq!((f.zone.as_str(), f.to_zone.as_deref()), ("zone-a", None));
+        assert_eq!(f.lost, mesh_lost(&paths));
+    }
+
     #[test]
     fn healthy_mesh_has_no_finding() {
         let (paths, findings) = run(&[], 100);
@@ -842,7 +975,7 @@ mod tests {
             loss.hooks_observed = false;
             loss.buckets.retain(|b| b.segment == PathSegment::SrcSend);
         }
-        let findings = localize(&paths, &losses, &LocalizeConfig::default());
+        let findings = localize(&paths, &losses, &Zones::new(), &LocalizeConfig::default());
         assert_eq!(findings.len(), 1, "{findings:#?}");
         let f = &findings[0];
         assert_eq!(place(f), ("node-4", "net1", "net1", Ipv4, Egress, Stack));
@@ -873,13 +1006,16 @@ mod tests {
             });
         }
         losses.truncate(40);
-        let findings = localize(&paths, &losses, &LocalizeConfig::default());
+        let findings = localize(&paths, &losses, &Zones::new(), &LocalizeConfig::default());
         assert!(
             findings
                 .iter()
                 .all(|f| f.loss_ratio <= 1.0 && f.lost <= f.probes)
         );
-        assert_eq!(localize(&paths, &[], &LocalizeConfig::default()), []);
+        assert_eq!(
+            localize(&paths, &[], &Zones::new(), &LocalizeConfig::default()),
+            []
+        );
     }
 
     #[test]
@@ -911,7 +1047,12 @@ mod tests {
             });
         }
         let joined = join_reports(&plans, &reports);
-        let findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
+        let findings = localize(
+            &joined.paths,
+            &joined.losses,
+            &Zones::new(),
+            &LocalizeConfig::default(),
+        );
         assert_eq!(findings.len(), 1, "{findings:#?}");
         let f = &findings[0];
         assert_eq!(place(f), ("node-2", "eth0", "pod", Ipv4, Ingress, Stack));

@@ -193,7 +193,12 @@ pub fn close(
         Task::NetReach(t) => {
             let joined = join(&plans, received);
             reasons.extend(failure_reasons(&t.spec.expect, &joined));
-            report.findings = localize(&joined.paths, &joined.losses, &LocalizeConfig::default());
+            report.findings = localize(
+                &joined.paths,
+                &joined.losses,
+                &report.zones,
+                &LocalizeConfig::default(),
+            );
             report.not_reported = joined.not_reported;
             report.summary = joined.summary;
             report.paths = joined.paths;

@@ -79,6 +79,10 @@ pub struct LabConfig {
     /// 0 (the default) is a single cluster; otherwise less than `nodes`, so the first cluster
     /// keeps at least one node.
     pub second_cluster: usize,
+    /// Splits the nodes into this many topology zones, consecutive blocks `zone-1`, ...
+    /// ([`plan::zone_of`](crate::plan::zone_of)), each agent started with `--zone`; 0 (the
+    /// default): no zones.
+    pub zones: usize,
 }
 
 impl LabConfig {
@@ -95,6 +99,7 @@ impl LabConfig {
             agent_args: Vec::new(),
             controller_args: Vec::new(),
             second_cluster: 0,
+            zones: 0,
         }
     }
 }
@@ -197,6 +202,10 @@ impl Lab {
             }
             let listen = format!("[::]:{}", crate::plan::AGENT_PORT);
             args.extend(["--listen", &listen]);
+            let zone = crate::plan::zone_of(i, cfg.nodes, cfg.zones);
+            if let Some(zone) = &zone {
+                args.extend(["--zone", zone]);
+            }
             args.extend(cfg.agent_args.iter().map(String::as_str));
             lab.spawn(&node, &node_ns(i), &cfg.bin_dir.join(AGENT_BIN), &args)?;
         }

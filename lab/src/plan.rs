@@ -148,6 +148,12 @@ pub fn cluster_of(i: usize, nodes: usize, second_cluster: usize) -> Cluster {
     }
 }
 
+/// The topology zone of node `i` (1-based) in a lab of `nodes` nodes split into `zones`
+/// consecutive blocks (`zone-1`, `zone-2`, ...); none when `zones` is 0.
+pub fn zone_of(i: usize, nodes: usize, zones: usize) -> Option<String> {
+    (zones > 0).then(|| format!("zone-{}", (i - 1) * zones / nodes.max(1) + 1))
+}
+
 /// Name of the switch-side veth of `iface` for the namespace called `owner` (e.g. `n3-net1`);
 /// at most 15 bytes for every node number the plan allows.
 pub(crate) fn switch_port(owner: &str, iface: &LabInterface) -> String {
@@ -157,6 +163,13 @@ pub(crate) fn switch_port(owner: &str, iface: &LabInterface) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zones_are_consecutive_blocks() {
+        let zones: Vec<_> = (1..=5).map(|i| zone_of(i, 5, 2).unwrap()).collect();
+        assert_eq!(zones, ["zone-1", "zone-1", "zone-1", "zone-2", "zone-2"]);
+        assert_eq!(zone_of(3, 5, 0), None);
+    }
 
     #[test]
     fn addresses_follow_the_plan() {

@@ -30,6 +30,9 @@ pub struct MeshTask<'a> {
     pub secs: u32,
     /// `perRequestTimeoutInMS`.
     pub timeout_ms: u32,
+    /// `spec.target.mesh.mode`: `full` by default, so that a lab round probes every pair
+    /// whatever its rate (the controller's probe budget would sample a fast task's peers).
+    pub mesh: &'a str,
 }
 
 impl<'a> MeshTask<'a> {
@@ -42,6 +45,7 @@ impl<'a> MeshTask<'a> {
             qps,
             secs,
             timeout_ms: 1000,
+            mesh: "full",
         }
     }
 
@@ -54,6 +58,7 @@ impl<'a> MeshTask<'a> {
             qps,
             secs,
             timeout_ms,
+            mesh,
         } = self;
         format!(
             "apiVersion: meshdoctor.io/v1beta1
@@ -74,6 +79,7 @@ spec:
   target:
     ipv4: true
     ipv6: true
+    mesh: {{mode: {mesh}}}
 "
         )
     }
@@ -98,5 +104,6 @@ mod tests {
         assert_eq!(spec.expect.success_rate, 1.0);
         assert!(spec.target.ipv4 && spec.target.ipv6);
         assert!(spec.target.interfaces.is_none());
+        assert_eq!(spec.target.mesh.mode, meshdoctor_api::MeshMode::Full);
     }
 }

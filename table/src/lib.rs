@@ -307,9 +307,14 @@ pub fn render_findings(findings: &[Finding]) -> String {
         .iter()
         .map(|f| {
             let packets: Vec<String> = f.packets.iter().map(Packet::to_string).collect();
+            // A way between domains has no node or interface of its own.
+            let (node, interface) = match &f.to_zone {
+                Some(to) => (format!("{} → {to}", f.zone), "*".into()),
+                None => (f.node.clone(), f.interface.clone()),
+            };
             [
-                f.node.clone(),
-                f.interface.clone(),
+                node,
+                interface,
                 f.network.clone(),
                 f.family.to_string(),
                 f.direction.to_string(),
@@ -677,12 +682,16 @@ node-10  not-reported    -   -     -       -         -     -      -       -     
             })
             .collect();
         stack.drop_reasons[1].location = "0xffffffff81a2b3c4".into();
+        let mut across = mk_finding("", Direction::Egress, Segment::Link);
+        across.interface.clear();
+        (across.zone, across.to_zone) = ("zone-a".into(), Some("zone-b".into()));
         let expected = "\
-NODE     IFACE  NETWORK  FAMILY  DIR      SEGMENT  PACKETS        LOSS               LOST/PROBES  PAIRS  REASONS
-node-3   net1   net1     ipv4    ingress  link     request+reply  20.0% [12.3–30.0]       30/150      3  -
-node-10  net1   net1     ipv6    egress   stack    reply          0.5% [12.3–30.0]        5/1000      3  NETFILTER_DROP@nft_do_chain×3, NOSOCKET@0xffffffff81a2b3c4×1, +1 more
+NODE             IFACE  NETWORK  FAMILY  DIR      SEGMENT  PACKETS        LOSS               LOST/PROBES  PAIRS  REASONS
+node-3           net1   net1     ipv4    ingress  link     request+reply  20.0% [12.3–30.0]       30/150      3  -
+node-10          net1   net1     ipv6    egress   stack    reply          0.5% [12.3–30.0]        5/1000      3  NETFILTER_DROP@nft_do_chain×3, NOSOCKET@0xffffffff81a2b3c4×1, +1 more
+zone-a → zone-b  *      net1     ipv4    egress   link     request+reply  20.0% [12.3–30.0]       30/150      3  -
 ";
-        assert_eq!(render_findings(&[link, stack]), expected);
+        assert_eq!(render_findings(&[link, stack, across]), expected);
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub struct LabArgs {
     /// Number of nodes (agents).
     #[arg(long, default_value_t = 4)]
     nodes: usize,
+    /// Split the nodes into this many topology zones (consecutive blocks zone-1, zone-2, ...;
+    /// agents started with --zone), for the topology mesh and domain-pair findings.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    zones: usize,
+    /// Mesh shape of the default task: full, sampled, topology or auto (the controller picks
+    /// within its probe budget).
+    #[arg(long, default_value = "full", value_parser = ["full", "sampled", "topology", "auto"])]
+    mesh: String,
     /// Leave the lab running after the report (stop it with `cargo xtask lab down`).
     #[arg(long)]
     keep: bool,
@@ -119,6 +127,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 .unwrap_or_default();
             let task = MeshTask {
                 protocol: protocol.name(),
+                mesh: &args.mesh,
                 ..MeshTask::new("mesh", DEFAULT_QPS, DEFAULT_SECS)
             };
             ("mesh.yaml".to_string(), task.yaml())
@@ -151,6 +160,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     cfg.dir = args.dir.clone();
     cfg.tasks = vec![(file_name, yaml)];
     cfg.faults = args.faults.clone();
+    cfg.zones = args.zones;
     if !args.faults.is_empty() {
         eprintln!("faults, in place before the first probe:");
         for f in &args.faults {

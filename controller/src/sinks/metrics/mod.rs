@@ -14,7 +14,9 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use meshdoctor_api::{Family as IpFamily, Packet, PathResult, PathState, RoundReport, RoundStatus};
+use meshdoctor_api::{
+    Family as IpFamily, Finding, Packet, PathResult, PathState, RoundReport, RoundStatus,
+};
 
 use self::time_histogram::TimeHistogram;
 use super::store::Usage;
@@ -95,10 +97,22 @@ struct PlaceLabels {
     task: String,
     node: String,
     interface: String,
+    /// The node's topology domain ("" without one): few values, for grouping.
+    zone: String,
     network: String,
     family: String,
     direction: String,
     segment: String,
+}
+
+/// A domain-pair finding's place: the way from `zone` to `to_zone`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabels {
+    task: String,
+    zone: String,
+    to_zone: String,
+    network: String,
+    family: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,6 +192,7 @@ pub struct Metrics {
     network_rtt: HistogramFamily<InterfaceLabels>,
     stack: HistogramFamily<StackLabels>,
     loss_ratio: Latest<PlaceLabels>,
+    zone_loss_ratio: Latest<DomainLabels>,
     findings: Family<TaskLabels, Gauge<i64, AtomicI64>>,
     drops: Family<DropLabels, Counter>,
     /// `None` unless per-pair series were asked for.
@@ -285,6 +300,13 @@ impl Metrics {
                 "meshdoctor_interface_loss_ratio",
                 "Estimated loss ratio of each faulty interface (place) the task's latest round \
                  localized, over the packets it loses; absent when the place is healthy",
+            ),
+            zone_loss_ratio: Latest::new(
+                r,
+                "meshdoctor_zone_loss_ratio",
+                "Estimated loss ratio on the way from one topology domain to another, where the \
+                 task's latest round found loss that follows domains rather than one interface; \
+                 absent when healthy",
             ),
             findings: register(
                 r,
@@ -483,13 +505,29 @@ impl Metrics {
         self.findings
             .get_or_create(&TaskLabels { task: task.into() })
             .set(report.findings.len() as i64);
+        let (across, at): (Vec<&Finding>, Vec<&Finding>) =
+            report.findings.iter().partition(|f| f.to_zone.is_some());
+        self.zone_loss_ratio.replace(
+            task,
+            across.iter().map(|f| {
+                let labels = DomainLabels {
+                    task: task.into(),
+                    zone: f.zone.clone(),
+                    to_zone: f.to_zone.clone().unwrap_or_default(),
+                    network: f.network.clone(),
+                    family: f.family.to_string(),
+                };
+                (labels, f.loss_ratio)
+            }),
+        );
         self.loss_ratio.replace(
             task,
-            report.findings.iter().map(|f| {
+            at.iter().map(|f| {
                 let labels = PlaceLabels {
                     task: task.into(),
                     node: f.node.clone(),
                     interface: f.interface.clone(),
+                    zone: f.zone.clone(),
                     network: f.network.clone(),
                     family: f.family.to_string(),
                     direction: f.direction.to_string(),
@@ -734,7 +772,7 @@ mod tests {
     fn ratio_line(task: &str, node: &str) -> String {
         format!(
             "meshdoctor_interface_loss_ratio{{task=\"{task}\",node=\"{node}\",interface=\"net1\",\
-             network=\"sec\",family=\"ipv4\",direction=\"ingress\",segment=\"link\"}} 0.2\n"
+             zone=\"\",network=\"sec\",family=\"ipv4\",direction=\"ingress\",segment=\"link\"}} 0.2\n"
         )
     }
 
@@ -791,6 +829,32 @@ mod tests {
         let text = m.encode().unwrap();
         assert!(!text.contains("task=\"mesh\",node=\"node-3\""), "{text}");
         assert!(text.contains("meshdoctor_interface_findings{task=\"mesh\"} 0\n"));
+    }
+
+    #[test]
+    fn a_domain_pair_finding_is_a_zone_series_not_an_interface_one() {
+        let m = Metrics::default();
+        let mut round = mk_lossy_round("mesh", 1, &["node-3"]);
+        round.report.findings[0].zone = "zone-b".into();
+        let mut across = Finding::test("");
+        across.interface.clear();
+        (across.zone, across.to_zone) = ("zone-a".into(), Some("zone-b".into()));
+        round.report.findings.push(across);
+        m.round_closed(&round);
+        let text = m.encode().unwrap();
+        assert_lines(
+            &text,
+            &[
+                "meshdoctor_zone_loss_ratio{task=\"mesh\",zone=\"zone-a\",to_zone=\"zone-b\",\
+                 network=\"sec\",family=\"ipv4\"} 0.2\n",
+                &ratio_line("mesh", "node-3").replace("zone=\"\"", "zone=\"zone-b\""),
+                "meshdoctor_interface_findings{task=\"mesh\"} 2\n",
+            ],
+        );
+        assert!(!text.contains("node=\"\""), "{text}");
+        // Gone with the next healthy round.
+        m.round_closed(&untimed(RoundReport::test("mesh", 2, RoundStatus::Succeed)));
+        assert!(!m.encode().unwrap().contains("zone-a"));
     }
 
     #[test]
