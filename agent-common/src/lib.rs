@@ -136,6 +136,12 @@ pub struct ProbeEvent {
     pub proto: u8,
 }
 
+/// Bytes one [`ProbeEvent`] takes in the ring buffer: the event and the ring buffer's 8-byte
+/// record header, 8-byte aligned. The agent sizes the buffer and says what stall it covers
+/// with it.
+pub const EVENT_RECORD_BYTES: u64 =
+    (core::mem::size_of::<ProbeEvent>() as u64 + 8).next_multiple_of(8);
+
 /// Where the drop tracer finds what it reads, resolved by the agent for the running kernel:
 /// Rust eBPF has no CO-RE, so the agent reads the tracepoint's format file and the kernel's BTF
 /// and patches these byte offsets in as a global before loading.

@@ -69,6 +69,11 @@ struct Args {
     /// missing hooks 'unobserved' instead of loss; raise it for very high probe rates.
     #[arg(long, default_value_t = 256, value_name = "KIB", value_parser = parse_event_buffer)]
     event_buffer_kib: u32,
+    /// Most TCP probe paths (its own and those toward it) the observers follow at once. A
+    /// round with more is reported 'incomplete': its missing hooks are unobserved, not loss.
+    /// A full TCP mesh of N nodes needs 2 x (N - 1) per interface pair and family.
+    #[arg(long, default_value_t = 16384, value_name = "PATHS")]
+    max_tcp_paths: u32,
     /// Do not load eBPF: user-space timestamps only, no per-hook loss attribution. Needs only
     /// CAP_NET_RAW.
     #[arg(long)]
@@ -127,7 +132,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (observer, drop_tracer) = if args.no_ebpf {
         (None, None)
     } else {
-        match load_observer(&interfaces, args.event_buffer_kib * 1024) {
+        match load_observer(
+            &interfaces,
+            args.event_buffer_kib * 1024,
+            args.max_tcp_paths,
+        ) {
             Ok((o, t)) => (Some(o), t),
             Err(e) => {
                 warn!(
@@ -181,6 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn load_observer(
     interfaces: &[interfaces::Interface],
     event_buffer_bytes: u32,
+    tcp_paths: u32,
 ) -> anyhow::Result<(Observer, Option<DropTracer>)> {
     let tracer = DropTracer::resolve()
         .map_err(|e| warn!("kernel drop reasons unavailable: {e}"))
@@ -188,6 +198,7 @@ fn load_observer(
     let mut obs = Observer::load(&LoadOptions {
         drops: tracer.as_ref().map(|t| t.layout),
         event_buffer_bytes: Some(event_buffer_bytes),
+        tcp_paths: Some(tcp_paths),
     })?;
     for i in interfaces {
         let mode = obs.attach(&i.info.name)?;

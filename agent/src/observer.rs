@@ -141,6 +141,7 @@ pub struct Observer {
     tcx_supported: bool,
     /// Whether the object was loaded with a resolved [`DropLayout`].
     drop_layout: bool,
+    event_buffer_bytes: u32,
 }
 
 /// How to load the observer.
@@ -152,7 +153,14 @@ pub struct LoadOptions {
     /// Size of the event ring buffer in bytes (a power-of-two multiple of the page size);
     /// `None` keeps the program's 256 KiB.
     pub event_buffer_bytes: Option<u32>,
+    /// Entries of the TCP probe paths map: the most TCP paths (its own and those toward it)
+    /// the agent can follow at once; `None` keeps the program's 16,384.
+    pub tcp_paths: Option<u32>,
 }
+
+/// The event ring buffer's size when [`LoadOptions::event_buffer_bytes`] is `None`, as the
+/// program declares it.
+const PROGRAM_EVENT_BUFFER_BYTES: u32 = 256 << 10;
 
 /// Inode of the calling thread's network namespace (`/proc/thread-self/ns/net`): the netns id
 /// carried by every [`ProbeEvent`] of an observer loaded by this thread.
@@ -186,6 +194,9 @@ impl Observer {
         if let Some(bytes) = options.event_buffer_bytes {
             loader.map_max_entries(MAP_EVENTS, bytes);
         }
+        if let Some(entries) = options.tcp_paths {
+            loader.map_max_entries(MAP_TCP_PATHS, entries);
+        }
         let mut ebpf = loader.load(OBJECT).map_err(ObserverError::Load)?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
             program_mut(&mut ebpf, name)?
@@ -212,6 +223,9 @@ impl Observer {
             attached: StdHashMap::new(),
             tcx_supported: true,
             drop_layout: options.drops.is_some(),
+            event_buffer_bytes: options
+                .event_buffer_bytes
+                .unwrap_or(PROGRAM_EVENT_BUFFER_BYTES),
         })
     }
 
@@ -388,6 +402,11 @@ impl Observer {
 
     /// Events lost because the ring buffer was full (summed over CPUs). The probes they
     /// belonged to still show up in [`Observer::counters`].
+    /// Size of the event ring buffer in bytes.
+    pub fn event_buffer_bytes(&self) -> u64 {
+        self.event_buffer_bytes.into()
+    }
+
     pub fn ringbuf_drops(&self) -> Result<u64, ObserverError> {
         let values = self
             .ringbuf_drops

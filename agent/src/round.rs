@@ -8,6 +8,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use meshdoctor_agent_common::EVENT_RECORD_BYTES;
 use meshdoctor_api::{
     AgentReport, Histogram, LostProbe, ObserverStats, PathId, PlannedTarget, Protocol, RoundPlan,
     SentPath, probe_id, probe_tag,
@@ -47,7 +48,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     let tag = plan.round_tag;
     let tcp_paths = tcp::round_paths(plan, agent.probe_port);
     let timeout = Duration::from_millis(plan.timeout_ms);
-    let drops_before = agent.arm(tag, timeout, &tcp_paths);
+    let (drops_before, complete) = agent.arm(tag, timeout, &tcp_paths);
     let n = plan.probes_per_target() as usize;
     let probes: Shared = Arc::new(Mutex::new(vec![TargetProbes::new(n); plan.targets.len()]));
 
@@ -106,7 +107,11 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
 
     let (hooks, ringbuf_drops) = agent.disarm(tag, &tcp_paths, drops_before);
     let probes = probes.lock().map(|p| p.clone()).unwrap_or_default();
-    let report = build_report(agent, plan, &probes, &hooks, ringbuf_drops);
+    let observed = Observed {
+        ringbuf_drops,
+        complete,
+    };
+    let report = build_report(agent, plan, &probes, &hooks, observed);
     for (t, s) in plan.targets.iter().zip(&report.sent) {
         agent
             .metrics
@@ -238,13 +243,31 @@ async fn receive(
     }
 }
 
+/// How the observers fared in a round.
+#[derive(Debug, Clone, Copy)]
+struct Observed {
+    ringbuf_drops: u64,
+    /// Arming the round succeeded: every probe was followed.
+    complete: bool,
+}
+
+/// How long a ring buffer of `bytes` absorbs a stall of the event reader while `plan` probes,
+/// in ms; `None` for a round without probes. Each probe makes two events at its source
+/// (request out, reply in) and two at its destination, and the sampled meshes have every agent
+/// answer as many probes as it sends.
+fn stall_covered_ms(bytes: u64, plan: &RoundPlan) -> Option<u64> {
+    let paths = plan.targets.len().max(plan.incoming.len()) as u64;
+    let events_per_sec = 4 * u64::from(plan.qps) * paths;
+    (events_per_sec > 0).then(|| bytes * 1000 / (events_per_sec * EVENT_RECORD_BYTES))
+}
+
 /// Turns what the sockets and the observers saw into the report (pure: tested below).
 fn build_report(
     agent: &Agent,
     plan: &RoundPlan,
     probes: &[TargetProbes],
     hooks: &RoundHooks,
-    ringbuf_drops: u64,
+    observed: Observed,
 ) -> AgentReport {
     let sent = plan
         .targets
@@ -257,9 +280,13 @@ fn build_report(
         sent,
         answered: hooks.answered(&own, |i| agent.interface_name(i)),
         observer: ObserverStats {
-            ringbuf_drops,
+            ringbuf_drops: observed.ringbuf_drops,
             events: hooks.events(),
             drop_tracer: agent.traces_drops(),
+            incomplete: !observed.complete,
+            stall_covered_ms: agent
+                .event_buffer_bytes()
+                .and_then(|bytes| stall_covered_ms(bytes, plan)),
         },
         drops: agent.drop_records(hooks.drops()),
         ..AgentReport::on_plan(agent.node.clone(), plan, agent.timestamping)
@@ -368,7 +395,11 @@ mod tests {
         h.record(&ev(probe_id(77, 5, 0), Kind::Reply, Hook::Ingress, 1_800));
         h.record(&ev(probe_id(77, 5, 1), Kind::Request, Hook::Egress, 2_100));
         h.record(&ev(probe_id(77, 9, 0), Kind::Request, Hook::Ingress, 50)); // a peer's probe
-        let r = build_report(&agent, &plan, &[p], &h, 4);
+        let observed = Observed {
+            ringbuf_drops: 4,
+            complete: true,
+        };
+        let r = build_report(&agent, &plan, &[p], &h, observed);
         let s = &r.sent[0];
         assert_eq!((s.planned, s.sent, s.received), (3, 2, 1));
         assert_eq!((s.src_egress, s.src_ingress), (2, 1));
@@ -396,8 +427,24 @@ mod tests {
                 ringbuf_drops: 4,
                 events: 4,
                 drop_tracer: false,
+                incomplete: false,
+                stall_covered_ms: None,
             }
         );
+    }
+
+    #[test]
+    fn the_ring_buffer_covers_a_stall_inversely_to_the_probe_rate() {
+        let mut plan = mk_plan();
+        plan.qps = 10;
+        plan.targets = vec![plan.targets[0].clone(); 100];
+        // 4 events x 10 qps x 100 paths = 4,000 events/s of 48 bytes: 192,000 B/s.
+        assert_eq!(EVENT_RECORD_BYTES, 48);
+        assert_eq!(stall_covered_ms(256 << 10, &plan), Some(1365));
+        plan.qps = 100;
+        assert_eq!(stall_covered_ms(256 << 10, &plan), Some(136));
+        plan.targets.clear();
+        assert_eq!(stall_covered_ms(256 << 10, &plan), None);
     }
 
     /// An icmp round whose plan probes one target over http (a Service target, as kdoctor

@@ -140,20 +140,35 @@ impl Agent {
 
     /// Starts recording the probes of round `tag`, whose probes time out after `timeout`, with
     /// its TCP probe paths (see `crate::tcp::round_paths`); returns the ring-buffer drop count
-    /// so far.
-    pub fn arm(&self, tag: u32, timeout: Duration, tcp_paths: &[(TcpPathKey, TcpPath)]) -> u64 {
+    /// so far, and whether the observers follow every probe of the round (false when arming
+    /// failed: a full map).
+    pub fn arm(
+        &self,
+        tag: u32,
+        timeout: Duration,
+        tcp_paths: &[(TcpPathKey, TcpPath)],
+    ) -> (u64, bool) {
         if let Ok(mut r) = self.rounds.lock() {
             r.insert(
                 probe_tag(tag),
                 RoundHooks::with_timeout(timeout.as_nanos() as u64),
             );
         }
-        self.with_observer(|o| {
+        let armed = self.with_observer(|o| {
             o.add_tcp_paths(tcp_paths)?;
             o.arm(tag)?;
             o.ringbuf_drops()
-        })
-        .unwrap_or(0)
+        });
+        (
+            armed.unwrap_or(0),
+            armed.is_some() || self.observer.is_none(),
+        )
+    }
+
+    /// Size of the event ring buffer; `None` without eBPF.
+    pub fn event_buffer_bytes(&self) -> Option<u64> {
+        let obs = self.observer.as_ref()?.lock().ok()?;
+        Some(obs.event_buffer_bytes())
     }
 
     /// Stops recording round `tag` (and forgets its TCP paths); returns its hook times and the

@@ -191,7 +191,21 @@ pub struct ObserverStats {
     /// dropped by this host's stack with a traced reason.
     #[serde(default)]
     pub drop_tracer: bool,
+    /// The observers could not follow every probe of the round: arming it failed (more TCP
+    /// probe paths than the agent's `--max-tcp-paths`, or too many rounds armed at once).
+    /// Missing hook bits are then 'unobserved', not loss.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
+    /// How long the ring buffer absorbs a stall of the agent's event reader at this round's
+    /// rate of probe events, in milliseconds; none without eBPF. Below
+    /// [`TOLERATED_STALL_MS`] the round report warns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_covered_ms: Option<u64>,
 }
+
+/// The stall of an agent's event reader (a busy node, a slow CPU share) its ring buffer should
+/// absorb without losing events: below this the round report warns.
+pub const TOLERATED_STALL_MS: u64 = 1000;
 
 /// Echo request (source to destination) or echo reply (back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -200,6 +200,7 @@ pub fn close(
                 &LocalizeConfig::default(),
             );
             report.not_reported = joined.not_reported;
+            report.warnings.extend(joined.warnings);
             report.summary = joined.summary;
             report.paths = joined.paths;
             times = joined.times;

@@ -12,8 +12,9 @@ mod path;
 use std::collections::{BTreeMap, HashMap};
 
 use meshdoctor_api::{
-    AnsweredPath, Histogram, Packet, PathId, PathResult, PathSegment, PathState, ProbeDrop,
-    RoundPlan, RoundSummary, RttStats, SentPath, Timestamping,
+    AgentReport, AnsweredPath, Histogram, Packet, PathId, PathResult, PathSegment, PathState,
+    ProbeDrop, RoundPlan, RoundSummary, RttStats, SentPath, Timestamping,
+    agent_report::TOLERATED_STALL_MS,
 };
 
 use self::{
@@ -34,6 +35,54 @@ pub struct Joined {
     pub summary: RoundSummary,
     /// Nodes with a plan but no report, sorted.
     pub not_reported: Vec<String>,
+    /// What the agents' observers could not do this round, one sentence per kind.
+    pub warnings: Vec<String>,
+}
+
+/// Most nodes a warning names; it counts the rest.
+const NAMED: usize = 5;
+
+/// "node-1, node-2 and 3 more".
+fn some_of(nodes: &[&str]) -> String {
+    let mut s = nodes[..nodes.len().min(NAMED)].join(", ");
+    if nodes.len() > NAMED {
+        s += &format!(" and {} more", nodes.len() - NAMED);
+    }
+    s
+}
+
+/// One warning per kind of observer trouble in `reports`: a round the observers could not
+/// follow whole, a ring buffer too small for the round's rate of events.
+fn observer_warnings(reports: &ByNode<AgentReport>) -> Vec<String> {
+    let incomplete: Vec<&str> = reports
+        .iter()
+        .filter(|(_, r)| r.observer.incomplete)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let short: Vec<(&str, u64)> = reports
+        .iter()
+        .filter_map(|(n, r)| Some((n.as_str(), r.observer.stall_covered_ms?)))
+        .filter(|&(_, ms)| ms < TOLERATED_STALL_MS)
+        .collect();
+    let mut warnings = Vec::new();
+    if !incomplete.is_empty() {
+        warnings.push(format!(
+            "the eBPF observers of {} could not follow every probe of this round (more TCP \
+             probe paths than the agent's --max-tcp-paths, or too many rounds at once): their \
+             missing hooks are unobserved, not loss",
+            some_of(&incomplete)
+        ));
+    }
+    if let Some(least) = short.iter().map(|&(_, ms)| ms).min() {
+        let nodes: Vec<&str> = short.iter().map(|&(n, _)| n).collect();
+        warnings.push(format!(
+            "the event ring buffer of {} absorbs only {least} ms of reader stall at this \
+             round's probe rate (under {TOLERATED_STALL_MS} ms): raise the agent's \
+             --event-buffer-kib or lower the rate",
+            some_of(&nodes)
+        ));
+    }
+    warnings
 }
 
 /// What localization needs of one path beyond its [`PathResult`]: which of its counts can be
@@ -125,9 +174,11 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
     // Its eBPF observers ran and lost no event: a hook it did not report really did not see
     // the packet.
     let observed_all = |node: &str| {
-        reports
-            .get(node)
-            .is_some_and(|r| r.timestamping == Timestamping::Ebpf && r.observer.ringbuf_drops == 0)
+        reports.get(node).is_some_and(|r| {
+            r.timestamping == Timestamping::Ebpf
+                && r.observer.ringbuf_drops == 0
+                && !r.observer.incomplete
+        })
     };
 
     let mut sides = sides.into_iter();
@@ -170,6 +221,7 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
         .values()
         .fold(0u64, |acc, r| acc.saturating_add(r.observer.ringbuf_drops));
     Joined {
+        warnings: observer_warnings(&reports),
         summary: summarize(&paths, &times, unobserved),
         paths,
         losses,
@@ -294,6 +346,7 @@ pub(crate) mod tests {
                 ringbuf_drops: 2,
                 events: 100,
                 drop_tracer: true,
+                ..Default::default()
             },
             ..AgentReport::on_plan(node, plan, Timestamping::Ebpf)
         }
@@ -374,6 +427,43 @@ pub(crate) mod tests {
                 ..Default::default()
             }
         );
+        assert_eq!(
+            join_reports(&plans, &reports).warnings,
+            Vec::<String>::new()
+        );
+        // An agent that could not arm the round whole: unobserved again, and said.
+        reports.get_mut("node-2").unwrap().observer.incomplete = true;
+        assert_eq!(seg(&reports).unobserved, 2);
+        let warnings = join_reports(&plans, &reports).warnings;
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].starts_with("the eBPF observers of node-2 could not follow"));
+        assert!(warnings[0].contains("--max-tcp-paths"));
+    }
+
+    #[test]
+    fn a_ring_buffer_short_for_the_rate_is_one_warning_naming_a_few_nodes() {
+        let plans = mk_plans();
+        let mut reports: ByNode<AgentReport> = (1..=8)
+            .map(|i| {
+                let plan = &plans["node-1"];
+                let mut r = AgentReport::on_plan(format!("node-{i}"), plan, Timestamping::Ebpf);
+                r.observer.stall_covered_ms = Some(100 * i);
+                (r.node.clone(), r)
+            })
+            .collect();
+        let w = observer_warnings(&reports);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "the event ring buffer of node-1, node-2, node-3, node-4, node-5 and 3 more \
+                 absorbs only 100 ms"
+            ),
+            "{w:?}"
+        );
+        for r in reports.values_mut() {
+            r.observer.stall_covered_ms = Some(TOLERATED_STALL_MS);
+        }
+        assert!(observer_warnings(&reports).is_empty());
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! `cargo xtask bench scale`: the real controller binary (release build) over its real HTTP
-//! API against simulated agents ([`sim`]): N of them register (eth0 and net1, both families),
-//! long-poll their plans and post, each, the report a real agent would post for its plan,
-//! with K interface faults injected. Per round it prints what the controller costs: plan and
-//! report bytes, CPU seconds, peak RSS, the time from the last report to the round report,
-//! stored bytes, and the findings' precision and recall against the faults.
+//! API against simulated agents ([`sim`]): N of them register (eth0 and net1, both families,
+//! optionally in Z zones), long-poll their plans and post, each, the report a real agent would
+//! post for its plan, with K interface faults and J zone-pair faults injected. Per round it
+//! prints the mesh the controller chose (shape, peers, the most probes/s it asks of an agent),
+//! what the controller costs: plan and report bytes, CPU seconds, peak RSS, the time from the
+//! last report to the round report, stored bytes, and the findings' precision and recall
+//! against the faults, in that round and over the rounds so far (a sampled mesh meets a fault
+//! on some of its paths each round).
 //!
 //! CPU is the controller's user + system time between the round report of the previous round
 //! (registration for the first) and this one's, read from /proc; peak RSS is its VmHWM, reset
@@ -38,6 +41,15 @@ pub struct ScaleArgs {
     /// Interface faults to inject (30% of the packets each).
     #[arg(long, default_value_t = 0)]
     faults: u32,
+    /// Topology zones the nodes are split into (consecutive blocks; 0: none).
+    #[arg(long, default_value_t = 0)]
+    zones: u32,
+    /// Zone-pair faults to inject: zone-1 -> zone-2, zone-2 -> zone-3, ... (30% each).
+    #[arg(long, default_value_t = 0)]
+    zone_faults: u32,
+    /// The task's mesh shape: full, sampled, topology or auto (within the probe budget).
+    #[arg(long, default_value = "auto", value_parser = ["full", "sampled", "topology", "auto"])]
+    mesh: String,
     /// Rounds to run.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -66,6 +78,10 @@ struct Row {
     stored_bytes: u64,
     findings: usize,
     score: sim::Score,
+    /// Recall over this round and the ones before.
+    recall_so_far: f64,
+    mesh: String,
+    max_agent_rate: u64,
 }
 
 pub fn run(args: ScaleArgs) -> Result<()> {
@@ -97,14 +113,15 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     Ok(())
 }
 
-/// The benchmark's NetReach: the full mesh, both families, every interface.
+/// The benchmark's NetReach: both families, every interface, the mesh shape asked for.
 fn task_yaml(args: &ScaleArgs) -> String {
     format!(
         "apiVersion: meshdoctor.io/v1beta1\nkind: NetReach\nmetadata: {{name: {TASK}}}\nspec:\n  \
          schedule: {{schedule: '@every {}s', roundNumber: {}}}\n  \
          request: {{qps: {}, durationInSecond: 5, perRequestTimeoutInMS: 500}}\n  \
-         expect: {{successRate: 1}}\n  target: {{ipv4: true, ipv6: true}}\n",
-        args.every, args.rounds, args.qps
+         expect: {{successRate: 1}}\n  \
+         target: {{ipv4: true, ipv6: true, mesh: {{mode: {}}}}}\n",
+        args.every, args.rounds, args.qps, args.mesh
     )
 }
 
@@ -190,18 +207,16 @@ async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Re
         .pool_max_idle_per_host(CONCURRENCY)
         .build()?;
     wait_healthy(&http, base, ctl, dir).await?;
-    let registrations: Vec<_> = (1..=args.nodes).map(sim::registration).collect();
-    let faults = sim::faults(args.nodes, args.faults);
+    let registrations: Vec<_> = (1..=args.nodes)
+        .map(|i| sim::registration(i, args.nodes, args.zones))
+        .collect();
+    let zones = sim::zones(&registrations);
+    let mut faults = sim::faults(args.nodes, args.faults);
+    faults.extend(sim::zone_faults(args.zones, args.zone_faults));
     for f in &faults {
-        eprintln!(
-            "  fault: {} {} {} {} {:.0}%",
-            f.node,
-            f.interface,
-            f.family,
-            f.direction,
-            f.rate * 100.0
-        );
+        eprintln!("  fault: {f}");
     }
+    let mut found_so_far = vec![false; faults.len()];
     let mut cpu_before = ctl.cpu()?;
     ctl.reset_peak()?;
     let registered = stream::iter(&registrations)
@@ -221,7 +236,7 @@ async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Re
             .collect();
         after = plans.values().map(|p| p.round_tag).max().unwrap_or(after);
         let paths = plans.values().map(|p| p.targets.len()).sum();
-        let reports = sim::reports(&plans, &faults);
+        let reports = sim::reports(&plans, &faults, &zones);
         let bodies: Vec<(String, Vec<u8>)> = reports
             .iter()
             .map(|r| {
@@ -242,6 +257,27 @@ async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Re
         let close = last_report.elapsed();
         let cpu_now = ctl.cpu()?;
         let score = sim::score(&report.findings, &faults);
+        for (found, fault) in found_so_far.iter_mut().zip(&faults) {
+            *found |= report.findings.iter().any(|f| fault.found_by(f));
+        }
+        let recall_so_far = if faults.is_empty() {
+            1.0
+        } else {
+            found_so_far.iter().filter(|&&f| f).count() as f64 / faults.len() as f64
+        };
+        let (mesh, max_agent_rate) = match &report.mesh {
+            Some(m) => (
+                match m.peers {
+                    Some(k) => format!("{} {k}", m.mode),
+                    None => m.mode.to_string(),
+                },
+                m.max_agent_rate,
+            ),
+            None => ("-".into(), 0),
+        };
+        for w in &report.warnings {
+            eprintln!("  warning: {w}");
+        }
         rows.push(Row {
             round,
             agents: plans.len(),
@@ -254,6 +290,9 @@ async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Re
             stored_bytes: ctl.stored_bytes(),
             findings: report.findings.len(),
             score,
+            recall_so_far,
+            mesh,
+            max_agent_rate,
         });
         eprintln!(
             "  round {round}: {} findings, precision {:.2}, recall {:.2}",
@@ -390,15 +429,21 @@ async fn wait_round(
 fn print_table(args: &ScaleArgs, rows: &[Row]) {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "\nscale: {} nodes, {} faults, full mesh, eth0 + net1, IPv4 + IPv6, {} probes per path",
+        "\nscale: {} nodes in {} zones, {} interface and {} zone faults, mesh {}, eth0 + net1, \
+         IPv4 + IPv6, {} probes per path",
         args.nodes,
+        args.zones,
         args.faults,
+        args.zone_faults,
+        args.mesh,
         args.qps * 5
     );
     println!(
-        "{:>5} {:>6} {:>9} {:>10} {:>11} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9} {:>6}",
+        "{:>5} {:>6} {:>12} {:>7} {:>9} {:>10} {:>11} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9} {:>6} {:>6}",
         "round",
         "agents",
+        "mesh",
+        "pps",
         "paths",
         "plan MiB",
         "report MiB",
@@ -408,13 +453,16 @@ fn print_table(args: &ScaleArgs, rows: &[Row]) {
         "store MiB",
         "B/path",
         "findings",
-        "P/R"
+        "P/R",
+        "R all"
     );
     for r in rows {
         println!(
-            "{:>5} {:>6} {:>9} {:>10.1} {:>11.1} {:>8.2} {:>9.0} {:>8.2} {:>10.1} {:>8.0} {:>9} {:>3.2}/{:.2}",
+            "{:>5} {:>6} {:>12} {:>7} {:>9} {:>10.1} {:>11.1} {:>8.2} {:>9.0} {:>8.2} {:>10.1} {:>8.0} {:>9} {:>3.2}/{:.2} {:>6.2}",
             r.round,
             r.agents,
+            r.mesh,
+            r.max_agent_rate,
             r.paths,
             mib(r.plan_bytes),
             mib(r.report_bytes),
@@ -425,7 +473,8 @@ fn print_table(args: &ScaleArgs, rows: &[Row]) {
             r.stored_bytes as f64 / (r.paths.max(1) as f64 * f64::from(r.round)),
             r.findings,
             r.score.precision,
-            r.score.recall
+            r.score.recall,
+            r.recall_so_far
         );
     }
 }

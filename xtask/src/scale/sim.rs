@@ -1,19 +1,31 @@
-//! The simulated agents of `cargo xtask bench scale` (pure): their registrations, the reports
-//! real agents would post for their plans when some interfaces lose probes, and how the
-//! controller's findings score against those faults.
+//! The simulated agents of `cargo xtask bench scale` (pure): their registrations (in zones),
+//! the reports real agents would post for their plans when some interfaces, or the ways
+//! between some zones, lose probes, and how the controller's findings score against those
+//! faults.
 
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
     AgentRegistration, AgentReport, AnsweredPath, Direction, Family, Finding, Histogram,
     InterfaceInfo, LostProbe, ObserverStats, RoundPlan, SentPath, Timestamping,
+    task::DEFAULT_TOPOLOGY_KEY,
 };
 
 /// The interfaces every simulated agent has: the pod network and a multus secondary.
 pub const INTERFACES: [(&str, &str); 2] = [("eth0", "default"), ("net1", "net1")];
 
-/// Agent `i` (1-based): `node-i` with eth0 and net1, each with an IPv4 and an IPv6 address.
-pub fn registration(i: u32) -> AgentRegistration {
+/// The zone of node `i` (1-based) among `nodes` split into `zones` consecutive blocks, as in
+/// the lab; none when `zones` is 0.
+pub fn zone_of(i: u32, nodes: u32, zones: u32) -> Option<String> {
+    (zones > 0).then(|| {
+        let zone = u64::from(i - 1) * u64::from(zones) / u64::from(nodes.max(1)) + 1;
+        format!("zone-{zone}")
+    })
+}
+
+/// Agent `i` (1-based) of `nodes` in `zones` zones: `node-i` with eth0 and net1, each with an
+/// IPv4 and an IPv6 address, labelled with its zone.
+pub fn registration(i: u32, nodes: u32, zones: u32) -> AgentRegistration {
     let (hi, lo) = ((i >> 8) as u8, i as u8);
     let interfaces = INTERFACES
         .iter()
@@ -34,40 +46,148 @@ pub fn registration(i: u32) -> AgentRegistration {
         interfaces,
         timestamping: Timestamping::Ebpf,
         probe_port: Some(9091),
-        labels: Default::default(),
+        labels: zone_of(i, nodes, zones)
+            .map(|z| (DEFAULT_TOPOLOGY_KEY.to_string(), z))
+            .into_iter()
+            .collect(),
     }
 }
 
-/// A node's interface losing `rate` of the probe packets that cross its link in `direction`.
+/// The zones of registered agents, by node.
+pub type Zones = BTreeMap<String, String>;
+
+pub fn zones(registrations: &[AgentRegistration]) -> Zones {
+    registrations
+        .iter()
+        .filter_map(|r| Some((r.node.clone(), r.labels.get(DEFAULT_TOPOLOGY_KEY)?.clone())))
+        .collect()
+}
+
+/// Where probe packets are lost: 30% (`rate`) of those crossing it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fault {
-    pub node: String,
-    pub interface: String,
-    pub family: Family,
-    pub direction: Direction,
-    pub rate: f64,
+pub enum Fault {
+    /// A node's interface, on its link, in `direction`.
+    Interface {
+        node: String,
+        interface: String,
+        family: Family,
+        direction: Direction,
+        rate: f64,
+    },
+    /// The way from zone `from` to zone `to` on `network` (the links between two zones): the
+    /// requests of paths from `from` to `to` and the replies of paths back.
+    Zones {
+        from: String,
+        to: String,
+        network: String,
+        family: Family,
+        rate: f64,
+    },
+}
+
+/// A packet on its way: the family and network, and the (node, interface) it leaves and the
+/// one it reaches.
+struct Hop<'a> {
+    family: Family,
+    network: &'a str,
+    from: (&'a str, &'a str),
+    to: (&'a str, &'a str),
 }
 
 impl Fault {
-    fn hits(&self, node: &str, interface: &str, family: Family, direction: Direction) -> bool {
-        self.node == node
-            && self.interface == interface
-            && self.family == family
-            && self.direction == direction
+    /// This fault's loss rate for `hop`, if it crosses it.
+    fn rate_on(&self, hop: &Hop<'_>, zones: &Zones) -> Option<f64> {
+        let at = |(node, iface): (&str, &str), dir| match self {
+            Self::Interface {
+                node: n,
+                interface,
+                family,
+                direction,
+                ..
+            } => n == node && interface == iface && *family == hop.family && *direction == dir,
+            Self::Zones { .. } => false,
+        };
+        match self {
+            Self::Interface { rate, .. } => {
+                (at(hop.from, Direction::Egress) || at(hop.to, Direction::Ingress)).then_some(*rate)
+            }
+            Self::Zones {
+                from,
+                to,
+                network,
+                family,
+                rate,
+            } => (*family == hop.family
+                && network == hop.network
+                && zones.get(hop.from.0) == Some(from)
+                && zones.get(hop.to.0) == Some(to))
+            .then_some(*rate),
+        }
     }
 
     /// Whether `finding` names this fault's place.
     pub fn found_by(&self, f: &Finding) -> bool {
-        f.segment == meshdoctor_api::Segment::Link
-            && self.hits(&f.node, &f.interface, f.family, f.direction)
+        match self {
+            Self::Interface {
+                node,
+                interface,
+                family,
+                direction,
+                ..
+            } => {
+                f.segment == meshdoctor_api::Segment::Link
+                    && f.to_zone.is_none()
+                    && (&f.node, &f.interface, f.family, f.direction)
+                        == (node, interface, *family, *direction)
+            }
+            Self::Zones {
+                from,
+                to,
+                network,
+                family,
+                ..
+            } => {
+                f.to_zone.as_ref() == Some(to)
+                    && (&f.zone, &f.network, f.family) == (from, network, *family)
+            }
+        }
     }
 }
 
-/// `k` faults spread over `nodes` nodes: every interface, family and direction in turn, 30% of
-/// the packets each.
+impl std::fmt::Display for Fault {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Interface {
+                node,
+                interface,
+                family,
+                direction,
+                rate,
+            } => write!(
+                out,
+                "{node} {interface} {family} {direction} {:.0}%",
+                rate * 100.0
+            ),
+            Self::Zones {
+                from,
+                to,
+                network,
+                family,
+                rate,
+            } => write!(
+                out,
+                "{from} -> {to} {network} {family} {:.0}%",
+                rate * 100.0
+            ),
+        }
+    }
+}
+
+/// `k` interface faults spread over `nodes` nodes: every interface, family and direction in
+/// turn, 30% of the packets each.
 pub fn faults(nodes: u32, k: u32) -> Vec<Fault> {
     (0..k)
-        .map(|j| Fault {
+        .map(|j| Fault::Interface {
             node: format!(
                 "node-{}",
                 u64::from(j) * u64::from(nodes) / u64::from(k.max(1)) + 1
@@ -88,6 +208,24 @@ pub fn faults(nodes: u32, k: u32) -> Vec<Fault> {
         .collect()
 }
 
+/// `k` zone-pair faults among `zones` zones: zone-1 -> zone-2, zone-2 -> zone-3, ... on the
+/// pod network, IPv4 and IPv6 in turn, 30% each.
+pub fn zone_faults(zones: u32, k: u32) -> Vec<Fault> {
+    (0..k.min(zones))
+        .map(|j| Fault::Zones {
+            from: format!("zone-{}", j + 1),
+            to: format!("zone-{}", (j + 1) % zones + 1),
+            network: INTERFACES[0].1.into(),
+            family: if j % 2 == 0 {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
+            rate: 0.3,
+        })
+        .collect()
+}
+
 /// A uniform draw in [0, 1) fixed by `key` (splitmix64), so that a run is reproducible.
 fn chance(key: u64) -> f64 {
     let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -96,20 +234,21 @@ fn chance(key: u64) -> f64 {
     (z ^ (z >> 31)) as f64 / 2f64.powi(64)
 }
 
-/// Whether a packet crossing the places `at` (node, interface, direction) is lost, drawn once
-/// per place from `key`.
-fn lost(faults: &[Fault], family: Family, at: [(&str, &str, Direction); 2], key: u64) -> bool {
-    at.iter().zip(0u64..).any(|(&(node, iface, dir), k)| {
-        faults
-            .iter()
-            .find(|f| f.hits(node, iface, family, dir))
-            .is_some_and(|f| chance(key ^ (k << 62)) < f.rate)
+/// Whether a packet on `hop` is lost, drawn once per fault it crosses from `key`.
+fn lost(faults: &[Fault], zones: &Zones, hop: &Hop<'_>, key: u64) -> bool {
+    faults.iter().zip(0u64..).any(|(f, k)| {
+        f.rate_on(hop, zones)
+            .is_some_and(|rate| chance(key ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) < rate)
     })
 }
 
-/// The report each agent of `plans` posts when `faults` lose probe packets on their links:
-/// every probe sent, seen where it went, timed where it came back.
-pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<AgentReport> {
+/// The report each agent of `plans` (in `zones`) posts when `faults` lose probe packets on
+/// their links: every probe sent, seen where it went, timed where it came back.
+pub fn reports(
+    plans: &BTreeMap<String, RoundPlan>,
+    faults: &[Fault],
+    zones: &Zones,
+) -> Vec<AgentReport> {
     let mut answered: BTreeMap<&str, Vec<AnsweredPath>> = BTreeMap::new();
     let mut out = Vec::with_capacity(plans.len());
     for (src, plan) in plans {
@@ -142,35 +281,29 @@ pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<Age
             for seq in 0..n {
                 let key =
                     (u64::from(plan.round_tag) << 40) ^ (u64::from(t.path) << 16) ^ seq as u64;
-                let request = [
-                    (src.as_str(), t.src_interface.as_str(), Direction::Egress),
-                    (
-                        t.dst_node.as_str(),
-                        t.dst_interface.as_str(),
-                        Direction::Ingress,
-                    ),
-                ];
-                let reply = [
-                    (
-                        t.dst_node.as_str(),
-                        t.dst_interface.as_str(),
-                        Direction::Egress,
-                    ),
-                    (src.as_str(), t.src_interface.as_str(), Direction::Ingress),
-                ];
+                let (here, there) = (
+                    (src.as_str(), t.src_interface.as_str()),
+                    (t.dst_node.as_str(), t.dst_interface.as_str()),
+                );
+                let hop = |from, to| Hop {
+                    family: t.family,
+                    network: &t.network,
+                    from,
+                    to,
+                };
                 let lost_probe = LostProbe {
                     seq: seq as u16,
                     src_egress: true,
                     src_ingress: false,
                 };
-                if lost(faults, t.family, request, key) {
+                if lost(faults, zones, &hop(here, there), key) {
                     a.ingress_missed.push(seq as u16);
                     a.egress_missed.push(seq as u16);
                     s.lost.push(lost_probe);
                     continue;
                 }
                 a.stack.record(20_000);
-                if lost(faults, t.family, reply, key ^ 1) {
+                if lost(faults, zones, &hop(there, here), key ^ 1) {
                     s.lost.push(lost_probe);
                     continue;
                 }
@@ -192,6 +325,8 @@ pub fn reports(plans: &BTreeMap<String, RoundPlan>, faults: &[Fault]) -> Vec<Age
                 ringbuf_drops: 0,
                 events: 0,
                 drop_tracer: true,
+                incomplete: false,
+                stall_covered_ms: None,
             },
             ..AgentReport::on_plan(src.clone(), plan, Timestamping::Ebpf)
         });
@@ -234,7 +369,7 @@ mod tests {
     use super::*;
 
     fn plan(src: u32, dst: u32, path: PathId) -> (String, RoundPlan) {
-        let (s, d) = (registration(src), registration(dst));
+        let (s, d) = (registration(src, 2, 0), registration(dst, 2, 0));
         let target = PlannedTarget {
             path,
             dst_node: d.node.clone(),
@@ -269,14 +404,14 @@ mod tests {
     fn a_faulty_interface_loses_its_share_where_it_sits() {
         let plans = BTreeMap::from([plan(1, 2, 0), plan(2, 1, 1)]);
         // node-2's eth0 loses 30% of what it receives: node-1's requests, node-2's own replies.
-        let fault = Fault {
+        let fault = Fault::Interface {
             node: "node-2".into(),
             interface: "eth0".into(),
             family: Family::Ipv4,
             direction: Direction::Ingress,
             rate: 0.3,
         };
-        let reports = reports(&plans, &[fault]);
+        let reports = reports(&plans, &[fault], &Zones::new());
         let (r1, r2) = (&reports[0], &reports[1]);
         assert_eq!((r1.node.as_str(), r2.node.as_str()), ("node-1", "node-2"));
         // node-1 -> node-2: requests lost on the way in, before node-2's hooks.
@@ -298,20 +433,65 @@ mod tests {
     #[test]
     fn faults_spread_and_score() {
         let f = faults(100, 4);
-        let nodes: Vec<&str> = f.iter().map(|f| f.node.as_str()).collect();
-        assert_eq!(nodes, ["node-1", "node-26", "node-51", "node-76"]);
-        assert_eq!(f[1].interface, "net1");
-        assert_eq!(f[2].family, Family::Ipv6);
-        let finding = |fault: &Fault| Finding {
-            node: fault.node.clone(),
-            interface: fault.interface.clone(),
-            family: fault.family,
-            direction: fault.direction,
-            ..Finding::test("x")
+        let places: Vec<String> = f.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            places,
+            [
+                "node-1 eth0 ipv4 ingress 30%",
+                "node-26 net1 ipv4 ingress 30%",
+                "node-51 eth0 ipv6 ingress 30%",
+                "node-76 net1 ipv6 ingress 30%"
+            ]
+        );
+        let finding = |fault: &Fault| {
+            let Fault::Interface {
+                node,
+                interface,
+                family,
+                direction,
+                ..
+            } = fault
+            else {
+                unreachable!("interface faults")
+            };
+            Finding {
+                node: node.clone(),
+                interface: interface.clone(),
+                family: *family,
+                direction: *direction,
+                ..Finding::test("x")
+            }
         };
         let findings = vec![finding(&f[0]), finding(&f[1]), Finding::test("node-99")];
         let s = score(&findings, &f);
         assert_eq!((s.precision, s.recall), (2.0 / 3.0, 0.5));
         assert_eq!(score(&[], &[]).precision, 1.0);
+    }
+
+    #[test]
+    fn a_zone_fault_loses_only_across_its_zones_and_scores_its_finding() {
+        // node-1 in zone-1, node-2 in zone-2; zone-1 -> zone-2 loses 30% of the pod network's
+        // IPv4 packets: node-1's requests and node-2's replies to node-1.
+        let regs: Vec<_> = (1..=2).map(|i| registration(i, 2, 2)).collect();
+        let zones = zones(&regs);
+        assert_eq!(zones["node-2"], "zone-2");
+        let plans = BTreeMap::from([plan(1, 2, 0), plan(2, 1, 1)]);
+        let fault = &zone_faults(2, 1)[0];
+        assert_eq!(fault.to_string(), "zone-1 -> zone-2 default ipv4 30%");
+        let reports = reports(&plans, std::slice::from_ref(fault), &zones);
+        for r in &reports {
+            let lost = 1000 - r.sent[0].received;
+            assert!((230..370).contains(&lost), "{}: {lost}", r.node);
+        }
+        // node-1 -> node-2 loses requests (node-2 missed them), node-2 -> node-1 replies.
+        assert!(!reports[1].answered[0].ingress_missed.is_empty());
+        assert!(reports[0].answered[0].ingress_missed.is_empty());
+        let mut f = Finding::test("");
+        (f.zone, f.to_zone, f.network) = ("zone-1".into(), Some("zone-2".into()), "default".into());
+        assert_eq!(score(&[f], std::slice::from_ref(fault)).recall, 1.0);
+        assert_eq!(
+            score(&[Finding::test("node-1")], &[fault.clone()]).recall,
+            0.0
+        );
     }
 }

@@ -311,7 +311,8 @@ impl Metrics {
             findings: register(
                 r,
                 "meshdoctor_interface_findings",
-                "Faulty interfaces the latest round of each task localized (0 when healthy)",
+                "Findings (faulty interfaces and domain pairs) of the latest round of each task (0 when \
+                 healthy)",
             ),
             drops: register(
                 r,
