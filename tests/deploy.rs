@@ -982,6 +982,8 @@ fn expected_controller_grants() -> BTreeSet<Grant> {
         }
     }
     for verb in ["get", "list", "watch"] {
+        // The agents' topology domains: their nodes' labels.
+        g.insert(grant("cluster", "", "nodes", verb, ""));
         g.insert(grant("meshdoctor", "", "pods", verb, ""));
         g.insert(grant("meshdoctor", "", "services", verb, ""));
         g.insert(grant(

@@ -67,9 +67,9 @@ pub struct MeshSummary {
     pub peers: Option<u32>,
     /// Rounds until every pair is probed once: 1 for the full mesh.
     pub coverage_rounds: u32,
-    /// The most probes per second the plans asked one agent to send or answer.
+    /// The most probe packets per second (sent and received) the plans asked of one agent.
     pub max_agent_rate: u64,
-    /// The controller's probe budget (probes per second an agent sends).
+    /// The controller's probe budget (probe packets per second per agent).
     pub budget: u32,
 }
 

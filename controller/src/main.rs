@@ -79,10 +79,10 @@ struct Args {
     /// investigation.
     #[arg(long)]
     pair_metrics: bool,
-    /// Most probes per second a NetReach round may ask one agent to send (it answers as many):
-    /// the auto mesh samples peers to stay within it, and a mesh above it is a warning in the
-    /// round report.
-    #[arg(long, default_value_t = Budget::default().packets_per_sec, value_name = "PROBES")]
+    /// Most probe packets per second a NetReach round may ask of one agent, sent and received
+    /// (requests and replies of its own probes and of those it answers): the auto mesh samples
+    /// peers to stay within it, and a mesh above it is a warning in the round report.
+    #[arg(long, default_value_t = Budget::default().packets_per_sec, value_name = "PACKETS")]
     probe_budget: u32,
     /// Most pair-paths a round may have (the controller keeps a record of each while the round
     /// runs): a round above it fails at once, naming the limit.

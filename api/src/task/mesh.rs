@@ -1,7 +1,7 @@
 //! NetReach's `spec.target.mesh` (meshdoctor's extension): which agent pairs a round probes.
 //!
-//! A full mesh asks every agent to send `qps x (N - 1)` probes per second per interface pair
-//! (and answer as many): fine for tens of nodes, not for thousands (Pingmesh, Goldpinger and
+//! A full mesh asks every agent for `4 x qps x (N - 1)` probe packets per second per interface
+//! pair (requests and replies, of its own probes and of those it answers): fine for tens of nodes, not for thousands (Pingmesh, Goldpinger and
 //! cilium-health all stop probing every pair). The shapes:
 //! - `full`: every ordered pair of agents, kdoctor's mesh;
 //! - `sampled`: each agent probes `peers` others per network and family, picked on a hash ring
@@ -10,9 +10,9 @@
 //! - `topology`: the full mesh inside each topology domain (the nodes sharing a value of the
 //!   `topologyKey` label, e.g. a zone), and `peers` per network and family across domains;
 //! - `auto` (the default): the full mesh while it keeps every agent within the controller's
-//!   probe budget (`--probe-budget`, probes per second an agent sends), else the topology
-//!   shape when the nodes are in several domains and it fits, else the sampled one, with the
-//!   most peers that fit.
+//!   probe budget (`--probe-budget`, probe packets per second an agent sends and receives),
+//!   else the topology shape when the nodes are in several domains and it fits, else the
+//!   sampled one, with the most peers that fit.
 
 use serde::{Deserialize, Serialize};
 

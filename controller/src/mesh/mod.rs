@@ -328,8 +328,8 @@ pub fn build_plans(
     let max_agent_rate = per_src
         .iter()
         .map(|(node, t)| {
-            let answered = toward.get(node).copied().unwrap_or(0);
-            u64::from(rq.qps) * (t.len() as u64).max(answered)
+            let paths = t.len() as u64 + toward.get(node).copied().unwrap_or(0);
+            2 * u64::from(rq.qps) * paths
         })
         .max()
         .unwrap_or(0);

@@ -20,8 +20,9 @@ use meshdoctor_api::{Family, MeshMode, MeshSummary, task::MeshSpec};
 /// What a round's mesh is planned within, from the controller's flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
-    /// Most probes per second an agent should send while a round probes (requests on its own
-    /// paths); the sampled windows make every agent answer as many as it sends.
+    /// Most probe packets per second an agent should send and receive while a round probes:
+    /// requests out and replies in on its own paths, requests in and replies out on the paths
+    /// toward it (the sampled windows give it as many of those as of its own).
     pub packets_per_sec: u32,
     /// Most pair-paths a round may have: the controller keeps a record of each.
     pub max_paths: u64,
@@ -66,17 +67,17 @@ pub struct Load {
 }
 
 impl Load {
-    /// Probes per second an agent with `peers` peers sends (and, the windows being balanced,
-    /// answers).
+    /// Probe packets per second of an agent with `peers` peers each way: a request and a reply
+    /// per probe, on its own paths and on those toward it.
     pub fn rate(&self, peers: u64) -> u64 {
-        u64::from(self.qps) * (peers * self.pairs_per_peer + self.listed)
+        2 * u64::from(self.qps) * (2 * peers * self.pairs_per_peer + self.listed)
     }
 
     /// Most peers each way that keep an agent within `budget` packets per second (0 when
     /// not even one does).
     fn peers_within(&self, budget: u32) -> u64 {
-        let per_peer = u64::from(self.qps) * self.pairs_per_peer;
-        let left = u64::from(budget).saturating_sub(u64::from(self.qps) * self.listed);
+        let per_peer = 4 * u64::from(self.qps) * self.pairs_per_peer;
+        let left = u64::from(budget).saturating_sub(2 * u64::from(self.qps) * self.listed);
         left.checked_div(per_peer).unwrap_or(u64::MAX)
     }
 }
@@ -142,7 +143,7 @@ pub fn resolve(
     let rate = load.rate(shape.each_way());
     let warning = (rate > u64::from(budget.packets_per_sec)).then(|| {
         format!(
-            "the {} mesh asks up to {rate} probes/s of an agent, above the controller's \
+            "the {} mesh asks up to {rate} probe packets/s of an agent, above the controller's \
              budget of {} (--probe-budget): lower spec.request.qps, narrow \
              spec.target.interfaces or the families, or set spec.target.mesh.peers",
             mode.name(),
@@ -299,21 +300,21 @@ mod tests {
 
     #[test]
     fn auto_is_the_full_mesh_while_it_fits_the_budget() {
-        let nodes = names(30);
-        // 10 qps x 29 peers x 4 pairs = 1160 > 1000; at 5 qps, 580.
+        let nodes = names(10);
+        // 2 x 10 qps x (2 x 9 peers x 4 pairs) = 1440 > 1000; at 5 qps, 720.
         let (shape, warning) = resolved(&spec(MeshMode::Auto, None), &nodes, &BTreeMap::new(), 5);
         assert_eq!((shape.mode, warning), (MeshMode::Full, None));
         let (shape, warning) = resolved(&spec(MeshMode::Auto, None), &nodes, &BTreeMap::new(), 10);
-        // 1000 / (10 x 4) = 25 peers.
+        // 1000 / (4 x 10 x 4) = 6 peers.
         assert_eq!(
             (shape.mode, shape.peers, warning),
-            (MeshMode::Sampled, 25, None)
+            (MeshMode::Sampled, 6, None)
         );
         // Full when asked, with a warning naming the budget and the fields.
         let (shape, warning) = resolved(&spec(MeshMode::Full, None), &nodes, &BTreeMap::new(), 10);
         assert_eq!(shape.mode, MeshMode::Full);
         let warning = warning.unwrap();
-        assert!(warning.contains("1160 probes/s") && warning.contains("budget of 1000"));
+        assert!(warning.contains("1440 probe packets/s") && warning.contains("budget of 1000"));
         assert!(warning.contains("spec.request.qps") && warning.contains("mesh.peers"));
     }
 
@@ -410,7 +411,7 @@ mod tests {
             "every cross-zone pair within 4 rounds"
         );
         // Auto takes the topology shape when it fits: 3 zone peers + as many across as fit.
-        let (shape, _) = resolved(&spec(MeshMode::Auto, None), &nodes, &domains, 40);
+        let (shape, _) = resolved(&spec(MeshMode::Auto, None), &nodes, &domains, 10);
         assert_eq!((shape.mode, shape.peers), (MeshMode::Topology, 3)); // 6 fit, 3 inside
         // One domain only: the topology mesh is the full mesh.
         let (shape, _) = resolved(&spec(MeshMode::Topology, None), &nodes, &BTreeMap::new(), 1);
@@ -422,7 +423,7 @@ mod tests {
         let nodes = names(50);
         let (shape, warning) = resolved(&spec(MeshMode::Auto, None), &nodes, &BTreeMap::new(), 500);
         assert_eq!((shape.mode, shape.peers), (MeshMode::Sampled, 1));
-        assert!(warning.unwrap().contains("2000 probes/s"));
+        assert!(warning.unwrap().contains("8000 probe packets/s"));
         // Two agents: one peer is everyone, the full mesh.
         let (shape, _) = resolved(
             &spec(MeshMode::Auto, None),
