@@ -369,23 +369,32 @@ async fn round_report(
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     match s.ctl.store().open(&name, round).await {
-        // Streamed from the file: a big round's report is never in memory whole.
-        Ok(Some((file, len))) => {
-            let chunks = futures_util::stream::unfold(file, |mut file| async move {
-                let mut chunk = vec![0u8; 64 << 10];
-                match tokio::io::AsyncReadExt::read(&mut file, &mut chunk).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        Some((Ok(Bytes::from(chunk)), file))
+        // Decompressed and sent a piece at a time: a big round's report is never in memory
+        // whole. The reader blocks, so it runs off the async workers, a few pieces ahead.
+        Ok(Some(mut reader)) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let mut chunk = vec![0u8; 64 << 10];
+                    let piece = match std::io::Read::read(&mut reader, &mut chunk) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            chunk.truncate(n);
+                            Ok(Bytes::from(chunk))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let failed = piece.is_err();
+                    // The client went away, or the file failed: stop.
+                    if tx.blocking_send(piece).is_err() || failed {
+                        return;
                     }
-                    Err(e) => Some((Err(e), file)),
                 }
             });
-            let headers = [
-                (header::CONTENT_TYPE, "application/json".to_string()),
-                (header::CONTENT_LENGTH, len.to_string()),
-            ];
+            let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|piece| (piece, rx))
+            });
+            let headers = [(header::CONTENT_TYPE, "application/json")];
             Ok((headers, axum::body::Body::from_stream(chunks)).into_response())
         }
         Ok(None) => Err(ApiError(

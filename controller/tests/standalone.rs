@@ -287,7 +287,7 @@ async fn agents_run_a_round_over_http() {
     );
     assert_eq!(report.paths[0].network_rtt.unwrap().mean_us, 250.0);
     assert!(
-        dir.join(format!("reports/mesh/{}.json", report.round))
+        dir.join(format!("reports/mesh/{}.json.zst", report.round))
             .exists()
     );
     let r = http

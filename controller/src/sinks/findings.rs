@@ -62,13 +62,12 @@ impl Findings {
             #[serde(default)]
             findings: Vec<Finding>,
         }
-        let Some((file, _)) = store.open(task, RoundRef::Latest).await? else {
+        let Some(reader) = store.open(task, RoundRef::Latest).await? else {
             return Ok(None);
         };
         // Streamed: a big round's report is not read into memory whole.
-        let file = file.into_std().await;
         let stored: Stored = tokio::task::spawn_blocking(move || {
-            serde_json::from_reader(std::io::BufReader::new(file))
+            serde_json::from_reader(std::io::BufReader::new(reader))
         })
         .await
         .map_err(|e| StoreError::Join(e.to_string()))?
