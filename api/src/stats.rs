@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Histogram;
 
-/// Summary of a set of round-trip (or stack) times, in microseconds with sub-µs precision.
+/// Summary of a set of round-trip (or stack) times, in microseconds to the nanosecond (what
+/// the kernel measures; more digits would be float noise, and a big mesh stores millions).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RttStats {
@@ -30,7 +31,7 @@ impl RttStats {
         Some(Self {
             count: count.min(u64::from(u32::MAX)) as u32,
             min_us: us(h.min()),
-            mean_us: h.mean() / 1000.0,
+            mean_us: to_ns(h.mean() / 1000.0),
             p50_us: us(h.quantile(0.50)),
             p90_us: us(h.quantile(0.90)),
             p99_us: us(h.quantile(0.99)),
@@ -42,7 +43,7 @@ impl RttStats {
     /// destination's mean stack time (the two ends report their times apart, so a probe's own
     /// stack time is not known where its RTT is).
     pub fn less(self, us: f64) -> Self {
-        let less = |t: f64| (t - us).max(0.0);
+        let less = |t: f64| to_ns((t - us).max(0.0));
         Self {
             count: self.count,
             min_us: less(self.min_us),
@@ -53,6 +54,11 @@ impl RttStats {
             max_us: less(self.max_us),
         }
     }
+}
+
+/// `us` rounded to the nanosecond.
+fn to_ns(us: f64) -> f64 {
+    (us * 1000.0).round() / 1000.0
 }
 
 /// Log of one binomial tail, `ln P(X >= k)` (`upper`) or `ln P(X <= k)`, for X ~ Bin(n, p).
@@ -165,6 +171,11 @@ mod tests {
         assert_eq!(one.p99_us, 0.007);
         let network = s.less(2.0);
         assert_eq!((network.min_us, network.max_us), (0.0, 98.0));
+        // To the nanosecond: no float noise in what is stored.
+        let odd: Histogram = [25_047, 66_696, 121_441].into_iter().collect();
+        let s = RttStats::from_histogram(&odd).unwrap();
+        assert_eq!(s.mean_us, 71.061);
+        assert_eq!(s.less(22.471_04).min_us, 2.576);
     }
 
     /// Reference values: the beta quantiles computed with mpmath at 50 digits.

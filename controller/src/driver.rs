@@ -397,10 +397,14 @@ impl Controller {
         };
         // Stored first: a status that counts the round points to a report that is there.
         let report = self.sinks.store(report).await;
-        let mut tasks = lock(&self.tasks);
-        if let Some(change) = tasks.table.record(&id, &report, deadline, now_ms()) {
-            self.execute(&mut tasks, vec![change]);
+        {
+            let mut tasks = lock(&self.tasks);
+            if let Some(change) = tasks.table.record(&id, &report, deadline, now_ms()) {
+                self.execute(&mut tasks, vec![change]);
+            }
         }
+        drop(report);
+        let _ = tokio::task::spawn_blocking(crate::release_freed_memory).await;
     }
 }
 

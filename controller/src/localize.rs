@@ -15,7 +15,9 @@
 //! every pair across, while each node's interface shows it on its own pairs across only, so the
 //! cover names the domain pair once instead of every interface of the domain.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashSet, HashSetExt as _};
 
 use meshdoctor_api::{
     Direction, Evidence, Family, Finding, Interval, Packet, PathResult, PathSegment, PathState,

@@ -9,7 +9,7 @@
 //! sequence numbers and times beyond the plan are dropped, and lists come out sorted and unique,
 //! so the join can trust what it reads.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use meshdoctor_api::{AgentReport, AnsweredPath, Histogram, PathId, RoundPlan, SentPath};
 

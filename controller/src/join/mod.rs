@@ -9,7 +9,9 @@
 pub mod fold;
 mod path;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use meshdoctor_api::{
     AgentReport, AnsweredPath, Histogram, Packet, PathId, PathResult, PathSegment, PathState,

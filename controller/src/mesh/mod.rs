@@ -127,6 +127,8 @@ pub fn build_plans(
         agent: None,
     });
     let peers: Vec<Peer<'_>> = local_peers.chain(remote_peers).collect();
+    // The local peers come first, at their agents' indexes.
+    let local_count = peers.iter().take_while(|p| p.agent.is_some()).count();
     let families = families(target);
 
     let protocol = task.spec.request.protocol;
@@ -239,7 +241,21 @@ pub fn build_plans(
                     })
                     .collect()
             });
-        for dst in peers.iter().filter(|p| p.node != src) {
+        // Only the chosen peers (and the remote agents) are candidates: going over every peer
+        // for every source would make a sampled round of thousands of nodes quadratic.
+        let candidates: Vec<&Peer<'_>> = match &chosen {
+            Some(chosen) => {
+                let local: BTreeSet<usize> = chosen
+                    .iter()
+                    .map(|&(p, _, _)| p)
+                    .filter(|&p| p < local_count)
+                    .collect();
+                let local = local.into_iter().map(|p| &peers[p]);
+                local.chain(&peers[local_count..]).collect()
+            }
+            None => peers.iter().collect(),
+        };
+        for dst in candidates.into_iter().filter(|p| p.node != src) {
             for si in src_agent.interfaces.iter().filter(|i| selected(target, i)) {
                 for di in dst.interfaces.iter().filter(|i| selected(target, i)) {
                     if si.network != di.network {

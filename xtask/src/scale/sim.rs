@@ -302,17 +302,25 @@ pub fn reports(
                     s.lost.push(lost_probe);
                     continue;
                 }
-                a.stack.record(20_000);
+                // Times spread as the lab's are (ns): stack 10-40 us, network 40-200 us, the
+                // sender's own stack 100-400 us, so that stored statistics differ per path as
+                // real ones do (and compress no better).
+                let jitter = |salt: u64, lo: f64, hi: f64| {
+                    (lo + (hi - lo) * chance(key ^ salt.wrapping_mul(0xa076_1d64_78bd_642f))) as u64
+                };
+                let stack = jitter(2, 10_000.0, 40_000.0);
+                a.stack.record(stack);
                 if lost(faults, zones, &hop(there, here), key ^ 1) {
                     s.lost.push(lost_probe);
                     continue;
                 }
-                let kernel = 80_000 + (seq as u64 % 7) * 1_000;
+                let kernel = stack + jitter(3, 40_000.0, 200_000.0);
+                let own = jitter(4, 100_000.0, 400_000.0);
                 s.received += 1;
                 s.src_ingress += 1;
                 s.kernel_rtt.record(kernel);
-                s.user_rtt.record(kernel + 40_000);
-                s.src_stack.record(40_000);
+                s.user_rtt.record(kernel + own);
+                s.src_stack.record(own);
             }
             if !t.external {
                 answered.entry(&t.dst_node).or_default().push(a);

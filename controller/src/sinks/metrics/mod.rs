@@ -5,7 +5,6 @@
 //! as the end with the highest loss ratio. Per-pair series are opt-in (`--pair-metrics`).
 
 use std::{
-    collections::{HashMap, HashSet},
     hash::Hash,
     sync::{
         Mutex, PoisonError,
@@ -14,6 +13,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use foldhash::{HashMap, HashSet};
 use meshdoctor_api::{
     Family as IpFamily, Finding, Packet, PathResult, PathState, RoundReport, RoundStatus,
 };
