@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use meshdoctor_api::{
     AgentRegistration, AgentReport, RoundPlan,
+    agent_report::{REPORT_ENCODING, encode_report},
     routes::{self, PlansQuery},
 };
 use reqwest::StatusCode;
@@ -17,6 +18,9 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    /// The report could not be encoded (it does not happen with reports the agent builds).
+    #[error("cannot encode the report: {0}")]
+    Encode(#[source] meshdoctor_api::agent_report::ReportBodyError),
     /// The controller does not know this agent (it restarted): register again.
     #[error("controller does not know this agent")]
     NotRegistered,
@@ -112,8 +116,14 @@ impl ControllerClient {
             self.base,
             routes::agent_report(&report.node, report.round_tag)
         );
-        self.send(url.clone(), self.http.post(&url).json(report))
-            .await?;
+        let body = encode_report(report).map_err(ClientError::Encode)?;
+        let request = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_ENCODING, REPORT_ENCODING)
+            .body(body);
+        self.send(url.clone(), request).await?;
         Ok(())
     }
 }

@@ -65,6 +65,57 @@ pub fn max_report_bytes(plan: &RoundPlan, answered: usize) -> u64 {
     FIXED.saturating_add(paths.saturating_mul(per_path))
 }
 
+/// The `Content-Encoding` agents post their reports with: JSON compressed with zstd. A report's
+/// histograms and paths repeat the same keys and names over and over: about 4x smaller.
+pub const REPORT_ENCODING: &str = "zstd";
+
+/// A report body the controller cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportBodyError {
+    #[error("Content-Encoding {0:?} is not supported: send identity or {REPORT_ENCODING}")]
+    Encoding(String),
+    #[error("the report exceeds the {limit} bytes its plan justifies")]
+    TooLarge { limit: u64 },
+    #[error("the report is not valid {REPORT_ENCODING}: {0}")]
+    Compression(#[source] std::io::Error),
+    #[error("the report is not a valid report: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// `report` as agents post it: [`REPORT_ENCODING`].
+pub fn encode_report(report: &AgentReport) -> Result<Vec<u8>, ReportBodyError> {
+    let json = serde_json::to_vec(report)?;
+    // Level 1: the agent's CPU matters more than the last bytes.
+    zstd::bulk::compress(&json, 1).map_err(ReportBodyError::Compression)
+}
+
+/// The JSON of a report body sent with `encoding` (`None`: identity), refused once it
+/// decompresses to more than `limit` bytes (a small body can inflate a thousandfold).
+pub fn report_json(
+    body: &[u8],
+    encoding: Option<&str>,
+    limit: u64,
+) -> Result<Vec<u8>, ReportBodyError> {
+    use std::io::Read as _;
+    let json = match encoding {
+        None | Some("identity") => body.to_vec(),
+        Some(REPORT_ENCODING) => {
+            let mut out = Vec::new();
+            zstd::Decoder::new(body)
+                .map_err(ReportBodyError::Compression)?
+                .take(limit.saturating_add(1))
+                .read_to_end(&mut out)
+                .map_err(ReportBodyError::Compression)?;
+            out
+        }
+        Some(other) => return Err(ReportBodyError::Encoding(other.into())),
+    };
+    if json.len() as u64 > limit {
+        return Err(ReportBodyError::TooLarge { limit });
+    }
+    Ok(json)
+}
+
 /// One agent's application load against its round's target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -242,4 +293,70 @@ pub struct ProbeDrop {
     /// The device the packet was on, when it is one of this agent's interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> AgentReport {
+        let plan: RoundPlan = serde_json::from_str(
+            r#"{"task":"mesh","round":3,"roundTag":7,"protocol":"icmp","startAtMs":0,
+                "durationMs":1000,"qps":10,"timeoutMs":500,"reportDeadlineMs":0,"targets":[]}"#,
+        )
+        .unwrap();
+        let mut r = AgentReport::on_plan("node-1", &plan, Timestamping::Ebpf);
+        r.answered = (0..200)
+            .map(|path| AnsweredPath {
+                path,
+                span: 50,
+                ingress_missed: vec![],
+                egress_missed: vec![],
+                stack: (0..50).map(|i| 10_000 + i * 997).collect(),
+                interfaces: vec!["eth0".into()],
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn reports_round_trip_compressed_and_smaller() {
+        let r = report();
+        let body = encode_report(&r).unwrap();
+        let json = serde_json::to_vec(&r).unwrap();
+        assert!(
+            body.len() * 3 < json.len(),
+            "{} of {}",
+            body.len(),
+            json.len()
+        );
+        let back = report_json(&body, Some(REPORT_ENCODING), json.len() as u64).unwrap();
+        assert_eq!(serde_json::from_slice::<AgentReport>(&back).unwrap(), r);
+        // Uncompressed bodies are still taken.
+        assert_eq!(report_json(&json, None, 1 << 20).unwrap(), json);
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_by_name() {
+        // 64 MiB of zeros compress to a few KiB: refused at the limit, not inflated whole.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).unwrap();
+        assert!(bomb.len() < 64 << 10);
+        let err = report_json(&bomb, Some(REPORT_ENCODING), 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, ReportBodyError::TooLarge { limit: 1_048_576 }),
+            "{err}"
+        );
+        let err = report_json(b"{}", Some("gzip"), 1 << 20).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Content-Encoding \"gzip\" is not supported: send identity or zstd"
+        );
+        let err = report_json(b"not zstd", Some(REPORT_ENCODING), 1 << 20).unwrap_err();
+        assert!(matches!(err, ReportBodyError::Compression(_)), "{err}");
+        let err = report_json(&[b'x'; 100], None, 99).unwrap_err();
+        assert!(
+            matches!(err, ReportBodyError::TooLarge { limit: 99 }),
+            "{err}"
+        );
+    }
 }

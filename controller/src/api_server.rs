@@ -25,6 +25,7 @@ use axum::{
 };
 use meshdoctor_api::{
     AgentRegistration, AgentReport, RoundPlan,
+    agent_report::{ReportBodyError, report_json},
     routes::{self, PlansQuery, RoundRef},
     views::{AgentView, ErrorBody, TaskFindings, TaskView},
 };
@@ -215,8 +216,9 @@ fn refused(node: &str, tag: u32, e: ReportError) -> ApiError {
     ApiError(status, e.to_string())
 }
 
-/// An agent's report on round `tag`: refused unread (413) when larger than its plan can
-/// justify, parsed and folded into its round off the async workers.
+/// An agent's report on round `tag`, plain or zstd-compressed JSON: refused unread (413) when
+/// larger than its plan can justify (compressed or once decompressed), decompressed, parsed and
+/// folded into its round off the async workers.
 async fn report(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -246,9 +248,27 @@ async fn report(
     let body = axum::body::to_bytes(body, limit_usize)
         .await
         .map_err(|_| too_large())?;
+    let encoding = match headers.get(header::CONTENT_ENCODING) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "bad Content-Encoding".into()))?
+                .to_string(),
+        ),
+    };
     let ctl = s.ctl.clone();
     let accepted = tokio::task::spawn_blocking(move || {
-        let report: AgentReport = parse(&body)?;
+        let json = report_json(&body, encoding.as_deref(), limit).map_err(|e| {
+            let status = match e {
+                ReportBodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ReportBodyError::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ReportBodyError::Compression(_) | ReportBodyError::Json(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+            };
+            ApiError(status, e.to_string())
+        })?;
+        let report: AgentReport = parse(&json)?;
         if report.node != node || report.round_tag != tag {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,

@@ -2,8 +2,9 @@
 //! API against simulated agents ([`sim`]): N of them register (eth0 and net1, both families,
 //! optionally in Z zones), long-poll their plans and post, each, the report a real agent would
 //! post for its plan, with K interface faults and J zone-pair faults injected. Per round it
-//! prints the mesh the controller chose (shape, peers, the most probes/s it asks of an agent),
-//! what the controller costs: plan and report bytes, CPU seconds, peak RSS, the time from the
+//! prints the mesh the controller chose (shape, peers, the most probe packets/s it asks of an
+//! agent), what the controller costs: plan and report bytes (reports zstd-compressed, as agents
+//! post them), CPU seconds, peak RSS, the time from the
 //! last report to the round report, stored bytes, and the findings' precision and recall
 //! against the faults, in that round and over the rounds so far (a sampled mesh meets a fault
 //! on some of its paths each round).
@@ -28,6 +29,7 @@ use clap::Args;
 use futures_util::{StreamExt as _, stream};
 use meshdoctor_api::{
     RoundPlan, RoundReport,
+    agent_report::{REPORT_ENCODING, encode_report},
     routes::{self, PlansQuery, RoundRef},
 };
 
@@ -241,13 +243,13 @@ async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Re
             .iter()
             .map(|r| {
                 let url = format!("{base}{}", routes::agent_report(&r.node, r.round_tag));
-                serde_json::to_vec(r).map(|body| (url, body))
+                encode_report(r).map(|body| (url, body))
             })
             .collect::<Result<_, _>>()?;
         let report_bytes = bodies.iter().map(|(_, b)| b.len() as u64).sum();
         drop(reports);
         let posted = stream::iter(bodies)
-            .map(|(url, body)| post_bytes(&http, url, body))
+            .map(|(url, body)| post_bytes(&http, url, body, Some(REPORT_ENCODING)))
             .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
@@ -333,13 +335,21 @@ async fn wait_healthy(
 }
 
 async fn post(http: &reqwest::Client, url: String, body: &impl serde::Serialize) -> Result<()> {
-    post_bytes(http, url, serde_json::to_vec(body)?).await
+    post_bytes(http, url, serde_json::to_vec(body)?, None).await
 }
 
-async fn post_bytes(http: &reqwest::Client, url: String, body: Vec<u8>) -> Result<()> {
-    let resp = http
-        .post(&url)
-        .header("content-type", "application/json")
+/// POSTs JSON, compressed with `encoding` when set.
+async fn post_bytes(
+    http: &reqwest::Client,
+    url: String,
+    body: Vec<u8>,
+    encoding: Option<&str>,
+) -> Result<()> {
+    let mut request = http.post(&url).header("content-type", "application/json");
+    if let Some(encoding) = encoding {
+        request = request.header("content-encoding", encoding);
+    }
+    let resp = request
         .body(body)
         .send()
         .await
