@@ -3,8 +3,9 @@
 //! methods, instead of spelling out every field again.
 
 use crate::{
-    Direction, Evidence, Family, Finding, Interval, LossSegments, Packet, PathResult, PathSegment,
-    PathState, PlannedTarget, ReasonCount, RoundReport, RoundStatus, RoundSummary, Segment,
+    AnsweredPath, Direction, Evidence, Family, Finding, Histogram, Interval, LossSegments,
+    LostProbe, Packet, PathId, PathResult, PathSegment, PathState, PlannedTarget, ReasonCount,
+    RoundReport, RoundStatus, RoundSummary, Segment, SentPath,
 };
 
 impl PathResult {
@@ -132,6 +133,56 @@ impl Finding {
                 Evidence::test("node-a", node),
                 Evidence::test("node-b", node),
             ],
+        }
+    }
+}
+
+impl SentPath {
+    /// `n` probes sent on `path`, `back` of them answered: seen at both of the source's hooks
+    /// (the others lost on the way back), each answer taking `kernel`, `user` and `stack`
+    /// nanoseconds (kernel RTT, user-space RTT, the source's own stack).
+    pub fn test(path: PathId, n: u32, back: u32, [kernel, user, stack]: [u64; 3]) -> Self {
+        let times = |ns: u64| {
+            let mut h = Histogram::default();
+            h.record_n(ns, back.into());
+            h
+        };
+        Self {
+            path,
+            planned: n,
+            sent: n,
+            received: back,
+            send_errors: vec![],
+            failures: vec![],
+            src_egress: n,
+            src_ingress: back,
+            unsent: vec![],
+            lost: (back..n)
+                .map(|seq| LostProbe {
+                    seq: seq as u16,
+                    src_egress: true,
+                    src_ingress: false,
+                })
+                .collect(),
+            kernel_rtt: times(kernel),
+            user_rtt: times(user),
+            src_stack: times(stack),
+        }
+    }
+}
+
+impl AnsweredPath {
+    /// `n` probes of `path` answered on `interface`, each in `stack` nanoseconds.
+    pub fn test(path: PathId, n: u32, stack: u64, interface: &str) -> Self {
+        let mut h = Histogram::default();
+        h.record_n(stack, n.into());
+        Self {
+            path,
+            span: n,
+            ingress_missed: vec![],
+            egress_missed: vec![],
+            stack: h,
+            interfaces: vec![interface.into()],
         }
     }
 }

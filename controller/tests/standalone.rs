@@ -6,8 +6,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use meshdoctor_api::routes::RoundRef;
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, AnsweredPath, Histogram, InterfaceInfo, LastRoundStatus,
-    PathId, PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
+    AgentRegistration, AgentReport, AnsweredPath, InterfaceInfo, LastRoundStatus, PathId,
+    PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
     api_server::{self, Readiness, Serving},
@@ -66,41 +66,15 @@ fn mk_agent(n: u8) -> AgentRegistration {
 /// A report where every probe of `plan` came back, and `answered` answered in full.
 fn mk_report(node: &str, plan: &RoundPlan, answered: &[PathId]) -> AgentReport {
     let n = plan.probes_per_target();
-    let times = |ns: u64| {
-        let mut h = Histogram::default();
-        h.record_n(ns, n.into());
-        h
-    };
     AgentReport {
         sent: plan
             .targets
             .iter()
-            .map(|t| SentPath {
-                path: t.path,
-                planned: n,
-                sent: n,
-                received: n,
-                send_errors: vec![],
-                failures: vec![],
-                src_egress: n,
-                src_ingress: n,
-                unsent: vec![],
-                lost: vec![],
-                kernel_rtt: times(300_000),
-                user_rtt: times(400_000),
-                src_stack: times(100_000),
-            })
+            .map(|t| SentPath::test(t.path, n, n, [300_000, 400_000, 100_000]))
             .collect(),
         answered: answered
             .iter()
-            .map(|&path| AnsweredPath {
-                path,
-                span: n,
-                ingress_missed: vec![],
-                egress_missed: vec![],
-                stack: times(50_000),
-                interfaces: vec!["eth0".into()],
-            })
+            .map(|&path| AnsweredPath::test(path, n, 50_000, "eth0"))
             .collect(),
         ..AgentReport::on_plan(node, plan, Timestamping::Ebpf)
     }

@@ -297,24 +297,10 @@ pub(crate) mod tests {
         let plan = &plans[node];
         let n = plan.probes_per_target();
         let back = n - lost.len() as u32;
-        let times = |ns: u64, count: u32| {
-            let mut h = Histogram::default();
-            h.record_n(ns, count.into());
-            h
-        };
         let sent = plan
             .targets
             .iter()
             .map(|t| SentPath {
-                path: t.path,
-                planned: n,
-                sent: n,
-                received: back,
-                send_errors: vec![],
-                failures: vec![],
-                src_egress: n,
-                src_ingress: back,
-                unsent: vec![],
                 lost: lost
                     .iter()
                     .map(|&seq| LostProbe {
@@ -323,23 +309,14 @@ pub(crate) mod tests {
                         src_ingress: false,
                     })
                     .collect(),
-                kernel_rtt: times(800_000, back),
-                user_rtt: times(1_000_000, back),
-                src_stack: times(200_000, back),
+                ..SentPath::test(t.path, n, back, [800_000, 1_000_000, 200_000])
             })
             .collect();
         let answered = plans
             .values()
             .flat_map(|p| &p.targets)
             .filter(|t| t.dst_node == node)
-            .map(|t| AnsweredPath {
-                path: t.path,
-                span: n,
-                ingress_missed: vec![],
-                egress_missed: vec![],
-                stack: times(100_000, n),
-                interfaces: vec![t.dst_interface.clone()],
-            })
+            .map(|t| AnsweredPath::test(t.path, n, 100_000, &t.dst_interface))
             .collect();
         AgentReport {
             sent,

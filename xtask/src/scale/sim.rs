@@ -498,7 +498,7 @@ mod tests {
         (f.zone, f.to_zone, f.network) = ("zone-1".into(), Some("zone-2".into()), "default".into());
         assert_eq!(score(&[f], std::slice::from_ref(fault)).recall, 1.0);
         assert_eq!(
-            score(&[Finding::test("node-1")], &[fault.clone()]).recall,
+            score(&[Finding::test("node-1")], std::slice::from_ref(fault)).recall,
             0.0
         );
     }
