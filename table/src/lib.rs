@@ -391,11 +391,15 @@ fn mesh_summary_line(report: &RoundReport, status: &str) -> String {
         } else {
             ""
         };
+        let rounds = match m.coverage_rounds {
+            1 => "each round".to_string(),
+            n => format!("within {n} rounds"),
+        };
         line.push_str(&format!(
             "
 mesh: {}, {peers} peers per agent, network and family{across} (every pair \
-             within {} rounds), up to {} probe packets/s per agent (budget {})",
-            m.mode, m.coverage_rounds, m.max_agent_rate, m.budget
+             {rounds}), up to {} probe packets/s per agent (budget {})",
+            m.mode, m.max_agent_rate, m.budget
         ));
     }
     line

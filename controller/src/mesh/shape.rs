@@ -173,9 +173,17 @@ impl Shape {
                 names.binary_search(&d).unwrap_or(0)
             })
             .collect();
-        let outside = (0..names.len())
+        let outside: Vec<Vec<usize>> = (0..names.len())
             .map(|d| (0..ring.len()).filter(|&p| domain[ring[p]] != d).collect())
             .collect();
+        // No more peers across than any agent has outside its domain.
+        let peers = match mode {
+            MeshMode::Topology => {
+                let most = outside.iter().map(Vec::len).max().unwrap_or(0);
+                peers.min(u32::try_from(most).unwrap_or(u32::MAX))
+            }
+            _ => peers,
+        };
         Self {
             mode,
             peers,
@@ -413,6 +421,15 @@ mod tests {
         // Auto takes the topology shape when it fits: 3 zone peers + as many across as fit.
         let (shape, _) = resolved(&spec(MeshMode::Auto, None), &nodes, &domains, 10);
         assert_eq!((shape.mode, shape.peers), (MeshMode::Topology, 3)); // 6 fit, 3 inside
+        // Two zones of two: 2 peers across is all there is, whatever is asked.
+        let small: Vec<String> = names(4);
+        let halves: BTreeMap<String, String> = small
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), format!("zone-{}", i / 2)))
+            .collect();
+        let (shape, _) = resolved(&spec(MeshMode::Topology, Some(5)), &small, &halves, 1);
+        assert_eq!((shape.peers, shape.coverage_rounds()), (2, 1));
         // One domain only: the topology mesh is the full mesh.
         let (shape, _) = resolved(&spec(MeshMode::Topology, None), &nodes, &BTreeMap::new(), 1);
         assert_eq!(shape.mode, MeshMode::Full);
