@@ -185,7 +185,23 @@ async fn agents_run_a_round_over_http() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let limit = meshdoctor_api::agent_report::max_report_bytes(&plans[0], 1);
-    let r = post_report("node-1", tag, vec![b' '; limit as usize + 1])
+    // Refused on its declared length, unread: the controller answers and closes, so the client
+    // sees the 413 or, when still writing the body then, a broken connection.
+    match post_report("node-1", tag, vec![b' '; limit as usize + 1]).await {
+        Ok(r) => {
+            assert_eq!(r.status(), 413);
+            assert!(r.text().await.unwrap().contains("exceeds"));
+        }
+        Err(e) => assert!(format!("{e:?}").contains("BodyWrite"), "{e:?}"),
+    }
+    // A small compressed body that inflates past the bound: refused while decompressing.
+    let bomb = zstd::bulk::compress(&vec![b' '; limit as usize + 1], 1).unwrap();
+    let r = http
+        .post(report_url("node-1", tag))
+        .bearer_auth(TOKEN)
+        .header("content-encoding", "zstd")
+        .body(bomb)
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
