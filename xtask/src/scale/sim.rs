@@ -14,15 +14,6 @@ use meshdoctor_api::{
 /// The interfaces every simulated agent has: the pod network and a multus secondary.
 pub const INTERFACES: [(&str, &str); 2] = [("eth0", "default"), ("net1", "net1")];
 
-/// The zone of node `i` (1-based) among `nodes` split into `zones` consecutive blocks, as in
-/// the lab; none when `zones` is 0.
-pub fn zone_of(i: u32, nodes: u32, zones: u32) -> Option<String> {
-    (zones > 0).then(|| {
-        let zone = u64::from(i - 1) * u64::from(zones) / u64::from(nodes.max(1)) + 1;
-        format!("zone-{zone}")
-    })
-}
-
 /// Agent `i` (1-based) of `nodes` in `zones` zones: `node-i` with eth0 and net1, each with an
 /// IPv4 and an IPv6 address, labelled with its zone.
 pub fn registration(i: u32, nodes: u32, zones: u32) -> AgentRegistration {
@@ -46,7 +37,8 @@ pub fn registration(i: u32, nodes: u32, zones: u32) -> AgentRegistration {
         interfaces,
         timestamping: Timestamping::Ebpf,
         probe_port: Some(9091),
-        labels: zone_of(i, nodes, zones)
+        // Zones as the lab makes them: consecutive blocks.
+        labels: meshdoctor_lab::plan::zone_of(i as usize, nodes as usize, zones as usize)
             .map(|z| (DEFAULT_TOPOLOGY_KEY.to_string(), z))
             .into_iter()
             .collect(),
@@ -97,19 +89,21 @@ struct Hop<'a> {
 impl Fault {
     /// This fault's loss rate for `hop`, if it crosses it.
     fn rate_on(&self, hop: &Hop<'_>, zones: &Zones) -> Option<f64> {
-        let at = |(node, iface): (&str, &str), dir| match self {
+        match self {
             Self::Interface {
-                node: n,
+                node,
                 interface,
                 family,
                 direction,
-                ..
-            } => n == node && interface == iface && *family == hop.family && *direction == dir,
-            Self::Zones { .. } => false,
-        };
-        match self {
-            Self::Interface { rate, .. } => {
-                (at(hop.from, Direction::Egress) || at(hop.to, Direction::Ingress)).then_some(*rate)
+                rate,
+            } => {
+                // The packet leaves `hop.from` (egress there) and reaches `hop.to` (ingress).
+                let end = match direction {
+                    Direction::Egress => hop.from,
+                    Direction::Ingress => hop.to,
+                };
+                (end == (node.as_str(), interface.as_str()) && *family == hop.family)
+                    .then_some(*rate)
             }
             Self::Zones {
                 from,
