@@ -184,7 +184,13 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
     };
 
     let mut sides = sides.into_iter();
-    let (mut paths, mut losses, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    // The plans say how many paths there are: sized once rather than grown by doubling.
+    let total: usize = plans.values().map(|p| p.targets.len()).sum();
+    let (mut paths, mut losses, mut times) = (
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+    );
     for (src, plan) in plans {
         let planned = plan.probes_per_target();
         for target in &plan.targets {
