@@ -19,7 +19,7 @@
 //! missing tool fails it. The lab runs need root, like every lab test.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
@@ -735,6 +735,20 @@ fn healthy_lab_evaluates_every_expression_and_fires_no_alert() {
     for (data, places) in summary.iter().rev() {
         let what = if *data { "data" } else { "no data" };
         eprintln!("{what} ({}):\n  {}", places.len(), places.join("\n  "));
+    }
+    // Every process scraped says which build it runs: this one.
+    let builds = prom.query("meshdoctor_build_info").unwrap_or_default();
+    let components: BTreeSet<&str> = builds
+        .iter()
+        .filter(|s| s.label("commit") == Some(meshdoctor_ops::COMMIT))
+        .filter_map(|s| s.label("component"))
+        .collect();
+    if components != BTreeSet::from(["agent", "controller"]) {
+        problems.push(format!(
+            "meshdoctor_build_info of commit {} names components {components:?}, not the \
+             agent and the controller",
+            meshdoctor_ops::COMMIT
+        ));
     }
     let alerts = firing(prom);
     if !alerts.is_empty() {

@@ -42,7 +42,7 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = meshdoctor_ops::VERSION, about)]
 struct Args {
     /// Node name this agent reports as (Kubernetes: the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
@@ -86,6 +86,10 @@ struct Args {
     /// This node's zone: the label topology.kubernetes.io/zone=ZONE.
     #[arg(long, value_name = "ZONE")]
     zone: Option<String>,
+    /// Log lines as human-readable text or one JSON object each (to stderr; RUST_LOG filters,
+    /// e.g. RUST_LOG=debug or RUST_LOG=meshdoctor_agent=debug,warn; default info).
+    #[arg(long, value_enum, default_value_t = meshdoctor_ops::LogFormat::Text)]
+    log_format: meshdoctor_ops::LogFormat,
 }
 
 /// `KEY=VALUE`, neither part empty nor with whitespace.
@@ -98,13 +102,8 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    meshdoctor_ops::init_logging(args.log_format);
     if let Some(msg) = caps::missing(
         caps::effective().context("reading capabilities")?,
         !args.no_ebpf,

@@ -65,7 +65,9 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("meshdoctor_agent");
+        let mut root = Registry::default();
+        meshdoctor_ops::register_build_info(&mut root, "agent");
+        let registry = root.sub_registry_with_prefix("meshdoctor_agent");
         let sent = MetricFamily::<PathLabels, Counter>::default();
         let received = MetricFamily::<PathLabels, Counter>::default();
         let observed = MetricFamily::<HookLabels, Counter>::default();
@@ -131,7 +133,7 @@ impl Default for Metrics {
             report_failures.clone(),
         );
         Self {
-            registry,
+            registry: root,
             timestamping,
             drop_tracing,
             report_failures,

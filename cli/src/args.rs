@@ -9,7 +9,7 @@ use meshdoctor_api::Protocol;
 pub const DEFAULT_STATE: &str = "meshdoctor-resume.json";
 
 #[derive(Debug, Parser)]
-#[command(name = "meshdoctor", version, about)]
+#[command(name = "meshdoctor", version = meshdoctor_ops::VERSION, about)]
 pub struct Args {
     #[command(flatten)]
     pub target: TargetArgs,

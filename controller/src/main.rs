@@ -31,7 +31,7 @@ enum Backend {
 }
 
 #[derive(Debug, Parser)]
-#[command(version, about = "meshdoctor controller")]
+#[command(version = meshdoctor_ops::VERSION, about = "meshdoctor controller")]
 struct Args {
     #[arg(long, value_enum, default_value_t = Backend::Standalone)]
     backend: Backend,
@@ -42,6 +42,10 @@ struct Args {
     tasks_dir: Option<PathBuf>,
     #[command(flatten)]
     kube: KubeArgs,
+    /// Log lines as human-readable text or one JSON object each (to stderr; RUST_LOG filters,
+    /// e.g. RUST_LOG=debug or RUST_LOG=meshdoctor_controller=debug,warn; default info).
+    #[arg(long, value_enum, default_value_t = meshdoctor_ops::LogFormat::Text)]
+    log_format: meshdoctor_ops::LogFormat,
     /// Round reports are stored as DIR/reports/<task>/<round>.json.
     #[arg(long)]
     data_dir: PathBuf,
@@ -172,12 +176,8 @@ fn token(args: &Args) -> anyhow::Result<Option<String>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    meshdoctor_ops::init_logging(args.log_format);
     let token = token(&args)?;
     if token.is_none() {
         warn!(

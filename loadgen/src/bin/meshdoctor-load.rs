@@ -17,7 +17,7 @@ use meshdoctor_loadgen::{
 };
 
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = meshdoctor_ops::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     target: Target,

@@ -246,6 +246,7 @@ impl Metrics {
     /// grows with the square of the node count.
     pub fn new(pair_metrics: bool) -> Self {
         let mut registry = Registry::default();
+        meshdoctor_ops::register_build_info(&mut registry, "controller");
         let r = &mut registry;
         Self {
             rounds: register(r, "meshdoctor_rounds", "Rounds closed, by task and status"),
