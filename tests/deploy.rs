@@ -188,13 +188,6 @@ struct Tools {
     python: PathBuf,
 }
 
-/// The project's virtualenv, as `cargo xtask setup` makes it (xtask/src/setup.rs `venv_dir`).
-fn venv_dir() -> PathBuf {
-    std::env::var_os("MESHDOCTOR_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/meshdoctor/venv"))
-}
-
 fn runs(cmd: &Path, args: &[&str]) -> bool {
     Command::new(cmd)
         .args(args)
@@ -208,13 +201,8 @@ fn runs(cmd: &Path, args: &[&str]) -> bool {
 /// Under `cargo xtask test` (which runs setup and sets MESHDOCTOR_BIN_DIR) or in CI, a missing
 /// tool fails the test instead.
 fn tools(test: &str) -> Option<Tools> {
-    let venv = venv_dir();
-    let venv_kubectl = venv.join("bin/kubectl");
-    let kubectl = if venv_kubectl.is_file() {
-        venv_kubectl
-    } else {
-        PathBuf::from("kubectl")
-    };
+    let venv = meshdoctor_lab::venv_dir();
+    let kubectl = meshdoctor_lab::kubectl();
     let validate = venv.join("bin/kubernetes-validate");
     let python = venv.join("bin/python");
     let mut missing = Vec::new();

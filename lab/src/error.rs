@@ -35,6 +35,13 @@ pub enum LabError {
         "no lab process named {0:?} (processes are \"controller\", \"controller-2\" with a second cluster, and \"node-N\")"
     )]
     NoSuchProcess(String),
+    /// A workload in the rendered manifests lacks what the containerized lab reads of it.
+    #[error("{workload}: {field}: expected {expected}")]
+    Manifest {
+        workload: String,
+        field: String,
+        expected: String,
+    },
     #[error("cannot run `{command}`: {source}")]
     Spawn {
         command: String,

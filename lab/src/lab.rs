@@ -1,5 +1,6 @@
 //! The lab with its processes: the controller in `mdlab-ctl` and one agent per node, and with
-//! [`LabConfig::second_cluster`] a second controller next to the first for the last nodes.
+//! [`LabConfig::second_cluster`] a second controller next to the first for the last nodes; as
+//! processes, or with [`LabConfig::containers`] as podman containers of the image.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -19,6 +20,7 @@ use meshdoctor_api::{
 
 use crate::{
     Fault, LabError, LabServer, Network,
+    container::{self, Containers},
     fault::FAULT_TABLE_PREFIX,
     http, in_netns,
     net::{TERM_GRACE, is_running},
@@ -83,6 +85,10 @@ pub struct LabConfig {
     /// ([`plan::zone_of`](crate::plan::zone_of)), each agent started with `--zone`; 0 (the
     /// default): no zones.
     pub zones: usize,
+    /// Runs the agents and the controllers as podman containers of an image, with the
+    /// security contexts of the manifests, instead of as processes; `None` (the default):
+    /// processes from [`bin_dir`](Self::bin_dir).
+    pub containers: Option<Containers>,
 }
 
 impl LabConfig {
@@ -100,6 +106,7 @@ impl LabConfig {
             controller_args: Vec::new(),
             second_cluster: 0,
             zones: 0,
+            containers: None,
         }
     }
 }
@@ -134,6 +141,7 @@ pub struct Lab {
     procs: Vec<Proc>,
     dir: PathBuf,
     token: String,
+    containers: Option<Containers>,
     // Declared last: dropped after `Drop::drop` has stopped the processes.
     net: Network,
 }
@@ -156,12 +164,13 @@ impl Lab {
             (CONTROLLER_BIN, "meshdoctor-controller"),
             (AGENT_BIN, "meshdoctor-agent"),
         ];
-        for (bin, package) in binaries {
+        // Containers run the image's binaries.
+        for (bin, package) in binaries.iter().filter(|_| cfg.containers.is_none()) {
             let path = cfg.bin_dir.join(bin);
             if !path.is_file() {
                 return Err(LabError::MissingBinary {
                     path,
-                    package: package.into(),
+                    package: (*package).into(),
                 });
             }
         }
@@ -171,10 +180,14 @@ impl Lab {
             procs: Vec::new(),
             dir: cfg.dir.clone(),
             token,
+            containers: cfg.containers.clone(),
             net,
         };
         for fault in &cfg.faults {
             lab.inject(fault)?;
+        }
+        if let Some(containers) = &cfg.containers {
+            container::grant(&cfg.dir, &containers.controller)?;
         }
         let first_cluster = cfg.nodes - cfg.second_cluster;
         lab.spawn_controller(&cfg, "controller", CONTROLLER_PORT, "", first_cluster)?;
@@ -207,7 +220,7 @@ impl Lab {
                 args.extend(["--zone", zone]);
             }
             args.extend(cfg.agent_args.iter().map(String::as_str));
-            lab.spawn(&node, &node_ns(i), &cfg.bin_dir.join(AGENT_BIN), &args)?;
+            lab.spawn_meshdoctor(&cfg, &node, &node_ns(i), Role::Agent, &args)?;
         }
         lab.wait_agents(CONTROLLER_PORT, first_cluster, cfg.ready_timeout)?;
         if cfg.second_cluster > 0 {
@@ -386,6 +399,17 @@ impl Lab {
             .iter_mut()
             .find(|p| p.name == process)
             .ok_or_else(|| LabError::NoSuchProcess(process.into()))?;
+        // A container outlives its `podman run` client: kill the container itself.
+        if self.containers.is_some() {
+            let _ = Command::new("podman")
+                .args([
+                    "kill",
+                    "--signal",
+                    "KILL",
+                    &container::container_name(process),
+                ])
+                .output();
+        }
         // Already gone is fine: the point is that it no longer runs.
         let _ = p.child.kill();
         let _ = p.child.wait();
@@ -449,23 +473,53 @@ impl Lab {
             &agents,
         ];
         args.extend(cfg.controller_args.iter().map(String::as_str));
-        self.spawn(
-            name,
-            CONTROLLER_NS,
-            &cfg.bin_dir.join(CONTROLLER_BIN),
-            &args,
-        )
+        self.spawn_meshdoctor(cfg, name, CONTROLLER_NS, Role::Controller, &args)
     }
 
-    fn spawn(&mut self, name: &str, ns: &str, bin: &Path, args: &[&str]) -> Result<(), LabError> {
+    /// Starts an agent or a controller in namespace `ns`: a process of the binary in
+    /// `bin_dir`, or a container of the image with the workload's security context.
+    fn spawn_meshdoctor(
+        &mut self,
+        cfg: &LabConfig,
+        name: &str,
+        ns: &str,
+        role: Role,
+        args: &[&str],
+    ) -> Result<(), LabError> {
+        let bin = match role {
+            Role::Agent => AGENT_BIN,
+            Role::Controller => CONTROLLER_BIN,
+        };
+        let Some(containers) = &self.containers else {
+            let mut command = Command::new("ip");
+            command
+                .args(["netns", "exec", ns])
+                .arg(cfg.bin_dir.join(bin))
+                .args(args);
+            return self.spawn(name, command);
+        };
+        let (security, writable) = match role {
+            Role::Agent => (&containers.agent, false),
+            // The controller writes its data dir and the tasks the API puts.
+            Role::Controller => (&containers.controller, true),
+        };
+        let command = container::run_command(
+            containers,
+            security,
+            name,
+            ns,
+            &[(&self.dir, writable)],
+            bin,
+            args,
+        );
+        self.spawn(name, command)
+    }
+
+    fn spawn(&mut self, name: &str, mut command: Command) -> Result<(), LabError> {
         let log = self.log_path(name);
         let out = File::create(&log).map_err(LabError::io(&log))?;
         let err = out.try_clone().map_err(LabError::io(&log))?;
-        let mut command = Command::new("ip");
         command
-            .args(["netns", "exec", ns])
-            .arg(bin)
-            .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -476,7 +530,7 @@ impl Lab {
             command.env("RUST_LOG", "info");
         }
         let child = command.spawn().map_err(|source| LabError::Spawn {
-            command: format!("ip netns exec {ns} {} {}", bin.display(), args.join(" ")),
+            command: command_line(&command),
             source,
         })?;
         self.procs.push(Proc {
@@ -558,8 +612,26 @@ impl Drop for Lab {
                 let _ = p.child.wait();
             }
         }
+        if self.containers.is_some() {
+            container::remove_all();
+        }
         // `net` drops next and removes the namespaces.
     }
+}
+
+/// What a meshdoctor lab process is.
+#[derive(Clone, Copy)]
+enum Role {
+    Agent,
+    Controller,
+}
+
+fn command_line(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The first 300 characters of `text`, for error messages.

@@ -8,6 +8,10 @@
 //!   With [`LabConfig::second_cluster`] the last nodes form a second cluster with its own
 //!   controller (`controller-2` on [`plan::SECOND_CONTROLLER_PORT`]), for cross-cluster checks.
 //!
+//! With [`LabConfig::containers`] the agents and controllers run as podman containers of the
+//! project's image instead, each with the security context its manifest declares
+//! ([`Containers::from_manifests`]).
+//!
 //! Both inject [`Fault`]s: random loss of the probes' echo packets on one node, interface,
 //! family and direction, on the link (in the switch) or in the node's stack, made with nftables
 //! (`LabConfig::faults` before the agents start, `inject` / `remove_fault` / `clear_faults`
@@ -23,6 +27,7 @@
 //! can exist per machine: building one first removes the leftovers of a crashed run, and inside
 //! one process a lock makes concurrent tests take turns instead of tearing each other down.
 
+mod container;
 mod error;
 mod fault;
 mod http;
@@ -34,6 +39,10 @@ mod prometheus;
 mod server;
 mod task;
 
+pub use container::{
+    CONTAINER_LABEL, Containers, HostMount, PodSecurity, SECCOMP_ROOT, Seccomp, container_name,
+    kubectl, render, venv_dir,
+};
 pub use error::LabError;
 pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
 pub use lab::{Lab, LabConfig, default_bin_dir};

@@ -259,6 +259,7 @@ pub fn cleanup_leftovers() -> Result<(), LabError> {
 }
 
 fn remove_all() -> Result<(), LabError> {
+    crate::container::remove_all();
     let names = lab_namespaces()?;
     let mut pids = Vec::new();
     for ns in &names {

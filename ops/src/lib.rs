@@ -19,6 +19,15 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// Where the image of the agent, the controller and the CLI is published; tagged with
+/// [`RELEASE`]. `cargo xtask image` builds it, the manifests and the chart name it.
+pub const IMAGE_REPOSITORY: &str = "ghcr.io/meshdoctor/meshdoctor";
+
+/// The image of this release: `ghcr.io/meshdoctor/meshdoctor:0.1.0`.
+pub fn image() -> String {
+    format!("{IMAGE_REPOSITORY}:{RELEASE}")
+}
+
 /// How log lines are written (to stderr, filtered by `RUST_LOG`, `info` by default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use meshdoctor_api::{NetReach, Protocol, RoundReport, RoundStatus};
 use meshdoctor_lab::{
-    DEFAULT_QPS, DEFAULT_SECS, Fault, Lab, LabConfig, LabError, MeshTask, PROMETHEUS_ADDR,
-    Prometheus, alert_rules, cleanup_leftovers,
+    Containers, DEFAULT_QPS, DEFAULT_SECS, Fault, Lab, LabConfig, LabError, MeshTask,
+    PROMETHEUS_ADDR, Prometheus, SECCOMP_ROOT, alert_rules, cleanup_leftovers,
 };
 use meshdoctor_table as table;
 
@@ -86,6 +86,22 @@ pub struct LabArgs {
     /// printed. It stops with the command, with --keep too.
     #[arg(long)]
     prometheus: bool,
+    /// Run the agents and the controller as podman containers of the image (built first, as
+    /// `cargo xtask image` does), each inside its lab node's network namespace with the
+    /// security context of its workload in the --manifests rendering: capabilities, seccomp
+    /// profile, read-only root, user, tracefs mount.
+    #[arg(long)]
+    containers: bool,
+    /// The kustomization whose DaemonSet and Deployment give the containers' security
+    /// contexts (with --containers). The default, the seccomp-localhost overlay, runs the agent
+    /// under the shipped profile deploy/seccomp/meshdoctor/agent.json; `deploy` runs it under
+    /// the runtime's default profile, which on podman refuses bpf() without CAP_SYS_ADMIN.
+    #[arg(
+        long,
+        default_value = "deploy/overlays/seccomp-localhost",
+        value_name = "DIR"
+    )]
+    manifests: PathBuf,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -153,6 +169,18 @@ pub fn run(args: LabArgs) -> Result<()> {
         "-p",
         "meshdoctor-cli",
     ]))?;
+    let containers = if args.containers {
+        let image = crate::image::build()?;
+        let manifests = workspace_root().join(&args.manifests);
+        let rendered = meshdoctor_lab::render(&manifests)?;
+        Some(Containers::from_manifests(
+            &image.name,
+            &rendered,
+            &workspace_root().join(SECCOMP_ROOT),
+        )?)
+    } else {
+        None
+    };
 
     step(&format!("lab with {} nodes", args.nodes));
     let started = Instant::now();
@@ -161,6 +189,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     cfg.tasks = vec![(file_name, yaml)];
     cfg.faults = args.faults.clone();
     cfg.zones = args.zones;
+    cfg.containers = containers;
     if !args.faults.is_empty() {
         eprintln!("faults, in place before the first probe:");
         for f in &args.faults {

@@ -3,10 +3,12 @@
 //! - `setup` installs what the build and the lab need (idempotent, quick when done);
 //! - `lab` builds the network-namespace lab, runs a full-mesh task and prints the report;
 //! - `test` builds everything and runs every test, the root end-to-end tests included;
-//! - `crds` writes the task CRDs generated from the api types to `deploy/crds/`.
+//! - `crds` writes the task CRDs generated from the api types to `deploy/crds/`;
+//! - `image` builds the OCI image of the agent, the controller and the CLI with buildah.
 
 mod bench;
 mod crds;
+mod image;
 #[cfg(test)]
 mod import_cycles;
 mod lab;
@@ -47,6 +49,10 @@ enum Cmd {
     /// Write the task CRDs generated from the api types to deploy/crds/ (`--check`: only
     /// compare them with the committed files).
     Crds(crds::CrdsArgs),
+    /// Build the release binaries and the OCI image of all three with buildah: committed to
+    /// the local containers-storage as ghcr.io/meshdoctor/meshdoctor:<version> and written to
+    /// target/image/meshdoctor-<version>.oci.tar.
+    Image(image::ImageArgs),
     /// Build the workspace and run every test (the end-to-end tests need root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter, `-- --nocapture`).
@@ -61,6 +67,7 @@ fn main() -> Result<()> {
         Cmd::Lab(args) => lab::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Crds(args) => crds::run(args),
+        Cmd::Image(args) => image::run(args),
         Cmd::Test { args } => test(&args),
     }
 }

