@@ -27,19 +27,24 @@ use serde_yaml::Value;
 const KUBERNETES_VERSION: &str = "1.33.0";
 
 /// Every directory `kubectl kustomize` must render, and what it is.
-const RENDERS: [(&str, &str); 5] = [
+const RENDERS: [(&str, &str); 6] = [
     ("deploy", "the base"),
     ("deploy/overlays/hostnetwork", "the hostNetwork overlay"),
     ("deploy/overlays/multus", "the multus overlay"),
+    (
+        "deploy/overlays/seccomp-localhost",
+        "the overlay running the agent under the shipped seccomp profile",
+    ),
     ("deploy/examples", "the example tasks"),
     (MONITORING, "the monitoring objects and dashboards"),
 ];
 
 /// The renderings that are a complete install (the CRDs, the agents and the controller).
-const INSTALLS: [&str; 3] = [
+const INSTALLS: [&str; 4] = [
     "deploy",
     "deploy/overlays/hostnetwork",
     "deploy/overlays/multus",
+    "deploy/overlays/seccomp-localhost",
 ];
 
 /// The prometheus-operator objects and Grafana dashboards (deploy/monitoring/README.md).
@@ -754,6 +759,13 @@ fn no_container_is_privileged_and_the_agent_has_exactly_its_capabilities() {
         assert!(!containers.is_empty(), "{dir}: no containers rendered");
         for (d, c) in &containers {
             let name = c["name"].as_str().unwrap_or("?");
+            // The image `cargo xtask image` builds, by the one name it has.
+            assert_eq!(
+                c["image"].as_str(),
+                Some(meshdoctor_ops::image().as_str()),
+                "{}: container {name} runs another image than cargo xtask image builds",
+                d.id()
+            );
             let sc = c.get("securityContext");
             let flag = |k: &str| sc.and_then(|s| s.get(k)).and_then(Value::as_bool);
             assert_ne!(
@@ -827,19 +839,22 @@ fn no_container_is_privileged_and_the_agent_has_exactly_its_capabilities() {
             controller.id()
         );
         for d in [agent, controller] {
-            let seccomp = get(pod_spec(d), &["securityContext", "seccompProfile", "type"])
-                .or_else(|| {
-                    seq(pod_spec(d).get("containers"))
-                        .first()
-                        .and_then(|c| get(c, &["securityContext", "seccompProfile", "type"]))
-                })
+            // The container's profile wins over the pod's, as in Kubernetes.
+            let profile = seq(pod_spec(d).get("containers"))
+                .first()
+                .and_then(|c| get(c, &["securityContext", "seccompProfile"]))
+                .or_else(|| get(pod_spec(d), &["securityContext", "seccompProfile"]));
+            let kind = profile.and_then(|p| p.get("type")).and_then(Value::as_str);
+            let file = profile
+                .and_then(|p| p.get("localhostProfile"))
                 .and_then(Value::as_str);
-            assert_eq!(
-                seccomp,
-                Some("RuntimeDefault"),
-                "{}: seccomp profile",
-                d.id()
-            );
+            // RuntimeDefault, or the agent's shipped profile in the overlay that says so.
+            let expected = if dir.ends_with("seccomp-localhost") && std::ptr::eq(d, agent) {
+                (Some("Localhost"), Some("meshdoctor/agent.json"))
+            } else {
+                (Some("RuntimeDefault"), None)
+            };
+            assert_eq!((kind, file), expected, "{}: seccomp profile", d.id());
         }
         // The only host path is tracefs, mounted read-only.
         let host_paths: Vec<(&str, &str)> = seq(pod_spec(agent).get("volumes"))
@@ -2106,5 +2121,87 @@ fn alerts_and_dashboards_use_only_documented_metrics() {
         alerts,
         "rules-test.yaml must unit-test exactly the alerts of {}",
         rule.id()
+    );
+}
+
+/// The agent's shipped seccomp profile is containers-common's default (the RuntimeDefault of
+/// CRI-O and podman, installed here with podman) plus exactly two rules: bpf() with CAP_BPF and
+/// perf_event_open() with CAP_PERFMON, taken out of the rule refusing them without
+/// CAP_SYS_ADMIN. tests/containers.rs runs the agent under it.
+#[test]
+fn the_shipped_seccomp_profile_is_the_runtime_default_plus_bpf_and_perfmon() {
+    let test = "the_shipped_seccomp_profile_is_the_runtime_default_plus_bpf_and_perfmon";
+    let read = |path: &Path| -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let shipped = read(&workspace_root().join("deploy/seccomp/meshdoctor/agent.json"));
+    let rules = shipped["syscalls"].as_array().expect("syscalls");
+    let allows = |name: &str, cap: &str| {
+        rules.iter().any(|r| {
+            r["action"] == "SCMP_ACT_ALLOW"
+                && r["names"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|n| n == name))
+                && r["includes"]["caps"] == serde_json::json!([cap])
+        })
+    };
+    assert!(
+        allows("bpf", "CAP_BPF"),
+        "bpf() is not allowed with CAP_BPF"
+    );
+    assert!(
+        allows("perf_event_open", "CAP_PERFMON"),
+        "perf_event_open() is not allowed with CAP_PERFMON"
+    );
+    for r in rules.iter().filter(|r| r["action"] != "SCMP_ACT_ALLOW") {
+        let names = r["names"].as_array().cloned().unwrap_or_default();
+        assert!(
+            !names.iter().any(|n| n == "bpf" || n == "perf_event_open"),
+            "a rule still refuses bpf or perf_event_open: {r}"
+        );
+    }
+    let default = Path::new("/usr/share/containers/seccomp.json");
+    if !tools_present(
+        test,
+        if default.is_file() {
+            ""
+        } else {
+            "podman's default seccomp profile"
+        },
+    ) {
+        return;
+    }
+    let default = read(default);
+    // Taking our two syscalls out of both and dropping our two rules leaves the same profile.
+    let strip = |profile: &serde_json::Value, ours: bool| -> serde_json::Value {
+        let mut p = profile.clone();
+        let rules: Vec<serde_json::Value> = p["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                !(ours
+                    && r["comment"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("meshdoctor-agent:")))
+            })
+            .map(|r| {
+                let mut r = r.clone();
+                if let Some(names) = r["names"].as_array_mut() {
+                    names.retain(|n| n != "bpf" && n != "perf_event_open");
+                }
+                r
+            })
+            .collect();
+        p["syscalls"] = serde_json::Value::Array(rules);
+        p
+    };
+    assert!(
+        strip(&shipped, true) == strip(&default, false),
+        "deploy/seccomp/meshdoctor/agent.json differs from {} in more than its bpf and \
+         perf_event_open rules",
+        "/usr/share/containers/seccomp.json"
     );
 }

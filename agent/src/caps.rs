@@ -66,6 +66,30 @@ pub fn missing(cap_eff: u64, ebpf: bool) -> Option<String> {
     })
 }
 
+/// Why loading eBPF failed with EPERM although the capabilities are there, from
+/// `/proc/self/status` and the error: a seccomp filter (`Seccomp: 2`) with CAP_BPF but not
+/// CAP_SYS_ADMIN is a runtime default profile that allows bpf() to CAP_SYS_ADMIN only (CRI-O's
+/// and podman's, containers-common's), and the shipped profile is the fix.
+pub fn seccomp_hint(status: &str, error: &str) -> Option<&'static str> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let filtered = field("Seccomp:") == Some("2");
+    let cap_eff = field("CapEff:").and_then(|hex| u64::from_str_radix(hex, 16).ok())?;
+    let has = |bit: u32| cap_eff & (1 << bit) != 0;
+    (filtered && error.contains("Operation not permitted") && has(CAP_BPF) && !has(CAP_SYS_ADMIN))
+        .then_some(
+            "a seccomp filter refused the call although the agent holds CAP_BPF: the \
+             container runtime's default profile allows bpf() and perf_event_open() only with \
+             CAP_SYS_ADMIN (CRI-O and podman do so). Run the agent under the shipped profile \
+             deploy/seccomp/meshdoctor/agent.json (the overlay deploy/overlays/seccomp-localhost), \
+             not Unconfined",
+        )
+}
+
 /// Reads the effective capability mask of this process.
 pub fn effective() -> std::io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -79,6 +103,28 @@ pub fn effective() -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seccomp_refusal_with_cap_bpf_points_at_the_shipped_profile() {
+        let bpf_perfmon_net = (1u64 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
+        let status = |seccomp: u8, caps: u64| {
+            format!("Name:\tagent\nCapEff:\t{caps:016x}\nSeccomp:\t{seccomp}\n")
+        };
+        let eperm = "failed to create map `TCP_PATHS`: Operation not permitted (os error 1)";
+        let hint = seccomp_hint(&status(2, bpf_perfmon_net), eperm).unwrap();
+        assert!(
+            hint.contains("deploy/seccomp/meshdoctor/agent.json"),
+            "{hint}"
+        );
+        // No filter, CAP_SYS_ADMIN held, or another error: something else is wrong.
+        assert_eq!(seccomp_hint(&status(0, bpf_perfmon_net), eperm), None);
+        let admin = bpf_perfmon_net | 1 << CAP_SYS_ADMIN;
+        assert_eq!(seccomp_hint(&status(2, admin), eperm), None);
+        assert_eq!(
+            seccomp_hint(&status(2, bpf_perfmon_net), "No such file"),
+            None
+        );
+    }
 
     #[test]
     fn root_has_everything() {

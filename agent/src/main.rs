@@ -138,9 +138,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ) {
             Ok((o, t)) => (Some(o), t),
             Err(e) => {
+                let error = format!("{e:#}");
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let hint = caps::seccomp_hint(&status, &error)
+                    .map(|h| format!(". {h}"))
+                    .unwrap_or_default();
                 warn!(
                     "eBPF observers unavailable, falling back to user-space timestamps \
-                     (reports say timestamping: socket): {e:#}"
+                     (reports say timestamping: socket): {error}{hint}"
                 );
                 (None, None)
             }

@@ -3,7 +3,7 @@
 //! build info metric itself, and the log format flag.
 
 use clap::ValueEnum;
-use std::{borrow::Cow, sync::atomic::AtomicI64};
+use std::{borrow::Cow, io::IsTerminal as _, sync::atomic::AtomicI64};
 
 use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 
@@ -43,8 +43,10 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours for a terminal only: escape codes in a log file or a pipeline are noise.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),

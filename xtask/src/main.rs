@@ -72,13 +72,16 @@ fn main() -> Result<()> {
     }
 }
 
-/// `setup`, `cargo build`, `cargo test`, each under a header; the first failure stops it.
+/// `setup`, `cargo build`, the image, `cargo test`, each under a header; the first failure
+/// stops it.
 fn test(args: &[String]) -> Result<()> {
     teardown_on_signal()?;
     step("setup");
     setup::run()?;
     step("cargo build");
     sh(cargo().arg("build"))?;
+    // tests/containers.rs runs the image, as users would: release binaries, built with buildah.
+    image::build()?;
     step("cargo test");
     // The api crate's CRD tests (drift of deploy/crds, the CEL rules) need its crd feature.
     // The test results are this command's report: on stdout.
