@@ -2205,3 +2205,233 @@ fn the_shipped_seccomp_profile_is_the_runtime_default_plus_bpf_and_perfmon() {
         "/usr/share/containers/seccomp.json"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Helm chart (charts/meshdoctor), rendered by Helm itself
+
+const CHART: &str = "charts/meshdoctor";
+
+/// Renders or lints the chart with Helm's Go SDK (the PyPI wheel helm-python-sdk that
+/// `cargo xtask setup` installs: no Helm binary can be had from the registries here), as
+/// release `meshdoctor` in namespace `meshdoctor`. argv: mode, chart dir, values JSON.
+const HELM_PY: &str = r#"
+import json, sys
+import helm_python as helm
+mode, chart, values = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if mode == "lint":
+    print(json.dumps(helm.lint(chart, values, strict=True, namespace="meshdoctor")))
+else:
+    out = helm.Chart.load(chart).render(values, name="meshdoctor", namespace="meshdoctor", is_install=True)
+    for path, text in sorted(out.items()):
+        if path.endswith(".yaml") and text.strip():
+            sys.stdout.write("---\n# Source: " + path + "\n" + text + "\n")
+"#;
+
+/// Runs [`HELM_PY`]; `None` (the test is skipped, or fails after setup) without the SDK.
+fn helm(tools: &Tools, test: &str, mode: &str, values: &serde_json::Value) -> Option<String> {
+    if !runs(&tools.python, &["-c", "import helm_python"]) {
+        tools_present(
+            test,
+            "Helm's SDK (helm-python-sdk in the project's virtualenv)",
+        );
+        return None;
+    }
+    let out = Command::new(&tools.python)
+        .args(["-c", HELM_PY, mode])
+        .arg(workspace_root().join(CHART))
+        .arg(values.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
+    assert!(
+        out.status.success(),
+        "helm {mode} {CHART} with {values}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).expect("UTF-8"))
+}
+
+/// An object as both renderings must agree on it: Helm's own labels dropped, and the multus
+/// annotation's JSON parsed (kustomize keeps the overlay's spelling, Helm writes compact JSON).
+fn comparable(d: &Doc) -> Value {
+    let mut v = d.value.clone();
+    if let Some(labels) = find_mut(&mut v, &["metadata", "labels"]).and_then(Value::as_mapping_mut)
+    {
+        for helm_label in [
+            "helm.sh/chart",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+        ] {
+            labels.remove(helm_label);
+        }
+    }
+    let networks = [
+        "spec",
+        "template",
+        "metadata",
+        "annotations",
+        "k8s.v1.cni.cncf.io/networks",
+    ];
+    if let Some(annotation) = find_mut(&mut v, &networks)
+        && let Some(json) = annotation.as_str()
+    {
+        let parsed: serde_json::Value = serde_json::from_str(json).expect("networks JSON");
+        *annotation = serde_yaml::to_value(parsed).unwrap();
+    }
+    v
+}
+
+/// The value at `path`, if there is one.
+fn find_mut<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, key| v.get_mut(*key))
+}
+
+/// The objects of `docs` by `Kind/namespace/name`, without `skip` kinds.
+fn by_id(docs: &[Doc], skip: &[&str]) -> BTreeMap<String, Value> {
+    docs.iter()
+        .filter(|d| !skip.contains(&d.kind()))
+        .map(|d| {
+            let id = format!("{}/{}/{}", d.kind(), d.namespace().unwrap_or(""), d.name());
+            (id, comparable(d))
+        })
+        .collect()
+}
+
+/// Each chart option renders, with Helm, exactly what its kustomize counterpart renders (less
+/// what a chart does not template: the Namespace, which `helm install --create-namespace`
+/// makes, the CRDs, which Helm installs from crds/, and the example NetworkAttachment), and
+/// every rendering passes kubernetes-validate and `helm lint --strict`.
+#[test]
+fn the_chart_renders_with_helm_what_kustomize_renders() {
+    let test = "the_chart_renders_with_helm_what_kustomize_renders";
+    let Some(tools) = tools(test) else {
+        return;
+    };
+    let monitoring = serde_json::json!({"monitoring": {
+        "podMonitor": true, "serviceMonitor": true, "prometheusRule": true, "dashboards": true,
+    }});
+    let cases: [(&str, serde_json::Value, &[&str]); 5] = [
+        ("defaults", serde_json::json!({}), &["deploy"]),
+        (
+            "hostNetwork",
+            serde_json::json!({"agent": {"hostNetwork": true}}),
+            &["deploy/overlays/hostnetwork"],
+        ),
+        (
+            "multus networks",
+            serde_json::json!({"agent": {"networks": [{"name": "meshdoctor-net1", "interface": "net1"}]}}),
+            &["deploy/overlays/multus"],
+        ),
+        (
+            "the shipped seccomp profile",
+            serde_json::json!({"agent": {"seccompProfile": {"type": "Localhost", "localhostProfile": "meshdoctor/agent.json"}}}),
+            &["deploy/overlays/seccomp-localhost"],
+        ),
+        ("monitoring", monitoring, &["deploy", MONITORING]),
+    ];
+    let not_templated = [
+        "Namespace",
+        "CustomResourceDefinition",
+        "NetworkAttachmentDefinition",
+    ];
+    for (what, values, dirs) in cases {
+        let Some(text) = helm(&tools, test, "template", &values) else {
+            return;
+        };
+        let source = format!("{CHART} ({what})");
+        let chart = by_id(&parse_docs(&source, &text), &[]);
+        let mut kustomized = BTreeMap::new();
+        for dir in dirs {
+            kustomized.extend(by_id(&rendered(&tools, dir), &not_templated));
+        }
+        let (ours, theirs): (BTreeSet<_>, BTreeSet<_>) =
+            (chart.keys().collect(), kustomized.keys().collect());
+        assert_eq!(ours, theirs, "{source}: objects differ from {dirs:?}");
+        for (id, value) in &chart {
+            assert!(
+                *value == kustomized[id],
+                "{source}: {id} differs from {dirs:?}:\nhelm:\n{}\nkustomize:\n{}",
+                serde_yaml::to_string(value).unwrap(),
+                serde_yaml::to_string(&kustomized[id]).unwrap()
+            );
+        }
+        let validated = kubernetes_validate(&tools, &source, &text);
+        let lint = helm(&tools, test, "lint", &values).expect("Helm's SDK ran for template");
+        let report: serde_json::Value = serde_json::from_str(&lint).expect("lint JSON");
+        let problems: Vec<&serde_json::Value> = report["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["severity"].as_u64().unwrap_or(0) >= 2)
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "{source}: helm lint --strict: {problems:?}"
+        );
+        eprintln!(
+            "{source}: {} objects as {dirs:?}, {validated} validated",
+            chart.len()
+        );
+    }
+}
+
+/// What the chart carries as files is deploy/'s, byte for byte (`cargo xtask chart` copies
+/// them), and it is versioned and named as the workspace and the image are.
+#[test]
+fn the_chart_carries_deploys_crds_rules_and_dashboards_and_the_release_version() {
+    let root = workspace_root();
+    let chart = root.join(CHART);
+    let mut pairs = Vec::new();
+    for crd in ["apphttphealthy.yaml", "netdns.yaml", "netreach.yaml"] {
+        pairs.push((
+            root.join("deploy/crds").join(crd),
+            chart.join("crds").join(crd),
+        ));
+    }
+    pairs.push((
+        root.join(MONITORING).join("prometheusrule.yaml"),
+        chart.join("files/prometheusrule.yaml"),
+    ));
+    let dashboards = root.join(MONITORING).join("dashboards");
+    for entry in std::fs::read_dir(&dashboards).unwrap() {
+        let name = entry.unwrap().file_name();
+        pairs.push((
+            dashboards.join(&name),
+            chart.join("files/dashboards").join(&name),
+        ));
+    }
+    for (source, copy) in &pairs {
+        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(
+            read(source) == read(copy),
+            "{} is not {}: run `cargo xtask chart`",
+            copy.display(),
+            source.display()
+        );
+    }
+    let copies = |dir: &str| std::fs::read_dir(chart.join(dir)).unwrap().count();
+    assert_eq!(
+        copies("crds") + copies("files/dashboards") + 1,
+        pairs.len(),
+        "stray files in the chart"
+    );
+    let meta: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart.join("Chart.yaml")).unwrap()).unwrap();
+    assert_eq!(
+        meta["version"].as_str(),
+        Some(meshdoctor_ops::RELEASE),
+        "Chart.yaml version"
+    );
+    assert_eq!(
+        meta["appVersion"].as_str(),
+        Some(meshdoctor_ops::RELEASE),
+        "Chart.yaml appVersion"
+    );
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap()).unwrap();
+    assert_eq!(
+        values["image"]["repository"].as_str(),
+        Some(meshdoctor_ops::IMAGE_REPOSITORY),
+        "values.yaml image.repository"
+    );
+}

@@ -1,4 +1,5 @@
-//! `cargo xtask crds`: writes the task CRDs, generated from the api types, to `deploy/crds/`;
+//! `cargo xtask crds`: writes the task CRDs, generated from the api types, to `deploy/crds/`
+//! (and the chart's copies);
 //! `--check` only compares, for CI and for a developer who changed a spec type.
 //!
 //! The YAML itself comes from [`meshdoctor_api::task::crd_files`], which the api crate's drift
@@ -28,7 +29,8 @@ pub fn run(args: CrdsArgs) -> Result<()> {
         fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    // The chart carries the same files.
+    crate::chart::sync()
 }
 
 /// Fails when a committed file is missing or differs, showing the first differing line of each.

@@ -4,9 +4,11 @@
 //! - `lab` builds the network-namespace lab, runs a full-mesh task and prints the report;
 //! - `test` builds everything and runs every test, the root end-to-end tests included;
 //! - `crds` writes the task CRDs generated from the api types to `deploy/crds/`;
-//! - `image` builds the OCI image of the agent, the controller and the CLI with buildah.
+//! - `image` builds the OCI image of the agent, the controller and the CLI with buildah;
+//! - `chart` syncs charts/meshdoctor with deploy/ and packages it.
 
 mod bench;
+mod chart;
 mod crds;
 mod image;
 #[cfg(test)]
@@ -53,6 +55,9 @@ enum Cmd {
     /// the local containers-storage as ghcr.io/meshdoctor/meshdoctor:<version> and written to
     /// target/image/meshdoctor-<version>.oci.tar.
     Image(image::ImageArgs),
+    /// Copy deploy/'s CRDs, alert rules and dashboards into charts/meshdoctor and package the
+    /// chart with Helm's SDK into target/chart/meshdoctor-<version>.tgz.
+    Chart(chart::ChartArgs),
     /// Build the workspace and run every test (the end-to-end tests need root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter, `-- --nocapture`).
@@ -68,6 +73,7 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Crds(args) => crds::run(args),
         Cmd::Image(args) => image::run(args),
+        Cmd::Chart(args) => chart::run(args),
         Cmd::Test { args } => test(&args),
     }
 }

