@@ -9,12 +9,13 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::Duration,
 };
 
 use meshdoctor_api::RoundReport;
 use meshdoctor_e2e::can_run;
 use meshdoctor_lab::{
-    Fault, Lab, LabConfig, default_bin_dir,
+    Fault, Lab, LabConfig, MeshTask, default_bin_dir,
     plan::{CONTROLLER_NS, SECOND_CONTROLLER_PORT},
 };
 
@@ -195,6 +196,8 @@ fn cross_cluster_check_probes_the_other_clusters_agents() {
         &dst,
         "--dst-name",
         "east",
+        // IPv4 alone: the fault below is IPv4's (both families are the default here).
+        "--no-ipv6",
     ];
     let cross = |dsts: &[&str], networks: &[&str]| -> BTreeSet<_> {
         let mut out = BTreeSet::new();
@@ -243,4 +246,68 @@ fn cross_cluster_check_probes_the_other_clusters_agents() {
     );
 
     repair_and_resume(&lab, &state, &fault, &cross(&["node-4"], &["net1"]));
+}
+
+/// `findings --watch` follows a periodic task's rounds as they finish, naming the faulty
+/// interface in each; `check` without a family flag probes both families, since every lab
+/// agent has both.
+#[test]
+fn findings_watch_follows_rounds_and_check_probes_both_families() {
+    if !can_run("findings_watch_follows_rounds_and_check_probes_both_families") {
+        return;
+    }
+    let mut cfg = LabConfig::new(3);
+    cfg.tasks = vec![(
+        "mesh.yaml".into(),
+        MeshTask {
+            schedule: "@every 4s",
+            rounds: 3,
+            ..MeshTask::new("mesh", 25, 1)
+        }
+        .yaml(),
+    )];
+    cfg.faults = vec!["node-2:net1:ingress:ipv4:100:link".parse().unwrap()];
+    let lab = Lab::up(cfg).expect("lab up");
+    let state = state_file(&lab);
+    lab.wait_round("mesh", 1, Duration::from_secs(60))
+        .expect("round 1");
+    let watched = meshdoctor(
+        &lab,
+        &state,
+        &["findings", "--watch", "--rounds", "2", "--interval", "1"],
+    );
+    assert_eq!(
+        watched.status.code(),
+        Some(1),
+        "findings exit 1 when there are some"
+    );
+    let text = String::from_utf8_lossy(&watched.stdout);
+    let rounds: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("mesh round "))
+        .collect();
+    assert_eq!(
+        rounds,
+        [
+            "mesh round 1: 1 finding(s)",
+            "mesh round 2: 1 finding(s)",
+            "mesh round 3: 1 finding(s)"
+        ],
+        "{text}"
+    );
+    let rows = text
+        .lines()
+        .filter(|l| l.starts_with("node-2 ") && l.contains("net1"));
+    assert_eq!(rows.count(), 3, "node-2 net1 in every round: {text}");
+
+    let checked = meshdoctor(
+        &lab,
+        &state,
+        &["check", "--duration", "1", "--qps", QPS, "-o", "json"],
+    );
+    let families: BTreeSet<String> = pair_paths(&json_report(&checked), |_| true)
+        .into_iter()
+        .map(|(_, _, _, family)| family)
+        .collect();
+    assert_eq!(families, BTreeSet::from(["ipv4".into(), "ipv6".into()]));
 }

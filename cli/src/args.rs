@@ -55,14 +55,11 @@ impl Target {
 #[derive(Debug, Clone, ClapArgs)]
 #[command(next_help_heading = "Controller")]
 pub struct TargetArgs {
-    /// Controller base URL: the standalone controller, or a port-forward.
-    #[arg(
-        long,
-        env = "MESHDOCTOR_CONTROLLER",
-        default_value = "http://127.0.0.1:7070",
-        global = true
-    )]
-    pub controller: String,
+    /// Controller base URL: the standalone controller, or a port-forward. Without it, like
+    /// kubectl, the current context of KUBECONFIG or ~/.kube/config when there is one (the
+    /// controller behind its Service), else http://127.0.0.1:7070.
+    #[arg(long, env = "MESHDOCTOR_CONTROLLER", global = true)]
+    pub controller: Option<String>,
     /// Reach the controller through this kubeconfig's API server (the Service proxy);
     /// check's tasks are then NetReach objects.
     #[arg(long, global = true)]
@@ -81,16 +78,37 @@ pub struct TargetArgs {
     pub controller_service: String,
 }
 
+/// The controller when neither a URL nor a kubeconfig says otherwise: a standalone one here.
+pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7070";
+
 impl TargetArgs {
     pub fn target(&self) -> Target {
+        self.resolve(kubeconfig_present())
+    }
+
+    /// The target, given whether a kubeconfig exists: an explicit URL wins, then the
+    /// Kubernetes flags, then (as kubectl does) the kubeconfig's current context.
+    fn resolve(&self, kubeconfig_present: bool) -> Target {
         Target {
-            controller: self.controller.clone(),
+            controller: self
+                .controller
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CONTROLLER.into()),
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
-            kube: self.kube,
+            kube: self.kube || self.controller.is_none() && kubeconfig_present,
             namespace: self.namespace.clone(),
             service: self.controller_service.clone(),
         }
+    }
+}
+
+/// Whether kubectl would find a kubeconfig: a file named by KUBECONFIG, or ~/.kube/config.
+fn kubeconfig_present() -> bool {
+    match std::env::var_os("KUBECONFIG") {
+        Some(paths) => std::env::split_paths(&paths).any(|p| p.is_file()),
+        None => std::env::var_os("HOME")
+            .is_some_and(|home| PathBuf::from(home).join(".kube/config").is_file()),
     }
 }
 
@@ -162,8 +180,16 @@ pub enum Command {
     Report {
         task: String,
         /// Round number; the latest when omitted.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         round: Option<u32>,
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
+    /// The faulty interfaces (and domain pairs) of every task's latest round. Exits 1 when
+    /// there is any.
+    Findings {
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// The tasks the controller runs, with their status.
     Tasks,
@@ -177,6 +203,21 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Following rounds as they finish, as `kubectl get --watch` follows objects.
+#[derive(Debug, Clone, Copy, Default, ClapArgs)]
+#[command(next_help_heading = "Watch")]
+pub struct WatchArgs {
+    /// Print again each time a round finishes, until interrupted (or --rounds).
+    #[arg(long, short)]
+    pub watch: bool,
+    /// With --watch: stop after this many new rounds.
+    #[arg(long, requires = "watch", value_name = "N")]
+    pub rounds: Option<u32>,
+    /// With --watch: how often to ask the controller, in seconds.
+    #[arg(long, requires = "watch", default_value_t = 2, value_name = "SECONDS")]
+    pub interval: u64,
 }
 
 #[derive(Debug, Clone, ClapArgs)]
@@ -210,10 +251,10 @@ pub struct CheckArgs {
     /// Do not probe IPv4.
     #[arg(long)]
     pub no_ipv4: bool,
-    /// Probe IPv6.
+    /// Probe IPv6 (the default when every agent has an IPv6 address).
     #[arg(long, overrides_with = "no_ipv6")]
     pub ipv6: bool,
-    /// Do not probe IPv6 (the default).
+    /// Do not probe IPv6.
     #[arg(long)]
     pub no_ipv6: bool,
     /// Probes per second per pair-path.
@@ -229,4 +270,27 @@ pub struct CheckArgs {
     pub dst: DstArgs,
     #[command(flatten)]
     pub state: StateArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(flags: &[&str], kubeconfig_present: bool) -> Target {
+        let args =
+            Args::try_parse_from(["meshdoctor"].iter().chain(flags).chain(&["agents"])).unwrap();
+        args.target.resolve(kubeconfig_present)
+    }
+
+    #[test]
+    fn like_kubectl_the_current_context_unless_a_url_is_given() {
+        assert!(target(&[], true).kubernetes());
+        let local = target(&[], false);
+        assert!(!local.kubernetes());
+        assert_eq!(local.controller, DEFAULT_CONTROLLER);
+        let url = target(&["--controller", "http://ctl:7070"], true);
+        assert!(!url.kubernetes());
+        assert_eq!(url.controller, "http://ctl:7070");
+        assert!(target(&["--context", "prod"], false).kubernetes());
+    }
 }

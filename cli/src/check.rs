@@ -40,9 +40,19 @@ fn validated(task: &NetReach, what: &str) -> anyhow::Result<NetReach> {
     NetReach::from_yaml(what, &text).map_err(|e| anyhow!("{e}"))
 }
 
+/// Whether IPv6 is probed when no flag says: when every agent has an IPv6 address, as netctl
+/// and a dual-stack cluster's users expect (both families), else IPv4 alone.
+pub fn dual_stack(agents: &[AgentView]) -> bool {
+    !agents.is_empty()
+        && agents
+            .iter()
+            .all(|a| a.registration.interfaces.iter().any(|i| i.ipv6.is_some()))
+}
+
 /// The task of a check: the `--file` (validated locally first) or the flags, with a
-/// one-round schedule. The name is set by [`run`].
-pub fn check_task(args: &CheckArgs) -> anyhow::Result<NetReach> {
+/// one-round schedule; `ipv6_by_default` is [`dual_stack`] of the agents. The name is set by
+/// [`run`].
+pub fn check_task(args: &CheckArgs, ipv6_by_default: bool) -> anyhow::Result<NetReach> {
     let task = match &args.file {
         Some(path) => {
             let task = Task::from_file(path).map_err(|e| anyhow!("bad task file: {e}"))?;
@@ -69,7 +79,7 @@ pub fn check_task(args: &CheckArgs) -> anyhow::Result<NetReach> {
                 request.duration_in_second = d;
             }
             target.ipv4 = !args.no_ipv4;
-            target.ipv6 = args.ipv6 && !args.no_ipv6;
+            target.ipv6 = args.ipv6 || ipv6_by_default && !args.no_ipv6;
             if let Some(i) = &args.interfaces {
                 target.interfaces = Some(i.clone());
             }
@@ -249,4 +259,52 @@ fn progress_bar(name: &str, probing: Duration) -> Option<indicatif::ProgressBar>
     bar.set_message("probing");
     bar.enable_steady_tick(Duration::from_millis(200));
     Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use meshdoctor_api::{AgentRegistration, InterfaceInfo, Timestamping};
+
+    use super::*;
+    use crate::args::{Args, Command};
+
+    fn agent(node: &str, ipv6: bool) -> AgentView {
+        AgentView {
+            registration: AgentRegistration {
+                node: node.into(),
+                interfaces: vec![InterfaceInfo {
+                    name: "eth0".into(),
+                    network: "default".into(),
+                    ipv4: Some("10.0.0.1".parse().unwrap()),
+                    ipv6: ipv6.then(|| "fd00::1".parse().unwrap()),
+                }],
+                timestamping: Timestamping::Ebpf,
+                probe_port: None,
+                labels: Default::default(),
+            },
+            last_seen_ms: 0,
+        }
+    }
+
+    fn families(flags: &[&str], ipv6_by_default: bool) -> (bool, bool) {
+        let args = Args::try_parse_from(["meshdoctor", "check"].iter().chain(flags)).unwrap();
+        let Command::Check(check) = args.command else {
+            unreachable!()
+        };
+        let task = check_task(&check, ipv6_by_default).unwrap();
+        (task.spec.target.ipv4, task.spec.target.ipv6)
+    }
+
+    #[test]
+    fn both_families_by_default_when_every_agent_has_both() {
+        assert!(dual_stack(&[agent("a", true), agent("b", true)]));
+        assert!(!dual_stack(&[agent("a", true), agent("b", false)]));
+        assert!(!dual_stack(&[]));
+        assert_eq!(families(&[], true), (true, true));
+        assert_eq!(families(&[], false), (true, false));
+        assert_eq!(families(&["--no-ipv6"], true), (true, false));
+        assert_eq!(families(&["--ipv6"], false), (true, true));
+        assert_eq!(families(&["--no-ipv4"], true), (false, true));
+    }
 }

@@ -16,7 +16,7 @@ use meshdoctor_api::{
     NetReach,
     routes::{self, RoundRef},
     task::NetReachResource,
-    views::{AgentView, ErrorBody, TaskView},
+    views::{AgentView, ErrorBody, TaskFindings, TaskView},
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -182,6 +182,10 @@ impl Client {
     }
 
     /// The controller's tasks.
+    pub async fn findings(&self) -> anyhow::Result<Vec<TaskFindings>> {
+        self.get(routes::FINDINGS).await
+    }
+
     pub async fn tasks(&self) -> anyhow::Result<Vec<TaskView>> {
         self.get(routes::TASKS).await
     }

@@ -5,10 +5,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use clap::CommandFactory as _;
-use meshdoctor_api::{RoundStatus, routes::RoundRef};
+use std::time::Duration;
+
+use meshdoctor_api::{RoundReport, RoundStatus, routes::RoundRef, views::TaskFindings};
 
 use crate::{
-    args::{Args, CheckArgs, Command, Output, StateArgs},
+    args::{Args, CheckArgs, Command, Output, StateArgs, WatchArgs},
     check::{self, TASK_PREFIX},
     client::Client,
     output::{self, CheckOutput},
@@ -26,7 +28,20 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
     match &args.command {
         Command::Check(check) => run_check(&client, out, check).await,
         Command::Resume(state) => resume(&client, out, state).await,
-        Command::Report { task, round } => report(&client, out, task, *round).await,
+        Command::Report { task, round, watch } => match round {
+            Some(n) => print_report(out, &client.round(task, RoundRef::Number(*n)).await?),
+            None => {
+                let latest = async || client.round(task, RoundRef::Latest).await;
+                watching(*watch, latest, |r| r.round, |r| print_report(out, r)).await
+            }
+        },
+        Command::Findings { watch } => {
+            let findings = async || client.findings().await;
+            let rounds = |all: &Vec<TaskFindings>| -> Vec<(String, u32)> {
+                all.iter().map(|t| (t.task.clone(), t.round)).collect()
+            };
+            watching(*watch, findings, rounds, |all| print_findings(out, all)).await
+        }
         Command::Tasks => list(out, &client.tasks().await?, output::task_row),
         Command::Agents => list(out, &client.agents().await?, output::agent_row),
         Command::Clean(state) => clean(&client, &state.state).await,
@@ -35,13 +50,23 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
 }
 
 async fn run_check(client: &Client, out: Output, args: &CheckArgs) -> anyhow::Result<bool> {
-    let mut task = check::check_task(args)?;
-    if let Some(dst) = args.dst.target() {
-        let dst_client = Client::connect(&dst, None).await?;
-        let agents = dst_client
-            .agents()
-            .await
-            .context("listing the destination cluster's agents")?;
+    let dst_agents = match args.dst.target() {
+        Some(dst) => Some(
+            Client::connect(&dst, None)
+                .await?
+                .agents()
+                .await
+                .context("listing the destination cluster's agents")?,
+        ),
+        None => None,
+    };
+    // Both families when every agent has both (the destination's too), unless a flag or a
+    // task file says.
+    let ipv6 = args.file.is_none()
+        && check::dual_stack(&client.agents().await.context("listing the agents")?)
+        && dst_agents.as_deref().is_none_or(check::dual_stack);
+    let mut task = check::check_task(args, ipv6)?;
+    if let Some(agents) = dst_agents {
         task = check::add_remote_agents(&task, agents, &args.dst.dst_name, args.file.is_some())?;
     }
     let result = check::run(client, &task, None, &args.state).await?;
@@ -73,16 +98,51 @@ async fn resume(client: &Client, out: Output, args: &StateArgs) -> anyhow::Resul
     print_check(out, &result)
 }
 
-async fn report(
-    client: &Client,
-    out: Output,
-    task: &str,
-    round: Option<u32>,
-) -> anyhow::Result<bool> {
-    let which = round.map_or(RoundRef::Latest, RoundRef::Number);
-    let report = client.round(task, which).await?;
-    print!("{}", output::render_report(out, &report)?);
+fn print_report(out: Output, report: &RoundReport) -> anyhow::Result<bool> {
+    print!("{}", output::render_report(out, report)?);
     Ok(report.status == RoundStatus::Fail)
+}
+
+fn print_findings(out: Output, all: &[TaskFindings]) -> anyhow::Result<bool> {
+    print!("{}", output::render_findings(out, all)?);
+    Ok(all.iter().any(|t| !t.findings.is_empty()))
+}
+
+/// Fetches and prints once; with --watch, again each time `key` of what is fetched (the
+/// rounds shown) changes, until interrupted or --rounds new rounds were shown. A controller
+/// that does not answer for a while (a restart, a leader change) is waited for, not fatal.
+/// Whether the last thing shown failed.
+async fn watching<T, K: PartialEq>(
+    watch: WatchArgs,
+    fetch: impl AsyncFn() -> anyhow::Result<T>,
+    key: impl Fn(&T) -> K,
+    print: impl Fn(&T) -> anyhow::Result<bool>,
+) -> anyhow::Result<bool> {
+    let first = fetch().await?;
+    let mut failed = print(&first)?;
+    if !watch.watch {
+        return Ok(failed);
+    }
+    let (mut shown, mut new_rounds) = (key(&first), 0);
+    let mut ticker = tokio::time::interval(Duration::from_secs(watch.interval.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while watch.rounds.is_none_or(|n| new_rounds < n) {
+        ticker.tick().await;
+        let next = match fetch().await {
+            Ok(next) => next,
+            Err(e) => {
+                eprintln!("watching: {e:#}; retrying");
+                continue;
+            }
+        };
+        if key(&next) != shown {
+            shown = key(&next);
+            new_rounds += 1;
+            println!();
+            failed = print(&next)?;
+        }
+    }
+    Ok(failed)
 }
 
 fn list<T: serde::Serialize>(

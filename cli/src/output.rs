@@ -4,7 +4,7 @@
 use meshdoctor_api::{
     Family, Finding, PathResult, PathState, RoundReport, RoundStatus, RoundSummary,
     task::PairPath,
-    views::{AgentView, TaskView},
+    views::{AgentView, TaskFindings, TaskView},
 };
 use meshdoctor_table as table;
 use serde::{Deserialize, Serialize};
@@ -195,6 +195,27 @@ pub fn agent_row(a: &AgentView) -> String {
         })
         .collect();
     format!("{}  {}  {}", r.node, r.timestamping, ifaces.join("  "))
+}
+
+/// `findings`: per task, its latest round and its findings table (or "healthy").
+pub fn render_findings(output: Output, all: &[TaskFindings]) -> anyhow::Result<String> {
+    if output != Output::Table {
+        return machine(output, &all);
+    }
+    if all.is_empty() {
+        return Ok("no NetReach round has finished yet\n".into());
+    }
+    let mut out = String::new();
+    for t in all {
+        out += &format!("{} round {}: ", t.task, t.round);
+        if t.findings.is_empty() {
+            out += "healthy\n";
+        } else {
+            out += &format!("{} finding(s)\n", t.findings.len());
+            out += &table::render_findings(&t.findings);
+        }
+    }
+    Ok(out)
 }
 
 /// A report of `report TASK`: the full pair table and the summary, or the report itself.
