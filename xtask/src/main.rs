@@ -5,11 +5,13 @@
 //! - `test` builds everything and runs every test, the root end-to-end tests included;
 //! - `crds` writes the task CRDs generated from the api types to `deploy/crds/`;
 //! - `image` builds the OCI image of the agent, the controller and the CLI with buildah;
-//! - `chart` syncs charts/meshdoctor with deploy/ and packages it.
+//! - `chart` syncs charts/meshdoctor with deploy/ and packages it;
+//! - `dist` writes the release artifacts with their checksums and SBOM.
 
 mod bench;
 mod chart;
 mod crds;
+mod dist;
 mod image;
 #[cfg(test)]
 mod import_cycles;
@@ -58,6 +60,10 @@ enum Cmd {
     /// Copy deploy/'s CRDs, alert rules and dashboards into charts/meshdoctor and package the
     /// chart with Helm's SDK into target/chart/meshdoctor-<version>.tgz.
     Chart(chart::ChartArgs),
+    /// Write the release artifacts to target/dist: the binaries tarball (with the kubectl
+    /// plugin link), the image archive, the rendered manifests, the packaged chart, the krew
+    /// manifest, a CycloneDX SBOM and SHA256SUMS.
+    Dist(dist::DistArgs),
     /// Build the workspace and run every test (the end-to-end tests need root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter, `-- --nocapture`).
@@ -74,20 +80,22 @@ fn main() -> Result<()> {
         Cmd::Crds(args) => crds::run(args),
         Cmd::Image(args) => image::run(args),
         Cmd::Chart(args) => chart::run(args),
+        Cmd::Dist(args) => dist::run(args),
         Cmd::Test { args } => test(&args),
     }
 }
 
-/// `setup`, `cargo build`, the image, `cargo test`, each under a header; the first failure
-/// stops it.
+/// `setup`, `cargo build`, the release artifacts (the image among them), `cargo test`, each
+/// under a header; the first failure stops it.
 fn test(args: &[String]) -> Result<()> {
     teardown_on_signal()?;
     step("setup");
     setup::run()?;
     step("cargo build");
     sh(cargo().arg("build"))?;
-    // tests/containers.rs runs the image, as users would: release binaries, built with buildah.
-    image::build()?;
+    // tests/containers.rs runs the image, as users would, and tests/dist.rs checks the
+    // release artifacts: release binaries, the image built with buildah, the chart.
+    dist::build()?;
     step("cargo test");
     // The api crate's CRD tests (drift of deploy/crds, the CEL rules) need its crd feature.
     // The test results are this command's report: on stdout.
