@@ -1004,6 +1004,8 @@ fn expected_controller_grants() -> BTreeSet<Grant> {
         "create",
         "",
     ));
+    // The leader's label on its own pod.
+    g.insert(grant("meshdoctor", "", "pods", "patch", ""));
     for verb in ["get", "update"] {
         g.insert(grant(
             "meshdoctor",
@@ -1331,13 +1333,18 @@ fn agent_and_controller_are_wired_as_documented() {
         "{}: --controller must name the controller's Service and port",
         agent.id()
     );
+    // The controller pods' labels, and the one the leader adds to its own pod.
+    let mut leader = get(
+        &controller.value,
+        &["spec", "template", "metadata", "labels"],
+    )
+    .cloned()
+    .unwrap_or_default();
+    leader[meshdoctor_api::routes::LEADER_LABEL] = Value::from("true");
     assert_eq!(
         get(&svc.value, &["spec", "selector"]),
-        get(
-            &controller.value,
-            &["spec", "template", "metadata", "labels"]
-        ),
-        "{}: selects the controller pods",
+        Some(&leader),
+        "{}: selects the leader among the controller pods",
         svc.id()
     );
 
@@ -1349,9 +1356,13 @@ fn agent_and_controller_are_wired_as_documented() {
         controller.id()
     );
     assert_eq!(
-        get(&controller.value, &["spec", "strategy", "type"]).and_then(Value::as_str),
-        Some("Recreate"),
-        "{}: a rolling update would wait forever for a new replica to become ready",
+        get(
+            &controller.value,
+            &["spec", "strategy", "rollingUpdate", "maxUnavailable"]
+        )
+        .and_then(Value::as_u64),
+        Some(0),
+        "{}: a rolling update that keeps a replica while the next one starts",
         controller.id()
     );
     assert_eq!(

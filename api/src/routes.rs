@@ -25,8 +25,12 @@ pub const TASK_ROUND: &str = "/v1/tasks/{name}/rounds/{round}";
 /// `GET` the latest findings of every task as [`crate::views::TaskFindings`].
 pub const FINDINGS: &str = "/v1/findings";
 pub const HEALTHZ: &str = "/healthz";
-/// 200 while this controller serves agents (the Kubernetes leader), 503 otherwise.
+/// 200 once the controller serves, on every replica (agents reach the Kubernetes leader by
+/// the label it puts on its pod, which the controller Service selects).
 pub const READYZ: &str = "/readyz";
+/// In Kubernetes, the label (value `"true"`) the leading controller replica puts on its own
+/// pod: the controller Service selects it, so these routes are the leader's.
+pub const LEADER_LABEL: &str = "meshdoctor.io/leader";
 pub const METRICS: &str = "/metrics";
 
 /// [`AGENT_PLANS`] of `node`, with the query.

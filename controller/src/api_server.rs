@@ -7,13 +7,7 @@
 //! Request bodies are parsed by hand so that any malformed agent input is a 400 with a JSON
 //! message, whatever the content type, and never a panic.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -46,27 +40,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Registrations and task documents; a report has the bound its plan justifies instead.
 const MAX_BODY: usize = 4 << 20;
 
-/// Whether this controller serves agents (`GET /readyz`): always in standalone, only while
-/// leading in Kubernetes, so that the Service sends agents to the leader.
-#[derive(Debug, Clone)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Default for Readiness {
-    fn default() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
-    }
-}
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// What the routes serve from.
 #[derive(Clone)]
 pub struct Serving {
@@ -76,7 +49,6 @@ pub struct Serving {
     /// The standalone backend's tasks directory, which `PUT`/`DELETE /v1/tasks/{name}` write
     /// to; `None` with the Kubernetes backend, whose tasks are objects.
     pub tasks_dir: Option<Arc<TasksDir>>,
-    pub ready: Readiness,
 }
 
 #[derive(Clone)]
@@ -84,7 +56,6 @@ struct AppState {
     ctl: Arc<Controller>,
     token: Option<Arc<str>>,
     tasks_dir: Option<Arc<TasksDir>>,
-    ready: Readiness,
 }
 
 /// An error answer: a status and a JSON `{"error": message}`.
@@ -105,7 +76,6 @@ pub fn router(serving: Serving) -> Router {
         ctl: serving.ctl,
         token: serving.token.map(Arc::from),
         tasks_dir: serving.tasks_dir,
-        ready: serving.ready,
     };
     Router::new()
         .route(routes::AGENTS, post(register).get(agents))
@@ -122,14 +92,11 @@ pub fn router(serving: Serving) -> Router {
         .with_state(state)
 }
 
-/// 200 when this controller serves agents; 503 on a Kubernetes replica that does not lead, so
-/// the controller Service routes agents to the leader only.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.ready.get() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not leading")
-    }
+/// 200 once serving, on every replica: in Kubernetes the standby is Ready too (a rollout
+/// completes), and agents reach the leader because the controller Service selects the label
+/// the leader puts on its pod ([`crate::kubernetes::leader_label`]).
+async fn readyz() -> (StatusCode, &'static str) {
+    (StatusCode::OK, "ok")
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {

@@ -9,9 +9,9 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use meshdoctor_api::{DEFAULT_MAX_HISTORY, time::parse_duration};
 use meshdoctor_controller::{
-    api_server::{self, Readiness, Serving},
+    api_server::{self, Serving},
     driver::{Controller, Settings},
-    kubernetes::{self, lease},
+    kubernetes::{self, leader_label, lease},
     mesh::shape::Budget,
     sinks::store::{ReportStore, Retention},
     tasks_dir::TasksDir,
@@ -203,7 +203,6 @@ async fn main() -> anyhow::Result<()> {
     };
     let store = ReportStore::new(&args.data_dir).with_retention(retention);
     let ctl = Controller::new(settings, store);
-    let ready = Readiness::default();
     let mut stop_leading = None;
     let mut tasks_dir = None;
     match (args.backend, &args.tasks_dir) {
@@ -216,14 +215,13 @@ async fn main() -> anyhow::Result<()> {
         }
         (Backend::Standalone, None) => anyhow::bail!("--tasks-dir is required (standalone)"),
         (Backend::Kubernetes, _) => {
-            stop_leading = Some(start_kubernetes(&ctl, &ready, &args.kube).await?);
+            stop_leading = Some(start_kubernetes(&ctl, &args.kube).await?);
         }
     }
     let serving = Serving {
         ctl,
         token,
         tasks_dir,
-        ready,
     };
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -232,7 +230,14 @@ async fn main() -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "controller listening");
     axum::serve(listener, api_server::router(serving))
         .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+            // SIGTERM is how Kubernetes stops a pod; Ctrl-C how a person does.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
             info!("shutting down");
         })
         .await
@@ -247,7 +252,6 @@ async fn main() -> anyhow::Result<()> {
 /// shutdown, so that another replica takes over at once.
 async fn start_kubernetes(
     ctl: &Arc<Controller>,
-    ready: &Readiness,
     args: &KubeArgs,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
     let client = kube::Client::try_default()
@@ -261,15 +265,13 @@ async fn start_kubernetes(
         renew_every: args.lease_ttl / 3,
     };
     let (leading, is_leading) = tokio::sync::watch::channel(false);
-    // Only the leader is Ready, so the controller Service sends agents to it.
-    ready.set(false);
-    let ready = ready.clone();
-    let mut watch_ready = is_leading.clone();
-    tokio::spawn(async move {
-        while watch_ready.changed().await.is_ok() {
-            ready.set(*watch_ready.borrow_and_update());
-        }
-    });
+    // The leader's pod carries the label the controller Service selects: agents reach it.
+    let labeller = tokio::spawn(leader_label::run(
+        client.clone(),
+        args.namespace.clone(),
+        args.identity.clone(),
+        is_leading.clone(),
+    ));
     let elector = tokio::spawn(lease::run(
         client.clone(),
         lease_cfg.clone(),
@@ -291,6 +293,13 @@ async fn start_kubernetes(
     ));
     Ok(async move {
         elector.abort();
+        labeller.abort();
+        // Unmarked before the Lease goes: agents stop coming here before another leads.
+        if let Err(e) =
+            leader_label::mark(&client, &lease_cfg.namespace, &lease_cfg.identity, false).await
+        {
+            warn!("cannot remove the leader label: {e}");
+        }
         match lease::step_down(client, &lease_cfg, &leading).await {
             Ok(true) => info!("lease released"),
             Ok(false) => {}

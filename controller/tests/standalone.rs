@@ -10,7 +10,7 @@ use meshdoctor_api::{
     PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
-    api_server::{self, Readiness, Serving},
+    api_server::{self, Serving},
     driver::{Controller, Settings},
     fixtures,
     mailbox::ReportError,
@@ -412,7 +412,6 @@ async fn serve(ctl: Arc<Controller>, tasks_dir: Option<Arc<TasksDir>>) -> String
         ctl,
         token: Some(TOKEN.into()),
         tasks_dir,
-        ready: Readiness::default(),
     };
     tokio::spawn(async move { axum::serve(listener, api_server::router(serving)).await });
     base

@@ -14,7 +14,7 @@ use std::{
 /// collections, GET, POST (create, 409 when it exists), PUT (replace, 409 on a stale
 /// resourceVersion), DELETE, PATCH of the status subresource (the patch's `status` replaces
 /// the object's, as a server-side apply by the only status manager would) and of whole
-/// objects (merge of `metadata` and the rest, used for events), and the paths given to
+/// objects (a JSON merge patch: events, the leader's pod label), and the paths given to
 /// [`FakeApiServer::proxy`] (a Service proxy). Every write is recorded for assertions.
 /// Watches replay the changes after the resourceVersion they start from, then stream live
 /// changes, so no event falls between a LIST and its WATCH.
@@ -328,8 +328,8 @@ impl FakeState {
                 };
                 if status {
                     obj["status"] = body["status"].clone();
-                } else if let (Some(o), Some(b)) = (obj.as_object_mut(), body.as_object()) {
-                    o.extend(b.clone());
+                } else {
+                    merge_patch(&mut obj, &body);
                 }
                 json_reply(200, self.store(&collection, &name, obj))
             }
@@ -354,6 +354,31 @@ impl FakeState {
 
     fn object(&self, collection: &str, name: &str) -> Option<serde_json::Value> {
         self.collections.get(collection)?.objects.get(name).cloned()
+    }
+}
+
+/// A JSON merge patch (RFC 7386), as the API server applies `application/merge-patch+json`:
+/// objects merge key by key, `null` removes a key, anything else replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let Some(target) = target.as_object_mut() else {
+        return;
+    };
+    for (key, value) in fields {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(
+                target.entry(key.clone()).or_insert(serde_json::Value::Null),
+                value,
+            );
+        }
     }
 }
 

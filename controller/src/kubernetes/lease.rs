@@ -3,7 +3,8 @@
 //! The controller runs with two replicas for availability, but rounds must be planned, joined
 //! and published by one of them only: the one holding the Lease. [`run`] keeps trying to hold
 //! it and publishes on a `watch` channel whether this replica leads; the rest of the controller
-//! runs rounds and reports Ready only while that value is `true`.
+//! runs rounds only while that value is `true`, and marks its pod for the controller Service
+//! ([`super::leader_label`]).
 //!
 //! The split is sans-IO: `decide` is a pure function from the Lease as read (or its absence)
 //! to what to do, and `Elector::tick` is one GET-decide-write exchange with the apiserver.

@@ -21,6 +21,7 @@
 //! retried with backoff: the controller keeps serving and never crash-loops on them.
 
 pub mod agents;
+pub mod leader_label;
 pub mod lease;
 pub mod targets;
 pub mod tasks;

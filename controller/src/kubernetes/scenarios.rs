@@ -451,6 +451,54 @@ async fn only_the_leader_runs_tasks_and_a_new_leader_continues_from_the_status()
     eventually("the tasks to stop", || s.ctl.tasks().is_empty()).await;
 }
 
+/// The leader's pod carries the label the controller Service selects, and loses it when the
+/// replica stops leading; the pod's other labels stay.
+#[tokio::test]
+async fn the_leader_labels_its_pod_and_unlabels_it_when_it_steps_down() {
+    let fake = FakeApiServer::default();
+    fake.collection(PODS, "PodList");
+    let selector = json!({
+        "app.kubernetes.io/name": "meshdoctor-controller",
+        "app.kubernetes.io/part-of": "meshdoctor",
+    });
+    fake.apply(
+        PODS,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "controller-0", "namespace": "meshdoctor", "labels": selector},
+        }),
+    );
+    let label = |fake: &FakeApiServer| {
+        fake.get(PODS, "controller-0").unwrap()["metadata"]["labels"].clone()
+    };
+    let (tx, rx) = watch::channel(false);
+    let labeller = tokio::spawn(super::leader_label::run(
+        fake.client(),
+        "meshdoctor".into(),
+        "controller-0".into(),
+        rx,
+    ));
+    tx.send_replace(true);
+    eventually("the leader label", || {
+        label(&fake)[super::leader_label::LEADER_LABEL] == "true"
+    })
+    .await;
+    let labels = label(&fake);
+    assert_eq!(
+        labels["app.kubernetes.io/name"], "meshdoctor-controller",
+        "{labels}"
+    );
+    tx.send_replace(false);
+    eventually("the label's removal", || {
+        label(&fake)
+            .get(super::leader_label::LEADER_LABEL)
+            .is_none()
+    })
+    .await;
+    assert_eq!(label(&fake), selector);
+    labeller.abort();
+}
+
 /// kdoctor's documented NetReach (every target kind on, no `request.protocol`): ported as it
 /// is, it probes the mesh over icmp and its Service targets over http to the agent Service's
 /// port and the Ingress, as kdoctor does (they used to be skipped: no ping reaches a Service
