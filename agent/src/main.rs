@@ -50,7 +50,8 @@ struct Args {
     /// Controller base URL, e.g. http://meshdoctor-controller:7070.
     #[arg(long, env = "MESHDOCTOR_CONTROLLER")]
     controller: String,
-    /// File holding the bearer token shared with the controller.
+    /// File holding the bearer token shared with the controller (none: requests carry no
+    /// token, for a controller without one).
     #[arg(long, env = "MESHDOCTOR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Interface to probe over, as NAME or NAME=NETWORK (repeatable; default: every interface
@@ -78,12 +79,12 @@ struct Args {
     /// CAP_NET_RAW.
     #[arg(long)]
     no_ebpf: bool,
-    /// A label of this node, KEY=VALUE (repeatable), where a NetReach's mesh.topologyKey
+    /// A label of this node, KEY=VALUE (repeatable; none by default), where a NetReach's mesh.topologyKey
     /// finds its topology domain. Standalone only: in Kubernetes the controller reads the
     /// Node's labels.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// This node's zone: the label topology.kubernetes.io/zone=ZONE.
+    /// This node's zone: the label topology.kubernetes.io/zone=ZONE (none by default).
     #[arg(long, value_name = "ZONE")]
     zone: Option<String>,
     /// Log lines as human-readable text or one JSON object each (to stderr; RUST_LOG filters,
@@ -357,4 +358,18 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_says_its_default_values_or_absence() {
+        use clap::CommandFactory as _;
+        assert_eq!(
+            meshdoctor_ops::unexplained_flags(&Args::command()),
+            Vec::<String>::new()
+        );
+    }
 }

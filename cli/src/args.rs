@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use meshdoctor_api::Protocol;
+use meshdoctor_api::{
+    Protocol,
+    task::{DEFAULT_DURATION_SECS, DEFAULT_QPS, DEFAULT_SUCCESS_RATE},
+};
 
 /// The default state file of `check` and `resume`, in the current directory as netctl's.
 pub const DEFAULT_STATE: &str = "meshdoctor-resume.json";
@@ -14,7 +17,7 @@ pub struct Args {
     #[command(flatten)]
     pub target: TargetArgs,
     /// File holding the API token the standalone controller's write endpoints need
-    /// (MESHDOCTOR_TOKEN gives the value itself).
+    /// (MESHDOCTOR_TOKEN gives the value itself; without either, none is sent).
     #[arg(long, global = true, help_heading = "Controller")]
     pub token_file: Option<PathBuf>,
     /// Output format: tables for humans, JSON or YAML for scripts.
@@ -61,10 +64,10 @@ pub struct TargetArgs {
     #[arg(long, env = "MESHDOCTOR_CONTROLLER", global = true)]
     pub controller: Option<String>,
     /// Reach the controller through this kubeconfig's API server (the Service proxy);
-    /// check's tasks are then NetReach objects.
+    /// check's tasks are then NetReach objects (without it: see --controller).
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context (implies Kubernetes).
+    /// The kubeconfig context (implies Kubernetes; default: the kubeconfig's current one).
     #[arg(long, global = true)]
     pub context: Option<String>,
     /// Kubernetes, with the kubeconfig of KUBECONFIG or ~/.kube/config.
@@ -117,14 +120,15 @@ fn kubeconfig_present() -> bool {
 #[derive(Debug, Clone, Default, ClapArgs)]
 #[command(next_help_heading = "Cross-cluster check")]
 pub struct DstArgs {
-    /// The destination cluster's controller URL: probe its agents from this cluster's.
+    /// The destination cluster's controller URL: probe its agents from this cluster's
+    /// (without it or --dst-kubeconfig, none: a check of this cluster alone).
     #[arg(long, conflicts_with_all = ["dst_kubeconfig", "dst_context"])]
     pub dst_controller: Option<String>,
     /// The destination cluster's kubeconfig (NetDoctor's dstKubeConfig): probe its agents
-    /// from this cluster's; their networks must be routable from here.
+    /// from this cluster's; their networks must be routable from here (default: none).
     #[arg(long)]
     pub dst_kubeconfig: Option<PathBuf>,
-    /// The destination kubeconfig's context.
+    /// The destination kubeconfig's context (default: its current one).
     #[arg(long)]
     pub dst_context: Option<String>,
     /// Namespace of the destination controller Service.
@@ -212,7 +216,7 @@ pub struct WatchArgs {
     /// Print again each time a round finishes, until interrupted (or --rounds).
     #[arg(long, short)]
     pub watch: bool,
-    /// With --watch: stop after this many new rounds.
+    /// With --watch: stop after this many new rounds (default: when interrupted).
     #[arg(long, requires = "watch", value_name = "N")]
     pub rounds: Option<u32>,
     /// With --watch: how often to ask the controller, in seconds.
@@ -233,13 +237,14 @@ pub struct StateArgs {
 
 #[derive(Debug, Clone, ClapArgs)]
 pub struct CheckArgs {
-    /// A NetReach task file (YAML or JSON) instead of the flags below; its name is replaced.
+    /// A NetReach task file (YAML or JSON) instead of the flags below; its name is replaced
+    /// (without it, the flags make the task).
     #[arg(long, short, conflicts_with_all = [
         "protocol", "interfaces", "ipv4", "no_ipv4", "ipv6", "no_ipv6", "qps", "duration",
         "success_rate",
     ])]
     pub file: Option<PathBuf>,
-    /// Probe protocol.
+    /// Probe protocol: icmp, udp, tcp or http (default: icmp, NetReach's).
     #[arg(long, value_parser = str::parse::<Protocol>)]
     pub protocol: Option<Protocol>,
     /// Networks (or interface names) to mesh over, comma-separated; all when omitted.
@@ -258,14 +263,14 @@ pub struct CheckArgs {
     #[arg(long)]
     pub no_ipv6: bool,
     /// Probes per second per pair-path.
-    #[arg(long)]
-    pub qps: Option<u32>,
+    #[arg(long, default_value_t = DEFAULT_QPS)]
+    pub qps: u32,
     /// Seconds of probing.
-    #[arg(long)]
-    pub duration: Option<u32>,
+    #[arg(long, default_value_t = DEFAULT_DURATION_SECS)]
+    pub duration: u32,
     /// The round fails when fewer probes than this ratio (0..=1) come back.
-    #[arg(long)]
-    pub success_rate: Option<f64>,
+    #[arg(long, default_value_t = DEFAULT_SUCCESS_RATE)]
+    pub success_rate: f64,
     #[command(flatten)]
     pub dst: DstArgs,
     #[command(flatten)]
@@ -280,6 +285,15 @@ mod tests {
         let args =
             Args::try_parse_from(["meshdoctor"].iter().chain(flags).chain(&["agents"])).unwrap();
         args.target.resolve(kubeconfig_present)
+    }
+
+    #[test]
+    fn every_flag_says_its_default_values_or_absence() {
+        use clap::CommandFactory as _;
+        assert_eq!(
+            meshdoctor_ops::unexplained_flags(&Args::command()),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

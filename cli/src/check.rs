@@ -72,20 +72,14 @@ pub fn check_task(args: &CheckArgs, ipv6_by_default: bool) -> anyhow::Result<Net
             if let Some(p) = args.protocol {
                 request.protocol = p;
             }
-            if let Some(q) = args.qps {
-                request.qps = q;
-            }
-            if let Some(d) = args.duration {
-                request.duration_in_second = d;
-            }
+            request.qps = args.qps;
+            request.duration_in_second = args.duration;
             target.ipv4 = !args.no_ipv4;
             target.ipv6 = args.ipv6 || ipv6_by_default && !args.no_ipv6;
             if let Some(i) = &args.interfaces {
                 target.interfaces = Some(i.clone());
             }
-            if let Some(r) = args.success_rate {
-                task.spec.expect.success_rate = r;
-            }
+            task.spec.expect.success_rate = args.success_rate;
             // Validate the flags as the controller will.
             validated(&task, "the command line")?
         }

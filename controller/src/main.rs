@@ -37,7 +37,7 @@ struct Args {
     backend: Backend,
     /// Directory of task files (*.yaml, *.yml; NetReach, AppHttpHealthy, NetDns), one task per
     /// file, re-read every 2 s: added, changed and removed files take effect while running.
-    /// Standalone backend only (required there).
+    /// Standalone backend only (required there; none with the Kubernetes backend).
     #[arg(long, required_if_eq("backend", "standalone"))]
     tasks_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -52,7 +52,8 @@ struct Args {
     /// Address of the HTTP API (agents, reports, status, metrics).
     #[arg(long, default_value = "[::]:7070")]
     listen: SocketAddr,
-    /// File holding the bearer token agents must present (overrides MESHDOCTOR_TOKEN).
+    /// File holding the bearer token agents must present (overrides MESHDOCTOR_TOKEN; with
+    /// none, the API takes no token).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// Start a task's schedule clock only once this many agents registered.
@@ -330,6 +331,15 @@ async fn reload_tasks(ctl: Arc<Controller>, dir: Arc<TasksDir>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_flag_says_its_default_values_or_absence() {
+        use clap::CommandFactory as _;
+        assert_eq!(
+            meshdoctor_ops::unexplained_flags(&Args::command()),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn sizes_and_ages() {

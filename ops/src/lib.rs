@@ -75,6 +75,40 @@ pub fn register_build_info(registry: &mut Registry, component: &'static str) {
         );
 }
 
+/// The flags of `command` (and its subcommands) whose `--help` does not say what they take
+/// or what happens without them: a flag with a value must be required, or show its default
+/// or its possible values, or say in its help what its absence means ("default", "without
+/// it", "when omitted", "none"). Each binary's tests call this on its own command.
+pub fn unexplained_flags(command: &clap::Command) -> Vec<String> {
+    const ABSENCE: [&str; 4] = ["default", "without it", "when omitted", "none"];
+    let mut found = Vec::new();
+    for arg in command.get_arguments() {
+        let takes_value = arg.get_action().takes_values() && arg.get_long().is_some();
+        if !takes_value || arg.is_required_set() || arg.is_hide_set() {
+            continue;
+        }
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string().to_lowercase())
+            .unwrap_or_default();
+        let explained = !arg.get_default_values().is_empty()
+            || !arg.get_possible_values().is_empty()
+            || ABSENCE.iter().any(|w| help.contains(w));
+        if !explained {
+            found.push(format!(
+                "{} --{}",
+                command.get_name(),
+                arg.get_long().unwrap_or_default()
+            ));
+        }
+    }
+    for sub in command.get_subcommands() {
+        found.extend(unexplained_flags(sub));
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::encoding::text::encode;
@@ -92,5 +126,25 @@ mod tests {
         );
         assert!(text.contains(&line), "{text}");
         assert!(VERSION.starts_with(RELEASE) && VERSION.contains(COMMIT));
+    }
+
+    #[test]
+    fn a_flag_is_explained_by_a_default_its_values_or_its_help() {
+        let command = clap::Command::new("tool")
+            .arg(clap::Arg::new("shown").long("shown").default_value("1"))
+            .arg(
+                clap::Arg::new("told")
+                    .long("told")
+                    .help("A file (none: no token)"),
+            )
+            .arg(clap::Arg::new("bare").long("bare").help("A file"))
+            .arg(clap::Arg::new("needed").long("needed").required(true))
+            .arg(
+                clap::Arg::new("switch")
+                    .long("switch")
+                    .action(clap::ArgAction::SetTrue),
+            )
+            .subcommand(clap::Command::new("sub").arg(clap::Arg::new("x").long("x")));
+        assert_eq!(unexplained_flags(&command), ["tool --bare", "sub --x"]);
     }
 }

@@ -209,17 +209,24 @@ impl Default for SuccessCondition {
     }
 }
 
+/// `spec.expect.successRate` when omitted: every probe must come back.
+pub const DEFAULT_SUCCESS_RATE: f64 = 1.0;
+/// `spec.request.qps` when omitted (kdoctor's default).
+pub const DEFAULT_QPS: u32 = 5;
+/// `spec.request.durationInSecond` when omitted (kdoctor's default).
+pub const DEFAULT_DURATION_SECS: u32 = 2;
+
 pub(crate) fn default_success_rate() -> f64 {
-    1.0
+    DEFAULT_SUCCESS_RATE
 }
 pub(crate) fn default_mean_delay() -> u64 {
     5000
 }
 pub(crate) fn default_qps() -> u32 {
-    5
+    DEFAULT_QPS
 }
 pub(crate) fn default_duration() -> u32 {
-    2
+    DEFAULT_DURATION_SECS
 }
 pub(crate) fn default_timeout() -> u32 {
     500

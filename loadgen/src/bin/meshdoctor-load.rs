@@ -51,13 +51,13 @@ enum Target {
         url: String,
         #[arg(long, default_value = "GET")]
         method: String,
-        /// "Key: Value" (repeatable).
+        /// "Key: Value" (repeatable; none by default).
         #[arg(long = "header")]
         headers: Vec<String>,
         /// Speak HTTP/2 (ALPN h2, or h2c for http://).
         #[arg(long)]
         http2: bool,
-        /// CA certificate (PEM) the server must chain to.
+        /// CA certificate (PEM) the server must chain to (default: the webpki roots).
         #[arg(long)]
         ca: Option<PathBuf>,
         /// Status a reply must have to count as success (default: any 2xx or 3xx).
@@ -144,4 +144,18 @@ fn main() -> Result<()> {
     })?;
     println!("{}", serde_json::to_string_pretty(&stats)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_says_its_default_values_or_absence() {
+        use clap::CommandFactory as _;
+        assert_eq!(
+            meshdoctor_ops::unexplained_flags(&Cli::command()),
+            Vec::<String>::new()
+        );
+    }
 }
