@@ -366,10 +366,6 @@ mod tests {
 
     #[test]
     fn every_flag_says_its_default_values_or_absence() {
-        use clap::CommandFactory as _;
-        assert_eq!(
-            meshdoctor_ops::unexplained_flags(&Args::command()),
-            Vec::<String>::new()
-        );
+        meshdoctor_ops::assert_flags_explained(&<Args as clap::CommandFactory>::command());
     }
 }

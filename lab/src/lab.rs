@@ -626,7 +626,8 @@ enum Role {
     Controller,
 }
 
-fn command_line(command: &Command) -> String {
+/// `program arg ...` of `command`, for messages.
+pub fn command_line(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())
         .map(|a| a.to_string_lossy())

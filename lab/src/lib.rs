@@ -45,7 +45,7 @@ pub use container::{
 };
 pub use error::LabError;
 pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
-pub use lab::{Lab, LabConfig, default_bin_dir};
+pub use lab::{Lab, LabConfig, command_line, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
 pub use pki::{Pem, TestCa};
 pub use prometheus::{

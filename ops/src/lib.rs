@@ -109,6 +109,16 @@ pub fn unexplained_flags(command: &clap::Command) -> Vec<String> {
     found
 }
 
+/// Fails, naming them, when [`unexplained_flags`] finds any: each binary's test.
+pub fn assert_flags_explained(command: &clap::Command) {
+    let found = unexplained_flags(command);
+    assert!(
+        found.is_empty(),
+        "flags whose --help says neither a default, their values nor what their absence means: {}",
+        found.join(", ")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::encoding::text::encode;
