@@ -92,3 +92,60 @@ fn agent_rejects_an_event_buffer_that_is_not_a_power_of_two() {
         "{err}"
     );
 }
+
+/// `--log-format json`: every line the agent logs is one JSON object with its level and
+/// message (here: its start, then its retries against a controller that is not there).
+#[test]
+fn agent_logs_json_lines_with_log_format_json() {
+    if !can_run("agent_logs_json_lines_with_log_format_json") {
+        return;
+    }
+    use std::io::{BufRead as _, BufReader};
+    let agent = meshdoctor_lab::default_bin_dir().join("meshdoctor-agent");
+    let mut child = Command::new(&agent)
+        .args([
+            "--node",
+            "node-x",
+            "--controller",
+            "http://127.0.0.1:9",
+            "--no-ebpf",
+        ])
+        .args([
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--probe-port",
+            "0",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the agent runs");
+    let stderr = child.stderr.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let retrying = line.contains("retrying");
+        lines.push(line);
+        if retrying || Instant::now() > deadline {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("retrying")),
+        "no retry logged: {lines:?}"
+    );
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+}

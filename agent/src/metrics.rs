@@ -275,6 +275,7 @@ mod tests {
         m.count_requests(1, 0, 0);
         let series = m.render().lines().filter(|l| !l.starts_with('#')).count();
         eprintln!("agent series, 2 interfaces x 2 families: {series}");
-        assert_eq!(series, 8 + 16 + 2 + 3 + 3 + 2 + 1 + 1);
+        // ... and meshdoctor_build_info.
+        assert_eq!(series, 8 + 16 + 2 + 3 + 3 + 2 + 1 + 1 + 1);
     }
 }
