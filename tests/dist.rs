@@ -48,11 +48,16 @@ fn json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A fresh directory for unpacking.
-fn scratch(name: &str) -> PathBuf {
+/// `archive` (tar, gzipped or not: tar tells) unpacked into a fresh directory named `name`.
+fn unpack(archive: &Path, name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("meshdoctor-dist-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(&dir));
     dir
 }
 
@@ -87,12 +92,7 @@ fn every_artifact_is_summed_and_holds_what_it_says() {
         .expect("a binaries tarball");
 
     // The binaries: each says this version and commit; kubectl finds the plugin link.
-    let unpacked = scratch("tarball");
-    run(Command::new("tar")
-        .arg("-xzf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&unpacked));
+    let unpacked = unpack(&tarball, "tarball");
     let top = fs::read_dir(&unpacked)
         .unwrap()
         .next()
@@ -126,12 +126,7 @@ fn every_artifact_is_summed_and_holds_what_it_says() {
     );
 
     // The image archive: an OCI layout whose config labels this version and commit.
-    let image = scratch("image");
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(name("-image.oci.tar"))
-        .arg("-C")
-        .arg(&image));
+    let image = unpack(&name("-image.oci.tar"), "image");
     let blob = |digest: &str| {
         image
             .join("blobs/sha256")
@@ -157,12 +152,7 @@ fn every_artifact_is_summed_and_holds_what_it_says() {
             "manifests{suffix} name {image_ref}"
         );
     }
-    let chart = scratch("chart");
-    run(Command::new("tar")
-        .arg("-xzf")
-        .arg(name(".tgz"))
-        .arg("-C")
-        .arg(&chart));
+    let chart = unpack(&name(".tgz"), "chart");
     let meta = fs::read_to_string(chart.join("meshdoctor/Chart.yaml")).unwrap();
     assert!(meta.contains(&format!("version: {RELEASE}")), "{meta}");
     assert!(chart.join("meshdoctor/crds/netreach.yaml").is_file());

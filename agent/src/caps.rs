@@ -71,14 +71,8 @@ pub fn missing(cap_eff: u64, ebpf: bool) -> Option<String> {
 /// CAP_SYS_ADMIN is a runtime default profile that allows bpf() to CAP_SYS_ADMIN only (CRI-O's
 /// and podman's, containers-common's), and the shipped profile is the fix.
 pub fn seccomp_hint(status: &str, error: &str) -> Option<&'static str> {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let filtered = field("Seccomp:") == Some("2");
-    let cap_eff = field("CapEff:").and_then(|hex| u64::from_str_radix(hex, 16).ok())?;
+    let filtered = status_field(status, "Seccomp:") == Some("2");
+    let cap_eff = cap_eff(status)?;
     let has = |bit: u32| cap_eff & (1 << bit) != 0;
     (filtered && error.contains("Operation not permitted") && has(CAP_BPF) && !has(CAP_SYS_ADMIN))
         .then_some(
@@ -93,11 +87,20 @@ pub fn seccomp_hint(status: &str, error: &str) -> Option<&'static str> {
 /// Reads the effective capability mask of this process.
 pub fn effective() -> std::io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
+    cap_eff(&status).ok_or_else(|| std::io::Error::other("no CapEff line in /proc/self/status"))
+}
+
+/// The `CapEff:` mask of a `/proc/PID/status` text.
+fn cap_eff(status: &str) -> Option<u64> {
+    status_field(status, "CapEff:").and_then(|hex| u64::from_str_radix(hex, 16).ok())
+}
+
+/// The value of line `name` (`"Seccomp:"`) of a `/proc/PID/status` text.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .ok_or_else(|| std::io::Error::other("no CapEff line in /proc/self/status"))
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
 }
 
 #[cfg(test)]

@@ -87,10 +87,8 @@ struct Args {
     /// This node's zone: the label topology.kubernetes.io/zone=ZONE (none by default).
     #[arg(long, value_name = "ZONE")]
     zone: Option<String>,
-    /// Log lines as human-readable text or one JSON object each (to stderr; RUST_LOG filters,
-    /// e.g. RUST_LOG=debug or RUST_LOG=meshdoctor_agent=debug,warn; default info).
-    #[arg(long, value_enum, default_value_t = meshdoctor_ops::LogFormat::Text)]
-    log_format: meshdoctor_ops::LogFormat,
+    #[command(flatten)]
+    log: meshdoctor_ops::LogArgs,
 }
 
 /// `KEY=VALUE`, neither part empty nor with whitespace.
@@ -104,7 +102,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    meshdoctor_ops::init_logging(args.log_format);
+    args.log.init();
     if let Some(msg) = caps::missing(
         caps::effective().context("reading capabilities")?,
         !args.no_ebpf,

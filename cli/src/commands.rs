@@ -124,7 +124,9 @@ async fn watching<T, K: PartialEq>(
         return Ok(failed);
     }
     let (mut shown, mut new_rounds) = (key(&first), 0);
-    let mut ticker = tokio::time::interval(Duration::from_secs(watch.interval.max(1)));
+    let period = Duration::from_secs(watch.interval.max(1));
+    // The first look again is one period after the first fetch, not at once.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while watch.rounds.is_none_or(|n| new_rounds < n) {
         ticker.tick().await;

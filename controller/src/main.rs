@@ -42,10 +42,8 @@ struct Args {
     tasks_dir: Option<PathBuf>,
     #[command(flatten)]
     kube: KubeArgs,
-    /// Log lines as human-readable text or one JSON object each (to stderr; RUST_LOG filters,
-    /// e.g. RUST_LOG=debug or RUST_LOG=meshdoctor_controller=debug,warn; default info).
-    #[arg(long, value_enum, default_value_t = meshdoctor_ops::LogFormat::Text)]
-    log_format: meshdoctor_ops::LogFormat,
+    #[command(flatten)]
+    log: meshdoctor_ops::LogArgs,
     /// Round reports are stored as DIR/reports/<task>/<round>.json.
     #[arg(long)]
     data_dir: PathBuf,
@@ -178,7 +176,7 @@ fn token(args: &Args) -> anyhow::Result<Option<String>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    meshdoctor_ops::init_logging(args.log_format);
+    args.log.init();
     let token = token(&args)?;
     if token.is_none() {
         warn!(
@@ -229,12 +227,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     info!(addr = %listener.local_addr()?, "controller listening");
+    // SIGTERM is how Kubernetes stops a pod; Ctrl-C how a person does.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     axum::serve(listener, api_server::router(serving))
-        .with_graceful_shutdown(async {
-            // SIGTERM is how Kubernetes stops a pod; Ctrl-C how a person does.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing the SIGTERM handler");
+        .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

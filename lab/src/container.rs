@@ -24,7 +24,7 @@ use crate::LabError;
 pub const SECCOMP_ROOT: &str = "deploy/seccomp";
 
 /// Label on every container the lab starts, for the teardown of a crashed run to find them.
-pub const CONTAINER_LABEL: &str = "io.meshdoctor.lab";
+const CONTAINER_LABEL: &str = "io.meshdoctor.lab";
 
 /// Runs the lab's agents and controllers as containers of `image`.
 #[derive(Debug, Clone)]
@@ -76,8 +76,6 @@ pub struct HostMount {
 /// by the container's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSecurity {
-    /// `DaemonSet/meshdoctor-agent`, for messages.
-    pub workload: String,
     pub privileged: bool,
     pub allow_privilege_escalation: bool,
     pub read_only_root: bool,
@@ -188,7 +186,6 @@ impl PodSecurity {
             });
         }
         Ok(Self {
-            workload,
             privileged: flag("privileged", false),
             allow_privilege_escalation: flag("allowPrivilegeEscalation", true),
             read_only_root: flag("readOnlyRootFilesystem", false),
@@ -262,23 +259,10 @@ pub fn kubectl() -> PathBuf {
 
 /// `kubectl kustomize dir`: the manifests a user would apply.
 pub fn render(dir: &Path) -> Result<String, LabError> {
-    let kubectl = kubectl();
-    let line = format!("{} kustomize {}", kubectl.display(), dir.display());
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .map_err(|source| LabError::Spawn {
-            command: line.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(LabError::Command {
-            command: line,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
-        });
-    }
+    let out = crate::command::run(
+        &kubectl().to_string_lossy(),
+        &["kustomize", &dir.to_string_lossy()],
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -307,11 +291,8 @@ pub(crate) fn run_command(
         cmd.arg("--volume")
             .arg(format!("{p}:{p}:{mode}", p = path.display()));
     }
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        cmd.args(["--env", &format!("RUST_LOG={filter}")]);
-    } else {
-        cmd.args(["--env", "RUST_LOG=info"]);
-    }
+    // podman passes its own RUST_LOG on, which the lab sets for every process it starts.
+    cmd.args(["--env", "RUST_LOG"]);
     cmd.arg(&containers.image).arg(binary).args(args);
     cmd
 }
@@ -356,21 +337,19 @@ fn nofile_limit() -> u64 {
 /// Removes every container the lab started (a crashed run's included); quiet when there is
 /// no podman or no container.
 pub(crate) fn remove_all() {
-    let _ = Command::new("podman")
+    let Ok(listed) = Command::new("podman")
         .args(["ps", "-aq", "--filter", &format!("label={CONTAINER_LABEL}")])
         .output()
-        .map(|out| {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("podman")
-                    .args(["rm", "--force", "--time", "0"])
-                    .args(&ids)
-                    .output();
-            }
-        });
+    else {
+        return;
+    };
+    let ids = String::from_utf8_lossy(&listed.stdout);
+    if !ids.trim().is_empty() {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time", "0"])
+            .args(ids.split_whitespace())
+            .output();
+    }
 }
 
 #[cfg(test)]

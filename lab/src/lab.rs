@@ -20,6 +20,7 @@ use meshdoctor_api::{
 
 use crate::{
     Fault, LabError, LabServer, Network,
+    command::command_line,
     container::{self, Containers},
     fault::FAULT_TABLE_PREFIX,
     http, in_netns,
@@ -624,15 +625,6 @@ impl Drop for Lab {
 enum Role {
     Agent,
     Controller,
-}
-
-/// `program arg ...` of `command`, for messages.
-pub fn command_line(command: &Command) -> String {
-    std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// The first 300 characters of `text`, for error messages.

@@ -27,6 +27,7 @@
 //! can exist per machine: building one first removes the leftovers of a crashed run, and inside
 //! one process a lock makes concurrent tests take turns instead of tearing each other down.
 
+mod command;
 mod container;
 mod error;
 mod fault;
@@ -39,13 +40,14 @@ mod prometheus;
 mod server;
 mod task;
 
+pub use command::command_line;
 pub use container::{
-    CONTAINER_LABEL, Containers, HostMount, PodSecurity, SECCOMP_ROOT, Seccomp, container_name,
-    kubectl, render, venv_dir,
+    Containers, HostMount, PodSecurity, SECCOMP_ROOT, Seccomp, container_name, kubectl, render,
+    venv_dir,
 };
 pub use error::LabError;
 pub use fault::{FAULT_SYNTAX, FAULT_TABLE_PREFIX, Fault, FaultParseError};
-pub use lab::{Lab, LabConfig, command_line, default_bin_dir};
+pub use lab::{Lab, LabConfig, default_bin_dir};
 pub use net::{Network, cleanup_leftovers, in_netns, is_root};
 pub use pki::{Pem, TestCa};
 pub use prometheus::{

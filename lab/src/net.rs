@@ -2,10 +2,9 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::Write,
     os::fd::AsRawFd,
     path::Path,
-    process::{Command, Output, Stdio},
+    process::Output,
     sync::{
         Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -18,6 +17,7 @@ use meshdoctor_api::Family;
 
 use crate::{
     Fault, LabError,
+    command::{run, run_with_input},
     fault::FAULT_TABLE_PREFIX,
     plan::{
         CONTROLLER_HOST, CONTROLLER_NS, ETH0, INTERFACES, LabInterface, MAX_NODES, NS_PREFIX,
@@ -130,49 +130,6 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, La
         .join()
     });
     joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// Runs a command to completion; a non-zero exit is an error carrying its stderr.
-pub(crate) fn run(program: &str, args: &[&str]) -> Result<Output, LabError> {
-    run_with_input(program, args, None)
-}
-
-/// [`run`], feeding `input` to the command's stdin (else stdin is empty).
-fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<Output, LabError> {
-    let command = std::iter::once(program)
-        .chain(args.iter().copied())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let spawn_error = |source| LabError::Spawn {
-        command: command.clone(),
-        source,
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_error)?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    // Small inputs (rulesets) fit the pipe; a command that exits without reading all of its
-    // input fails on its own and says so on stderr.
-    let written = stdin.write_all(input.unwrap_or_default().as_bytes());
-    drop(stdin);
-    let output = child.wait_with_output().map_err(spawn_error)?;
-    if let Err(e) = written
-        && output.status.success()
-    {
-        return Err(spawn_error(e));
-    }
-    if !output.status.success() {
-        return Err(LabError::Command {
-            command,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(output)
 }
 
 fn ip(args: &[&str]) -> Result<Output, LabError> {

@@ -38,9 +38,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// The log flag of the agent and the controller (`#[command(flatten)]`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LogArgs {
+    /// Log lines as human-readable text or one JSON object each (to stderr; RUST_LOG filters,
+    /// e.g. RUST_LOG=debug, or RUST_LOG=meshdoctor_controller=debug,warn for one crate's
+    /// debug lines; default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the process's log subscriber in this format.
+    pub fn init(self) {
+        init_logging(self.log_format);
+    }
+}
+
 /// Installs the process's log subscriber. `RUST_LOG` takes tracing's filter directives
 /// (`info`, `meshdoctor_controller=debug,warn`); without it, `info`.
-pub fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours for a terminal only: escape codes in a log file or a pipeline are noise.

@@ -1,7 +1,7 @@
 //! `cargo xtask chart`: brings charts/meshdoctor's copies of deploy/'s files up to date (the
-//! CRDs, generated like `cargo xtask crds` writes them; the alert rules and the Grafana
-//! dashboards, which Helm can only read from inside the chart) and packages the chart with
-//! Helm's SDK into `target/chart/meshdoctor-<version>.tgz`. tests/deploy.rs checks the copies.
+//! CRDs, the alert rules and the Grafana dashboards, which Helm can only read from inside the
+//! chart) and packages the chart with Helm's SDK into `target/chart/meshdoctor-<version>.tgz`.
+//! tests/deploy.rs checks the copies.
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -17,18 +17,23 @@ pub struct ChartArgs {}
 
 pub fn run(_args: ChartArgs) -> Result<()> {
     crate::setup::run()?;
+    sync()?;
     let archive = package()?;
     println!("chart {}", archive.display());
     Ok(())
 }
 
-/// Copies deploy/'s files into the chart.
+/// Copies deploy/'s files into the chart: the CRDs (without their kustomization), the alert
+/// rules and the dashboards.
 pub fn sync() -> Result<()> {
     let root = workspace_root();
     let chart = root.join(CHART);
-    let crds = meshdoctor_api::task::crd_files().context("serializing the CRDs to YAML")?;
-    for (name, yaml) in &crds {
-        write(chart.join("crds").join(name), yaml.as_bytes())?;
+    for entry in fs::read_dir(root.join("deploy/crds"))? {
+        let path = entry?.path();
+        let name = path.file_name().context("a CRD file")?;
+        if name != "kustomization.yaml" {
+            write(chart.join("crds").join(name), &fs::read(&path)?)?;
+        }
     }
     let monitoring = root.join("deploy/monitoring");
     let rule = fs::read(monitoring.join("prometheusrule.yaml"))?;
@@ -50,10 +55,10 @@ fn write(path: PathBuf, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Syncs and packages the chart; the archive's path.
+/// Packages the chart as it is in the tree (tests/deploy.rs fails on stale copies, so a
+/// release or a test run never syncs them behind its back); the archive's path.
 pub fn package() -> Result<PathBuf> {
     step(&format!("package {CHART}"));
-    sync()?;
     let dest = target_dir().join("chart");
     fs::create_dir_all(&dest)?;
     let python = meshdoctor_lab::venv_dir().join("bin/python");

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use meshdoctor_ops::RELEASE;
 
-use crate::{cargo, chart, image, output, sh, step, target_dir, workspace_root};
+use crate::{cargo, chart, commit_time, image, output, sh, step, target_dir, workspace_root};
 
 /// cargo-cyclonedx, pinned: writes the SBOM from cargo's own dependency resolution.
 const CYCLONEDX: &str = "cargo-cyclonedx";
@@ -109,7 +109,7 @@ fn tarball(dir: &Path) -> Result<PathBuf> {
     let bin = stage.join("bin");
     fs::create_dir_all(&bin)?;
     let release = target_dir().join("release");
-    for binary in ["meshdoctor", "meshdoctor-agent", "meshdoctor-controller"] {
+    for (_, binary) in image::BINARIES {
         fs::copy(release.join(binary), bin.join(binary))
             .with_context(|| format!("copying {binary}"))?;
     }
@@ -125,15 +125,9 @@ fn tarball(dir: &Path) -> Result<PathBuf> {
     )?;
     let path = dir.join(format!("{name}.tar.gz"));
     // Owner, order and times fixed: the same commit makes the same archive.
-    let mtime = output(
-        Command::new("git")
-            .args(["log", "-1", "--format=@%ct"])
-            .current_dir(&root),
-    )
-    .unwrap_or_else(|_| "@0".into());
     sh(Command::new("tar")
         .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner"])
-        .arg(format!("--mtime={mtime}"))
+        .arg(format!("--mtime=@{}", commit_time()))
         .arg("-czf")
         .arg(&path)
         .arg("-C")
@@ -220,7 +214,7 @@ fn sbom(dir: &Path) -> Result<()> {
         &name,
     ]))?;
     // It writes one file next to every workspace member's Cargo.toml: all taken out at once,
-    // the shipped packages' merged.
+    // the shipped packages' (by the BOM's own component) merged.
     let mut boms = Vec::new();
     for entry in fs::read_dir(&root)? {
         let written = entry?.path().join(format!("{name}.json"));
@@ -228,17 +222,17 @@ fn sbom(dir: &Path) -> Result<()> {
             continue;
         };
         fs::remove_file(&written)?;
-        let shipped = ["agent", "controller", "cli"]
-            .iter()
-            .any(|p| written.parent() == Some(&root.join(p)));
-        if shipped {
-            boms.push(serde_json::from_str::<serde_json::Value>(&text)?);
+        let bom: serde_json::Value = serde_json::from_str(&text)?;
+        let package = bom["metadata"]["component"]["name"].as_str();
+        if image::BINARIES.iter().any(|(p, _)| Some(*p) == package) {
+            boms.push(bom);
         }
     }
-    if boms.len() != 3 {
+    if boms.len() != image::BINARIES.len() {
         bail!(
-            "cargo cyclonedx wrote {} of the 3 shipped packages' SBOMs",
-            boms.len()
+            "cargo cyclonedx wrote {} of the {} shipped packages' SBOMs",
+            boms.len(),
+            image::BINARIES.len()
         );
     }
     fs::write(
@@ -250,20 +244,18 @@ fn sbom(dir: &Path) -> Result<()> {
 
 /// One BOM of several: the first's metadata, every component once (by bom-ref), every
 /// dependency entry once.
-fn merge(boms: Vec<serde_json::Value>) -> Result<serde_json::Value> {
-    let mut boms = boms.into_iter();
-    let Some(mut merged) = boms.next() else {
+fn merge(mut boms: Vec<serde_json::Value>) -> Result<serde_json::Value> {
+    if boms.is_empty() {
         bail!("no SBOM to merge");
-    };
-    let mut refs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    }
+    let mut refs = std::collections::BTreeSet::new();
     let key = |c: &serde_json::Value| c["bom-ref"].as_str().unwrap_or_default().to_string();
     let mut components = Vec::new();
     let mut dependencies = Vec::new();
-    let all = std::iter::once(merged.clone()).chain(boms);
-    for bom in all {
+    for bom in &boms {
         // Each package's own root component is a component of the merged release.
-        let roots = bom["metadata"]["component"].clone();
-        for c in std::iter::once(&roots).chain(bom["components"].as_array().into_iter().flatten()) {
+        let root = &bom["metadata"]["component"];
+        for c in std::iter::once(root).chain(bom["components"].as_array().into_iter().flatten()) {
             if !c.is_null() && refs.insert(key(c)) {
                 components.push(c.clone());
             }
@@ -272,6 +264,7 @@ fn merge(boms: Vec<serde_json::Value>) -> Result<serde_json::Value> {
     }
     dependencies.sort_by_key(|d| d["ref"].as_str().unwrap_or_default().to_string());
     dependencies.dedup();
+    let mut merged = boms.swap_remove(0);
     merged["metadata"]["component"] = serde_json::json!({
         "type": "application",
         "bom-ref": format!("meshdoctor@{RELEASE}"),

@@ -15,10 +15,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::{cargo, output, sh, step, target_dir, workspace_root};
+use crate::{cargo, commit_time, output, sh, step, target_dir};
 
-/// The binaries in the image, by package.
-const BINARIES: [(&str, &str); 3] = [
+/// The shipped binaries (in the image and the release tarball), by package.
+pub const BINARIES: [(&str, &str); 3] = [
     ("meshdoctor-agent", "meshdoctor-agent"),
     ("meshdoctor-controller", "meshdoctor-controller"),
     ("meshdoctor-cli", "meshdoctor"),
@@ -89,12 +89,6 @@ pub fn build() -> Result<Built> {
 /// Copies the root into the working container, configures and commits it; the image id.
 fn commit(ctr: &str, root: &Path, name: &str) -> Result<String> {
     sh(Command::new("buildah").args(["copy", "--quiet", ctr, &root.display().to_string(), "/"]))?;
-    let commit_time = output(
-        Command::new("git")
-            .args(["log", "-1", "--format=%ct"])
-            .current_dir(workspace_root()),
-    )
-    .unwrap_or_else(|_| "0".into());
     let mut config = Command::new("buildah");
     config.arg("config");
     for (key, value) in annotations() {
@@ -117,7 +111,7 @@ fn commit(ctr: &str, root: &Path, name: &str) -> Result<String> {
         "commit",
         "--quiet",
         "--timestamp",
-        &commit_time,
+        &commit_time(),
         ctr,
         name,
     ]))

@@ -159,16 +159,7 @@ pub fn run(args: LabArgs) -> Result<()> {
 
     step("setup");
     setup::run()?;
-    step("build the agent, the controller and the CLI");
-    sh(cargo().args([
-        "build",
-        "-p",
-        "meshdoctor-agent",
-        "-p",
-        "meshdoctor-controller",
-        "-p",
-        "meshdoctor-cli",
-    ]))?;
+    // Containers run the image's release binaries; processes the debug ones.
     let containers = if args.containers {
         let image = crate::image::build()?;
         let manifests = workspace_root().join(&args.manifests);
@@ -179,6 +170,16 @@ pub fn run(args: LabArgs) -> Result<()> {
             &workspace_root().join(SECCOMP_ROOT),
         )?)
     } else {
+        step("build the agent, the controller and the CLI");
+        sh(cargo().args([
+            "build",
+            "-p",
+            "meshdoctor-agent",
+            "-p",
+            "meshdoctor-controller",
+            "-p",
+            "meshdoctor-cli",
+        ]))?;
         None
     };
 

@@ -147,6 +147,18 @@ fn target_dir() -> PathBuf {
         .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
+/// The time of the commit checked out, in Unix seconds ("0" outside a git checkout): what the
+/// image and the release tarball are dated with, so that the same commit builds the same
+/// artifacts.
+fn commit_time() -> String {
+    output(
+        Command::new("git")
+            .args(["log", "-1", "--format=%ct"])
+            .current_dir(workspace_root()),
+    )
+    .unwrap_or_else(|_| "0".into())
+}
+
 /// The cargo that runs us (`$CARGO`), in the workspace root.
 fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
