@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use meshdoctor_api::{
     AgentRegistration, AgentReport, RoundPlan,
-    agent_report::{REPORT_ENCODING, encode_report},
+    agent_report::{REPORT_CONTENT_TYPE, encode_report},
     routes::{self, PlansQuery},
 };
 use reqwest::StatusCode;
@@ -120,8 +120,7 @@ impl ControllerClient {
         let request = self
             .http
             .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::CONTENT_ENCODING, REPORT_ENCODING)
+            .header(reqwest::header::CONTENT_TYPE, REPORT_CONTENT_TYPE)
             .body(body);
         self.send(url.clone(), request).await?;
         Ok(())

@@ -18,8 +18,8 @@ use axum::{
     routing::{get, post, put},
 };
 use meshdoctor_api::{
-    AgentRegistration, AgentReport, RoundPlan,
-    agent_report::{ReportBodyError, report_json},
+    AgentRegistration, RoundPlan,
+    agent_report::{ReportBodyError, decode_report},
     routes::{self, PlansQuery, RoundRef},
     views::{AgentView, ErrorBody, TaskFindings, TaskView},
 };
@@ -183,7 +183,7 @@ fn refused(node: &str, tag: u32, e: ReportError) -> ApiError {
     ApiError(status, e.to_string())
 }
 
-/// An agent's report on round `tag`, plain or zstd-compressed JSON: refused unread (413) when
+/// An agent's report on round `tag`, postcard or JSON (plain or zstd-compressed): refused unread (413) when
 /// larger than its plan can justify (compressed or once decompressed), decompressed, parsed and
 /// folded into its round off the async workers.
 async fn report(
@@ -215,27 +215,30 @@ async fn report(
     let body = axum::body::to_bytes(body, limit_usize)
         .await
         .map_err(|_| too_large())?;
-    let encoding = match headers.get(header::CONTENT_ENCODING) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "bad Content-Encoding".into()))?
-                .to_string(),
-        ),
+    let text = |name: header::HeaderName| match headers.get(&name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|v| Some(v.to_string()))
+            .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("bad {name}"))),
     };
+    let content_type = text(header::CONTENT_TYPE)?;
+    let encoding = text(header::CONTENT_ENCODING)?;
     let ctl = s.ctl.clone();
     let accepted = tokio::task::spawn_blocking(move || {
-        let json = report_json(&body, encoding.as_deref(), limit).map_err(|e| {
-            let status = match e {
-                ReportBodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                ReportBodyError::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ReportBodyError::Compression(_) | ReportBodyError::Json(_) => {
-                    StatusCode::BAD_REQUEST
-                }
-            };
-            ApiError(status, e.to_string())
-        })?;
-        let report: AgentReport = parse(&json)?;
+        let report = decode_report(&body, content_type.as_deref(), encoding.as_deref(), limit)
+            .map_err(|e| {
+                let status = match e {
+                    ReportBodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    ReportBodyError::Encoding(_) | ReportBodyError::ContentType(_) => {
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    }
+                    ReportBodyError::Compression(_)
+                    | ReportBodyError::Json(_)
+                    | ReportBodyError::Postcard(_) => StatusCode::BAD_REQUEST,
+                };
+                ApiError(status, e.to_string())
+            })?;
         if report.node != node || report.round_tag != tag {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,

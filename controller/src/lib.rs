@@ -46,6 +46,19 @@ pub fn release_freed_memory() {
     }
 }
 
+/// Caps glibc's malloc arenas at two. glibc gives threads arenas of their own (up to eight per
+/// core) and memory freed in one is not reused by another: a round's reports are parsed on
+/// whichever pool threads take them, so every arena grew to a round's worth. Two arenas cut the
+/// peak resident size of `cargo xtask bench scale` at 128 nodes by about 6% at no measurable
+/// CPU cost. Call it first, before any thread starts.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Locks without panicking: a poisoned lock still holds consistent data in this crate, because
 /// no section leaves a structure half-updated.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -173,8 +173,16 @@ fn token(args: &Args) -> anyhow::Result<Option<String>> {
         .filter(|t| !t.is_empty()))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads exist.
+    meshdoctor_controller::limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init();
     let token = token(&args)?;

@@ -19,7 +19,7 @@ use meshdoctor_api::{
 use crate::{
     ByNode,
     apps::{self, AppExpect, aggregate::aggregate, target::TargetError},
-    join::{PathTimes, join},
+    join::{RoundTimes, join},
     judge::failure_reasons,
     localize::{LocalizeConfig, localize},
     mailbox::Collected,
@@ -119,12 +119,13 @@ pub fn plan(
     (round, plans)
 }
 
-/// A closed round: its report, and its paths' times for the metrics.
+/// A closed round: its report, and its times for the metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closed {
     pub report: RoundReport,
-    /// Per path of `report.paths`, same index; empty for application rounds.
-    pub times: Vec<PathTimes>,
+    /// Network RTTs by path of `report.paths` (same index) and stack times by node; none for
+    /// application rounds.
+    pub times: RoundTimes,
 }
 
 /// The report of `round` of `task` at `now_ms`, from what it collected, or from why it could
@@ -174,7 +175,7 @@ pub fn close(
     let Collected {
         plans, received, ..
     } = collected;
-    let mut times = Vec::new();
+    let mut times = RoundTimes::default();
     let app = |expect: AppExpect| {
         let label = target.unwrap_or_else(|| apps::target::spec_label(task));
         let agg = aggregate(&expect, &label, &plans, &received.nodes);

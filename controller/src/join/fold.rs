@@ -9,17 +9,59 @@
 //! sequence numbers and times beyond the plan are dropped, and lists come out sorted and unique,
 //! so the join can trust what it reads.
 
+use std::collections::BTreeMap;
+
 use foldhash::HashMap;
 
-use meshdoctor_api::{AgentReport, AnsweredPath, Histogram, PathId, RoundPlan, SentPath};
+use meshdoctor_api::{
+    AgentReport, AnsweredPath, Family, Histogram, PathId, RoundPlan, RttStats, SentPath,
+};
 
 use crate::ByNode;
 
 /// Both ends' sides of one planned path, as far as they reported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PathSides {
-    pub sent: Option<Box<SentPath>>,
-    pub answered: Option<Box<AnsweredPath>>,
+    pub sent: Option<Box<Sent>>,
+    pub answered: Option<Answered>,
+}
+
+/// The source's side of a path. Of its time histograms only the kernel RTT stays (the metrics'
+/// network RTT subtracts the destination's stack time from it, known once both ends reported);
+/// the others are summarized here and added to their node's [`NodeTimes`] on arrival, so that a
+/// round holds one histogram per path rather than four.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// As reported and trimmed to the plan, without `user_rtt` and `src_stack`.
+    pub side: SentPath,
+    pub user_rtt: Option<RttStats>,
+}
+
+/// What the destination's hooks saw of a path: how far its sequence numbers reach and which
+/// below that each hook missed (trimmed to the plan), and its stack times summarized (their
+/// histogram went to the node's [`NodeTimes`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answered {
+    pub span: u32,
+    pub ingress_missed: Vec<u16>,
+    pub egress_missed: Vec<u16>,
+    pub stack: Option<RttStats>,
+}
+
+/// Which end's stack a stack time was measured in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StackSide {
+    Source,
+    Destination,
+}
+
+/// The times one node reported, added up over its paths as they arrived: its kernel and user
+/// RTTs (the round summary's) and stack times by family and side (the metrics').
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeTimes {
+    pub kernel_rtt: Histogram,
+    pub user_rtt: Histogram,
+    pub stack: BTreeMap<(Family, StackSide), Histogram>,
 }
 
 /// Which agents may report a path's sides, and how many probes it planned.
@@ -30,6 +72,7 @@ struct Owners {
     /// agent): nobody reports that side.
     dst: Option<u32>,
     planned: u32,
+    family: Family,
 }
 
 /// Reports of one round, folded (see the module).
@@ -46,6 +89,8 @@ pub struct Received {
     paths: Vec<PathSides>,
     /// Paths ending at each node (by node id): the sides it may report as answered.
     toward: Vec<u32>,
+    /// By node id: the times of the sides taken from its report.
+    times: Vec<NodeTimes>,
 }
 
 impl Received {
@@ -65,11 +110,13 @@ impl Received {
                     src: src as u32,
                     dst: node_ids.get(&t.dst_node).copied().filter(|_| !t.external),
                     planned,
+                    family: t.family,
                 });
             }
         }
         received.paths = vec![PathSides::default(); received.owners.len()];
         received.toward = vec![0; node_ids.len()];
+        received.times = vec![NodeTimes::default(); node_ids.len()];
         for dst in received.owners.iter().filter_map(|o| o.dst) {
             received.toward[dst as usize] += 1;
         }
@@ -101,12 +148,15 @@ impl Received {
         if self.nodes.contains_key(&report.node) {
             self.forget(node);
         }
+        let mut times = NodeTimes::default();
         for sent in std::mem::take(&mut report.sent) {
             if let Some(&i) = self.slots.get(&sent.path)
                 && self.owners[i].src == node
                 && self.paths[i].sent.is_none()
             {
-                self.paths[i].sent = Some(Box::new(trim_sent(sent, self.owners[i].planned)));
+                let (planned, family) = (self.owners[i].planned, self.owners[i].family);
+                let sent = times.take_sent(trim_sent(sent, planned), family);
+                self.paths[i].sent = Some(Box::new(sent));
             }
         }
         for answered in std::mem::take(&mut report.answered) {
@@ -114,10 +164,12 @@ impl Received {
                 && self.owners[i].dst == Some(node)
                 && self.paths[i].answered.is_none()
             {
-                let planned = self.owners[i].planned;
-                self.paths[i].answered = Some(Box::new(trim_answered(answered, planned)));
+                let (planned, family) = (self.owners[i].planned, self.owners[i].family);
+                let answered = times.take_answered(trim_answered(answered, planned), family);
+                self.paths[i].answered = Some(answered);
             }
         }
+        self.times[node as usize] = times;
         self.nodes.insert(report.node.clone(), report);
     }
 
@@ -131,11 +183,52 @@ impl Received {
                 sides.answered = None;
             }
         }
+        self.times[node as usize] = NodeTimes::default();
     }
 
-    /// The paths' sides, in plan order: by source node, then the source's targets.
-    pub fn into_paths(self) -> (ByNode<AgentReport>, Vec<PathSides>) {
-        (self.nodes, self.paths)
+    /// The reports without their paths, the paths' sides in plan order (by source node, then
+    /// the source's targets), and each reporting node's times.
+    pub fn into_paths(self) -> (ByNode<AgentReport>, Vec<PathSides>, ByNode<NodeTimes>) {
+        let mut times = self.times;
+        let by_node = self
+            .node_ids
+            .into_iter()
+            .filter(|(n, _)| self.nodes.contains_key(n))
+            .map(|(n, id)| (n, std::mem::take(&mut times[id as usize])))
+            .collect();
+        (self.nodes, self.paths, by_node)
+    }
+}
+
+impl NodeTimes {
+    fn stack(&mut self, family: Family, side: StackSide) -> &mut Histogram {
+        self.stack.entry((family, side)).or_default()
+    }
+
+    /// `s` with its user RTT summarized and its user RTT and stack times added to this node's.
+    fn take_sent(&mut self, mut s: SentPath, family: Family) -> Sent {
+        let user = std::mem::take(&mut s.user_rtt);
+        let user_rtt = RttStats::from_histogram(&user);
+        self.user_rtt.merge(&user);
+        self.kernel_rtt.merge(&s.kernel_rtt);
+        let src_stack = std::mem::take(&mut s.src_stack);
+        if !src_stack.is_empty() {
+            self.stack(family, StackSide::Source).merge(&src_stack);
+        }
+        Sent { side: s, user_rtt }
+    }
+
+    /// `a` with its stack times summarized and added to this node's.
+    fn take_answered(&mut self, a: AnsweredPath, family: Family) -> Answered {
+        if !a.stack.is_empty() {
+            self.stack(family, StackSide::Destination).merge(&a.stack);
+        }
+        Answered {
+            span: a.span,
+            ingress_missed: a.ingress_missed,
+            egress_missed: a.egress_missed,
+            stack: RttStats::from_histogram(&a.stack),
+        }
     }
 }
 
@@ -198,12 +291,19 @@ mod tests {
             (received.paths_toward("node-1"), received.paths_toward("x")),
             (1, 0)
         );
-        let (nodes, paths) = received.into_paths();
+        let (nodes, paths, times) = received.into_paths();
         assert!(nodes["node-1"].sent.is_empty(), "folded away");
-        assert_eq!(paths[0].sent.as_deref(), Some(&r1.sent[1]));
+        assert_eq!(paths[0].sent.as_ref().unwrap().side.path, r1.sent[1].path);
         assert_eq!(paths[1].sent, None);
         assert_eq!(paths[0].answered, None, "path 0 ends at node-2");
-        assert_eq!(paths[1].answered.as_deref(), Some(&r1.answered[0]));
+        assert_eq!(
+            paths[1].answered.as_ref().unwrap().span,
+            r1.answered[0].span
+        );
+        // Only the sides taken count in the node's times.
+        let stack = |side| times["node-1"].stack[&(Family::Ipv4, side)].count();
+        assert_eq!(stack(StackSide::Source), r1.sent[1].src_stack.count());
+        assert_eq!(stack(StackSide::Destination), r1.answered[0].stack.count());
     }
 
     #[test]
@@ -212,12 +312,20 @@ mod tests {
         let first = mk_report(&plans, "node-1", &[3]);
         let mut second = mk_report(&plans, "node-1", &[]);
         second.answered.clear();
-        let (nodes, paths) = Received::of(&plans, [first, second.clone()]).into_paths();
+        second.sent[0].kernel_rtt = [500_000].into_iter().collect();
+        let (nodes, paths, times) = Received::of(&plans, [first, second.clone()]).into_paths();
         assert_eq!(nodes.len(), 1);
-        assert_eq!(paths[0].sent.as_deref(), Some(&second.sent[0]));
+        assert_eq!(paths[0].sent.as_ref().unwrap().side.lost, []);
         assert_eq!(
             paths[1].answered, None,
             "the second report answered nothing"
+        );
+        // Its times replace the first's too.
+        assert_eq!(times["node-1"].kernel_rtt, second.sent[0].kernel_rtt);
+        assert!(
+            !times["node-1"]
+                .stack
+                .contains_key(&(Family::Ipv4, StackSide::Destination))
         );
     }
 
@@ -235,11 +343,11 @@ mod tests {
         let mut r2 = mk_report(&plans, "node-2", &[]);
         let a = &mut r2.answered[0];
         (a.span, a.ingress_missed, a.egress_missed) = (60_000, vec![9, 2, 30_000], vec![2, 2]);
-        let (_, paths) = Received::of(&plans, [r1, r2]).into_paths();
-        let s = paths[0].sent.as_deref().unwrap();
+        let (_, paths, _) = Received::of(&plans, [r1, r2]).into_paths();
+        let s = &paths[0].sent.as_deref().unwrap().side;
         assert_eq!(s.lost, [lost(3), lost(7)]);
         assert_eq!(s.unsent, [4]);
-        let a = paths[0].answered.as_deref().unwrap();
+        let a = paths[0].answered.as_ref().unwrap();
         assert_eq!(
             (a.span, &a.ingress_missed[..], &a.egress_missed[..]),
             (20, &[2, 9][..], &[2][..])

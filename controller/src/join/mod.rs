@@ -14,13 +14,12 @@ use std::collections::BTreeMap;
 use foldhash::{HashMap, HashMapExt as _};
 
 use meshdoctor_api::{
-    AgentReport, AnsweredPath, Histogram, Packet, PathId, PathResult, PathSegment, PathState,
-    ProbeDrop, RoundPlan, RoundSummary, RttStats, SentPath, Timestamping,
-    agent_report::TOLERATED_STALL_MS,
+    AgentReport, Histogram, Packet, PathId, PathResult, PathSegment, PathState, ProbeDrop,
+    RoundPlan, RoundSummary, RttStats, Timestamping, agent_report::TOLERATED_STALL_MS,
 };
 
 use self::{
-    fold::Received,
+    fold::{NodeTimes, Received},
     path::{Drops, Ends, Observed, join_path, ratio},
 };
 use crate::ByNode;
@@ -32,8 +31,8 @@ pub struct Joined {
     /// Per path (same index as `paths`), the per-probe detail localization votes with and the
     /// report does not keep.
     pub losses: Vec<PathLoss>,
-    /// Per path (same index as `paths`), its times as histograms, for the metrics.
-    pub times: Vec<PathTimes>,
+    /// The times behind the metrics' histograms.
+    pub times: RoundTimes,
     pub summary: RoundSummary,
     /// Nodes with a plan but no report, sorted.
     pub not_reported: Vec<String>,
@@ -130,28 +129,23 @@ pub struct LossBucket {
     pub lost: u32,
 }
 
-/// A path's times as its ends reported them: what its RTT statistics summarize, kept whole
-/// for the metrics, whose Prometheus histograms add them up by interface and node.
+/// A round's times for the metrics' histograms: what their series add up, kept apart from
+/// the paths' summaries ([`RttStats`]) in the report.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PathTimes {
-    pub kernel_rtt: Histogram,
-    pub user_rtt: Histogram,
-    pub src_stack: Histogram,
-    pub dst_stack: Histogram,
+pub struct RoundTimes {
+    /// Per path (same index as [`Joined::paths`]), when its destination measured stack times.
+    pub network: Vec<Option<NetworkTimes>>,
+    /// Each reporting node's times, added up over its paths.
+    pub nodes: ByNode<NodeTimes>,
 }
 
-impl PathTimes {
-    fn of(sent: Option<SentPath>, answered: Option<AnsweredPath>) -> Self {
-        let (kernel_rtt, user_rtt, src_stack) = sent.map_or_else(Default::default, |s| {
-            (s.kernel_rtt, s.user_rtt, s.src_stack)
-        });
-        Self {
-            kernel_rtt,
-            user_rtt,
-            src_stack,
-            dst_stack: answered.map(|a| a.stack).unwrap_or_default(),
-        }
-    }
+/// A path's network RTT at its source: its kernel RTTs, each less the destination's mean stack
+/// time (the two ends report their times apart, so a probe's own stack time is not known where
+/// its RTT is).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetworkTimes {
+    pub kernel_rtt: Histogram,
+    pub less_ns: f64,
 }
 
 /// Drop records by node and path.
@@ -159,7 +153,7 @@ type DropIndex<'a> = HashMap<&'a str, HashMap<PathId, Vec<&'a ProbeDrop>>>;
 
 /// Joins the plans of a round (by source node) with what it `received`.
 pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
-    let (reports, sides) = received.into_paths();
+    let (reports, sides, node_times) = received.into_paths();
     let mut drops: DropIndex<'_> = HashMap::new();
     for (node, r) in &reports {
         let by_path = drops.entry(node.as_str()).or_default();
@@ -186,7 +180,7 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
     let mut sides = sides.into_iter();
     // The plans say how many paths there are: sized once rather than grown by doubling.
     let total: usize = plans.values().map(|p| p.targets.len()).sum();
-    let (mut paths, mut losses, mut times) = (
+    let (mut paths, mut losses, mut network) = (
         Vec::with_capacity(total),
         Vec::with_capacity(total),
         Vec::with_capacity(total),
@@ -213,10 +207,10 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
                     dst: drops_of(dst, target.path),
                 },
             };
-            let (path, loss, time) = join_path(src, target, planned, ends);
+            let (path, loss, times) = join_path(src, target, planned, ends);
             paths.push(path);
             losses.push(loss);
-            times.push(time);
+            network.push(times);
         }
     }
 
@@ -230,10 +224,13 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
         .fold(0u64, |acc, r| acc.saturating_add(r.observer.ringbuf_drops));
     Joined {
         warnings: observer_warnings(&reports),
-        summary: summarize(&paths, &times, unobserved),
+        summary: summarize(&paths, node_times.values(), unobserved),
         paths,
         losses,
-        times,
+        times: RoundTimes {
+            network,
+            nodes: node_times,
+        },
         not_reported,
     }
 }
@@ -242,18 +239,19 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
 /// a source refusing its own probes lowers the success rate. With nothing sent the success
 /// rate is 0, not 1: a round that proved nothing must not look healthy (the judge fails it
 /// with a reason).
-fn summarize(paths: &[PathResult], times: &[PathTimes], unobserved_events: u64) -> RoundSummary {
+fn summarize<'a>(
+    paths: &[PathResult],
+    nodes: impl Iterator<Item = &'a NodeTimes>,
+    unobserved_events: u64,
+) -> RoundSummary {
     let reported = || paths.iter().filter(|p| p.state != PathState::NotReported);
     let sent: u64 = reported()
         .map(|p| u64::from(p.sent) + u64::from(p.send_failed))
         .sum();
     let received: u64 = reported().map(|p| u64::from(p.received)).sum();
+    // The times of the paths whose source reported: its node's.
     let (mut kernel, mut user) = (Histogram::default(), Histogram::default());
-    for (_, t) in paths
-        .iter()
-        .zip(times)
-        .filter(|(p, _)| p.state != PathState::NotReported)
-    {
+    for t in nodes {
         kernel.merge(&t.kernel_rtt);
         user.merge(&t.user_rtt);
     }
@@ -274,10 +272,12 @@ fn summarize(paths: &[PathResult], times: &[PathTimes], unobserved_events: u64) 
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use meshdoctor_api::{AgentReport, LossSegments, LostProbe, round::HookCounts};
-    use meshdoctor_api::{ObserverStats, Timestamping};
+    use meshdoctor_api::{
+        AgentReport, AnsweredPath, LossSegments, LostProbe, SentPath, round::HookCounts,
+    };
+    use meshdoctor_api::{Family, ObserverStats, Timestamping};
 
-    use super::*;
+    use super::{fold::StackSide, *};
     use crate::mesh::{
         build_plans,
         tests::{mk_agent, mk_meta, mk_task},
@@ -379,7 +379,14 @@ pub(crate) mod tests {
         assert_eq!(p.dst_stack.unwrap().count, 20);
         assert_eq!(p.network_rtt.unwrap().max_us, 700.0);
         assert!(p.lost_probes.is_empty());
-        assert_eq!(j.times[0].src_stack.count(), 20);
+        // node-1 sent path 0 alone: its stack times are node-1's.
+        let src_stack = &j.times.nodes["node-1"].stack[&(Family::Ipv4, StackSide::Source)];
+        assert_eq!(src_stack.count(), 20);
+        let network = j.times.network[0].as_ref().unwrap();
+        assert_eq!(
+            (network.kernel_rtt.count(), network.less_ns),
+            (20, 100_000.0)
+        );
         assert_eq!(j.summary.success_rate, 1.0);
         assert_eq!(j.summary.mean_rtt_ms, Some(1.0));
         assert_eq!(j.summary.unobserved_events, 4);

@@ -5,11 +5,14 @@
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
-    AnsweredPath, DropCount, LostSample, Packet, PathResult, PathSegment, PathState, PlannedTarget,
-    ProbeDrop, RttStats, SentPath, round::HookCounts,
+    DropCount, LostSample, Packet, PathResult, PathSegment, PathState, PlannedTarget, ProbeDrop,
+    RttStats, SentPath, round::HookCounts,
 };
 
-use super::{PathLoss, PathTimes};
+use super::{
+    NetworkTimes, PathLoss,
+    fold::{Answered, Sent},
+};
 
 /// Whether each end's hooks can be trusted to have seen every packet that passed them.
 #[derive(Debug, Clone, Copy)]
@@ -31,11 +34,11 @@ pub(super) struct Drops<'a> {
 pub(super) struct Ends<'a> {
     /// The source agent reported (its side may still be absent: it sent nothing).
     pub src_reported: bool,
-    pub sent: Option<Box<SentPath>>,
+    pub sent: Option<Box<Sent>>,
     /// The destination agent reported ...
     pub dst_reported: bool,
     /// ... and this is its side of the path, if it had one.
-    pub answered: Option<Box<AnsweredPath>>,
+    pub answered: Option<Answered>,
     pub observed: Observed,
     pub drops: Drops<'a>,
 }
@@ -48,7 +51,7 @@ struct DstView<'a> {
 }
 
 impl<'a> DstView<'a> {
-    fn of(answered: Option<&'a AnsweredPath>) -> Self {
+    fn of(answered: Option<&'a Answered>) -> Self {
         answered.map_or(
             Self {
                 span: 0,
@@ -185,19 +188,20 @@ pub(super) fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
-/// Pair-path `t` of `src`, `planned` probes, from what its `ends` reported.
+/// Pair-path `t` of `src`, `planned` probes, from what its `ends` reported; its network RTT
+/// for the metrics when its destination measured stack times.
 pub(super) fn join_path(
     src: &str,
     t: &PlannedTarget,
     planned: u32,
     ends: Ends<'_>,
-) -> (PathResult, PathLoss, PathTimes) {
+) -> (PathResult, PathLoss, Option<NetworkTimes>) {
     let mut result = PathResult::planned(src, t, planned, ends.dst_reported);
     if !ends.src_reported {
-        return (result, PathLoss::default(), PathTimes::default());
+        return (result, PathLoss::default(), None);
     }
-    let dst = DstView::of(ends.answered.as_deref());
-    let sent = ends.sent.as_deref();
+    let dst = DstView::of(ends.answered.as_ref());
+    let sent = ends.sent.as_deref().map(|s| &s.side);
     let (unsent, lost) = sent.map_or((&[][..], &[][..]), |s| (&s.unsent[..], &s.lost[..]));
     let delivered = |seq: u16| {
         sent.is_some()
@@ -262,15 +266,22 @@ pub(super) fn join_path(
         PathState::Lossy
     };
     let loss = PathLoss::new(ends.observed.src && ends.observed.dst, buckets);
-    let times = PathTimes::of(ends.sent.map(|s| *s), ends.answered.map(|a| *a));
-    result.kernel_rtt = RttStats::from_histogram(&times.kernel_rtt);
-    result.user_rtt = RttStats::from_histogram(&times.user_rtt);
-    result.dst_stack = RttStats::from_histogram(&times.dst_stack);
+    result.dst_stack = ends.answered.and_then(|a| a.stack);
+    let kernel_rtt = ends.sent.map(|s| {
+        result.user_rtt = s.user_rtt;
+        s.side.kernel_rtt
+    });
+    let kernel_rtt = kernel_rtt.unwrap_or_default();
+    result.kernel_rtt = RttStats::from_histogram(&kernel_rtt);
     result.network_rtt = result
         .kernel_rtt
         .zip(result.dst_stack)
         .map(|(kernel, stack)| kernel.less(stack.mean_us));
-    (result, loss, times)
+    let network = result.dst_stack.map(|stack| NetworkTimes {
+        kernel_rtt,
+        less_ns: stack.mean_us * 1000.0,
+    });
+    (result, loss, network)
 }
 
 #[cfg(test)]

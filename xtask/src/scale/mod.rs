@@ -3,7 +3,7 @@
 //! optionally in Z zones), long-poll their plans and post, each, the report a real agent would
 //! post for its plan, with K interface faults and J zone-pair faults injected. Per round it
 //! prints the mesh the controller chose (shape, peers, the most probe packets/s it asks of an
-//! agent), what the controller costs: plan and report bytes (reports zstd-compressed, as agents
+//! agent), what the controller costs: plan and report bytes (reports in postcard, as agents
 //! post them), CPU seconds, peak RSS, the time from the
 //! last report to the round report, stored bytes, and the findings' precision and recall
 //! against the faults, in that round and over the rounds so far (a sampled mesh meets a fault
@@ -29,7 +29,7 @@ use clap::Args;
 use futures_util::{StreamExt as _, stream};
 use meshdoctor_api::{
     RoundPlan, RoundReport,
-    agent_report::{REPORT_ENCODING, encode_report},
+    agent_report::{REPORT_CONTENT_TYPE, encode_report},
     routes::{self, PlansQuery, RoundRef},
 };
 
@@ -249,7 +249,7 @@ async fn drive(args: &ScaleArgs, base: &str, ctl: &Controller, dir: &Path) -> Re
         let report_bytes = bodies.iter().map(|(_, b)| b.len() as u64).sum();
         drop(reports);
         let posted = stream::iter(bodies)
-            .map(|(url, body)| post_bytes(&http, url, body, Some(REPORT_ENCODING)))
+            .map(|(url, body)| post_bytes(&http, url, body, REPORT_CONTENT_TYPE))
             .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
@@ -335,7 +335,7 @@ async fn wait_healthy(
 }
 
 async fn post(http: &reqwest::Client, url: String, body: &impl serde::Serialize) -> Result<()> {
-    post_bytes(http, url, serde_json::to_vec(body)?, None).await
+    post_bytes(http, url, serde_json::to_vec(body)?, "application/json").await
 }
 
 /// POSTs JSON, compressed with `encoding` when set.
@@ -343,13 +343,11 @@ async fn post_bytes(
     http: &reqwest::Client,
     url: String,
     body: Vec<u8>,
-    encoding: Option<&str>,
+    content_type: &str,
 ) -> Result<()> {
-    let mut request = http.post(&url).header("content-type", "application/json");
-    if let Some(encoding) = encoding {
-        request = request.header("content-encoding", encoding);
-    }
-    let resp = request
+    let resp = http
+        .post(&url)
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await

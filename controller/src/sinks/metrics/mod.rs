@@ -20,7 +20,10 @@ use meshdoctor_api::{
 
 use self::time_histogram::TimeHistogram;
 use super::store::Usage;
-use crate::{join::PathTimes, round::Closed};
+use crate::{
+    join::{NetworkTimes, RoundTimes, fold::StackSide},
+    round::Closed,
+};
 
 mod time_histogram;
 use prometheus_client::{
@@ -441,14 +444,30 @@ impl Metrics {
         }
     }
 
-    fn probe_round_closed(&self, report: &RoundReport, times: &[PathTimes]) {
+    fn probe_round_closed(&self, report: &RoundReport, times: &RoundTimes) {
         let task = report.task.as_str();
         let mut sums = RoundSums {
             task,
             ..RoundSums::default()
         };
-        for (p, t) in report.paths.iter().zip(times) {
-            sums.add(self, p, t);
+        for (i, p) in report.paths.iter().enumerate() {
+            sums.add(self, p, times.network.get(i).and_then(Option::as_ref));
+        }
+        // Stack times come added up by node, family and side: one series each.
+        for (node, t) in &times.nodes {
+            for (&(family, side), h) in &t.stack {
+                let side = match side {
+                    StackSide::Source => "source",
+                    StackSide::Destination => "destination",
+                };
+                let labels = StackLabels {
+                    task: task.into(),
+                    node: node.clone(),
+                    family: family.to_string(),
+                    side: side.into(),
+                };
+                self.stack.get_or_create(&labels).add(h, 0.0);
+            }
         }
         // Every state, 0 when no path is in it.
         for state in ["ok", "lossy", "notReported"] {
@@ -636,12 +655,10 @@ struct RoundSums<'a> {
     drops: HashMap<(&'a str, &'a str, Packet), u64>,
     /// Network RTT histograms by source interface.
     rtt: HashMap<End<'a>, TimeHistogram>,
-    /// Stack time histograms by (node, family, side).
-    stack: HashMap<(&'a str, IpFamily, &'static str), TimeHistogram>,
 }
 
 impl<'a> RoundSums<'a> {
-    fn add(&mut self, m: &Metrics, p: &'a PathResult, times: &PathTimes) {
+    fn add(&mut self, m: &Metrics, p: &'a PathResult, network: Option<&NetworkTimes>) {
         let state = match p.state {
             PathState::Ok => "ok",
             PathState::Lossy => "lossy",
@@ -679,48 +696,14 @@ impl<'a> RoundSums<'a> {
                 .entry((&d.node, &d.reason, d.packet))
                 .or_default() += u64::from(d.count);
         }
-        self.observe_times(m, p, times);
-    }
-
-    /// Network RTT at the source interface (kernel RTT less the destination's mean stack
-    /// time), and the stack times of both nodes, of the probes whose hooks measured them.
-    fn observe_times(&mut self, m: &Metrics, p: &'a PathResult, times: &PathTimes) {
-        let task = self.task;
-        if !times.dst_stack.is_empty() {
-            let src = End::source(p);
+        // Network RTT at the source interface, of the probes whose hooks measured it.
+        if let Some(network) = network {
+            let (task, src) = (self.task, End::source(p));
             self.rtt
                 .entry(src)
                 .or_insert_with(|| m.network_rtt.get_or_create(&src.labels(task)).clone())
-                .add(&times.kernel_rtt, times.dst_stack.mean());
+                .add(&network.kernel_rtt, network.less_ns);
         }
-        if !times.src_stack.is_empty() {
-            self.stack_histogram(m, &p.src_node, p.family, "source")
-                .add(&times.src_stack, 0.0);
-        }
-        if !p.external && !times.dst_stack.is_empty() {
-            self.stack_histogram(m, &p.dst_node, p.family, "destination")
-                .add(&times.dst_stack, 0.0);
-        }
-    }
-
-    fn stack_histogram(
-        &mut self,
-        m: &Metrics,
-        node: &'a str,
-        family: IpFamily,
-        side: &'static str,
-    ) -> &TimeHistogram {
-        let task = self.task;
-        self.stack.entry((node, family, side)).or_insert_with(|| {
-            m.stack
-                .get_or_create(&StackLabels {
-                    task: task.into(),
-                    node: node.into(),
-                    family: family.to_string(),
-                    side: side.into(),
-                })
-                .clone()
-        })
     }
 }
 
@@ -767,7 +750,7 @@ mod tests {
     fn untimed(report: RoundReport) -> Closed {
         Closed {
             report,
-            times: vec![],
+            times: Default::default(),
         }
     }
 
@@ -1056,7 +1039,7 @@ mod tests {
     /// toward it, dropped by its netfilter.
     fn mk_mesh_round(nodes: usize, peers: usize) -> Closed {
         let node = |i: usize| format!("node-{}", i % nodes + 1);
-        let (mut paths, mut times) = (Vec::new(), Vec::new());
+        let (mut paths, mut times) = (Vec::new(), RoundTimes::default());
         for src in 0..nodes {
             for dst in (1..=peers).map(|k| src + k) {
                 for (interface, network) in [("eth0", "default"), ("net1", "sec")] {
@@ -1096,12 +1079,18 @@ mod tests {
                             ..path
                         });
                         let kernel_rtt = (0..9).map(|seq| 80_000 + seq * 10_000).collect();
-                        times.push(PathTimes {
+                        times.network.push(Some(NetworkTimes {
                             kernel_rtt,
-                            user_rtt: [120_000; 9].into_iter().collect(),
-                            src_stack: [40_000; 9].into_iter().collect(),
-                            dst_stack: [20_000; 9].into_iter().collect(),
-                        });
+                            less_ns: 20_000.0,
+                        }));
+                        for (n, side, ns) in [
+                            (node(src), StackSide::Source, 40_000),
+                            (node(dst), StackSide::Destination, 20_000),
+                        ] {
+                            let node_times = times.nodes.entry(n).or_default();
+                            let stack = node_times.stack.entry((family, side)).or_default();
+                            stack.record_n(ns, 9);
+                        }
                     }
                 }
             }
