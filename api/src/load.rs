@@ -25,8 +25,8 @@ pub struct LoadStats {
     pub errors: BTreeMap<String, u64>,
     /// For each kind in `errors`, the message of its first error (at most 200 characters, `…`
     /// marking a cut), e.g. `connect` → `Connection refused (os error 111)`. Absent from
-    /// reports of older agents.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// reports of older agents; always written, as agents' postcard reports need every field.
+    #[serde(default)]
     pub error_examples: BTreeMap<String, String>,
     /// Bytes received.
     pub bytes: u64,
@@ -75,8 +75,8 @@ mod tests {
             "{json}"
         );
         assert_eq!(serde_json::from_str::<LoadStats>(&json).unwrap(), new);
-        // Without errors the field is left out.
+        // Without errors the field is an empty map (postcard reports write every field).
         let json = serde_json::to_string(&LoadStats::default()).unwrap();
-        assert!(!json.contains("errorExamples"), "{json}");
+        assert!(json.contains(r#""errorExamples":{}"#), "{json}");
     }
 }
