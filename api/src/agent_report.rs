@@ -369,6 +369,19 @@ mod tests {
         });
         let body = encode_report(&r).unwrap();
         let json = serde_json::to_vec(&r).unwrap();
+        // An application result with empty maps and no latency reads back too.
+        let app = AgentReport {
+            app: Some(AppResult {
+                target: "http://web".into(),
+                error: None,
+                stats: LoadStats::default(),
+            }),
+            ..r.clone()
+        };
+        let app_body = encode_report(&app).unwrap();
+        let limit = app_body.len() as u64;
+        let back = decode_report(&app_body, Some(REPORT_CONTENT_TYPE), None, limit).unwrap();
+        assert_eq!(back, app);
         // Binary: no field names, numbers as varints.
         assert!(
             body.len() * 3 < json.len(),
