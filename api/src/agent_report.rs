@@ -367,6 +367,10 @@ mod tests {
             failures: vec![("connection refused".into(), 1)],
             ..SentPath::test(3, 50, 49, [800_000, 1_000_000, 200_000])
         });
+        // Every probe lost: empty time histograms.
+        r.sent
+            .push(SentPath::test(4, 50, 0, [800_000, 1_000_000, 200_000]));
+        assert!(r.sent[1].kernel_rtt.is_empty());
         let body = encode_report(&r).unwrap();
         let json = serde_json::to_vec(&r).unwrap();
         // An application result with empty maps and no latency reads back too.

@@ -143,25 +143,43 @@ impl Histogram {
     /// The nearest-rank `q`-quantile (`q` in 0..=1) as the midpoint of its bucket, kept within
     /// the exact min and max (and exactly those at the lowest and highest rank); 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
+        self.quantiles([q])[0]
+    }
+
+    /// [`Self::quantile`] of each of `qs`, ascending, in one pass over the buckets: a round
+    /// summarizes every path's histograms.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [u64; N] {
+        debug_assert!(qs.is_sorted(), "quantiles {qs:?} must ascend");
         let count = self.count();
+        let mut out = [0; N];
         if count == 0 {
-            return 0;
+            return out;
         }
-        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).clamp(1, count);
-        if rank == count {
-            return self.max;
+        let rank = |q: f64| ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).clamp(1, count);
+        let mut buckets = self.buckets();
+        let (mut seen, mut current) = (0u64, None);
+        for (i, q) in qs.into_iter().enumerate() {
+            let rank = rank(q);
+            out[i] = if rank == count {
+                self.max
+            } else if rank == 1 {
+                self.min
+            } else {
+                // Ranks ascend with `qs`: the walk goes on from where the last one stopped.
+                while seen < rank {
+                    let Some((low, high, n)) = buckets.next() else {
+                        break;
+                    };
+                    seen = seen.saturating_add(n);
+                    current = Some((low + (high - low) / 2).clamp(self.min, self.max));
+                }
+                match current {
+                    Some(mid) if seen >= rank => mid,
+                    _ => self.max,
+                }
+            };
         }
-        if rank == 1 {
-            return self.min;
-        }
-        let mut seen = 0u64;
-        for (low, high, n) in self.buckets() {
-            seen = seen.saturating_add(n);
-            if seen >= rank {
-                return (low + (high - low) / 2).clamp(self.min, self.max);
-            }
-        }
-        self.max
+        out
     }
 
     /// The non-empty buckets, `(low, high, count)`, lowest first.
@@ -188,7 +206,9 @@ impl FromIterator<u64> for Histogram {
 impl Serialize for Histogram {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if self.is_empty() {
-            return [0u64; 0].serialize(s);
+            // A sequence, not an empty array: serde writes arrays as tuples, which a binary
+            // format (postcard) writes without the length a sequence reads back.
+            return s.collect_seq(std::iter::empty::<u64>());
         }
         let head = [self.min, self.max, self.sum, u64::from(self.first)];
         s.collect_seq(head.iter().chain(&self.counts))
@@ -272,6 +292,46 @@ mod tests {
         }
         assert_eq!(h.quantile(1.0), 1_000_000, "kept within the max");
         assert_eq!(h.quantile(0.0), 1_000, "kept within the min");
+    }
+
+    #[test]
+    fn quantiles_in_one_pass_are_each_ones_nearest_rank() {
+        let mut h = Histogram::default();
+        for (v, n) in [
+            (3u64, 2u64),
+            (900, 5),
+            (70_000, 40),
+            (70_500, 1),
+            (9_000_000, 2),
+        ] {
+            h.record_n(v, n);
+        }
+        // The nearest rank read off the buckets one by one, as the definition says.
+        let reference = |q: f64| {
+            let count = h.count();
+            let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
+            if rank == count {
+                return h.max();
+            }
+            if rank == 1 {
+                return h.min();
+            }
+            let mut seen = 0;
+            h.buckets()
+                .find_map(|(low, high, n)| {
+                    seen += n;
+                    (seen >= rank).then(|| (low + (high - low) / 2).clamp(h.min(), h.max()))
+                })
+                .unwrap()
+        };
+        let qs = [0.0, 0.02, 0.05, 0.1, 0.5, 0.9, 0.96, 0.99, 1.0];
+        let got = h.quantiles(qs);
+        for (q, got) in qs.into_iter().zip(got) {
+            assert_eq!(got, reference(q), "q{q}");
+        }
+        assert_eq!(got[0], 3);
+        assert_eq!(got[8], 9_000_000);
+        assert_eq!(Histogram::default().quantiles([0.5, 0.9]), [0, 0]);
     }
 
     #[test]

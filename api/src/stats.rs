@@ -28,13 +28,14 @@ impl RttStats {
             return None;
         }
         let us = |ns: u64| ns as f64 / 1000.0;
+        let [p50, p90, p99] = h.quantiles([0.50, 0.90, 0.99]);
         Some(Self {
             count: count.min(u64::from(u32::MAX)) as u32,
             min_us: us(h.min()),
-            mean_us: to_ns(h.mean() / 1000.0),
-            p50_us: us(h.quantile(0.50)),
-            p90_us: us(h.quantile(0.90)),
-            p99_us: us(h.quantile(0.99)),
+            mean_us: to_ns(h.sum() as f64 / count as f64 / 1000.0),
+            p50_us: us(p50),
+            p90_us: us(p90),
+            p99_us: us(p99),
             max_us: us(h.max()),
         })
     }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use foldhash::HashMap;
 
 use meshdoctor_api::{
-    AgentReport, AnsweredPath, Family, Histogram, PathId, RoundPlan, RttStats, SentPath,
+    AgentReport, AnsweredPath, Family, Histogram, LostProbe, PathId, RoundPlan, RttStats, SentPath,
 };
 
 use crate::ByNode;
@@ -22,19 +22,47 @@ use crate::ByNode;
 /// Both ends' sides of one planned path, as far as they reported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PathSides {
-    pub sent: Option<Box<Sent>>,
+    pub sent: Option<Sent>,
     pub answered: Option<Answered>,
 }
 
-/// The source's side of a path. Of its time histograms only the kernel RTT stays (the metrics'
-/// network RTT subtracts the destination's stack time from it, known once both ends reported);
-/// the others are summarized here and added to their node's [`NodeTimes`] on arrival, so that a
-/// round holds one histogram per path rather than four.
-#[derive(Debug, Clone, PartialEq)]
+/// The source's side of a path, as reported and trimmed to the plan, in the least memory a
+/// healthy path needs: its counts, its kernel RTT histogram (the metrics' network RTT subtracts
+/// the destination's stack time from it, known once both ends reported), its user RTT
+/// summarized (the histogram went to the node's [`NodeTimes`], with its stack times), and the
+/// lists only a path with trouble fills, boxed apart.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sent {
-    /// As reported and trimmed to the plan, without `user_rtt` and `src_stack`.
-    pub side: SentPath,
+    pub sent: u32,
+    pub received: u32,
+    pub src_egress: u32,
+    pub src_ingress: u32,
+    pub kernel_rtt: Histogram,
     pub user_rtt: Option<RttStats>,
+    trouble: Option<Box<Trouble>>,
+}
+
+/// What [`SentPath`] lists of a path's probes that did not make it: empty on a healthy path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trouble {
+    pub send_errors: Vec<(String, u32)>,
+    pub failures: Vec<(String, u32)>,
+    pub unsent: Vec<u16>,
+    pub lost: Vec<LostProbe>,
+}
+
+/// No trouble.
+const NO_TROUBLE: &Trouble = &Trouble {
+    send_errors: Vec::new(),
+    failures: Vec::new(),
+    unsent: Vec::new(),
+    lost: Vec::new(),
+};
+
+impl Sent {
+    pub fn trouble(&self) -> &Trouble {
+        self.trouble.as_deref().unwrap_or(NO_TROUBLE)
+    }
 }
 
 /// What the destination's hooks saw of a path: how far its sequence numbers reach and which
@@ -156,7 +184,7 @@ impl Received {
             {
                 let (planned, family) = (self.owners[i].planned, self.owners[i].family);
                 let sent = times.take_sent(trim_sent(sent, planned), family);
-                self.paths[i].sent = Some(Box::new(sent));
+                self.paths[i].sent = Some(sent);
             }
         }
         for answered in std::mem::take(&mut report.answered) {
@@ -205,17 +233,28 @@ impl NodeTimes {
         self.stack.entry((family, side)).or_default()
     }
 
-    /// `s` with its user RTT summarized and its user RTT and stack times added to this node's.
-    fn take_sent(&mut self, mut s: SentPath, family: Family) -> Sent {
-        let user = std::mem::take(&mut s.user_rtt);
-        let user_rtt = RttStats::from_histogram(&user);
-        self.user_rtt.merge(&user);
+    /// `s` with its user RTT summarized and its RTTs and stack times added to this node's.
+    fn take_sent(&mut self, s: SentPath, family: Family) -> Sent {
+        self.user_rtt.merge(&s.user_rtt);
         self.kernel_rtt.merge(&s.kernel_rtt);
-        let src_stack = std::mem::take(&mut s.src_stack);
-        if !src_stack.is_empty() {
-            self.stack(family, StackSide::Source).merge(&src_stack);
+        if !s.src_stack.is_empty() {
+            self.stack(family, StackSide::Source).merge(&s.src_stack);
         }
-        Sent { side: s, user_rtt }
+        let trouble = Trouble {
+            send_errors: s.send_errors,
+            failures: s.failures,
+            unsent: s.unsent,
+            lost: s.lost,
+        };
+        Sent {
+            sent: s.sent,
+            received: s.received,
+            src_egress: s.src_egress,
+            src_ingress: s.src_ingress,
+            user_rtt: RttStats::from_histogram(&s.user_rtt),
+            kernel_rtt: s.kernel_rtt,
+            trouble: (trouble != *NO_TROUBLE).then(|| Box::new(trouble)),
+        }
     }
 
     /// `a` with its stack times summarized and added to this node's.
@@ -293,7 +332,7 @@ mod tests {
         );
         let (nodes, paths, times) = received.into_paths();
         assert!(nodes["node-1"].sent.is_empty(), "folded away");
-        assert_eq!(paths[0].sent.as_ref().unwrap().side.path, r1.sent[1].path);
+        assert_eq!(paths[0].sent.as_ref().unwrap().sent, r1.sent[1].sent);
         assert_eq!(paths[1].sent, None);
         assert_eq!(paths[0].answered, None, "path 0 ends at node-2");
         assert_eq!(
@@ -315,7 +354,7 @@ mod tests {
         second.sent[0].kernel_rtt = [500_000].into_iter().collect();
         let (nodes, paths, times) = Received::of(&plans, [first, second.clone()]).into_paths();
         assert_eq!(nodes.len(), 1);
-        assert_eq!(paths[0].sent.as_ref().unwrap().side.lost, []);
+        assert_eq!(paths[0].sent.as_ref().unwrap().trouble().lost, []);
         assert_eq!(
             paths[1].answered, None,
             "the second report answered nothing"
@@ -344,7 +383,7 @@ mod tests {
         let a = &mut r2.answered[0];
         (a.span, a.ingress_missed, a.egress_missed) = (60_000, vec![9, 2, 30_000], vec![2, 2]);
         let (_, paths, _) = Received::of(&plans, [r1, r2]).into_paths();
-        let s = &paths[0].sent.as_deref().unwrap().side;
+        let s = paths[0].sent.as_ref().unwrap().trouble();
         assert_eq!(s.lost, [lost(3), lost(7)]);
         assert_eq!(s.unsent, [4]);
         let a = paths[0].answered.as_ref().unwrap();

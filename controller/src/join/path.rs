@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 
 use meshdoctor_api::{
     DropCount, LostSample, Packet, PathResult, PathSegment, PathState, PlannedTarget, ProbeDrop,
-    RttStats, SentPath, round::HookCounts,
+    RttStats, round::HookCounts,
 };
 
 use super::{
     NetworkTimes, PathLoss,
-    fold::{Answered, Sent},
+    fold::{Answered, Sent, Trouble},
 };
 
 /// Whether each end's hooks can be trusted to have seen every packet that passed them.
@@ -34,7 +34,7 @@ pub(super) struct Drops<'a> {
 pub(super) struct Ends<'a> {
     /// The source agent reported (its side may still be absent: it sent nothing).
     pub src_reported: bool,
-    pub sent: Option<Box<Sent>>,
+    pub sent: Option<Sent>,
     /// The destination agent reported ...
     pub dst_reported: bool,
     /// ... and this is its side of the path, if it had one.
@@ -156,7 +156,7 @@ fn lost_probe_drops(
 }
 
 /// Probes whose `sendto` failed, as far as the plan leaves room for them beside `sent`.
-fn send_failures(s: &SentPath, planned: u32, sent: u32) -> u32 {
+fn send_failures(s: &Trouble, planned: u32, sent: u32) -> u32 {
     let claimed = s
         .send_errors
         .iter()
@@ -166,7 +166,7 @@ fn send_failures(s: &SentPath, planned: u32, sent: u32) -> u32 {
 
 /// The source's send errors and probe failures by message, most first, each count capped by
 /// the plan.
-fn socket_errors(s: &SentPath, planned: u32) -> Vec<(String, u32)> {
+fn socket_errors(s: &Trouble, planned: u32) -> Vec<(String, u32)> {
     let mut errors: BTreeMap<&str, u32> = BTreeMap::new();
     for (message, n) in s.send_errors.iter().chain(&s.failures) {
         let count = errors.entry(message).or_default();
@@ -201,8 +201,9 @@ pub(super) fn join_path(
         return (result, PathLoss::default(), None);
     }
     let dst = DstView::of(ends.answered.as_ref());
-    let sent = ends.sent.as_deref().map(|s| &s.side);
-    let (unsent, lost) = sent.map_or((&[][..], &[][..]), |s| (&s.unsent[..], &s.lost[..]));
+    let sent = ends.sent.as_ref();
+    let trouble = sent.map(Sent::trouble);
+    let (unsent, lost) = trouble.map_or((&[][..], &[][..]), |t| (&t.unsent[..], &t.lost[..]));
     let delivered = |seq: u16| {
         sent.is_some()
             && u32::from(seq) < planned
@@ -249,13 +250,13 @@ pub(super) fn join_path(
         delivered: result.received,
     };
     // A probe the source's own stack refused was lost there, whatever the observers saw.
-    result.send_failed = sent.map_or(0, |s| send_failures(s, planned, result.sent));
+    result.send_failed = trouble.map_or(0, |t| send_failures(t, planned, result.sent));
     if result.send_failed > 0 {
         result.segments.src_send += result.send_failed;
         *buckets.entry((PathSegment::SrcSend, None)).or_default() += result.send_failed;
     }
     result.lost = result.sent - result.received + result.send_failed;
-    result.errors = sent.map_or_else(Vec::new, |s| socket_errors(s, planned));
+    result.errors = trouble.map_or_else(Vec::new, |t| socket_errors(t, planned));
     result.loss_ratio = ratio(
         result.lost.into(),
         u64::from(result.sent) + u64::from(result.send_failed),
@@ -269,7 +270,7 @@ pub(super) fn join_path(
     result.dst_stack = ends.answered.and_then(|a| a.stack);
     let kernel_rtt = ends.sent.map(|s| {
         result.user_rtt = s.user_rtt;
-        s.side.kernel_rtt
+        s.kernel_rtt
     });
     let kernel_rtt = kernel_rtt.unwrap_or_default();
     result.kernel_rtt = RttStats::from_histogram(&kernel_rtt);
