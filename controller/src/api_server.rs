@@ -158,7 +158,7 @@ async fn plans(
     headers: HeaderMap,
     Path(node): Path<String>,
     Query(q): Query<PlansQuery>,
-) -> ApiResult<Json<Vec<RoundPlan>>> {
+) -> ApiResult<Json<Vec<Arc<RoundPlan>>>> {
     authorize(&s, &headers)?;
     let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
     s.ctl

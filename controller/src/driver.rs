@@ -157,7 +157,7 @@ impl Controller {
         node: &str,
         after: u32,
         wait: Duration,
-    ) -> Option<Vec<RoundPlan>> {
+    ) -> Option<Vec<Arc<RoundPlan>>> {
         if !self.roster.seen(node) {
             return None;
         }

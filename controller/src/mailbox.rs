@@ -32,7 +32,9 @@ pub enum ReportError {
 struct OpenRound {
     task: String,
     round: u32,
-    plans: ByNode<RoundPlan>,
+    /// Shared with the long-polls that serve them: a poll takes a pointer under the lock, not a
+    /// copy of the plan.
+    plans: ByNode<Arc<RoundPlan>>,
     /// The reports so far, folded per path as they arrive.
     received: Received,
     all_reported: Arc<Notify>,
@@ -94,6 +96,7 @@ impl Mailbox {
         for plan in plans.values_mut() {
             plan.round_tag = tag;
         }
+        let plans = plans.into_iter().map(|(n, p)| (n, Arc::new(p))).collect();
         rounds.open.insert(
             tag,
             OpenRound {
@@ -109,7 +112,7 @@ impl Mailbox {
     }
 
     /// Plans for `node` with a round tag above `after`, oldest first.
-    fn plans_after(&self, node: &str, after: u32) -> Vec<RoundPlan> {
+    fn plans_after(&self, node: &str, after: u32) -> Vec<Arc<RoundPlan>> {
         self.lock()
             .open
             .range(after.saturating_add(1)..)
@@ -119,7 +122,7 @@ impl Mailbox {
 
     /// Plans for `node` with a round tag above `after`, oldest first, waiting up to `wait` for
     /// one when there is none yet.
-    pub async fn wait_plans(&self, node: &str, after: u32, wait: Duration) -> Vec<RoundPlan> {
+    pub async fn wait_plans(&self, node: &str, after: u32, wait: Duration) -> Vec<Arc<RoundPlan>> {
         let mut published = self.published.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -180,7 +183,12 @@ impl Mailbox {
     pub fn close(&self, tag: u32) -> Option<Collected> {
         self.lock().open.remove(&tag).map(|r| Collected {
             tag,
-            plans: r.plans,
+            // The polls that served them are done with them by now.
+            plans: r
+                .plans
+                .into_iter()
+                .map(|(n, p)| (n, Arc::unwrap_or_clone(p)))
+                .collect(),
             received: r.received,
         })
     }
