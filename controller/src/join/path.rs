@@ -268,11 +268,11 @@ pub(super) fn join_path(
     };
     let loss = PathLoss::new(ends.observed.src && ends.observed.dst, buckets);
     result.dst_stack = ends.answered.and_then(|a| a.stack);
-    let kernel_rtt = ends.sent.map(|s| {
-        result.user_rtt = s.user_rtt;
-        s.kernel_rtt
-    });
-    let kernel_rtt = kernel_rtt.unwrap_or_default();
+    let (kernel_rtt, user_rtt) = ends
+        .sent
+        .map(|s| (s.kernel_rtt, s.user_rtt))
+        .unwrap_or_default();
+    result.user_rtt = user_rtt;
     result.kernel_rtt = RttStats::from_histogram(&kernel_rtt);
     result.network_rtt = result
         .kernel_rtt
