@@ -64,9 +64,9 @@ fn pair_paths(
         .filter(|p| keep(p))
         .map(|p| {
             (
-                p.src_node.clone(),
-                p.dst_node.clone(),
-                p.network.clone(),
+                p.src_node.to_string(),
+                p.dst_node.to_string(),
+                p.network.to_string(),
                 p.family.to_string(),
             )
         })

@@ -317,7 +317,7 @@ fn check_finding(
         .paths
         .iter()
         .find(|p| p.src_interface == fault.interface)
-        .map(|p| p.network.clone());
+        .map(|p| p.network.to_string());
     if network.as_ref() != Some(&f.network) {
         out.problems.push(format!(
             "{fault}: network {:?}, the interface's is {network:?}",

@@ -484,7 +484,7 @@ mod tests {
         let icmp_target = PlannedTarget {
             path: 1,
             dst_node: "node-b".into(),
-            src_interface: pair.veth_a.clone(),
+            src_interface: pair.veth_a.as_str().into(),
             dst_interface: "-".into(),
             network: "default".into(),
             family: Family::Ipv4,
@@ -496,7 +496,7 @@ mod tests {
         };
         let http_target = PlannedTarget {
             path: 2,
-            dst_node: format!("clusterIP {ADDR_B4}:{port} over http"),
+            dst_node: format!("clusterIP {ADDR_B4}:{port} over http").into(),
             dst_port: Some(port),
             protocol: Some(Protocol::Http),
             ..icmp_target.clone()

@@ -4,7 +4,8 @@
 //! per agent, each agent answers with an [`agent_report`], and the controller joins those into a
 //! [`round`] report, folded into the task's [`status`]. The controller's HTTP API is [`routes`]
 //! and [`views`]. Leaves every stage shares: [`kinds`] (the small enums: task kind, family,
-//! protocols), [`histogram`], [`stats`] and [`load`] (numbers), [`time`] (durations and timestamps).
+//! protocols), [`histogram`], [`stats`] and [`load`] (numbers), [`time`] (durations and timestamps),
+//! [`name`] (the names a round repeats on its paths).
 
 pub mod agent_report;
 #[cfg(feature = "crd")]
@@ -12,6 +13,7 @@ mod crd_schema;
 pub mod histogram;
 pub mod kinds;
 pub mod load;
+pub mod name;
 pub mod plan;
 pub mod round;
 pub mod routes;
@@ -32,6 +34,7 @@ pub use kinds::{
 };
 pub use load::{LatencyUs, LoadStats};
 pub use meshdoctor_agent_common::{PathId, probe_id, probe_id_parts, probe_tag};
+pub use name::{Name, Names};
 pub use plan::{
     AgentRegistration, AppPlan, AppTarget, DnsPlan, DnsRecord, HttpPlan, IncomingPath,
     InterfaceInfo, MAX_APP_IN_FLIGHT, MAX_TCP_PROBES_PER_PATH, PlannedTarget, RoundPlan,

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 pub use meshdoctor_agent_common::{MAX_PATHS, MAX_PROBES_PER_PATH, PathId};
 
-use crate::kinds::{DnsProtocol, Family, HttpHeader, HttpMethod, Protocol, Timestamping};
+use crate::{
+    Name,
+    kinds::{DnsProtocol, Family, HttpHeader, HttpMethod, Protocol, Timestamping},
+};
 
 /// What an agent tells the controller when it starts, and again whenever it re-registers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -300,10 +303,10 @@ impl std::fmt::Display for DnsRecord {
 pub struct PlannedTarget {
     /// Index of the pair-path within the round; bits 16..32 of its probe ids.
     pub path: PathId,
-    pub dst_node: String,
-    pub src_interface: String,
-    pub dst_interface: String,
-    pub network: String,
+    pub dst_node: Name,
+    pub src_interface: Name,
+    pub dst_interface: Name,
+    pub network: Name,
     pub family: Family,
     pub src_addr: IpAddr,
     pub dst_addr: IpAddr,

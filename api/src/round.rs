@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Family, LoadStats, Packet, PathId, PlannedTarget, RttStats, TaskKind, kinds::MeshMode,
+    Family, LoadStats, Name, Packet, PathId, PlannedTarget, RttStats, TaskKind, kinds::MeshMode,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,11 +198,11 @@ pub enum PathState {
 #[serde(rename_all = "camelCase")]
 pub struct PathResult {
     pub path: PathId,
-    pub src_node: String,
-    pub dst_node: String,
-    pub src_interface: String,
-    pub dst_interface: String,
-    pub network: String,
+    pub src_node: Name,
+    pub dst_node: Name,
+    pub src_interface: Name,
+    pub dst_interface: Name,
+    pub network: Name,
     pub family: Family,
     pub src_addr: IpAddr,
     pub dst_addr: IpAddr,
@@ -258,10 +258,10 @@ pub struct PathResult {
 impl PathResult {
     /// Pair-path `t` of source `src` with `planned` probes, before anything is known of it:
     /// `notReported`, nothing counted.
-    pub fn planned(src: &str, t: &PlannedTarget, planned: u32, dst_reported: bool) -> Self {
+    pub fn planned(src: &Name, t: &PlannedTarget, planned: u32, dst_reported: bool) -> Self {
         Self {
             path: t.path,
-            src_node: src.to_string(),
+            src_node: src.clone(),
             dst_node: t.dst_node.clone(),
             src_interface: t.src_interface.clone(),
             dst_interface: t.dst_interface.clone(),

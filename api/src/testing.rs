@@ -39,7 +39,7 @@ impl PathResult {
             state: PathState::Ok,
             sent: probes,
             received: probes,
-            ..Self::planned(src, &target, probes, true)
+            ..Self::planned(&src.into(), &target, probes, true)
         }
     }
 

@@ -35,11 +35,11 @@ pub struct FailedPath {
 impl FailedPath {
     pub fn of(p: &PathResult) -> Self {
         Self {
-            src_node: p.src_node.clone(),
-            dst_node: p.dst_node.clone(),
-            src_interface: p.src_interface.clone(),
-            dst_interface: p.dst_interface.clone(),
-            network: p.network.clone(),
+            src_node: p.src_node.to_string(),
+            dst_node: p.dst_node.to_string(),
+            src_interface: p.src_interface.to_string(),
+            dst_interface: p.dst_interface.to_string(),
+            network: p.network.to_string(),
             family: p.family,
             state: p.state,
             sent: p.sent + p.send_failed,

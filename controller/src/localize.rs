@@ -233,7 +233,10 @@ pub fn localize(
         .filter_map(|place| Some((place.node, place.to_domain?)))
         .collect();
     let across = |p: &PathResult| -> bool {
-        let (Some(a), Some(b)) = (zones.get(&p.src_node), zones.get(&p.dst_node)) else {
+        let (Some(a), Some(b)) = (
+            zones.get(p.src_node.as_str()),
+            zones.get(p.dst_node.as_str()),
+        ) else {
             return false;
         };
         domains.contains(&(a.as_str(), b.as_str())) || domains.contains(&(b.as_str(), a.as_str()))
@@ -431,10 +434,10 @@ fn finding(
             let p = &paths[path];
             Evidence {
                 path: p.path,
-                src_node: p.src_node.clone(),
-                src_interface: p.src_interface.clone(),
-                dst_node: p.dst_node.clone(),
-                dst_interface: p.dst_interface.clone(),
+                src_node: p.src_node.to_string(),
+                src_interface: p.src_interface.to_string(),
+                dst_node: p.dst_node.to_string(),
+                dst_interface: p.dst_interface.to_string(),
                 segment,
                 lost,
                 probes: through(p, segment),
@@ -1000,7 +1003,7 @@ mod tests {
         paths[1].hooks = HookCounts::default();
         for p in &mut paths {
             p.drops.push(DropCount {
-                node: p.dst_node.clone(),
+                node: p.dst_node.to_string(),
                 packet: Request,
                 reason: REASON.into(),
                 location: LOCATION.into(),

@@ -111,7 +111,7 @@ pub fn render_table(report: &RoundReport) -> String {
         .into_iter()
         .map(|p| {
             let iface = if p.src_interface == p.dst_interface {
-                p.src_interface.clone()
+                p.src_interface.to_string()
             } else {
                 format!("{}>{}", p.src_interface, p.dst_interface)
             };
@@ -121,10 +121,10 @@ pub fn render_table(report: &RoundReport) -> String {
                 PathState::NotReported => "not-reported",
             };
             [
-                p.src_node.clone(),
-                p.dst_node.clone(),
+                p.src_node.to_string(),
+                p.dst_node.to_string(),
                 iface,
-                p.network.clone(),
+                p.network.to_string(),
                 p.family.to_string(),
                 state.into(),
                 (p.sent + p.send_failed).to_string(),

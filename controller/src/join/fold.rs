@@ -136,7 +136,10 @@ impl Received {
                 received.slots.insert(t.path, received.owners.len());
                 received.owners.push(Owners {
                     src: src as u32,
-                    dst: node_ids.get(&t.dst_node).copied().filter(|_| !t.external),
+                    dst: node_ids
+                        .get(t.dst_node.as_str())
+                        .copied()
+                        .filter(|_| !t.external),
                     planned,
                     family: t.family,
                 });

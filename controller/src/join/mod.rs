@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use foldhash::{HashMap, HashMapExt as _};
 
 use meshdoctor_api::{
-    AgentReport, Histogram, Packet, PathId, PathResult, PathSegment, PathState, ProbeDrop,
+    AgentReport, Histogram, Name, Packet, PathId, PathResult, PathSegment, PathState, ProbeDrop,
     RoundPlan, RoundSummary, RttStats, Timestamping, agent_report::TOLERATED_STALL_MS,
 };
 
@@ -187,6 +187,8 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
     );
     for (src, plan) in plans {
         let planned = plan.probes_per_target();
+        // Named once, shared by the source's paths.
+        let src_name = Name::from(src);
         for target in &plan.targets {
             // The fold keeps the sides in this same order.
             let side = sides.next().unwrap_or_default();
@@ -207,7 +209,7 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
                     dst: drops_of(dst, target.path),
                 },
             };
-            let (path, loss, times) = join_path(src, target, planned, ends);
+            let (path, loss, times) = join_path(&src_name, target, planned, ends);
             paths.push(path);
             losses.push(loss);
             network.push(times);

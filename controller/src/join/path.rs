@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
-    DropCount, LostSample, Packet, PathResult, PathSegment, PathState, PlannedTarget, ProbeDrop,
-    RttStats, round::HookCounts,
+    DropCount, LostSample, Name, Packet, PathResult, PathSegment, PathState, PlannedTarget,
+    ProbeDrop, RttStats, round::HookCounts,
 };
 
 use super::{
@@ -191,7 +191,7 @@ pub(super) fn ratio(part: u64, whole: u64) -> f64 {
 /// Pair-path `t` of `src`, `planned` probes, from what its `ends` reported; its network RTT
 /// for the metrics when its destination measured stack times.
 pub(super) fn join_path(
-    src: &str,
+    src: &Name,
     t: &PlannedTarget,
     planned: u32,
     ends: Ends<'_>,

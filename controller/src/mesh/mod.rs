@@ -17,7 +17,7 @@ pub mod shape;
 use std::collections::{BTreeMap, BTreeSet};
 
 use meshdoctor_api::{
-    AgentRegistration, Family, IncomingPath, InterfaceInfo, MeshMode, MeshSummary, NetReach,
+    AgentRegistration, Family, IncomingPath, InterfaceInfo, MeshMode, MeshSummary, Names, NetReach,
     PathId, PlannedTarget, Protocol, RoundPlan,
     task::{ListedAddress, MeshSpec, NetReachTarget, PRIMARY_INTERFACE, RemoteAgent},
 };
@@ -221,6 +221,8 @@ pub fn build_plans(
     }
 
     let mut per_src: BTreeMap<&str, Vec<PlannedTarget>> = BTreeMap::new();
+    // Tens of thousands of targets name a few hundred nodes and interfaces: shared.
+    let mut names = Names::default();
     let mut paths: PathId = 0;
     let mut push = |targets: &mut Vec<PlannedTarget>, t: PlannedTarget| {
         targets.push(PlannedTarget { path: paths, ..t });
@@ -283,10 +285,10 @@ pub fn build_plans(
                             targets,
                             PlannedTarget {
                                 path: 0,
-                                dst_node: dst.node.to_string(),
-                                src_interface: si.name.clone(),
-                                dst_interface: di.name.clone(),
-                                network: si.network.clone(),
+                                dst_node: names.get(dst.node),
+                                src_interface: names.get(&si.name),
+                                dst_interface: names.get(&di.name),
+                                network: names.get(&si.network),
                                 family,
                                 src_addr,
                                 dst_addr,
@@ -309,10 +311,10 @@ pub fn build_plans(
                     targets,
                     PlannedTarget {
                         path: 0,
-                        dst_node: a.label.clone(),
-                        src_interface: si.name.clone(),
-                        dst_interface: "-".into(),
-                        network: si.network.clone(),
+                        dst_node: names.get(&a.label),
+                        src_interface: names.get(&si.name),
+                        dst_interface: names.get("-"),
+                        network: names.get(&si.network),
                         family,
                         src_addr,
                         dst_addr: a.ip,
@@ -332,7 +334,7 @@ pub fn build_plans(
         *toward.entry(t.dst_node.as_str()).or_default() += 1;
         if rq.protocol.is_tcp() {
             incoming
-                .entry(t.dst_node.clone())
+                .entry(t.dst_node.to_string())
                 .or_default()
                 .push(IncomingPath {
                     path: t.path,

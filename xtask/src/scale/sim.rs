@@ -270,7 +270,7 @@ pub fn reports(
                 ingress_missed: vec![],
                 egress_missed: vec![],
                 stack: Histogram::default(),
-                interfaces: vec![t.dst_interface.clone()],
+                interfaces: vec![t.dst_interface.to_string()],
             };
             for seq in 0..n {
                 let key =
@@ -374,7 +374,7 @@ mod tests {
         let (s, d) = (registration(src, 2, 0), registration(dst, 2, 0));
         let target = PlannedTarget {
             path,
-            dst_node: d.node.clone(),
+            dst_node: d.node.as_str().into(),
             src_interface: "eth0".into(),
             dst_interface: "eth0".into(),
             network: "default".into(),
