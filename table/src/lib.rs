@@ -28,7 +28,7 @@ fn path_order(a: &PathResult, b: &PathResult) -> Ordering {
         .then_with(|| a.family.cmp(&b.family))
 }
 
-fn us(stats: Option<&RttStats>, pick: fn(&RttStats) -> f64) -> String {
+fn us(stats: Option<&RttStats>, pick: fn(&RttStats) -> f32) -> String {
     stats.map_or_else(|| "-".into(), |s| format!("{:.1}", pick(s)))
 }
 

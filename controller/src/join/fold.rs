@@ -66,14 +66,23 @@ impl Sent {
 }
 
 /// What the destination's hooks saw of a path: how far its sequence numbers reach and which
-/// below that each hook missed (trimmed to the plan), and its stack times summarized (their
-/// histogram went to the node's [`NodeTimes`]).
+/// below that each hook missed (trimmed to the plan; boxed apart, as only a path with trouble
+/// has any), and its stack times summarized (their histogram went to the node's
+/// [`NodeTimes`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Answered {
     pub span: u32,
-    pub ingress_missed: Vec<u16>,
-    pub egress_missed: Vec<u16>,
+    missed: Option<Box<[Vec<u16>; 2]>>,
     pub stack: Option<RttStats>,
+}
+
+impl Answered {
+    /// The sequence numbers the destination's ingress and egress hooks missed.
+    pub fn missed(&self) -> (&[u16], &[u16]) {
+        self.missed
+            .as_deref()
+            .map_or((&[], &[]), |[ingress, egress]| (ingress, egress))
+    }
 }
 
 /// Which end's stack a stack time was measured in.
@@ -267,8 +276,8 @@ impl NodeTimes {
         }
         Answered {
             span: a.span,
-            ingress_missed: a.ingress_missed,
-            egress_missed: a.egress_missed,
+            missed: (!a.ingress_missed.is_empty() || !a.egress_missed.is_empty())
+                .then(|| Box::new([a.ingress_missed, a.egress_missed])),
             stack: RttStats::from_histogram(&a.stack),
         }
     }
@@ -390,9 +399,6 @@ mod tests {
         assert_eq!(s.lost, [lost(3), lost(7)]);
         assert_eq!(s.unsent, [4]);
         let a = paths[0].answered.as_ref().unwrap();
-        assert_eq!(
-            (a.span, &a.ingress_missed[..], &a.egress_missed[..]),
-            (20, &[2, 9][..], &[2][..])
-        );
+        assert_eq!((a.span, a.missed()), (20, (&[2, 9][..], &[2][..])));
     }
 }

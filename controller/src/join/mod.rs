@@ -265,7 +265,7 @@ fn summarize<'a>(
         received,
         lost: sent - received,
         success_rate: ratio(received, sent),
-        mean_rtt_ms: user_rtt.map(|u| u.mean_us / 1000.0),
+        mean_rtt_ms: user_rtt.map(|u| (f64::from(u.mean_us) * 1000.0).round() / 1e6),
         unobserved_events,
         kernel_rtt: RttStats::from_histogram(&kernel),
         user_rtt,

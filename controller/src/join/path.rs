@@ -58,10 +58,13 @@ impl<'a> DstView<'a> {
                 ingress_missed: &[],
                 egress_missed: &[],
             },
-            |a| Self {
-                span: a.span,
-                ingress_missed: &a.ingress_missed,
-                egress_missed: &a.egress_missed,
+            |a| {
+                let (ingress_missed, egress_missed) = a.missed();
+                Self {
+                    span: a.span,
+                    ingress_missed,
+                    egress_missed,
+                }
             },
         )
     }
@@ -280,7 +283,7 @@ pub(super) fn join_path(
         .map(|(kernel, stack)| kernel.less(stack.mean_us));
     let network = result.dst_stack.map(|stack| NetworkTimes {
         kernel_rtt,
-        less_ns: stack.mean_us * 1000.0,
+        less_ns: f64::from(stack.mean_us) * 1000.0,
     });
     (result, loss, network)
 }
