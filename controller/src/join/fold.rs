@@ -112,6 +112,8 @@ struct Owners {
     family: Family,
 }
 
+const NO_SLOT: u32 = u32::MAX;
+
 /// Reports of one round, folded (see the module).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Received {
@@ -119,8 +121,10 @@ pub struct Received {
     pub nodes: ByNode<AgentReport>,
     /// Node ids: plan order.
     node_ids: HashMap<String, u32>,
-    /// Path id -> index in `paths`.
-    slots: HashMap<PathId, usize>,
+    /// Path id -> index in `paths` (`NO_SLOT` for none). A table rather than a map: the mesh
+    /// numbers a round's paths from 0 (`mesh::build_plans`), and a report's 1,000 lookups
+    /// into a hash map of a big round's 65,000 paths missed the cache each.
+    slots: Vec<u32>,
     owners: Vec<Owners>,
     /// In plan order: by source node, then the source's targets.
     paths: Vec<PathSides>,
@@ -139,10 +143,12 @@ impl Received {
             .map(|(i, n)| (n.clone(), i as u32))
             .collect();
         let mut received = Self::default();
+        let ids = plans.values().flat_map(|p| &p.targets).map(|t| t.path);
+        received.slots = vec![NO_SLOT; ids.max().map_or(0, |id| id as usize + 1)];
         for (src, plan) in plans.values().enumerate() {
             let planned = plan.probes_per_target();
             for t in &plan.targets {
-                received.slots.insert(t.path, received.owners.len());
+                received.slots[t.path as usize] = received.owners.len() as u32;
                 received.owners.push(Owners {
                     src: src as u32,
                     dst: node_ids
@@ -162,6 +168,12 @@ impl Received {
         }
         received.node_ids = node_ids;
         received
+    }
+
+    /// Where path `id` is in `paths`, if planned.
+    fn slot(&self, id: PathId) -> Option<usize> {
+        let slot = *self.slots.get(id as usize)?;
+        (slot != NO_SLOT).then_some(slot as usize)
     }
 
     /// How many planned paths end at `node`.
@@ -190,7 +202,7 @@ impl Received {
         }
         let mut times = NodeTimes::default();
         for sent in std::mem::take(&mut report.sent) {
-            if let Some(&i) = self.slots.get(&sent.path)
+            if let Some(i) = self.slot(sent.path)
                 && self.owners[i].src == node
                 && self.paths[i].sent.is_none()
             {
@@ -200,7 +212,7 @@ impl Received {
             }
         }
         for answered in std::mem::take(&mut report.answered) {
-            if let Some(&i) = self.slots.get(&answered.path)
+            if let Some(i) = self.slot(answered.path)
                 && self.owners[i].dst == Some(node)
                 && self.paths[i].answered.is_none()
             {
