@@ -46,16 +46,24 @@ pub fn release_freed_memory() {
     }
 }
 
-/// Caps glibc's malloc arenas at two. glibc gives threads arenas of their own (up to eight per
-/// core) and memory freed in one is not reused by another: a round's reports are parsed on
-/// whichever pool threads take them, so every arena grew to a round's worth. Two arenas cut the
-/// peak resident size of `cargo xtask bench scale` at 128 nodes by about 6% at no measurable
-/// CPU cost. Call it first, before any thread starts.
-pub fn limit_malloc_arenas() {
+/// Tunes glibc's malloc for rounds that allocate big and free big. Call it first, before any
+/// thread starts.
+///
+/// Two arenas: glibc gives threads arenas of their own (up to eight per core) and memory freed
+/// in one is not reused by another; a round's reports are parsed on whichever pool threads
+/// take them, so every arena grew to a round's worth (capping them cut the peak resident size
+/// of `cargo xtask bench scale` at 128 nodes by about 6% at no measurable CPU cost).
+///
+/// Blocks of 64 KiB and more mapped apart, whatever was freed before: glibc otherwise raises
+/// that threshold to the largest block freed so far (a round's path results, tens of MiB), and
+/// a block freed in the middle of a round (the fold's sides of one source, dropped once
+/// joined) stays resident in the heap instead of going back while the round's results grow.
+pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before other threads allocate.
+    // SAFETY: mallopt only sets allocator parameters; called before other threads allocate.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
     }
 }
 

@@ -175,7 +175,7 @@ fn token(args: &Args) -> anyhow::Result<Option<String>> {
 
 fn main() -> anyhow::Result<()> {
     // Before the runtime's threads exist.
-    meshdoctor_controller::limit_malloc_arenas();
+    meshdoctor_controller::tune_malloc();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

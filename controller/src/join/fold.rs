@@ -105,6 +105,8 @@ pub struct NodeTimes {
 #[derive(Debug, Clone, PartialEq)]
 struct Owners {
     src: u32,
+    /// The path's place in its source's block of sides.
+    offset: u32,
     /// `None` for a destination that is no agent of the round (a listed address, a remote
     /// agent): nobody reports that side.
     dst: Option<u32>,
@@ -126,8 +128,9 @@ pub struct Received {
     /// into a hash map of a big round's 65,000 paths missed the cache each.
     slots: Vec<u32>,
     owners: Vec<Owners>,
-    /// In plan order: by source node, then the source's targets.
-    paths: Vec<PathSides>,
+    /// By source node id, in its plan's target order: one block per source, which the join
+    /// drops once it has joined the source's paths.
+    paths: Vec<Vec<PathSides>>,
     /// Paths ending at each node (by node id): the sides it may report as answered.
     toward: Vec<u32>,
     /// By node id: the times of the sides taken from its report.
@@ -147,10 +150,11 @@ impl Received {
         received.slots = vec![NO_SLOT; ids.max().map_or(0, |id| id as usize + 1)];
         for (src, plan) in plans.values().enumerate() {
             let planned = plan.probes_per_target();
-            for t in &plan.targets {
+            for (offset, t) in plan.targets.iter().enumerate() {
                 received.slots[t.path as usize] = received.owners.len() as u32;
                 received.owners.push(Owners {
                     src: src as u32,
+                    offset: offset as u32,
                     dst: node_ids
                         .get(t.dst_node.as_str())
                         .copied()
@@ -160,7 +164,10 @@ impl Received {
                 });
             }
         }
-        received.paths = vec![PathSides::default(); received.owners.len()];
+        received.paths = plans
+            .values()
+            .map(|p| vec![PathSides::default(); p.targets.len()])
+            .collect();
         received.toward = vec![0; node_ids.len()];
         received.times = vec![NodeTimes::default(); node_ids.len()];
         for dst in received.owners.iter().filter_map(|o| o.dst) {
@@ -174,6 +181,12 @@ impl Received {
     fn slot(&self, id: PathId) -> Option<usize> {
         let slot = *self.slots.get(id as usize)?;
         (slot != NO_SLOT).then_some(slot as usize)
+    }
+
+    /// The sides of the path in slot `i`.
+    fn sides(&mut self, i: usize) -> &mut PathSides {
+        let o = &self.owners[i];
+        &mut self.paths[o.src as usize][o.offset as usize]
     }
 
     /// How many planned paths end at `node`.
@@ -204,21 +217,21 @@ impl Received {
         for sent in std::mem::take(&mut report.sent) {
             if let Some(i) = self.slot(sent.path)
                 && self.owners[i].src == node
-                && self.paths[i].sent.is_none()
+                && self.sides(i).sent.is_none()
             {
                 let (planned, family) = (self.owners[i].planned, self.owners[i].family);
                 let sent = times.take_sent(trim_sent(sent, planned), family);
-                self.paths[i].sent = Some(sent);
+                self.sides(i).sent = Some(sent);
             }
         }
         for answered in std::mem::take(&mut report.answered) {
             if let Some(i) = self.slot(answered.path)
                 && self.owners[i].dst == Some(node)
-                && self.paths[i].answered.is_none()
+                && self.sides(i).answered.is_none()
             {
                 let (planned, family) = (self.owners[i].planned, self.owners[i].family);
                 let answered = times.take_answered(trim_answered(answered, planned), family);
-                self.paths[i].answered = Some(answered);
+                self.sides(i).answered = Some(answered);
             }
         }
         self.times[node as usize] = times;
@@ -227,7 +240,8 @@ impl Received {
 
     /// Drops what `node` reported of its paths.
     fn forget(&mut self, node: u32) {
-        for (owners, sides) in self.owners.iter().zip(&mut self.paths) {
+        for owners in &self.owners {
+            let sides = &mut self.paths[owners.src as usize][owners.offset as usize];
             if owners.src == node {
                 sides.sent = None;
             }
@@ -238,9 +252,9 @@ impl Received {
         self.times[node as usize] = NodeTimes::default();
     }
 
-    /// The reports without their paths, the paths' sides in plan order (by source node, then
+    /// The reports without their paths, the paths' sides in plan order (a block by source node,
     /// the source's targets), and each reporting node's times.
-    pub fn into_paths(self) -> (ByNode<AgentReport>, Vec<PathSides>, ByNode<NodeTimes>) {
+    pub fn into_paths(self) -> (ByNode<AgentReport>, Vec<Vec<PathSides>>, ByNode<NodeTimes>) {
         let mut times = self.times;
         let by_node = self
             .node_ids
@@ -355,6 +369,7 @@ mod tests {
             (1, 0)
         );
         let (nodes, paths, times) = received.into_paths();
+        let paths: Vec<PathSides> = paths.into_iter().flatten().collect();
         assert!(nodes["node-1"].sent.is_empty(), "folded away");
         assert_eq!(paths[0].sent.as_ref().unwrap().sent, r1.sent[1].sent);
         assert_eq!(paths[1].sent, None);
@@ -377,6 +392,7 @@ mod tests {
         second.answered.clear();
         second.sent[0].kernel_rtt = [500_000].into_iter().collect();
         let (nodes, paths, times) = Received::of(&plans, [first, second.clone()]).into_paths();
+        let paths: Vec<PathSides> = paths.into_iter().flatten().collect();
         assert_eq!(nodes.len(), 1);
         assert_eq!(paths[0].sent.as_ref().unwrap().trouble().lost, []);
         assert_eq!(
@@ -407,6 +423,7 @@ mod tests {
         let a = &mut r2.answered[0];
         (a.span, a.ingress_missed, a.egress_missed) = (60_000, vec![9, 2, 30_000], vec![2, 2]);
         let (_, paths, _) = Received::of(&plans, [r1, r2]).into_paths();
+        let paths: Vec<PathSides> = paths.into_iter().flatten().collect();
         let s = paths[0].sent.as_ref().unwrap().trouble();
         assert_eq!(s.lost, [lost(3), lost(7)]);
         assert_eq!(s.unsent, [4]);

@@ -177,7 +177,7 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
         })
     };
 
-    let mut sides = sides.into_iter();
+    let mut blocks = sides.into_iter();
     // The plans say how many paths there are: sized once rather than grown by doubling.
     let total: usize = plans.values().map(|p| p.targets.len()).sum();
     let (mut paths, mut losses, mut network) = (
@@ -189,8 +189,10 @@ pub fn join(plans: &ByNode<RoundPlan>, received: Received) -> Joined {
         let planned = plan.probes_per_target();
         // Named once, shared by the source's paths.
         let src_name = Name::from(src);
+        // The fold keeps each source's sides in its plan's order, a block per source, dropped
+        // here once joined: the round never holds every path's sides and results at once.
+        let mut sides = blocks.next().unwrap_or_default().into_iter();
         for target in &plan.targets {
-            // The fold keeps the sides in this same order.
             let side = sides.next().unwrap_or_default();
             let dst = target.dst_node.as_str();
             let ends = Ends {
