@@ -136,7 +136,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<Name>(r#""node-1""#).unwrap(), n);
         let m = n.clone();
         assert!(std::ptr::eq(n.as_ptr(), m.as_ptr()));
-        assert!(n == "node-1" && "node-1" == n && n == String::from("node-1"));
+        let owned = String::from("node-1");
+        assert_eq!(n, "node-1");
+        assert_eq!("node-1", n);
+        assert_eq!(n, owned);
+        assert_eq!(owned, n);
         let mut names = Names::default();
         assert!(std::ptr::eq(
             names.get("eth0").as_ptr(),
