@@ -87,8 +87,9 @@ fn healthy_full_mesh_has_no_loss_and_kernel_rtt_for_every_probe() {
             "{name}"
         );
         assert!(k.min_us > 0.0 && stack.min_us > 0.0, "{name}");
+        // To the nanosecond (the summaries' resolution).
         assert!(
-            (net.mean_us - (k.mean_us - stack.mean_us)).abs() < 1e-6,
+            (net.mean_us - (k.mean_us - stack.mean_us)).abs() <= 1e-3,
             "{name}: network {net:?}, kernel {k:?}, stack {stack:?}"
         );
         assert!(
