@@ -44,12 +44,13 @@ fn server_or_skip(test: &str, name: &str) -> Option<PathBuf> {
     found
 }
 
-/// A lab of [`NODES`] nodes running no task yet, and a fresh `dir/<sub>` for a server's files.
+/// A lab of [`NODES`] nodes running no task yet, and a fresh `<sub>` directory for a server's
+/// files in the controller's TLS directory, where tasks may name them.
 fn lab_with_dir(sub: &str) -> (Lab, PathBuf) {
     let mut cfg = LabConfig::new(NODES);
     cfg.tasks.clear();
     let lab = Lab::up(cfg).expect("lab up");
-    let dir = lab.dir().join(sub);
+    let dir = lab.tls_dir().join(sub);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     (lab, dir)

@@ -30,8 +30,10 @@ fn meshdoctor(lab: &Lab, state: &Path, args: &[&str]) -> Output {
     let output = Command::new("ip")
         .args(["netns", "exec", CONTROLLER_NS])
         .arg(&cli)
-        .args(["--controller", "http://[::1]:7070", "--token-file"])
-        .arg(lab.token_path())
+        .args(["--controller", "https://[::1]:7070", "--token-file"])
+        .arg(lab.admin_token_path())
+        .arg("--ca-file")
+        .arg(lab.ca_path())
         .args(args)
         // Only the commands that keep a state file take --state.
         .args(
@@ -183,7 +185,8 @@ fn cross_cluster_check_probes_the_other_clusters_agents() {
     cfg.second_cluster = 2;
     let lab = Lab::up(cfg).expect("lab up");
     let state = state_file(&lab);
-    let dst = format!("http://[::1]:{SECOND_CONTROLLER_PORT}");
+    let dst = format!("https://[::1]:{SECOND_CONTROLLER_PORT}");
+    let (dst_token, dst_ca) = (lab.reader_token_path(), lab.ca_path());
     let check = [
         "check",
         "-o",
@@ -196,6 +199,10 @@ fn cross_cluster_check_probes_the_other_clusters_agents() {
         &dst,
         "--dst-name",
         "east",
+        "--dst-token-file",
+        dst_token.to_str().unwrap(),
+        "--dst-ca-file",
+        dst_ca.to_str().unwrap(),
         // IPv4 alone: the fault below is IPv4's (both families are the default here).
         "--no-ipv6",
     ];

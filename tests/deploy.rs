@@ -1021,6 +1021,14 @@ fn expected_controller_grants() -> BTreeSet<Grant> {
             g.insert(grant(ns, "events.k8s.io", "events", verb, ""));
         }
     }
+    // The agents' identities: reviews of the tokens they present.
+    g.insert(grant(
+        "cluster",
+        "authentication.k8s.io",
+        "tokenreviews",
+        "create",
+        "",
+    ));
     g
 }
 
@@ -1176,13 +1184,9 @@ fn cli_users_may_do_exactly_what_the_cli_does() {
         .into_iter()
         .map(|verb| grant("cluster", "meshdoctor.io", "netreaches", verb, ""))
         .collect();
-    want.insert(grant(
-        "meshdoctor",
-        "",
-        "services/proxy",
-        "get",
-        "meshdoctor-controller",
-    ));
+    for service in ["meshdoctor-controller", "https:meshdoctor-controller:https"] {
+        want.insert(grant("meshdoctor", "", "services/proxy", "get", service));
+    }
     assert_eq!(grants_of(&docs, "User", "", "alice"), want);
 }
 
@@ -1194,7 +1198,7 @@ fn agent_and_controller_are_wired_as_documented() {
     let docs = rendered(&tools, "deploy");
     assert!(
         !docs.iter().any(|d| d.kind() == "Secret"),
-        "deploy: renders a Secret; the token Secret is the user's (deploy/README.md)"
+        "deploy: renders a Secret; the API's token and TLS Secrets are the user's (deploy/README.md)"
     );
     let ns = find(&docs, "Namespace", "meshdoctor");
     assert_eq!(
@@ -1292,34 +1296,116 @@ fn agent_and_controller_are_wired_as_documented() {
         agent.id()
     );
 
-    // Both mount the token Secret, and pass the file they mount to the binary.
+    // Each flag naming a file names one in a volume mounted from the right source: the
+    // agent's identity a projected token for the controller's audience, its CA the Secret's
+    // ca.crt alone; the controller's tokens and certificate their Secrets' keys.
     let controller = find(&docs, "Deployment", "meshdoctor-controller");
     let cc = container(controller, "controller");
-    for (d, c) in [(agent, c), (controller, cc)] {
-        let vol = seq(pod_spec(d).get("volumes"))
+    let controller_arg = |flag: &str| -> String {
+        let args = strings(cc.get("args"));
+        let i = args.iter().position(|a| a == flag);
+        i.and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| panic!("{}: no {flag}", controller.id()))
+    };
+    let audience = controller_arg("--agent-token-audience");
+    /// Where a file a flag names must come from.
+    enum Source<'a> {
+        /// A projected service-account token for this audience.
+        Token(&'a str),
+        /// This key of this Secret (the volume may hold the Secret's other keys).
+        Key(&'a str, &'a str),
+        /// This key of this Secret, and nothing else of it.
+        Only(&'a str, &'a str),
+    }
+    for (d, c, flag, source) in [
+        (agent, c, "--token-file", Source::Token(&audience)),
+        (
+            agent,
+            c,
+            "--controller-ca",
+            Source::Only("meshdoctor-controller-tls", "ca.crt"),
+        ),
+        (
+            controller,
+            cc,
+            "--admin-token-file",
+            Source::Key("meshdoctor-api-tokens", "admin"),
+        ),
+        (
+            controller,
+            cc,
+            "--reader-token-file",
+            Source::Key("meshdoctor-api-tokens", "reader"),
+        ),
+        (
+            controller,
+            cc,
+            "--api-tls-cert",
+            Source::Key("meshdoctor-controller-tls", "tls.crt"),
+        ),
+        (
+            controller,
+            cc,
+            "--api-tls-key",
+            Source::Key("meshdoctor-controller-tls", "tls.key"),
+        ),
+    ] {
+        let args = strings(c.get("args"));
+        let file = args
             .iter()
-            .find(|v| {
-                get(v, &["secret", "secretName"]).and_then(Value::as_str)
-                    == Some("meshdoctor-token")
-            })
-            .unwrap_or_else(|| panic!("{}: no volume of the Secret meshdoctor-token", d.id()));
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .unwrap_or_else(|| panic!("{}: no {flag}", d.id()));
+        let (dir, name) = file.rsplit_once('/').unwrap();
         let mount = seq(c.get("volumeMounts"))
             .iter()
-            .find(|m| m["name"] == vol["name"])
-            .unwrap_or_else(|| panic!("{}: the token volume is not mounted", d.id()));
-        let dir = mount["mountPath"].as_str().unwrap_or_default();
-        let args = strings(c.get("args"));
-        let i = args
+            .find(|m| m["mountPath"].as_str() == Some(dir))
+            .unwrap_or_else(|| panic!("{}: {flag} {file} is in no mounted volume", d.id()))
+            .clone();
+        let volume = seq(pod_spec(d).get("volumes"))
             .iter()
-            .position(|a| a == "--token-file")
-            .unwrap_or_else(|| panic!("{}: no --token-file", d.id()));
-        assert_eq!(
-            args.get(i + 1).map(String::as_str),
-            Some(format!("{dir}/token").as_str()),
-            "{}: --token-file must be the key `token` of the mounted Secret",
-            d.id()
-        );
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("{}: no volume {:?}", d.id(), mount["name"]))
+            .clone();
+        let what = format!("{}: {flag} {file}", d.id());
+        match source {
+            Source::Token(audience) => {
+                let token = &volume["projected"]["sources"][0]["serviceAccountToken"];
+                assert_eq!(
+                    token["audience"].as_str(),
+                    Some(audience),
+                    "{what}: audience"
+                );
+                assert_eq!(token["path"].as_str(), Some(name), "{what}");
+                assert!(
+                    token["expirationSeconds"]
+                        .as_u64()
+                        .is_some_and(|s| s <= 3600),
+                    "{what}: a token of an hour at most"
+                );
+            }
+            Source::Key(secret, key) | Source::Only(secret, key) => {
+                assert_eq!(
+                    volume["secret"]["secretName"].as_str(),
+                    Some(secret),
+                    "{what}"
+                );
+                assert_eq!(name, key, "{what}: the key");
+                let items = seq(volume["secret"].get("items"));
+                if matches!(source, Source::Only(..)) {
+                    assert_eq!(items.len(), 1, "{what}: only {key} of {secret}");
+                    assert_eq!(items[0]["key"].as_str(), Some(key), "{what}");
+                    assert_eq!(items[0]["path"].as_str(), Some(key), "{what}");
+                }
+            }
+        }
     }
+    assert_eq!(
+        get(pod_spec(agent), &["automountServiceAccountToken"]).and_then(Value::as_bool),
+        Some(false),
+        "{}: no API token",
+        agent.id()
+    );
 
     // The agents find the controller through its Service.
     let svc = find(&docs, "Service", "meshdoctor-controller");
@@ -1329,7 +1415,7 @@ fn agent_and_controller_are_wired_as_documented() {
         .unwrap_or_else(|| panic!("{}: no port", svc.id()));
     assert_eq!(
         arg("--controller"),
-        Some(format!("http://meshdoctor-controller:{svc_port}")),
+        Some(format!("https://meshdoctor-controller:{svc_port}")),
         "{}: --controller must name the controller's Service and port",
         agent.id()
     );
@@ -1380,8 +1466,16 @@ fn agent_and_controller_are_wired_as_documented() {
             "/var/lib/meshdoctor",
             "--listen",
             "[::]:7070",
-            "--token-file",
-            "/etc/meshdoctor/token/token"
+            "--agent-token-audience",
+            "meshdoctor",
+            "--admin-token-file",
+            "/etc/meshdoctor/api-tokens/admin",
+            "--reader-token-file",
+            "/etc/meshdoctor/api-tokens/reader",
+            "--api-tls-cert",
+            "/etc/meshdoctor/api-tls/tls.crt",
+            "--api-tls-key",
+            "/etc/meshdoctor/api-tls/tls.key"
         ],
         "{}: args",
         controller.id()

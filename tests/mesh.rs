@@ -218,14 +218,16 @@ fn a_full_ring_buffer_makes_loss_unobserved_never_misplaced() {
     if !can_run("a_full_ring_buffer_makes_loss_unobserved_never_misplaced") {
         return;
     }
-    // A one-page ring buffer cannot hold the events of 500 probes/s on 12 paths per agent,
+    // A one-page ring buffer, kept at that size, cannot hold the events of 500 probes/s on 12 paths per agent,
     // so the kernel drops events; 30% of node-2's IPv4 requests on eth0 are really lost.
     let mut cfg = LabConfig::new(4);
     cfg.tasks = vec![(
         "mesh.yaml".into(),
         meshdoctor_lab::task_yaml("mesh", 500, 2),
     )];
-    cfg.agent_args = vec!["--event-buffer-kib".into(), "4".into()];
+    cfg.agent_args = ["--event-buffer-kib", "4", "--fixed-observer-maps"]
+        .map(String::from)
+        .to_vec();
     cfg.faults = vec!["node-2:eth0:ingress:ipv4:30:stack".parse().unwrap()];
     let lab = Lab::up(cfg).expect("lab up");
     let r = lab
@@ -345,11 +347,11 @@ fn listed_addresses_are_probed_from_every_agent_and_failures_named() {
     if !can_run("listed_addresses_are_probed_from_every_agent_and_failures_named") {
         return;
     }
-    use meshdoctor_lab::plan::{CONTROLLER_HOST, CONTROLLER_PORT, ETH0};
-    // node-1's probe responder (an agent, but listed: nobody reports its side), the controller
-    // (it answers GET / with an error status), a closed port, and an address nobody has.
+    use meshdoctor_lab::plan::{AGENT_PORT, CONTROLLER_HOST, ETH0};
+    // node-1's probe responder (an agent, but listed: nobody reports its side), node-2's
+    // metrics endpoint (it answers GET / with 404), a closed port, and an address nobody has.
     let responder = format!("{}:9091", ETH0.ipv4(1));
-    let controller = format!("[{}]:{CONTROLLER_PORT}", ETH0.ipv6(CONTROLLER_HOST));
+    let metrics = format!("[{}]:{AGENT_PORT}", ETH0.ipv6(2));
     let closed = format!("{}:9", ETH0.ipv4(CONTROLLER_HOST));
     let nobody = format!("{}:9091", ETH0.ipv4(CONTROLLER_HOST - 4));
     let yaml = format!(
@@ -363,7 +365,7 @@ spec:
     ipv4: true
     ipv6: true
     endpoint: false
-    addresses: ['{responder}', '{controller}', '{closed}', '{nobody}']
+    addresses: ['{responder}', '{metrics}', '{closed}', '{nobody}']
 "
     );
     let mut cfg = LabConfig::new(3);
@@ -374,8 +376,9 @@ spec:
         .expect("round 1 report");
     eprintln!("{}", meshdoctor_table::render_table(&r));
     assert_eq!(r.status, RoundStatus::Fail);
-    // 3 agents x 4 addresses, from eth0 only.
-    assert_eq!(r.paths.len(), 12);
+    // 3 agents x 4 addresses, from eth0 only, but for each agent's own address (node-1's
+    // responder, node-2's metrics): those packets would never leave the node.
+    assert_eq!(r.paths.len(), 10);
     assert!(r.findings.is_empty(), "{:?}", r.findings);
     for p in &r.paths {
         let what = format!("{} -> {}", p.src_node, p.dst_node);
@@ -384,11 +387,11 @@ spec:
         assert_eq!(p.sent, 20, "{what}");
         let (lost, errors, segment) = (p.lost, &p.errors, p.segments.dominant());
         if p.dst_node == responder {
-            if p.src_node != "node-1" {
-                assert_eq!((lost, segment), (0, None), "{what}: {errors:?}");
-            }
-        } else if p.dst_node == controller {
+            assert_ne!(p.src_node, "node-1", "an agent probed its own address");
+            assert_eq!((lost, segment), (0, None), "{what}: {errors:?}");
+        } else if p.dst_node == metrics {
             // Connected (the SYN-ACK came in), then a 4xx answer.
+            assert_ne!(p.src_node, "node-2", "an agent probed its own address");
             assert_eq!(lost, 20, "{what}");
             assert_eq!(p.hooks.src_ingress, 20, "{what}");
             assert!(
@@ -406,4 +409,102 @@ spec:
             assert_eq!(p.hooks.src_egress, 0, "{what}");
         }
     }
+}
+
+/// The controller's limits fail a round that names a destination outside `--allow-targets` or
+/// asks more than `--max-qps`, before any agent probes; the agents hold their own limits again
+/// (`--allow-targets`, `--max-probe-rate`) on what the controller let through: what they
+/// withhold is said on its path and never counted as loss.
+#[test]
+fn limits_hold_in_the_controller_and_again_in_the_agents() {
+    if !can_run("limits_hold_in_the_controller_and_again_in_the_agents") {
+        return;
+    }
+    let task = |name: &str, qps: u32, addresses: &str| {
+        format!(
+            "apiVersion: meshdoctor.io/v1beta1
+kind: NetReach
+metadata: {{name: {name}}}
+spec:
+  schedule: {{schedule: '0 1', roundNumber: 1}}
+  request: {{qps: {qps}, durationInSecond: 2, perRequestTimeoutInMS: 500}}
+  target: {{ipv4: true, ipv6: false, addresses: [{addresses}]}}
+"
+        )
+    };
+    let mut cfg = LabConfig::new(2);
+    cfg.tasks = vec![
+        ("outside.yaml".into(), task("outside", 10, "'203.0.113.9'")),
+        ("fast.yaml".into(), task("fast", 60, "")),
+        // 192.0.2.200: allowed by the controller, not by the agents.
+        ("guarded.yaml".into(), task("guarded", 20, "'192.0.2.200'")),
+    ];
+    cfg.controller_args = [
+        "--allow-targets",
+        "192.0.2.0/24,198.51.100.0/24",
+        "--max-qps",
+        "50",
+    ]
+    .map(String::from)
+    .to_vec();
+    cfg.agent_args = [
+        "--allow-targets",
+        "192.0.2.0/25,198.51.100.0/24",
+        "--max-probe-rate",
+        "30",
+    ]
+    .map(String::from)
+    .to_vec();
+    let lab = Lab::up(cfg).expect("lab up");
+    let wait = Duration::from_secs(60);
+
+    for (name, says) in [
+        (
+            "outside",
+            [
+                "203.0.113.9",
+                "--allow-targets (192.0.2.0/24, 198.51.100.0/24)",
+            ],
+        ),
+        ("fast", ["spec.request.qps 60", "--max-qps 50"]),
+    ] {
+        let r = lab.wait_round(name, 1, wait).expect("round 1 report");
+        assert_eq!(r.status, RoundStatus::Fail, "{name}");
+        assert!(r.paths.is_empty(), "{name}: probed anyway");
+        let why = r.failure_reasons.join("; ");
+        assert!(says.iter().all(|s| why.contains(s)), "{name}: {why}");
+    }
+
+    let r = lab.wait_round("guarded", 1, wait).expect("round 1 report");
+    eprintln!("{}", meshdoctor_table::render_table(&r));
+    // Each agent: eth0 and net1 toward its peer, 20 qps for 2 s each (80 probes, 40/s with
+    // the listed address's), held to 30/s: 60 sent; the listed address none.
+    assert_eq!(r.paths.len(), 2 * 3);
+    for p in &r.paths {
+        let what = format!("{} -> {} ({})", p.src_node, p.dst_node, p.src_interface);
+        let errors: Vec<&str> = p.errors.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(
+            (p.lost, p.send_failed),
+            (0, 0),
+            "{what}: withheld counted as loss"
+        );
+        if p.external {
+            assert_eq!(p.sent, 0, "{what}");
+            assert_eq!(p.errors.len(), 1, "{what}: {errors:?}");
+            assert!(
+                errors[0].contains("192.0.2.200 is outside this agent's --allow-targets"),
+                "{what}: {errors:?}"
+            );
+            assert_eq!(p.errors[0].1, p.planned, "{what}");
+        } else {
+            assert_eq!(p.sent, 30, "{what}");
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("above this agent's --max-probe-rate 30")),
+                "{what}: {errors:?}"
+            );
+        }
+    }
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
 }

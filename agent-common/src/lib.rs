@@ -65,6 +65,12 @@ pub const MAP_ACTIVE_ROUNDS: &str = "ACTIVE_ROUNDS";
 /// `HashMap<TcpPathKey, TcpPath>`: the TCP probe paths of armed rounds, by 4-tuple minus the
 /// client port (which carries the sequence number).
 pub const MAP_TCP_PATHS: &str = "TCP_PATHS";
+/// The event ring buffer's size as the object declares it; the agent loads it at its own size
+/// and grows it from plans.
+pub const DEFAULT_EVENT_BUFFER_BYTES: u32 = 256 << 10;
+/// The TCP paths map's entries as the object declares them; the agent loads it at its own
+/// size and grows it from plans.
+pub const DEFAULT_TCP_PATHS: u32 = 16384;
 /// `PerCpuHashMap<CounterKey, u64>`: probe packets seen per interface, hook, kind and family.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// `PerCpuArray<u64>` of length 1: events lost because the ring buffer was full.

@@ -28,15 +28,16 @@ use aya_ebpf::{
     programs::{TcContext, TracePointContext},
 };
 use meshdoctor_agent_common::{
-    COOKIE_LEN, COOKIE_OFFSET, CounterKey, DropLayout, Hook, IpFamily, Kind, NO_FIELD, PROBE_MAGIC,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, ProbeEvent, TCP_PORT_BASE, TcpPath, TcpPathKey,
-    UDP_KIND_OFFSET, UNKNOWN_REASON, probe_id, probe_round_tag,
+    COOKIE_LEN, COOKIE_OFFSET, CounterKey, DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_TCP_PATHS,
+    DropLayout, Hook, IpFamily, Kind, NO_FIELD, PROBE_MAGIC, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    ProbeEvent, TCP_PORT_BASE, TcpPath, TcpPathKey, UDP_KIND_OFFSET, UNKNOWN_REASON, probe_id,
+    probe_round_tag,
 };
 
-/// Probe events for user space. 256 KiB holds ~6500 events: a few seconds of a busy round even
-/// if the agent stalls briefly.
+/// Probe events for user space. The agent sets its size at load: enough for its rate of
+/// events over a tolerated reader stall.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_BUFFER_BYTES, 0);
 
 /// Round tags whose probes are reported; user space arms and disarms rounds. Keeps stale or
 /// foreign probes (another agent, an old round) out of the ring buffer.
@@ -45,8 +46,9 @@ static ACTIVE_ROUNDS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
 
 /// TCP probe paths of armed rounds; user space adds a round's paths when it arms it (the
 /// source for its targets, the destination for the paths toward it) and removes them after.
+/// The agent sets its size at load, from its plans.
 #[map]
-static TCP_PATHS: HashMap<TcpPathKey, TcpPath> = HashMap::with_max_entries(16384, 0);
+static TCP_PATHS: HashMap<TcpPathKey, TcpPath> = HashMap::with_max_entries(DEFAULT_TCP_PATHS, 0);
 
 /// Probe packets seen per interface, hook, kind and family. Per-CPU so no atomics are needed.
 #[map]

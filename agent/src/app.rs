@@ -4,8 +4,8 @@
 //!
 //! Nothing here panics on a bad plan: a target the agent cannot build a requester for (TLS
 //! material that does not parse, a URL or domain loadgen rejects) or a plan beyond the agent's
-//! caps is reported as the round's `error`, with no request sent, and the controller fails the
-//! round with that reason.
+//! caps or its own limits (`--allow-targets`, `--max-probe-rate`) is reported as the round's
+//! `error`, with no request sent, and the controller fails the round with that reason.
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,7 +28,11 @@ use crate::{round::wait_until_ms, runtime::Agent};
 pub async fn run(agent: &Agent, plan: &RoundPlan, app: &AppPlan) -> AgentReport {
     let target = app.target.label();
     let planned = u64::from(plan.qps) * plan.duration_ms / 1000;
-    let outcome = match load_spec(plan, app) {
+    let spec = match agent.guard.app_refusal(plan) {
+        Some(why) => Err(why),
+        None => load_spec(plan, app),
+    };
+    let outcome = match spec {
         Ok(spec) => match &app.target {
             AppTarget::Http(h) => match http_requester(h, spec.max_in_flight) {
                 Ok(r) => Ok(load(plan, Arc::new(r), &spec).await),

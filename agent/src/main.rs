@@ -3,23 +3,6 @@
 //! the kernel by eBPF TC observers; AppHttpHealthy and NetDns: paced HTTP or DNS requests to
 //! the plan's target), and posts what it saw.
 
-mod app;
-mod caps;
-mod client;
-mod drops;
-mod hooks;
-mod icmp;
-mod interfaces;
-mod metrics;
-mod observer;
-mod round;
-mod runtime;
-mod sockets;
-mod tcp;
-#[cfg(test)]
-mod testnet;
-mod udp;
-
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -30,16 +13,27 @@ use std::{
 use anyhow::{Context as _, bail};
 use axum::{Router, extract::State, routing::get};
 use clap::Parser;
+use meshdoctor_agent_common::DEFAULT_TCP_PATHS;
 use meshdoctor_api::{RoundPlan, task::DEFAULT_TOPOLOGY_KEY};
+use meshdoctor_ops::http::Bounds;
 use tracing::{error, info, warn};
 
-use crate::{
+use meshdoctor_agent::{
+    app, caps,
     client::{ClientError, ControllerClient},
     drops::DropTracer,
-    interfaces::InterfaceArg,
+    guard,
+    interfaces::{self, InterfaceArg},
+    map_sizes::MapSizes,
     observer::{LoadOptions, Observer},
+    round,
     runtime::Agent,
+    tcp, udp,
 };
+
+/// Connections the health and metrics endpoint holds at once: its clients are a scraper or two
+/// and the kubelet's probes.
+const METRICS_CONNECTIONS: usize = 32;
 
 #[derive(Debug, Parser)]
 #[command(version = meshdoctor_ops::VERSION, about)]
@@ -47,13 +41,30 @@ struct Args {
     /// Node name this agent reports as (Kubernetes: the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node: String,
-    /// Controller base URL, e.g. http://meshdoctor-controller:7070.
+    /// Controller base URL, e.g. https://meshdoctor-controller:7070.
     #[arg(long, env = "MESHDOCTOR_CONTROLLER")]
     controller: String,
-    /// File holding the bearer token shared with the controller (none: requests carry no
-    /// token, for a controller without one).
+    /// PEM CA certificate(s) the controller's certificate must be signed by (an https
+    /// controller needs it: only this CA is trusted, not the public ones). Without it, only an
+    /// http:// controller is reached.
+    #[arg(long, env = "MESHDOCTOR_CONTROLLER_CA", value_name = "FILE")]
+    controller_ca: Option<PathBuf>,
+    /// File holding this agent's credential: standalone, the one `meshdoctor
+    /// agent-credential` made for this node; Kubernetes, the pod's projected service-account
+    /// token. Read again for every request (the kubelet rotates it). None: requests carry no
+    /// credential, for a controller that asks none of agents.
     #[arg(long, env = "MESHDOCTOR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Destinations this agent probes or loads, whatever its controller's plans say,
+    /// comma-separated or repeated: CIDRs, addresses or host names (`*.suffix` for a domain).
+    /// Others are refused and reported as such, never sent. Without it, any destination.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR|HOST")]
+    allow_targets: Vec<meshdoctor_api::allow::Allowed>,
+    /// Most probe packets (or application requests) per second a round may send: above it the
+    /// round is paced at this rate and what does not fit is reported as not sent. Without it,
+    /// the plan's rate.
+    #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+    max_probe_rate: Option<u32>,
     /// Interface to probe over, as NAME or NAME=NETWORK (repeatable; default: every interface
     /// that is up and not loopback, its network named after it).
     #[arg(long = "interface", value_name = "NAME[=NETWORK]")]
@@ -65,16 +76,21 @@ struct Args {
     /// the same number for UDP and TCP (0: none; then this node is no target of those tasks).
     #[arg(long, default_value_t = 9091, value_name = "PORT")]
     probe_port: u16,
-    /// Size of the ring buffer that carries probe events from the kernel, in KiB: a power of
-    /// two, at least the page size. Events that do not fit are counted and make the round's
-    /// missing hooks 'unobserved' instead of loss; raise it for very high probe rates.
+    /// Size of the ring buffer that carries probe events from the kernel, in KiB, at start: a
+    /// power of two, at least the page size. A plan whose events would fill it in less than a
+    /// second grows it (up to 64 MiB). Events that do not fit are counted and make the
+    /// round's missing hooks 'unobserved' instead of loss.
     #[arg(long, default_value_t = 256, value_name = "KIB", value_parser = parse_event_buffer)]
     event_buffer_kib: u32,
-    /// Most TCP probe paths (its own and those toward it) the observers follow at once. A
-    /// round with more is reported 'incomplete': its missing hooks are unobserved, not loss.
-    /// A full TCP mesh of N nodes needs 2 x (N - 1) per interface pair and family.
-    #[arg(long, default_value_t = 16384, value_name = "PATHS")]
-    max_tcp_paths: u32,
+    /// TCP probe paths (its own and those toward it) the observers can follow at once, at
+    /// start; a plan with more grows the map (up to 65,536). A round that still has more is
+    /// reported 'incomplete': its missing hooks are unobserved, not loss.
+    #[arg(long, alias = "max-tcp-paths", default_value_t = DEFAULT_TCP_PATHS, value_name = "PATHS")]
+    tcp_paths: u32,
+    /// Keep the observers' maps at --event-buffer-kib and --tcp-paths whatever the plans need
+    /// (plans otherwise grow them, reloading the observers between rounds).
+    #[arg(long)]
+    fixed_observer_maps: bool,
     /// Do not load eBPF: user-space timestamps only, no per-hook loss attribution. Needs only
     /// CAP_NET_RAW.
     #[arg(long)]
@@ -118,22 +134,34 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let interfaces = interfaces::discover(&args.interfaces)?;
-    let token = args
-        .token_file
-        .as_ref()
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .map(|t| t.trim().to_string())
-                .with_context(|| format!("reading token file {}", f.display()))
-        })
-        .transpose()?;
+    match (controller_scheme(&args.controller)?, &args.controller_ca) {
+        (Scheme::Https, None) => bail!(
+            "--controller {} is https: --controller-ca must name the CA that signed its certificate",
+            args.controller
+        ),
+        (Scheme::Http, Some(_)) => bail!(
+            "--controller {} is plain http: give an https:// URL with --controller-ca",
+            args.controller
+        ),
+        (Scheme::Http, None) => {
+            warn!(controller = %args.controller, "the channel to the controller is not encrypted")
+        }
+        (Scheme::Https, Some(_)) => {}
+    }
+    let client = ControllerClient::new(
+        &args.controller,
+        args.token_file.clone(),
+        args.controller_ca.as_deref(),
+    )?;
     let (observer, drop_tracer) = if args.no_ebpf {
         (None, None)
     } else {
         match load_observer(
             &interfaces,
-            args.event_buffer_kib * 1024,
-            args.max_tcp_paths,
+            MapSizes {
+                event_buffer_bytes: args.event_buffer_kib * 1024,
+                tcp_paths: args.tcp_paths,
+            },
         ) {
             Ok((o, t)) => (Some(o), t),
             Err(e) => {
@@ -151,6 +179,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut agent = Agent::new(args.node.clone(), interfaces, observer, drop_tracer);
+    agent.grow_maps = !args.fixed_observer_maps;
+    agent.guard = guard::Guard {
+        allow: meshdoctor_api::allow::AllowList(args.allow_targets),
+        max_rate: args.max_probe_rate,
+    };
     agent.probe_port = start_responders(args.probe_port);
     agent.labels = args.labels.into_iter().collect();
     if let Some(zone) = args.zone {
@@ -170,21 +203,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
             get(|State(a): State<Arc<Agent>>| async move { a.render_metrics() }),
         )
         .with_state(agent.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            error!("metrics endpoint stopped: {e}");
-        }
-    });
+    // Scrapers and kubelet probes: a few connections, each with a few seconds for its head.
+    let bounds = Bounds::within_fd_limit(METRICS_CONNECTIONS, Duration::from_secs(5));
+    tokio::spawn(meshdoctor_ops::http::serve(
+        listener,
+        app,
+        bounds,
+        None,
+        std::future::pending(),
+    ));
     info!(
         node = %agent.node,
         interfaces = ?agent.interfaces.iter().map(|i| &i.info.name).collect::<Vec<_>>(),
         timestamping = ?agent.timestamping,
         "agent started"
     );
-    let client = Arc::new(ControllerClient::new(&args.controller, token)?);
+    let client = Arc::new(client);
     tokio::select! {
         () = follow_plans(agent, client) => Ok(()),
         r = shutdown_signal() => r,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// The scheme of the controller URL, any case.
+fn controller_scheme(url: &str) -> anyhow::Result<Scheme> {
+    match url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
+        Some(s) if s == "https" => Ok(Scheme::Https),
+        Some(s) if s == "http" => Ok(Scheme::Http),
+        _ => bail!("--controller {url}: expected an http:// or https:// URL"),
     }
 }
 
@@ -192,16 +244,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// resolves; without the tracer the agent still runs, its reports say `dropTracer: false`.
 fn load_observer(
     interfaces: &[interfaces::Interface],
-    event_buffer_bytes: u32,
-    tcp_paths: u32,
+    sizes: MapSizes,
 ) -> anyhow::Result<(Observer, Option<DropTracer>)> {
     let tracer = DropTracer::resolve()
         .map_err(|e| warn!("kernel drop reasons unavailable: {e}"))
         .ok();
     let mut obs = Observer::load(&LoadOptions {
         drops: tracer.as_ref().map(|t| t.layout),
-        event_buffer_bytes: Some(event_buffer_bytes),
-        tcp_paths: Some(tcp_paths),
+        event_buffer_bytes: Some(sizes.event_buffer_bytes),
+        tcp_paths: Some(sizes.tcp_paths),
     })?;
     for i in interfaces {
         let mode = obs.attach(&i.info.name)?;
@@ -333,23 +384,42 @@ async fn run_plan(agent: Arc<Agent>, client: Arc<ControllerClient>, plan: RoundP
         }
     };
     agent.metrics.rounds.inc();
-    loop {
-        match client.report(&report).await {
+    for attempt in 0.. {
+        let error = match client.report(&report).await {
             Ok(()) => {
                 info!(task = %plan.task, round = plan.round, "report posted");
                 return;
             }
-            Err(e) if now_ms() < plan.report_deadline_ms => {
-                warn!("posting report: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => {
-                error!(task = %plan.task, round = plan.round, "report not delivered before the deadline: {e}");
-                agent.metrics.report_failures.inc();
-                return;
-            }
+            Err(e) => e,
+        };
+        let left = plan.report_deadline_ms.saturating_sub(now_ms());
+        if error.is_final() || left == 0 {
+            error!(task = %plan.task, round = plan.round, "report not delivered: {error}");
+            agent.metrics.report_failures.inc();
+            return;
         }
+        // Nanoseconds and the node's name: agents failing in the same millisecond still part.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+        let node = std::hash::BuildHasher::hash_one(
+            &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+            &agent.node,
+        );
+        let delay = retry_delay(attempt, left, (nanos ^ node) % 1000);
+        warn!(task = %plan.task, round = plan.round, "posting report: {error}; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
     }
+}
+
+/// The wait before retry `attempt` (from 0) of a report whose deadline is `left_ms` away:
+/// doubling from 250 ms up to 8 s, so a controller that is restarting is not hammered, spread
+/// over its upper half by `jitter` (0..1000) so that thousands of agents do not retry in step,
+/// and never past the deadline (the last try comes just before it).
+fn retry_delay(attempt: u32, left_ms: u64, jitter: u64) -> Duration {
+    let ceiling = (250u64 << attempt.min(5)).min(8000);
+    let spread = ceiling / 2 + ceiling / 2 * jitter.min(999) / 1000;
+    Duration::from_millis(spread.min(left_ms.saturating_sub(50)).max(1))
 }
 
 fn now_ms() -> u64 {
@@ -361,6 +431,31 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_controller_url_says_its_scheme_in_any_case() {
+        assert_eq!(
+            controller_scheme("HTTPS://ctl:7070").unwrap(),
+            Scheme::Https
+        );
+        assert_eq!(controller_scheme("http://ctl:7070").unwrap(), Scheme::Http);
+        let e = controller_scheme("ctl:7070").unwrap_err().to_string();
+        assert!(e.contains("expected an http:// or https:// URL"), "{e}");
+    }
+
+    #[test]
+    fn report_retries_back_off_with_jitter_until_the_deadline() {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let far = 600_000;
+        assert_eq!(ms(retry_delay(0, far, 0)), 125);
+        assert_eq!(ms(retry_delay(0, far, 999)), 249);
+        assert_eq!(ms(retry_delay(3, far, 0)), 1000);
+        // Capped at 8 s, however many attempts.
+        assert_eq!(ms(retry_delay(40, far, 999)), 7996);
+        // Never past the deadline.
+        assert_eq!(ms(retry_delay(5, 1000, 500)), 950);
+        assert_eq!(ms(retry_delay(5, 10, 500)), 1);
+    }
 
     #[test]
     fn every_flag_says_its_default_values_or_absence() {

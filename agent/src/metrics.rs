@@ -7,6 +7,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::map_sizes::MapSizes;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabels {
     pub interface: String,
@@ -61,6 +63,10 @@ pub struct Metrics {
     pub rounds: Counter,
     pub ringbuf_drops: Counter,
     pub kernel_events: Counter,
+    /// Times the observers were reloaded with bigger maps for a plan (`crate::map_sizes`).
+    pub observer_reloads: Counter,
+    event_buffer_bytes: Gauge,
+    tcp_paths_capacity: Gauge,
 }
 
 impl Default for Metrics {
@@ -106,6 +112,24 @@ impl Default for Metrics {
             "Probe events read from the eBPF observers",
             kernel_events.clone(),
         );
+        let observer_reloads = Counter::default();
+        registry.register(
+            "observer_reloads",
+            "Times the eBPF observers were reloaded with bigger maps because a plan needed more",
+            observer_reloads.clone(),
+        );
+        let event_buffer_bytes = Gauge::default();
+        registry.register(
+            "event_buffer_bytes",
+            "Size of the eBPF observers' event ring buffer (grown from plans)",
+            event_buffer_bytes.clone(),
+        );
+        let tcp_paths_capacity = Gauge::default();
+        registry.register(
+            "tcp_paths_capacity",
+            "TCP probe paths the eBPF observers can follow at once (grown from plans)",
+            tcp_paths_capacity.clone(),
+        );
         let app_requests = MetricFamily::<RequestLabels, Counter>::default();
         registry.register(
             "app_requests",
@@ -145,6 +169,9 @@ impl Default for Metrics {
             rounds,
             ringbuf_drops,
             kernel_events,
+            observer_reloads,
+            event_buffer_bytes,
+            tcp_paths_capacity,
         }
     }
 }
@@ -164,6 +191,13 @@ impl Metrics {
                 .set(i64::from(source == timestamping));
         }
         self.drop_tracing.set(i64::from(drop_tracing));
+    }
+
+    /// Records the sizes of the observers' plan-dependent maps.
+    pub fn set_map_sizes(&self, sizes: MapSizes) {
+        self.event_buffer_bytes
+            .set(i64::from(sizes.event_buffer_bytes));
+        self.tcp_paths_capacity.set(i64::from(sizes.tcp_paths));
     }
 
     pub fn count_path(&self, interface: &str, family: Family, sent: u32, received: u32) {
@@ -275,7 +309,7 @@ mod tests {
         m.count_requests(1, 0, 0);
         let series = m.render().lines().filter(|l| !l.starts_with('#')).count();
         eprintln!("agent series, 2 interfaces x 2 families: {series}");
-        // ... and meshdoctor_build_info.
-        assert_eq!(series, 8 + 16 + 2 + 3 + 3 + 2 + 1 + 1 + 1);
+        // ... meshdoctor_build_info, and the observers' reloads and two map sizes.
+        assert_eq!(series, 8 + 16 + 2 + 3 + 3 + 2 + 1 + 1 + 1 + 3);
     }
 }

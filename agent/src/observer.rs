@@ -27,11 +27,13 @@ use aya::{
     sys::SyscallError,
 };
 use meshdoctor_agent_common::{
-    CounterKey, DropLayout, GLOBAL_DROP_LAYOUT, GLOBAL_NETNS_ID, MAP_ACTIVE_ROUNDS, MAP_COUNTERS,
-    MAP_EVENTS, MAP_RINGBUF_DROPS, MAP_TCP_PATHS, PROG_DROPS, PROG_EGRESS, PROG_INGRESS,
-    ProbeEvent, TcpPath, TcpPathKey, probe_tag,
+    CounterKey, DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_TCP_PATHS, DropLayout, GLOBAL_DROP_LAYOUT,
+    GLOBAL_NETNS_ID, MAP_ACTIVE_ROUNDS, MAP_COUNTERS, MAP_EVENTS, MAP_RINGBUF_DROPS, MAP_TCP_PATHS,
+    PROG_DROPS, PROG_EGRESS, PROG_INGRESS, ProbeEvent, TcpPath, TcpPathKey, probe_tag,
 };
 use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::map_sizes::MapSizes;
 
 /// The eBPF object built by build.rs. Empty when the build ran with `AYA_BUILD_SKIP=1`.
 static OBJECT: &[u8] =
@@ -135,13 +137,29 @@ pub struct Observer {
     ringbuf_drops: PerCpuArray<MapData, u64>,
     /// Moved into the [`EventStream`] by [`Observer::events`].
     events: Option<RingBuf<MapData>>,
-    /// By ifindex (names can be reused by a new interface): attaching twice is a no-op.
-    attached: StdHashMap<u32, AttachMode>,
+    /// By ifindex (names can be reused by a new interface), with the name attached to:
+    /// attaching twice is a no-op.
+    attached: StdHashMap<u32, (String, AttachMode)>,
     /// Cleared after TCX failed once as unsupported, so later interfaces go straight to netlink.
     tcx_supported: bool,
-    /// Whether the object was loaded with a resolved [`DropLayout`].
-    drop_layout: bool,
-    event_buffer_bytes: u32,
+    /// Legacy-tc priority of its filters: [`NETLINK_PRIORITY`], or the next one for an
+    /// observer that replaces one still attached at it ([`Observer::reload`]), whose filters
+    /// its drop then removes by (priority, handle) without touching the new ones.
+    netlink_priority: u16,
+    /// What it was loaded with: a [`Observer::reload`] loads the same with bigger maps.
+    options: LoadOptions,
+    /// Whether [`Observer::trace_drops`] attached the drop tracer.
+    traces_drops: bool,
+    /// Counter totals of the observers this one replaced ([`Observer::reload`]), so that the
+    /// metrics read from the kernel never go back.
+    carried: Carried,
+}
+
+/// What [`Observer::counters`] and [`Observer::ringbuf_drops`] had counted before a reload.
+#[derive(Debug, Default)]
+struct Carried {
+    counters: StdHashMap<CounterKey, u64>,
+    ringbuf_drops: u64,
 }
 
 /// How to load the observer.
@@ -157,10 +175,6 @@ pub struct LoadOptions {
     /// the agent can follow at once; `None` keeps the program's 16,384.
     pub tcp_paths: Option<u32>,
 }
-
-/// The event ring buffer's size when [`LoadOptions::event_buffer_bytes`] is `None`, as the
-/// program declares it.
-const PROGRAM_EVENT_BUFFER_BYTES: u32 = 256 << 10;
 
 /// Inode of the calling thread's network namespace (`/proc/thread-self/ns/net`): the netns id
 /// carried by every [`ProbeEvent`] of an observer loaded by this thread.
@@ -222,11 +236,72 @@ impl Observer {
             events: Some(events),
             attached: StdHashMap::new(),
             tcx_supported: true,
-            drop_layout: options.drops.is_some(),
-            event_buffer_bytes: options
-                .event_buffer_bytes
-                .unwrap_or(PROGRAM_EVENT_BUFFER_BYTES),
+            netlink_priority: NETLINK_PRIORITY,
+            options: *options,
+            traces_drops: false,
+            carried: Carried::default(),
         })
+    }
+
+    /// Replaces this observer by one loaded the same way with maps of `sizes`, attached to the
+    /// same interfaces (and the drop tracer if this one ran it), with the armed rounds and TCP
+    /// paths copied over and the counters carried on. Call it from the netns it was loaded in.
+    ///
+    /// On an error this observer stays as it was. On success the new ring buffer's
+    /// [`Observer::events`] must be taken: the old stream receives nothing more. The new
+    /// programs are attached beside the old ones (TCX links, or netlink filters at the other
+    /// priority) and the old ones detached when this observer is replaced, so between the two
+    /// a packet is seen by both: the agent reloads only while no round is armed.
+    pub fn reload(&mut self, sizes: MapSizes) -> Result<(), ObserverError> {
+        let mut next = Self::load(&LoadOptions {
+            event_buffer_bytes: Some(sizes.event_buffer_bytes),
+            tcp_paths: Some(sizes.tcp_paths),
+            ..self.options
+        })?;
+        next.tcx_supported = self.tcx_supported;
+        next.netlink_priority = if self.netlink_priority == NETLINK_PRIORITY {
+            NETLINK_PRIORITY + 1
+        } else {
+            NETLINK_PRIORITY
+        };
+        // No stale-filter sweep: the old filters are live until the old observer is dropped,
+        // which removes only its own.
+        for (name, _) in self.attached.values() {
+            next.attach_swept(name, false)?;
+        }
+        if self.traces_drops {
+            next.trace_drops()?;
+        }
+        for tag in self.active_rounds.keys() {
+            let tag = tag.map_err(map_err(MAP_ACTIVE_ROUNDS))?;
+            next.active_rounds
+                .insert(tag, 1, 0)
+                .map_err(map_err(MAP_ACTIVE_ROUNDS))?;
+        }
+        for entry in self.tcp_paths.iter() {
+            let (key, path) = entry.map_err(map_err(MAP_TCP_PATHS))?;
+            next.tcp_paths
+                .insert(key, path, 0)
+                .map_err(map_err(MAP_TCP_PATHS))?;
+        }
+        next.carried = Carried {
+            counters: self.counters()?.into_iter().collect(),
+            ringbuf_drops: self.ringbuf_drops()?,
+        };
+        // Dropping the old observer detaches its programs.
+        *self = next;
+        Ok(())
+    }
+
+    /// Sizes of the maps a plan can outgrow.
+    pub fn sizes(&self) -> MapSizes {
+        MapSizes {
+            event_buffer_bytes: self
+                .options
+                .event_buffer_bytes
+                .unwrap_or(DEFAULT_EVENT_BUFFER_BYTES),
+            tcp_paths: self.options.tcp_paths.unwrap_or(DEFAULT_TCP_PATHS),
+        }
     }
 
     /// Loads and attaches the `skb:kfree_skb` drop tracer: from now on, probes of armed rounds
@@ -236,7 +311,7 @@ impl Observer {
     ///
     /// [`Hook::Drop`]: meshdoctor_agent_common::Hook::Drop
     pub fn trace_drops(&mut self) -> Result<(), ObserverError> {
-        if !self.drop_layout {
+        if self.options.drops.is_none() {
             return Err(ObserverError::NoDropLayout);
         }
         let name = PROG_DROPS;
@@ -250,6 +325,7 @@ impl Observer {
         program.load().map_err(err)?;
         let (category, event) = crate::drops::TRACEPOINT;
         program.attach(category, event).map_err(err)?;
+        self.traces_drops = true;
         Ok(())
     }
 
@@ -259,11 +335,18 @@ impl Observer {
     /// crashed agent's) are removed first in both modes, since they would report every probe a
     /// second time. Attaching an interface again is a no-op returning the mode used before.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, ObserverError> {
+        self.attach_swept(ifname, true)
+    }
+
+    /// [`Observer::attach`], removing stale filters first when `sweep`.
+    fn attach_swept(&mut self, ifname: &str, sweep: bool) -> Result<AttachMode, ObserverError> {
         let ifindex = ifindex(ifname)?;
-        if let Some(mode) = self.attached.get(&ifindex) {
+        if let Some((_, mode)) = self.attached.get(&ifindex) {
             return Ok(*mode);
         }
-        remove_stale_filters(ifname)?;
+        if sweep {
+            remove_stale_filters(ifname)?;
+        }
         let mode = if self.tcx_supported {
             match self.attach_both(ifname, AttachMode::Tcx) {
                 Ok(()) => AttachMode::Tcx,
@@ -276,7 +359,7 @@ impl Observer {
         } else {
             self.attach_netlink(ifname)?
         };
-        self.attached.insert(ifindex, mode);
+        self.attached.insert(ifindex, (ifname.to_owned(), mode));
         Ok(mode)
     }
 
@@ -317,7 +400,7 @@ impl Observer {
         let options = match mode {
             AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
-                priority: NETLINK_PRIORITY,
+                priority: self.netlink_priority,
                 ..Default::default()
             }),
         };
@@ -400,31 +483,26 @@ impl Observer {
         }
     }
 
-    /// Events lost because the ring buffer was full (summed over CPUs). The probes they
-    /// belonged to still show up in [`Observer::counters`].
-    /// Size of the event ring buffer in bytes.
-    pub fn event_buffer_bytes(&self) -> u64 {
-        self.event_buffer_bytes.into()
-    }
-
+    /// Events lost because the ring buffer was full (summed over CPUs, since the agent
+    /// started). The probes they belonged to still show up in [`Observer::counters`].
     pub fn ringbuf_drops(&self) -> Result<u64, ObserverError> {
         let values = self
             .ringbuf_drops
             .get(&0, 0)
             .map_err(map_err(MAP_RINGBUF_DROPS))?;
-        Ok(values.iter().sum())
+        Ok(self.carried.ringbuf_drops + values.iter().sum::<u64>())
     }
 
-    /// Probe packets seen per (ifindex, hook, kind, family) in this netns, summed over CPUs.
-    /// Counts every probe of an armed round, including those whose event was dropped.
+    /// Probe packets seen per (ifindex, hook, kind, family) in this netns, summed over CPUs,
+    /// since the agent started. Counts every probe of an armed round, including those whose
+    /// event was dropped.
     pub fn counters(&self) -> Result<Vec<(CounterKey, u64)>, ObserverError> {
-        self.counters
-            .iter()
-            .map(|entry| {
-                let (key, values) = entry.map_err(map_err(MAP_COUNTERS))?;
-                Ok((key, values.iter().sum()))
-            })
-            .collect()
+        let mut totals = self.carried.counters.clone();
+        for entry in self.counters.iter() {
+            let (key, values) = entry.map_err(map_err(MAP_COUNTERS))?;
+            *totals.entry(key).or_default() += values.iter().sum::<u64>();
+        }
+        Ok(totals.into_iter().collect())
     }
 }
 
@@ -834,6 +912,14 @@ mod tests {
             .count()
     }
 
+    /// An observer attached to `veth` with netlink filters, as on kernels without TCX.
+    fn netlink_observer(veth: &str) -> Observer {
+        let mut obs = Observer::load(&LoadOptions::default()).unwrap();
+        obs.tcx_supported = false;
+        assert_eq!(obs.attach(veth).unwrap(), AttachMode::Netlink);
+        obs
+    }
+
     /// The legacy path (kernels < 6.6): clsact + netlink filters. A crashed agent's filters are
     /// replaced, not doubled, and ours are removed when the observer is dropped.
     #[test]
@@ -844,17 +930,13 @@ mod tests {
         let pair = Pair::new();
         let veth = pair.veth_a.clone();
         Pair::run_in(&pair.ns_a, move || {
-            let mut crashed = Observer::load(&LoadOptions::default()).unwrap();
-            crashed.tcx_supported = false;
-            assert_eq!(crashed.attach(&veth).unwrap(), AttachMode::Netlink);
+            let crashed = netlink_observer(&veth);
             // A crash: the process dies without detaching, the kernel keeps the filters.
             std::mem::forget(crashed);
             assert_eq!(our_filters(&veth, "ingress"), 1);
             assert_eq!(our_filters(&veth, "egress"), 1);
 
-            let mut obs = Observer::load(&LoadOptions::default()).unwrap();
-            obs.tcx_supported = false;
-            assert_eq!(obs.attach(&veth).unwrap(), AttachMode::Netlink);
+            let mut obs = netlink_observer(&veth);
             assert_eq!(our_filters(&veth, "ingress"), 1);
             assert_eq!(our_filters(&veth, "egress"), 1);
 
@@ -880,6 +962,50 @@ mod tests {
             drop(obs);
             assert_eq!(our_filters(&veth, "ingress"), 0);
             assert_eq!(our_filters(&veth, "egress"), 0);
+        });
+    }
+
+    /// Reloading with bigger maps in netlink mode leaves the new filters (and only them) in
+    /// place, twice in a row (the priorities alternate), and they observe probes; the counters
+    /// carry on across reloads.
+    #[test]
+    fn netlink_reload_keeps_the_new_filters() {
+        if skip_unless_root() {
+            return;
+        }
+        let pair = Pair::new();
+        let veth = pair.veth_a.clone();
+        Pair::run_in(&pair.ns_a, move || {
+            let mut obs = netlink_observer(&veth);
+            let pinger = Pinger::new(IpAddr::V4(ADDR_B4));
+            let tag = 0x00ab_cdef;
+            obs.arm(tag).unwrap();
+            for (seq, kib) in [(1, 512), (2, 1024)] {
+                pinger.probe(tag, seq);
+                assert_eq!(
+                    pinger.replies(1, Duration::from_secs(3)),
+                    HashSet::from([seq])
+                );
+                obs.reload(MapSizes {
+                    event_buffer_bytes: kib << 10,
+                    tcp_paths: 32768,
+                })
+                .unwrap();
+                assert_eq!(obs.sizes().event_buffer_bytes, kib << 10);
+                assert_eq!(our_filters(&veth, "ingress"), 1, "after reload {seq}");
+                assert_eq!(our_filters(&veth, "egress"), 1, "after reload {seq}");
+            }
+            pinger.probe(tag, 3);
+            assert_eq!(
+                pinger.replies(1, Duration::from_secs(3)),
+                HashSet::from([3])
+            );
+            // Three probes, each seen leaving and its reply arriving: the last by the filters
+            // of the second reload, the first two carried over.
+            let seen: u64 = obs.counters().unwrap().iter().map(|(_, n)| n).sum();
+            assert_eq!(seen, 6);
+            drop(obs);
+            assert_eq!(our_filters(&veth, "ingress"), 0);
         });
     }
 

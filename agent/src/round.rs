@@ -8,7 +8,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use meshdoctor_agent_common::EVENT_RECORD_BYTES;
 use meshdoctor_api::{
     AgentReport, Histogram, LostProbe, ObserverStats, PathId, PlannedTarget, Protocol, RoundPlan,
     SentPath, probe_id, probe_tag,
@@ -16,7 +15,10 @@ use meshdoctor_api::{
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{debug, warn};
 
-use crate::{hooks::RoundHooks, icmp::monotonic_ns, runtime::Agent, sockets::ProbeSocket, tcp};
+use crate::{
+    guard::Guard, hooks::RoundHooks, icmp::monotonic_ns, map_sizes::stall_covered_ms,
+    runtime::Agent, sockets::ProbeSocket, tcp,
+};
 
 /// What the sender and the receivers learn about one target's probes.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ struct TargetProbes {
     /// Probes sent that failed with an error of their own (a refused connection, an HTTP
     /// status), by error.
     failures: BTreeMap<String, u32>,
+    /// Probes the agent's own limits kept back, by reason.
+    withheld: BTreeMap<String, u32>,
 }
 
 impl TargetProbes {
@@ -36,6 +40,7 @@ impl TargetProbes {
             recv_ns: vec![0; n],
             send_errors: BTreeMap::new(),
             failures: BTreeMap::new(),
+            withheld: BTreeMap::new(),
         }
     }
 }
@@ -47,6 +52,7 @@ type Shared = Arc<Mutex<Vec<TargetProbes>>>;
 pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
     let tag = plan.round_tag;
     let tcp_paths = tcp::round_paths(plan, agent.probe_port);
+    agent.fit_observer(plan, tcp_paths.len());
     let timeout = Duration::from_millis(plan.timeout_ms);
     let (drops_before, complete) = agent.arm(tag, timeout, &tcp_paths);
     let n = plan.probes_per_target() as usize;
@@ -95,7 +101,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
         ));
     }
 
-    send_all(plan, &sockets, &probes, n).await;
+    send_all(plan, &sockets, &probes, n, &agent.guard).await;
     wait_for_replies(&probes, timeout).await;
     receivers.abort_all();
     // The observers also see the probes this agent answers, which its peers send until the
@@ -150,23 +156,43 @@ async fn wait_for_replies(probes: &Shared, timeout: Duration) {
     }
 }
 
-/// Sends `n` probes to every target, round-robin, evenly spread at `qps` per target.
+/// Sends `n` probes to every target, round-robin, evenly spread at `qps` per target (slower,
+/// and fewer, above the agent's rate cap).
 async fn send_all(
     plan: &RoundPlan,
     sockets: &[Result<Arc<ProbeSocket>, String>],
     probes: &Shared,
     n: usize,
+    guard: &Guard,
 ) {
     let targets = plan.targets.len();
     if targets == 0 {
         return;
     }
-    let period = Duration::from_secs(1) / (plan.qps.max(1) * targets as u32);
+    // Within this agent's own limits: a destination it does not allow is never probed, and
+    // above its rate cap the probes that do not fit the round are not sent.
+    let refusals: Vec<Option<String>> = plan
+        .targets
+        .iter()
+        .map(|t| guard.refusal(t.dst_addr))
+        .collect();
+    let allowed = refusals.iter().filter(|r| r.is_none()).count();
+    let pace = guard.pace(plan, allowed, n);
+    let over_rate = guard.over_rate(plan, allowed);
     let start = Instant::now();
     let mut k = 0u32;
     for seq in 0..n {
         for (i, t) in plan.targets.iter().enumerate() {
-            tokio::time::sleep_until(start + period * k).await;
+            let refused = refusals[i]
+                .as_ref()
+                .or((u64::from(k) >= pace.sends).then_some(&over_rate));
+            if let Some(why) = refused {
+                record(probes, i, |p| {
+                    *p.withheld.entry(why.clone()).or_default() += 1
+                });
+                continue;
+            }
+            tokio::time::sleep_until(start + pace.period * k).await;
             k += 1;
             let sock = match &sockets[i] {
                 Ok(sock) => sock,
@@ -251,16 +277,6 @@ struct Observed {
     complete: bool,
 }
 
-/// How long a ring buffer of `bytes` absorbs a stall of the event reader while `plan` probes,
-/// in ms; `None` for a round without probes. Each probe makes two events at its source
-/// (request out, reply in) and two at its destination, and the sampled meshes have every agent
-/// answer as many probes as it sends.
-fn stall_covered_ms(bytes: u64, plan: &RoundPlan) -> Option<u64> {
-    let paths = plan.targets.len().max(plan.incoming.len()) as u64;
-    let events_per_sec = 4 * u64::from(plan.qps) * paths;
-    (events_per_sec > 0).then(|| bytes * 1000 / (events_per_sec * EVENT_RECORD_BYTES))
-}
-
 /// Turns what the sockets and the observers saw into the report (pure: tested below).
 fn build_report(
     agent: &Agent,
@@ -307,6 +323,7 @@ fn sent_path(
         received: 0,
         send_errors: p.send_errors.iter().map(|(e, c)| (e.clone(), *c)).collect(),
         failures: p.failures.iter().map(|(e, c)| (e.clone(), *c)).collect(),
+        withheld: p.withheld.iter().map(|(e, c)| (e.clone(), *c)).collect(),
         src_egress: 0,
         src_ingress: 0,
         unsent: Vec::new(),
@@ -354,32 +371,7 @@ mod tests {
     use meshdoctor_api::Family;
 
     fn mk_plan() -> RoundPlan {
-        RoundPlan {
-            task: "mesh".into(),
-            round: 1,
-            round_tag: 77,
-            protocol: Protocol::Icmp,
-            start_at_ms: 0,
-            duration_ms: 1000,
-            qps: 3,
-            timeout_ms: 100,
-            report_deadline_ms: 0,
-            app: None,
-            incoming: vec![],
-            targets: vec![PlannedTarget {
-                path: 5,
-                dst_node: "node-2".into(),
-                src_interface: "eth0".into(),
-                dst_interface: "eth0".into(),
-                network: "default".into(),
-                family: Family::Ipv4,
-                src_addr: "192.0.2.1".parse().unwrap(),
-                dst_addr: "192.0.2.2".parse().unwrap(),
-                dst_port: None,
-                external: false,
-                protocol: None,
-            }],
-        }
+        RoundPlan::test(3, vec![PlannedTarget::test(5)])
     }
 
     #[test]
@@ -431,20 +423,6 @@ mod tests {
                 stall_covered_ms: None,
             }
         );
-    }
-
-    #[test]
-    fn the_ring_buffer_covers_a_stall_inversely_to_the_probe_rate() {
-        let mut plan = mk_plan();
-        plan.qps = 10;
-        plan.targets = vec![plan.targets[0].clone(); 100];
-        // 4 events x 10 qps x 100 paths = 4,000 events/s of 48 bytes: 192,000 B/s.
-        assert_eq!(EVENT_RECORD_BYTES, 48);
-        assert_eq!(stall_covered_ms(256 << 10, &plan), Some(1365));
-        plan.qps = 100;
-        assert_eq!(stall_covered_ms(256 << 10, &plan), Some(136));
-        plan.targets.clear();
-        assert_eq!(stall_covered_ms(256 << 10, &plan), None);
     }
 
     /// An icmp round whose plan probes one target over http (a Service target, as kdoctor
@@ -523,5 +501,113 @@ mod tests {
             assert_eq!((s.path, s.sent, s.received), (s.path, 10, 10), "{s:?}");
         }
         assert_eq!(gets.load(Ordering::Relaxed), 10, "one GET per http probe");
+    }
+
+    /// A TCP round at 20 probes/s to node B over IPv4 and IPv6 needs two TCP paths and an 8 KiB
+    /// ring buffer; the agent was started with one path and 4 KiB. With its maps fixed the
+    /// round cannot be followed (reported incomplete); allowed to grow them, the agent reloads
+    /// its observers before the next round, whose every probe is then seen at both hooks
+    /// through the new ring buffer, and the counters carry on.
+    #[test]
+    fn a_round_that_outgrows_the_observers_maps_grows_them() {
+        use meshdoctor_api::agent_report::TOLERATED_STALL_MS;
+
+        use crate::{
+            observer::{LoadOptions, Observer},
+            testnet::{ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, skip_unless_root},
+        };
+
+        if skip_unless_root() {
+            return;
+        }
+        const PORT: u16 = 9191;
+        let pair = Pair::new();
+        let ns_b = pair.ns_b.clone();
+        let responder = std::thread::spawn(move || {
+            Pair::run_in(&ns_b, || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let listener = crate::tcp::responder_listener(PORT).unwrap();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(8), crate::tcp::respond(listener))
+                            .await;
+                });
+            })
+        });
+        let target = |path, src_addr: IpAddr, dst_addr: IpAddr| PlannedTarget {
+            src_interface: pair.veth_a.as_str().into(),
+            src_addr,
+            dst_addr,
+            dst_port: Some(PORT),
+            family: if src_addr.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
+            ..PlannedTarget::test(path)
+        };
+        let plan = |round_tag| RoundPlan {
+            round_tag,
+            protocol: Protocol::Tcp,
+            timeout_ms: 500,
+            start_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+                + 200,
+            ..RoundPlan::test(
+                20,
+                vec![
+                    target(1, ADDR_A4.into(), ADDR_B4.into()),
+                    target(2, ADDR_A6.into(), ADDR_B6.into()),
+                ],
+            )
+        };
+        // One agent per case, on a runtime of its own: dropping the runtime drops the event
+        // dispatcher and with it the agent and its observer, detached before the next loads.
+        let run_agent = |grow_maps: bool, round_tag| {
+            let veth_a = pair.veth_a.clone();
+            let plan = plan(round_tag);
+            Pair::run_in(&pair.ns_a, move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let mut obs = Observer::load(&LoadOptions {
+                        event_buffer_bytes: Some(4096),
+                        tcp_paths: Some(1),
+                        drops: None,
+                    })
+                    .unwrap();
+                    obs.attach(&veth_a).unwrap();
+                    let mut agent = Agent::new("node-a".into(), Vec::new(), Some(obs), None);
+                    agent.grow_maps = grow_maps;
+                    let agent = Arc::new(agent);
+                    let events = agent.take_events().unwrap();
+                    tokio::spawn(agent.clone().dispatch_events(events));
+                    let report = run(&agent, &plan).await;
+                    let reloads = agent.metrics.observer_reloads.get();
+                    (report, reloads, agent.event_buffer_bytes())
+                })
+            })
+        };
+        let (fixed, reloads, buffer) = run_agent(false, 0x0100_0001);
+        assert!(fixed.observer.incomplete, "{:?}", fixed.observer);
+        assert_eq!((reloads, buffer), (0, Some(4096)));
+
+        let (grown, reloads, buffer) = run_agent(true, 0x0100_0002);
+        assert_eq!((reloads, buffer), (1, Some(8192)));
+        assert!(!grown.observer.incomplete, "{:?}", grown.observer);
+        assert_eq!(grown.observer.ringbuf_drops, 0);
+        for s in &grown.sent {
+            assert_eq!((s.sent, s.received), (20, 20), "{s:?}");
+            assert_eq!((s.src_egress, s.src_ingress), (20, 20), "{s:?}");
+        }
+        assert!(grown.observer.stall_covered_ms >= Some(TOLERATED_STALL_MS));
+        responder.join().unwrap();
     }
 }

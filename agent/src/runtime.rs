@@ -10,9 +10,10 @@ use std::{
 use meshdoctor_agent_common::probe_round_tag;
 use meshdoctor_agent_common::{Hook, IpFamily, Kind, TcpPath, TcpPathKey};
 use meshdoctor_api::{
-    AgentRegistration, Packet, ProbeDrop, Timestamping, probe_id_parts, probe_tag,
+    AgentRegistration, Packet, ProbeDrop, RoundPlan, Timestamping, probe_id_parts, probe_tag,
 };
-use tracing::warn;
+use tokio::sync::Notify;
+use tracing::{info, warn};
 
 use crate::{
     drops::{DropTracer, Symbols},
@@ -40,6 +41,12 @@ pub struct Agent {
     /// Hook times per armed round tag. Events of other round tags are ignored.
     /// By [`probe_tag`]: what the events carry.
     rounds: Mutex<HashMap<u32, RoundHooks>>,
+    /// Whether plans may grow the observers' maps (`--fixed-observer-maps` clears it).
+    pub grow_maps: bool,
+    /// Where and how fast this agent agrees to send.
+    pub guard: crate::guard::Guard,
+    /// Told when the observers were reloaded: the event dispatcher takes the new ring buffer.
+    events_moved: Notify,
 }
 
 impl Agent {
@@ -56,6 +63,9 @@ impl Agent {
         };
         let metrics = Metrics::default();
         metrics.set_capabilities(timestamping, drop_tracer.is_some());
+        if let Some(o) = &observer {
+            metrics.set_map_sizes(o.sizes());
+        }
         Self {
             node,
             probe_port: None,
@@ -67,6 +77,9 @@ impl Agent {
             drop_tracer,
             symbols: Mutex::default(),
             rounds: Mutex::default(),
+            grow_maps: true,
+            guard: Default::default(),
+            events_moved: Notify::new(),
         }
     }
 
@@ -138,6 +151,41 @@ impl Agent {
             .map_or_else(|| format!("ifindex-{ifindex}"), |i| i.info.name.clone())
     }
 
+    /// Grows the observers' maps when a round of `plan` with `tcp_paths` TCP probe paths needs
+    /// more than they hold (`crate::map_sizes`): a reload, done only while no round is armed
+    /// (see [`Observer::reload`]). Otherwise, or if the reload fails, the round runs with the
+    /// maps there are, and its report says what they missed (`incomplete`, unobserved events).
+    /// Blocks for the reload (tens of milliseconds, rarely: maps only grow).
+    pub fn fit_observer(&self, plan: &RoundPlan, tcp_paths: usize) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        let Ok(mut observer) = observer.lock() else {
+            return;
+        };
+        let (has, needed) = (observer.sizes(), observer.sizes().for_plan(plan, tcp_paths));
+        if !self.grow_maps || has.cover(needed) {
+            return;
+        }
+        if self.rounds.lock().map_or(true, |r| !r.is_empty()) {
+            warn!(
+                ?has, ?needed, task = %plan.task, round = plan.round,
+                "the eBPF observers' maps are too small for this round, and other rounds are \
+                 running: they grow at a round that starts alone"
+            );
+            return;
+        }
+        match observer.reload(needed) {
+            Ok(()) => {
+                info!(?has, ?needed, task = %plan.task, "eBPF observers reloaded with bigger maps");
+                self.metrics.observer_reloads.inc();
+                self.metrics.set_map_sizes(needed);
+                self.events_moved.notify_one();
+            }
+            Err(e) => warn!(?needed, "growing the eBPF observers' maps failed: {e}"),
+        }
+    }
+
     /// Starts recording the probes of round `tag`, whose probes time out after `timeout`, with
     /// its TCP probe paths (see `crate::tcp::round_paths`); returns the ring-buffer drop count
     /// so far, and whether the observers follow every probe of the round (false when arming
@@ -168,7 +216,7 @@ impl Agent {
     /// Size of the event ring buffer; `None` without eBPF.
     pub fn event_buffer_bytes(&self) -> Option<u64> {
         let obs = self.observer.as_ref()?.lock().ok()?;
-        Some(obs.event_buffer_bytes())
+        Some(obs.sizes().event_buffer_bytes.into())
     }
 
     /// Stops recording round `tag` (and forgets its TCP paths); returns its hook times and the
@@ -240,9 +288,20 @@ impl Agent {
         self.with_observer(|o| o.events())
     }
 
-    /// Routes kernel events to the round they belong to, until the stream ends.
+    /// Routes kernel events to the round they belong to, until the stream ends; moves to the
+    /// new ring buffer when the observers are reloaded ([`Agent::fit_observer`]).
     pub async fn dispatch_events(self: Arc<Self>, mut events: EventStream) {
-        while let Some(ev) = events.next().await {
+        loop {
+            let ev = tokio::select! {
+                ev = events.next() => ev,
+                () = self.events_moved.notified() => {
+                    if let Some(moved) = self.take_events() {
+                        events = moved;
+                    }
+                    continue;
+                }
+            };
+            let Some(ev) = ev else { break };
             self.metrics.kernel_events.inc();
             if let Ok(mut rounds) = self.rounds.lock()
                 && let Some(r) = rounds.get_mut(&probe_round_tag(ev.probe_id))

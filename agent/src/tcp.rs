@@ -286,26 +286,33 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-/// One connection: answer a GET, then wait for the client to close.
+/// One connection: answer a GET, then wait for the client to close. One deadline covers the
+/// whole request rather than each read, so a client sending a byte now and then holds a slot
+/// no longer than an honest probe does, and cannot starve the probes of the others.
 async fn serve(mut stream: TcpStream) -> io::Result<()> {
     let mut buf = [0u8; MAX_HEAD];
-    let mut len = 0;
-    loop {
-        let n = match tokio::time::timeout(RESPONDER_IDLE, stream.read(&mut buf[len..])).await {
-            Ok(r) => r?,
-            Err(_) => return Ok(()),
-        };
-        if n == 0 {
-            // A TCP probe: connected, nothing to say.
-            return Ok(());
+    let head = tokio::time::timeout(RESPONDER_IDLE, async {
+        let mut len = 0;
+        loop {
+            let n = stream.read(&mut buf[len..]).await?;
+            if n == 0 {
+                // A TCP probe: connected, nothing to say.
+                return Ok(false);
+            }
+            len += n;
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok(true);
+            }
+            if len == buf.len() {
+                return Ok(false);
+            }
         }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-        if len == buf.len() {
-            return Ok(());
-        }
+    })
+    .await;
+    match head {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Err(_) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
     }
     if !buf.starts_with(b"GET ") {
         stream
@@ -322,6 +329,40 @@ async fn serve(mut stream: TcpStream) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that sends its request a byte at a time, each within the old per-read
+    /// timeout, is cut off at the request's deadline, while it is still sending.
+    #[tokio::test]
+    async fn a_slow_client_is_cut_off_at_the_request_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(stream).await
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: a-very-slow-client.example\r\n\r\n";
+        let step = RESPONDER_IDLE / 4;
+        let mut sent = 0;
+        for byte in request {
+            if client.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(step).await;
+            let mut probe = [0u8; 1];
+            // The server closed: a read ends (or fails) at once instead of waiting.
+            let read = tokio::time::timeout(Duration::from_millis(1), client.read(&mut probe));
+            if let Ok(Ok(0) | Err(_)) = read.await {
+                break;
+            }
+        }
+        assert!(
+            sent < request.len() / 2,
+            "the slow client sent {sent} of {} bytes before being cut off",
+            request.len()
+        );
+    }
 
     #[test]
     fn responses_are_judged_when_complete() {

@@ -177,6 +177,10 @@ pub struct SentPath {
     /// and HTTP: "connection refused", "HTTP status 503"), counted. They are lost too.
     #[serde(default)]
     pub failures: Vec<(String, u32)>,
+    /// Probes the agent did not send because of its own limits (`--allow-targets`,
+    /// `--max-probe-rate`), by reason, counted: neither sent nor lost.
+    #[serde(default)]
+    pub withheld: Vec<(String, u32)>,
     /// Requests seen leaving at TC egress on the source interface.
     pub src_egress: u32,
     /// Replies seen arriving at TC ingress on the source interface.
@@ -271,7 +275,8 @@ pub struct ObserverStats {
     #[serde(default)]
     pub drop_tracer: bool,
     /// The observers could not follow every probe of the round: arming it failed (more TCP
-    /// probe paths than the agent's `--max-tcp-paths`, or too many rounds armed at once).
+    /// probe paths than the agent's map holds (`--tcp-paths`, grown from plans), or too many
+    /// rounds armed at once).
     /// Missing hook bits are then 'unobserved', not loss.
     #[serde(default)]
     pub incomplete: bool,
@@ -365,6 +370,7 @@ mod tests {
                 src_ingress: false,
             }],
             failures: vec![("connection refused".into(), 1)],
+            withheld: Vec::new(),
             ..SentPath::test(3, 50, 49, [800_000, 1_000_000, 200_000])
         });
         // Every probe lost: empty time histograms.

@@ -5,9 +5,10 @@
 //! [`round`] report, folded into the task's [`status`]. The controller's HTTP API is [`routes`]
 //! and [`views`]. Leaves every stage shares: [`kinds`] (the small enums: task kind, family,
 //! protocols), [`histogram`], [`stats`] and [`load`] (numbers), [`time`] (durations and timestamps),
-//! [`name`] (the names a round repeats on its paths).
+//! [`name`] (the names a round repeats on its paths), [`allow`] (where probes may go).
 
 pub mod agent_report;
+pub mod allow;
 #[cfg(feature = "crd")]
 mod crd_schema;
 pub mod histogram;

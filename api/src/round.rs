@@ -246,7 +246,8 @@ pub struct PathResult {
     pub drops: Vec<DropCount>,
     /// What the source's sockets said of its lost probes, by message, most first: send errors
     /// ("Operation not permitted") and failures of sent probes ("connection refused",
-    /// "HTTP status 503").
+    /// "HTTP status 503"); also why the source withheld probes under its own limits
+    /// ("refused: ... --allow-targets"), which are neither sent nor lost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<(String, u32)>,
     /// Every lost probe sent (not `send_failed` ones) and where it was lost, by sequence

@@ -4,9 +4,50 @@
 
 use crate::{
     AnsweredPath, Direction, Evidence, Family, Finding, Histogram, Interval, LossSegments,
-    LostProbe, Packet, PathId, PathResult, PathSegment, PathState, PlannedTarget, ReasonCount,
-    RoundReport, RoundStatus, RoundSummary, Segment, SentPath,
+    LostProbe, Packet, PathId, PathResult, PathSegment, PathState, PlannedTarget, Protocol,
+    ReasonCount, RoundPlan, RoundReport, RoundStatus, RoundSummary, Segment, SentPath,
 };
+
+impl PlannedTarget {
+    /// Path `path` from node-1's eth0 (192.0.2.1) to node-2's (192.0.2.2) on the default
+    /// network, IPv4, probed with the round's protocol.
+    pub fn test(path: PathId) -> Self {
+        Self {
+            path,
+            dst_node: "node-2".into(),
+            src_interface: "eth0".into(),
+            dst_interface: "eth0".into(),
+            network: "default".into(),
+            family: Family::Ipv4,
+            src_addr: "192.0.2.1".parse().expect("an IPv4 address"),
+            dst_addr: "192.0.2.2".parse().expect("an IPv4 address"),
+            dst_port: None,
+            external: false,
+            protocol: None,
+        }
+    }
+}
+
+impl RoundPlan {
+    /// Round 1 of task `mesh` (round tag 77): one second of ICMP at `qps` to each of
+    /// `targets`, 100 ms timeout, starting at once.
+    pub fn test(qps: u32, targets: Vec<PlannedTarget>) -> Self {
+        Self {
+            task: "mesh".into(),
+            round: 1,
+            round_tag: 77,
+            protocol: Protocol::Icmp,
+            start_at_ms: 0,
+            duration_ms: 1000,
+            qps,
+            timeout_ms: 100,
+            report_deadline_ms: 0,
+            targets,
+            incoming: Vec::new(),
+            app: None,
+        }
+    }
+}
 
 impl PathResult {
     /// A clean pair-path between agents: `probes` sent and received over `interface` of both
@@ -154,6 +195,7 @@ impl SentPath {
             received: back,
             send_errors: vec![],
             failures: vec![],
+            withheld: vec![],
             src_egress: n,
             src_ingress: back,
             unsent: vec![],

@@ -16,10 +16,21 @@ pub const DEFAULT_STATE: &str = "meshdoctor-resume.json";
 pub struct Args {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// File holding the API token the standalone controller's write endpoints need
-    /// (MESHDOCTOR_TOKEN gives the value itself; without either, none is sent).
+    /// File holding the controller's admin token (check and clean write tasks) or reader
+    /// token (the other commands read). MESHDOCTOR_TOKEN gives the value itself; without
+    /// either, none is sent. In Kubernetes it goes in X-Meshdoctor-Authorization, which the
+    /// API server's proxy lets through.
     #[arg(long, global = true, help_heading = "Controller")]
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that signed an https controller's certificate (only these are
+    /// trusted). Without it, only an http:// controller is reached.
+    #[arg(
+        long,
+        env = "MESHDOCTOR_CA_FILE",
+        global = true,
+        help_heading = "Controller"
+    )]
+    pub ca_file: Option<PathBuf>,
     /// Output format: tables for humans, JSON or YAML for scripts.
     #[arg(
         long,
@@ -140,6 +151,12 @@ pub struct DstArgs {
     /// Prefix of the destination nodes in reports: `dst/node-3`.
     #[arg(long, default_value = "dst")]
     pub dst_name: String,
+    /// File holding the destination controller's reader token (without it, none is sent).
+    #[arg(long, value_name = "FILE")]
+    pub dst_token_file: Option<PathBuf>,
+    /// PEM CA of an https destination controller (without it, only http:// is reached).
+    #[arg(long, value_name = "FILE")]
+    pub dst_ca_file: Option<PathBuf>,
 }
 
 impl DstArgs {
@@ -202,6 +219,16 @@ pub enum Command {
     /// Deletes the `meshdoctor-check-*` tasks check left on the controller (in Kubernetes:
     /// the NetReach objects it created) and the state file.
     Clean(StateArgs),
+    /// Prints the credential a standalone agent presents for NODE (its --token-file), made
+    /// with the controller's --agent-key-file. No controller is contacted.
+    AgentCredential {
+        /// The controller's agent key file.
+        #[arg(long, value_name = "FILE", required = true)]
+        agent_key_file: PathBuf,
+        /// The agent's node name (its --node).
+        #[arg(long, required = true)]
+        node: String,
+    },
     /// Prints a shell completion script.
     Completions {
         #[arg(value_enum)]

@@ -5,6 +5,7 @@
 //! needs (deploy/base/cli-rbac.yaml). Every error names where it was sent and carries the
 //! controller's or the API server's own message.
 
+use meshdoctor_ops::credential::ALT_AUTHORIZATION;
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow};
@@ -28,6 +29,16 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshdocto
 /// The body of a request without one.
 const NO_BODY: Option<&()> = None;
 
+/// Where a client's token comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Token<'a> {
+    File(&'a Path),
+    /// `MESHDOCTOR_TOKEN`, when set.
+    Env,
+    /// None: a controller of another cluster must not get this one's token by default.
+    None,
+}
+
 /// One controller.
 pub struct Client {
     transport: Transport,
@@ -41,9 +52,13 @@ enum Transport {
     },
     Kube {
         client: kube::Client,
+        /// The controller's token, in [`ALT_AUTHORIZATION`]: the API server keeps
+        /// `Authorization` for itself.
+        token: Option<String>,
         /// The API server's URL and the context, for messages.
         server: String,
-        /// `/api/v1/namespaces/{ns}/services/{service}/proxy`.
+        /// `/api/v1/namespaces/{ns}/services/https:{service}:https/proxy`: the Service's
+        /// TLS port `https`.
         proxy: String,
         /// `/apis/meshdoctor.io/v1beta1/netreaches`.
         netreaches: String,
@@ -67,45 +82,53 @@ impl std::fmt::Display for HttpError {
 impl std::error::Error for HttpError {}
 
 impl Client {
-    /// The controller `target` names. In Kubernetes, `token_file` is not used (the API
-    /// server authenticates); over HTTP it wins over `MESHDOCTOR_TOKEN`, and neither is needed
-    /// for reads.
-    pub async fn connect(target: &Target, token_file: Option<&Path>) -> anyhow::Result<Self> {
-        if target.kubernetes() {
-            return Self::kube(target).await;
-        }
-        let token = match token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the token file {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => std::env::var("MESHDOCTOR_TOKEN")
+    /// The controller `target` names, presenting the token `token` says and, over https,
+    /// trusting the CA in `ca_file`.
+    pub async fn connect(
+        target: &Target,
+        token: Token<'_>,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let token = match token {
+            Token::File(path) => Some(meshdoctor_ops::credential::read_token(path)?),
+            Token::Env => std::env::var("MESHDOCTOR_TOKEN")
                 .ok()
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty()),
+            Token::None => None,
         };
-        Ok(Self::http(&target.controller, token))
+        if target.kubernetes() {
+            return Self::kube(target, token).await;
+        }
+        Self::http(&target.controller, token, ca_file)
     }
 
     /// The controller's HTTP API at `base`.
-    pub fn http(base: &str, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .unwrap_or_default();
-        Self {
+    pub fn http(base: &str, token: Option<String>, ca_file: Option<&Path>) -> anyhow::Result<Self> {
+        let https = base
+            .split_once("://")
+            .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("https"));
+        if https && ca_file.is_none() {
+            anyhow::bail!(
+                "--controller {base} is https: --ca-file must name the CA that signed its certificate"
+            );
+        }
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(15));
+        if let Some(ca) = ca_file {
+            builder = meshdoctor_ops::tls::trusting(builder, ca)?;
+        }
+        let http = builder.build().context("building the HTTP client")?;
+        Ok(Self {
             transport: Transport::Http {
                 base: base.trim_end_matches('/').to_string(),
                 token,
                 http,
             },
-        }
+        })
     }
 
     /// The controller behind the API server of `target`'s kubeconfig and context.
-    async fn kube(target: &Target) -> anyhow::Result<Self> {
+    async fn kube(target: &Target, token: Option<String>) -> anyhow::Result<Self> {
         let options = KubeConfigOptions {
             context: target.context.clone(),
             ..KubeConfigOptions::default()
@@ -128,19 +151,25 @@ impl Client {
         }
         let client = kube::Client::try_from(config)
             .map_err(|e| anyhow!("a client for the API server at {server}: {e}"))?;
-        Ok(Self::with_kube_client(client, server, target))
+        Ok(Self::with_kube_client(client, server, target, token))
     }
 
     /// The controller behind `client`'s API server: the Service and namespace of `target`.
-    pub fn with_kube_client(client: kube::Client, server: String, target: &Target) -> Self {
+    pub fn with_kube_client(
+        client: kube::Client,
+        server: String,
+        target: &Target,
+        token: Option<String>,
+    ) -> Self {
         let proxy = format!(
-            "/api/v1/namespaces/{}/services/{}/proxy",
+            "/api/v1/namespaces/{}/services/https:{}:https/proxy",
             target.namespace, target.service
         );
         let netreaches = format!("/apis/{}/netreaches", meshdoctor_api::task::API_VERSION);
         Self {
             transport: Transport::Kube {
                 client,
+                token,
                 server,
                 proxy,
                 netreaches,
@@ -298,15 +327,24 @@ impl Client {
                     .with_context(|| format!("reading the answer to {where_}"))?;
                 (status, text)
             }
-            Transport::Kube { client, server, .. } => {
+            Transport::Kube {
+                client,
+                server,
+                token,
+                ..
+            } => {
                 let bytes = match body {
                     Some(b) => serde_json::to_vec(b).context("encoding the request")?,
                     None => Vec::new(),
                 };
-                let req = Request::builder()
+                let mut req = Request::builder()
                     .method(method.clone())
                     .uri(path)
-                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::CONTENT_TYPE, "application/json");
+                if let Some(token) = token {
+                    req = req.header(ALT_AUTHORIZATION, format!("Bearer {token}"));
+                }
+                let req = req
                     .body(kube::client::Body::from(bytes))
                     .context("building the request")?;
                 let resp = tokio::time::timeout(Duration::from_secs(30), client.send(req))
@@ -342,8 +380,11 @@ impl Client {
     /// What to do about a refusal, where there is a likely fix.
     fn hint(&self, status: StatusCode) -> &'static str {
         match (&self.transport, status) {
-            (Transport::Http { .. }, StatusCode::UNAUTHORIZED) => {
-                " (give the API token: --token-file or MESHDOCTOR_TOKEN)"
+            (_, StatusCode::UNAUTHORIZED) => {
+                " (give the controller's reader or admin token: --token-file or MESHDOCTOR_TOKEN)"
+            }
+            (Transport::Http { .. }, StatusCode::FORBIDDEN) => {
+                " (writing tasks needs the admin token: --token-file)"
             }
             (Transport::Kube { .. }, StatusCode::FORBIDDEN) => {
                 " (bind your user to the ClusterRole and the Role meshdoctor-cli: \

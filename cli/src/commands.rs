@@ -12,7 +12,7 @@ use meshdoctor_api::{RoundReport, RoundStatus, routes::RoundRef, views::TaskFind
 use crate::{
     args::{Args, CheckArgs, Command, Output, StateArgs, WatchArgs},
     check::{self, TASK_PREFIX},
-    client::Client,
+    client::{Client, Token},
     output::{self, CheckOutput},
     state::State,
 };
@@ -23,7 +23,17 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
         clap_complete::generate(*shell, &mut cmd, "meshdoctor", &mut std::io::stdout());
         return Ok(false);
     }
-    let client = Client::connect(&args.target.target(), args.token_file.as_deref()).await?;
+    if let Command::AgentCredential {
+        agent_key_file,
+        node,
+    } = &args.command
+    {
+        let key = meshdoctor_ops::credential::NodeKey::read(agent_key_file)?;
+        println!("{}", key.credential(node));
+        return Ok(false);
+    }
+    let token = args.token_file.as_deref().map_or(Token::Env, Token::File);
+    let client = Client::connect(&args.target.target(), token, args.ca_file.as_deref()).await?;
     let out = args.output;
     match &args.command {
         Command::Check(check) => run_check(&client, out, check).await,
@@ -45,18 +55,27 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
         Command::Tasks => list(out, &client.tasks().await?, output::task_row),
         Command::Agents => list(out, &client.agents().await?, output::agent_row),
         Command::Clean(state) => clean(&client, &state.state).await,
-        Command::Completions { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::AgentCredential { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
 async fn run_check(client: &Client, out: Output, args: &CheckArgs) -> anyhow::Result<bool> {
     let dst_agents = match args.dst.target() {
         Some(dst) => Some(
-            Client::connect(&dst, None)
-                .await?
-                .agents()
-                .await
-                .context("listing the destination cluster's agents")?,
+            Client::connect(
+                &dst,
+                args.dst
+                    .dst_token_file
+                    .as_deref()
+                    .map_or(Token::None, Token::File),
+                args.dst.dst_ca_file.as_deref(),
+            )
+            .await?
+            .agents()
+            .await
+            .context("listing the destination cluster's agents")?,
         ),
         None => None,
     };

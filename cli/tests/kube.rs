@@ -16,7 +16,8 @@ use support::round_of;
 mod support;
 
 const NETREACHES: &str = "/apis/meshdoctor.io/v1beta1/netreaches";
-const PROXY: &str = "/api/v1/namespaces/meshdoctor/services/meshdoctor-controller/proxy";
+const PROXY: &str =
+    "/api/v1/namespaces/meshdoctor/services/https:meshdoctor-controller:https/proxy";
 
 /// A fresh directory for a test's kubeconfigs and state file.
 fn temp_dir(tag: &str) -> PathBuf {

@@ -1,8 +1,9 @@
-//! The HTTP API (axum): agent registration, plan long-polling and report intake for agents
-//! (bearer token when configured), plus read-only views of agents, tasks, reports, findings
-//! and metrics. The standalone controller also takes tasks: `PUT`/`DELETE /v1/tasks/{name}`
-//! (same token) write or remove the task's file in the tasks directory and apply it at once,
-//! which is how the CLI runs a one-shot check without access to the controller's disk.
+//! The HTTP API (axum): agent registration, plan long-polling and report intake for agents,
+//! plus read-only views of agents, tasks, reports, findings and metrics. The standalone
+//! controller also takes tasks: `PUT`/`DELETE /v1/tasks/{name}` write or remove the task's file
+//! in the tasks directory and apply it at once, which is how the CLI runs a one-shot check
+//! without access to the controller's disk. Each route says what credential it needs
+//! ([`access`](crate::access)), checked before any body is read.
 //!
 //! Request bodies are parsed by hand so that any malformed agent input is a 400 with a JSON
 //! message, whatever the content type, and never a panic.
@@ -23,11 +24,13 @@ use meshdoctor_api::{
     routes::{self, PlansQuery, RoundRef},
     views::{AgentView, ErrorBody, TaskFindings, TaskView},
 };
+use meshdoctor_ops::credential::ALT_AUTHORIZATION;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::warn;
 
 use crate::{
+    access::{Access, Caller, Need},
     driver::Controller,
     mailbox::ReportError,
     sinks::store::StoreError,
@@ -39,13 +42,16 @@ use crate::{
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Registrations and task documents; a report has the bound its plan justifies instead.
 const MAX_BODY: usize = 4 << 20;
+/// Time a request's body has to arrive whole: a client sending a byte now and then does not
+/// keep a connection and its buffer.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the routes serve from.
 #[derive(Clone)]
 pub struct Serving {
     pub ctl: Arc<Controller>,
-    /// The agents' bearer token, when one guards their endpoints and the task writes.
-    pub token: Option<String>,
+    /// Who may call what.
+    pub access: Arc<Access>,
     /// The standalone backend's tasks directory, which `PUT`/`DELETE /v1/tasks/{name}` write
     /// to; `None` with the Kubernetes backend, whose tasks are objects.
     pub tasks_dir: Option<Arc<TasksDir>>,
@@ -54,7 +60,7 @@ pub struct Serving {
 #[derive(Clone)]
 struct AppState {
     ctl: Arc<Controller>,
-    token: Option<Arc<str>>,
+    access: Arc<Access>,
     tasks_dir: Option<Arc<TasksDir>>,
 }
 
@@ -74,7 +80,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(serving: Serving) -> Router {
     let state = AppState {
         ctl: serving.ctl,
-        token: serving.token.map(Arc::from),
+        access: serving.access,
         tasks_dir: serving.tasks_dir,
     };
     Router::new()
@@ -94,33 +100,53 @@ pub fn router(serving: Serving) -> Router {
 
 /// 200 once serving, on every replica: in Kubernetes the standby is Ready too (a rollout
 /// completes), and agents reach the leader because the controller Service selects the label
-/// the leader puts on its pod ([`crate::kubernetes::leader_label`]).
-async fn readyz() -> (StatusCode, &'static str) {
-    (StatusCode::OK, "ok")
-}
-
-fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(token) = &state.token else {
-        return Ok(());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
-        ))
+/// the leader puts on its pod ([`crate::kubernetes::leader_label`]). 503 while round reports
+/// cannot be stored (a full or read-only disk), with why, until one is.
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    match s.ctl.store_failure().await {
+        None => (StatusCode::OK, "ok".into()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
-/// Compares without an early exit, so response timing does not leak the token's prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The caller, when their credential (`Authorization: Bearer`, or the header the Kubernetes
+/// API server's proxy lets through) allows what the route `need`s: 401 or 403 otherwise.
+async fn allow(s: &AppState, headers: &HeaderMap, need: Need<'_>) -> ApiResult<Caller> {
+    let token = [
+        header::AUTHORIZATION,
+        header::HeaderName::from_static(ALT_AUTHORIZATION),
+    ]
+    .iter()
+    .find_map(|name| headers.get(name))
+    .and_then(|v| v.to_str().ok())
+    .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+    let caller = s.access.caller(token).await.map_err(denied)?;
+    s.access.allows(&caller, need).map_err(denied)?;
+    Ok(caller)
+}
+
+fn denied(e: crate::access::Denied) -> ApiError {
+    ApiError(e.status(), e.to_string())
+}
+
+/// A request body, read once its sender is authorized (a body is never read for nobody), up to
+/// `limit` bytes: 413 beyond, without reading further.
+/// 413 beyond; 408 when it takes longer than [`BODY_TIMEOUT`].
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body exceeds {limit} bytes"),
+        )),
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )),
+    }
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
@@ -135,22 +161,26 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 async fn register(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authorize(&s, &headers)?;
-    let registration: AgentRegistration = parse(&body)?;
+    let caller = allow(&s, &headers, Need::AnyAgent).await?;
+    let registration: AgentRegistration = parse(&read_body(body, MAX_BODY).await?)?;
     if registration.node.is_empty() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             "node must not be empty".into(),
         ));
     }
+    s.access
+        .allows(&caller, Need::Agent(&registration.node))
+        .map_err(denied)?;
     s.ctl.register(registration);
     Ok(Json(json!({})))
 }
 
-async fn agents(State(s): State<AppState>) -> Json<Vec<AgentView>> {
-    Json(s.ctl.agents())
+async fn agents(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<AgentView>>> {
+    allow(&s, &headers, Need::Reader).await?;
+    Ok(Json(s.ctl.agents()))
 }
 
 async fn plans(
@@ -159,7 +189,7 @@ async fn plans(
     Path(node): Path<String>,
     Query(q): Query<PlansQuery>,
 ) -> ApiResult<Json<Vec<Arc<RoundPlan>>>> {
-    authorize(&s, &headers)?;
+    allow(&s, &headers, Need::Agent(&node)).await?;
     let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
     s.ctl
         .wait_plans(&node, q.after, wait)
@@ -192,7 +222,7 @@ async fn report(
     Path((node, tag)): Path<(String, u32)>,
     body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authorize(&s, &headers)?;
+    allow(&s, &headers, Need::Agent(&node)).await?;
     let limit = s
         .ctl
         .report_limit(&node, tag)
@@ -212,9 +242,10 @@ async fn report(
         return Err(too_large());
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let body = axum::body::to_bytes(body, limit_usize)
-        .await
-        .map_err(|_| too_large())?;
+    let body = read_body(body, limit_usize).await.map_err(|e| match e.0 {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        _ => e,
+    })?;
     let text = |name: header::HeaderName| match headers.get(&name) {
         None => Ok(None),
         Some(v) => v
@@ -261,8 +292,9 @@ async fn report(
     }
 }
 
-async fn tasks(State(s): State<AppState>) -> Json<Vec<TaskView>> {
-    Json(s.ctl.tasks())
+async fn tasks(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<TaskView>>> {
+    allow(&s, &headers, Need::Reader).await?;
+    Ok(Json(s.ctl.tasks()))
 }
 
 /// Why the Kubernetes backend takes no task over this API.
@@ -302,9 +334,10 @@ async fn put_task(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<TaskView>)> {
-    authorize(&s, &headers)?;
+    allow(&s, &headers, Need::Admin).await?;
+    let body = read_body(body, MAX_BODY).await?;
     let text = String::from_utf8(body.to_vec()).map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -340,45 +373,48 @@ async fn delete_task(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    authorize(&s, &headers)?;
+    allow(&s, &headers, Need::Admin).await?;
     on_tasks_dir(&s, move |apply, dir| dir.delete(apply, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The faulty interfaces of every task's latest round: the one call a dashboard or an on-call
 /// script needs, without fetching whole round reports.
-async fn findings(State(s): State<AppState>) -> Json<Vec<TaskFindings>> {
-    Json(s.ctl.findings().await)
+async fn findings(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<TaskFindings>>> {
+    allow(&s, &headers, Need::Reader).await?;
+    Ok(Json(s.ctl.findings().await))
 }
 
 async fn round_report(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Path((name, round)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    allow(&s, &headers, Need::Reader).await?;
     let round: RoundRef = round
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     match s.ctl.store().open(&name, round).await {
-        // Decompressed and sent a piece at a time: a big round's report is never in memory
-        // whole. The reader blocks, so it runs off the async workers, a few pieces ahead.
-        Ok(Some(mut reader)) => {
+        // Written out as JSON and sent a piece at a time: a big round's report is never in
+        // memory whole. Reading blocks, so it runs off the async workers, a few pieces ahead.
+        Ok(Some(report)) => {
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
             tokio::task::spawn_blocking(move || {
-                loop {
-                    let mut chunk = vec![0u8; 64 << 10];
-                    let piece = match std::io::Read::read(&mut reader, &mut chunk) {
-                        Ok(0) => return,
-                        Ok(n) => {
-                            chunk.truncate(n);
-                            Ok(Bytes::from(chunk))
-                        }
-                        Err(e) => Err(e),
-                    };
-                    let failed = piece.is_err();
-                    // The client went away, or the file failed: stop.
-                    if tx.blocking_send(piece).is_err() || failed {
-                        return;
-                    }
+                let mut out = Pieces {
+                    tx: tx.clone(),
+                    piece: Vec::with_capacity(PIECE),
+                };
+                let written = report
+                    .write_json(&mut out)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| std::io::Write::flush(&mut out));
+                // A failed file ends the body with an error (the client went away: nothing to
+                // tell).
+                if let Err(e) = written {
+                    let _ = tx.blocking_send(Err(e));
                 }
             });
             let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -398,7 +434,37 @@ async fn round_report(
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
+/// Bytes of a served report per piece of the response body.
+const PIECE: usize = 64 << 10;
+
+/// A response body being written: full pieces go to the body's channel.
+struct Pieces {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    piece: Vec<u8>,
+}
+
+impl std::io::Write for Pieces {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.piece.extend_from_slice(buf);
+        if self.piece.len() >= PIECE {
+            self.flush()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.piece.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.piece, Vec::with_capacity(PIECE));
+        self.tx
+            .blocking_send(Ok(Bytes::from(piece)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    allow(&s, &headers, Need::Metrics).await?;
     let text = s
         .ctl
         .metrics()

@@ -2,14 +2,15 @@
 //! who takes part in a round, which cluster targets a NetReach task probes besides the mesh,
 //! and where a task's status goes.
 //!
-//! The standalone backend adds nothing: every registered agent takes part, there are no
-//! Service targets, status is served by the HTTP API only. The Kubernetes backend
+//! The standalone backend adds little: every registered agent takes part, there are no
+//! Service targets, status is served by the HTTP API and, given a directory, kept on disk
+//! ([`StatusFiles`]) for the next controller. The Kubernetes backend
 //! ([`crate::kubernetes`]) answers from what its watchers saw and writes status to the task
 //! objects.
 
 use meshdoctor_api::{AgentRegistration, NetReach, TaskStatus, task::ListedAddress};
 
-use crate::task_table::TaskSource;
+use crate::{status_files::StatusFiles, task_table::TaskSource};
 
 pub trait Backend: Send + Sync + 'static {
     /// The agents that take part in a round, from the registered ones.
@@ -28,7 +29,26 @@ pub trait Backend: Send + Sync + 'static {
     fn status_changed(&self, _source: &TaskSource, _status: &TaskStatus) {}
 }
 
-/// Tasks from files, agents over HTTP, status in memory.
-pub struct Standalone;
+/// Tasks from files, agents over HTTP, status in memory and, with [`Standalone::saving`], on
+/// disk.
+#[derive(Debug, Default)]
+pub struct Standalone {
+    statuses: Option<StatusFiles>,
+}
 
-impl Backend for Standalone {}
+impl Standalone {
+    /// Saves every status change to `files`.
+    pub fn saving(files: StatusFiles) -> Self {
+        Self {
+            statuses: Some(files),
+        }
+    }
+}
+
+impl Backend for Standalone {
+    fn status_changed(&self, source: &TaskSource, status: &TaskStatus) {
+        if let Some(files) = &self.statuses {
+            files.save(source, status);
+        }
+    }
+}

@@ -14,6 +14,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
@@ -28,6 +29,7 @@ use tracing::{error, info, warn};
 use crate::{
     apps::target::{TargetError, TlsFile, TlsPart, tls_files},
     backend::{Backend, Standalone},
+    limits::{self, Limits},
     lock,
     mailbox::{Collected, Mailbox, ReportError},
     mesh::{RoundMeta, shape::Budget},
@@ -42,7 +44,7 @@ use crate::{
 };
 
 /// Round timing knobs (the controller's `--wait-agents`, `--start-delay`, `--report-grace`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// A task's schedule clock starts once this many agents registered.
     pub wait_agents: usize,
@@ -56,7 +58,15 @@ pub struct Settings {
     pub pair_metrics: bool,
     /// Limits on a round's mesh: the probe budget per agent, the most pair-paths.
     pub budget: Budget,
+    /// The only directory whose files tasks may name as TLS files (`--tls-dir`): the
+    /// controller ships them to every agent, so a task must not name its token or /proc.
+    pub tls_dir: PathBuf,
+    /// Where and how fast tasks may make agents send.
+    pub limits: Limits,
 }
+
+/// The controller's `--tls-dir` unless told otherwise.
+pub const DEFAULT_TLS_DIR: &str = "/etc/meshdoctor/tls";
 
 /// The task table and the schedules running for it: a runner per source whose table entry
 /// started one, kept in step by [`Controller::execute`], their only writer.
@@ -74,6 +84,8 @@ pub struct Controller {
     roster: crate::roster::Roster,
     mailbox: Mailbox,
     tasks: Mutex<Tasks>,
+    /// Tasks whose interrupted rounds were looked for ([`Controller::record_interrupted`]).
+    interrupted_checked: Mutex<std::collections::BTreeSet<String>>,
     sinks: Sinks,
 }
 
@@ -82,18 +94,45 @@ async fn sleep_until_ms(at_ms: u64) {
 }
 
 /// Reads the TLS files of a round's target, on the controller's host, into the PEM material
-/// its plans carry; `None` when there are none. An error names the field and the path.
-async fn read_tls(files: &[TlsFile]) -> Result<Option<TlsMaterial>, TargetError> {
+/// its plans carry; `None` when there are none. Only files inside `dir` are read (symlinks and
+/// `..` resolved first). An error names the field and the path.
+async fn read_tls(files: &[TlsFile], dir: &Path) -> Result<Option<TlsMaterial>, TargetError> {
+    let Some(first) = files.first() else {
+        return Ok(None);
+    };
+    // Resolved once for all the files; an error names the first file's field.
+    let inside = tokio::fs::canonicalize(dir)
+        .await
+        .map_err(|e| TargetError::TlsDir {
+            field: first.field,
+            dir: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let mut tls = TlsMaterial::default();
     for f in files {
-        let pem =
-            tokio::fs::read_to_string(&f.path)
-                .await
-                .map_err(|e| TargetError::Unreadable {
-                    field: f.field,
-                    path: f.path.clone(),
-                    reason: e.to_string(),
-                })?;
+        let unreadable = |e: std::io::Error| TargetError::Unreadable {
+            field: f.field,
+            path: f.path.clone(),
+            reason: e.to_string(),
+        };
+        let outside = || TargetError::OutsideTlsDir {
+            field: f.field,
+            path: f.path.clone(),
+            dir: inside.display().to_string(),
+        };
+        // Before touching the file, so that a task cannot learn what exists elsewhere; and
+        // again once symlinks are resolved.
+        let named = Path::new(&f.path);
+        if !lexically_inside(dir, named) && !lexically_inside(&inside, named) {
+            return Err(outside());
+        }
+        let file = tokio::fs::canonicalize(inside.join(&f.path))
+            .await
+            .map_err(unreadable)?;
+        if !file.starts_with(&inside) {
+            return Err(outside());
+        }
+        let pem = tokio::fs::read_to_string(&file).await.map_err(unreadable)?;
         let part = match f.part {
             TlsPart::Ca => &mut tls.ca_pem,
             TlsPart::Cert => &mut tls.cert_pem,
@@ -104,18 +143,37 @@ async fn read_tls(files: &[TlsFile]) -> Result<Option<TlsMaterial>, TargetError>
     Ok((tls != TlsMaterial::default()).then_some(tls))
 }
 
+/// Whether `path`, taken from `dir` (an absolute `path` stands alone), stays inside `dir` once
+/// its `.` and `..` are applied, without looking at the file system.
+fn lexically_inside(dir: &Path, path: &Path) -> bool {
+    use std::path::Component;
+    let mut at = PathBuf::new();
+    for c in dir.join(path).components() {
+        match c {
+            Component::ParentDir => {
+                at.pop();
+            }
+            Component::CurDir => {}
+            c => at.push(c),
+        }
+    }
+    at.starts_with(dir) && at != dir
+}
+
 impl Controller {
     pub fn new(settings: Settings, store: ReportStore) -> Arc<Self> {
+        let (max_history, pair_metrics) = (settings.max_history, settings.pair_metrics);
         Arc::new(Self {
             settings,
-            backend: RwLock::new(Arc::new(Standalone)),
+            backend: RwLock::new(Arc::new(Standalone::default())),
             roster: Default::default(),
             mailbox: Mailbox::default(),
             tasks: Mutex::new(Tasks {
-                table: TaskTable::new(settings.max_history),
+                table: TaskTable::new(max_history),
                 runners: BTreeMap::new(),
             }),
-            sinks: Sinks::new(store, Metrics::new(settings.pair_metrics)),
+            sinks: Sinks::new(store, Metrics::new(pair_metrics)),
+            interrupted_checked: Mutex::default(),
         })
     }
 
@@ -129,6 +187,11 @@ impl Controller {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Why the latest round report could not be stored, if it could not (readiness).
+    pub async fn store_failure(&self) -> Option<String> {
+        self.sinks.store_failure().await
     }
 
     pub fn store(&self) -> &ReportStore {
@@ -269,8 +332,12 @@ impl Controller {
     }
 
     /// A task's schedule loop: waits for the roster, then starts rounds on schedule.
-    async fn run_task(self: Arc<Self>, id: TaskId, task: Arc<Task>, resume: Resume) {
+    async fn run_task(self: Arc<Self>, id: TaskId, task: Arc<Task>, mut resume: Resume) {
         self.roster.wait_for(self.settings.wait_agents).await;
+        // An interrupted round was a round of the task: it counts, as in the status.
+        resume.done = resume
+            .done
+            .saturating_add(self.record_interrupted(&id, &task).await);
         let offset = self
             .sinks
             .store
@@ -315,10 +382,44 @@ impl Controller {
         }
     }
 
+    /// Stores and records as failed the rounds of `task` an earlier controller started and
+    /// never closed, so that their numbers are taken and the status shows them; how many. Once
+    /// per task name: later, running marks are this controller's own rounds.
+    async fn record_interrupted(self: &Arc<Self>, id: &TaskId, task: &Task) -> u32 {
+        if !lock(&self.interrupted_checked).insert(task.name().to_string()) {
+            return 0;
+        }
+        let store = &self.sinks.store;
+        let rounds = store.interrupted(task.name()).await.unwrap_or_else(|e| {
+            warn!(
+                task = task.name(),
+                "cannot look for interrupted rounds: {e}"
+            );
+            vec![]
+        });
+        let count = u32::try_from(rounds.len()).unwrap_or(u32::MAX);
+        for (round, start_ms) in rounds {
+            warn!(task = task.name(), round, "{}", round::INTERRUPTED);
+            let now = now_ms();
+            let report = self
+                .sinks
+                .store(round::interrupted(task.name(), round, start_ms, now))
+                .await;
+            let mut tasks = lock(&self.tasks);
+            if let Some(change) = tasks.table.record(id, &report, now, now) {
+                self.execute(&mut tasks, vec![change]);
+            }
+        }
+        count
+    }
+
     /// What a round of `task` needs from outside the pure core.
     async fn gather(&self, task: &Task) -> Inputs {
         let backend = self.backend();
-        let roster = backend.roster(self.roster.registrations());
+        let roster = backend.roster(
+            self.roster
+                .registrations(|agents| self.sinks.metrics.set_agents(agents)),
+        );
         let (service_targets, target_problems) = match task.as_net_reach() {
             Some(net_reach) => backend.service_targets(net_reach),
             None => (vec![], vec![]),
@@ -327,7 +428,7 @@ impl Controller {
             roster,
             service_targets,
             target_problems,
-            tls: read_tls(&tls_files(task)).await,
+            tls: read_tls(&tls_files(task), &self.settings.tls_dir).await,
         }
     }
 
@@ -346,6 +447,14 @@ impl Controller {
             round_deadline_ms,
             self.settings.report_grace,
         );
+        if let Err(e) = self
+            .sinks
+            .store
+            .mark_running(&id.name, round, start_ms)
+            .await
+        {
+            warn!(task = id.name, round, "cannot mark the round running: {e}");
+        }
         let inputs = self.gather(&task).await;
         let meta = RoundMeta {
             task: &id.name,
@@ -355,6 +464,10 @@ impl Controller {
             budget: self.settings.budget,
         };
         let (planned, plans) = round::plan(&task, inputs, meta);
+        let plans = plans.and_then(|p| {
+            limits::check(&p, &self.settings.limits)?;
+            Ok(p)
+        });
         let collected = match plans {
             Ok(plans) => {
                 let agents = plans.len();
@@ -433,6 +546,8 @@ mod tests {
             max_history: 10,
             pair_metrics: false,
             budget: Default::default(),
+            tls_dir: DEFAULT_TLS_DIR.into(),
+            limits: Default::default(),
         }
     }
 
@@ -450,9 +565,9 @@ mod tests {
         view.status.unwrap()
     }
 
-    /// The TLS material of `task`'s files, read, made its target.
-    async fn resolve_target(task: &Task) -> Result<meshdoctor_api::AppTarget, String> {
-        read_tls(&tls_files(task))
+    /// The TLS material of `task`'s files, read from `dir`, made its target.
+    async fn resolve_target(task: &Task, dir: &Path) -> Result<meshdoctor_api::AppTarget, String> {
+        read_tls(&tls_files(task), dir)
             .await
             .and_then(|tls| app_target(task, tls))
             .map_err(|e| e.to_string())
@@ -599,15 +714,174 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Task `web` of `rounds` rounds 3 s apart, an https check whose CA file is missing in the
+    /// TLS directory `dir`: its rounds fail at once, before any agent runs. The task and the
+    /// missing file.
+    fn web_without_its_ca(dir: &Path, rounds: u32) -> (TaskDef, PathBuf) {
+        let missing = dir.join("nonexistent/ca.pem");
+        let web = format!(
+            "apiVersion: meshdoctor.io/v1beta1\nkind: AppHttpHealthy\nmetadata: {{name: web}}\n\
+             spec:\n  schedule: {{schedule: '@every 3s', roundNumber: {rounds}}}\n  \
+             request: {{qps: 10, durationInSecond: 1}}\n  \
+             target: {{host: 'https://web', method: GET, tlsCaFile: {}}}\n",
+            missing.display()
+        );
+        (mk_def("web.yaml", &web), missing)
+    }
+
+    /// A restarted standalone controller continues each task from the status the previous one
+    /// saved: a one-round task that ran does not run again, and its history is kept.
+    #[tokio::test]
+    async fn a_restarted_controller_continues_from_the_saved_status() {
+        use crate::status_files::StatusFiles;
+
+        let dir = temp_dir("saved-status");
+        let saved = dir.join("status");
+        let start = |files: StatusFiles| {
+            let ctl = Controller::new(
+                Settings {
+                    tls_dir: dir.clone(),
+                    limits: Default::default(),
+                    ..settings(1)
+                },
+                ReportStore::new(&dir),
+            );
+            ctl.set_backend(Arc::new(Standalone::saving(files)));
+            register(&ctl, "node-1");
+            ctl
+        };
+        let first = start(StatusFiles::new(saved.clone()));
+        first.sync_tasks(vec![web_without_its_ca(&dir, 1).0]);
+        let started = std::time::Instant::now();
+        let seeds = loop {
+            let seeds = StatusFiles::new(saved.clone()).load();
+            if seeds.values().any(|s| s.finish) {
+                break seeds;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "{seeds:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        first.sync_tasks(vec![]);
+        let second = start(StatusFiles::new(saved.clone()));
+        second.sync_tasks_seeded(vec![web_without_its_ca(&dir, 1).0], seeds);
+        // Time for a round to start if one were due.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = status(&second, "web");
+        assert_eq!(
+            (s.done_round, s.finish, s.history.len()),
+            (1, true, 1),
+            "{s:?}"
+        );
+        assert_eq!(s.history[0].round_number, 1, "{s:?}");
+        assert_eq!(second.store().latest_round("web").await.unwrap(), Some(1));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A round an earlier controller started and never closed (it left the round's running
+    /// mark) is stored and recorded as interrupted, and its number is not used again.
+    #[tokio::test]
+    async fn an_interrupted_round_is_recorded_and_its_number_not_reused() {
+        let dir = temp_dir("interrupted");
+        let store = ReportStore::new(&dir);
+        store.mark_running("web", 4, 1_000).await.unwrap();
+        let ctl = Controller::new(
+            Settings {
+                tls_dir: dir.clone(),
+                limits: Default::default(),
+                ..settings(1)
+            },
+            store.clone(),
+        );
+        register(&ctl, "node-1");
+        ctl.sync_tasks(vec![web_without_its_ca(&dir, 2).0]);
+        let started = std::time::Instant::now();
+        let mut rounds = loop {
+            let history = status(&ctl, "web").history;
+            if history.len() >= 2 {
+                break history
+                    .iter()
+                    .map(|h| (h.round_number, h.status))
+                    .collect::<Vec<_>>();
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "{history:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        rounds.sort_by_key(|(n, _)| *n);
+        assert_eq!(rounds, [(4, RoundStatus::Fail), (5, RoundStatus::Fail)]);
+        // The interrupted round counts: two rounds of two, no third.
+        let s = status(&ctl, "web");
+        assert_eq!((s.done_round, s.finish), (2, true), "{s:?}");
+        // Past the time of a third round: none ran.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(store.latest_round("web").await.unwrap(), Some(5));
+        let json = store
+            .read("web", RoundRef::Number(4))
+            .await
+            .unwrap()
+            .unwrap();
+        let interrupted: RoundReport = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            (interrupted.failure_reasons, interrupted.start_ms),
+            (vec![round::INTERRUPTED.to_string()], 1_000)
+        );
+        assert_eq!(store.interrupted("web").await.unwrap(), []);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A round whose report cannot be written (here the reports directory is a file) is a
+    /// failed round in the status, saying why, and readiness fails until the store can take a
+    /// write again.
+    #[tokio::test]
+    async fn a_report_that_cannot_be_stored_fails_its_round_and_readiness() {
+        let dir = temp_dir("store-fails");
+        std::fs::write(dir.join("reports"), "not a directory").unwrap();
+        let ctl = Controller::new(settings(1), ReportStore::new(&dir));
+        register(&ctl, "node-1");
+        ctl.sync_tasks(vec![mk_task_def("mesh")]);
+        let started = std::time::Instant::now();
+        let history = loop {
+            let history = status(&ctl, "mesh").history;
+            if !history.is_empty() {
+                break history;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no round recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(history[0].status, RoundStatus::Fail, "{history:?}");
+        assert!(
+            history[0]
+                .failure_reasons
+                .iter()
+                .any(|r| r.starts_with("the round's report could not be stored: ")),
+            "{history:?}"
+        );
+        let failure = ctl.store_failure().await.expect("readiness fails");
+        assert!(
+            failure.starts_with("the round's report could not be stored: "),
+            "{failure}"
+        );
+        std::fs::remove_file(dir.join("reports")).unwrap();
+        assert_eq!(ctl.store_failure().await, None, "readiness is back");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test]
     async fn an_unreadable_tls_file_fails_the_round_before_any_agent_runs() {
         let dir = temp_dir("app-tls");
-        let ctl = Controller::new(settings(1), ReportStore::new(&dir));
+        let ctl = Controller::new(
+            Settings {
+                tls_dir: dir.clone(),
+                limits: Default::default(),
+                ..settings(1)
+            },
+            ReportStore::new(&dir),
+        );
         register(&ctl, "node-1");
-        let web = "apiVersion: meshdoctor.io/v1beta1\nkind: AppHttpHealthy\nmetadata: {name: web}\n\
-                   spec:\n  request: {qps: 10, durationInSecond: 1}\n  \
-                   target: {host: 'https://web', method: GET, tlsCaFile: /nonexistent/ca.pem}\n";
-        ctl.sync_tasks(vec![mk_def("web.yaml", web)]);
+        let (web, missing) = web_without_its_ca(&dir, 1);
+        ctl.sync_tasks(vec![web]);
         let report = stored_round(&ctl, "web").await;
         assert_eq!(report.status, RoundStatus::Fail);
         assert_eq!(
@@ -618,14 +892,25 @@ mod tests {
         );
         assert!(
             report.failure_reasons[0]
-                .starts_with("spec.target.tlsCaFile: cannot read \"/nonexistent/ca.pem\""),
+                .starts_with(&format!("spec.target.tlsCaFile: cannot read {missing:?}")),
             "{:?}",
             report.failure_reasons
         );
         assert_eq!(report.app.as_ref().unwrap().target, "GET https://web");
         // It never started: it does not end before its start, in the report or the history.
         assert!(report.start_ms <= report.end_ms, "{report:?}");
-        let history = &status(&ctl, "web").history[0];
+        // The status is recorded just after the report is stored.
+        let started = std::time::Instant::now();
+        let history = loop {
+            if let Some(first) = status(&ctl, "web").history.front().cloned() {
+                break first;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "round never recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert!(history.start_ms <= history.end_ms, "{history:?}");
         assert!(
             ctl.wait_plans("node-1", 0, Duration::ZERO)
@@ -645,7 +930,7 @@ mod tests {
             &format!(", host: 'https://web', tlsCaFile: {}", ca.display()),
             "",
         );
-        let target = resolve_target(&task).await.unwrap();
+        let target = resolve_target(&task, &dir).await.unwrap();
         let AppTarget::Http(h) = target else {
             panic!("not http")
         };
@@ -665,7 +950,7 @@ mod tests {
             ),
             "",
         );
-        let err = resolve_target(&task).await.unwrap_err();
+        let err = resolve_target(&task, &dir).await.unwrap_err();
         assert!(
             err.starts_with("spec.target.tlsCertFile: cannot read")
                 && err.contains("nope.pem")
@@ -674,17 +959,63 @@ mod tests {
         );
         // Plain http ships no TLS material (the task warns that it is unused).
         let plain = http_task(&format!(", host: web, tlsCaFile: {}", ca.display()), "");
-        let Ok(AppTarget::Http(h)) = resolve_target(&plain).await else {
+        let Ok(AppTarget::Http(h)) = resolve_target(&plain, &dir).await else {
             panic!("not http")
         };
         assert_eq!(h.tls, None);
         // A DNS target without TLS files resolves too.
         assert!(
-            resolve_target(&dns_task("{targetUser: {server: 192.0.2.1}}"))
+            resolve_target(&dns_task("{targetUser: {server: 192.0.2.1}}"), &dir)
                 .await
                 .is_ok()
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A task may name only files in the controller's TLS directory: not its token, not
+    /// /proc, not by `..` nor through a symlink.
+    #[tokio::test]
+    async fn tls_files_outside_the_tls_directory_are_refused() {
+        let base = crate::fixtures::temp_dir("tls-dir");
+        let dir = base.join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), "CA PEM").unwrap();
+        std::fs::write(base.join("token"), "secret").unwrap();
+        std::os::unix::fs::symlink(base.join("token"), dir.join("link.pem")).unwrap();
+        let ca_task =
+            |path: &str| http_task(&format!(", host: 'https://web', tlsCaFile: '{path}'"), "");
+        let ca = dir.join("ca.pem").display().to_string();
+        let AppTarget::Http(h) = resolve_target(&ca_task(&ca), &dir).await.unwrap() else {
+            panic!("not http")
+        };
+        assert_eq!(h.tls.unwrap().ca_pem.as_deref(), Some("CA PEM"));
+        let token = base.join("token").display().to_string();
+        let climbing = format!("{}/../token", dir.display());
+        let link = dir.join("link.pem").display().to_string();
+        for path in [
+            token.as_str(),
+            "/proc/self/environ",
+            &climbing,
+            &link,
+            "/nonexistent/x.pem",
+        ] {
+            let err = resolve_target(&ca_task(path), &dir).await.unwrap_err();
+            assert!(
+                err.starts_with("spec.target.tlsCaFile: ")
+                    && err.contains("is outside the controller's TLS directory")
+                    && err.contains("--tls-dir"),
+                "{path}: {err}"
+            );
+        }
+        // A TLS directory that is not there is named.
+        let err = resolve_target(&ca_task(&ca), &base.join("none"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("the controller's TLS directory") && err.contains("none"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(base).unwrap();
     }
 
     #[tokio::test]
@@ -697,7 +1028,7 @@ mod tests {
             ca.display()
         );
         let dot = dns_task_over("tcp-tls", &user);
-        let Ok(AppTarget::Dns(d)) = resolve_target(&dot).await else {
+        let Ok(AppTarget::Dns(d)) = resolve_target(&dot, &dir).await else {
             panic!("not dns")
         };
         assert_eq!(
@@ -716,7 +1047,7 @@ mod tests {
         // Without the TLS fields: no CA (webpki roots) and the IP as the name; a port given
         // stays.
         let bare = dns_task_over("tcp-tls", "{targetUser: {server: 192.0.2.254, port: 8853}}");
-        let Ok(AppTarget::Dns(d)) = resolve_target(&bare).await else {
+        let Ok(AppTarget::Dns(d)) = resolve_target(&bare, &dir).await else {
             panic!("not dns")
         };
         assert_eq!(d.server.port(), 8853);
@@ -729,7 +1060,8 @@ mod tests {
             missing.display()
         );
         for protocol in ["udp", "tcp"] {
-            let Ok(AppTarget::Dns(d)) = resolve_target(&dns_task_over(protocol, &unused)).await
+            let Ok(AppTarget::Dns(d)) =
+                resolve_target(&dns_task_over(protocol, &unused), &dir).await
             else {
                 panic!("{protocol}: not dns")
             };
@@ -741,7 +1073,7 @@ mod tests {
             );
         }
         // Over tcp-tls the missing file fails the round, naming the field and the path.
-        let err = resolve_target(&dns_task_over("tcp-tls", &unused))
+        let err = resolve_target(&dns_task_over("tcp-tls", &unused), &dir)
             .await
             .unwrap_err();
         assert!(

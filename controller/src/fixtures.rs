@@ -14,6 +14,20 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Removes a [`temp_dir`] that a stopped task may still be writing into for a moment (a
+/// running mark whose write began before the task was stopped): retries for up to 2 s.
+pub fn remove_temp_dir(dir: &std::path::Path) {
+    for _ in 0..40 {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} kept being written to", dir.display());
+}
+
 /// A running agent pod on `node` with `ips`, and a network-status annotation when given.
 pub fn mk_pod(
     name: &str,

@@ -7,10 +7,12 @@
 //!
 //! Around it, one part per job: the agent [`roster`], the open-round [`mailbox`], the
 //! [`sinks`] of closed rounds (report store, metrics, findings), and the [`driver`], the async
-//! loops that tie them together; [`api_server`] serves the HTTP API of both backends. The
+//! loops that tie them together; [`api_server`] serves the HTTP API of both backends, with
+//! [`access`] deciding who may call what. The
 //! standalone backend's own IO is [`tasks_dir`] (task files); the Kubernetes backend is
 //! [`kubernetes`]; what differs between them for a round is behind [`backend`].
 
+pub mod access;
 pub mod api_server;
 pub mod apps;
 pub mod backend;
@@ -20,6 +22,7 @@ pub mod fixtures;
 pub mod join;
 pub mod judge;
 pub mod kubernetes;
+pub mod limits;
 pub mod localize;
 pub mod mailbox;
 pub mod mesh;
@@ -27,6 +30,7 @@ pub mod roster;
 pub mod round;
 pub mod schedule;
 pub mod sinks;
+pub mod status_files;
 pub mod task_table;
 pub mod tasks_dir;
 
@@ -71,6 +75,26 @@ pub fn tune_malloc() {
 /// no section leaves a structure half-updated.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes `bytes` to `path` whole or not at all, durably: a hidden temp file beside it, synced,
+/// renamed over it, the directory synced. A crash leaves the old file or the new, never half.
+pub(crate) fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{fs, io::Write as _};
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let written = fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_data()
+        })
+        .and_then(|()| fs::rename(&tmp, path))
+        .and_then(|()| fs::File::open(dir)?.sync_all());
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Wall-clock now in Unix milliseconds; plans and reports carry wall-clock times because

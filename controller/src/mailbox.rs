@@ -152,27 +152,43 @@ impl Mailbox {
     }
 
     /// Takes an agent's report for an open round, folded into the round's paths; a repeated
-    /// report replaces the earlier one.
+    /// report replaces the earlier one. The report is taken apart (trimmed to the plan, its
+    /// times summarized: most of the work) between two short holds of the lock, so plan polls
+    /// and other reports do not wait on it.
     pub fn deliver(&self, report: AgentReport) -> Result<(), ReportError> {
-        let mut rounds = self.lock();
         let tag = report.round_tag;
-        let Some(round) = rounds.open.get_mut(&tag) else {
-            return Err(ReportError::NoOpenRound(tag));
+        let layout = {
+            let rounds = self.lock();
+            let Some(round) = rounds.open.get(&tag) else {
+                return Err(ReportError::NoOpenRound(tag));
+            };
+            if round.task != report.task || round.round != report.round {
+                return Err(ReportError::Mismatch {
+                    tag,
+                    task: round.task.clone(),
+                    round: round.round,
+                });
+            }
+            if !round.plans.contains_key(&report.node) {
+                return Err(ReportError::NotPlanned {
+                    tag,
+                    node: report.node,
+                });
+            }
+            round.received.layout().clone()
         };
-        if round.task != report.task || round.round != report.round {
-            return Err(ReportError::Mismatch {
-                tag,
-                task: round.task.clone(),
-                round: round.round,
-            });
-        }
-        if !round.plans.contains_key(&report.node) {
-            return Err(ReportError::NotPlanned {
-                tag,
-                node: report.node,
-            });
-        }
-        round.received.add(report);
+        let node = report.node.clone();
+        let sorted = layout
+            .sort(report)
+            .ok_or(ReportError::NotPlanned { tag, node })?;
+        let mut rounds = self.lock();
+        // The round may have closed meanwhile.
+        let round = rounds
+            .open
+            .get_mut(&tag)
+            .filter(|r| Arc::ptr_eq(r.received.layout(), &layout))
+            .ok_or(ReportError::NoOpenRound(tag))?;
+        round.received.place(sorted);
         if round.received.nodes.len() == round.plans.len() {
             round.all_reported.notify_one();
         }

@@ -7,14 +7,26 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use meshdoctor_api::{DEFAULT_MAX_HISTORY, time::parse_duration};
+use meshdoctor_api::{
+    DEFAULT_MAX_HISTORY,
+    allow::{AllowList, Allowed},
+    time::parse_duration,
+};
 use meshdoctor_controller::{
+    access::{Access, AgentAuth},
     api_server::{self, Serving},
-    driver::{Controller, Settings},
-    kubernetes::{self, leader_label, lease},
+    backend::Standalone,
+    driver::{Controller, DEFAULT_TLS_DIR, Settings},
+    kubernetes::{self, leader_label, lease, token_review::Reviewer},
+    limits::Limits,
     mesh::shape::Budget,
     sinks::store::{ReportStore, Retention},
+    status_files::StatusFiles,
     tasks_dir::TasksDir,
+};
+use meshdoctor_ops::{
+    credential::{NodeKey, read_token},
+    http::Bounds,
 };
 use tracing::{info, warn};
 
@@ -44,16 +56,14 @@ struct Args {
     kube: KubeArgs,
     #[command(flatten)]
     log: meshdoctor_ops::LogArgs,
-    /// Round reports are stored as DIR/reports/<task>/<round>.json.
+    /// Round reports are stored as DIR/reports/<task>/<round>.msgpack.zst.
     #[arg(long)]
     data_dir: PathBuf,
     /// Address of the HTTP API (agents, reports, status, metrics).
     #[arg(long, default_value = "[::]:7070")]
     listen: SocketAddr,
-    /// File holding the bearer token agents must present (overrides MESHDOCTOR_TOKEN; with
-    /// none, the API takes no token).
-    #[arg(long)]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Start a task's schedule clock only once this many agents registered.
     #[arg(long, default_value_t = 0)]
     wait_agents: usize,
@@ -91,6 +101,63 @@ struct Args {
     /// runs): a round above it fails at once, naming the limit.
     #[arg(long, default_value_t = Budget::default().max_paths, value_name = "PATHS")]
     max_round_paths: u64,
+    /// The only directory whose files tasks may name as TLS files (tlsCaFile, tlsCertFile,
+    /// tlsKeyFile): the controller reads them and ships them to every agent, so a task must not
+    /// be able to name the token or /proc.
+    #[arg(long, default_value = DEFAULT_TLS_DIR, value_name = "DIR")]
+    tls_dir: PathBuf,
+    /// Destinations tasks may name (listed addresses, Service and remote agents, application
+    /// targets), comma-separated or repeated: CIDRs, addresses or host names (`*.suffix` for a
+    /// domain). A round naming another fails at once. Without it, any destination.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR|HOST")]
+    allow_targets: Vec<Allowed>,
+    /// Most probes or requests per second per target a task may ask for (spec.request.qps):
+    /// a round above it fails at once. Without it, no limit beyond the task's own validation.
+    #[arg(long, value_name = "QPS")]
+    max_qps: Option<u32>,
+    /// Most connections the API holds at once, agents' plan long-polls among them (so more
+    /// than the nodes); fewer if the open-file limit leaves less room. Further ones are closed
+    /// at once.
+    #[arg(long, default_value_t = 16384, value_name = "N")]
+    max_connections: usize,
+    /// Time a client has to send a request's head (request line and headers) before its
+    /// connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+}
+
+/// Who may call the API, and its TLS (docs/security.md). A kind of caller without its
+/// credential is let in unauthenticated, with a warning at start.
+#[derive(Debug, clap::Args)]
+struct AuthArgs {
+    /// Standalone agents' key (at least 32 bytes): each agent presents the credential this key
+    /// makes for its node (`meshdoctor agent-credential`), good for that node only. Without it
+    /// (or --agent-token-audience), agents are not authenticated.
+    #[arg(long, value_name = "FILE", conflicts_with = "agent_token_audience")]
+    agent_key_file: Option<PathBuf>,
+    /// Kubernetes: agents present their pod's projected service-account token for this
+    /// audience, verified with a TokenReview; its pod's node is the only one it may act for.
+    /// Without it: see --agent-key-file.
+    #[arg(long, value_name = "AUDIENCE")]
+    agent_token_audience: Option<String>,
+    /// File holding the admin token: task writes (and reads). Without it, anyone may write
+    /// tasks.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// File holding the reader token: reports, findings, agents and tasks. Without it (and
+    /// without an admin token), reads are open.
+    #[arg(long, value_name = "FILE")]
+    reader_token_file: Option<PathBuf>,
+    /// /metrics needs the reader (or admin) token too.
+    #[arg(long)]
+    metrics_need_reader: bool,
+    /// PEM certificate chain the API is served with over TLS (re-read when it changes);
+    /// without it the API is plain HTTP.
+    #[arg(long, value_name = "FILE", requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// PEM private key of --api-tls-cert (without it, no TLS).
+    #[arg(long, value_name = "FILE", requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
 }
 
 /// The Kubernetes backend's settings.
@@ -111,6 +178,9 @@ struct KubeArgs {
     /// The agent Ingress (NetReach ingress targets).
     #[arg(long, default_value = "meshdoctor-agent")]
     agent_ingress: String,
+    /// The agents' service account (their tokens' identity, with --agent-token-audience).
+    #[arg(long, default_value = "meshdoctor-agent")]
+    agent_service_account: String,
     /// The Lease the replicas elect a leader with.
     #[arg(long, default_value = "meshdoctor-controller")]
     lease: String,
@@ -160,17 +230,40 @@ fn history_len(s: &str) -> Result<usize, String> {
     }
 }
 
-fn token(args: &Args) -> anyhow::Result<Option<String>> {
-    let token = match &args.token_file {
-        Some(file) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read token file {}", file.display()))?,
-        ),
-        None => std::env::var("MESHDOCTOR_TOKEN").ok(),
+/// The API's credentials from the flags; agents' tokens reviewed by `kube` in Kubernetes.
+fn access(args: &Args, kube: Option<&kube::Client>) -> anyhow::Result<Access> {
+    let auth = &args.auth;
+    let agents = match (&auth.agent_key_file, &auth.agent_token_audience, kube) {
+        (Some(file), _, _) => AgentAuth::Key(NodeKey::read(file)?),
+        (None, Some(audience), Some(client)) => AgentAuth::ServiceAccount(Arc::new(Reviewer::new(
+            client.clone(),
+            audience,
+            &args.kube.namespace,
+            &args.kube.agent_service_account,
+        ))),
+        (None, Some(_), None) => {
+            anyhow::bail!(
+                "--agent-token-audience needs --backend kubernetes (its API server reviews the tokens)"
+            )
+        }
+        (None, None, _) => AgentAuth::Open,
     };
-    Ok(token
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty()))
+    let token = |file: &Option<PathBuf>| file.as_deref().map(read_token).transpose();
+    if auth.metrics_need_reader
+        && auth.reader_token_file.is_none()
+        && auth.admin_token_file.is_none()
+    {
+        anyhow::bail!(
+            "--metrics-need-reader needs --reader-token-file (or --admin-token-file): without \
+             one, /metrics would stay open"
+        );
+    }
+    Ok(Access {
+        agents,
+        admin: token(&auth.admin_token_file)?,
+        reader: token(&auth.reader_token_file)?,
+        metrics_need_reader: auth.metrics_need_reader,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -185,12 +278,13 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init();
-    let token = token(&args)?;
-    if token.is_none() {
-        warn!(
-            "no agent token configured (--token-file or MESHDOCTOR_TOKEN): agent endpoints are open"
-        );
-    }
+    let tls = match (&args.auth.api_tls_cert, &args.auth.api_tls_key) {
+        (Some(cert), Some(key)) => Some(meshdoctor_ops::tls::server_config(cert, key)?),
+        _ => {
+            warn!("no --api-tls-cert: the API (agents' plans and reports among it) is plain HTTP");
+            None
+        }
+    };
 
     let settings = Settings {
         wait_agents: args.wait_agents,
@@ -202,6 +296,11 @@ async fn run() -> anyhow::Result<()> {
             packets_per_sec: args.probe_budget,
             max_paths: args.max_round_paths,
         },
+        tls_dir: args.tls_dir.clone(),
+        limits: Limits {
+            allow: AllowList(args.allow_targets.clone()),
+            max_qps: args.max_qps,
+        },
     };
     let retention = Retention {
         rounds: usize::try_from(args.keep_rounds).unwrap_or(usize::MAX),
@@ -212,22 +311,35 @@ async fn run() -> anyhow::Result<()> {
     let ctl = Controller::new(settings, store);
     let mut stop_leading = None;
     let mut tasks_dir = None;
+    let mut kube_client = None;
     match (args.backend, &args.tasks_dir) {
         (Backend::Standalone, Some(dir)) => {
+            // Each task continues from the status the previous controller saved.
+            let statuses = StatusFiles::new(args.data_dir.join("status"));
+            let seeds = statuses.load();
+            ctl.set_backend(Arc::new(Standalone::saving(statuses)));
             let dir = Arc::new(TasksDir::new(dir.clone()));
-            dir.sync(&|defs| ctl.sync_tasks(defs))
+            dir.sync(&|defs| ctl.sync_tasks_seeded(defs, seeds.clone()))
                 .with_context(|| format!("cannot read tasks dir {}", dir.path().display()))?;
             tokio::spawn(reload_tasks(ctl.clone(), dir.clone()));
             tasks_dir = Some(dir);
         }
         (Backend::Standalone, None) => anyhow::bail!("--tasks-dir is required (standalone)"),
         (Backend::Kubernetes, _) => {
-            stop_leading = Some(start_kubernetes(&ctl, &args.kube).await?);
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+            stop_leading = Some(start_kubernetes(&ctl, client.clone(), &args.kube).await?);
+            kube_client = Some(client);
         }
+    }
+    let access = access(&args, kube_client.as_ref())?;
+    for door in access.open_doors() {
+        warn!("no credential configured for {door}: open to anyone who reaches the API");
     }
     let serving = Serving {
         ctl,
-        token,
+        access: Arc::new(access),
         tasks_dir,
     };
 
@@ -238,16 +350,17 @@ async fn run() -> anyhow::Result<()> {
     // SIGTERM is how Kubernetes stops a pod; Ctrl-C how a person does.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    axum::serve(listener, api_server::router(serving))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            info!("shutting down");
-        })
-        .await
-        .context("HTTP server failed")?;
+    let bounds = Bounds::within_fd_limit(args.max_connections, args.header_timeout);
+    info!(connections = bounds.connections, "API connection limit");
+    let router = api_server::router(serving);
+    meshdoctor_ops::http::serve(listener, router, bounds, tls, async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("shutting down");
+    })
+    .await;
     if let Some(stop) = stop_leading {
         stop.await;
     }
@@ -258,11 +371,9 @@ async fn run() -> anyhow::Result<()> {
 /// shutdown, so that another replica takes over at once.
 async fn start_kubernetes(
     ctl: &Arc<Controller>,
+    client: kube::Client,
     args: &KubeArgs,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
     let lease_cfg = lease::LeaseConfig {
         namespace: args.namespace.clone(),
         name: args.lease.clone(),

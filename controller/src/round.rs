@@ -33,6 +33,8 @@ pub enum PlanError {
     Mesh(#[from] MeshError),
     #[error(transparent)]
     Target(#[from] TargetError),
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 /// What a round needs from outside the pure core, gathered by the driver.
@@ -68,6 +70,34 @@ pub struct Round {
     pub warnings: Vec<String>,
     /// ... and the agents' topology domains by node.
     pub zones: BTreeMap<String, String>,
+}
+
+/// Why an interrupted round failed.
+pub const INTERRUPTED: &str =
+    "interrupted: the controller stopped before the round closed; nothing of it was kept";
+
+/// The report of a round that a controller started and never closed (it stopped): failed,
+/// with nothing measured, so that its number is not used again and the status says what
+/// happened to it.
+pub fn interrupted(task: &str, round: u32, start_ms: u64, now_ms: u64) -> RoundReport {
+    RoundReport {
+        task: task.into(),
+        round,
+        round_tag: 0,
+        status: RoundStatus::Fail,
+        failure_reasons: vec![INTERRUPTED.into()],
+        start_ms: start_ms.min(now_ms),
+        end_ms: now_ms,
+        expected_agents: vec![],
+        not_reported: vec![],
+        summary: Default::default(),
+        findings: vec![],
+        paths: vec![],
+        app: None,
+        mesh: None,
+        warnings: vec![],
+        zones: BTreeMap::new(),
+    }
 }
 
 /// Plans round `meta.round` of `task`: the round, and every agent's plan by node (tagged when

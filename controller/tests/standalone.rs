@@ -10,17 +10,22 @@ use meshdoctor_api::{
     PathState, RoundPlan, RoundReport, RoundStatus, SentPath, Timestamping,
 };
 use meshdoctor_controller::{
+    access::{Access, AgentAuth},
     api_server::{self, Serving},
-    driver::{Controller, Settings},
+    driver::{Controller, DEFAULT_TLS_DIR, Settings},
     fixtures,
     mailbox::ReportError,
     now_ms,
     sinks::store::ReportStore,
     tasks_dir::{self, TasksDir},
 };
+use meshdoctor_ops::credential::NodeKey;
 use serde_json::Value;
 
-const TOKEN: &str = "s3cret";
+/// The agent key, and the admin's and reader's tokens, of the controller under test.
+const KEY: [u8; 32] = [9; 32];
+const ADMIN: &str = "admin-s3cret";
+const READER: &str = "reader-s3cret";
 const TASK: &str = "apiVersion: meshdoctor.io/v1beta1
 kind: NetReach
 metadata: {name: mesh}
@@ -30,15 +35,20 @@ spec:
   target: {ipv4: true}
 ";
 
-/// GET `url` and decode the JSON answer, with the agents' token when `auth`.
+/// The credential of `node`'s agent.
+fn agent(node: &str) -> String {
+    NodeKey::new(&KEY).credential(node)
+}
+
+/// GET `url` with `token` and decode the JSON answer.
 async fn get_json<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: String,
-    auth: bool,
+    token: &str,
 ) -> T {
-    let rb = http.get(url);
-    let rb = if auth { rb.bearer_auth(TOKEN) } else { rb };
-    rb.send().await.unwrap().json().await.unwrap()
+    let r = http.get(url).bearer_auth(token).send().await.unwrap();
+    assert!(r.status().is_success(), "{r:?}");
+    r.json().await.unwrap()
 }
 
 /// A fresh directory with an empty `tasks/`.
@@ -96,6 +106,8 @@ async fn agents_run_a_round_over_http() {
         max_history: 10,
         pair_metrics: false,
         budget: Default::default(),
+        tls_dir: DEFAULT_TLS_DIR.into(),
+        limits: Default::default(),
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
     ctl.sync_tasks(tasks_dir::load_dir(&dir.join("tasks")).unwrap());
@@ -103,7 +115,7 @@ async fn agents_run_a_round_over_http() {
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{base}{p}");
 
-    // Agent endpoints need the token; bad JSON is a 400 with a message.
+    // Agent endpoints need an agent's credential; bad JSON is a 400 with a message.
     let r = http
         .post(url("/v1/agents"))
         .json(&mk_agent(1))
@@ -113,7 +125,7 @@ async fn agents_run_a_round_over_http() {
     assert_eq!(r.status(), 401);
     let r = http
         .post(url("/v1/agents"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(agent("node-1"))
         .body("{not json")
         .send()
         .await
@@ -127,23 +139,71 @@ async fn agents_run_a_round_over_http() {
     );
     let r = http
         .get(url("/v1/agents/node-9/plans"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(agent("node-9"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // An agent acts for its own node only: node-1's credential cannot register node-2 (with
+    // its own addresses) nor poll node-2's plans.
+    let r = http
+        .post(url("/v1/agents"))
+        .bearer_auth(agent("node-1"))
+        .json(&mk_agent(2))
+        .send()
+        .await
+        .unwrap();
+    let e = error_of(r, 403).await;
+    assert!(
+        e.contains("node \"node-1\" may not act for node \"node-2\""),
+        "{e}"
+    );
+    let r = http
+        .get(url("/v1/agents/node-2/plans"))
+        .bearer_auth(agent("node-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let mut forged = agent("node-2");
+    let last = if forged.ends_with('0') { "1" } else { "0" };
+    forged.replace_range(forged.len() - 1.., last);
+    let r = http
+        .post(url("/v1/agents"))
+        .bearer_auth(forged)
+        .json(&mk_agent(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(ctl_agents(&http, &url("/v1/agents")).await.is_empty());
+
     for n in [1, 2] {
         let r = http
             .post(url("/v1/agents"))
-            .bearer_auth(TOKEN)
+            .bearer_auth(agent(&format!("node-{n}")))
             .json(&mk_agent(n))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let agents: Value = get_json(&http, url("/v1/agents"), false).await;
+    // Reads need the reader's (or admin's) credential; an agent's is not one.
+    let r = http.get(url("/v1/agents")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.get(url("/v1/tasks")).bearer_auth(agent("node-1"));
+    assert_eq!(r.send().await.unwrap().status(), 403);
+    // Through the Kubernetes API server's proxy, which drops Authorization, the CLI sends the
+    // token in X-Meshdoctor-Authorization.
+    let r = http
+        .get(url("/v1/agents"))
+        .header("x-meshdoctor-authorization", format!("Bearer {READER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let agents: Value = get_json(&http, url("/v1/agents"), READER).await;
     assert_eq!(agents[1]["node"], "node-2");
     assert!(agents[1]["lastSeenMs"].as_u64().unwrap() > 0);
 
@@ -153,7 +213,7 @@ async fn agents_run_a_round_over_http() {
         let got: Vec<RoundPlan> = get_json(
             &http,
             url(&format!("/v1/agents/node-{n}/plans?after=0&waitMs=10000")),
-            true,
+            &agent(&format!("node-{n}")),
         )
         .await;
         assert_eq!(got.len(), 1, "node-{n}");
@@ -165,7 +225,7 @@ async fn agents_run_a_round_over_http() {
     let empty: Vec<RoundPlan> = get_json(
         &http,
         url(&format!("/v1/agents/node-1/plans?after={tag}&waitMs=100")),
-        true,
+        &agent("node-1"),
     )
     .await;
     assert!(empty.is_empty());
@@ -176,7 +236,7 @@ async fn agents_run_a_round_over_http() {
     let report_url = |node: &str, tag: u32| url(&format!("/v1/agents/{node}/reports/{tag}"));
     let post_report = |node: &str, tag: u32, body: Vec<u8>| {
         http.post(report_url(node, tag))
-            .bearer_auth(TOKEN)
+            .bearer_auth(agent(node))
             .body(body)
             .send()
     };
@@ -198,7 +258,7 @@ async fn agents_run_a_round_over_http() {
     let bomb = zstd::bulk::compress(&vec![b' '; limit as usize + 1], 1).unwrap();
     let r = http
         .post(report_url("node-1", tag))
-        .bearer_auth(TOKEN)
+        .bearer_auth(agent("node-1"))
         .header("content-encoding", "zstd")
         .body(bomb)
         .send()
@@ -215,10 +275,19 @@ async fn agents_run_a_round_over_http() {
     assert_eq!(r.status(), 400);
     let r = post_report("node-9", tag, b"{}".to_vec()).await.unwrap();
     assert_eq!(r.status(), 404);
+    // node-1's credential cannot report for node-2: refused before the body is read.
+    let r = http
+        .post(report_url("node-2", tag))
+        .bearer_auth(agent("node-1"))
+        .json(&reports[1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     for report in &reports {
         let r = http
             .post(report_url(&report.node, tag))
-            .bearer_auth(TOKEN)
+            .bearer_auth(agent(&report.node))
             .json(report)
             .send()
             .await
@@ -229,7 +298,7 @@ async fn agents_run_a_round_over_http() {
     // Both reported: the round closes without waiting for its deadline.
     let mut tasks = Value::Null;
     for _ in 0..50 {
-        tasks = get_json(&http, url("/v1/tasks"), false).await;
+        tasks = get_json(&http, url("/v1/tasks"), READER).await;
         if tasks[1]["status"]["doneRound"] == 1 {
             break;
         }
@@ -252,7 +321,7 @@ async fn agents_run_a_round_over_http() {
     assert_eq!(status["lastRoundStatus"], "succeed", "{tasks}");
     assert_eq!(status["history"][0]["expectedAgents"], 2);
 
-    let report: RoundReport = get_json(&http, url("/v1/tasks/mesh/rounds/latest"), false).await;
+    let report: RoundReport = get_json(&http, url("/v1/tasks/mesh/rounds/latest"), ADMIN).await;
     assert_eq!(
         report.status,
         RoundStatus::Succeed,
@@ -270,18 +339,19 @@ async fn agents_run_a_round_over_http() {
     assert_eq!(report.summary.mean_rtt_ms, Some(0.4));
     assert_eq!(report.findings, []);
     // The broken task has no round, so no entry.
-    let findings: Value = get_json(&http, url("/v1/findings"), false).await;
+    let findings: Value = get_json(&http, url("/v1/findings"), READER).await;
     assert_eq!(
         findings,
         serde_json::json!([{"task": "mesh", "round": report.round, "findings": []}])
     );
     assert_eq!(report.paths[0].network_rtt.unwrap().mean_us, 250.0);
     assert!(
-        dir.join(format!("reports/mesh/{}.json.zst", report.round))
+        dir.join(format!("reports/mesh/{}.msgpack.zst", report.round))
             .exists()
     );
     let r = http
         .get(url("/v1/tasks/mesh/rounds/99"))
+        .bearer_auth(READER)
         .send()
         .await
         .unwrap();
@@ -290,7 +360,7 @@ async fn agents_run_a_round_over_http() {
     // A report for the closed round is late: refused and counted.
     let r = http
         .post(report_url("node-1", tag))
-        .bearer_auth(TOKEN)
+        .bearer_auth(agent("node-1"))
         .json(&reports[0])
         .send()
         .await
@@ -342,6 +412,8 @@ async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files()
         max_history: 10,
         pair_metrics: false,
         budget: Default::default(),
+        tls_dir: DEFAULT_TLS_DIR.into(),
+        limits: Default::default(),
     };
     let ctl = Controller::new(settings, ReportStore::new(&dir));
     ctl.sync_tasks(tasks_dir::load_dir(&tasks_dir).unwrap());
@@ -400,21 +472,40 @@ async fn silent_agent_fails_the_round_at_its_deadline_and_reload_follows_files()
     ctl.sync_tasks(tasks_dir::load_dir(&tasks_dir).unwrap());
     let names: Vec<String> = ctl.tasks().into_iter().map(|t| t.name).collect();
     assert_eq!(names, ["other"]);
-    std::fs::remove_dir_all(dir).unwrap();
+    // "other" has agents and starts its first round: stop it before removing its store.
+    ctl.sync_tasks(Vec::new());
+    fixtures::remove_temp_dir(&dir);
 }
 
-/// Serves `ctl`'s API (with the agents' token, and task writes to `tasks_dir`) on a free
-/// local port; its base URL.
+/// Serves `ctl`'s API (agents' credentials from [`KEY`], the [`ADMIN`] and [`READER`] tokens,
+/// task writes to `tasks_dir`) on a free local port; its base URL.
 async fn serve(ctl: Arc<Controller>, tasks_dir: Option<Arc<TasksDir>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let serving = Serving {
         ctl,
-        token: Some(TOKEN.into()),
+        access: Arc::new(Access {
+            agents: AgentAuth::Key(NodeKey::new(&KEY)),
+            admin: Some(ADMIN.into()),
+            reader: Some(READER.into()),
+            metrics_need_reader: false,
+        }),
         tasks_dir,
     };
-    tokio::spawn(async move { axum::serve(listener, api_server::router(serving)).await });
+    let bounds = meshdoctor_ops::http::Bounds::within_fd_limit(1024, Duration::from_secs(10));
+    tokio::spawn(meshdoctor_ops::http::serve(
+        listener,
+        api_server::router(serving),
+        bounds,
+        None,
+        std::future::pending(),
+    ));
     base
+}
+
+/// The agents the controller at `url` lists.
+async fn ctl_agents(http: &reqwest::Client, url: &str) -> Vec<Value> {
+    get_json(http, url.into(), READER).await
 }
 
 fn quiet_settings() -> Settings {
@@ -425,6 +516,8 @@ fn quiet_settings() -> Settings {
         max_history: 10,
         pair_metrics: false,
         budget: Default::default(),
+        tls_dir: DEFAULT_TLS_DIR.into(),
+        limits: Default::default(),
     }
 }
 
@@ -449,13 +542,21 @@ async fn tasks_are_put_and_deleted_over_http() {
     let url = |p: &str| format!("{base}{p}");
     let put = |name: &str, body: String, auth: bool| {
         let rb = http.put(url(&format!("/v1/tasks/{name}"))).body(body);
-        if auth { rb.bearer_auth(TOKEN) } else { rb }.send()
+        if auth { rb.bearer_auth(ADMIN) } else { rb }.send()
     };
     let file = tasks_dir.join("mesh.yaml");
 
-    // The token is required.
+    // The admin's credential is required: none is a 401, the reader's or an agent's a 403.
     let r = put("mesh", TASK.into(), false).await.unwrap();
     assert_eq!(r.status(), 401);
+    for other in [READER.to_string(), agent("node-1")] {
+        let r = http
+            .put(url("/v1/tasks/mesh"))
+            .bearer_auth(other)
+            .body(TASK);
+        let e = error_of(r.send().await.unwrap(), 403).await;
+        assert!(e.contains("needs the admin credential"), "{e}");
+    }
     assert!(!file.exists());
 
     // Created: the file is there and the task listed, at once.
@@ -471,7 +572,7 @@ async fn tasks_are_put_and_deleted_over_http() {
         )
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), TASK);
-    let listed: Vec<Value> = get_json(&http, url("/v1/tasks"), false).await;
+    let listed: Vec<Value> = get_json(&http, url("/v1/tasks"), READER).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["name"], "mesh");
 
@@ -538,10 +639,10 @@ async fn tasks_are_put_and_deleted_over_http() {
     assert!(e.contains("already defined in"), "{e}");
     std::fs::remove_file(tasks_dir.join("other.yaml")).unwrap();
 
-    // Deleted: 204, gone from the list; then 404. Also without the token: 401.
+    // Deleted: 204, gone from the list; then 404. Without the admin's credential: 401.
     let delete = |name: &str, auth: bool| {
         let rb = http.delete(url(&format!("/v1/tasks/{name}")));
-        if auth { rb.bearer_auth(TOKEN) } else { rb }.send()
+        if auth { rb.bearer_auth(ADMIN) } else { rb }.send()
     };
     assert_eq!(delete("mesh", false).await.unwrap().status(), 401);
     assert_eq!(delete("mesh", true).await.unwrap().status(), 204);
@@ -564,7 +665,7 @@ async fn tasks_api_without_a_tasks_dir_points_to_kubernetes() {
     let url = format!("{base}/v1/tasks/mesh");
     let r = http
         .put(&url)
-        .bearer_auth(TOKEN)
+        .bearer_auth(ADMIN)
         .body(TASK)
         .send()
         .await
@@ -574,7 +675,38 @@ async fn tasks_api_without_a_tasks_dir_points_to_kubernetes() {
         e.contains("objects in Kubernetes: create them with kubectl"),
         "{e}"
     );
-    let r = http.delete(&url).bearer_auth(TOKEN).send().await.unwrap();
+    let r = http.delete(&url).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(r.status(), 409);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A request without a credential is refused before its body is read: a client that announces
+/// 100 MB and sends none of it gets its 401 at once, for every route that takes a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_never_read_for_an_unauthorized_client() {
+    use std::io::{Read as _, Write as _};
+
+    let dir = temp_dir("unauthorized-body");
+    let ctl = Controller::new(quiet_settings(), ReportStore::new(&dir));
+    let base = serve(ctl, None).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    tokio::task::spawn_blocking(move || {
+        for request in [
+            "POST /v1/agents",
+            "PUT /v1/tasks/mesh",
+            "POST /v1/agents/node-1/reports/7",
+        ] {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let head = format!("{request} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n");
+            c.write_all(head.as_bytes()).unwrap();
+            let mut answer = [0u8; 12];
+            c.read_exact(&mut answer)
+                .unwrap_or_else(|e| panic!("{request}: no answer without the body: {e}"));
+            assert_eq!(&answer, b"HTTP/1.1 401", "{request}");
+        }
+    })
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -297,18 +297,25 @@ pub(crate) fn run_command(
     cmd
 }
 
-/// Gives a non-root controller what Kubernetes gives it: the token readable by its group (the
-/// Secret's mode 0440 under the pod's fsGroup) and its tasks and data directories as its own
-/// (an emptyDir). Root agents without CAP_DAC_OVERRIDE still read the root-owned token.
-pub(crate) fn grant(dir: &Path, controller: &PodSecurity) -> Result<(), LabError> {
+/// Gives a non-root controller what Kubernetes gives it: its `secrets` (files of the lab
+/// directory: credentials, TLS) readable by its group (a Secret's mode 0440 under the pod's
+/// fsGroup) and its tasks and data directories as its own (an emptyDir). Root agents without CAP_DAC_OVERRIDE still read their
+/// root-owned credential.
+pub(crate) fn grant(
+    dir: &Path,
+    controller: &PodSecurity,
+    secrets: &[&str],
+) -> Result<(), LabError> {
     let (Some(uid), gid) = (controller.run_as_user, controller.run_as_group) else {
         return Ok(());
     };
     let (uid, gid) = (uid as u32, gid.map(|g| g as u32));
-    let token = dir.join("token");
-    std::os::unix::fs::chown(&token, Some(0), gid).map_err(LabError::io(&token))?;
-    std::fs::set_permissions(&token, PermissionsExt::from_mode(0o440))
-        .map_err(LabError::io(&token))?;
+    for secret in secrets {
+        let path = dir.join(secret);
+        std::os::unix::fs::chown(&path, Some(0), gid).map_err(LabError::io(&path))?;
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o440))
+            .map_err(LabError::io(&path))?;
+    }
     for sub in ["tasks", "data", "tasks-2", "data-2"] {
         let path = dir.join(sub);
         if path.is_dir() {

@@ -19,9 +19,15 @@ pub(crate) struct Response {
 }
 
 /// Sends `GET path` to `addr` with `Connection: close` (and the bearer `token`, when given)
-/// and reads the whole answer. Must be called from the namespace `addr` lives in.
-pub(crate) fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<Response, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+/// and reads the whole answer; over TLS when `tls` is given, trusting its CA only. Must be
+/// called from the namespace `addr` lives in.
+pub(crate) fn get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    tls: Option<&Tls>,
+) -> Result<Response, String> {
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
@@ -32,14 +38,53 @@ pub(crate) fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<R
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
          Accept: application/json\r\nConnection: close\r\n\r\n"
     );
+    let raw = match tls {
+        None => exchange(stream, &request)?,
+        Some(tls) => {
+            let server = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let conn = rustls::ClientConnection::new(tls.0.clone(), server)
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(rustls::StreamOwned::new(conn, stream), &request)?
+        }
+    };
+    parse_response(&raw)
+}
+
+/// The client side of the lab's TLS: trusts the lab CA only.
+#[derive(Clone)]
+pub(crate) struct Tls(std::sync::Arc<rustls::ClientConfig>);
+
+impl Tls {
+    pub(crate) fn trusting(ca_pem: &str) -> Result<Self, String> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self(std::sync::Arc::new(config)))
+    }
+}
+
+/// Writes `request` and reads the answer to the connection's end.
+fn exchange(mut stream: impl Read + Write, request: &str) -> Result<Vec<u8>, String> {
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("receive: {e}"))?;
-    parse_response(&raw)
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        // A TLS peer that closes without close_notify after a complete answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(format!("receive: {e}")),
+    }
 }
 
 /// Parses a complete response read up to the connection's close.

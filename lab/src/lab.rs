@@ -67,7 +67,7 @@ pub struct LabConfig {
     /// Faults injected before any agent starts, so they are in place before the first probe;
     /// checked against the lab before anything is built.
     pub faults: Vec<Fault>,
-    /// Extra command-line flags for every agent (e.g. `--event-buffer-kib 4`).
+    /// Extra command-line flags for every agent (e.g. `--event-buffer-kib 4 --fixed-observer-maps`).
     pub agent_args: Vec<String>,
     /// Extra command-line flags for the controller (e.g. `--pair-metrics`); both controllers
     /// get them when there is a second cluster.
@@ -141,7 +141,9 @@ impl Proc {
 pub struct Lab {
     procs: Vec<Proc>,
     dir: PathBuf,
-    token: String,
+    /// The admin token, and the client side of the controllers' TLS.
+    admin: String,
+    tls: http::Tls,
     containers: Option<Containers>,
     // Declared last: dropped after `Drop::drop` has stopped the processes.
     net: Network,
@@ -176,11 +178,12 @@ impl Lab {
             }
         }
         let net = Network::build(cfg.nodes)?;
-        let token = prepare_dir(&cfg)?;
+        let (admin, tls) = prepare_dir(&cfg)?;
         let mut lab = Lab {
             procs: Vec::new(),
             dir: cfg.dir.clone(),
-            token,
+            admin,
+            tls,
             containers: cfg.containers.clone(),
             net,
         };
@@ -188,7 +191,7 @@ impl Lab {
             lab.inject(fault)?;
         }
         if let Some(containers) = &cfg.containers {
-            container::grant(&cfg.dir, &containers.controller)?;
+            container::grant(&cfg.dir, &containers.controller, &CONTROLLER_SECRETS)?;
         }
         let first_cluster = cfg.nodes - cfg.second_cluster;
         lab.spawn_controller(&cfg, "controller", CONTROLLER_PORT, "", first_cluster)?;
@@ -201,7 +204,7 @@ impl Lab {
                 cfg.second_cluster,
             )?;
         }
-        let token = format!("{}/token", cfg.dir.display());
+        let ca = format!("{}/{API_TLS}/ca.pem", cfg.dir.display());
         let interfaces: Vec<String> = INTERFACES
             .iter()
             .map(|i| format!("{}={}", i.name, i.network))
@@ -209,8 +212,9 @@ impl Lab {
         for i in 1..=cfg.nodes {
             let node = node_name(i);
             let controller = cluster_of(i, cfg.nodes, cfg.second_cluster).controller_url();
-            let mut args = vec!["--node", &node, "--controller", controller, "--token-file"];
-            args.push(&token);
+            let credential = format!("{}/{CREDENTIALS}/{node}", cfg.dir.display());
+            let mut args = vec!["--node", &node, "--controller", controller];
+            args.extend(["--token-file", &credential, "--controller-ca", &ca]);
             for iface in &interfaces {
                 args.extend(["--interface", iface]);
             }
@@ -234,19 +238,34 @@ impl Lab {
         Ok(lab)
     }
 
-    /// The lab directory (tasks/, data/, logs/, token; tasks-2/ and data-2/ with a second
-    /// cluster).
+    /// The lab directory (tasks/, data/, logs/, tls/, the API's credentials and TLS; tasks-2/
+    /// and data-2/ with a second cluster).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The controllers' `--tls-dir`: the only place the TLS files tasks name may be.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
     }
 
     pub fn nodes(&self) -> usize {
         self.net.nodes()
     }
 
-    /// The file holding the bearer token the agents and the controller share.
-    pub fn token_path(&self) -> PathBuf {
-        self.dir.join("token")
+    /// The file holding the controllers' admin token (task writes and reads).
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.dir.join(ADMIN_TOKEN)
+    }
+
+    /// The file holding the controllers' reader token.
+    pub fn reader_token_path(&self) -> PathBuf {
+        self.dir.join(READER_TOKEN)
+    }
+
+    /// The CA that signed the controllers' certificate (`--ca-file` of the CLI).
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join(API_TLS).join("ca.pem")
     }
 
     /// Log file of a process: `controller`, `controller-2` or a node name (`node-1`).
@@ -435,7 +454,8 @@ impl Lab {
 
     fn get_on(&self, port: u16, path: &str) -> Result<http::Response, LabError> {
         let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-        in_netns(CONTROLLER_NS, || http::get(addr, path, Some(&self.token)))?.map_err(|reason| {
+        let (token, tls) = (Some(self.admin.as_str()), Some(&self.tls));
+        in_netns(CONTROLLER_NS, || http::get(addr, path, token, tls))?.map_err(|reason| {
             LabError::Http {
                 path: path.into(),
                 status: None,
@@ -460,16 +480,28 @@ impl Lab {
             format!("{dir}/tasks{suffix}"),
             format!("{dir}/data{suffix}"),
         );
-        let (listen, token) = (format!("[::]:{port}"), format!("{dir}/token"));
+        let listen = format!("[::]:{port}");
+        let tls = format!("{dir}/tls");
+        let [key, admin, reader, cert, cert_key] = CONTROLLER_SECRETS.map(|f| format!("{dir}/{f}"));
         let mut args = vec![
+            "--tls-dir",
+            &tls,
             "--tasks-dir",
             &tasks,
             "--data-dir",
             &data,
             "--listen",
             &listen,
-            "--token-file",
-            &token,
+            "--agent-key-file",
+            &key,
+            "--admin-token-file",
+            &admin,
+            "--reader-token-file",
+            &reader,
+            "--api-tls-cert",
+            &cert,
+            "--api-tls-key",
+            &cert_key,
             "--wait-agents",
             &agents,
         ];
@@ -636,17 +668,40 @@ pub(crate) fn excerpt(text: &str) -> String {
     }
 }
 
-/// Recreates the lab directory's contents and returns the fresh token.
+/// The lab directory's agent key, admin and reader tokens, agents' credentials (one file per
+/// node) and the controllers' TLS (CA, certificate and key).
+const AGENT_KEY: &str = "agent-key";
+const ADMIN_TOKEN: &str = "admin-token";
+const READER_TOKEN: &str = "reader-token";
+const CREDENTIALS: &str = "credentials";
+const API_TLS: &str = "api-tls";
+const CONTROLLER_CERT: &str = "api-tls/controller.pem";
+const CONTROLLER_CERT_KEY: &str = "api-tls/controller-key.pem";
+/// The files of the lab directory the controllers read, in the order of their flags:
+/// --agent-key-file, --admin-token-file, --reader-token-file, --api-tls-cert, --api-tls-key.
+const CONTROLLER_SECRETS: [&str; 5] = [
+    AGENT_KEY,
+    ADMIN_TOKEN,
+    READER_TOKEN,
+    CONTROLLER_CERT,
+    CONTROLLER_CERT_KEY,
+];
+
+/// Recreates the lab directory's contents, with fresh credentials and certificates; returns
+/// the admin token and the client side of the controllers' TLS.
 ///
 /// Old tasks, data and logs are removed: a controller finding the previous run's data would
 /// resume it instead of running the task afresh.
-fn prepare_dir(cfg: &LabConfig) -> Result<String, LabError> {
+fn prepare_dir(cfg: &LabConfig) -> Result<(String, http::Tls), LabError> {
     let second = cfg.second_cluster > 0;
     for (sub, used) in [
         ("tasks", true),
         ("data", true),
         ("logs", true),
         ("faults", true),
+        ("tls", true),
+        (CREDENTIALS, true),
+        (API_TLS, true),
         ("tasks-2", second),
         ("data-2", second),
     ] {
@@ -664,21 +719,65 @@ fn prepare_dir(cfg: &LabConfig) -> Result<String, LabError> {
         let path = cfg.dir.join("tasks").join(name);
         fs::write(&path, yaml).map_err(LabError::io(&path))?;
     }
-    let mut bytes = [0u8; 16];
+    let [key, admin, reader] = [random_hex(32)?, random_hex(16)?, random_hex(16)?];
+    write_secret(&cfg.dir.join(AGENT_KEY), &key)?;
+    write_secret(&cfg.dir.join(ADMIN_TOKEN), &admin)?;
+    write_secret(&cfg.dir.join(READER_TOKEN), &reader)?;
+    let node_key = meshdoctor_ops::credential::NodeKey::new(key.as_bytes());
+    for i in 1..=cfg.nodes {
+        let node = node_name(i);
+        let path = cfg.dir.join(CREDENTIALS).join(&node);
+        write_secret(&path, &node_key.credential(&node))?;
+    }
+    // The controllers' certificate names every address they are reached at: agents (eth0),
+    // the CLI and the lab itself (loopback in the controller's namespace).
+    let ca = crate::TestCa::new("meshdoctor lab CA");
+    let eth0 = crate::plan::ETH0;
+    let host = crate::plan::CONTROLLER_HOST;
+    let names = [
+        eth0.ipv4(host).to_string(),
+        eth0.ipv6(host).to_string(),
+        "::1".into(),
+        "127.0.0.1".into(),
+        "localhost".into(),
+    ];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let server = ca.server(&names);
+    let tls_dir = cfg.dir.join(API_TLS);
+    for (file, text) in [
+        (tls_dir.join("ca.pem"), &ca.cert_pem),
+        (cfg.dir.join(CONTROLLER_CERT), &server.cert),
+        (cfg.dir.join(CONTROLLER_CERT_KEY), &server.key),
+    ] {
+        write_secret(&file, text)?;
+    }
+    let tls = http::Tls::trusting(&ca.cert_pem).map_err(|why| LabError::Http {
+        path: tls_dir.join("ca.pem").display().to_string(),
+        status: None,
+        reason: why,
+    })?;
+    Ok((admin, tls))
+}
+
+/// `bytes` random bytes, in hex.
+fn random_hex(bytes: usize) -> Result<String, LabError> {
+    let mut buf = vec![0u8; bytes];
     File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
+        .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(LabError::io("/dev/urandom"))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let path = cfg.dir.join("token");
-    let _ = fs::remove_file(&path);
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` to a new file only its owner reads.
+fn write_secret(path: &Path, text: &str) -> Result<(), LabError> {
+    let _ = fs::remove_file(path);
     OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()))
-        .map_err(LabError::io(&path))?;
-    Ok(token)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(LabError::io(path))
 }
 
 #[cfg(test)]

@@ -17,12 +17,12 @@ pub const CONTROLLER_NS: &str = "mdlab-ctl";
 pub const CONTROLLER_HOST: u8 = 254;
 pub const CONTROLLER_PORT: u16 = 7070;
 /// How agents reach the controller.
-pub const CONTROLLER_URL: &str = "http://192.0.2.254:7070";
+pub const CONTROLLER_URL: &str = "https://192.0.2.254:7070";
 /// Port of the second cluster's controller (`LabConfig::second_cluster`), which runs next to the
 /// first one in [`CONTROLLER_NS`].
 pub const SECOND_CONTROLLER_PORT: u16 = 7071;
 /// How the second cluster's agents reach their controller.
-pub const SECOND_CONTROLLER_URL: &str = "http://192.0.2.254:7071";
+pub const SECOND_CONTROLLER_URL: &str = "https://192.0.2.254:7071";
 /// Where each agent serves its API and `/metrics`, inside its node.
 pub const AGENT_PORT: u16 = 9090;
 /// Node `i` has host number `i` on every network, below the controller's.
@@ -190,12 +190,12 @@ mod tests {
         assert_eq!(ETH0.ipv6(CONTROLLER_HOST).to_string(), "2001:db8:0:1::fe");
         assert_eq!(
             CONTROLLER_URL,
-            format!("http://{}:{CONTROLLER_PORT}", ETH0.ipv4(CONTROLLER_HOST))
+            format!("https://{}:{CONTROLLER_PORT}", ETH0.ipv4(CONTROLLER_HOST))
         );
         assert_eq!(
             SECOND_CONTROLLER_URL,
             format!(
-                "http://{}:{SECOND_CONTROLLER_PORT}",
+                "https://{}:{SECOND_CONTROLLER_PORT}",
                 ETH0.ipv4(CONTROLLER_HOST)
             )
         );

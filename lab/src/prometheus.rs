@@ -92,7 +92,12 @@ impl Prometheus {
         let data = dir.join("data");
         fs::create_dir_all(&data).map_err(LabError::io(&data))?;
         let config_file = dir.join("prometheus.yml");
-        let text = config(lab.nodes(), &lab.token_path(), rule_files);
+        let text = config(
+            lab.nodes(),
+            &lab.reader_token_path(),
+            &lab.ca_path(),
+            rule_files,
+        );
         fs::write(&config_file, text).map_err(LabError::io(&config_file))?;
         let args = [
             format!("--config.file={}", config_file.display()),
@@ -204,8 +209,10 @@ impl Prometheus {
                 format!("it is not running; see {}", self.log_path().display()),
             ));
         }
-        let response = in_netns(CONTROLLER_NS, || http::get(PROMETHEUS_ADDR, path, None))?
-            .map_err(|reason| prometheus_error(what, reason))?;
+        let response = in_netns(CONTROLLER_NS, || {
+            http::get(PROMETHEUS_ADDR, path, None, None)
+        })?
+        .map_err(|reason| prometheus_error(what, reason))?;
         api_data(response.status, &response.body).map_err(|reason| prometheus_error(what, reason))
     }
 
@@ -264,10 +271,9 @@ fn prometheus_error(what: &str, reason: String) -> LabError {
 /// The configuration, as JSON (which YAML reads as is): 1 s scrapes and evaluations, the
 /// controller and the `nodes` agents, the rule files.
 ///
-/// The controller serves `/metrics` without authentication today; the lab token goes along
-/// anyway (as the bearer token the controller checks on its agent endpoints), so the scrape
-/// keeps working should it ever ask for it.
-fn config(nodes: usize, token_file: &Path, rule_files: &[PathBuf]) -> String {
+/// The controller is scraped over TLS (trusting the lab CA) with the reader token, which its
+/// `/metrics` asks for with `--metrics-need-reader` (open by default).
+fn config(nodes: usize, token_file: &Path, ca_file: &Path, rule_files: &[PathBuf]) -> String {
     let agents: Vec<Value> = (1..=nodes)
         .map(|i| {
             let addr = SocketAddr::new(node_addr(i, &ETH0, Family::Ipv4), AGENT_PORT);
@@ -287,6 +293,8 @@ fn config(nodes: usize, token_file: &Path, rule_files: &[PathBuf]) -> String {
                 "job_name": CONTROLLER_JOB,
                 "static_configs": [{"targets": [controller.to_string()]}],
                 "authorization": {"credentials_file": token_file},
+                "scheme": "https",
+                "tls_config": {"ca_file": ca_file},
                 // As deploy/monitoring's ServiceMonitor: the controller's per-agent `node`
                 // label is the series' own.
                 "honor_labels": true,
@@ -470,7 +478,12 @@ mod tests {
 
     #[test]
     fn config_scrapes_the_controller_and_every_agent_with_node_labels() {
-        let text = config(2, Path::new("/lab/token"), &["/lab/rules.yaml".into()]);
+        let text = config(
+            2,
+            Path::new("/lab/token"),
+            Path::new("/lab/ca.pem"),
+            &["/lab/rules.yaml".into()],
+        );
         let c: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(c["global"]["scrape_interval"], "1s");
         assert_eq!(c["global"]["evaluation_interval"], "1s");
@@ -482,6 +495,8 @@ mod tests {
             json!(["[::1]:7070"])
         );
         assert_eq!(jobs[0]["authorization"]["credentials_file"], "/lab/token");
+        assert_eq!(jobs[0]["scheme"], "https");
+        assert_eq!(jobs[0]["tls_config"]["ca_file"], "/lab/ca.pem");
         assert_eq!(jobs[0]["honor_labels"], true);
         assert_eq!(jobs[1]["job_name"], "meshdoctor-agent");
         assert_eq!(

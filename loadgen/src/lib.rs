@@ -16,6 +16,43 @@ mod stats;
 
 pub use run::{LoadSpec, run};
 
+/// Entry points of the fuzz targets (`fuzz/`, which cargo-fuzz builds with `--cfg fuzzing`):
+/// the parsers of what servers send, fed hostile bytes.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use crate::http1::ResponseParser;
+
+    /// Feeds `data` to an HTTP/1 response parser as a connection would: in pieces (their size
+    /// and whether the request was a HEAD chosen by the first byte) appended to a buffer whose
+    /// consumed bytes are dropped, then the end of the connection.
+    pub fn http1_response(data: &[u8]) {
+        let Some((&first, rest)) = data.split_first() else {
+            return;
+        };
+        let piece = usize::from(first & 0x3f) + 1;
+        let mut parser = ResponseParser::new(first & 0x40 != 0);
+        let mut buf = Vec::new();
+        for chunk in rest.chunks(piece) {
+            buf.extend_from_slice(chunk);
+            while !parser.is_done() {
+                match parser.feed(&buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        assert!(n <= buf.len(), "consumed {n} of {} bytes", buf.len());
+                        buf.drain(..n);
+                    }
+                    Err(_) => return,
+                }
+            }
+            if parser.is_done() {
+                let _ = parser.reply();
+                return;
+            }
+        }
+        let _ = parser.eof();
+    }
+}
+
 /// How one request ended, as the protocol judges it. Latency is measured by the runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

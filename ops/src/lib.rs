@@ -1,6 +1,12 @@
 //! What every meshdoctor binary shares for operating it: one version line (release and git
 //! commit, the same in `--version`, the build info metric and the image's annotations), the
-//! build info metric itself, and the log format flag.
+//! build info metric itself, the log format flag, the bounded HTTP server of the endpoints
+//! that face the network ([`http`]), its TLS ([`tls`]) and the API's credentials
+//! ([`credential`]).
+
+pub mod credential;
+pub mod http;
+pub mod tls;
 
 use clap::ValueEnum;
 use std::{borrow::Cow, io::IsTerminal as _, sync::atomic::AtomicI64};

@@ -249,9 +249,10 @@ pub fn run(args: LabArgs) -> Result<()> {
         lab.keep();
         eprintln!(
             "\nthe lab keeps running:\n  \
-             controller API: ip netns exec mdlab-ctl curl http://[::1]:7070/v1/tasks\n  \
+             controller API: ip netns exec mdlab-ctl curl --cacert {dir}/api-tls/ca.pem \
+             -H \"Authorization: Bearer $(cat {dir}/reader-token)\" https://[::1]:7070/v1/tasks\n  \
              one-shot check: ip netns exec mdlab-ctl target/debug/meshdoctor --controller \
-             http://[::1]:7070 --token-file {dir}/token check\n  \
+             https://[::1]:7070 --ca-file {dir}/api-tls/ca.pem --token-file {dir}/admin-token check\n  \
              agent metrics:  ip netns exec mdlab-n1 curl http://127.0.0.1:9090/metrics\n  \
              logs:           {dir}/logs/\n  \
              stop it with:   cargo xtask lab down"

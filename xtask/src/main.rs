@@ -12,6 +12,7 @@ mod bench;
 mod chart;
 mod crds;
 mod dist;
+mod fuzz;
 mod image;
 #[cfg(test)]
 mod import_cycles;
@@ -65,7 +66,11 @@ enum Cmd {
     /// plugin link), the image archive, the rendered manifests, the packaged chart, the krew
     /// manifest, a CycloneDX SBOM and SHA256SUMS.
     Dist(dist::DistArgs),
-    /// Build the workspace and run every test (the end-to-end tests need root).
+    /// Run the fuzz targets of fuzz/ (cargo-fuzz, installed by setup) one after the other and
+    /// print each one's executions and rate.
+    Fuzz(fuzz::FuzzArgs),
+    /// Build the workspace and run every test (the end-to-end tests need root), then a short
+    /// run of every fuzz target.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter, `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -82,12 +87,13 @@ fn main() -> Result<()> {
         Cmd::Image(args) => image::run(args),
         Cmd::Chart(args) => chart::run(args),
         Cmd::Dist(args) => dist::run(args),
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Test { args } => test(&args),
     }
 }
 
-/// `setup`, `cargo build`, the release artifacts (the image among them), `cargo test`, each
-/// under a header; the first failure stops it.
+/// `setup`, `cargo build`, the release artifacts (the image among them), `cargo test` and a
+/// short run of every fuzz target, each under a header; the first failure stops it.
 fn test(args: &[String]) -> Result<()> {
     teardown_on_signal()?;
     step("setup");
@@ -105,7 +111,13 @@ fn test(args: &[String]) -> Result<()> {
             .args(["test", "--features", "meshdoctor-api/crd"])
             .args(args)
             .env("MESHDOCTOR_BIN_DIR", meshdoctor_lab::default_bin_dir()),
-    )
+    )?;
+    // A filtered run is someone after one test, not the whole suite.
+    if args.is_empty() {
+        step("fuzz smoke");
+        fuzz::smoke()?;
+    }
+    Ok(())
 }
 
 /// On Ctrl-C or SIGTERM, remove whatever lab exists and exit: the lab's daemons run in their

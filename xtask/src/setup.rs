@@ -54,6 +54,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     system_tools()?;
+    crate::fuzz::install()?;
     deploy_tools()
 }
 

@@ -43,7 +43,7 @@ impl Symbols {
 }
 
 /// For each address, the closest text symbol at or below it, as `name+0xoff`.
-fn nearest_symbols(reader: impl BufRead, addrs: &[u64]) -> HashMap<u64, String> {
+pub fn nearest_symbols(reader: impl BufRead, addrs: &[u64]) -> HashMap<u64, String> {
     let mut best: HashMap<u64, (u64, String)> = HashMap::new();
     for line in reader.lines().map_while(Result::ok) {
         let mut parts = line.split_whitespace();

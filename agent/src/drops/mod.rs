@@ -7,9 +7,9 @@
 //! and drop locations from `/proc/kallsyms`. A kernel whose tracepoint has no `reason` field
 //! (before 5.17) still works; its drops are reported as `unknown`.
 
-mod btf;
-mod format;
-mod kallsyms;
+pub mod btf;
+pub mod format;
+pub mod kallsyms;
 
 use std::{collections::HashMap, io, path::PathBuf};
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use meshdoctor_api::{
-    AgentApp, AgentAppState, AgentReport, AppResult, AppRoundReport, AppSummary, LoadStats,
-    RoundPlan, RoundSummary, TaskKind,
+    AgentApp, AgentAppState, AgentReport, AppResult, AppRoundReport, AppSummary, LatencyUs,
+    LoadStats, RoundPlan, RoundSummary, TaskKind,
 };
 
 use super::{AppExpect, SuccessCodes};
@@ -136,18 +136,36 @@ fn agent_app(node: &str, result: &AppResult, expect: &AppExpect) -> AgentApp {
     }
 }
 
-/// Adds an agent's counts to the round's.
+/// An agent's stats as a round takes them, since they come from the network: no more
+/// successes than requests, and no number JSON cannot carry (postcard can: NaN, infinities) or
+/// that cannot be (negative) among the rates and means.
+fn taken(st: &LoadStats) -> LoadStats {
+    let real = |x: f64| if x.is_finite() && x >= 0.0 { x } else { 0.0 };
+    LoadStats {
+        successes: st.successes.min(st.requests),
+        tps: real(st.tps),
+        latency: st.latency.map(|l| LatencyUs {
+            mean: real(l.mean),
+            ..l
+        }),
+        ..st.clone()
+    }
+}
+
+/// Adds an agent's counts to the round's; sums stop at the largest count rather than wrap.
 fn add(s: &mut AppSummary, st: &LoadStats) {
-    s.planned += st.planned;
-    s.requests += st.requests;
-    s.successes += st.successes;
-    s.not_sent += st.not_sent;
+    s.planned = s.planned.saturating_add(st.planned);
+    s.requests = s.requests.saturating_add(st.requests);
+    s.successes = s.successes.saturating_add(st.successes);
+    s.not_sent = s.not_sent.saturating_add(st.not_sent);
     s.tps += st.tps;
     for (code, n) in &st.codes {
-        *s.codes.entry(code.clone()).or_default() += n;
+        let sum = s.codes.entry(code.clone()).or_default();
+        *sum = sum.saturating_add(*n);
     }
     for (kind, n) in &st.errors {
-        *s.errors.entry(kind.clone()).or_default() += n;
+        let sum = s.errors.entry(kind.clone()).or_default();
+        *sum = sum.saturating_add(*n);
     }
     if let Some(l) = &st.latency {
         s.min_latency_us = Some(s.min_latency_us.map_or(l.min, |m| m.min(l.min)));
@@ -203,12 +221,16 @@ pub fn aggregate(
             }
             Some(None) => {
                 s.reported += 1;
-                s.planned += planned_requests(plan);
+                s.planned = s.planned.saturating_add(planned_requests(plan));
                 agent_errors.push(format!("{node}: {NO_RESULT}"));
                 idle(node, AgentAppState::Error, Some(NO_RESULT.into()))
             }
             Some(Some(result)) => {
                 s.reported += 1;
+                let result = &AppResult {
+                    stats: taken(&result.stats),
+                    ..result.clone()
+                };
                 let st = &result.stats;
                 add(&mut s, st);
                 if let Some(l) = &st.latency {

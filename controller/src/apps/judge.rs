@@ -171,6 +171,47 @@ mod tests {
         }
     }
 
+    /// Agents' counts are claims from the network: sums stop at u64::MAX instead of wrapping
+    /// (or panicking in a debug build), successes never exceed requests, and floats JSON
+    /// cannot carry become 0, so the report can be stored and read back.
+    #[test]
+    fn hostile_counts_neither_wrap_nor_break_the_report() {
+        let task = http_task(", host: web", "");
+        let mut huge = stats(20, 20, &[("200", u64::MAX)], &[("timeout", u64::MAX)]);
+        (huge.requests, huge.successes, huge.planned) = (u64::MAX, u64::MAX, u64::MAX);
+        huge.tps = f64::NAN;
+        huge.latency.as_mut().unwrap().mean = f64::INFINITY;
+        let mut lying = stats(10, 20, &[("200", 20)], &[]);
+        lying.tps = -5.0;
+        let j = judged(
+            &task,
+            vec![
+                Some(result(huge.clone())),
+                Some(result(huge)),
+                Some(result(lying)),
+            ],
+        );
+        let s = &j.app.summary;
+        assert_eq!(
+            (s.planned, s.requests, s.successes),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert_eq!((s.codes["200"], s.errors["timeout"]), (u64::MAX, u64::MAX));
+        assert_eq!(s.tps, 0.0);
+        let lying = &j.app.agents[2].stats.as_ref().unwrap();
+        assert_eq!((lying.requests, lying.successes, lying.tps), (10, 10, 0.0));
+        assert!(j.summary.success_rate <= 1.0);
+        let json = serde_json::to_string(&j.app).unwrap();
+        assert!(
+            !json.contains("\"tps\":null") && !json.contains("\"mean\":null"),
+            "{json}"
+        );
+        assert!(
+            serde_json::from_str::<meshdoctor_api::AppRoundReport>(&json).is_ok(),
+            "{json}"
+        );
+    }
+
     #[test]
     fn healthy_round_aggregates_every_agent() {
         let task = http_task(", host: web", "");

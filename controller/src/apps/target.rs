@@ -72,6 +72,25 @@ pub enum TargetError {
         path: String,
         reason: String,
     },
+    /// A TLS file outside the controller's `--tls-dir`: the controller ships what it reads to
+    /// every agent, so it reads nothing else.
+    #[error(
+        "spec.target.{field}: {path:?} is outside the controller's TLS directory {dir} \
+         (--tls-dir): put the file there (Kubernetes: mount it there, or name a Secret with \
+         tlsSecretName)"
+    )]
+    OutsideTlsDir {
+        field: &'static str,
+        path: String,
+        dir: String,
+    },
+    /// The controller's `--tls-dir` itself cannot be read.
+    #[error("spec.target.{field}: the controller's TLS directory {dir} (--tls-dir): {reason}")]
+    TlsDir {
+        field: &'static str,
+        dir: String,
+        reason: String,
+    },
     /// A field only the Kubernetes backend can act on: what to use instead.
     #[error("spec.target.{field}: {why}")]
     KubernetesOnly {

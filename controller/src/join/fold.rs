@@ -4,12 +4,15 @@
 //! the paths they belong to, and what is left of it (observer health, drop records, an
 //! application result) is kept by node. A round so holds one compact record per path rather
 //! than every report whole, and the join ([`super::join`]) reads the records in plan order.
+//! Taking a report apart ([`Layout::sort`]) needs only the round's fixed [`Layout`], not its
+//! records, so the mailbox does it without holding the round's lock and then only
+//! [places](Received::place) the result.
 //!
 //! The plan is the authority: a side is taken only from the agent at that end of the path,
 //! sequence numbers and times beyond the plan are dropped, and lists come out sorted and unique,
 //! so the join can trust what it reads.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use foldhash::HashMap;
 
@@ -47,6 +50,7 @@ pub struct Sent {
 pub struct Trouble {
     pub send_errors: Vec<(String, u32)>,
     pub failures: Vec<(String, u32)>,
+    pub withheld: Vec<(String, u32)>,
     pub unsent: Vec<u16>,
     pub lost: Vec<LostProbe>,
 }
@@ -55,6 +59,7 @@ pub struct Trouble {
 const NO_TROUBLE: &Trouble = &Trouble {
     send_errors: Vec::new(),
     failures: Vec::new(),
+    withheld: Vec::new(),
     unsent: Vec::new(),
     lost: Vec::new(),
 };
@@ -116,43 +121,48 @@ struct Owners {
 
 const NO_SLOT: u32 = u32::MAX;
 
-/// Reports of one round, folded (see the module).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Received {
-    /// Every report without its paths, by node.
-    pub nodes: ByNode<AgentReport>,
+/// Which agents may report which sides of a round's paths: fixed when the round opens and
+/// shared, so that a report is taken apart ([`Layout::sort`], most of a fold's work) without
+/// the lock of the round it goes to.
+#[derive(Debug, Default, PartialEq)]
+pub struct Layout {
     /// Node ids: plan order.
     node_ids: HashMap<String, u32>,
-    /// Path id -> index in `paths` (`NO_SLOT` for none). A table rather than a map: the mesh
+    /// Path id -> index in `owners` (`NO_SLOT` for none). A table rather than a map: the mesh
     /// numbers a round's paths from 0 (`mesh::build_plans`), and a report's 1,000 lookups
     /// into a hash map of a big round's 65,000 paths missed the cache each.
     slots: Vec<u32>,
     owners: Vec<Owners>,
-    /// By source node id, in its plan's target order: one block per source, which the join
-    /// drops once it has joined the source's paths.
-    paths: Vec<Vec<PathSides>>,
     /// Paths ending at each node (by node id): the sides it may report as answered.
     toward: Vec<u32>,
-    /// By node id: the times of the sides taken from its report.
-    times: Vec<NodeTimes>,
 }
 
-impl Received {
-    /// Nothing received yet of a round planned as `plans`.
-    pub fn new(plans: &ByNode<RoundPlan>) -> Self {
+/// A report taken apart against its round's [`Layout`]: its sides trimmed to the plan and
+/// summarized, by slot, its node's times, and the rest of it.
+#[derive(Debug)]
+pub struct Sorted {
+    node: u32,
+    sent: Vec<(usize, Sent)>,
+    answered: Vec<(usize, Answered)>,
+    times: NodeTimes,
+    report: AgentReport,
+}
+
+impl Layout {
+    fn new(plans: &ByNode<RoundPlan>) -> Self {
         let node_ids: HashMap<String, u32> = plans
             .keys()
             .enumerate()
             .map(|(i, n)| (n.clone(), i as u32))
             .collect();
-        let mut received = Self::default();
         let ids = plans.values().flat_map(|p| &p.targets).map(|t| t.path);
-        received.slots = vec![NO_SLOT; ids.max().map_or(0, |id| id as usize + 1)];
+        let mut slots = vec![NO_SLOT; ids.max().map_or(0, |id| id as usize + 1)];
+        let mut owners = Vec::new();
         for (src, plan) in plans.values().enumerate() {
             let planned = plan.probes_per_target();
             for (offset, t) in plan.targets.iter().enumerate() {
-                received.slots[t.path as usize] = received.owners.len() as u32;
-                received.owners.push(Owners {
+                slots[t.path as usize] = owners.len() as u32;
+                owners.push(Owners {
                     src: src as u32,
                     offset: offset as u32,
                     dst: node_ids
@@ -164,29 +174,22 @@ impl Received {
                 });
             }
         }
-        received.paths = plans
-            .values()
-            .map(|p| vec![PathSides::default(); p.targets.len()])
-            .collect();
-        received.toward = vec![0; node_ids.len()];
-        received.times = vec![NodeTimes::default(); node_ids.len()];
-        for dst in received.owners.iter().filter_map(|o| o.dst) {
-            received.toward[dst as usize] += 1;
+        let mut toward = vec![0; node_ids.len()];
+        for dst in owners.iter().filter_map(|o| o.dst) {
+            toward[dst as usize] += 1;
         }
-        received.node_ids = node_ids;
-        received
+        Self {
+            node_ids,
+            slots,
+            owners,
+            toward,
+        }
     }
 
-    /// Where path `id` is in `paths`, if planned.
+    /// Where path `id` is in `owners`, if planned.
     fn slot(&self, id: PathId) -> Option<usize> {
         let slot = *self.slots.get(id as usize)?;
         (slot != NO_SLOT).then_some(slot as usize)
-    }
-
-    /// The sides of the path in slot `i`.
-    fn sides(&mut self, i: usize) -> &mut PathSides {
-        let o = &self.owners[i];
-        &mut self.paths[o.src as usize][o.offset as usize]
     }
 
     /// How many planned paths end at `node`.
@@ -194,6 +197,91 @@ impl Received {
         self.node_ids
             .get(node)
             .map_or(0, |&id| self.toward[id as usize] as usize)
+    }
+
+    /// `report` taken apart: the sides its node is the planned end of, the first of each path
+    /// when it repeats one, trimmed and summarized. `None` for a node without a plan.
+    pub fn sort(&self, mut report: AgentReport) -> Option<Sorted> {
+        let node = *self.node_ids.get(&report.node)?;
+        let mut sent: Vec<(usize, SentPath)> = std::mem::take(&mut report.sent)
+            .into_iter()
+            .filter_map(|s| Some((self.slot(s.path)?, s)))
+            .filter(|(i, _)| self.owners[*i].src == node)
+            .collect();
+        let mut answered: Vec<(usize, AnsweredPath)> = std::mem::take(&mut report.answered)
+            .into_iter()
+            .filter_map(|a| Some((self.slot(a.path)?, a)))
+            .filter(|(i, _)| self.owners[*i].dst == Some(node))
+            .collect();
+        // Stable: the first of a repeated path stays.
+        sent.sort_by_key(|(i, _)| *i);
+        sent.dedup_by_key(|(i, _)| *i);
+        answered.sort_by_key(|(i, _)| *i);
+        answered.dedup_by_key(|(i, _)| *i);
+        let mut times = NodeTimes::default();
+        let sent = sent
+            .into_iter()
+            .map(|(i, s)| {
+                let o = &self.owners[i];
+                (i, times.take_sent(trim_sent(s, o.planned), o.family))
+            })
+            .collect();
+        let answered = answered
+            .into_iter()
+            .map(|(i, a)| {
+                let o = &self.owners[i];
+                (
+                    i,
+                    times.take_answered(trim_answered(a, o.planned), o.family),
+                )
+            })
+            .collect();
+        Some(Sorted {
+            node,
+            sent,
+            answered,
+            times,
+            report,
+        })
+    }
+}
+
+/// Reports of one round, folded (see the module).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Received {
+    /// Every report without its paths, by node.
+    pub nodes: ByNode<AgentReport>,
+    layout: Arc<Layout>,
+    /// By source node id, in its plan's target order: one block per source, which the join
+    /// drops once it has joined the source's paths.
+    paths: Vec<Vec<PathSides>>,
+    /// By node id: the times of the sides taken from its report.
+    times: Vec<NodeTimes>,
+}
+
+impl Received {
+    /// Nothing received yet of a round planned as `plans`.
+    pub fn new(plans: &ByNode<RoundPlan>) -> Self {
+        Self {
+            nodes: ByNode::new(),
+            layout: Arc::new(Layout::new(plans)),
+            paths: plans
+                .values()
+                .map(|p| vec![PathSides::default(); p.targets.len()])
+                .collect(),
+            times: vec![NodeTimes::default(); plans.len()],
+        }
+    }
+
+    /// The round's layout, to [sort](Layout::sort) a report with before it is
+    /// [placed](Self::place).
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
+    }
+
+    /// How many planned paths end at `node`.
+    pub fn paths_toward(&self, node: &str) -> usize {
+        self.layout.paths_toward(node)
     }
 
     /// `plans` with `reports` folded in, in order (tests and tools).
@@ -206,41 +294,44 @@ impl Received {
     /// Folds in `report`, replacing an earlier one of its node. A node without a plan is
     /// ignored (the mailbox refuses it first), as is a side of a path the node is not the
     /// planned end of, or the second side of a path the report repeats.
-    pub fn add(&mut self, mut report: AgentReport) {
-        let Some(&node) = self.node_ids.get(&report.node) else {
-            return;
-        };
+    pub fn add(&mut self, report: AgentReport) {
+        if let Some(sorted) = self.layout.sort(report) {
+            self.place(sorted);
+        }
+    }
+
+    /// Puts a report [sorted](Layout::sort) against this round's layout in its paths,
+    /// replacing an earlier one of its node.
+    pub fn place(&mut self, sorted: Sorted) {
+        let Sorted {
+            node,
+            sent,
+            answered,
+            times,
+            report,
+        } = sorted;
         if self.nodes.contains_key(&report.node) {
             self.forget(node);
         }
-        let mut times = NodeTimes::default();
-        for sent in std::mem::take(&mut report.sent) {
-            if let Some(i) = self.slot(sent.path)
-                && self.owners[i].src == node
-                && self.sides(i).sent.is_none()
-            {
-                let (planned, family) = (self.owners[i].planned, self.owners[i].family);
-                let sent = times.take_sent(trim_sent(sent, planned), family);
-                self.sides(i).sent = Some(sent);
-            }
+        for (i, s) in sent {
+            self.sides(i).sent = Some(s);
         }
-        for answered in std::mem::take(&mut report.answered) {
-            if let Some(i) = self.slot(answered.path)
-                && self.owners[i].dst == Some(node)
-                && self.sides(i).answered.is_none()
-            {
-                let (planned, family) = (self.owners[i].planned, self.owners[i].family);
-                let answered = times.take_answered(trim_answered(answered, planned), family);
-                self.sides(i).answered = Some(answered);
-            }
+        for (i, a) in answered {
+            self.sides(i).answered = Some(a);
         }
         self.times[node as usize] = times;
         self.nodes.insert(report.node.clone(), report);
     }
 
+    /// The sides of the path in slot `i`.
+    fn sides(&mut self, i: usize) -> &mut PathSides {
+        let o = &self.layout.owners[i];
+        &mut self.paths[o.src as usize][o.offset as usize]
+    }
+
     /// Drops what `node` reported of its paths.
     fn forget(&mut self, node: u32) {
-        for owners in &self.owners {
+        for owners in &self.layout.owners {
             let sides = &mut self.paths[owners.src as usize][owners.offset as usize];
             if owners.src == node {
                 sides.sent = None;
@@ -257,10 +348,11 @@ impl Received {
     pub fn into_paths(self) -> (ByNode<AgentReport>, Vec<Vec<PathSides>>, ByNode<NodeTimes>) {
         let mut times = self.times;
         let by_node = self
+            .layout
             .node_ids
-            .into_iter()
-            .filter(|(n, _)| self.nodes.contains_key(n))
-            .map(|(n, id)| (n, std::mem::take(&mut times[id as usize])))
+            .iter()
+            .filter(|(n, _)| self.nodes.contains_key(*n))
+            .map(|(n, &id)| (n.clone(), std::mem::take(&mut times[id as usize])))
             .collect();
         (self.nodes, self.paths, by_node)
     }
@@ -281,6 +373,7 @@ impl NodeTimes {
         let trouble = Trouble {
             send_errors: s.send_errors,
             failures: s.failures,
+            withheld: s.withheld,
             unsent: s.unsent,
             lost: s.lost,
         };

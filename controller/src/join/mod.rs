@@ -69,7 +69,8 @@ fn observer_warnings(reports: &ByNode<AgentReport>) -> Vec<String> {
     if !incomplete.is_empty() {
         warnings.push(format!(
             "the eBPF observers of {} could not follow every probe of this round (more TCP \
-             probe paths than the agent's --max-tcp-paths, or too many rounds at once): their \
+             probe paths than the agent's map grew to (--tcp-paths, grown from plans up to 65,536), a \
+             map not yet grown while other rounds ran, or too many rounds at once): their \
              missing hooks are unobserved, not loss",
             some_of(&incomplete)
         ));
@@ -79,7 +80,8 @@ fn observer_warnings(reports: &ByNode<AgentReport>) -> Vec<String> {
         warnings.push(format!(
             "the event ring buffer of {} absorbs only {least} ms of reader stall at this \
              round's probe rate (under {TOLERATED_STALL_MS} ms): raise the agent's \
-             --event-buffer-kib or lower the rate",
+             --event-buffer-kib (agents grow it from plans up to 64 MiB, at a round \
+             that starts alone) or lower the rate",
             some_of(&nodes)
         ));
     }
@@ -433,7 +435,7 @@ pub(crate) mod tests {
         let warnings = join_reports(&plans, &reports).warnings;
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].starts_with("the eBPF observers of node-2 could not follow"));
-        assert!(warnings[0].contains("--max-tcp-paths"));
+        assert!(warnings[0].contains("--tcp-paths"));
     }
 
     #[test]

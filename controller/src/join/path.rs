@@ -167,11 +167,11 @@ fn send_failures(s: &Trouble, planned: u32, sent: u32) -> u32 {
     claimed.min(planned - sent)
 }
 
-/// The source's send errors and probe failures by message, most first, each count capped by
-/// the plan.
+/// The source's send errors, probe failures and what its own limits withheld, by message,
+/// most first, each count capped by the plan.
 fn socket_errors(s: &Trouble, planned: u32) -> Vec<(String, u32)> {
     let mut errors: BTreeMap<&str, u32> = BTreeMap::new();
-    for (message, n) in s.send_errors.iter().chain(&s.failures) {
+    for (message, n) in s.send_errors.iter().chain(&s.failures).chain(&s.withheld) {
         let count = errors.entry(message).or_default();
         *count = count.saturating_add(*n).min(planned);
     }

@@ -25,6 +25,7 @@ pub mod leader_label;
 pub mod lease;
 pub mod targets;
 pub mod tasks;
+pub mod token_review;
 
 #[cfg(test)]
 mod scenarios;

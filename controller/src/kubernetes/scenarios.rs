@@ -51,6 +51,8 @@ fn start(leading: bool) -> Scenario {
         max_history: 10,
         pair_metrics: false,
         budget: Default::default(),
+        tls_dir: crate::driver::DEFAULT_TLS_DIR.into(),
+        limits: Default::default(),
     };
     let ctl = Controller::new(settings, ReportStore::new(&temp_dir("kube")));
     let cfg = Config {

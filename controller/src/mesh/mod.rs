@@ -301,8 +301,17 @@ pub fn build_plans(
                 }
             }
         }
+        // An address of the source's own is skipped: its packets never leave the node (the
+        // kernel loops them back), so they say nothing of the network and no hook sees them.
+        let own = |ip: &std::net::IpAddr| {
+            let family = Family::of(ip);
+            src_agent
+                .interfaces
+                .iter()
+                .any(|i| i.addr(family) == Some(*ip))
+        };
         for si in sources(src_agent) {
-            for a in listed {
+            for a in listed.iter().filter(|a| !own(&a.ip)) {
                 let family = Family::of(&a.ip);
                 let Some(src_addr) = si.addr(family) else {
                     continue;
@@ -520,6 +529,16 @@ pub(crate) mod tests {
         }
         let indexes: HashSet<PathId> = targets.iter().map(|t| t.path).collect();
         assert_eq!(indexes.len(), 30);
+
+        // An agent's own address (node-2's net1) is probed by the others only.
+        task.spec.target.addresses = Some(vec!["10.2.0.2".into()]);
+        let plans = build_plans(&task, &roster, &[], mk_meta()).unwrap().plans;
+        let listed: Vec<_> = all_targets(&plans)
+            .into_iter()
+            .filter(|t| t.external)
+            .map(|t| t.src_addr.to_string())
+            .collect();
+        assert_eq!(listed, ["10.1.0.1", "10.1.0.3"]);
 
         // Without the mesh, over the named networks, with ports; no incoming paths.
         task.spec.target.endpoint = false;

@@ -62,19 +62,17 @@ impl Findings {
             #[serde(default)]
             findings: Vec<Finding>,
         }
-        let Some(reader) = store.open(task, RoundRef::Latest).await? else {
+        let Some(report) = store.open(task, RoundRef::Latest).await? else {
             return Ok(None);
         };
         // Streamed: a big round's report is not read into memory whole.
-        let stored: Stored = tokio::task::spawn_blocking(move || {
-            serde_json::from_reader(std::io::BufReader::new(reader))
-        })
-        .await
-        .map_err(|e| StoreError::Join(e.to_string()))?
-        .map_err(|source| StoreError::Decode {
-            task: task.into(),
-            source,
-        })?;
+        let stored: Stored = tokio::task::spawn_blocking(move || report.decode())
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))?
+            .map_err(|source| StoreError::Decode {
+                task: task.into(),
+                source,
+            })?;
         Ok(Some(self.remember(TaskFindings {
             task: task.into(),
             round: stored.round,

@@ -256,6 +256,7 @@ pub fn reports(
                 received: 0,
                 send_errors: vec![],
                 failures: vec![],
+                withheld: Vec::new(),
                 src_egress: n as u32,
                 src_ingress: 0,
                 unsent: vec![],

@@ -127,6 +127,40 @@ struct PairLabels {
     family: String,
 }
 
+/// Distinct drop reasons given their own series: the kernel has about a hundred
+/// (`enum skb_drop_reason`).
+const MAX_DROP_REASONS: usize = 256;
+
+/// The drop reasons seen so far, which agents report as text: a reason shaped like none the
+/// agent writes (a kernel name such as `NETFILTER_DROP`, `unknown`, `reason 77`) is `invalid`,
+/// and beyond [`MAX_DROP_REASONS`] distinct ones a new reason is `other`, so a broken or
+/// forged report cannot add series without end.
+#[derive(Debug, Default)]
+struct DropReasons(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+impl DropReasons {
+    fn label<'a>(&self, reason: &'a str) -> &'a str {
+        let kernel_name = (1..=64).contains(&reason.len())
+            && reason.starts_with(|c: char| c.is_ascii_uppercase())
+            && reason
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        let numbered = reason
+            .strip_prefix("reason ")
+            .is_some_and(|n| (1..=10).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()));
+        if !(kernel_name || numbered || reason == "unknown") {
+            return "invalid";
+        }
+        let mut seen = crate::lock(&self.0);
+        if seen.contains(reason) || seen.len() < MAX_DROP_REASONS {
+            seen.insert(reason.to_string());
+            reason
+        } else {
+            "other"
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
     task: String,
@@ -198,6 +232,8 @@ pub struct Metrics {
     zone_loss_ratio: Latest<DomainLabels>,
     findings: Family<TaskLabels, Gauge<i64, AtomicI64>>,
     drops: Family<DropLabels, Counter>,
+    /// The drop reasons `drops` has series for: agents name them, so they are bounded here.
+    drop_reasons: DropReasons,
     /// `None` unless per-pair series were asked for.
     pair_loss: Option<Latest<PairLabels>>,
     agents: Gauge<i64, AtomicI64>,
@@ -324,6 +360,7 @@ impl Metrics {
                 "Lost probe packets a kernel dropped (skb:kfree_skb), by dropping node, drop \
                  reason and packet (request, reply)",
             ),
+            drop_reasons: DropReasons::default(),
             pair_loss: pair_metrics.then(|| {
                 Latest::new(
                     r,
@@ -500,7 +537,7 @@ impl Metrics {
             let labels = DropLabels {
                 task: task.into(),
                 node: node.into(),
-                reason: reason.into(),
+                reason: self.drop_reasons.label(reason).into(),
                 packet: packet.to_string(),
             };
             self.drops.get_or_create(&labels).inc_by(n);
@@ -814,6 +851,32 @@ mod tests {
         let text = m.encode().unwrap();
         assert!(!text.contains("task=\"mesh\",node=\"node-3\""), "{text}");
         assert!(text.contains("meshdoctor_interface_findings{task=\"mesh\"} 0\n"));
+    }
+
+    /// Drop reasons come from agents: a malformed one is `invalid`, and past the bound new
+    /// ones share `other`, so a forged report cannot add series without end.
+    #[test]
+    fn drop_reasons_from_agents_are_bounded() {
+        let r = DropReasons::default();
+        for ok in ["NETFILTER_DROP", "NO_SOCKET", "unknown", "reason 77"] {
+            assert_eq!(r.label(ok), ok);
+        }
+        for bad in [
+            "",
+            "netfilter",
+            "NETFILTER DROP",
+            "reason x",
+            "A\"}",
+            &"X".repeat(65),
+        ] {
+            assert_eq!(r.label(bad), "invalid", "{bad:?}");
+        }
+        for i in 0..MAX_DROP_REASONS {
+            r.label(&format!("FORGED_{i}"));
+        }
+        assert_eq!(r.label("FORGED_NEW"), "other");
+        // Those already seen keep their series.
+        assert_eq!(r.label("NETFILTER_DROP"), "NETFILTER_DROP");
     }
 
     #[test]
