@@ -83,6 +83,19 @@ pub fn start_nginx(lab: &Lab, bin: &Path, name: &str, dir: &Path, servers: &str)
     .expect("start nginx")
 }
 
+/// The sum of every sample of metric `name` (whatever its labels) in a Prometheus text
+/// exposition; 0 when there is none.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// The central interval holding a Binomial(n, p) count with probability at least `conf`,
 /// as loss ratios: (lo, hi) with P(X < lo·n) <= (1-conf)/2 and P(X > hi·n) <= (1-conf)/2.
 ///
@@ -115,6 +128,15 @@ fn ln_fact(n: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_sum_adds_the_series_of_one_metric() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total{node=\"x y\"} 2\n\
+                    a_total{node=\"z\"} 3.5\na_total_other 7\nb 1\n# EOF\n";
+        assert_eq!(metric_sum(text, "a_total"), 5.5);
+        assert_eq!(metric_sum(text, "b"), 1.0);
+        assert_eq!(metric_sum(text, "c"), 0.0);
+    }
 
     #[test]
     fn interval_brackets_the_mean_and_narrows_with_n() {

@@ -12,6 +12,29 @@ pub const COOKIE_LEN: usize = 12;
 /// UDP probes carry the cookie at the start of the payload, then one byte: [`Kind`]. The
 /// agent's UDP responder echoes the datagram with the kind set to reply.
 pub const UDP_KIND_OFFSET: usize = COOKIE_LEN;
+/// Where a probe's nonce sits, from the start of its cookie, in ICMP and UDP probes alike: a
+/// random number of the socket that sent it, echoed back with the payload. The probe id is
+/// predictable (round tag, path, sequence), so the sender takes a reply only when it carries
+/// the nonce (and comes from the probed address): a host that never saw the request cannot
+/// forge one. The observers do not read it.
+pub const NONCE_OFFSET: usize = UDP_KIND_OFFSET + 1;
+pub const NONCE_LEN: usize = 8;
+
+/// Writes `nonce` into a probe payload that starts at the cookie; a payload too short for it
+/// is left as it is.
+pub fn put_nonce(payload: &mut [u8], nonce: u64) {
+    if let Some(at) = payload.get_mut(NONCE_OFFSET..NONCE_OFFSET + NONCE_LEN) {
+        at.copy_from_slice(&nonce.to_be_bytes());
+    }
+}
+
+/// The nonce of a probe payload that starts at the cookie, if it is long enough to hold one.
+pub fn nonce_of(payload: &[u8]) -> Option<u64> {
+    let bytes = payload.get(NONCE_OFFSET..NONCE_OFFSET + NONCE_LEN)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(bytes);
+    Some(u64::from_be_bytes(nonce))
+}
 /// Transport of a probe, as in the IP header: ICMP (either family's), TCP or UDP.
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;

@@ -28,7 +28,9 @@ use crate::{round::wait_until_ms, runtime::Agent};
 pub async fn run(agent: &Agent, plan: &RoundPlan, app: &AppPlan) -> AgentReport {
     let target = app.target.label();
     let planned = u64::from(plan.qps) * plan.duration_ms / 1000;
-    let spec = match agent.guard.app_refusal(plan) {
+    // Held for the whole load: rounds running at once share the rate cap.
+    let share = agent.guard.share(u64::from(plan.qps));
+    let spec = match agent.guard.app_refusal(plan, &share) {
         Some(why) => Err(why),
         None => load_spec(plan, app),
     };

@@ -144,7 +144,9 @@ impl ControllerClient {
             .map_err(|source| ClientError::Http { url, source })
     }
 
-    pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
+    /// Posts a round report, giving up after `timeout` (the caller retries within the round's
+    /// deadline).
+    pub async fn report(&self, report: &AgentReport, timeout: Duration) -> Result<(), ClientError> {
         let url = format!(
             "{}{}",
             self.base,
@@ -155,6 +157,7 @@ impl ControllerClient {
             .http
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, REPORT_CONTENT_TYPE)
+            .timeout(timeout)
             .body(body);
         self.send(url.clone(), request).await?;
         Ok(())

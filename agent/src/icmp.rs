@@ -10,7 +10,7 @@ use std::{
     os::fd::AsRawFd,
 };
 
-use meshdoctor_agent_common::{COOKIE_LEN, COOKIE_OFFSET, PROBE_MAGIC};
+use meshdoctor_agent_common::{COOKIE_LEN, COOKIE_OFFSET, PROBE_MAGIC, nonce_of, put_nonce};
 use meshdoctor_api::Family;
 use pnet_packet::{
     Packet,
@@ -24,11 +24,13 @@ use tokio::io::{Interest, unix::AsyncFd};
 /// Total ICMP payload: the cookie, padded to a round 32 bytes like a small ping.
 const PAYLOAD_LEN: usize = 32 - COOKIE_OFFSET;
 
-/// Builds an echo request carrying `probe_id` in its cookie.
-pub fn echo_request(family: Family, ident: u16, seq: u16, probe_id: u64) -> Vec<u8> {
+/// Builds an echo request carrying `probe_id` in its cookie, and the sending socket's
+/// `nonce` after it.
+pub fn echo_request(family: Family, ident: u16, seq: u16, probe_id: u64, nonce: u64) -> Vec<u8> {
     let mut payload = [0u8; PAYLOAD_LEN];
     payload[..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
     payload[4..COOKIE_LEN].copy_from_slice(&probe_id.to_be_bytes());
+    put_nonce(&mut payload, nonce);
     echo(family, ident, seq, &payload)
 }
 
@@ -52,11 +54,12 @@ pub fn echo(family: Family, ident: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     buf
 }
 
-/// Extracts the probe id from a received datagram if it is one of our echo replies.
+/// Extracts the probe id and the nonce from a received datagram if it is one of our echo
+/// replies.
 ///
 /// `datagram` is what a raw socket returns: with the IPv4 header for IPv4, without one for
 /// IPv6. Anything else (other ICMP, truncated or hostile bytes) gives `None`.
-pub fn parse_echo_reply(family: Family, datagram: &[u8]) -> Option<u64> {
+pub fn parse_echo_reply(family: Family, datagram: &[u8]) -> Option<(u64, u64)> {
     let icmp: &[u8] = match family {
         Family::Ipv4 => {
             let ip = Ipv4Packet::new(datagram)?;
@@ -67,10 +70,13 @@ pub fn parse_echo_reply(family: Family, datagram: &[u8]) -> Option<u64> {
         Family::Ipv6 => (Icmpv6Packet::new(datagram)?.get_icmpv6_type() == Icmpv6Types::EchoReply)
             .then_some(datagram)?,
     };
-    let cookie = icmp.get(COOKIE_OFFSET..COOKIE_OFFSET + COOKIE_LEN)?;
+    let payload = icmp.get(COOKIE_OFFSET..)?;
+    let cookie = payload.get(..COOKIE_LEN)?;
     let (magic, id) = cookie.split_at(4);
-    (u32::from_be_bytes(magic.try_into().ok()?) == PROBE_MAGIC)
-        .then(|| u64::from_be_bytes(id.try_into().expect("8 bytes")))
+    if u32::from_be_bytes(magic.try_into().ok()?) != PROBE_MAGIC {
+        return None;
+    }
+    Some((u64::from_be_bytes(id.try_into().ok()?), nonce_of(payload)?))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` uses, so user-space and kernel
@@ -90,6 +96,8 @@ pub fn monotonic_ns() -> u64 {
 pub struct EchoSocket {
     fd: AsyncFd<Socket>,
     family: Family,
+    /// Sent in every request, expected in every reply (see `NONCE_OFFSET`).
+    nonce: u64,
 }
 
 impl EchoSocket {
@@ -111,7 +119,16 @@ impl EchoSocket {
             AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::WRITABLE)
         }
         .map_err(io::Error::from)?;
-        Ok(Self { fd, family })
+        Ok(Self {
+            fd,
+            family,
+            nonce: random_nonce(),
+        })
+    }
+
+    /// The nonce its requests carry (see `NONCE_OFFSET`).
+    pub fn nonce(&self) -> u64 {
+        self.nonce
     }
 
     /// Sends one probe.
@@ -126,27 +143,52 @@ impl EchoSocket {
         }
     }
 
-    /// Waits for the next of our echo replies; returns its probe id and the monotonic time it
-    /// was read.
-    pub async fn recv(&self) -> io::Result<(u64, u64)> {
+    /// Waits for the next echo reply with one of our cookies.
+    pub async fn recv(&self) -> io::Result<EchoReply> {
         let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
         loop {
             let mut guard = self.fd.readable().await?;
-            let res = guard.try_io(|s| s.get_ref().recv(&mut buf));
+            let res = guard.try_io(|s| s.get_ref().recv_from(&mut buf));
             let t = monotonic_ns();
             match res {
-                Ok(Ok(n)) => {
-                    // SAFETY: recv initialised the first n bytes.
+                Ok(Ok((n, from))) => {
+                    // SAFETY: recv_from initialised the first n bytes.
                     let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
-                    if let Some(id) = parse_echo_reply(self.family, data) {
-                        return Ok((id, t));
-                    }
+                    let (Some((id, nonce)), Some(from)) =
+                        (parse_echo_reply(self.family, data), from.as_socket())
+                    else {
+                        continue;
+                    };
+                    return Ok(EchoReply {
+                        id,
+                        from: from.ip(),
+                        genuine: nonce == self.nonce,
+                        at_ns: t,
+                    });
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
         }
     }
+}
+
+/// An echo reply with one of our cookies, as read.
+pub struct EchoReply {
+    pub id: u64,
+    /// The address it came from.
+    pub from: IpAddr,
+    /// It carried the socket's nonce: it answers a request the socket sent.
+    pub genuine: bool,
+    /// When it was read (monotonic).
+    pub at_ns: u64,
+}
+
+/// A nonce for a probe socket (see `NONCE_OFFSET`): 64 bits from the standard library's
+/// randomly keyed SipHash, which the OS seeds; unpredictable to anyone off this host.
+pub fn random_nonce() -> u64 {
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new().hash_one(monotonic_ns())
 }
 
 /// Raw ICMPv6 sockets see all ICMPv6 (neighbour discovery included); let the kernel pass only
@@ -187,10 +229,11 @@ mod tests {
 
     #[test]
     fn request_carries_cookie_and_valid_checksum() {
-        let pkt = echo_request(Family::Ipv4, 7, 9, 0x1122_3344_5566_7788);
+        let pkt = echo_request(Family::Ipv4, 7, 9, 0x1122_3344_5566_7788, 0xabcd);
         assert_eq!(pkt.len(), 32);
         assert_eq!(&pkt[8..12], b"MDPB");
         assert_eq!(&pkt[12..20], &0x1122_3344_5566_7788u64.to_be_bytes());
+        assert_eq!(&pkt[21..29], &0xabcdu64.to_be_bytes());
         assert_eq!(&pkt[4..8], &[0, 7, 0, 9]);
         // A packet with a correct checksum sums to zero (one's complement).
         let sum = checksum(&IcmpPacket::new(&pkt).unwrap());
@@ -199,19 +242,19 @@ mod tests {
 
     #[test]
     fn parses_v4_reply_after_ip_header_and_v6_without() {
-        let icmp = as_reply(echo_request(Family::Ipv4, 1, 2, 42), Family::Ipv4);
+        let icmp = as_reply(echo_request(Family::Ipv4, 1, 2, 42, 7), Family::Ipv4);
         let mut dgram = vec![
             0x45, 0, 0, 52, 0, 0, 0, 0, 64, 1, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2,
         ];
         dgram.extend_from_slice(&icmp);
-        assert_eq!(parse_echo_reply(Family::Ipv4, &dgram), Some(42));
-        let v6 = as_reply(echo_request(Family::Ipv6, 1, 2, 43), Family::Ipv6);
-        assert_eq!(parse_echo_reply(Family::Ipv6, &v6), Some(43));
+        assert_eq!(parse_echo_reply(Family::Ipv4, &dgram), Some((42, 7)));
+        let v6 = as_reply(echo_request(Family::Ipv6, 1, 2, 43, 8), Family::Ipv6);
+        assert_eq!(parse_echo_reply(Family::Ipv6, &v6), Some((43, 8)));
     }
 
     #[test]
     fn rejects_requests_foreign_and_hostile_bytes() {
-        let req = echo_request(Family::Ipv6, 1, 2, 43);
+        let req = echo_request(Family::Ipv6, 1, 2, 43, 9);
         assert_eq!(parse_echo_reply(Family::Ipv6, &req), None);
         let mut foreign = as_reply(req, Family::Ipv6);
         foreign[8] ^= 0xff;

@@ -26,10 +26,15 @@ use meshdoctor_agent::{
     interfaces::{self, InterfaceArg},
     map_sizes::MapSizes,
     observer::{LoadOptions, Observer},
-    round,
+    round::{self, now_ms},
     runtime::Agent,
     tcp, udp,
 };
+
+/// The longest one report post may take: over a cut link a post would otherwise hang for the
+/// client's whole timeout, past the round's deadline, instead of being retried once the link
+/// is back.
+const REPORT_ATTEMPT: Duration = Duration::from_secs(10);
 
 /// Connections the health and metrics endpoint holds at once: its clients are a scraper or two
 /// and the kubelet's probes.
@@ -60,9 +65,9 @@ struct Args {
     /// Others are refused and reported as such, never sent. Without it, any destination.
     #[arg(long, value_delimiter = ',', value_name = "CIDR|HOST")]
     allow_targets: Vec<meshdoctor_api::allow::Allowed>,
-    /// Most probe packets (or application requests) per second a round may send: above it the
-    /// round is paced at this rate and what does not fit is reported as not sent. Without it,
-    /// the plan's rate.
+    /// Most probe packets (or application requests) per second the agent sends, all the rounds
+    /// it runs at once together: a round is paced at what the others left it and what does not
+    /// fit is reported as not sent. Without it, the plans' rates.
     #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
     max_probe_rate: Option<u32>,
     /// Interface to probe over, as NAME or NAME=NETWORK (repeatable; default: every interface
@@ -180,10 +185,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut agent = Agent::new(args.node.clone(), interfaces, observer, drop_tracer);
     agent.grow_maps = !args.fixed_observer_maps;
-    agent.guard = guard::Guard {
-        allow: meshdoctor_api::allow::AllowList(args.allow_targets),
-        max_rate: args.max_probe_rate,
-    };
+    agent.guard = guard::Guard::new(
+        meshdoctor_api::allow::AllowList(args.allow_targets),
+        args.max_probe_rate,
+    );
     agent.probe_port = start_responders(args.probe_port);
     agent.labels = args.labels.into_iter().collect();
     if let Some(zone) = args.zone {
@@ -385,7 +390,8 @@ async fn run_plan(agent: Arc<Agent>, client: Arc<ControllerClient>, plan: RoundP
     };
     agent.metrics.rounds.inc();
     for attempt in 0.. {
-        let error = match client.report(&report).await {
+        let left = Duration::from_millis(plan.report_deadline_ms.saturating_sub(now_ms()));
+        let error = match client.report(&report, left.min(REPORT_ATTEMPT)).await {
             Ok(()) => {
                 info!(task = %plan.task, round = plan.round, "report posted");
                 return;
@@ -407,6 +413,7 @@ async fn run_plan(agent: Arc<Agent>, client: Arc<ControllerClient>, plan: RoundP
             &agent.node,
         );
         let delay = retry_delay(attempt, left, (nanos ^ node) % 1000);
+        agent.metrics.report_retries.inc();
         warn!(task = %plan.task, round = plan.round, "posting report: {error}; retrying in {delay:?}");
         tokio::time::sleep(delay).await;
     }
@@ -420,12 +427,6 @@ fn retry_delay(attempt: u32, left_ms: u64, jitter: u64) -> Duration {
     let ceiling = (250u64 << attempt.min(5)).min(8000);
     let spread = ceiling / 2 + ceiling / 2 * jitter.min(999) / 1000;
     Duration::from_millis(spread.min(left_ms.saturating_sub(50)).max(1))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

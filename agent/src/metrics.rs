@@ -55,6 +55,12 @@ pub struct Metrics {
     drop_tracing: Gauge,
     /// Round reports the agent gave up delivering (the controller's deadline passed).
     pub report_failures: Counter,
+    /// Report posts that failed for a passing reason and were tried again (a controller
+    /// restarting or out of reach): a report that got through late shows here.
+    pub report_retries: Counter,
+    /// Replies to a round's probe ids that answered no probe of the agent's: without the
+    /// probe socket's nonce, or from another address than the probe went to.
+    pub foreign_replies: Counter,
     app_requests: MetricFamily<RequestLabels, Counter>,
     pub drops: MetricFamily<DropLabels, Counter>,
     sent: MetricFamily<PathLabels, Counter>,
@@ -156,11 +162,28 @@ impl Default for Metrics {
             "Round reports not delivered to the controller before its deadline",
             report_failures.clone(),
         );
+        let report_retries = Counter::default();
+        registry.register(
+            "report_retries",
+            "Round report posts that failed for a passing reason (no connection, a timeout, the \
+             controller's own error) and were tried again",
+            report_retries.clone(),
+        );
+        let foreign_replies = Counter::default();
+        registry.register(
+            "foreign_replies",
+            "Replies with one of a round's probe ids that answered no probe of this agent's \
+             (without the probe socket's nonce, or from another address): forged or misrouted, \
+             never counted as a probe's reply",
+            foreign_replies.clone(),
+        );
         Self {
             registry: root,
             timestamping,
             drop_tracing,
             report_failures,
+            report_retries,
+            foreign_replies,
             app_requests,
             drops,
             sent,
@@ -309,7 +332,8 @@ mod tests {
         m.count_requests(1, 0, 0);
         let series = m.render().lines().filter(|l| !l.starts_with('#')).count();
         eprintln!("agent series, 2 interfaces x 2 families: {series}");
-        // ... meshdoctor_build_info, and the observers' reloads and two map sizes.
-        assert_eq!(series, 8 + 16 + 2 + 3 + 3 + 2 + 1 + 1 + 1 + 3);
+        // ... meshdoctor_build_info, and the observers' reloads and two map sizes; report
+        // retries and foreign replies.
+        assert_eq!(series, 8 + 16 + 2 + 3 + 3 + 2 + 1 + 1 + 1 + 3 + 2);
     }
 }

@@ -12,12 +12,18 @@ use meshdoctor_api::{
     AgentReport, Histogram, LostProbe, ObserverStats, PathId, PlannedTarget, Protocol, RoundPlan,
     SentPath, probe_id, probe_tag,
 };
+use prometheus_client::metrics::counter::Counter;
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{debug, warn};
 
 use crate::{
-    guard::Guard, hooks::RoundHooks, icmp::monotonic_ns, map_sizes::stall_covered_ms,
-    runtime::Agent, sockets::ProbeSocket, tcp,
+    guard::{Guard, Pace},
+    hooks::RoundHooks,
+    icmp::monotonic_ns,
+    map_sizes::stall_covered_ms,
+    runtime::Agent,
+    sockets::{ProbeSocket, Reply},
+    tcp,
 };
 
 /// What the sender and the receivers learn about one target's probes.
@@ -29,7 +35,7 @@ struct TargetProbes {
     /// Probes sent that failed with an error of their own (a refused connection, an HTTP
     /// status), by error.
     failures: BTreeMap<String, u32>,
-    /// Probes the agent's own limits kept back, by reason.
+    /// Probes the agent kept back, by reason: its own limits, or a round it joined late.
     withheld: BTreeMap<String, u32>,
 }
 
@@ -83,11 +89,11 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
                 .clone()
         })
         .collect();
-    let path_index: Arc<HashMap<PathId, usize>> = Arc::new(
+    let path_index: Arc<HashMap<PathId, (usize, IpAddr)>> = Arc::new(
         plan.targets
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.path, i))
+            .map(|(i, t)| (t.path, (i, t.dst_addr)))
             .collect(),
     );
     let mut receivers = JoinSet::new();
@@ -98,6 +104,7 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
             path_index.clone(),
             probes.clone(),
             timeout,
+            agent.metrics.foreign_replies.clone(),
         ));
     }
 
@@ -127,12 +134,15 @@ pub async fn run(agent: &Agent, plan: &RoundPlan) -> AgentReport {
 }
 
 /// Sleeps until the wall-clock time `at_ms` (Unix ms), the clock plans are written in.
-pub(crate) async fn wait_until_ms(at_ms: u64) {
-    let now_ms = SystemTime::now()
+/// Wall-clock now in Unix milliseconds, the clock plans are written in.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    if let Some(wait) = at_ms.checked_sub(now_ms) {
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) async fn wait_until_ms(at_ms: u64) {
+    if let Some(wait) = at_ms.checked_sub(now_ms()) {
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
@@ -177,9 +187,11 @@ async fn send_all(
         .map(|t| guard.refusal(t.dst_addr))
         .collect();
     let allowed = refusals.iter().filter(|r| r.is_none()).count();
-    let pace = guard.pace(plan, allowed, n);
-    let over_rate = guard.over_rate(plan, allowed);
-    let start = Instant::now();
+    // Held until every probe is sent: rounds running at once share the cap.
+    let share = guard.share(Guard::wants(plan, allowed));
+    let pace = Guard::pace(plan, allowed, n, &share);
+    let over_rate = guard.over_rate(plan, allowed, &share);
+    let (start, missed) = late_start(plan, &pace, now_ms(), Instant::now());
     let mut k = 0u32;
     for seq in 0..n {
         for (i, t) in plan.targets.iter().enumerate() {
@@ -190,6 +202,13 @@ async fn send_all(
                 record(probes, i, |p| {
                     *p.withheld.entry(why.clone()).or_default() += 1
                 });
+                continue;
+            }
+            if u64::from(k) < missed {
+                record(probes, i, |p| {
+                    *p.withheld.entry(LATE_START.into()).or_default() += 1
+                });
+                k += 1;
                 continue;
             }
             tokio::time::sleep_until(start + pace.period * k).await;
@@ -218,6 +237,31 @@ async fn send_all(
     }
 }
 
+/// Why the probes of a round this agent joined late were not sent.
+pub const LATE_START: &str =
+    "not sent: the agent (re)started after the round began, past these probes' time";
+
+/// How late past a plan's start an agent still sends every probe: the agents' and the
+/// controller's clocks may differ this much, and a late start within it only shifts the round.
+const LATE_START_TOLERANCE_MS: u64 = 1000;
+
+/// Where the pacer's clock starts for `plan`, and how many of its sends are already past.
+///
+/// An agent that (re)started after its round began (a crash, a rollout) keeps to the round's
+/// window: sending the whole round late would put its probes after its peers disarmed their
+/// observers and into the next round, so the sends whose time has passed are withheld
+/// ([`LATE_START`]) and the rest keep their time.
+fn late_start(plan: &RoundPlan, pace: &Pace, now_ms: u64, now: Instant) -> (Instant, u64) {
+    let late_ms = now_ms.saturating_sub(plan.start_at_ms);
+    if late_ms <= LATE_START_TOLERANCE_MS {
+        return (now, 0);
+    }
+    let late = Duration::from_millis(late_ms);
+    let missed = late.as_nanos() / pace.period.as_nanos().max(1);
+    let start = now.checked_sub(late).unwrap_or(now);
+    (start, u64::try_from(missed).unwrap_or(u64::MAX))
+}
+
 fn record(probes: &Shared, i: usize, f: impl FnOnce(&mut TargetProbes)) {
     if let Ok(mut p) = probes.lock() {
         f(&mut p[i]);
@@ -229,12 +273,18 @@ fn record(probes: &Shared, i: usize, f: impl FnOnce(&mut TargetProbes)) {
 async fn receive(
     sock: Arc<ProbeSocket>,
     tag: u32,
-    path_index: Arc<HashMap<PathId, usize>>,
+    path_index: Arc<HashMap<PathId, (usize, IpAddr)>>,
     probes: Shared,
     timeout: Duration,
+    foreign: Counter,
 ) {
     loop {
-        let (id, outcome) = match sock.recv().await {
+        let Reply {
+            id,
+            outcome,
+            from,
+            genuine,
+        } = match sock.recv().await {
             Ok(r) => r,
             Err(e) => {
                 warn!("probe socket receive failed: {e}");
@@ -242,9 +292,17 @@ async fn receive(
             }
         };
         let (rtag, path, seq) = meshdoctor_api::probe_id_parts(id);
-        let Some(&i) = path_index.get(&path).filter(|_| rtag == probe_tag(tag)) else {
+        let Some(&(i, dst)) = path_index.get(&path).filter(|_| rtag == probe_tag(tag)) else {
             continue;
         };
+        // A reply to this round's probe id without the socket's nonce, or from an address the
+        // probe did not go to, answers no probe of ours: forged (the id is predictable) or
+        // misrouted. Counted, never taken as the probe's reply.
+        if !answers(genuine, from, dst) {
+            foreign.inc();
+            debug!(path, seq, ?from, %dst, "reply without our nonce or from another address");
+            continue;
+        }
         let Ok(mut p) = probes.lock() else { return };
         let p = &mut p[i];
         let seq = usize::from(seq);
@@ -267,6 +325,12 @@ async fn receive(
             debug!(path, seq, "late, duplicate or unknown reply");
         }
     }
+}
+
+/// Whether a reply read for a probe to `dst` answers it: it carries the socket's nonce and
+/// comes from `dst` (or from the connection to it, for TCP and HTTP).
+fn answers(genuine: bool, from: Option<IpAddr>, dst: IpAddr) -> bool {
+    genuine && from.is_none_or(|from| from == dst)
 }
 
 /// How the observers fared in a round.
@@ -372,6 +436,108 @@ mod tests {
 
     fn mk_plan() -> RoundPlan {
         RoundPlan::test(3, vec![PlannedTarget::test(5)])
+    }
+
+    #[test]
+    fn only_a_reply_with_the_nonce_from_the_probed_address_answers() {
+        let (dst, other): (IpAddr, IpAddr) = ([192, 0, 2, 2].into(), [192, 0, 2, 9].into());
+        assert!(answers(true, Some(dst), dst));
+        assert!(answers(true, None, dst), "TCP: the connection was to dst");
+        assert!(!answers(false, Some(dst), dst), "no nonce");
+        assert!(!answers(true, Some(other), dst), "another address");
+        assert!(!answers(false, None, dst));
+    }
+
+    /// Node B ignores echo requests, and forges an echo reply for every probe id of the round
+    /// (they are predictable) without the socket's nonce: no probe counts as answered, and the
+    /// forged replies are counted as foreign.
+    #[test]
+    fn forged_echo_replies_answer_no_probe_and_are_counted() {
+        use crate::testnet::{ADDR_A4, ADDR_B4, Pair, skip_unless_root};
+
+        if skip_unless_root() {
+            return;
+        }
+        let pair = Pair::new();
+        let sysctl = std::process::Command::new("ip")
+            .args(["netns", "exec", &pair.ns_b])
+            .args(["sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_all=1"])
+            .status()
+            .unwrap();
+        assert!(sysctl.success());
+        let target = PlannedTarget {
+            src_interface: pair.veth_a.as_str().into(),
+            src_addr: ADDR_A4.into(),
+            dst_addr: ADDR_B4.into(),
+            ..PlannedTarget::test(1)
+        };
+        let plan = RoundPlan {
+            round_tag: 0x0bad_f00d,
+            qps: 10,
+            timeout_ms: 500,
+            start_at_ms: now_ms(),
+            ..RoundPlan::test(10, vec![target])
+        };
+        let ns_b = pair.ns_b.clone();
+        let tag = plan.round_tag;
+        let forger = std::thread::spawn(move || {
+            Pair::run_in(&ns_b, || {
+                let sock = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::RAW,
+                    Some(socket2::Protocol::ICMPV4),
+                )
+                .unwrap();
+                let dst = socket2::SockAddr::from(std::net::SocketAddr::new(ADDR_A4.into(), 0));
+                // Every 20 ms for 1.5 s, a reply to each of the round's ten probe ids.
+                for _ in 0..75 {
+                    for seq in 0..10 {
+                        let mut pkt = crate::icmp::echo_request(
+                            Family::Ipv4,
+                            1,
+                            seq,
+                            probe_id(tag, 1, seq),
+                            0x5eed,
+                        );
+                        pkt[0] = 0; // echo reply; the checksum is not what the agent reads
+                        let _ = sock.send_to(&pkt, &dst);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        });
+        let agent = Agent::for_test("node-a");
+        let report = Pair::run_in(&pair.ns_a, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(run(&agent, &plan))
+        });
+        forger.join().unwrap();
+        let s = &report.sent[0];
+        assert_eq!((s.sent, s.received), (10, 0), "{s:?}");
+        assert!(agent.metrics.foreign_replies.get() >= 10);
+    }
+
+    /// A round joined 2.5 s late at 10 probes/s skips the 25 sends whose time has passed and
+    /// keeps the rest on the round's clock; a start within the clocks' tolerance skips none.
+    #[test]
+    fn a_late_start_skips_the_sends_whose_time_has_passed() {
+        let mut plan = mk_plan();
+        plan.start_at_ms = 100_000;
+        let pace = Pace {
+            period: Duration::from_millis(100),
+            sends: 50,
+        };
+        let now = Instant::now();
+        let (start, missed) = late_start(&plan, &pace, 102_500, now);
+        assert_eq!(missed, 25);
+        assert_eq!(now - start, Duration::from_millis(2500));
+        // The next send (number 25) is due at once, the one after a period later.
+        assert_eq!(start + pace.period * 25, now);
+        assert_eq!(late_start(&plan, &pace, 100_900, now), (now, 0));
+        assert_eq!(late_start(&plan, &pace, 99_000, now), (now, 0));
     }
 
     #[test]

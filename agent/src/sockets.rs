@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use meshdoctor_agent_common::Kind;
+use meshdoctor_agent_common::{Kind, nonce_of};
 use meshdoctor_api::{PlannedTarget, Protocol};
 use socket2::{Domain, Socket, Type};
 use tokio::{
@@ -17,9 +17,20 @@ use tokio::{
 };
 
 use crate::{
-    icmp::{EchoSocket, echo_request, monotonic_ns},
+    icmp::{EchoSocket, echo_request, monotonic_ns, random_nonce},
     tcp, udp,
 };
+
+/// What a probe socket read of one of its probes.
+pub struct Reply {
+    pub id: u64,
+    pub outcome: Outcome,
+    /// Where a reply came from; `None` for TCP and HTTP, whose connection was to the target.
+    pub from: Option<IpAddr>,
+    /// It carried the socket's nonce (TCP and HTTP: always): it answers a request this socket
+    /// sent, not one a host forged from the predictable probe id.
+    pub genuine: bool,
+}
 
 /// What became of a probe: its reply's monotonic receive time, or why it failed after it was
 /// sent (a refused connection, an HTTP error status).
@@ -27,7 +38,8 @@ pub type Outcome = Result<u64, String>;
 
 pub enum ProbeSocket {
     Icmp(EchoSocket),
-    Udp(UdpSocket),
+    /// With the nonce its requests carry (see `NONCE_OFFSET`).
+    Udp(UdpSocket, u64),
     /// TCP and HTTP: a connection per probe; outcomes come back through a channel.
     Tcp(TcpProbes),
 }
@@ -70,7 +82,7 @@ impl ProbeSocket {
                 s.bind_device(Some(interface.as_bytes()))?;
                 s.bind(&SocketAddr::new(src, 0).into())?;
                 s.set_nonblocking(true)?;
-                UdpSocket::from_std(s.into()).map(Self::Udp)
+                UdpSocket::from_std(s.into()).map(|s| Self::Udp(s, random_nonce()))
             }
         }
     }
@@ -83,18 +95,18 @@ impl ProbeSocket {
                 // path's low bits.
                 s.send(
                     t.dst_addr,
-                    &echo_request(t.family, t.path as u16, seq, probe_id),
+                    &echo_request(t.family, t.path as u16, seq, probe_id, s.nonce()),
                 )
                 .await
             }
-            Self::Udp(s) => {
+            Self::Udp(s, nonce) => {
                 let port = t.dst_port.ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::NotConnected,
                         format!("{} runs no UDP probe responder", t.dst_node),
                     )
                 })?;
-                s.send_to(&udp::request(probe_id), (t.dst_addr, port))
+                s.send_to(&udp::request(probe_id, *nonce), (t.dst_addr, port))
                     .await
                     .map(|_| ())
             }
@@ -120,27 +132,46 @@ impl ProbeSocket {
         }
     }
 
-    /// Waits for the outcome of the next of our probes that has one: its probe id and the
-    /// monotonic time its reply was read, or its failure.
-    pub async fn recv(&self) -> io::Result<(u64, Outcome)> {
+    /// Waits for the outcome of the next of our probes that has one (a reply, or the failure
+    /// of a TCP or HTTP probe), with what tells whether a reply is genuine.
+    pub async fn recv(&self) -> io::Result<Reply> {
         match self {
-            Self::Icmp(s) => s.recv().await.map(|(id, t)| (id, Ok(t))),
-            Self::Tcp(p) => p.rx.lock().await.recv().await.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::BrokenPipe, "TCP probe channel closed")
+            Self::Icmp(s) => s.recv().await.map(|r| Reply {
+                id: r.id,
+                outcome: Ok(r.at_ns),
+                from: Some(r.from),
+                genuine: r.genuine,
             }),
-            Self::Udp(s) => {
+            Self::Tcp(p) => {
+                let (id, outcome) = p.rx.lock().await.recv().await.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "TCP probe channel closed")
+                })?;
+                Ok(Reply {
+                    id,
+                    outcome,
+                    from: None,
+                    genuine: true,
+                })
+            }
+            Self::Udp(s, nonce) => {
                 let mut buf = [0u8; 512];
                 loop {
-                    let n = match s.recv(&mut buf).await {
-                        Ok(n) => n,
+                    let (n, from) = match s.recv_from(&mut buf).await {
+                        Ok(r) => r,
                         // The ICMP error of an earlier probe (port unreachable): that probe is
                         // lost, the socket is fine.
                         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                         Err(e) => return Err(e),
                     };
                     let t = monotonic_ns();
-                    if let Some((id, Kind::Reply)) = udp::parse(&buf[..n]) {
-                        return Ok((id, Ok(t)));
+                    let payload = &buf[..n];
+                    if let Some((id, Kind::Reply)) = udp::parse(payload) {
+                        return Ok(Reply {
+                            id,
+                            outcome: Ok(t),
+                            from: Some(from.ip()),
+                            genuine: nonce_of(payload) == Some(*nonce),
+                        });
                     }
                 }
             }

@@ -239,8 +239,52 @@ fn error_kind(e: &io::Error) -> String {
 /// their timeout, so a mesh never gets near it; it bounds what a flood can cost.
 const MAX_CONNECTIONS: usize = 1024;
 
+/// Most connections one source address holds at once; more from it are closed at once. A
+/// peer's probes need a handful (each closes within its timeout, and a peer probes at most a
+/// few hundred times a second); a host holding connections open takes this many slots, not
+/// all of them, so the other peers' probes are still answered.
+const PER_SOURCE: usize = 64;
+
 /// How long the responder waits for a request or for the client to close.
 const RESPONDER_IDLE: Duration = Duration::from_secs(2);
+
+/// The connections each source address holds; a [`SourceSlot`] gives its own back.
+#[derive(Default)]
+struct Sources(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// One connection of a source, counted while it lives.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    ip: IpAddr,
+}
+
+impl Sources {
+    /// A slot for one more connection from `ip`, unless it holds [`PER_SOURCE`] already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(ip).or_default();
+        if *n >= PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut held = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// A dual-stack listener on `port` of every address, for [`respond`].
 pub fn responder_listener(port: u16) -> io::Result<TcpListener> {
@@ -256,6 +300,7 @@ pub fn responder_listener(port: u16) -> io::Result<TcpListener> {
 /// Serves TCP and HTTP probes until the listener fails.
 pub async fn respond(listener: TcpListener) -> io::Error {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources = Arc::new(Sources::default());
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(c) => c,
@@ -265,12 +310,16 @@ pub async fn respond(listener: TcpListener) -> io::Error {
             }
             Err(e) => return e,
         };
+        let Some(source) = sources.take(from.ip().to_canonical()) else {
+            debug!(%from, "probe responder: {PER_SOURCE} connections from this address already");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%from, "probe responder busy: connection closed");
             continue;
         };
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, source);
             if let Err(e) = serve(stream).await {
                 debug!(%from, "probe connection: {e}");
             }
@@ -362,6 +411,36 @@ mod tests {
             "the slow client sent {sent} of {} bytes before being cut off",
             request.len()
         );
+    }
+
+    /// One address holding connections open takes its share of the responder, not all of it:
+    /// from another address a probe is still answered.
+    #[tokio::test]
+    async fn one_address_cannot_take_every_connection() {
+        let listener = responder_listener(0).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(respond(listener));
+        let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut held = Vec::new();
+        for _ in 0..PER_SOURCE {
+            held.push(TcpStream::connect(v4).await.unwrap());
+        }
+        // Let the responder take them all before the next one.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let answered = |addr: SocketAddr| async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await;
+            matches!(n, Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 200"))
+        };
+        assert!(
+            !answered(v4).await,
+            "a connection over the address's share was served"
+        );
+        assert!(answered(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).await);
+        drop(held);
+        server.abort();
     }
 
     #[test]

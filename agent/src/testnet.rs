@@ -150,7 +150,7 @@ impl Pinger {
     /// Sends the agent's own probe packet for `probe_id` (path 1, sequence `seq`), as
     /// `icmp::echo_request` builds it, with ident 0x4d44.
     pub fn probe(&self, tag: u32, seq: u16) {
-        let pkt = echo_request(self.family(), IDENT, seq, probe_id(tag, 1, seq));
+        let pkt = echo_request(self.family(), IDENT, seq, probe_id(tag, 1, seq), 0);
         self.sock.send_to(&pkt, &self.dst).expect("send probe");
     }
 

@@ -10,7 +10,7 @@ use std::{
     net::{Ipv6Addr, SocketAddr},
 };
 
-use meshdoctor_agent_common::{COOKIE_LEN, Kind, PROBE_MAGIC, UDP_KIND_OFFSET};
+use meshdoctor_agent_common::{COOKIE_LEN, Kind, PROBE_MAGIC, UDP_KIND_OFFSET, put_nonce};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tracing::warn;
@@ -18,12 +18,13 @@ use tracing::warn;
 /// Probe payload length: the cookie, the kind, padding to 32 bytes like a small ping.
 pub const PAYLOAD_LEN: usize = 32;
 
-/// The payload of the request for `probe_id`.
-pub fn request(probe_id: u64) -> [u8; PAYLOAD_LEN] {
+/// The payload of the request for `probe_id` from a socket with `nonce`.
+pub fn request(probe_id: u64, nonce: u64) -> [u8; PAYLOAD_LEN] {
     let mut p = [0u8; PAYLOAD_LEN];
     p[..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
     p[4..COOKIE_LEN].copy_from_slice(&probe_id.to_be_bytes());
     p[UDP_KIND_OFFSET] = Kind::Request as u8;
+    put_nonce(&mut p, nonce);
     p
 }
 
@@ -82,7 +83,7 @@ mod tests {
 
     #[test]
     fn payload_round_trip_and_rejects() {
-        let p = request(0xdead_beef_0001_0002);
+        let p = request(0xdead_beef_0001_0002, 5);
         assert_eq!(parse(&p), Some((0xdead_beef_0001_0002, Kind::Request)));
         assert_eq!(parse(&p[..20]), None);
         let mut foreign = p;
@@ -112,7 +113,7 @@ mod tests {
                 .send_to(b"not a probe at all, but long enough", dst)
                 .await
                 .unwrap();
-            client.send_to(&request(42), dst).await.unwrap();
+            client.send_to(&request(42, 5), dst).await.unwrap();
             let mut buf = [0u8; 64];
             let (n, from) =
                 tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
@@ -123,6 +124,8 @@ mod tests {
             // The first datagram was ignored: the first reply is the probe's.
             assert_eq!(parse(&buf[..n]), Some((42, Kind::Reply)));
             assert_eq!(n, PAYLOAD_LEN);
+            // The nonce comes back as it was sent.
+            assert_eq!(meshdoctor_agent_common::nonce_of(&buf[..n]), Some(5));
         }
         task.abort();
     }

@@ -20,7 +20,7 @@ use meshdoctor_api::{
 
 use crate::{
     Fault, LabError, LabServer, Network,
-    command::command_line,
+    command::{self, command_line},
     container::{self, Containers},
     fault::FAULT_TABLE_PREFIX,
     http, in_netns,
@@ -90,6 +90,10 @@ pub struct LabConfig {
     /// security contexts of the manifests, instead of as processes; `None` (the default):
     /// processes from [`bin_dir`](Self::bin_dir).
     pub containers: Option<Containers>,
+    /// Mounts a tmpfs of this many KiB as `data/`, the first controller's data dir, so that a
+    /// test can fill the controller's disk; `None` (the default): the lab directory's own
+    /// filesystem.
+    pub data_size_kib: Option<u32>,
 }
 
 impl LabConfig {
@@ -108,6 +112,7 @@ impl LabConfig {
             second_cluster: 0,
             zones: 0,
             containers: None,
+            data_size_kib: None,
         }
     }
 }
@@ -117,6 +122,40 @@ struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// How it was started, to start it again ([`Lab::restart`]).
+    launch: Launch,
+}
+
+/// A command's program, arguments and environment, kept to run it again.
+struct Launch {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)>,
+}
+
+impl Launch {
+    fn of(command: &Command) -> Self {
+        Self {
+            program: command.get_program().to_owned(),
+            args: command.get_args().map(ToOwned::to_owned).collect(),
+            envs: command
+                .get_envs()
+                .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+                .collect(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        for (key, value) in &self.envs {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        command
+    }
 }
 
 impl Proc {
@@ -145,6 +184,8 @@ pub struct Lab {
     admin: String,
     tls: http::Tls,
     containers: Option<Containers>,
+    /// The tmpfs of [`LabConfig::data_size_kib`], unmounted when the lab goes down.
+    data_mount: Option<PathBuf>,
     // Declared last: dropped after `Drop::drop` has stopped the processes.
     net: Network,
 }
@@ -179,12 +220,22 @@ impl Lab {
         }
         let net = Network::build(cfg.nodes)?;
         let (admin, tls) = prepare_dir(&cfg)?;
+        let data = cfg.dir.join("data");
+        let data_mount = match cfg.data_size_kib {
+            Some(kib) => {
+                let (size, dir) = (format!("size={kib}k"), data.display().to_string());
+                command::run("mount", &["-t", "tmpfs", "-o", &size, "mdlab-data", &dir])?;
+                Some(data)
+            }
+            None => None,
+        };
         let mut lab = Lab {
             procs: Vec::new(),
             dir: cfg.dir.clone(),
             admin,
             tls,
             containers: cfg.containers.clone(),
+            data_mount,
             net,
         };
         for fault in &cfg.faults {
@@ -306,6 +357,12 @@ impl Lab {
         self.net.exec(node, args)
     }
 
+    /// Loads an nft ruleset into node `node`'s namespace, e.g. a rule cutting its agent off
+    /// from the controller; [`exec`](Self::exec) `nft delete table ...` removes it.
+    pub fn nft(&self, node: usize, ruleset: &str) -> Result<(), LabError> {
+        self.net.nft(node, ruleset)
+    }
+
     /// Starts dropping the fault's packets, e.g. while a task runs; a fault at the same place
     /// is replaced. The ruleset is kept in `faults/` while the fault is active.
     pub fn inject(&self, fault: &Fault) -> Result<(), LabError> {
@@ -382,6 +439,32 @@ impl Lab {
         })
     }
 
+    /// GET on the first controller's API as text, whatever the answer's status: (status,
+    /// body), for `/metrics` and `/readyz`.
+    pub fn controller_text(&self, path: &str) -> Result<(u16, String), LabError> {
+        self.get(path).map(|r| (r.status, r.body))
+    }
+
+    /// Node `node`'s agent's `/metrics` (Prometheus text), read from inside its node.
+    pub fn agent_metrics(&self, node: usize) -> Result<String, LabError> {
+        let path = "/metrics";
+        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, crate::plan::AGENT_PORT));
+        let response = in_netns(&node_ns(node), || http::get(addr, path, None, None))?;
+        match response {
+            Ok(r) if (200..300).contains(&r.status) => Ok(r.body),
+            Ok(r) => Err(LabError::Http {
+                path: path.into(),
+                status: Some(r.status),
+                reason: excerpt(&r.body),
+            }),
+            Err(reason) => Err(LabError::Http {
+                path: path.into(),
+                status: None,
+                reason,
+            }),
+        }
+    }
+
     /// Polls `GET /v1/tasks/{task}/rounds/{round}` until the report is there (404 and
     /// connection errors mean "not yet"), failing early if the controller dies.
     pub fn wait_round(
@@ -434,6 +517,37 @@ impl Lab {
         let _ = p.child.kill();
         let _ = p.child.wait();
         Ok(())
+    }
+
+    /// Starts a process again with the command line it was first started with, as a restarted
+    /// pod would be (killing it first, at once, if it still runs); its log goes on in the same
+    /// file, after a line saying so.
+    pub fn restart(&mut self, process: &str) -> Result<(), LabError> {
+        self.kill(process)?;
+        if self.containers.is_some() {
+            // `--rm` removes the killed container, perhaps not yet: its name must be free.
+            let _ = Command::new("podman")
+                .args(["rm", "--force", &container::container_name(process)])
+                .output();
+        }
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.name == process)
+            .ok_or_else(|| LabError::NoSuchProcess(process.into()))?;
+        let command = self.procs[i].launch.command();
+        self.procs[i].child = self.start(process, command, true)?;
+        Ok(())
+    }
+
+    /// The process id of a lab process (`controller` or a node name): the program itself for
+    /// processes (`ip netns exec` execs it), the `podman run` client for containers.
+    pub fn pid(&self, process: &str) -> Result<u32, LabError> {
+        self.procs
+            .iter()
+            .find(|p| p.name == process)
+            .map(|p| p.child.id())
+            .ok_or_else(|| LabError::NoSuchProcess(process.into()))
     }
 
     /// Stops the processes and removes the network (what dropping the lab does).
@@ -548,9 +662,33 @@ impl Lab {
         self.spawn(name, command)
     }
 
-    fn spawn(&mut self, name: &str, mut command: Command) -> Result<(), LabError> {
+    fn spawn(&mut self, name: &str, command: Command) -> Result<(), LabError> {
+        let launch = Launch::of(&command);
+        let child = self.start(name, command, false)?;
+        self.procs.push(Proc {
+            name: name.into(),
+            child,
+            log: self.log_path(name),
+            launch,
+        });
+        Ok(())
+    }
+
+    /// Starts `command` as lab process `name`, its output in its log (`append`ed to, after a
+    /// line saying it restarted, or created afresh).
+    fn start(&self, name: &str, mut command: Command, append: bool) -> Result<Child, LabError> {
         let log = self.log_path(name);
-        let out = File::create(&log).map_err(LabError::io(&log))?;
+        let mut out = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log)
+            .map_err(LabError::io(&log))?;
+        if append {
+            std::io::Write::write_all(&mut out, b"--- restarted by the lab ---\n")
+                .map_err(LabError::io(&log))?;
+        }
         let err = out.try_clone().map_err(LabError::io(&log))?;
         command
             .stdin(Stdio::null())
@@ -562,16 +700,10 @@ impl Lab {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
-        let child = command.spawn().map_err(|source| LabError::Spawn {
+        command.spawn().map_err(|source| LabError::Spawn {
             command: command_line(&command),
             source,
-        })?;
-        self.procs.push(Proc {
-            name: name.into(),
-            child,
-            log,
-        });
-        Ok(())
+        })
     }
 
     fn check_controller(&self) -> Result<(), LabError> {
@@ -648,6 +780,9 @@ impl Drop for Lab {
         if self.containers.is_some() {
             container::remove_all();
         }
+        if let Some(data) = &self.data_mount {
+            let _ = command::run("umount", &[&data.display().to_string()]);
+        }
         // `net` drops next and removes the namespaces.
     }
 }
@@ -706,6 +841,7 @@ fn prepare_dir(cfg: &LabConfig) -> Result<(String, http::Tls), LabError> {
         ("data-2", second),
     ] {
         let path = cfg.dir.join(sub);
+        unmount_leftover(&path);
         match fs::remove_dir_all(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -757,6 +893,18 @@ fn prepare_dir(cfg: &LabConfig) -> Result<(String, http::Tls), LabError> {
         reason: why,
     })?;
     Ok((admin, tls))
+}
+
+/// Unmounts what a crashed lab left mounted at `path` (its [`LabConfig::data_size_kib`]
+/// tmpfs), so that the directory can be removed; a path on its parent's filesystem, or none,
+/// is left alone.
+fn unmount_leftover(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let device = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+    let parent = path.parent().and_then(device);
+    if device(path).is_some_and(|dev| Some(dev) != parent) {
+        let _ = command::run("umount", &[&path.display().to_string()]);
+    }
 }
 
 /// `bytes` random bytes, in hex.

@@ -6,7 +6,9 @@
 //! - `crds` writes the task CRDs generated from the api types to `deploy/crds/`;
 //! - `image` builds the OCI image of the agent, the controller and the CLI with buildah;
 //! - `chart` syncs charts/meshdoctor with deploy/ and packages it;
-//! - `dist` writes the release artifacts with their checksums and SBOM.
+//! - `dist` writes the release artifacts with their checksums and SBOM;
+//! - `fuzz` runs the fuzz targets for as long as asked;
+//! - `soak` runs the lab for an hour and checks that no process's memory grows.
 
 mod bench;
 mod chart;
@@ -19,6 +21,7 @@ mod import_cycles;
 mod lab;
 mod scale;
 mod setup;
+mod soak;
 
 use std::{
     ffi::OsString,
@@ -69,6 +72,10 @@ enum Cmd {
     /// Run the fuzz targets of fuzz/ (cargo-fuzz, installed by setup) one after the other and
     /// print each one's executions and rate.
     Fuzz(fuzz::FuzzArgs),
+    /// Run the lab (release binaries) with ICMP, UDP and TCP meshes for an hour, sampling the
+    /// controller's and the agents' resident memory; fails when one grew more than 5 % from
+    /// minute 10 to the end, or when a round failed.
+    Soak(soak::SoakArgs),
     /// Build the workspace and run every test (the end-to-end tests need root), then a short
     /// run of every fuzz target.
     Test {
@@ -88,6 +95,7 @@ fn main() -> Result<()> {
         Cmd::Chart(args) => chart::run(args),
         Cmd::Dist(args) => dist::run(args),
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Soak(args) => soak::run(args),
         Cmd::Test { args } => test(&args),
     }
 }

@@ -187,15 +187,50 @@ fn parse_network_status(text: &str) -> Result<Vec<Attachment>, String> {
 
 impl PodAgent {
     /// The agent's registration as rounds use it: the registered interfaces, each renamed to
-    /// the network its attachment names (matched by interface name).
+    /// the network its attachment names (matched by interface name), with only the addresses
+    /// the pod vouches for ([`unvouched`](Self::unvouched) lists the others).
     pub fn apply_to(&self, registration: &AgentRegistration) -> AgentRegistration {
         let mut merged = registration.clone();
         for iface in &mut merged.interfaces {
             if let Some(a) = self.attachments.iter().find(|a| a.interface == iface.name) {
                 iface.network = a.network.clone();
             }
+            if let Some(vouched) = self.addresses_of(&iface.name) {
+                iface.ipv4 = iface.ipv4.filter(|ip| vouched.contains(&IpAddr::V4(*ip)));
+                iface.ipv6 = iface.ipv6.filter(|ip| vouched.contains(&IpAddr::V6(*ip)));
+            }
         }
         merged
+    }
+
+    /// The registered addresses the pod does not vouch for, by interface: they are left out of
+    /// rounds. An agent's word alone would let a compromised agent register a victim's address
+    /// and have every peer probe it.
+    pub fn unvouched(&self, registration: &AgentRegistration) -> Vec<(String, IpAddr)> {
+        let mut out = Vec::new();
+        for iface in &registration.interfaces {
+            let Some(vouched) = self.addresses_of(&iface.name) else {
+                continue;
+            };
+            let registered = [iface.ipv4.map(IpAddr::V4), iface.ipv6.map(IpAddr::V6)];
+            for ip in registered.into_iter().flatten() {
+                if !vouched.contains(&ip) {
+                    out.push((iface.name.clone(), ip));
+                }
+            }
+        }
+        out
+    }
+
+    /// What the pod says an interface's addresses are: the primary interface's are
+    /// `status.podIPs` (the node's own under hostNetwork), a multus interface's its
+    /// attachment's `ips`; `None` for an interface the pod says nothing of (a second host
+    /// interface under hostNetwork), which keeps the addresses its agent registered.
+    fn addresses_of(&self, interface: &str) -> Option<&[IpAddr]> {
+        if let Some(a) = self.attachments.iter().find(|a| a.interface == interface) {
+            return Some(&a.ips);
+        }
+        (interface == PRIMARY_INTERFACE).then_some(self.pod_ips.as_slice())
     }
 }
 
@@ -328,8 +363,7 @@ mod tests {
         // agent claims.
         let zone = BTreeMap::from([(DEFAULT_TOPOLOGY_KEY.to_string(), "zone-a".to_string())]);
         let node_labels = |node: &str| (node == "node-a").then(|| zone.clone());
-        let mut registered =
-            ["node-a", "node-b", "node-c"].map(|n| mk_registration(n, "10.244.1.5"));
+        let mut registered = ["node-a", "node-b", "node-c"].map(|n| mk_registration(n, "10.0.0.1"));
         registered[2].labels = BTreeMap::from([("claimed".into(), "x".into())]);
         let roster = roster(&pods, node_labels, registered);
         let nodes: Vec<&str> = roster.iter().map(|r| &*r.node).collect();
@@ -338,5 +372,45 @@ mod tests {
         assert!(roster[1].labels.is_empty());
         assert_eq!(roster[0].interfaces[1].network, "default/macvlan-conf");
         assert_eq!(roster[1].interfaces[1].network, "net1");
+    }
+
+    /// The pod vouches for the primary interface's addresses (`status.podIPs`) and for a
+    /// multus interface's (its attachment); a registered address it does not list is left out
+    /// of rounds. An interface the pod says nothing of keeps what the agent registered.
+    #[test]
+    fn only_the_addresses_the_pod_vouches_for_are_probed() {
+        let agent = pod_agent(&mk_pod("a", "node-a", &["10.244.1.5"], Some(MULTUS))).unwrap();
+        let honest = mk_registration("node-a", "10.244.1.5");
+        assert_eq!(agent.unvouched(&honest), []);
+        assert_eq!(
+            agent.apply_to(&honest).interfaces[0].ipv4,
+            honest.interfaces[0].ipv4
+        );
+        // A victim's address on eth0 and on net1.
+        let mut lying = mk_registration("node-a", "10.99.0.1");
+        lying.interfaces[1].ipv4 = Some("192.168.1.1".parse().unwrap());
+        assert_eq!(
+            agent.unvouched(&lying),
+            [
+                ("eth0".to_string(), "10.99.0.1".parse::<IpAddr>().unwrap()),
+                ("net1".to_string(), "192.168.1.1".parse().unwrap())
+            ]
+        );
+        let merged = agent.apply_to(&lying);
+        assert_eq!(
+            (merged.interfaces[0].ipv4, merged.interfaces[1].ipv4),
+            (None, None)
+        );
+        // Without multus, the pod vouches for eth0 only: net1 keeps its address.
+        let plain = pod_agent(&mk_pod("a", "node-a", &["10.99.0.1"], None)).unwrap();
+        let mut other = mk_registration("node-a", "10.99.0.1");
+        other.interfaces[0].ipv6 = Some("fd00::9".parse().unwrap());
+        assert_eq!(
+            plain.unvouched(&other),
+            [("eth0".to_string(), "fd00::9".parse::<IpAddr>().unwrap())]
+        );
+        let merged = plain.apply_to(&other);
+        assert_eq!(merged.interfaces[0].ipv6, None);
+        assert_eq!(merged.interfaces[1].ipv4, other.interfaces[1].ipv4);
     }
 }

@@ -109,7 +109,21 @@ impl Backend for Kubernetes {
             let node = self.nodes.get(&ObjectRef::new(node))?;
             Some(node.metadata.labels.clone().unwrap_or_default())
         };
-        agents::roster(&self.agents(), node_labels, registered)
+        let pods = self.agents();
+        for r in &registered {
+            let unvouched = pods
+                .get(&r.node)
+                .map(|p| p.unvouched(r))
+                .unwrap_or_default();
+            for (interface, ip) in unvouched {
+                warn!(
+                    node = r.node, interface, %ip,
+                    "the agent registered an address its pod does not list (status.podIPs, the \
+                     network-status annotation); it is not probed"
+                );
+            }
+        }
+        agents::roster(&pods, node_labels, registered)
     }
 
     fn service_targets(&self, task: &NetReach) -> (Vec<ListedAddress>, Vec<String>) {

@@ -5,7 +5,11 @@
 //! that Kubernetes >= 1.30 puts in bound tokens): the only node that agent may act for.
 //!
 //! Verdicts are kept for a minute (a plan poll and a report do not each cost a review) and
-//! reviews run a few at a time, so a flood of made-up tokens cannot flood the API server.
+//! reviews run a few at a time, so a flood of made-up tokens cannot flood the API server. A
+//! token whose own claims (read without their signature, which the API server checks) rule it
+//! out costs no review at all: another audience or subject, or expired. A request waits a few
+//! seconds at most for a review and is then answered 503 (agents retry), so made-up tokens
+//! shaped like an agent's can delay agents, not hold them.
 
 use std::{
     collections::HashMap,
@@ -27,6 +31,8 @@ const REFUSE_FOR: Duration = Duration::from_secs(10);
 const MAX_VERDICTS: usize = 65_536;
 /// Reviews in flight at once.
 const CONCURRENT_REVIEWS: usize = 8;
+/// The longest a request waits for its turn to be reviewed.
+const REVIEW_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
@@ -37,6 +43,11 @@ pub enum ReviewError {
          ({NODE_NAME_EXTRA}): agents' identities need Kubernetes >= 1.30"
     )]
     NoNodeName { user: String },
+    #[error(
+        "{CONCURRENT_REVIEWS} token reviews are running and none finished within \
+         {REVIEW_WAIT:?}; try again"
+    )]
+    Busy,
 }
 
 /// Reviews agents' tokens.
@@ -70,8 +81,9 @@ impl Reviewer {
 
     /// The node whose agent holds `token`; `None` when the token is not an agent's.
     pub async fn node_of(&self, token: &str) -> Result<Option<String>, ReviewError> {
-        // A JWT has three parts; anything else is refused without asking.
-        if token.split('.').count() != 3 {
+        // A JWT has three parts; anything else is refused without asking, as is a token whose
+        // claims rule it out.
+        if token.split('.').count() != 3 || self.ruled_out(token, unix_now()) {
             return Ok(None);
         }
         let key = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
@@ -80,7 +92,9 @@ impl Reviewer {
         if let Some(v) = self.kept(&key) {
             return Ok(v);
         }
-        let _turn = self.reviews.acquire().await;
+        let _turn = tokio::time::timeout(REVIEW_WAIT, self.reviews.acquire())
+            .await
+            .map_err(|_| ReviewError::Busy)?;
         if let Some(v) = self.kept(&key) {
             return Ok(v);
         }
@@ -115,6 +129,43 @@ impl Reviewer {
             },
         );
         Ok(node)
+    }
+
+    /// Whether a token's own claims, read without checking their signature, already rule it
+    /// out: not for our audience, expired (at `now_s`) or of another subject than the agents'
+    /// account. Checking costs a base64 and a JSON decode; a review costs the API server.
+    fn ruled_out(&self, token: &str, now_s: u64) -> bool {
+        use base64::Engine as _;
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Audience {
+            One(String),
+            Many(Vec<String>),
+        }
+        #[derive(serde::Deserialize)]
+        struct Claims {
+            aud: Option<Audience>,
+            exp: Option<u64>,
+            sub: Option<String>,
+        }
+        let Some(payload) = token.split('.').nth(1) else {
+            return true;
+        };
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let Ok(json) = engine.decode(payload.trim_end_matches('=')) else {
+            return true;
+        };
+        let Ok(claims) = serde_json::from_slice::<Claims>(&json) else {
+            return true;
+        };
+        let for_us = match &claims.aud {
+            Some(Audience::One(a)) => *a == self.audience,
+            Some(Audience::Many(all)) => all.contains(&self.audience),
+            None => false,
+        };
+        !for_us
+            || claims.exp.is_none_or(|exp| exp <= now_s)
+            || claims.sub != Some(self.user.clone())
     }
 
     fn kept(&self, key: &[u8]) -> Option<Option<String>> {
@@ -152,6 +203,12 @@ impl Reviewer {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{
@@ -166,6 +223,23 @@ mod tests {
 
     const AGENTS: &str = "system:serviceaccount:meshdoctor:meshdoctor-agent";
 
+    /// A token shaped like a bound service-account token: its claims, and as its signature
+    /// part the name the fake API server knows it by.
+    fn jwt_with(name: &str, aud: &str, sub: &str, exp: u64) -> String {
+        use base64::Engine as _;
+        let claims = json!({"aud": [aud], "sub": sub, "exp": exp, "iss": "https://kubernetes"});
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.{name}",
+            engine.encode(claims.to_string())
+        )
+    }
+
+    /// [`jwt_with`] for the agents' account and our audience, valid for an hour.
+    fn jwt(name: &str) -> String {
+        jwt_with(name, "meshdoctor", AGENTS, unix_now() + 3600)
+    }
+
     /// An API server that knows three tokens: node-1's agent, another account's, and one
     /// for another audience; it counts the reviews it answers.
     fn api_server() -> (FakeApiServer, Arc<AtomicUsize>) {
@@ -178,20 +252,21 @@ mod tests {
                 assert_eq!(method, "POST");
                 counted.fetch_add(1, Ordering::SeqCst);
                 let audiences = &body["spec"]["audiences"];
-                let status = match body["spec"]["token"].as_str().unwrap() {
-                    "a.node-1.agent" => json!({"authenticated": true, "audiences": audiences,
+                let token = body["spec"]["token"].as_str().unwrap();
+                let status = match token.rsplit('.').next().unwrap() {
+                    "node-1" => json!({"authenticated": true, "audiences": audiences,
                         "user": {"username": AGENTS,
                                  "extra": {NODE_NAME_EXTRA: ["node-1"]}}}),
-                    "a.old.apiserver" => json!({"authenticated": true, "audiences": audiences,
+                    "old-apiserver" => json!({"authenticated": true, "audiences": audiences,
                         "user": {"username": AGENTS}}),
                     // An API server token of the agents' account: no audience of ours.
-                    "a.api.audience" => json!({"authenticated": true,
+                    "api-audience" => json!({"authenticated": true,
                         "user": {"username": AGENTS,
                                  "extra": {NODE_NAME_EXTRA: ["node-1"]}}}),
-                    "a.other.account" => json!({"authenticated": true, "audiences": audiences,
+                    "other-account" => json!({"authenticated": true, "audiences": audiences,
                         "user": {"username": "system:serviceaccount:default:default",
                                  "extra": {NODE_NAME_EXTRA: ["node-1"]}}}),
-                    "a.other.audience" => json!({"authenticated": true, "audiences": ["api"],
+                    "other-audience" => json!({"authenticated": true, "audiences": ["api"],
                         "user": {"username": AGENTS,
                                  "extra": {NODE_NAME_EXTRA: ["node-1"]}}}),
                     _ => json!({"authenticated": false, "error": "invalid bearer token"}),
@@ -214,11 +289,11 @@ mod tests {
             "meshdoctor-agent",
         );
         assert_eq!(
-            r.node_of("a.node-1.agent").await.unwrap().as_deref(),
+            r.node_of(&jwt("node-1")).await.unwrap().as_deref(),
             Some("node-1")
         );
         assert_eq!(
-            r.node_of("a.node-1.agent").await.unwrap().as_deref(),
+            r.node_of(&jwt("node-1")).await.unwrap().as_deref(),
             Some("node-1")
         );
         assert_eq!(
@@ -226,18 +301,43 @@ mod tests {
             1,
             "the verdict was not kept"
         );
-        for refused in [
-            "a.other.account",
-            "a.other.audience",
-            "a.api.audience",
-            "a.b.forged",
-        ] {
-            assert_eq!(r.node_of(refused).await.unwrap(), None, "{refused}");
+        // Claims that say agent, a review that says otherwise: the review decides.
+        for refused in ["other-account", "other-audience", "api-audience", "forged"] {
+            assert_eq!(r.node_of(&jwt(refused)).await.unwrap(), None, "{refused}");
         }
-        // Not a JWT: refused without a review.
-        assert_eq!(r.node_of("md1:node-1:00").await.unwrap(), None);
         assert_eq!(reviews.load(Ordering::SeqCst), 5);
-        let e = r.node_of("a.old.apiserver").await.unwrap_err().to_string();
+        // Refused without a review: not a JWT, claims that are not JSON, another audience,
+        // another subject, expired.
+        let now = unix_now();
+        for refused in [
+            "md1:node-1:00".to_string(),
+            "a.b.c".to_string(),
+            jwt_with(
+                "node-1",
+                "https://kubernetes.default.svc",
+                AGENTS,
+                now + 3600,
+            ),
+            jwt_with(
+                "node-1",
+                "meshdoctor",
+                "system:serviceaccount:default:default",
+                now + 60,
+            ),
+            jwt_with("node-1", "meshdoctor", AGENTS, now - 1),
+        ] {
+            assert_eq!(r.node_of(&refused).await.unwrap(), None, "{refused}");
+        }
+        assert_eq!(
+            reviews.load(Ordering::SeqCst),
+            5,
+            "a ruled-out token was reviewed"
+        );
+        let e = r
+            .node_of(&jwt("old-apiserver"))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(NODE_NAME_EXTRA) && e.contains("1.30"), "{e}");
     }
 
@@ -258,7 +358,7 @@ mod tests {
             agents: AgentAuth::ServiceAccount(Arc::new(reviewer)),
             ..Access::open()
         };
-        let caller = access.caller(Some("a.node-1.agent")).await.unwrap();
+        let caller = access.caller(Some(&jwt("node-1"))).await.unwrap();
         assert_eq!(caller, Caller::Agent("node-1".into()));
         assert!(access.allows(&caller, Need::Agent("node-1")).is_ok());
         assert!(matches!(
@@ -268,7 +368,7 @@ mod tests {
         let key = meshdoctor_ops::credential::NodeKey::new(&[1; 32]).credential("node-1");
         assert_eq!(access.caller(Some(&key)).await, Err(Denied::Invalid));
         assert_eq!(
-            access.caller(Some("a.b.forged")).await,
+            access.caller(Some(&jwt("forged"))).await,
             Err(Denied::Invalid)
         );
         let failing = FakeApiServer::default();
@@ -287,7 +387,7 @@ mod tests {
             agents: AgentAuth::ServiceAccount(Arc::new(unanswered)),
             ..Access::open()
         };
-        let e = access.caller(Some("a.node-1.agent")).await.unwrap_err();
+        let e = access.caller(Some(&jwt("node-1"))).await.unwrap_err();
         assert_eq!(
             e.status(),
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
