@@ -39,6 +39,17 @@ fn lab(rounds: i64, every: &str, tune: impl FnOnce(&mut LabConfig)) -> Lab {
     Lab::up(cfg).expect("lab up")
 }
 
+/// A lab of `rounds` rounds, one every 15 s, whose lab process `process` is killed while round
+/// 1 probes and started again at once.
+fn restarted_mid_round(rounds: i64, process: &str) -> Lab {
+    let mut lab = lab(rounds, "15s", |_| {});
+    // Round 1 starts about a second after the agents registered and probes for 4 s.
+    sleep(Duration::from_millis(2500));
+    lab.restart(process)
+        .unwrap_or_else(|e| panic!("restart {process}: {e}"));
+    lab
+}
+
 fn wait_round(lab: &Lab, round: u32) -> RoundReport {
     let r = lab
         .wait_round("mesh", round, Duration::from_secs(90))
@@ -68,11 +79,13 @@ fn assert_healthy(r: &RoundReport) {
 }
 
 fn status(lab: &Lab) -> TaskStatus {
-    let view: TaskView = serde_json::from_value(
-        lab.controller_get(&routes::task("mesh"))
-            .expect("GET the task"),
-    )
-    .expect("a task view");
+    let views: Vec<TaskView> =
+        serde_json::from_value(lab.controller_get(routes::TASKS).expect("GET the tasks"))
+            .expect("task views");
+    let view = views
+        .into_iter()
+        .find(|v| v.name == "mesh")
+        .expect("task mesh");
     view.status.expect("the task has a status")
 }
 
@@ -106,10 +119,7 @@ fn a_controller_restarted_mid_round_records_the_round_interrupted_and_goes_on() 
     if !can_run("a_controller_restarted_mid_round_records_the_round_interrupted_and_goes_on") {
         return;
     }
-    let mut lab = lab(3, "15s", |_| {});
-    // Round 1 starts about a second after the agents registered.
-    sleep(Duration::from_millis(2500));
-    lab.restart("controller").expect("restart the controller");
+    let lab = restarted_mid_round(3, "controller");
     let r1 = wait_round(&lab, 1);
     assert_eq!(r1.status, RoundStatus::Fail);
     assert!(
@@ -175,9 +185,7 @@ fn an_agent_restarted_mid_round_keeps_to_the_rounds_window_and_the_next_is_whole
     if !can_run("an_agent_restarted_mid_round_keeps_to_the_rounds_window_and_the_next_is_whole") {
         return;
     }
-    let mut lab = lab(2, "15s", |_| {});
-    sleep(Duration::from_millis(2500));
-    lab.restart("node-3").expect("restart node-3's agent");
+    let lab = restarted_mid_round(2, "node-3");
     let r1 = wait_round(&lab, 1);
     assert!(r1.not_reported.is_empty(), "{:?}", r1.not_reported);
     assert_eq!(r1.summary.lost, 0, "a restart is no packet loss");
@@ -217,8 +225,8 @@ fn an_agent_cut_off_from_the_controller_reports_late_or_is_named() {
     let cut = |on: bool| {
         if on {
             let rules = format!(
-                "table inet mdchaos {{ chain out {{ type filter hook output priority 0; \
-                 tcp dport {CONTROLLER_PORT} drop; }} }}"
+                "table inet mdchaos {{\n chain out {{\n  type filter hook output priority 0;\n  \
+                 tcp dport {CONTROLLER_PORT} drop\n }}\n}}\n"
             );
             lab.nft(NODES, &rules).expect("cut node-3 off");
         } else {

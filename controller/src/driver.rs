@@ -538,6 +538,15 @@ mod tests {
         task_table::tests::mk_def,
     };
 
+    /// [`settings`] for one agent with `dir` as the TLS directory, without limits.
+    fn settings_in(dir: &std::path::Path) -> Settings {
+        Settings {
+            tls_dir: dir.to_path_buf(),
+            limits: Default::default(),
+            ..settings(1)
+        }
+    }
+
     fn settings(wait_agents: usize) -> Settings {
         Settings {
             wait_agents,
@@ -738,14 +747,7 @@ mod tests {
         let dir = temp_dir("saved-status");
         let saved = dir.join("status");
         let start = |files: StatusFiles| {
-            let ctl = Controller::new(
-                Settings {
-                    tls_dir: dir.clone(),
-                    limits: Default::default(),
-                    ..settings(1)
-                },
-                ReportStore::new(&dir),
-            );
+            let ctl = Controller::new(settings_in(&dir), ReportStore::new(&dir));
             ctl.set_backend(Arc::new(Standalone::saving(files)));
             register(&ctl, "node-1");
             ctl
@@ -784,14 +786,7 @@ mod tests {
         let dir = temp_dir("interrupted");
         let store = ReportStore::new(&dir);
         store.mark_running("web", 4, 1_000).await.unwrap();
-        let ctl = Controller::new(
-            Settings {
-                tls_dir: dir.clone(),
-                limits: Default::default(),
-                ..settings(1)
-            },
-            store.clone(),
-        );
+        let ctl = Controller::new(settings_in(&dir), store.clone());
         register(&ctl, "node-1");
         ctl.sync_tasks(vec![web_without_its_ca(&dir, 2).0]);
         let started = std::time::Instant::now();
@@ -871,14 +866,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreadable_tls_file_fails_the_round_before_any_agent_runs() {
         let dir = temp_dir("app-tls");
-        let ctl = Controller::new(
-            Settings {
-                tls_dir: dir.clone(),
-                limits: Default::default(),
-                ..settings(1)
-            },
-            ReportStore::new(&dir),
-        );
+        let ctl = Controller::new(settings_in(&dir), ReportStore::new(&dir));
         register(&ctl, "node-1");
         let (web, missing) = web_without_its_ca(&dir, 1);
         ctl.sync_tasks(vec![web]);
