@@ -501,7 +501,7 @@ spec:
             assert!(
                 errors
                     .iter()
-                    .any(|e| e.contains("above this agent's --max-probe-rate 30")),
+                    .any(|e| e.contains("this agent's --max-probe-rate 30 left it 30")),
                 "{what}: {errors:?}"
             );
         }
