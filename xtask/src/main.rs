@@ -161,6 +161,26 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A `kB` field of a process's /proc status (`VmRSS`, `VmHWM`), in KiB: what the soak and
+/// the scale benchmark measure memory by.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&path).with_context(|| format!("{path}: the process is gone"))?;
+    status_field_kib(&status, field).with_context(|| format!("{path} has no {field}"))
+}
+
+fn status_field_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Where cargo builds the workspace: `$CARGO_TARGET_DIR`, else `target/` in the root.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

@@ -114,7 +114,9 @@ pub fn run(args: SoakArgs) -> Result<()> {
         let at = started.elapsed();
         let rss = pids
             .iter()
-            .map(|(name, pid)| rss_kib(*pid).with_context(|| format!("{name} (pid {pid})")))
+            .map(|(name, pid)| {
+                crate::status_kib(*pid, "VmRSS").with_context(|| format!("{name} (pid {pid})"))
+            })
             .collect::<Result<Vec<_>>>()?;
         rounds.update(&lab)?;
         let _ = writeln!(
@@ -246,25 +248,6 @@ fn program_pid(pid: u32) -> Result<u32> {
         })
 }
 
-/// The resident set of a process, from /proc (VmRSS).
-fn rss_kib(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status =
-        fs::read_to_string(&path).with_context(|| format!("{path}: the process is gone"))?;
-    vm_rss(&status).with_context(|| format!("{path} has no VmRSS"))
-}
-
-fn vm_rss(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,12 +255,12 @@ mod tests {
     #[test]
     fn reads_vm_rss_and_medians() {
         let status = "Name:\tmeshdoctor-agen\nVmPeak:\t  100 kB\nVmRSS:\t   20480 kB\n";
-        assert_eq!(vm_rss(status), Some(20480));
-        assert_eq!(vm_rss("Name: x\n"), None);
+        assert_eq!(crate::status_field_kib(status, "VmRSS"), Some(20480));
+        assert_eq!(crate::status_field_kib("Name: x\n", "VmRSS"), None);
         assert_eq!(median(vec![5, 1, 3]), 3);
         assert_eq!(median(vec![]), 0);
         // This process has a resident set.
-        assert!(rss_kib(std::process::id()).unwrap() > 0);
+        assert!(crate::status_kib(std::process::id(), "VmRSS").unwrap() > 0);
     }
 
     #[test]

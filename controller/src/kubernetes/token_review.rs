@@ -83,7 +83,7 @@ impl Reviewer {
     pub async fn node_of(&self, token: &str) -> Result<Option<String>, ReviewError> {
         // A JWT has three parts; anything else is refused without asking, as is a token whose
         // claims rule it out.
-        if token.split('.').count() != 3 || self.ruled_out(token, unix_now()) {
+        if token.split('.').count() != 3 || self.ruled_out(token, crate::now_ms() / 1000) {
             return Ok(None);
         }
         let key = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
@@ -203,12 +203,6 @@ impl Reviewer {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{
@@ -237,7 +231,7 @@ mod tests {
 
     /// [`jwt_with`] for the agents' account and our audience, valid for an hour.
     fn jwt(name: &str) -> String {
-        jwt_with(name, "meshdoctor", AGENTS, unix_now() + 3600)
+        jwt_with(name, "meshdoctor", AGENTS, crate::now_ms() / 1000 + 3600)
     }
 
     /// An API server that knows three tokens: node-1's agent, another account's, and one
@@ -308,7 +302,7 @@ mod tests {
         assert_eq!(reviews.load(Ordering::SeqCst), 5);
         // Refused without a review: not a JWT, claims that are not JSON, another audience,
         // another subject, expired.
-        let now = unix_now();
+        let now = crate::now_ms() / 1000;
         for refused in [
             "md1:node-1:00".to_string(),
             "a.b.c".to_string(),

@@ -180,12 +180,7 @@ impl Controller {
 
     /// Peak resident memory since the last [`Self::reset_peak`], in KiB.
     fn peak_rss_kib(&self) -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmHWM in /proc status")
+        crate::status_kib(self.pid(), "VmHWM")
     }
 
     fn reset_peak(&self) -> Result<()> {
